@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Both run scripts/setup.sh first, which is idempotent and quick once done.
+.PHONY: setup demo test lint format
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/trustvision train configs/train/mnist_cnn.yaml
+
+test: setup
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/pytest -q
+
+lint:
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/mypy
+
+format:
+	.venv/bin/ruff format src tests benchmarks
+	.venv/bin/ruff check --fix src tests benchmarks

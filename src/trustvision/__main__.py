@@ -1,0 +1,3 @@
+from trustvision.cli import app
+
+app()

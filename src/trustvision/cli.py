@@ -1,0 +1,172 @@
+"""`trustvision`: one command, a sub-command per system; each maps a typed config to one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import trustvision
+from trustvision.errors import DivergenceError, TrustvisionError
+
+app = typer.Typer(
+    help="Image classifiers that survive the real world: federated long-tailed learning, "
+    "lightweight CNNs and adaptive smoothing, on one training core.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(
+    help="Fetch, inspect and verify data sets in the local cache.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES_HELP = (
+    "Config overrides as `key=value`, nested keys with dots: `optim.lr=0.05 data.batch_size=64`."
+)
+FROM_HELP = "Read the data set from this local file or folder (IDX files, a CIFAR python archive, an image-folder zip)."
+
+
+def fail(err: TrustvisionError) -> typer.Exit:
+    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"trustvision {trustvision.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Image classifiers that survive the real world."""
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Argument(help="A YAML config, e.g. configs/train/mnist_cnn.yaml.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    ] = None,
+) -> None:
+    """Train one model on one data set (centralised) and write a run directory.
+
+    Example: trustvision train configs/train/mnist_cnn.yaml epochs=3 optim.lr=0.05
+    """
+    from trustvision.config import TrainConfig, load_config
+    from trustvision.report.console import ConsoleReporter
+    from trustvision.train.centralized import resume_training, train_model
+
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                raise TrustvisionError(
+                    "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
+                )
+            run = resume_training(resume, reporter=ConsoleReporter(console))
+        else:
+            if config is None:
+                raise TrustvisionError(
+                    "give a CONFIG file (see configs/train/) or `--resume RUN_DIR`"
+                )
+            cfg = load_config(TrainConfig, config, overrides)
+            console.print(
+                f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)"
+            )
+            run = train_model(cfg, reporter=ConsoleReporter(console))
+    except TrustvisionError as err:
+        raise fail(err) from None
+    summary = run.read_summary()
+    console.print(
+        f"test accuracy {summary['test']['top1']:.2%} in {summary['wall_seconds']:.0f} s; run directory: {run.path}"
+    )
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[
+        str, typer.Argument(help="mnist, fashion-mnist, cifar10, cifar100 or image-folder.")
+    ],
+    source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
+) -> None:
+    """Fetch NAME into the cache ($TRUSTVISION_DATA, default ~/.cache/trustvision), verifying every file."""
+    from trustvision.data.sources import fetch
+
+    try:
+        path = fetch(name, from_path=source)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    console.print(f"`{name}` is in the cache at {path}")
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="A data set name from the catalog.")],
+    source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
+) -> None:
+    """Print image shape, source, and image counts per split and class."""
+    from trustvision.data.dataset import dataset_summary, load_dataset
+
+    try:
+        summary = dataset_summary(load_dataset(name, from_path=source))
+    except TrustvisionError as err:
+        raise fail(err) from None
+    console.print(
+        f"[bold]{summary['name']}[/]  shape {tuple(summary['image_shape'])}  source {summary['source']}"
+    )
+    table = Table("class", *summary["splits"].keys())
+    for index, cls in enumerate(summary["classes"]):
+        table.add_row(
+            f"{index} {cls}", *(str(s["per_class"][index]) for s in summary["splits"].values())
+        )
+    table.add_row("[bold]total", *(f"[bold]{s['count']}" for s in summary["splits"].values()))
+    console.print(table)
+
+
+@data_app.command("verify")
+def data_verify(
+    name: Annotated[str, typer.Argument(help="A data set name from the catalog.")],
+) -> None:
+    """Re-hash the cached arrays of NAME against the hashes recorded when they were made."""
+    from trustvision.data.sources import verify_cache
+
+    try:
+        checked = verify_cache(name)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    for line in checked:
+        console.print(f"ok  {line}")
+
+
+@app.command()
+def models(
+    num_classes: Annotated[int, typer.Option(help="Classes of the head.")] = 10,
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+) -> None:
+    """List the registered architectures with their parameter counts."""
+    from trustvision.models import create_model, list_models
+
+    table = Table("model", "parameters", "feature dim")
+    for name in list_models():
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+        table.add_row(name, f"{model.num_parameters():,}", str(model.feature_dim))
+    console.print(table)

@@ -1,0 +1,166 @@
+"""Typed configs: YAML plus `key=value` overrides into frozen pydantic models, checked up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trustvision.data.augment import AugmentConfig
+from trustvision.errors import ConfigError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown keys are errors and a loaded config never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-typed value (`0.1` is a float)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"override `{text}` is not of the form `key=value` (e.g. `optim.lr=0.05`)"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override `{text}`: the value is not valid YAML ({err})") from err
+    return [part.strip() for part in key.split(".")], value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `tree` with every `key=value` override set (nested keys by dots)."""
+    result = _deep_copy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"override `{text}`: `{where}` is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file `{path}` does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file `{path}` is not valid YAML: {err}") from err
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file `{path}` must hold a mapping of keys to values")
+    return tree
+
+
+def build_config(model: type[ConfigT], tree: dict[str, Any], *, origin: str = "config") -> ConfigT:
+    """Validate `tree` into `model`; every problem is listed with its field path and reason."""
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        lines = [f"{origin} has {err.error_count()} problem(s):"]
+        for problem in err.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            reason = problem["msg"]
+            if problem["type"] == "extra_forbidden":
+                known = _known_keys(model, problem["loc"][:-1])
+                reason = f"unknown key; known keys here: {', '.join(known)}"
+            lines.append(f"  `{where}`: {reason}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def load_config(
+    model: type[ConfigT], path: str | Path | None, overrides: list[str] | None = None
+) -> ConfigT:
+    """Load YAML at `path` (or start from defaults), apply overrides, validate into `model`."""
+    tree = read_yaml(path) if path is not None else {}
+    tree = apply_overrides(tree, overrides or [])
+    return build_config(model, tree, origin=f"config `{path}`" if path else "config")
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, every default written out."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# The sections every training command shares. Systems (federated, compact, robust) embed them.
+
+
+class DataConfig(StrictModel):
+    """Which data set, which part of it, and how batches are made."""
+
+    name: str = "mnist"
+    source: str | None = None  # a local file or folder to read the data set from (`--from`)
+    train_subset: int | None = Field(default=None, gt=0)  # a seeded random subset of train
+    test_subset: int | None = Field(default=None, gt=0)  # the first N test images
+    imbalance_factor: float | None = Field(default=None, ge=1)  # long-tailed train set (Cao et al.)
+    batch_size: int = Field(default=128, gt=0)
+    eval_batch_size: int = Field(default=1000, gt=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(StrictModel):
+    """An architecture from the model registry and its keyword arguments."""
+
+    name: str = "mnist_cnn"
+    kwargs: dict[str, Any] = {}
+
+
+class OptimConfig(StrictModel):
+    """Optimiser, learning-rate schedule and loss settings."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "onecycle"
+    warmup_fraction: float = Field(default=0.2, ge=0, lt=1)  # of all steps, for onecycle
+    milestones: list[int] = []  # epochs at which `step` multiplies the lr by `gamma`
+    gamma: float = Field(default=0.1, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)  # max global gradient norm
+
+
+class TrainConfig(StrictModel):
+    """`trustvision train`: centralised training of one model on one data set."""
+
+    name: str = "train"
+    seed: int = 0
+    epochs: int = Field(default=2, gt=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    channels_last: bool = True  # on CUDA only
+    checkpoint_every: int = Field(default=1, gt=0)  # epochs
+    runs_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()

@@ -1,0 +1,127 @@
+"""Batched augmentation: small pure functions on float (B, C, H, W) batches with pixels in [0, 1].
+
+Each draws its per-sample randomness from a `torch.Generator` on the batch's device, so a
+run is reproducible from its seed and the same code runs on the CPU and on CUDA. No
+per-sample Python: every op is a few whole-batch tensor operations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+
+def _uniform(x: Tensor, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """U(-1, 1) draws on x's device."""
+    return torch.rand(shape, device=x.device, generator=generator) * 2 - 1
+
+
+def random_crop(x: Tensor, *, padding: int, generator: torch.Generator) -> Tensor:
+    """Zero-pad by `padding` pixels, then crop each sample back to (H, W) at a random offset."""
+    b, c, h, w = x.shape
+    if padding == 0:
+        return x
+    padded = F.pad(x, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), device=x.device, generator=generator)
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def random_hflip(x: Tensor, *, generator: torch.Generator) -> Tensor:
+    """Mirror each sample left-right with probability 0.5 (one uniform draw per sample)."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def random_affine(
+    x: Tensor, *, degrees: float, zoom: float, translate: float, generator: torch.Generator
+) -> Tensor:
+    """Per-sample rotation, zoom and shift in one affine_grid + grid_sample (zeros outside).
+
+    Rotation in U(-degrees, degrees), scale in U(1 - zoom, 1 + zoom), shift along each axis
+    in U(-translate, translate) times the image size; bilinear interpolation.
+    """
+    b, _, h, w = x.shape
+    draws = _uniform(x, (b, 4), generator)
+    angle = draws[:, 0] * math.radians(degrees)
+    scale = 1 + draws[:, 1] * zoom
+    shift = draws[:, 2:] * (2 * translate)  # normalised coordinates span 2 per image side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid maps output to input coordinates: the inverse rotation and scale, with the
+    # aspect ratio undone so a rotation stays a rotation in pixels on non-square images.
+    linear = torch.stack(
+        [torch.stack([cos, sin * h / w], dim=1), torch.stack([-sin * w / h, cos], dim=1)], dim=1
+    )
+    offset = -(linear @ shift.unsqueeze(2))
+    theta = torch.cat([linear, offset], dim=2).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_brightness(x: Tensor, *, delta: float, generator: torch.Generator) -> Tensor:
+    """Add U(-delta, delta) to every pixel of a sample (one draw per sample), clamp to [0, 1]."""
+    shift = _uniform(x, (x.shape[0],), generator) * delta
+    return (x + shift.view(-1, 1, 1, 1).to(x.dtype)).clamp(0.0, 1.0)
+
+
+class AugmentConfig(BaseModel):
+    """Which augmentations a training batch gets; all off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crop_padding: int = Field(
+        default=0, ge=0, description="zero padding (pixels) before a random crop"
+    )
+    hflip: bool = Field(default=False, description="mirror half the samples left-right")
+    rotation: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees")
+    zoom: float = Field(
+        default=0.0, ge=0, lt=1, description="scale drawn from [1 - zoom, 1 + zoom]"
+    )
+    translate: float = Field(default=0.0, ge=0, lt=1, description="max shift, fraction of the size")
+    brightness: float = Field(
+        default=0.0, ge=0, le=1, description="max brightness shift, pixel units"
+    )
+
+
+class BatchAugment:
+    """The enabled ops of an AugmentConfig, in a fixed order: crop, flip, affine, brightness."""
+
+    def __init__(self, config: AugmentConfig | None = None) -> None:
+        self.config = config if config is not None else AugmentConfig()
+
+    @property
+    def affine(self) -> bool:
+        """Whether a rotation, zoom or translation is enabled."""
+        c = self.config
+        return c.rotation > 0 or c.zoom > 0 or c.translate > 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any op is enabled (otherwise a call returns its input)."""
+        c = self.config
+        return c.crop_padding > 0 or c.hflip or self.affine or c.brightness > 0
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Augment a batch; `generator` must live on x's device."""
+        c = self.config
+        if c.crop_padding > 0:
+            x = random_crop(x, padding=c.crop_padding, generator=generator)
+        if c.hflip:
+            x = random_hflip(x, generator=generator)
+        if self.affine:
+            x = random_affine(
+                x, degrees=c.rotation, zoom=c.zoom, translate=c.translate, generator=generator
+            )
+        if c.brightness > 0:
+            x = random_brightness(x, delta=c.brightness, generator=generator)
+        return x
+
+    def __repr__(self) -> str:
+        return f"BatchAugment({self.config!r})"

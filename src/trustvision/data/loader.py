@@ -1,0 +1,150 @@
+"""In-memory batches: uint8 tensors on the device, gathered, augmented and normalised per batch."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trustvision.config import DataConfig
+from trustvision.data.augment import BatchAugment
+from trustvision.data.dataset import Dataset
+from trustvision.data.longtail import longtail_indices
+
+
+def derive_seed(seed: int, purpose: str, *counters: int) -> int:
+    """A 63-bit seed for one purpose at one point of a run (e.g. shuffling in epoch 3).
+
+    Every random stream is re-derived from (seed, purpose, counters), so a run resumed at an
+    epoch boundary draws exactly what an uninterrupted run would, without saving RNG state.
+    """
+    entropy = [seed, zlib.crc32(purpose.encode()), *counters]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def to_tensor(array: np.ndarray) -> Tensor:
+    """Copy a (possibly memory-mapped, read-only) array into a torch tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array).copy())
+
+
+class BatchLoader:
+    """Batches of (normalised float images, int64 labels) from uint8 tensors held on `device`.
+
+    The whole split lives on the device; a batch is an index gather, a cast, the augmentation
+    (on [0, 1] pixels) and normalisation, all as whole-batch tensor ops.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: BatchAugment | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, dtype=torch.int64)
+        self.batch_size = batch_size
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(shape)
+        self.std = torch.tensor(std, device=self.device).view(shape)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = seed
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def order(self, epoch: int) -> Tensor:
+        """The sample order of an epoch: a seeded permutation (drawn on the CPU, so CPU and CUDA agree)."""
+        n = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", epoch))
+        return torch.randperm(n, generator=generator).to(self.device)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield the batches of one epoch."""
+        order = self.order(epoch)
+        generator = None
+        if self.augment is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(derive_seed(self.seed, "augment", epoch))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.make_batch(index, generator), self.labels[index]
+
+    def make_batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Gather, scale to [0, 1], augment (when a generator is given) and normalise."""
+        x = self.images[index].float().div_(255.0)
+        if self.augment is not None and generator is not None:
+            x = self.augment(x, generator)
+        return (x - self.mean) / self.std
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.epoch(0)
+
+
+def select_train_indices(
+    labels: np.ndarray, *, imbalance_factor: float | None, subset: int | None, seed: int
+) -> np.ndarray:
+    """Indices of the training images a run uses: long-tailed first, then a seeded subset."""
+    indices = np.arange(len(labels))
+    if imbalance_factor is not None:
+        indices = longtail_indices(labels, imbalance_factor)
+    if subset is not None and subset < len(indices):
+        rng = np.random.default_rng(derive_seed(seed, "subset"))
+        indices = np.sort(rng.choice(indices, size=subset, replace=False))
+    return indices
+
+
+def build_loaders(
+    dataset: Dataset, cfg: DataConfig, *, seed: int, device: torch.device
+) -> tuple[BatchLoader, BatchLoader, np.ndarray]:
+    """Train and test loaders for `cfg`, and the training class counts."""
+    train_idx = select_train_indices(
+        dataset.train.labels,
+        imbalance_factor=cfg.imbalance_factor,
+        subset=cfg.train_subset,
+        seed=seed,
+    )
+    train_labels = np.asarray(dataset.train.labels[train_idx])
+    test_end = cfg.test_subset or len(dataset.test.labels)
+    common = {"mean": dataset.mean, "std": dataset.std, "device": device}
+    train = BatchLoader(
+        to_tensor(dataset.train.images[train_idx]),
+        to_tensor(train_labels),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        augment=BatchAugment(cfg.augment),
+        seed=seed,
+        **common,
+    )
+    test = BatchLoader(
+        to_tensor(dataset.test.images[:test_end]),
+        to_tensor(dataset.test.labels[:test_end]),
+        batch_size=cfg.eval_batch_size,
+        **common,
+    )
+    return train, test, np.bincount(train_labels, minlength=dataset.num_classes)

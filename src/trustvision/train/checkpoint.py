@@ -1,0 +1,146 @@
+"""Checkpoints as safetensors (every tensor) plus JSON (everything else): never pickle.
+
+A checkpoint is a folder `checkpoints/<tag>/` holding `state.safetensors` and `state.json`.
+It is written under a temporary name and renamed when complete, so a killed process leaves
+either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from trustvision.errors import TrustvisionError
+
+FORMAT = "trustvision-checkpoint/1"
+TENSORS = "state.safetensors"
+META = "state.json"
+
+
+class CheckpointError(TrustvisionError):
+    """A checkpoint is missing, incomplete or does not match its own record."""
+
+
+def encode_tree(obj: Any, tensors: dict[str, Tensor], path: str = "") -> Any:
+    """Replace every tensor in a nested dict/list by a reference and collect it in `tensors`."""
+    if isinstance(obj, Tensor):
+        tensors[path] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: encode_tree(v, tensors, f"{path}/{k}") for k, v in obj.items()}
+        if all(isinstance(k, int) for k in obj):
+            items = {str(k): encode_tree(v, tensors, f"{path}/{k}") for k, v in obj.items()}
+            return {"__int_keys__": items}
+        raise TypeError(f"cannot checkpoint a dict with mixed key types at `{path}`")
+    if isinstance(obj, list | tuple):
+        return [encode_tree(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__} at `{path}`")
+
+
+def decode_tree(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of `encode_tree`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__int_keys__"}:
+            return {int(k): decode_tree(v, tensors) for k, v in obj["__int_keys__"].items()}
+        return {k: decode_tree(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_tree(v, tensors) for v in obj]
+    return obj
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write `state` (nested dicts of tensors and JSON values) atomically to `directory`."""
+    directory = Path(directory)
+    staging = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tensors: dict[str, Tensor] = {}
+    tree = encode_tree(state, tensors)
+    save_file(tensors, staging / TENSORS)
+    meta = {"format": FORMAT, "sha256": sha256_file(staging / TENSORS), "tree": tree}
+    (staging / META).write_text(json.dumps(meta))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+    return directory
+
+
+def load_checkpoint(directory: Path, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, checking the tensors against their hash."""
+    directory = Path(directory)
+    meta_path, tensor_path = directory / META, directory / TENSORS
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(
+            f"`{directory}` is not a complete checkpoint (needs {META} and {TENSORS})"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"`{meta_path}` has format `{meta.get('format')}`, expected `{FORMAT}`"
+        )
+    actual = sha256_file(tensor_path)
+    if actual != meta["sha256"]:
+        raise CheckpointError(
+            f"`{tensor_path}` is corrupt: SHA-256 {actual}, its record says {meta['sha256']}; "
+            "resume from an earlier checkpoint or start the run again"
+        )
+    return decode_tree(meta["tree"], load_file(tensor_path, device=str(device)))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (tags sort by name)."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(
+        p for p in Path(root).iterdir() if (p / META).is_file() and not p.name.startswith(".")
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`, or None."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(root: Path, *, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+
+
+def save_weights(
+    path: Path, state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """A model's weights alone, as one safetensors file (for export and sharing)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Weights written by `save_weights`."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file `{path}` does not exist")
+    return load_file(path, device=str(device))

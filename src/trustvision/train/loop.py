@@ -1,0 +1,317 @@
+"""The one training loop and the one evaluation path, shared by every system.
+
+A system changes what a step computes through an `Objective` (model, images, labels ->
+loss, logits): adversarial training perturbs the images inside it, dual-branch training
+sums two losses. Everything else (device, AMP, divergence checks, schedules, checkpoints,
+metrics, the run directory) lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trustvision.data.loader import BatchLoader, derive_seed
+from trustvision.errors import ConfigError, DivergenceError
+from trustvision.train import checkpoint as ckpt
+from trustvision.train.metrics import summarize
+from trustvision.train.runs import RunDir
+
+Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
+Predictor = Callable[[Tensor], Tensor]
+
+
+def cross_entropy(*, label_smoothing: float = 0.0) -> Objective:
+    """The plain objective: cross-entropy of the model's logits."""
+
+    def objective(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return objective
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; an unavailable device is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"`device={name}` is not a device name (auto, cpu, cuda, cuda:N)"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"`device={name}` asked for CUDA, but this machine has none; use `device=auto`"
+        )
+    return device
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Device-specific speed-ups; both are no-ops on the CPU."""
+
+    device: torch.device
+    amp: bool = True
+    channels_last: bool = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last and self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_batch(self, x: Tensor) -> Tensor:
+        if self.channels_last and self.device.type == "cuda":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class Reporter(Protocol):
+    """Progress display: a rich bar on a terminal, a plain line per epoch otherwise."""
+
+    def start(self, title: str, total: int) -> None: ...
+    def advance(self) -> None: ...
+    def finish(self, record: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that shows nothing (tests, library use)."""
+
+    def start(self, title: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+    def finish(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def train_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    accel: Accel,
+    grad_clip: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step; returns the detached loss and logits. Raises on a non-finite loss."""
+    with accel.autocast():
+        loss, logits = objective(model, accel.prepare_batch(x), y)
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"the loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    accel: Accel,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, float]:
+    """Train over `batches` once; returns mean loss, accuracy, images and seconds."""
+    model.train()
+    loss_sum = torch.zeros((), device=accel.device)
+    correct = torch.zeros((), device=accel.device, dtype=torch.int64)
+    seen, start = 0, time.perf_counter()
+    for x, y in batches:
+        loss, logits = train_step(
+            model, x, y, optimizer=optimizer, objective=objective, accel=accel, grad_clip=grad_clip
+        )
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if reporter is not None:
+            reporter.advance()
+    seconds = time.perf_counter() - start
+    return {
+        "train_loss": loss_sum.item() / max(seen, 1),
+        "train_acc": correct.item() / max(seen, 1),
+        "train_images": seen,
+        "train_seconds": seconds,
+        "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
+    }
+
+
+@torch.no_grad()
+def predict(
+    predictor: Predictor, batches: Iterable[tuple[Tensor, Tensor]], *, accel: Accel
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits-producing `predictor` over `batches`: (logits, labels, mean loss) on the CPU."""
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        with accel.autocast():
+            logits = predictor(accel.prepare_batch(x))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(y.cpu())
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    loss = F.cross_entropy(logits, labels) if len(labels) else torch.tensor(float("nan"))
+    return logits, labels, loss
+
+
+def evaluate(
+    predictor: Predictor | nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    accel: Accel,
+    train_counts: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Top-1, loss, per-class and (given training class counts) head/middle/tail accuracy."""
+    if isinstance(predictor, nn.Module):
+        predictor.eval()
+    logits, labels, loss = predict(predictor, batches, accel=accel)
+    result = summarize(
+        logits.argmax(1).numpy(), labels.numpy(), num_classes, train_counts=train_counts
+    )
+    result["loss"] = float(loss)
+    return result
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the final evaluation and the per-epoch history."""
+
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+    wall_seconds: float
+
+
+def fit(
+    model: nn.Module,
+    *,
+    train_loader: BatchLoader,
+    test_loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: Objective,
+    epochs: int,
+    seed: int,
+    accel: Accel,
+    num_classes: int,
+    run: RunDir,
+    train_counts: np.ndarray | None = None,
+    grad_clip: float | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> FitResult:
+    """Train for `epochs`, evaluating, logging and checkpointing after each; resumable.
+
+    Each epoch reseeds torch's global RNG (dropout) from (seed, epoch) and the loader derives
+    its shuffling and augmentation from (seed, epoch) too, so an epoch's result depends only
+    on the state at its start: a run resumed from a checkpoint ends exactly as an
+    uninterrupted one would.
+    """
+    reporter = reporter or SilentReporter()
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume:
+        start_epoch, elapsed, history = restore(
+            run, model=model, optimizer=optimizer, scheduler=scheduler
+        )
+    began = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, epochs):
+        torch.manual_seed(derive_seed(seed, "torch", epoch))
+        reporter.start(f"epoch {epoch + 1}/{epochs}", len(train_loader))
+        try:
+            record = train_epoch(
+                model,
+                train_loader.epoch(epoch),
+                optimizer=optimizer,
+                objective=objective,
+                accel=accel,
+                scheduler=scheduler,
+                grad_clip=grad_clip,
+                reporter=reporter,
+            )
+        except DivergenceError as err:
+            raise diverged(run, epoch, err) from None
+        test = evaluate(model, test_loader.epoch(0), num_classes=num_classes, accel=accel)
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            **record,
+            "test_loss": test["loss"],
+            "test_acc": test["top1"],
+        }
+        history.append(record)
+        run.log(record)
+        reporter.finish(record)
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "elapsed": time.perf_counter() - began,
+                "history": history,
+                "rng": {"seed": seed, "next_epoch": epoch + 1},
+            }
+            ckpt.save_checkpoint(run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
+            ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
+    final = evaluate(
+        model, test_loader.epoch(0), num_classes=num_classes, accel=accel, train_counts=train_counts
+    )
+    return FitResult(final=final, history=history, wall_seconds=time.perf_counter() - began)
+
+
+def restore(
+    run: RunDir,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load the newest checkpoint of `run`; metrics.jsonl is cut back to match it."""
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    if latest is None:
+        return 0, 0.0, []
+    device = next(model.parameters()).device
+    state = ckpt.load_checkpoint(latest, device=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    run.rewrite_metrics(state["history"])
+    return state["epoch"], state["elapsed"], state["history"]
+
+
+def diverged(run: RunDir, epoch: int, err: DivergenceError) -> DivergenceError:
+    """Record a diverged run and say which checkpoint survives and what to try."""
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    kept = f"the last good checkpoint is `{latest}`" if latest else "no checkpoint was written yet"
+    message = (
+        f"training diverged in epoch {epoch + 1}: {err}; {kept}. "
+        "Lower `optim.lr` or set `optim.grad_clip` and start again."
+    )
+    run.write_summary({"status": "diverged", "error": message, "epoch": epoch + 1})
+    return DivergenceError(message)

@@ -1,0 +1,143 @@
+"""The run directory, one format for every system.
+
+runs/<name>-<YYYYmmdd-HHMMSS>/
+    config.yaml      the resolved config, every default written out
+    metrics.jsonl    one JSON record per epoch (or round)
+    summary.json     final numbers, seed, versions, git commit, wall time, status
+    plots/*.png      curves and per-class charts
+    checkpoints/     safetensors + JSON, for --resume
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+import trustvision
+from trustvision.config import dump_config
+from trustvision.errors import ConfigError
+
+
+class RunDir:
+    """Paths and writers of one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, *, root: str | Path, name: str, config: BaseModel) -> RunDir:
+        """Make a fresh `root/<name>-<time>/` and write the resolved config into it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / f"{name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path(root) / f"{name}-{stamp}-{suffix}"
+        run = cls(path)
+        run.plots_dir.mkdir(parents=True)
+        run.checkpoints_dir.mkdir()
+        run.config_path.write_text(dump_config(config))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run directory (to resume or evaluate it)."""
+        run = cls(path)
+        if not run.config_path.is_file():
+            raise ConfigError(f"`{path}` is not a run directory: it has no config.yaml")
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl."""
+        with self.metrics_path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl (on resume: the history saved with the checkpoint)."""
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, self.metrics_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.summary_path)
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree trustvision is imported from, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(trustvision.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), or the architecture elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """Versions and machine facts that make a number reproducible."""
+    info: dict[str, Any] = {
+        "trustvision": trustvision.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.machine()}",
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

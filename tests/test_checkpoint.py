@@ -1,0 +1,75 @@
+"""Checkpoints: safetensors + JSON round trips, atomic writes, corruption detected."""
+
+import pytest
+import torch
+
+from trustvision.train import checkpoint as ckpt
+
+
+def test_nested_state_round_trips(tmp_path):
+    state = {
+        "model": {"w": torch.randn(3, 4), "b": torch.arange(4)},
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(5.0), "buf": None}},
+            "groups": [{"betas": (0.9, 0.99)}],
+        },
+        "epoch": 7,
+        "history": [{"loss": 0.5}],
+    }
+    ckpt.save_checkpoint(tmp_path / "epoch-0007", state)
+    loaded = ckpt.load_checkpoint(tmp_path / "epoch-0007")
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert torch.equal(loaded["model"]["b"], state["model"]["b"])
+    assert list(loaded["optimizer"]["state"]) == [0]
+    assert loaded["optimizer"]["state"][0]["buf"] is None
+    assert loaded["optimizer"]["groups"][0]["betas"] == [0.9, 0.99]
+    assert loaded["epoch"] == 7 and loaded["history"] == [{"loss": 0.5}]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizer_state_resumes_exactly(tmp_path, name):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        if name == "sgd":
+            return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1)
+
+    def step(model, opt, seed):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(seed))
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    model, opt = make()
+    step(model, opt, 1)
+    ckpt.save_checkpoint(tmp_path / "c", {"model": model.state_dict(), "opt": opt.state_dict()})
+    step(model, opt, 2)
+
+    restored, restored_opt = make()
+    state = ckpt.load_checkpoint(tmp_path / "c")
+    restored.load_state_dict(state["model"])
+    restored_opt.load_state_dict(state["opt"])
+    step(restored, restored_opt, 2)
+    assert torch.equal(restored.weight, model.weight)
+
+
+def test_corrupt_tensors_are_detected(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / "epoch-0001", {"w": torch.ones(100)})
+    data = bytearray((path / ckpt.TENSORS).read_bytes())
+    data[-1] ^= 0xFF
+    (path / ckpt.TENSORS).write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.load_checkpoint(path)
+
+
+def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path):
+    for epoch in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path / f"epoch-{epoch:04d}", {"epoch": epoch})
+    (tmp_path / ".tmp-epoch-0004-123").mkdir()  # what a kill during a save leaves
+    (tmp_path / "epoch-0005").mkdir()  # a folder without state.json
+    assert ckpt.latest_checkpoint(tmp_path).name == "epoch-0003"
+    ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-0002", "epoch-0003"]
+    with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "epoch-0005")

@@ -1,0 +1,81 @@
+"""Configs: YAML + overrides into frozen pydantic models; every mistake stops the run up front."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from trustvision.cli import app
+from trustvision.config import TrainConfig, apply_overrides, load_config
+from trustvision.errors import ConfigError
+
+DEMO = Path(__file__).parents[1] / "configs/train/mnist_cnn.yaml"
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(TrainConfig, DEMO, ["optim.lr=0.01", "epochs=3", "data.augment.hflip=true"])
+    assert cfg.optim.lr == 0.01 and isinstance(cfg.optim.lr, float)
+    assert cfg.epochs == 3
+    assert cfg.data.augment.hflip is True
+
+
+def test_overrides_do_not_mutate_their_input():
+    tree = {"optim": {"lr": 0.1}}
+    apply_overrides(tree, ["optim.lr=0.2"])
+    assert tree == {"optim": {"lr": 0.1}}
+
+
+def test_unknown_key_names_its_path_and_the_known_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, DEMO, ["optim.lrr=0.1"])
+    message = str(err.value)
+    assert "`optim.lrr`" in message
+    assert "unknown key" in message and "momentum" in message
+
+
+def test_bad_value_names_its_path_and_reason():
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, DEMO, ["optim.lr=-1", "optim.schedule=linear"])
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "`optim.lr`" in message and "greater than 0" in message
+    assert "`optim.schedule`" in message and "cosine" in message
+
+
+@pytest.mark.parametrize("override", ["epochs", "=3", "epochs.inner=1"])
+def test_malformed_overrides_are_refused(override):
+    with pytest.raises(ConfigError, match="override"):
+        load_config(TrainConfig, DEMO, [override])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(TrainConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(TrainConfig, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(TrainConfig, listy)
+
+
+def test_configs_are_frozen():
+    cfg = load_config(TrainConfig, DEMO)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.epochs = 5  # type: ignore[misc]
+
+
+def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["train", str(DEMO), "optim.lrr=0.1", f"runs_dir={runs}"])
+    assert result.exit_code == 2
+    assert "`optim.lrr`" in result.output
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")))
+def test_every_shipped_train_config_validates(path):
+    if path.parent.name == "train":
+        load_config(TrainConfig, path)

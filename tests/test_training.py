@@ -1,0 +1,143 @@
+"""The training core on real MNIST: determinism, resume after a real kill, divergence stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trustvision.config import TrainConfig, load_config
+from trustvision.errors import DivergenceError
+from trustvision.train import checkpoint as ckpt
+from trustvision.train.centralized import resume_training, train_model
+
+ROOT = Path(__file__).parents[1]
+DEMO = ROOT / "configs/train/mnist_cnn.yaml"
+TIMING_KEYS = {"train_seconds", "train_images_per_s"}
+
+
+def small_config(tmp_path, *extra):
+    return load_config(
+        TrainConfig,
+        DEMO,
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            "epochs=3",
+            "data.train_subset=3000",
+            "data.test_subset=1000",
+            "data.batch_size=64",
+            "data.augment.rotation=10",
+            "model.kwargs={drop_rate: 0.25}",
+            *extra,
+        ],
+    )
+
+
+def comparable(run_path):
+    lines = (run_path / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def test_same_seed_same_run_bit_for_bit(tmp_path):
+    first = train_model(small_config(tmp_path, "epochs=1"))
+    second = train_model(small_config(tmp_path, "epochs=1"))
+    assert comparable(first.path) == comparable(second.path)
+    a, b = load_file(first.path / "model.safetensors"), load_file(second.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_directory_has_everything(tmp_path):
+    run = train_model(small_config(tmp_path, "epochs=1"))
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["seed"] == 0
+    assert summary["environment"]["torch"] == torch.__version__
+    assert len(summary["test"]["per_class"]) == 10
+    assert summary["test"]["top1"] > 0.8  # 3,000 images, one epoch: far above chance (10%)
+    assert {"head", "middle", "tail"} <= set(summary["test"])
+    assert (run.path / "config.yaml").is_file()
+    assert (run.path / "plots/curves.png").stat().st_size > 1000
+    assert (run.path / "plots/per_class.png").stat().st_size > 1000
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    reference = train_model(small_config(tmp_path / "ref"))
+
+    runs = tmp_path / "killed" / "runs"
+    overrides = [f"runs_dir={runs}", "epochs=3", "data.train_subset=3000", "data.test_subset=1000"]
+    overrides += [
+        "data.batch_size=64",
+        "data.augment.rotation=10",
+        "model.kwargs={drop_rate: 0.25}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustvision", "train", str(DEMO), *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list(runs.glob("*/checkpoints/epoch-0001/state.json")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = runs.iterdir()
+    assert ckpt.latest_checkpoint(run_dir / "checkpoints").name in {"epoch-0001", "epoch-0002"}
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = resume_training(run_dir)
+    assert comparable(resumed.path) == comparable(reference.path)
+    a = load_file(reference.path / "model.safetensors")
+    b = load_file(resumed.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import trustvision.train.centralized as centralized
+
+    honest = centralized.cross_entropy
+
+    def poisoned(**kwargs):
+        objective = honest(**kwargs)
+        calls = {"n": 0}
+
+        def step(model, x, y):
+            calls["n"] += 1
+            loss, logits = objective(model, x, y)
+            return (loss * float("nan") if calls["n"] > 60 else loss), logits
+
+        return step
+
+    monkeypatch.setattr(centralized, "cross_entropy", poisoned)
+    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=3000")  # 46 steps per epoch
+    with pytest.raises(DivergenceError) as err:
+        train_model(cfg)
+    message = str(err.value)
+    assert "diverged in epoch 2" in message and "epoch-0001" in message and "optim.lr" in message
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    state = ckpt.load_checkpoint(run_dir / "checkpoints/epoch-0001")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_huge_learning_rate_exits_with_divergence_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from trustvision.cli import app
+
+    args = ["train", str(DEMO), f"runs_dir={tmp_path}", "epochs=1", "data.train_subset=2000"]
+    args += ["optim.lr=1e12", "optim.schedule=constant", "optim.nesterov=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "diverged" in result.output
