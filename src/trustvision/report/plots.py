@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from trustvision.train.runs import RunDir
 
@@ -24,6 +25,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax_acc.plot(epochs, [100 * r["test_acc"] for r in history], "s-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -58,9 +60,12 @@ def plot_run(run: RunDir, *, class_names: Sequence[str]) -> list[Path]:
     history = run.read_metrics()
     if history:
         made.append(plot_curves(history, run.plots_dir / "curves.png"))
-    test = run.read_summary().get("test", {})
+    summary = run.read_summary()
+    test = summary.get("test", {})
     if "per_class" in test:
-        made.append(plot_per_class(test["per_class"], class_names, run.plots_dir / "per_class.png"))
+        counts = summary.get("data", {}).get("train_class_counts")
+        path = run.plots_dir / "per_class.png"
+        made.append(plot_per_class(test["per_class"], class_names, path, counts=counts))
     return made
 
 

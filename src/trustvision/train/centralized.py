@@ -87,6 +87,7 @@ def train_model(
             "name": dataset.name,
             "source": dataset.source,
             "train_images": train_loader.num_samples,
+            "train_class_counts": train_counts.tolist(),
         },
         "test": result.final,
         "environment": environment_info(device),

@@ -7,7 +7,6 @@ either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from trustvision.data.readers import sha256_file
 from trustvision.errors import TrustvisionError
 
 FORMAT = "trustvision-checkpoint/1"
@@ -59,14 +59,6 @@ def decode_tree(obj: Any, tensors: dict[str, Tensor]) -> Any:
     if isinstance(obj, list):
         return [decode_tree(v, tensors) for v in obj]
     return obj
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
