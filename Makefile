@@ -11,6 +11,7 @@ demo: setup
 test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/mypy
 	.venv/bin/pytest -q
 
 lint:

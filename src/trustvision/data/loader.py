@@ -130,7 +130,6 @@ def build_loaders(
     )
     train_labels = np.asarray(dataset.train.labels[train_idx])
     test_end = cfg.test_subset or len(dataset.test.labels)
-    common = {"mean": dataset.mean, "std": dataset.std, "device": device}
     train = BatchLoader(
         to_tensor(dataset.train.images[train_idx]),
         to_tensor(train_labels),
@@ -139,12 +138,16 @@ def build_loaders(
         drop_last=True,
         augment=BatchAugment(cfg.augment),
         seed=seed,
-        **common,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
     )
     test = BatchLoader(
         to_tensor(dataset.test.images[:test_end]),
         to_tensor(dataset.test.labels[:test_end]),
         batch_size=cfg.eval_batch_size,
-        **common,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
     )
     return train, test, np.bincount(train_labels, minlength=dataset.num_classes)

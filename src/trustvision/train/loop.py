@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from trustvision.train import checkpoint as ckpt
 from trustvision.train.metrics import summarize
 from trustvision.train.runs import RunDir
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
 Predictor = Callable[[Tensor], Tensor]
 
@@ -69,10 +70,10 @@ class Accel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
+    def prepare_model(self, model: ModuleT) -> ModuleT:
+        model.to(self.device)
         if self.channels_last and self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return model
 
     def prepare_batch(self, x: Tensor) -> Tensor:

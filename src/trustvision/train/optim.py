@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -36,13 +36,8 @@ def parameter_groups(
     return groups
 
 
-def build_optimizer(
-    cfg: OptimConfig, groups: Iterable[dict] | Iterable[nn.Parameter]
-) -> torch.optim.Optimizer:
-    """The optimiser `cfg.name` over `groups` (from `parameter_groups`, or bare parameters)."""
-    groups = list(groups)
-    if groups and not isinstance(groups[0], dict):
-        groups = [{"params": groups, "lr_scale": 1.0, "decay": True}]
+def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimiser `cfg.name` over parameter groups made by `parameter_groups`."""
     for group in groups:
         group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         group["weight_decay"] = cfg.weight_decay if group.get("decay", True) else 0.0
