@@ -225,13 +225,16 @@ def fit(
     checkpoint_every: int = 1,
     resume: bool = False,
     reporter: Reporter | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train for `epochs`, evaluating, logging and checkpointing after each; resumable.
 
     Each epoch reseeds torch's global RNG (dropout) from (seed, epoch) and the loader derives
     its shuffling and augmentation from (seed, epoch) too, so an epoch's result depends only
     on the state at its start: a run resumed from a checkpoint ends exactly as an
-    uninterrupted one would.
+    uninterrupted one would. `before_epoch(epoch)` runs first in every epoch, resumed or not
+    (progressive unfreezing sets `requires_grad` there; frozen parameters get no gradient and
+    the optimiser skips them).
     """
     reporter = reporter or SilentReporter()
     history: list[dict[str, Any]] = []
@@ -242,6 +245,8 @@ def fit(
         )
     began = time.perf_counter() - elapsed
     for epoch in range(start_epoch, epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
         torch.manual_seed(derive_seed(seed, "torch", epoch))
         reporter.start(f"epoch {epoch + 1}/{epochs}", len(train_loader))
         try:
