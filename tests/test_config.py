@@ -79,3 +79,10 @@ def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
 def test_every_shipped_train_config_validates(path):
     if path.parent.name == "train":
         load_config(TrainConfig, path)
+
+
+def test_print_config_shows_every_key_with_overrides_applied():
+    result = CliRunner().invoke(app, ["train", "--print-config", "optim.lr=0.2", "epochs=4"])
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.2" in result.output and "epochs: 4" in result.output
+    assert "label_smoothing" in result.output and "crop_padding" in result.output

@@ -59,7 +59,10 @@ def main(
 @app.command()
 def train(
     config: Annotated[
-        Path | None, typer.Argument(help="A YAML config, e.g. configs/train/mnist_cnn.yaml.")
+        Path | None,
+        typer.Argument(
+            help="A YAML config, e.g. configs/train/mnist_cnn.yaml (default: defaults)."
+        ),
     ] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
@@ -67,12 +70,29 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
     ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config", help="Print the resolved config (every key, with defaults) and exit."
+        ),
+    ] = False,
 ) -> None:
     """Train one model on one data set (centralised) and write a run directory.
 
     Example: trustvision train configs/train/mnist_cnn.yaml epochs=3 optim.lr=0.05
+
+    `trustvision train --print-config` lists every key you can set.
     """
-    from trustvision.config import TrainConfig, load_config
+    from trustvision.config import TrainConfig, dump_config, load_config
+
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *(overrides or [])]  # no file: only overrides
+    if print_config:
+        try:
+            console.print(dump_config(load_config(TrainConfig, config, overrides)), highlight=False)
+        except TrustvisionError as err:
+            raise fail(err) from None
+        return
     from trustvision.report.console import ConsoleReporter
     from trustvision.train.centralized import resume_training, train_model
 
@@ -84,10 +104,6 @@ def train(
                 )
             run = resume_training(resume, reporter=ConsoleReporter(console))
         else:
-            if config is None:
-                raise TrustvisionError(
-                    "give a CONFIG file (see configs/train/) or `--resume RUN_DIR`"
-                )
             cfg = load_config(TrainConfig, config, overrides)
             console.print(
                 f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)"
