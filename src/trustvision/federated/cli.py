@@ -1,0 +1,150 @@
+"""`trustvision fed`: federated training and evaluation (mounted by trustvision.cli as `fed`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trustvision.errors import TrustvisionError
+
+fed_app = typer.Typer(
+    help="Federated learning on long-tailed, non-IID client data (FedLoGe and baselines).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+OVERRIDES_HELP = (
+    "Config overrides as `key=value`: `rounds=20 algorithm.name=fedprox algorithm.options.mu=0.01`."
+)
+
+
+def fail(err: TrustvisionError) -> typer.Exit:
+    """The main CLI's error exit (red message; 1 diverged, 2 bad input)."""
+    from trustvision.cli import fail as main_fail  # at call time: trustvision.cli mounts us
+
+    return main_fail(err)
+
+
+def format_round(record: dict[str, Any]) -> str:
+    """One line per round: loss, and the accuracies when the round was evaluated."""
+    parts = [f"round {record['round']}", f"loss {record['train_loss']:.4f}"]
+    for key, label in (
+        ("generic_acc", "generic"),
+        ("universal_acc", "universal"),
+        ("local_acc", "local"),
+    ):
+        if key in record:
+            parts.append(f"{label} {record[key]:.2%}")
+    parts.append(f"{record.get('round_seconds', 0):.1f} s")
+    return "  ".join(parts)
+
+
+class RoundReporter:
+    """A progress bar over a round's clients (on a terminal) and one line per round."""
+
+    def __init__(self, console: Console) -> None:
+        from trustvision.report.console import ConsoleReporter
+
+        self.inner = ConsoleReporter(console)
+        self.console = console
+
+    def start(self, title: str, total: int) -> None:
+        self.inner.start(title, total)
+
+    def advance(self) -> None:
+        self.inner.advance()
+
+    def finish(self, record: dict[str, Any]) -> None:
+        if self.inner.progress is not None:
+            self.inner.progress.stop()
+            self.inner.progress = None
+        self.console.print(format_round(record), highlight=False)
+
+
+@fed_app.command("run")
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="A YAML config, e.g. configs/fed/fmnist_lt_cpu.yaml.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    ] = None,
+) -> None:
+    """Train one federated algorithm and write a run directory.
+
+    Example: trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm.name=fedavg rounds=10
+    """
+    from trustvision.config import load_config
+    from trustvision.federated.config import FedConfig
+    from trustvision.federated.runner import resume_federated, run_federated
+
+    reporter = RoundReporter(console)
+    try:
+        if resume is not None:
+            if config is not None or overrides:
+                raise TrustvisionError(
+                    "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
+                )
+            run_dir = resume_federated(resume, reporter=reporter)
+        else:
+            if config is None:
+                raise TrustvisionError(
+                    "give a CONFIG file (see configs/fed/) or `--resume RUN_DIR`"
+                )
+            cfg = load_config(FedConfig, config, overrides)
+            console.print(
+                f"`{cfg.algorithm.name}` on `{cfg.data.name}`: {cfg.num_clients} clients, "
+                f"{cfg.clients_per_round} a round, {cfg.rounds} rounds"
+            )
+            run_dir = run_federated(cfg, reporter=reporter)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_headline(run_dir.read_summary().get("headline", {}))
+    console.print(f"run directory: {run_dir.path}")
+
+
+@fed_app.command("eval")
+def evaluate(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `trustvision fed run`.")
+    ],
+) -> None:
+    """Re-evaluate a run's newest checkpoint (generic, universal, local masked and unmasked); writes eval.json."""
+    from trustvision.federated.runner import evaluate_run
+
+    try:
+        result = evaluate_run(run_dir)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_headline(result["headline"], title=f"round {result['round']}")
+
+
+@fed_app.command("algorithms")
+def algorithms() -> None:
+    """List the registered algorithms and their options with defaults."""
+    from trustvision.federated.algorithm import algorithm_class, list_algorithms
+
+    table = Table("algorithm", "options (defaults)")
+    for name in list_algorithms():
+        options = algorithm_class(name).Options()
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in options.model_dump().items()) or "-")
+    console.print(table)
+
+
+def print_headline(headline: dict[str, float], *, title: str = "final") -> None:
+    """A table of the headline accuracies."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in headline.items():
+        table.add_row(key, f"{value:.2%}" if value == value else "n/a")
+    console.print(table)

@@ -1,0 +1,222 @@
+"""What a client does, for every algorithm and every engine: train its phases, predict.
+
+`run_phases` is the one local-training routine: each phase freezes what does not train,
+builds a fresh optimiser over what does, and runs the core's `train_epoch` (so the
+device, AMP, divergence checks and step logic are the centralised loop's). Randomness
+comes from (seed, client, round) only, so a resumed run repeats every round exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trustvision.config import OptimConfig
+from trustvision.data.loader import BatchLoader, derive_seed
+from trustvision.errors import DivergenceError
+from trustvision.federated.algorithm import ClientContext, FederatedAlgorithm, Phase, seeded
+from trustvision.federated.data import ClientData, LoaderSpec
+from trustvision.federated.tensors import State, drop, matches, select
+from trustvision.train.loop import Accel, predict, train_epoch
+from trustvision.train.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A client's message to the server: global tensors only, its weight and its numbers."""
+
+    client_id: int
+    update: State
+    weight: float  # training images used (FedAvg's n_k)
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ClientEval:
+    """A client's predictions on its local test set (CPU), and which classes it trained on."""
+
+    client_id: int
+    logits: Tensor
+    labels: Tensor
+    seen: Tensor  # (C,) bool: classes with at least one training image at this client
+
+
+class Workspace:
+    """An algorithm's modules on one device, loaded from named tensors and read back into them."""
+
+    def __init__(self, algorithm: FederatedAlgorithm, accel: Accel) -> None:
+        with seeded(0):  # the values are always overwritten by `load`
+            net = algorithm.build()
+        self.net = accel.prepare_model(net)
+        self.keys = frozenset(self.net.state_dict())
+
+    def load(self, state: State) -> None:
+        """Copy `state` into the modules; keys it lacks keep their values."""
+        unknown = set(state) - self.keys
+        if unknown:
+            raise KeyError(f"state has keys the modules lack: {sorted(unknown)[:5]}")
+        self.net.load_state_dict(state, strict=False)
+
+    def read(self) -> State:
+        """Detached copies of every tensor."""
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+
+def set_trainable(
+    net: nn.Module, *, train: Sequence[str], fix: Sequence[str]
+) -> list[nn.Parameter]:
+    """Let exactly the parameters under `train` and not under `fix` require gradients."""
+    chosen = []
+    for name, param in net.named_parameters():
+        param.requires_grad_(matches(name, train) and not matches(name, fix))
+        if param.requires_grad:
+            chosen.append(param)
+    return chosen
+
+
+def build_phase_optimizer(
+    params: list[nn.Parameter], *, optim: OptimConfig, lr: float
+) -> torch.optim.Optimizer:
+    """The configured optimiser at this round's `lr`; no weight decay on biases and norms."""
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "decay": True},
+        {"params": [p for p in params if p.ndim <= 1], "decay": False},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return build_optimizer(optim.model_copy(update={"lr": lr}), groups)
+
+
+def run_phases(
+    net: nn.Module,
+    phases: Sequence[Phase],
+    *,
+    epoch_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]],
+    optim: OptimConfig,
+    lr: float,
+    accel: Accel,
+    always_fixed: Sequence[str] = (),
+) -> dict[str, float]:
+    """Train `phases` in order; epochs are numbered across phases for `epoch_batches(epoch)`."""
+    images, epoch = 0, 0
+    loss_sum, correct_sum, seconds = 0.0, 0.0, 0.0
+    for phase in phases:
+        params = set_trainable(net, train=phase.train, fix=(*phase.fix, *always_fixed))
+        if not params:
+            raise ValueError(f"phase trains {phase.train} but no parameter there may train")
+        optimizer = build_phase_optimizer(params, optim=optim, lr=lr)
+        for _ in range(phase.epochs):
+            record = train_epoch(
+                net,
+                epoch_batches(epoch),
+                optimizer=optimizer,
+                objective=phase.objective,
+                accel=accel,
+                grad_clip=optim.grad_clip,
+            )
+            epoch += 1
+            n = int(record["train_images"])
+            images += n
+            loss_sum += record["train_loss"] * n
+            correct_sum += record["train_acc"] * n
+            seconds += record["train_seconds"]
+    return {
+        "train_loss": loss_sum / max(images, 1),
+        "train_acc": correct_sum / max(images, 1),
+        "train_images": images,
+        "train_seconds": seconds,
+    }
+
+
+def client_context(
+    data: ClientData, *, round: int, global_state: State, device: torch.device
+) -> ClientContext:
+    """The context an algorithm sees on client `data.client_id` in `round`."""
+    counts = torch.as_tensor(data.class_counts, dtype=torch.int64, device=device)
+    return ClientContext(
+        client_id=data.client_id, round=round, class_counts=counts, global_state=global_state
+    )
+
+
+def client_fit(
+    algorithm: FederatedAlgorithm,
+    workspace: Workspace,
+    *,
+    global_state: State,
+    client_state: State,
+    data: ClientData,
+    spec: LoaderSpec,
+    optim: OptimConfig,
+    round: int,
+    lr: float,
+    seed: int,
+    accel: Accel,
+) -> tuple[ClientUpdate, State]:
+    """One client's round: load, train the algorithm's phases, split the result.
+
+    Returns the message for the server (global, non-frozen tensors) and the new personal
+    state, which stays with the client.
+    """
+    workspace.load({**global_state, **client_state})
+    metrics: dict[str, float] = {"train_images": 0}
+    if data.num_samples > 0:
+        ctx = client_context(data, round=round, global_state=global_state, device=accel.device)
+        loader = data.train_loader(spec, seed=derive_seed(seed, "client", data.client_id, round))
+        torch.manual_seed(derive_seed(seed, "torch", round, data.client_id))  # dropout
+        try:
+            metrics = run_phases(
+                workspace.net,
+                algorithm.phases(ctx),
+                epoch_batches=loader.epoch,
+                optim=optim,
+                lr=lr,
+                accel=accel,
+                always_fixed=algorithm.frozen,
+            )
+        except DivergenceError as err:
+            raise DivergenceError(f"client {data.client_id} in round {round + 1}: {err}") from None
+    state = workspace.read()
+    shared = drop(state, (*algorithm.personal, *algorithm.frozen))
+    update = ClientUpdate(
+        client_id=data.client_id, update=shared, weight=float(data.num_samples), metrics=metrics
+    )
+    return update, select(state, algorithm.personal)
+
+
+def client_evaluate(
+    algorithm: FederatedAlgorithm,
+    workspace: Workspace,
+    *,
+    global_state: State,
+    client_state: State,
+    data: ClientData,
+    test_loader: BatchLoader,
+    spec: LoaderSpec,
+    optim: OptimConfig,
+    round: int,
+    lr: float,
+    seed: int,
+    accel: Accel,
+) -> ClientEval:
+    """A client's personalised logits on its local test set (fine-tuning first if the algorithm does)."""
+    workspace.load({**global_state, **client_state})
+    if algorithm.finetunes and data.num_samples > 0:
+        ctx = client_context(data, round=round, global_state=global_state, device=accel.device)
+        loader = data.train_loader(spec, seed=derive_seed(seed, "finetune", data.client_id, round))
+        torch.manual_seed(derive_seed(seed, "torch-finetune", round, data.client_id))
+        run_phases(
+            workspace.net,
+            algorithm.finetune_phases(ctx),
+            epoch_batches=loader.epoch,
+            optim=optim,
+            lr=lr,
+            accel=accel,
+        )
+    workspace.net.eval()
+    logits, labels, _ = predict(
+        lambda x: algorithm.personal_logits(workspace.net, x), test_loader.epoch(0), accel=accel
+    )
+    seen = torch.from_numpy(data.class_counts > 0)
+    return ClientEval(client_id=data.client_id, logits=logits, labels=labels, seen=seen)

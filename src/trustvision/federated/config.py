@@ -1,0 +1,116 @@
+"""`trustvision fed run` config: the core's data/model/optim sections plus the federation's knobs.
+
+Defaults are FedLoGe's paper setting (CIFAR-10-LT, ResNet-18, 40 clients, 30% a round,
+batch 8, 5 local epochs, SGD lr 0.03 momentum 0.5, no weight decay, 500 rounds). The
+optimiser's schedule runs over rounds: the learning rate of round r is
+`optim.lr * factor(r / rounds)`, constant within a round.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from trustvision.config import DataConfig, ModelConfig, OptimConfig, StrictModel
+from trustvision.data.augment import AugmentConfig
+from trustvision.errors import ConfigError
+
+
+class AlgorithmConfig(StrictModel):
+    """Which algorithm, and its own options section (checked against that algorithm)."""
+
+    name: str = "fedavg"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_options(cls, data: Any) -> Any:
+        """Accept `algorithm: fedprox`; fill and check `options` with the algorithm's model."""
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict):
+            return data
+        from trustvision.federated.algorithm import algorithm_class
+
+        name = data.get("name", "fedavg")
+        try:
+            options_model = algorithm_class(name).Options
+        except ConfigError:
+            return data  # `name`'s own validator reports it, with the known names
+        try:
+            options = options_model.model_validate(data.get("options") or {})
+        except ValidationError as err:
+            raise ValueError(_describe_options(name, options_model, err)) from None
+        return {**data, "options": options.model_dump(mode="json")}
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        from trustvision.federated.algorithm import algorithm_class
+
+        try:
+            algorithm_class(name)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return name
+
+    def parsed_options(self) -> StrictModel:
+        """The options as the algorithm's own typed model."""
+        from trustvision.federated.algorithm import algorithm_class
+
+        return algorithm_class(self.name).Options.model_validate(self.options)
+
+
+def _describe_options(name: str, model: type[StrictModel], err: ValidationError) -> str:
+    known = ", ".join(f"`{k}`" for k in model.model_fields) or "none"
+    problems = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(options)"
+        reason = "unknown option" if problem["type"] == "extra_forbidden" else problem["msg"]
+        problems.append(f"`options.{where}`: {reason}")
+    hint = ""
+    if any(p["type"] == "extra_forbidden" for p in err.errors()):
+        hint = "; to switch algorithms and drop the old options, override `algorithm=NAME`"
+    return f"algorithm `{name}`: {'; '.join(problems)} (its options: {known}){hint}"
+
+
+PAPER_DATA = DataConfig(
+    name="cifar10",
+    imbalance_factor=100,
+    batch_size=8,
+    eval_batch_size=500,
+    augment=AugmentConfig(crop_padding=4, hflip=True),
+)
+PAPER_OPTIM = OptimConfig(
+    name="sgd", lr=0.03, momentum=0.5, nesterov=False, weight_decay=0.0, schedule="constant"
+)
+
+
+class FedConfig(StrictModel):
+    """`trustvision fed run`: one algorithm on a long-tailed, Dirichlet-partitioned data set."""
+
+    name: str = "fed"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    channels_last: bool = True  # on CUDA only
+    runs_dir: str = "runs"
+    engine: Literal["inprocess"] = "inprocess"
+    num_clients: int = Field(default=40, ge=1)
+    participation: float = Field(default=0.3, gt=0, le=1)  # fraction of clients each round
+    rounds: int = Field(default=500, ge=1)
+    local_epochs: int = Field(default=5, ge=1)
+    alpha: float = Field(default=0.5, gt=0)  # Dirichlet concentration of the client split
+    eval_every: int = Field(default=10, ge=1)  # rounds; the last round is always evaluated
+    checkpoint_every: int = Field(default=10, ge=1)  # rounds; the last round is always saved
+    mask_unseen: bool = True  # headline local accuracy masks classes a client never saw
+    data: DataConfig = PAPER_DATA
+    model: ModelConfig = ModelConfig(name="resnet18")
+    optim: OptimConfig = PAPER_OPTIM
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+
+    @property
+    def clients_per_round(self) -> int:
+        """`max(floor(participation * num_clients), 1)`, as FedLoGe's code."""
+        return max(int(self.participation * self.num_clients + 1e-9), 1)  # 0.29 * 100 is 28.99..

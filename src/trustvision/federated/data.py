@@ -1,0 +1,173 @@
+"""The federation's data: long-tailed training set split over clients, balanced and local test sets.
+
+Every client's training images are held once, on the device, as uint8 tensors; a round's
+batches come from a BatchLoader over them seeded by (seed, client, round). Local test sets
+are index lists into the one balanced test set (clients may share test images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trustvision.config import DataConfig
+from trustvision.data.augment import BatchAugment
+from trustvision.data.dataset import Dataset
+from trustvision.data.loader import BatchLoader, derive_seed, select_train_indices, to_tensor
+from trustvision.data.partition import class_counts, client_test_indices, dirichlet_partition
+
+
+@dataclass(frozen=True, eq=False)
+class LoaderSpec:
+    """How batches are made: sizes, normalisation, training augmentation, device."""
+
+    batch_size: int
+    eval_batch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: BatchAugment
+    device: torch.device
+
+    def train(self, images: Tensor, labels: Tensor, *, seed: int) -> BatchLoader:
+        """Shuffled, augmented batches; the last batch may be short (FedLoGe keeps it)."""
+        return BatchLoader(
+            images,
+            labels,
+            batch_size=self.batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=True,
+            augment=self.augment,
+            seed=seed,
+            device=self.device,
+        )
+
+    def test(self, images: Tensor, labels: Tensor) -> BatchLoader:
+        """Batches in order, no augmentation."""
+        return BatchLoader(
+            images,
+            labels,
+            batch_size=self.eval_batch_size,
+            mean=self.mean,
+            std=self.std,
+            device=self.device,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One client's training images (on the device), class counts and local test indices."""
+
+    client_id: int
+    train_images: Tensor
+    train_labels: Tensor
+    class_counts: np.ndarray  # (C,) int64
+    test_indices: np.ndarray  # into the federation's balanced test set
+
+    @property
+    def num_samples(self) -> int:
+        """Training images this client holds."""
+        return len(self.train_labels)
+
+    def train_loader(self, spec: LoaderSpec, *, seed: int) -> BatchLoader:
+        """A BatchLoader over this client's images (no copy: they already sit on the device)."""
+        return spec.train(self.train_images, self.train_labels, seed=seed)
+
+
+@dataclass(frozen=True, eq=False)
+class Federation:
+    """All clients, the balanced test set and the global training class counts."""
+
+    clients: list[ClientData]
+    test_images: Tensor
+    test_labels: Tensor
+    train_counts: np.ndarray  # (C,) int64, the whole long-tailed training set
+    classes: tuple[str, ...]
+    spec: LoaderSpec
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def test_loader(self) -> BatchLoader:
+        """The balanced test set (generic accuracy)."""
+        return self.spec.test(self.test_images, self.test_labels)
+
+    def client_test_loader(self, client: ClientData) -> BatchLoader:
+        """A client's local test set, gathered from the balanced one."""
+        index = torch.as_tensor(client.test_indices, device=self.test_labels.device)
+        return self.spec.test(self.test_images[index], self.test_labels[index])
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes for the run summary."""
+        return {
+            "train_images": int(self.train_counts.sum()),
+            "train_counts": [int(n) for n in self.train_counts],
+            "test_images": len(self.test_labels),
+            "client_train_images": [c.num_samples for c in self.clients],
+            "client_test_images": [len(c.test_indices) for c in self.clients],
+            "client_classes": [int((c.class_counts > 0).sum()) for c in self.clients],
+        }
+
+
+def build_federation(
+    dataset: Dataset,
+    cfg: DataConfig,
+    *,
+    num_clients: int,
+    alpha: float,
+    seed: int,
+    device: torch.device,
+) -> Federation:
+    """Long-tail the training set, split it with per-class Dirichlet draws, build local test sets."""
+    train_idx = select_train_indices(
+        dataset.train.labels,
+        imbalance_factor=cfg.imbalance_factor,
+        subset=cfg.train_subset,
+        seed=seed,
+    )
+    train_labels = np.array(dataset.train.labels[train_idx], dtype=np.int64)
+    test_end = cfg.test_subset or len(dataset.test.labels)
+    test_labels = np.array(dataset.test.labels[:test_end], dtype=np.int64)
+    parts = dirichlet_partition(
+        train_labels, num_clients=num_clients, alpha=alpha, seed=derive_seed(seed, "partition")
+    )
+    local_tests = client_test_indices(
+        [train_labels[p] for p in parts],
+        test_labels,
+        num_train=len(train_labels),
+        seed=derive_seed(seed, "local-test"),
+    )
+    images = to_tensor(dataset.train.images[train_idx])
+    labels = torch.from_numpy(train_labels)
+    clients = [
+        ClientData(
+            client_id=k,
+            train_images=images[part].to(device),
+            train_labels=labels[part].to(device),
+            class_counts=class_counts(train_labels[part], dataset.num_classes),
+            test_indices=test_idx,
+        )
+        for k, (part, test_idx) in enumerate(zip(parts, local_tests, strict=True))
+    ]
+    spec = LoaderSpec(
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        augment=BatchAugment(cfg.augment),
+        device=device,
+    )
+    return Federation(
+        clients=clients,
+        test_images=to_tensor(dataset.test.images[:test_end]).to(device),
+        test_labels=torch.from_numpy(test_labels).to(device),
+        train_counts=class_counts(train_labels, dataset.num_classes),
+        classes=tuple(dataset.classes),
+        spec=spec,
+    )

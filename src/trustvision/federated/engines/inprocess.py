@@ -1,0 +1,128 @@
+"""The default engine: every client simulated in this process, one after another, on one device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from trustvision.config import OptimConfig
+from trustvision.federated.algorithm import FederatedAlgorithm
+from trustvision.federated.client import (
+    ClientEval,
+    ClientUpdate,
+    Workspace,
+    client_evaluate,
+    client_fit,
+)
+from trustvision.federated.data import ClientData, Federation
+from trustvision.federated.tensors import State, clone
+from trustvision.train.loop import Accel
+
+
+class InProcessEngine:
+    """Holds the clients' data and personal states; runs `client_fit` / `client_evaluate`."""
+
+    def __init__(
+        self,
+        algorithm: FederatedAlgorithm,
+        federation: Federation,
+        *,
+        optim: OptimConfig,
+        accel: Accel,
+        seed: int,
+        on_client: Callable[[], None] | None = None,
+    ) -> None:
+        self.algorithm = algorithm
+        self.federation = federation
+        self.optim = optim
+        self.accel = accel
+        self.seed = seed
+        self.on_client = on_client
+        self.workspace = Workspace(algorithm, accel)
+        self._personal: dict[int, State] = {}
+
+    def _client_state(self, client: ClientData, global_state: State) -> State:
+        if client.client_id not in self._personal:
+            initial = self.algorithm.init_client(client.client_id, global_state)
+            return clone(initial, device=self.accel.device)
+        return self._personal[client.client_id]
+
+    def fit(
+        self, global_state: State, client_ids: list[int], *, round: int, lr: float
+    ) -> list[ClientUpdate]:
+        """Train each sampled client in turn; personal states stay here, updates go back."""
+        updates = []
+        for k in client_ids:
+            client = self.federation.clients[k]
+            update, personal = client_fit(
+                self.algorithm,
+                self.workspace,
+                global_state=global_state,
+                client_state=self._client_state(client, global_state),
+                data=client,
+                spec=self.federation.spec,
+                optim=self.optim,
+                round=round,
+                lr=lr,
+                seed=self.seed,
+                accel=self.accel,
+            )
+            if personal:
+                self._personal[k] = personal
+            updates.append(update)
+            if self.on_client is not None:
+                self.on_client()
+        return updates
+
+    def evaluate(
+        self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
+    ) -> list[ClientEval]:
+        """Local-test predictions of every client with a local test set.
+
+        For an algorithm that does not personalise, a client's model is the global one, so
+        its logits are read off `generic_logits` (the balanced test set's) when given.
+        """
+        evals = []
+        for client in self.federation.clients:
+            if len(client.test_indices) == 0:
+                continue
+            if generic_logits is not None and not self.algorithm.personalised:
+                evals.append(self._from_generic(client, generic_logits))
+                continue
+            evals.append(
+                client_evaluate(
+                    self.algorithm,
+                    self.workspace,
+                    global_state=global_state,
+                    client_state=self._client_state(client, global_state),
+                    data=client,
+                    test_loader=self.federation.client_test_loader(client),
+                    spec=self.federation.spec,
+                    optim=self.optim,
+                    round=round,
+                    lr=lr,
+                    seed=self.seed,
+                    accel=self.accel,
+                )
+            )
+        return evals
+
+    def _from_generic(self, client: ClientData, generic_logits: Tensor) -> ClientEval:
+        index = torch.as_tensor(client.test_indices)
+        labels = self.federation.test_labels.cpu()[index]
+        return ClientEval(
+            client_id=client.client_id,
+            logits=generic_logits[index],
+            labels=labels,
+            seen=torch.from_numpy(client.class_counts > 0),
+        )
+
+    def personal_states(self) -> dict[int, State]:
+        """Every trained client's personal state (shared references; the caller copies)."""
+        return dict(self._personal)
+
+    def restore(self, personal: dict[int, State]) -> None:
+        """Replace all personal states (from a checkpoint)."""
+        self._personal = {k: clone(v, device=self.accel.device) for k, v in personal.items()}

@@ -1,0 +1,117 @@
+"""Plots of a federated run: accuracy per round, and per-class accuracy against class frequency."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from trustvision.train.runs import RunDir
+
+CURVES = {
+    "generic_acc": "generic",
+    "universal_acc": "universal (SSE-C)",
+    "local_acc_masked": "local, unseen masked",
+    "local_acc_unmasked": "local, unmasked",
+}
+
+
+def plot_rounds(history: list[dict], path: Path) -> Path:
+    """Generic and local accuracy against round (evaluated rounds only)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in CURVES.items():
+        rows = [r for r in history if _finite(r.get(key))]
+        if rows:
+            ax.plot(
+                [r["round"] for r in rows], [100 * r[key] for r in rows], "o-", ms=3, label=label
+            )
+    ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title="accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_class_frequency(
+    series: dict[str, Sequence[float]],
+    *,
+    counts: Sequence[int],
+    classes: Sequence[str],
+    path: Path,
+) -> Path:
+    """Per-class accuracy of each series, classes ordered by training frequency (counts on top)."""
+    order = sorted(range(len(counts)), key=lambda c: -counts[c])
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(order)), 4.5))
+    width = 0.8 / max(len(series), 1)
+    for i, (label, per_class) in enumerate(series.items()):
+        values = [100 * per_class[c] if _finite(per_class[c]) else 0.0 for c in order]
+        ax.bar(
+            [x + (i - (len(series) - 1) / 2) * width for x in range(len(order))],
+            values,
+            width,
+            label=label,
+        )
+    labels = [f"{classes[c]}\n({counts[c]})" for c in order]
+    ax.set_xticks(range(len(order)), labels, rotation=90 if len(order) > 20 else 45, fontsize=8)
+    ax.set(
+        ylabel="test accuracy (%)",
+        ylim=(0, 100),
+        title="per-class accuracy, most frequent class first",
+    )
+    freq = ax.twinx()
+    freq.plot(
+        range(len(order)), [max(counts[c], 1) for c in order], "k.--", label="training images"
+    )
+    freq.set(yscale="log", ylabel="training images (log)")
+    handles = ax.get_legend_handles_labels()
+    extra = freq.get_legend_handles_labels()
+    ax.legend(
+        handles[0] + extra[0],
+        handles[1] + extra[1],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.3),
+        ncol=3,
+        fontsize=8,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_federated_run(run: RunDir, *, classes: Sequence[str]) -> list[Path]:
+    """Every standard plot of a finished federated run."""
+    made = []
+    history = run.read_metrics()
+    if history:
+        made.append(plot_rounds(history, run.plots_dir / "accuracy_per_round.png"))
+    summary = run.read_summary()
+    final, counts = summary.get("final", {}), summary.get("data", {}).get("train_counts")
+    series = {k: v["per_class"] for k, v in final.get("generic", {}).items()}
+    local = final.get("local", {}).get("masked", {})
+    if "per_class" in local:
+        series["local (masked)"] = local["per_class"]
+    if series and counts:
+        made.append(
+            plot_class_frequency(
+                series,
+                counts=counts,
+                classes=classes,
+                path=run.plots_dir / "per_class_vs_frequency.png",
+            )
+        )
+    return made
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
