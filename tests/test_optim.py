@@ -1,6 +1,7 @@
 """Schedules and parameter groups."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ def test_onecycle_warms_up_then_decays_to_zero():
     assert f[0] == pytest.approx(0.1)
     assert f[20] == pytest.approx(1.0) and max(f) == pytest.approx(1.0)
     assert f[-1] == pytest.approx(0.0)
-    assert all(a <= b for a, b in zip(f[:20], f[1:21], strict=True))
-    assert all(a >= b for a, b in zip(f[20:], f[21:], strict=False))
+    assert all(a <= b for a, b in pairwise(f[:21]))
+    assert all(a >= b for a, b in pairwise(f[20:]))
 
 
 def test_cosine_and_step_and_constant():
