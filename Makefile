@@ -7,6 +7,8 @@ setup:
 
 demo: setup
 	.venv/bin/trustvision train configs/train/mnist_cnn.yaml
+	.venv/bin/trustvision compact run configs/compact/mnist_demo.yaml
+	.venv/bin/trustvision robust demo configs/robust/demo_mnist.yaml
 
 test: setup
 	.venv/bin/ruff check src tests benchmarks

@@ -10,7 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 import trustvision
+from trustvision.compact.cli import compact_app
 from trustvision.errors import DivergenceError, TrustvisionError
+from trustvision.federated.cli import fed_app
+from trustvision.robust.cli import robust_app
 
 app = typer.Typer(
     help="Image classifiers that survive the real world: federated long-tailed learning, "
@@ -23,6 +26,9 @@ data_app = typer.Typer(
     help="Fetch, inspect and verify data sets in the local cache.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+app.add_typer(fed_app, name="fed")
+app.add_typer(compact_app, name="compact")
+app.add_typer(robust_app, name="robust")
 console = Console()
 err_console = Console(stderr=True)
 

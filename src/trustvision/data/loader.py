@@ -50,6 +50,7 @@ class BatchLoader:
         augment: BatchAugment | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        normalize: bool = True,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
@@ -66,6 +67,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = seed
+        self.normalize = normalize  # False: yield [0, 1] pixels (attacks work in pixel space)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -99,7 +101,7 @@ class BatchLoader:
         x = self.images[index].float().div_(255.0)
         if self.augment is not None and generator is not None:
             x = self.augment(x, generator)
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std if self.normalize else x
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.epoch(0)
@@ -119,9 +121,17 @@ def select_train_indices(
 
 
 def build_loaders(
-    dataset: Dataset, cfg: DataConfig, *, seed: int, device: torch.device
+    dataset: Dataset,
+    cfg: DataConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    normalize: bool = True,
 ) -> tuple[BatchLoader, BatchLoader, np.ndarray]:
-    """Train and test loaders for `cfg`, and the training class counts."""
+    """Train and test loaders for `cfg`, and the training class counts.
+
+    With `normalize=False` both yield [0, 1] pixels (robust training attacks pixels).
+    """
     train_idx = select_train_indices(
         dataset.train.labels,
         imbalance_factor=cfg.imbalance_factor,
@@ -141,6 +151,7 @@ def build_loaders(
         mean=dataset.mean,
         std=dataset.std,
         device=device,
+        normalize=normalize,
     )
     test = BatchLoader(
         to_tensor(dataset.test.images[:test_end]),
@@ -149,5 +160,6 @@ def build_loaders(
         mean=dataset.mean,
         std=dataset.std,
         device=device,
+        normalize=normalize,
     )
     return train, test, np.bincount(train_labels, minlength=dataset.num_classes)

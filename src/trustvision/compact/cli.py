@@ -1,0 +1,197 @@
+"""`trustvision compact`: train, export and benchmark lightweight CNNs (mounted as `compact`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trustvision.errors import DivergenceError, TrustvisionError
+
+compact_app = typer.Typer(
+    help="Lightweight CNNs: dual-input-output training, progressive unfreezing, ONNX/int8 "
+    "export and latency.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES_HELP = "Config overrides as `key=value`: `dual.epochs=3 finetune.epochs=2 rows=[full]`."
+CONFIG_HELP = "A YAML config, e.g. configs/compact/mnist_demo.yaml."
+RUN_HELP = "A run directory written by `trustvision compact train`."
+ROW_NAMES = {
+    "plain": "plain (same epochs, same augmentation)",
+    "no_unfreeze": "dual + unify, no progressive unfreezing",
+    "full": "dual + unify + progressive unfreezing",
+}
+
+
+def fail(err: TrustvisionError) -> typer.Exit:
+    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
+
+
+def _train(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Any:
+    """Load the config (or the run's own, with `--resume`) and train every row."""
+    from trustvision.compact.config import CompactConfig
+    from trustvision.compact.train import train_compact
+    from trustvision.config import load_config
+    from trustvision.report.console import ConsoleReporter
+    from trustvision.train.runs import RunDir
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise TrustvisionError(
+                "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
+            )
+        cfg = load_config(CompactConfig, RunDir.open(resume).config_path)
+    else:
+        cfg = load_config(CompactConfig, config, overrides)
+    console.print(
+        f"`{cfg.model.name}` on `{cfg.data.name}`: stage 1 (dual) {cfg.dual.epochs} epoch(s), "
+        f"stage 2 {cfg.finetune.epochs}, rows {', '.join(cfg.rows)}"
+    )
+    return train_compact(cfg, run_dir=resume, reporter=ConsoleReporter(console))
+
+
+def print_rows(summary: dict[str, Any]) -> None:
+    """The ablation table of one run."""
+    table = Table("row", "test top-1", "epochs", "images through a model", "wall (s)")
+    for name, row in summary["rows"].items():
+        table.add_row(
+            ROW_NAMES.get(name, name),
+            f"{row['top1']:.2%}",
+            str(row["epochs"]),
+            f"{row['image_passes']:,}",
+            f"{row['wall_seconds']:.0f}",
+        )
+    console.print(table)
+    dual = summary.get("dual")
+    if dual:
+        branches = "  ".join(f"{k} {v:.2%}" for k, v in dual["branches"].items())
+        console.print(f"stage 1 branches (own heads): {branches}")
+    console.print(
+        f"deployed: `{summary['model']}` ({summary['deployed']}), "
+        f"{summary['parameters']:,} parameters (budget {summary['budget']:,}), "
+        f"{summary['macs']:,} MACs per image"
+    )
+
+
+def print_export(record: dict[str, Any]) -> None:
+    """Accuracy, parity, sizes and the checks of an export."""
+    top1, sizes = record["top1"], record["bytes"]
+    console.print(
+        f"test top-1 on {record['test_images']:,} images: PyTorch {top1['pytorch']:.2%}, "
+        f"ONNX fp32 {top1['onnx_fp32']:.2%}, ONNX int8 {top1['onnx_int8']:.2%} "
+        f"(drop {record['int8_drop_points']:.2f} points)"
+    )
+    console.print(
+        f"ONNX fp32 vs PyTorch: max |logit diff| {record['fp32_parity']['max_abs_diff']:.2e}, "
+        f"identical predictions {record['fp32_parity']['agreement']:.2%}"
+    )
+    console.print(
+        f"sizes: safetensors {sizes['safetensors']:,} B, ONNX fp32 {sizes['onnx_fp32']:,} B, "
+        f"ONNX int8 {sizes['onnx_int8']:,} B"
+    )
+    for check, ok in record["checks"].items():
+        console.print(f"{'[green]pass' if ok else '[red]FAIL'}[/]  {check}", highlight=False)
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    """The latency table."""
+    table = Table("engine", "threads", "batch-1 p50 (ms)", "batch-1 p99 (ms)", "images/s (batch)")
+    for row in result["latency"]:
+        table.add_row(
+            row["engine"],
+            str(row["threads"]),
+            f"{row['p50_ms']:.3f}",
+            f"{row['p99_ms']:.3f}",
+            f"{row['throughput']:,.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"{result['machine']}, 1-min load average {result['load_average_1min']:.1f}",
+        highlight=False,
+    )
+
+
+@compact_app.command("train")
+def train(
+    config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP)] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory (finished rows are kept).")
+    ] = None,
+) -> None:
+    """Stage 1 (dual), unification, stage 2 (progressive unfreezing) and the baselines.
+
+    Example: trustvision compact train configs/compact/mnist_demo.yaml dual.epochs=2
+    """
+    try:
+        run = _train(config, overrides, resume)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_rows(run.read_summary())
+    console.print(f"run directory: {run.path}")
+
+
+@compact_app.command("export")
+def export(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
+    """Export the deployed model to ONNX (fp32) and static int8; check both on the test set."""
+    from trustvision.compact.deploy import export_run
+    from trustvision.train.runs import RunDir
+
+    try:
+        record = export_run(RunDir.open(run_dir))
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_export(record)
+    if not record["passed"]:
+        raise typer.Exit(1)
+
+
+@compact_app.command("bench")
+def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
+    """Parameters, MACs, sizes and latency: PyTorch eager vs onnxruntime fp32 and int8."""
+    from trustvision.compact.deploy import bench_run
+    from trustvision.train.runs import RunDir
+
+    try:
+        result = bench_run(RunDir.open(run_dir))
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_bench(result)
+
+
+@compact_app.command("run")
+def run_all(
+    config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP)] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
+) -> None:
+    """Train, export and benchmark in one go (the demo).
+
+    Example: trustvision compact run configs/compact/mnist_demo.yaml
+    """
+    from trustvision.compact.deploy import bench_run, export_run
+
+    try:
+        run = _train(config, overrides, None)
+        print_rows(run.read_summary())
+        record = export_run(run)
+        print_export(record)
+        print_bench(bench_run(run))
+    except TrustvisionError as err:
+        raise fail(err) from None
+    console.print(f"run directory: {run.path}")
+    if not record["passed"]:
+        raise typer.Exit(1)

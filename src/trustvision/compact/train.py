@@ -1,0 +1,417 @@
+"""`trustvision compact train`: stage 1 (dual), unification, stage 2 (unfreezing) and baselines.
+
+One run directory holds every row of the ablation, each in its own sub-directory with
+the core's files (metrics.jsonl, checkpoints/, summary.json, model.safetensors):
+
+    stage1-dual/   the dual-input-output model (both branches)
+    full/          unified model, progressive unfreezing (the deployed model)
+    no_unfreeze/   unified model, every group trained from the first stage-2 epoch
+    plain/         the deployed architecture trained from scratch, as many epochs
+    model.safetensors, summary.json   the deployed model and the table of rows
+
+A finished sub-run is skipped and an unfinished one resumes from its last checkpoint, so
+running the same config into the same directory again completes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trustvision.compact import models as _models  # noqa: F401  (registers compact_*)
+from trustvision.compact.bench import count_macs, torch_threads
+from trustvision.compact.config import CompactConfig
+from trustvision.compact.dual import (
+    AugmentedBatches,
+    BatchMode,
+    DualModel,
+    build_dual,
+    dual_objective,
+)
+from trustvision.compact.unfreeze import (
+    ProgressiveUnfreezing,
+    all_at_once,
+    discriminative_scales,
+    unfreeze_schedule,
+)
+from trustvision.compact.unify import average_states, recalibrate_bn, unify
+from trustvision.config import OptimConfig, dump_config, load_config
+from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.data.loader import BatchLoader, build_loaders, derive_seed
+from trustvision.errors import ConfigError
+from trustvision.models import ImageClassifier, create_model, model_arguments
+from trustvision.train import checkpoint as ckpt
+from trustvision.train.loop import (
+    Accel,
+    Objective,
+    Reporter,
+    cross_entropy,
+    evaluate,
+    fit,
+    select_device,
+)
+from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
+from trustvision.train.runs import RunDir, environment_info
+
+DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Setup:
+    """Everything the stages share: config, device, data and loaders."""
+
+    cfg: CompactConfig
+    accel: Accel
+    dataset: Dataset
+    train: BatchLoader  # the training tensors and `data.augment`: the source of both views
+    test: BatchLoader
+    reporter: Reporter | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def loader(self, mode: BatchMode) -> AugmentedBatches:
+        """`pair` batches for stage 1, `mixed` for the plain baseline and stage 2."""
+        return AugmentedBatches(
+            self.train, mode=mode, prob=self.cfg.augment_prob, seed=self.cfg.seed
+        )
+
+
+def build_model(
+    cfg: CompactConfig, *, num_classes: int, image_shape: tuple[int, ...]
+) -> ImageClassifier:
+    """The deployed architecture for images of `image_shape`, initialised from the run's seed."""
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    kwargs = dict(cfg.model.kwargs)
+    if "image_size" in model_arguments(cfg.model.name):
+        kwargs.setdefault("image_size", image_shape[-1])
+    return create_model(
+        cfg.model.name, num_classes=num_classes, in_channels=image_shape[0], **kwargs
+    )
+
+
+def check_budget(model: ImageClassifier, *, budget: int, name: str) -> int:
+    """The model's parameter count; over `budget` it is a ConfigError, before any training."""
+    count = model.num_parameters()
+    if count > budget:
+        raise ConfigError(
+            f"model `{name}` has {count:,} parameters, over the budget of {budget:,} "
+            "(`budget`): choose a smaller model or raise `budget`"
+        )
+    return count
+
+
+def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
+    """Load the data, build the loaders and check the budget (before any training)."""
+    device = select_device(cfg.device)
+    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    check_budget(
+        build_model(cfg, num_classes=dataset.num_classes, image_shape=dataset.image_shape),
+        budget=cfg.budget,
+        name=cfg.model.name,
+    )
+    train, test, _ = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
+    if len(train) == 0:
+        raise ConfigError(
+            f"`data.batch_size={cfg.data.batch_size}` is larger than the {train.num_samples} "
+            "training images: lower it or use more data"
+        )
+    accel = Accel(device, amp=False, channels_last=False)
+    return Setup(cfg, accel, dataset, train, test, reporter)
+
+
+def open_run(cfg: CompactConfig, run_dir: Path | None) -> RunDir:
+    """A fresh timestamped run directory, or `run_dir` (created, or continued if it exists)."""
+    if run_dir is None:
+        return RunDir.create(root=cfg.runs_dir, name=cfg.name, config=cfg)
+    run = RunDir(run_dir)
+    if run.config_path.is_file():
+        saved = load_config(CompactConfig, run.config_path)
+        if saved != cfg:
+            raise ConfigError(
+                f"`{run_dir}` holds a run of a different config: continue it with "
+                "`trustvision compact train --resume` or choose another directory"
+            )
+        return run
+    run.plots_dir.mkdir(parents=True, exist_ok=True)
+    run.config_path.write_text(dump_config(cfg))
+    return run
+
+
+def sub_run(run: RunDir, name: str) -> RunDir:
+    """The directory of one row (or stage 1) inside the run."""
+    sub = RunDir(run.path / name)
+    sub.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt.latest_checkpoint(sub.checkpoints_dir) is None:
+        sub.metrics_path.unlink(missing_ok=True)  # records of an epoch that never finished
+    return sub
+
+
+def train_stage(
+    model: nn.Module,
+    *,
+    setup: Setup,
+    sub: RunDir,
+    loader: BatchLoader,
+    objective: Objective,
+    optim: OptimConfig,
+    epochs: int,
+    groups: Sequence[nn.Module] | None = None,
+    lr_scales: Sequence[float] | None = None,
+    before_epoch: ProgressiveUnfreezing | None = None,
+) -> dict[str, Any]:
+    """Train one stage with the core loop (or load it, if it finished before); its summary."""
+    done = sub.read_summary()
+    if done.get("status") == "finished":
+        model.load_state_dict(ckpt.load_weights(sub.path / WEIGHTS))
+        return done
+    optimizer = build_optimizer(optim, parameter_groups(groups or [model], lr_scales=lr_scales))
+    steps = len(loader)
+    scheduler = build_scheduler(optimizer, optim, total_steps=epochs * steps, steps_per_epoch=steps)
+    result = fit(
+        model,
+        train_loader=loader,
+        test_loader=setup.test,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        objective=objective,
+        epochs=epochs,
+        seed=setup.cfg.seed,
+        accel=setup.accel,
+        num_classes=setup.num_classes,
+        run=sub,
+        grad_clip=optim.grad_clip,
+        checkpoint_every=setup.cfg.checkpoint_every,
+        resume=True,
+        reporter=setup.reporter,
+        before_epoch=before_epoch,
+    )
+    ckpt.save_weights(sub.path / WEIGHTS, model.state_dict())
+    images = sum(r["train_images"] for r in result.history)
+    summary = {
+        "status": "finished",
+        "epochs": epochs,
+        "wall_seconds": result.wall_seconds,
+        "train_images": images,
+        "test": {k: result.final[k] for k in ("top1", "loss", "per_class")},
+    }
+    sub.write_summary(summary)
+    return summary
+
+
+def stage_one(setup: Setup, run: RunDir) -> tuple[DualModel, dict[str, Any]]:
+    """Train the dual model; its summary also holds each branch's own test accuracy."""
+    cfg = setup.cfg
+    dual = build_dual(
+        build_model(cfg, num_classes=setup.num_classes, image_shape=setup.dataset.image_shape)
+    ).to(setup.accel.device)
+    summary = train_stage(
+        dual,
+        setup=setup,
+        sub=sub_run(run, DUAL),
+        loader=setup.loader("pair"),
+        objective=dual_objective(
+            weights=cfg.dual.loss_weights, label_smoothing=cfg.dual.optim.label_smoothing
+        ),
+        optim=cfg.dual.optim,
+        epochs=cfg.dual.epochs,
+    )
+    summary["branches"] = branch_accuracies(setup, dual)
+    # Images through a model: each step trains both branches, one view each.
+    summary["image_passes"] = 2 * summary["train_images"]
+    return dual, summary
+
+
+def bn_batches(setup: Setup) -> Iterator[tuple[Tensor, Tensor]]:
+    """The first `unify.bn_batches` mixed training batches (BatchNorm re-estimation)."""
+    batches = setup.loader("mixed").epoch(0)
+    return (b for _, b in zip(range(setup.cfg.unify.bn_batches), batches, strict=False))
+
+
+def branch_accuracies(setup: Setup, dual: DualModel) -> dict[str, float]:
+    """Test top-1 of each branch with its own head, and of the two averaged weight by weight."""
+    averaged = copy.deepcopy(dual.original)
+    averaged.load_state_dict(
+        average_states(dual.original.state_dict(), dual.augmented.state_dict())
+    )
+    recalibrate_bn(averaged, bn_batches(setup))
+    models = {**dual.branches(), "weight_average": averaged}
+    return {
+        name: evaluate(
+            model, setup.test.epoch(0), num_classes=setup.num_classes, accel=setup.accel
+        )["top1"]
+        for name, model in models.items()
+    }
+
+
+def stage_two(setup: Setup, run: RunDir, dual: DualModel, *, row: str) -> dict[str, Any]:
+    """Unify the branches and fine-tune: progressively (`full`) or all at once (`no_unfreeze`)."""
+    cfg, ft = setup.cfg, setup.cfg.finetune
+    torch.manual_seed(derive_seed(cfg.seed, "head"))  # both rows start from the same head
+    model = unify(
+        dual, mode=cfg.unify.mode, num_classes=setup.num_classes, bn_batches=bn_batches(setup)
+    )
+    groups = model.layer_groups()
+    if row == FULL:
+        schedule = unfreeze_schedule(
+            len(groups), epochs_per_group=ft.epochs_per_group, unfreeze_at=ft.unfreeze_at
+        )
+    else:
+        schedule = all_at_once(len(groups))
+    scales = discriminative_scales(len(groups), decay=ft.lr_decay) if ft.discriminative else None
+    unfreezing = ProgressiveUnfreezing(groups, schedule)
+    summary = train_stage(
+        model,
+        setup=setup,
+        sub=sub_run(run, row),
+        loader=setup.loader("mixed"),
+        objective=cross_entropy(label_smoothing=ft.optim.label_smoothing),
+        optim=ft.optim,
+        epochs=ft.epochs,
+        groups=groups,
+        lr_scales=scales,
+        before_epoch=unfreezing,
+    )
+    unfreezing.release()
+    summary["schedule"] = schedule
+    summary["image_passes"] = summary["train_images"]
+    summary["model"] = model
+    return summary
+
+
+def plain_row(setup: Setup, run: RunDir) -> dict[str, Any]:
+    """The deployed architecture trained from scratch on mixed batches, as many epochs in all."""
+    cfg = setup.cfg
+    model = build_model(
+        cfg, num_classes=setup.num_classes, image_shape=setup.dataset.image_shape
+    ).to(setup.accel.device)
+    summary = train_stage(
+        model,
+        setup=setup,
+        sub=sub_run(run, PLAIN),
+        loader=setup.loader("mixed"),
+        objective=cross_entropy(label_smoothing=cfg.dual.optim.label_smoothing),
+        optim=cfg.dual.optim,
+        epochs=cfg.total_epochs,
+    )
+    summary["image_passes"] = summary["train_images"]
+    summary["model"] = model
+    return summary
+
+
+def train_compact(
+    cfg: CompactConfig, *, run_dir: Path | None = None, reporter: Reporter | None = None
+) -> RunDir:
+    """Train every row of `cfg.rows` into one run directory; the `full` model is deployed."""
+    threads = cfg.threads or torch.get_num_threads()
+    with torch_threads(threads):
+        setup = prepare(cfg, reporter)
+        run = open_run(cfg, run_dir)
+        started = time.perf_counter()
+        rows: dict[str, dict[str, Any]] = {}
+        dual_summary = None
+        if FULL in cfg.rows or NO_UNFREEZE in cfg.rows:
+            dual, dual_summary = stage_one(setup, run)
+            for row in (NO_UNFREEZE, FULL):
+                if row in cfg.rows:
+                    rows[row] = stage_two(setup, run, dual, row=row)
+        if PLAIN in cfg.rows:
+            rows[PLAIN] = plain_row(setup, run)
+        deployed = next(r for r in (FULL, NO_UNFREEZE, PLAIN) if r in rows)
+        model = rows[deployed]["model"]
+        write_deployed(run, model=model, cfg=cfg, row=deployed)
+        summary = run_summary(
+            setup,
+            model=model,
+            rows=rows,
+            dual=dual_summary,
+            deployed=deployed,
+            wall=time.perf_counter() - started,
+        )
+        run.write_summary(summary)
+    return run
+
+
+def write_deployed(run: RunDir, *, model: ImageClassifier, cfg: CompactConfig, row: str) -> None:
+    """The deployed model's weights, with what is needed to rebuild it in the metadata."""
+    meta = {"model": cfg.model.name, "kwargs": json.dumps(cfg.model.kwargs), "row": row}
+    ckpt.save_weights(run.path / WEIGHTS, model.state_dict(), meta)
+
+
+def run_summary(
+    setup: Setup,
+    *,
+    model: ImageClassifier,
+    rows: dict[str, dict[str, Any]],
+    dual: dict[str, Any] | None,
+    deployed: str,
+    wall: float,
+) -> dict[str, Any]:
+    """The run's summary.json: every row's accuracy and cost, the model's size and MACs."""
+    cfg, ds = setup.cfg, setup.dataset
+    table = {
+        name: {
+            "top1": row["test"]["top1"],
+            "epochs": row["epochs"] + (dual["epochs"] if dual and name != PLAIN else 0),
+            "wall_seconds": row["wall_seconds"]
+            + (dual["wall_seconds"] if dual and name != PLAIN else 0),
+            "image_passes": row["image_passes"]
+            + (dual["image_passes"] if dual and name != PLAIN else 0),
+            **({"schedule": row["schedule"]} if "schedule" in row else {}),
+        }
+        for name, row in rows.items()
+    }
+    if dual is not None:
+        dual = {k: v for k, v in dual.items() if k != "test"} | {"pair_top1": dual["test"]["top1"]}
+    return {
+        "status": "finished",
+        "seed": cfg.seed,
+        "deployed": deployed,
+        "model": cfg.model.name,
+        "parameters": model.num_parameters(),
+        "budget": cfg.budget,
+        "macs": count_macs(model, model.input_shape),
+        "num_classes": model.num_classes,
+        "input_shape": list(model.input_shape),
+        "rows": table,
+        "dual": dual,
+        "unify": cfg.unify.mode,
+        "wall_seconds": wall,
+        "data": {
+            "name": ds.name,
+            "source": ds.source,
+            "variant": ds.variant,
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "train_images": setup.train.num_samples,
+            "test_images": setup.test.num_samples,
+        },
+        "environment": environment_info(setup.accel.device)
+        | {"train_threads": torch.get_num_threads()},
+    }
+
+
+def load_deployed(run: RunDir) -> tuple[CompactConfig, ImageClassifier, dict[str, Any]]:
+    """The config, the deployed model (eval mode) and the summary of a finished run."""
+    summary = run.read_summary()
+    if summary.get("status") != "finished":
+        raise ConfigError(
+            f"`{run.path}` has no finished compact run: finish it with "
+            f"`trustvision compact train --resume {run.path}`"
+        )
+    cfg = load_config(CompactConfig, run.config_path)
+    model = build_model(
+        cfg, num_classes=summary["num_classes"], image_shape=tuple(summary["input_shape"])
+    )
+    model.load_state_dict(ckpt.load_weights(run.path / WEIGHTS))
+    return cfg, model.eval(), summary

@@ -1,0 +1,253 @@
+"""`trustvision robust`: base models, mixes, AutoAttack evaluation and certification.
+
+Mounted by trustvision.cli as `robust` (`app.add_typer(robust_app, name="robust")`). Only
+typer and rich are imported here; each command imports torch-heavy code when it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trustvision.errors import DivergenceError, TrustvisionError
+
+robust_app = typer.Typer(
+    help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES_HELP = (
+    "Config overrides as `key=value`, nested keys with dots: `attack.eps=0.3 epochs=2`."
+)
+ConfigArg = Annotated[Path | None, typer.Argument(help="A YAML config from configs/robust/.")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Write into (or resume) this directory instead of a new one."),
+]
+PrintOpt = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved config (every key) and exit.")
+]
+
+
+def fail(err: TrustvisionError) -> typer.Exit:
+    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
+
+
+def _split(config: Path | None, overrides: list[str] | None) -> tuple[Path | None, list[str]]:
+    """Allow overrides without a file: `robust eval model=runs/x`."""
+    if config is not None and "=" in str(config) and not config.exists():
+        return None, [str(config), *(overrides or [])]
+    return config, list(overrides or [])
+
+
+def _load(model: Any, config: Path | None, overrides: list[str] | None, show: bool) -> Any:
+    """Load and validate a config; with `show`, print it and stop."""
+    from trustvision.config import dump_config, load_config
+
+    path, extra = _split(config, overrides)
+    cfg = load_config(model, path, extra)
+    if show:
+        console.print(dump_config(cfg), highlight=False)
+        raise typer.Exit()
+    return cfg
+
+
+def _log(text: str) -> None:
+    console.print(text, highlight=False)
+
+
+@robust_app.command("train")
+def train(
+    config: ConfigArg = None,
+    overrides: OverridesArg = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    ] = None,
+    print_config: PrintOpt = False,
+) -> None:
+    """Train a base model: standard, PGD-AT, TRADES, FGSM-RS (fast AT) or Gaussian noise.
+
+    Example: trustvision robust train configs/robust/mnist_robust.yaml epochs=1
+    """
+    from trustvision.report.console import ConsoleReporter
+    from trustvision.robust.config import RobustTrainConfig
+    from trustvision.robust.training import resume_robust, train_robust
+
+    try:
+        reporter = ConsoleReporter(console)
+        if resume is not None:
+            if config is not None or overrides:
+                raise TrustvisionError(
+                    "`--resume` uses the run's own config.yaml: give no CONFIG or overrides"
+                )
+            run = resume_robust(resume, reporter=reporter)
+        else:
+            cfg = _load(RobustTrainConfig, config, overrides, print_config)
+            _log(f"training `{cfg.model.name}` on `{cfg.data.name}` with `{cfg.attack.method}`")
+            run = train_robust(cfg, reporter=reporter)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    summary = run.read_summary()
+    _log(f"clean test accuracy {summary['test']['top1']:.2%}; run directory: {run.path}")
+
+
+@robust_app.command("mix")
+def mix(
+    config: ConfigArg = None,
+    overrides: OverridesArg = None,
+    run_dir: RunDirOpt = None,
+    print_config: PrintOpt = False,
+) -> None:
+    """Mix a standard and a robust model: alpha sweep (kind=fixed) or mixing network (kind=adaptive).
+
+    Example: trustvision robust mix standard=runs/std-... robust=runs/rob-... kind=fixed
+    """
+    from trustvision.report.console import ConsoleReporter
+    from trustvision.robust.commands import run_mix
+    from trustvision.robust.config import MixConfig
+
+    try:
+        cfg = _load(MixConfig, config, overrides, print_config)
+        run = run_mix(cfg, run_path=run_dir, reporter=ConsoleReporter(console), log=_log)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    summary = run.read_summary()
+    if "alpha" in summary:
+        _log(f"chosen alpha {summary['alpha']:g}; trade-off plot: {run.plots_dir / 'tradeoff.png'}")
+    _log(f"run directory: {run.path}")
+
+
+@robust_app.command("eval")
+def evaluate(
+    config: ConfigArg = None,
+    overrides: OverridesArg = None,
+    run_dir: RunDirOpt = None,
+    print_config: PrintOpt = False,
+) -> None:
+    """AutoAttack (per-point worst case) on a base model or a mix, with gradient-masking checks.
+
+    Writes summary.json and a RobustBench-style model_info.json. Resumable with --run-dir.
+    Example: trustvision robust eval model=runs/robust-mix-... eval.subset=500
+    """
+    from trustvision.robust.commands import run_eval
+    from trustvision.robust.config import EvalConfig
+
+    try:
+        cfg = _load(EvalConfig, config, overrides, print_config)
+        run = run_eval(cfg, run_path=run_dir, log=_log)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    summary = run.read_summary()
+    print_rows([_row_of(summary)])
+    print_checks(summary["checks"])
+    _log(f"model card: {run.path / 'model_info.json'}")
+
+
+@robust_app.command("certify")
+def certify(
+    config: ConfigArg = None,
+    overrides: OverridesArg = None,
+    run_dir: RunDirOpt = None,
+    print_config: PrintOpt = False,
+) -> None:
+    """Certified accuracy of the mix against l2 radius (randomized smoothing or a Lipschitz bound).
+
+    Example: trustvision robust certify standard=runs/std-... robust=runs/gauss-...
+    """
+    from trustvision.robust.commands import run_certify
+    from trustvision.robust.config import CertifyConfig
+
+    try:
+        cfg = _load(CertifyConfig, config, overrides, print_config)
+        run = run_certify(cfg, run_path=run_dir, log=_log)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    _log(f"certified-accuracy plot: {run.plots_dir / 'certified.png'}; run directory: {run.path}")
+
+
+@robust_app.command("demo")
+def demo(
+    config: Annotated[Path, typer.Argument(help="A pipeline config.")] = Path(
+        "configs/robust/demo_mnist.yaml"
+    ),
+    overrides: OverridesArg = None,
+    work: Annotated[
+        Path | None, typer.Option(help="Work directory (resumed if it exists; default: a new one).")
+    ] = None,
+    print_config: PrintOpt = False,
+) -> None:
+    """Train standard + robust models, sweep the fixed mix, AutoAttack every model, print a table.
+
+    Example: trustvision robust demo configs/robust/demo_mnist.yaml
+    """
+    from trustvision.report.console import ConsoleReporter
+    from trustvision.robust.config import PipelineConfig
+    from trustvision.robust.pipeline import run_pipeline
+
+    try:
+        cfg = _load(PipelineConfig, config, overrides, print_config)
+        work = work or Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        started = time.perf_counter()
+        report = run_pipeline(cfg, work, reporter=ConsoleReporter(console), log=_log)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_rows(report["rows"])
+    for row in report["rows"]:
+        if row["masking_suspected"]:
+            _log(f"[bold yellow]masking suspected for {row['model']}[/]")
+            print_checks(row["checks"])
+    _log(f"fixed mix alpha {report['alpha']:g}; trade-off plot: {report['tradeoff_plot']}")
+    _log(f"work directory: {work} ({time.perf_counter() - started:.0f} s)")
+
+
+def _row_of(summary: dict[str, Any]) -> dict[str, Any]:
+    from trustvision.robust.pipeline import row
+
+    return row(summary["model_kind"], summary)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """The results table: clean (full test set) and AutoAttack accuracy, time per attack below."""
+    table = Table("model", "clean", "AutoAttack", "95% CI", "n", "PGD", "AA s", "img/s", "checks")
+    for r in rows:
+        low, high = r["autoattack_ci95"]
+        table.add_row(
+            r["model"],
+            f"{r['clean_acc']:.2%}",
+            f"{r['autoattack_acc']:.1%}",
+            f"{100 * low:.1f}-{100 * high:.1f}",
+            str(r["n_autoattack"]),
+            f"{r['pgd_acc']:.1%}",
+            f"{r['total_seconds']:.0f}",
+            f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-",
+            "masking?" if r["masking_suspected"] else "ok",
+        )
+    console.print(table)
+    for r in rows:
+        per_attack = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
+        console.print(f"  {r['model']}: {per_attack}", highlight=False)
+
+
+def print_checks(checks: list[dict[str, Any]]) -> None:
+    """One line per gradient-masking check."""
+    marks = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not run[/]"}
+    for check in checks:
+        console.print(
+            f"  {marks[check['passed']]}  {check['name']}: {check['detail']}", highlight=False
+        )
+
+
+if __name__ == "__main__":  # `python -m trustvision.robust.cli demo` before it is mounted
+    robust_app()

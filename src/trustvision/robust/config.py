@@ -1,0 +1,201 @@
+"""Typed configs of `trustvision robust`: base-model training, mixing, evaluation, certification.
+
+Each command's config is a "what" (run directories of the models it works on) plus a "how"
+(a settings section); the pipeline (`robust demo`, the benchmark) embeds the same settings
+sections and fills in the run directories as it goes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trustvision.config import ModelConfig, StrictModel, TrainConfig
+
+AttackMethod = Literal["standard", "pgd", "trades", "fgsm_rs", "gaussian"]
+Norm = Literal["linf", "l2"]
+AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square"]
+STANDARD_ATTACKS: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+# The usual l_inf budgets (pixels in [0, 1]); a run without `eps` uses its data set's.
+DEFAULT_EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
+
+
+class AttackConfig(StrictModel):
+    """How `robust train` perturbs each training batch (pixels in [0, 1])."""
+
+    method: AttackMethod = "pgd"
+    norm: Norm = "linf"
+    eps: float = Field(default=0.3, ge=0)
+    steps: int = Field(default=10, ge=1)  # PGD / TRADES inner steps
+    step_size: float | None = Field(default=None, gt=0)  # None: 2.5 eps / steps; FGSM-RS 1.25 eps
+    beta: float = Field(default=6.0, ge=0)  # TRADES: weight of the KL term
+    sigma: float = Field(default=0.25, gt=0)  # Gaussian noise (randomized-smoothing base), l2
+    ramp_epochs: float = Field(default=0.0, ge=0)  # eps grows linearly from 0 over this many
+
+    def resolved_step_size(self) -> float:
+        """The step size in pixels: given, else 1.25 eps (FGSM-RS) or 2.5 eps / steps (PGD)."""
+        if self.step_size is not None:
+            return self.step_size
+        if self.method == "fgsm_rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / self.steps
+
+
+class RobustTrainConfig(TrainConfig):
+    """`trustvision robust train`: one base model, standard or adversarially trained."""
+
+    name: str = "robust-train"
+    model: ModelConfig = ModelConfig(name="smallcnn")
+    attack: AttackConfig = AttackConfig()
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
+
+
+class APGDSettings(StrictModel):
+    """AutoAttack's attacks as used by a quick evaluation (sweeps, the demo)."""
+
+    attacks: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t")
+    n_iter: int = Field(default=100, ge=1)
+    n_target_classes: int = Field(default=9, ge=1)
+    square_queries: int = Field(default=5000, ge=1)
+    batch_size: int = Field(default=250, ge=1)
+
+
+class SweepSettings(StrictModel):
+    """The constant-alpha sweep of a fixed mix: the clean vs robust trade-off curve."""
+
+    alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+    subset: int = Field(default=100, ge=1)  # first N test images attacked at every alpha
+    test_subset: int | None = Field(default=None, ge=1)  # clean accuracy: first N (None: all)
+    attack: APGDSettings = APGDSettings()
+    tolerance: float = Field(default=0.03, ge=0)  # robust accuracy the chosen alpha may give up
+
+    @model_validator(mode="after")
+    def _alphas_in_range(self) -> SweepSettings:
+        bad = [a for a in self.alphas if not 0.0 <= a <= 1.0]
+        if bad or not self.alphas:
+            raise ValueError(f"`alphas` must be a non-empty list in [0, 1], got {self.alphas}")
+        return self
+
+
+class MixNetSettings(StrictModel):
+    """The mixing network (adaptive smoothing) and how it is trained (METHODS.md section 3)."""
+
+    width: int = Field(default=64, ge=4)  # channels of the mixing network's blocks
+    epochs: int = Field(default=2, ge=1)
+    train_subset: int | None = Field(default=10000, gt=0)
+    batch_size: int = Field(default=128, gt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    c_bce: float = Field(default=1.5, ge=0)
+    c_ce: float = Field(default=0.0, ge=0)
+    c_prod: float = Field(default=0.2, ge=0)
+    eps_low: float = Field(default=0.4, ge=0)  # per-sample eps ~ eps * U(eps_low, eps_high)
+    eps_high: float = Field(default=1.1, ge=0)
+    steps_low: int = Field(default=3, ge=1)  # PGD steps ~ U{steps_low..steps_high} per batch
+    steps_high: int = Field(default=10, ge=1)
+    bce_weight_max: float = Field(default=0.4, ge=0, le=1)  # attack loss w ~ U(0, max)
+    targeted_fraction: float = Field(default=0.5, ge=0, le=1)  # batches attacked with targeted DLR
+    gamma_scale: float = Field(default=1.0, gt=0)  # gamma' = BN(gamma) * scale + bias
+    gamma_bias: float = 0.0
+    bias_sweep: tuple[float, ...] = ()  # evaluated after training; the best becomes gamma_bias
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MixNetSettings:
+        if self.steps_low > self.steps_high or self.eps_low > self.eps_high:
+            raise ValueError(
+                f"need `steps_low` <= `steps_high` (got {self.steps_low}, {self.steps_high}) "
+                f"and `eps_low` <= `eps_high` (got {self.eps_low}, {self.eps_high})"
+            )
+        return self
+
+
+class EvalSettings(StrictModel):
+    """AutoAttack evaluation of one model, with the gradient-masking checks."""
+
+    eps: float | None = Field(default=None, ge=0)  # None: the data set's usual budget
+    subset: int = Field(default=500, ge=1)  # the first N test images, the same for every model
+    test_subset: int | None = Field(default=None, ge=1)  # clean accuracy: first N (None: all)
+    version: Literal["standard", "custom"] = "standard"
+    custom: APGDSettings = APGDSettings()  # used when version is `custom`
+    adaptive: bool = True  # for adaptive mixes: also APGD-CE/T with loss + w BCE(gamma, 1)
+    adaptive_weight: float = Field(default=0.3, ge=0, le=1)
+    chunk: int = Field(default=100, ge=1)  # images per resumable unit of work
+    pgd_steps: int = Field(default=20, ge=1)  # our PGD, the reference AutoAttack must beat
+    eps_multiples: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    eps_sweep_subset: int = Field(default=100, ge=1)
+    zero_accuracy: float = Field(default=0.05, ge=0, le=1)  # "~0" at the largest eps
+
+
+class CertifySettings(StrictModel):
+    """Certified radii of the mixed classifier (l2)."""
+
+    method: Literal["smoothing", "lipschitz"] = "smoothing"
+    alphas: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
+    subset: int = Field(default=200, ge=1)
+    n0: int = Field(default=100, ge=1)  # Monte-Carlo samples that pick the class (Cohen et al.)
+    n: int = Field(default=1000, ge=1)  # samples that bound its probability
+    confidence: float = Field(default=0.001, gt=0, lt=1)  # failure probability of the bound
+    batch_size: int = Field(default=500, ge=1)
+    lipschitz: float | None = Field(default=None, gt=0)  # known l2 bound of each p^h_i
+    sigma: float | None = Field(default=None, gt=0)  # None: the base's training sigma
+    attack_check: int = Field(default=50, ge=0)  # images attacked inside their radius
+
+
+class RunSettings(StrictModel):
+    """Where and how a robust command runs."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    runs_dir: str = "runs"
+
+
+class MixConfig(RunSettings):
+    """`trustvision robust mix`: a fixed mix (alpha sweep) or an adaptive mix (mixing network)."""
+
+    name: str = "robust-mix"
+    standard: str  # run directory of the standard base model
+    robust: str  # run directory of the robust base model
+    kind: Literal["fixed", "adaptive"] = "fixed"
+    temperature_std: float = Field(default=1.0, gt=0)  # s_g
+    temperature_rob: float = Field(default=1.0, gt=0)  # s_h
+    eps: float | None = Field(default=None, ge=0)
+    sweep: SweepSettings = SweepSettings()
+    mixnet: MixNetSettings = MixNetSettings()
+
+
+class EvalConfig(RunSettings):
+    """`trustvision robust eval`: AutoAttack and the masking checks on one model."""
+
+    name: str = "robust-eval"
+    model: str  # run directory of a base model (`robust train`) or a mix (`robust mix`)
+    eval: EvalSettings = EvalSettings()
+
+
+class CertifyConfig(RunSettings):
+    """`trustvision robust certify`: certified accuracy against radius for several alphas."""
+
+    name: str = "robust-certify"
+    standard: str
+    robust: str  # a Gaussian-noise base (smoothing) or a model with a known Lipschitz bound
+    temperature_std: float = Field(default=1.0, gt=0)
+    temperature_rob: float = Field(default=1.0, gt=0)
+    certify: CertifySettings = CertifySettings()
+
+
+class PipelineConfig(RunSettings):
+    """`trustvision robust demo` and the benchmark: train both bases, mix, evaluate, report."""
+
+    name: str = "robust-demo"
+    standard: RobustTrainConfig
+    robust: RobustTrainConfig
+    temperature_std: float = Field(default=1.0, gt=0)
+    temperature_rob: float = Field(default=1.0, gt=0)
+    sweep: SweepSettings = SweepSettings()
+    adaptive: bool = False  # also train and evaluate the mixing network
+    mixnet: MixNetSettings = MixNetSettings()
+    eval: EvalSettings = EvalSettings()
+    smoothing: RobustTrainConfig | None = None  # a Gaussian base for the certification curves
+    certify: CertifySettings = CertifySettings()

@@ -1,0 +1,263 @@
+"""Robustness evaluation: clean accuracy, AutoAttack's per-point worst case, and the checks
+against gradient masking that every report carries.
+
+Checks (each a pass / fail with its numbers):
+- `autoattack<=pgd`: AutoAttack's accuracy is at most that of our plain PGD on the same images;
+- `eps->large`: our PGD's accuracy falls (monotonically, up to noise) to about 0 as eps grows;
+- `square<=white-box`: the black-box Square attack, run after the gradient attacks, finds at
+  most 0.2% more adversarial points (AutoAttack's own rule); not run when Square is not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.robust.attacks import cross_entropy_loss, pgd
+from trustvision.robust.autoattack import (
+    AttackerSet,
+    ChunkResult,
+    attack_chunk,
+    predict_labels,
+)
+from trustvision.robust.config import EvalSettings
+from trustvision.robust.stats import clopper_pearson
+
+SQUARE_ALPHA = 0.002  # AutoAttack's check_square_sr threshold
+MONOTONE_SLACK = 0.02  # accuracy may rise this much between eps values (sampling noise)
+
+
+def load_data(data: dict[str, Any]) -> Dataset:
+    """The data set a run was trained on (from the cache, or from the file it was read from)."""
+    return load_dataset(data["name"], from_path=data.get("from_path"))
+
+
+def test_pixels(dataset: Dataset, *, count: int | None = None) -> tuple[Tensor, Tensor]:
+    """The first `count` test images as [0, 1] floats, with their labels."""
+    end = len(dataset.test) if count is None else min(count, len(dataset.test))
+    x = torch.from_numpy(dataset.test.images[:end].copy()).float().div_(255.0)
+    return x, torch.from_numpy(dataset.test.labels[:end].copy()).long()
+
+
+@torch.no_grad()
+def clean_correct(
+    model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500, device: Any = "cpu"
+) -> Tensor:
+    """Per-image correctness on clean images (evaluated on `device` in batches)."""
+    pred = torch.cat(
+        [
+            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+    return pred == y
+
+
+def pgd_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int, batch_size: int = 250
+) -> float:
+    """Accuracy under our l_inf PGD (cross-entropy, step 2.5 eps / steps, random start)."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        adv = pgd(
+            cross_entropy_loss(model), xb, yb, eps=eps, step_size=2.5 * eps / steps, steps=steps
+        )
+        correct += int((predict_labels(model, adv, batch_size=batch_size) == yb).sum())
+    return correct / max(len(x), 1)
+
+
+def eps_sweep(
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: Sequence[float], steps: int
+) -> list[float]:
+    """PGD accuracy at each eps (capped at 1: the whole pixel box)."""
+    return [pgd_accuracy(model, x, y, eps=min(e, 1.0), steps=steps) for e in eps]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check against gradient masking: passed (None: not run) and the numbers behind it."""
+
+    name: str
+    passed: bool | None
+    detail: str
+
+
+def check_autoattack_vs_pgd(autoattack_acc: float, pgd_acc: float) -> Check:
+    """AutoAttack must do at least as well as plain PGD."""
+    return Check(
+        "autoattack<=pgd",
+        autoattack_acc <= pgd_acc,
+        f"AutoAttack {autoattack_acc:.2%} vs PGD {pgd_acc:.2%}",
+    )
+
+
+def check_eps_growth(eps: Sequence[float], accs: Sequence[float], *, zero: float) -> Check:
+    """Accuracy must fall to about 0 at the largest eps, and never rise by more than noise."""
+    rises = [b - a for a, b in itertools.pairwise(accs) if b - a > MONOTONE_SLACK]
+    passed = bool(accs) and accs[-1] <= zero and not rises
+    points = ", ".join(f"{e:.3g}: {a:.0%}" for e, a in zip(eps, accs, strict=True))
+    return Check(
+        "eps->large", passed, f"PGD accuracy by eps {points} (needs <= {zero:.0%} at the end)"
+    )
+
+
+def check_square(per_attack_acc: dict[str, float]) -> Check:
+    """Square, run last, must not find more than 0.2% of extra points (AutoAttack's rule)."""
+    if "square" not in per_attack_acc:
+        return Check("square<=white-box", None, "Square was not run")
+    names = list(per_attack_acc)
+    before = per_attack_acc[names[names.index("square") - 1]] if names.index("square") else None
+    if before is None:
+        return Check("square<=white-box", None, "Square ran first: nothing to compare")
+    drop = before - per_attack_acc["square"]
+    return Check(
+        "square<=white-box",
+        drop <= SQUARE_ALPHA,
+        f"Square lowered the accuracy by {drop:.2%} after the gradient attacks",
+    )
+
+
+def summarize_chunks(chunks: Sequence[ChunkResult], order: Sequence[str]) -> dict[str, Any]:
+    """Worst-case accuracy, accuracy after each attack, time per attack, images per second."""
+    fooled = [f for c in chunks for f in c.fooled_by]
+    n = len(fooled)
+    robust = sum(f is None for f in fooled)
+    seconds = {a: sum(c.seconds.get(a, 0.0) for c in chunks) for a in order}
+    after, remaining = {}, sum(f != "clean" for f in fooled)
+    for name in order:
+        remaining -= sum(f == name for f in fooled)
+        after[name] = remaining / max(n, 1)
+    total = sum(seconds.values())
+    return {
+        "n": n,
+        "clean_acc": sum(f != "clean" for f in fooled) / max(n, 1),
+        "robust_acc": robust / max(n, 1),
+        "ci95": list(clopper_pearson(robust, n)),
+        "acc_after": after,
+        "seconds": seconds,
+        "attacked": {a: sum(c.attacked.get(a, 0) for c in chunks) for a in order},
+        "total_seconds": total,
+        "images_per_s": n / total if total > 0 else None,
+    }
+
+
+def masking_checks(
+    *, autoattack: dict[str, Any], pgd_acc: float, sweep: dict[str, list[float]], zero: float
+) -> list[Check]:
+    """The three checks of every report."""
+    return [
+        check_autoattack_vs_pgd(autoattack["robust_acc"], pgd_acc),
+        check_eps_growth(sweep["eps"], sweep["acc"], zero=zero),
+        check_square(autoattack["acc_after"]),
+    ]
+
+
+def attack_report(
+    attackers: AttackerSet,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    settings: EvalSettings,
+    batch_size: int = 250,
+    done: dict[int, ChunkResult] | None = None,
+    on_chunk: Callable[[int, ChunkResult], None] | None = None,
+) -> dict[str, Any]:
+    """AutoAttack chunk by chunk (skipping `done` ones), PGD reference, eps sweep and checks."""
+    chunks = dict(done or {})
+    for index, start in enumerate(range(0, len(x), settings.chunk)):
+        if index in chunks:
+            continue
+        end = start + settings.chunk
+        chunks[index] = attack_chunk(attackers, x[start:end], y[start:end], batch_size=batch_size)
+        if on_chunk is not None:
+            on_chunk(index, chunks[index])
+    ordered = [chunks[i] for i in range(-(-len(x) // settings.chunk))]  # only this subset's
+    autoattack = summarize_chunks(ordered, attackers.order)
+    model = attackers.model
+    started = time.perf_counter()
+    pgd_acc = pgd_accuracy(model, x, y, eps=eps, steps=settings.pgd_steps, batch_size=batch_size)
+    pgd_seconds = time.perf_counter() - started
+    n_sweep = settings.eps_sweep_subset
+    sweep_eps = [eps * m for m in settings.eps_multiples]
+    sweep = {
+        "eps": sweep_eps,
+        "acc": eps_sweep(model, x[:n_sweep], y[:n_sweep], eps=sweep_eps, steps=settings.pgd_steps),
+    }
+    checks = masking_checks(
+        autoattack=autoattack, pgd_acc=pgd_acc, sweep=sweep, zero=settings.zero_accuracy
+    )
+    return {
+        "eps": eps,
+        "autoattack": autoattack,
+        "pgd": {"steps": settings.pgd_steps, "acc": pgd_acc, "seconds": pgd_seconds},
+        "eps_sweep": sweep,
+        "checks": [asdict(c) for c in checks],
+        "masking_suspected": any(c.passed is False for c in checks),
+    }
+
+
+MODEL_INFO_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "footnote",
+)
+
+
+def model_info(
+    *,
+    name: str,
+    dataset: str,
+    architecture: str,
+    eps: float,
+    clean_acc: float,
+    autoattack_acc: float,
+    n_autoattack: int,
+    attacks: Sequence[str],
+    threat_model: str = "Linf",
+    footnote: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A RobustBench-style model card: RobustBench's keys first, then how it was measured.
+
+    Accuracies are fractions (RobustBench writes 0.8521). `clean_acc` is on the full test
+    set; `autoattack_acc` on the first `n_autoattack` test images.
+    """
+    info: dict[str, Any] = {
+        "link": None,
+        "name": name,
+        "authors": "trustvision",
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "dataset": dataset,
+        "venue": None,
+        "architecture": architecture,
+        "eps": eps,
+        "clean_acc": round(clean_acc, 4),
+        "reported": None,
+        "autoattack_acc": round(autoattack_acc, 4),
+        "footnote": footnote,
+        "threat_model": threat_model,
+        "n_autoattack": n_autoattack,
+        "attacks": list(attacks),
+    }
+    info.update(extra or {})
+    return info

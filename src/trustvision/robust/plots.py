@@ -1,0 +1,74 @@
+"""Plots of the robust system (PNG, headless): the trade-off curve and certified accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(
+    points: Sequence[dict[str, Any]],
+    path: Path,
+    *,
+    title: str,
+    attack: str,
+    others: Sequence[dict[str, Any]] = (),
+) -> Path:
+    """Clean against attacked accuracy of the fixed mix at every alpha, plus other models.
+
+    `others` are single models: {"label", "clean_acc", "robust_acc"} (e.g. the adaptive mix).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    xs = [100 * p["robust_acc"] for p in points]
+    ys = [100 * p["clean_acc"] for p in points]
+    ax.plot(xs, ys, "o-", color="tab:blue", label="fixed mix (alpha sweep)")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(
+            f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
+    markers = iter("s^DvP*")
+    for other in others:
+        ax.plot(
+            100 * other["robust_acc"],
+            100 * other["clean_acc"],
+            next(markers, "o"),
+            markersize=9,
+            label=other["label"],
+        )
+    ax.set(xlabel=f"robust accuracy (%), {attack}", ylabel="clean accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_certified(
+    curves: dict[str, dict[str, list[float]]], grid: Sequence[float], path: Path, *, title: str
+) -> Path:
+    """Certified accuracy against l2 radius: one colour per alpha, solid tight, dashed Lipschitz.
+
+    `curves[alpha_label] = {"tight": [...], "lipschitz": [...]}` over `grid`.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (label, curve) in zip(colours * 3, curves.items(), strict=False):
+        ax.plot(grid, [100 * v for v in curve["tight"]], "-", color=colour, label=f"alpha {label}")
+        if "lipschitz" in curve:
+            ax.plot(grid, [100 * v for v in curve["lipschitz"]], "--", color=colour, alpha=0.7)
+    ax.set(xlabel="l2 radius", ylabel="certified accuracy (%)", title=title, ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="solid: smoothing bound\ndashed: Lipschitz bound", title_fontsize=7)
+    return _save(fig, path)

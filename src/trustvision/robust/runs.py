@@ -1,0 +1,128 @@
+"""Run directories of the robust commands: open or resume one, and load the model it holds.
+
+A base run (`robust train`) holds `model.safetensors` (a `Normalized` state dict); a mix run
+(`robust mix`) holds `mix.json` naming its two base runs, the temperatures and alpha, and for
+an adaptive mix `mixnet.safetensors`. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from trustvision.config import dump_config, load_config
+from trustvision.errors import ConfigError
+from trustvision.robust.pixels import Normalized
+from trustvision.train import checkpoint as ckpt
+from trustvision.train.runs import RunDir
+
+WEIGHTS = "model.safetensors"
+MIX = "mix.json"
+MIXNET = "mixnet.safetensors"
+
+
+def open_run(
+    path: str | Path | None, *, root: str | Path, name: str, config: BaseModel
+) -> tuple[RunDir, bool]:
+    """A fresh timestamped run under `root`, or the run at `path` (created or resumed).
+
+    Returns the run and whether it already existed (so its checkpoints can be resumed). The
+    config written is always the one this call runs with.
+    """
+    if path is None:
+        return RunDir.create(root=root, name=name, config=config), False
+    run = RunDir(path)
+    existed = run.config_path.is_file()
+    run.plots_dir.mkdir(parents=True, exist_ok=True)
+    run.checkpoints_dir.mkdir(exist_ok=True)
+    run.config_path.write_text(dump_config(config))
+    return run, existed
+
+
+def is_finished(path: str | Path) -> bool:
+    """Whether `path` is a run directory whose summary says it finished."""
+    summary = Path(path) / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
+
+
+def read_finished(path: str | Path) -> dict[str, Any]:
+    """The summary of a finished run; anything else is a ConfigError that says what to run."""
+    if not is_finished(path):
+        raise ConfigError(
+            f"`{path}` is not a finished robust run (no summary.json with status finished): "
+            "train it with `trustvision robust train` or mix it with `trustvision robust mix`"
+        )
+    return json.loads((Path(path) / "summary.json").read_text())
+
+
+def load_base(path: str | Path, *, device: torch.device | str = "cpu") -> Normalized:
+    """The pixel-space model of a finished `robust train` run, in eval mode."""
+    from trustvision.robust.config import RobustTrainConfig
+    from trustvision.robust.training import build_pixel_model
+
+    summary = read_finished(path)
+    run = RunDir.open(path)
+    cfg = load_config(RobustTrainConfig, run.config_path)
+    data = summary["data"]
+    model = build_pixel_model(
+        cfg,
+        num_classes=data["num_classes"],
+        image_shape=tuple(data["image_shape"]),
+        mean=data["mean"],
+        std=data["std"],
+    )
+    model.load_state_dict(ckpt.load_weights(run.path / WEIGHTS, device="cpu"))
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The model of any finished robust run: a base model or a (fixed or adaptive) mix."""
+    summary = read_finished(path)
+    if summary.get("kind") == "mix":
+        return load_mix(path, device=device)
+    return load_base(path, device=device)
+
+
+def write_mix(run: RunDir, spec: dict[str, Any], mix: nn.Module | None = None) -> None:
+    """Write a mix's description (and an adaptive mix's own tensors) into its run directory."""
+    if mix is not None:
+        ckpt.save_weights(run.path / MIXNET, mix.mixing_state())  # type: ignore[operator]
+    (run.path / MIX).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def load_mix(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The fixed or adaptive mixed classifier of a finished `robust mix` run, in eval mode."""
+    from trustvision.robust.mixing import MixedClassifier, build_adaptive
+
+    spec = json.loads((Path(path) / MIX).read_text())
+    standard = load_base(spec["standard"], device=device)
+    robust = load_base(spec["robust"], device=device)
+    temps = {"temperature_std": spec["temperature_std"], "temperature_rob": spec["temperature_rob"]}
+    if spec["kind"] == "fixed":
+        return MixedClassifier(standard, robust, alpha=spec["alpha"], **temps).eval()
+    mix = build_adaptive(
+        standard,
+        robust,
+        input_shape=tuple(data_of(spec["robust"])["image_shape"]),
+        width=spec["width"],
+        **temps,
+    )
+    state = ckpt.load_weights(Path(path) / MIXNET, device="cpu")
+    missing, unexpected = mix.load_state_dict(state, strict=False)
+    stray = [k for k in missing if not k.startswith(("standard.", "robust."))] + unexpected
+    if stray:
+        raise ConfigError(f"`{Path(path) / MIXNET}` does not match its mix.json: keys {stray}")
+    return mix.to(device).eval()
+
+
+def data_of(path: str | Path) -> dict[str, Any]:
+    """The data record of a finished run (a mix reports its robust base's)."""
+    summary = read_finished(path)
+    if summary.get("kind") == "mix":
+        return data_of(summary["robust"])
+    return summary["data"]

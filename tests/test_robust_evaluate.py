@@ -1,0 +1,165 @@
+"""AutoAttack through our wrapper, the adaptive attack, the model card and the masking checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trustvision.models import create_model
+from trustvision.robust.autoattack import (
+    AdaptiveAPGD,
+    attack_chunk,
+    autoattack_flags,
+    build_attackers,
+)
+from trustvision.robust.config import APGDSettings, EvalSettings
+from trustvision.robust.evaluate import (
+    MODEL_INFO_FIELDS,
+    attack_report,
+    check_autoattack_vs_pgd,
+    check_eps_growth,
+    check_square,
+    model_info,
+)
+from trustvision.robust.mixing import MixedClassifier, build_adaptive
+from trustvision.robust.pixels import Normalized
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared machine: one thread is many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def base(seed: int) -> Normalized:
+    torch.manual_seed(seed)
+    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.3)
+    return Normalized(net, (0.5,), (0.25,)).eval()
+
+
+def labelled(model: nn.Module, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and the model's own predictions as labels: all clean-correct."""
+    x = torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return x, model(x).argmax(1)
+
+
+FAST = APGDSettings(attacks=["apgd-ce", "apgd-t"], n_iter=5, n_target_classes=2, batch_size=50)
+
+
+def test_autoattack_runs_on_a_mix_that_returns_one_tensor():
+    mix = MixedClassifier(base(0), base(1), alpha=0.6).eval()
+    x, y = labelled(mix)
+    assert isinstance(mix(x), torch.Tensor)  # not a tuple: AutoAttack can use it as is
+    attackers = build_attackers(mix, eps=0.3, version="custom", custom=FAST)
+    result = attack_chunk(attackers, x, y, batch_size=50)
+    assert result.clean_correct == [True] * len(y)
+    assert set(result.fooled_by) <= {None, "apgd-ce", "apgd-t"}
+    assert sum(f is not None for f in result.fooled_by) > 0  # eps 0.3 on random nets: fooled
+    assert set(result.seconds) == {"apgd-ce", "apgd-t"}
+
+
+def test_standard_version_has_autoattacks_settings():
+    attackers = build_attackers(base(0), eps=8 / 255, version="standard")
+    assert attackers.order == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert attackers.attacks["apgd-ce"].n_iter == 100
+    assert attackers.attacks["apgd-t"].n_target_classes == 9
+    assert attackers.attacks["square"].n_queries == 5000
+
+
+def test_adaptive_attack_adds_the_bce_of_gamma_to_the_loss():
+    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8).eval()
+    x, y = labelled(mix, n=6)
+    attackers = build_attackers(mix, eps=0.3, version="custom", custom=FAST, adaptive_weight=0.5)
+    assert attackers.order[-2:] == ["adaptive-apgd-ce", "adaptive-apgd-t"]
+    apgd = attackers.attacks["adaptive-apgd-ce"]
+    assert isinstance(apgd, AdaptiveAPGD)
+    logits = apgd.model(x)  # the tap keeps gamma of this pass
+    _, gamma = mix.forward_with_gamma(x)
+    expected = 0.5 * F.cross_entropy(logits, y, reduction="none") + 0.5 * F.softplus(-gamma)
+    torch.testing.assert_close(apgd.ce_loss_targeted(logits, y), expected)
+    adv = apgd.perturb(x, y)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 0.3 + 1e-6
+    assert apgd.loss == "ce"  # the loss name is restored after the run
+
+
+def test_model_info_has_robustbench_fields():
+    info = model_info(
+        name="mnist fixed mix",
+        dataset="mnist",
+        architecture="smallcnn + smallcnn",
+        eps=0.3,
+        clean_acc=0.99123,
+        autoattack_acc=0.87,
+        n_autoattack=500,
+        attacks=["apgd-ce", "apgd-t", "fab-t", "square"],
+    )
+    assert set(MODEL_INFO_FIELDS) <= set(info)
+    assert info["clean_acc"] == 0.9912 and info["autoattack_acc"] == 0.87
+    assert info["eps"] == 0.3 and info["n_autoattack"] == 500
+    assert info["threat_model"] == "Linf" and info["additional_data"] is False
+
+
+class Masked(nn.Module):
+    """A model hiding its gradient: it classifies a quantised copy of the input (zero gradient)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def report_for(model: nn.Module) -> dict:
+    x, y = labelled(model, n=20)
+    custom = APGDSettings(
+        attacks=["apgd-ce", "square"], n_iter=40, square_queries=300, batch_size=50
+    )
+    settings = EvalSettings(
+        version="custom",
+        custom=custom,
+        chunk=10,
+        pgd_steps=10,
+        eps_multiples=[1.0, 4.0],
+        eps_sweep_subset=20,
+    )
+    attackers = build_attackers(model, eps=0.1, version="custom", custom=custom)
+    return attack_report(attackers, x, y, eps=0.1, settings=settings)
+
+
+def test_masking_check_flags_a_gradient_masked_model():
+    report = report_for(Masked(base(0)))
+    failed = {c["name"] for c in report["checks"] if c["passed"] is False}
+    assert report["masking_suspected"]
+    assert "eps->large" in failed  # PGD gets nowhere even with a huge eps
+    assert "square<=white-box" in failed  # the black-box attack beats the white-box ones
+
+
+def test_masking_checks_pass_on_an_honest_model():
+    report = report_for(base(0))
+    assert not report["masking_suspected"], report["checks"]
+    assert report["autoattack"]["n"] == 20 and len(report["autoattack"]["ci95"]) == 2
+
+
+def test_check_rules():
+    assert check_autoattack_vs_pgd(0.50, 0.52).passed
+    assert not check_autoattack_vs_pgd(0.55, 0.52).passed
+    assert check_eps_growth([0.1, 0.3, 0.9], [0.9, 0.4, 0.0], zero=0.05).passed
+    assert not check_eps_growth([0.1, 0.3, 0.9], [0.9, 0.4, 0.2], zero=0.05).passed
+    assert not check_eps_growth([0.1, 0.3, 0.9], [0.5, 0.9, 0.0], zero=0.05).passed
+    assert check_square({"apgd-ce": 0.5, "apgd-t": 0.4, "square": 0.4}).passed
+    assert not check_square({"apgd-ce": 0.5, "square": 0.45}).passed
+    assert check_square({"apgd-ce": 0.5}).passed is None
+
+
+def test_autoattack_flags_are_quiet_for_a_deterministic_logit_model():
+    model = base(0)
+    x, y = labelled(model)
+    assert autoattack_flags(model, x, y, attacks=["apgd-ce", "apgd-t"]) == []

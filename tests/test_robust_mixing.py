@@ -1,0 +1,120 @@
+"""The mixed classifier and the mixing network: exact algebra, frozen bases, one tensor out."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trustvision.models import create_model
+from trustvision.robust.config import MixNetSettings
+from trustvision.robust.mixing import MixedClassifier, build_adaptive, mix_log_probs
+from trustvision.robust.mixtrain import mixing_objective
+from trustvision.robust.pixels import Normalized
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared machine: one thread is many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def base(seed: int) -> Normalized:
+    torch.manual_seed(seed)
+    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.3)
+    return Normalized(net, (0.5,), (0.25,))
+
+
+def images(n: int = 8) -> torch.Tensor:
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.75, 1.0])
+def test_mix_is_the_log_of_the_convex_mix_of_softmaxes(alpha):
+    g, h, x = base(0), base(1), images()
+    mix = MixedClassifier(g, h, alpha=alpha, temperature_std=2.0, temperature_rob=0.5)
+    with torch.no_grad():
+        expected = (1 - alpha) * F.softmax(2.0 * g(x), 1) + alpha * F.softmax(0.5 * h(x), 1)
+        out = mix(x)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out.exp(), expected, atol=1e-6, rtol=1e-5)
+    finite = expected > 1e-30  # where the naive log does not underflow, the logs agree too
+    torch.testing.assert_close(out[finite], expected[finite].log(), atol=1e-4, rtol=1e-4)
+
+
+def test_mix_reduces_to_each_base_at_alpha_0_and_1():
+    g, h, x = base(0), base(1), images()
+    with torch.no_grad():
+        at0 = MixedClassifier(g, h, alpha=0.0)(x)
+        at1 = MixedClassifier(g, h, alpha=1.0)(x)
+        torch.testing.assert_close(at0, F.log_softmax(g(x), 1))
+        torch.testing.assert_close(at1, F.log_softmax(h(x), 1))
+    assert (at0.argmax(1) == g(x).argmax(1)).all() and (at1.argmax(1) == h(x).argmax(1)).all()
+
+
+def test_mix_log_probs_is_exact_where_probabilities_underflow():
+    big = torch.tensor([[200.0, 0.0, -200.0]])
+    out = mix_log_probs(big, -big, log_alpha=math.log(0.5), log_one_minus_alpha=math.log(0.5))
+    assert torch.isfinite(out).all()
+    assert out.exp().sum().item() == pytest.approx(1.0)
+
+
+def test_input_gradient_is_finite_at_the_ends():
+    g, h = base(0), base(1)
+    for alpha in (0.0, 1.0, 0.5):
+        x = images().requires_grad_(True)
+        MixedClassifier(g, h, alpha=alpha)(x).sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def test_bases_are_frozen_and_stay_in_eval_mode():
+    mix = MixedClassifier(base(0), base(1), alpha=0.5)
+    mix.train()
+    assert not mix.standard.training and not mix.robust.training
+    assert not any(p.requires_grad for p in mix.parameters())
+
+
+def adaptive_mix():
+    return build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8)
+
+
+def test_adaptive_mix_returns_one_tensor_and_gamma():
+    mix = adaptive_mix().eval()
+    out, gamma = mix.forward_with_gamma(images())
+    assert isinstance(mix(images()), torch.Tensor)
+    assert out.shape == (8, 10) and gamma.shape == (8,)
+    alpha = torch.sigmoid(gamma)[:, None]
+    with torch.no_grad():
+        x = images()
+        expected = (1 - alpha) * F.softmax(mix.standard(x), 1) + alpha * F.softmax(mix.robust(x), 1)
+    torch.testing.assert_close(out.detach().exp(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_mixing_network_trains_only_its_own_parameters():
+    mix = adaptive_mix()
+    bases_before = {
+        k: v.clone() for k, v in mix.state_dict().items() if k.startswith(("standard.", "robust."))
+    }
+    mixnet_before = {k: v.clone() for k, v in mix.mixnet.state_dict().items()}
+    optimizer = torch.optim.AdamW(mix.mixnet.parameters(), lr=1e-2)
+    objective = mixing_objective(MixNetSettings(steps_low=1, steps_high=2), eps=0.1)
+    mix.train()
+    x, y = images(16), torch.randint(0, 10, (16,))
+    for _ in range(2):
+        loss, logits = objective(mix, x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert logits.shape == (16, 10)
+    assert all(p.grad is None for n, p in mix.named_parameters() if not n.startswith("mixnet."))
+    after = mix.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in bases_before.items())
+    assert any(not torch.equal(mix.mixnet.state_dict()[k], v) for k, v in mixnet_before.items())
+    assert not mix.standard.training and not mix.robust.training

@@ -1,0 +1,152 @@
+"""The whole robust pipeline on a sliver of MNIST: every stage, every file, and resuming."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import trustvision.robust.commands as commands
+import trustvision.robust.evaluate as evaluate
+import trustvision.robust.pipeline as pipeline
+from trustvision.config import load_config
+from trustvision.robust.cli import robust_app
+from trustvision.robust.config import CertifyConfig, PipelineConfig
+from trustvision.robust.evaluate import MODEL_INFO_FIELDS
+from trustvision.robust.runs import load_model
+
+ROOT = Path(__file__).parents[1]
+DEMO = ROOT / "configs/robust/demo_mnist.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared machine: one thread is many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY_TRAIN = ["epochs=1", "data.train_subset=384", "data.test_subset=200", "data.batch_size=64"]
+
+
+def tiny(tmp_path: Path) -> PipelineConfig:
+    overrides = [f"{who}.{o}" for who in ("standard", "robust", "smoothing") for o in TINY_TRAIN]
+    return load_config(
+        PipelineConfig,
+        DEMO,
+        [
+            f"runs_dir={tmp_path}",
+            "device=cpu",
+            "smoothing={attack: {method: gaussian, sigma: 0.25}}",
+            *overrides,
+            "sweep.alphas=[0.0, 0.5, 1.0]",
+            "sweep.subset=12",
+            "sweep.test_subset=300",
+            "sweep.attack={attacks: [apgd-ce], n_iter: 3}",
+            "eval.subset=12",
+            "eval.test_subset=300",
+            "eval.chunk=6",
+            "eval.custom={attacks: [apgd-ce, apgd-t, square], n_iter: 3, n_target_classes: 2, square_queries: 10}",
+            "eval.pgd_steps=3",
+            "eval.eps_sweep_subset=6",
+            "adaptive=true",
+            "mixnet={epochs: 1, train_subset: 128, batch_size: 64, width: 8, steps_low: 1, steps_high: 2, bias_sweep: [0.0, 1.0]}",
+            "certify={subset: 6, n0: 10, n: 40, alphas: [1.0, 0.9], attack_check: 2, batch_size: 40}",
+        ],
+    )
+
+
+def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    report = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+
+    assert [r["model"] for r in report["rows"]] == [
+        "standard",
+        "robust",
+        "fixed mix",
+        "adaptive mix",
+    ]
+    assert report["alpha"] in (0.0, 0.5, 1.0)
+    assert set(report["goal"]) == {"fixed mix", "adaptive mix"}
+    for row in report["rows"]:
+        assert row["n_autoattack"] == 12 and 0 <= row["autoattack_acc"] <= row["clean_acc"] + 1
+        assert {c["name"] for c in row["checks"]} == {
+            "autoattack<=pgd",
+            "eps->large",
+            "square<=white-box",
+        }
+    adaptive_attacks = report["rows"][3]["seconds"]
+    assert "adaptive-apgd-ce" in adaptive_attacks and "adaptive-apgd-t" in adaptive_attacks
+    for name in ("standard", "robust", "fixed-mix", "adaptive-mix"):
+        info = json.loads((work / f"eval-{name}" / "model_info.json").read_text())
+        assert set(MODEL_INFO_FIELDS) <= set(info) and info["eps"] == 0.3
+    assert (work / "tradeoff.png").is_file()
+    assert (work / "certify" / "plots" / "certified.png").is_file()
+    assert report["certify"]["attack_check"]["flips"] == 0
+    assert isinstance(load_model(work / "adaptive-mix")(torch.rand(2, 1, 28, 28)), torch.Tensor)
+    assert json.loads((work / "report.json").read_text())["alpha"] == report["alpha"]
+
+    # the Lipschitz route of `robust certify`, with a (made-up) known bound
+    lipschitz = CertifyConfig(
+        standard=str(work / "standard"),
+        robust=str(work / "robust"),
+        runs_dir=str(tmp_path),
+        device="cpu",
+        certify={"method": "lipschitz", "lipschitz": 0.5, "subset": 8, "alphas": (1.0, 0.9)},
+    )
+    summary = commands.run_certify(lipschitz).read_summary()
+    assert summary["method"] == "lipschitz" and set(summary["curves"]) == {"1", "0.9"}
+    assert summary["curves"]["1"]["tight"][0] >= summary["curves"]["0.9"]["tight"][0]
+
+    # a second run finds every stage finished and recomputes nothing but the report
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for target, name in (
+        (pipeline, "train_robust"),
+        (pipeline, "run_mix"),
+        (pipeline, "run_eval"),
+        (pipeline, "run_certify"),
+    ):
+        monkeypatch.setattr(target, name, forbidden)
+    again = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    assert again["rows"] == report["rows"]
+
+
+def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    eval_dir = work / "eval-robust"
+    first = json.loads((eval_dir / "summary.json").read_text())
+    (eval_dir / "summary.json").unlink()  # as if killed after the last chunk
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished chunk was attacked again")
+
+    monkeypatch.setattr(evaluate, "attack_chunk", forbidden)
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    second = json.loads((eval_dir / "summary.json").read_text())
+    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
+    assert commands.STATE == "autoattack-chunks.json" and (eval_dir / commands.STATE).is_file()
+
+
+def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
+    runner = CliRunner()
+    shown = runner.invoke(robust_app, ["train", "--print-config", "attack.method=trades"])
+    assert shown.exit_code == 0 and "method: trades" in shown.output
+    missing = tmp_path / "nothing"
+    result = runner.invoke(robust_app, ["eval", f"model={missing}", f"runs_dir={tmp_path}"])
+    assert result.exit_code == 2
+    bad = runner.invoke(robust_app, ["train", "--print-config", "attack.method=magic"])
+    assert bad.exit_code == 2
+
+
+def test_cli_module_imports_without_torch():
+    code = "import sys, trustvision.robust.cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
