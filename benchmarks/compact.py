@@ -105,6 +105,17 @@ def run_seed(dataset: str, seed: int, scale: float, runs: str) -> dict[str, Any]
     }
 
 
+def run_variant(path: str, mode: str) -> float:
+    """Test top-1 of the full row re-trained from a finished stage 1 with unification `mode`."""
+    import torch
+
+    from trustvision.compact.train import unify_variant
+    from trustvision.train.runs import RunDir
+
+    torch.set_num_threads(1)
+    return unify_variant(RunDir(path), mode=mode)["test"]["top1"]
+
+
 def bench_seed(path: str) -> dict[str, Any]:
     """Latency of one finished run (kept in its bench.json)."""
     from trustvision.compact.deploy import BENCH_JSON, bench_run
@@ -171,6 +182,28 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def add_variants(
+    table: dict[str, Any],
+    results: list[dict[str, Any]],
+    pairs: list[tuple[str, str]],
+    scores: list[float],
+) -> None:
+    """Per data set and unification mode: the full row's top-1 (mean, std over seeds)."""
+    dataset_of = {r["path"]: r["dataset"] for r in results}
+    for dataset, t in table.items():
+        modes = dict.fromkeys(m for (p, m) in pairs if dataset_of[p] == dataset)
+        t["unify_variants"] = {
+            mode: mean_std(
+                [
+                    100 * s
+                    for (p, m), s in zip(pairs, scores, strict=True)
+                    if m == mode and dataset_of[p] == dataset
+                ]
+            )
+            for mode in modes
+        }
+
+
 def pm(stats: dict[str, float], digits: int = 2) -> str:
     """`mean ± std` in percent points."""
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
@@ -216,6 +249,11 @@ def markdown(table: dict[str, Any], latency: dict[str, Any], meta: dict[str, Any
             lines.append(
                 f"| {dataset} | {ROWS[name]} | {pm(row['top1'])} | {row['epochs']} "
                 f"| {row['image_passes']:,} | {row['wall_seconds']['mean']:.0f} |"
+            )
+        for mode, stats in t.get("unify_variants", {}).items():
+            lines.append(
+                f"| {dataset} | full, but unify = {mode} (default: {t['unify']}) "
+                f"| {pm(stats)} | {t['rows']['full']['epochs']} | {t['rows']['full']['image_passes']:,} | - |"
             )
         for name, stats in t["stage1"].items():
             lines.append(
@@ -349,13 +387,23 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "runs/compact-bench"))
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument(
+        "--unify-variants",
+        nargs="*",
+        default=[],
+        choices=["augmented", "original", "average"],
+        help="also re-train the full row from each seed's stage 1 with these unification modes",
+    )
     args = parser.parse_args()
     jobs = [(d, s, args.epochs_scale, args.runs) for d in args.datasets for s in args.seeds]
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         results = list(pool.map(run_seed, *zip(*jobs, strict=True)))
+        pairs = [(r["path"], m) for m in args.unify_variants for r in results]
+        scores = list(pool.map(run_variant, *zip(*pairs, strict=True))) if pairs else []
     table = aggregate(results)
+    add_variants(table, results, pairs, scores)
     latency = {}
     if not args.no_latency:
         for dataset in table:

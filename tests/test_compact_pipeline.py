@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from trustvision.compact.cli import compact_app
 from trustvision.compact.config import CompactConfig
-from trustvision.compact.train import train_compact
+from trustvision.compact.train import train_compact, unify_variant
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
+from trustvision.train.runs import RunDir
 
 ROOT = Path(__file__).parents[1]
 SMALL = [
@@ -68,6 +69,18 @@ def test_rerun_into_the_same_directory_skips_finished_rows(finished: Path, tmp_p
     train_compact(cfg, run_dir=finished)
 
     assert (finished / "full" / "metrics.jsonl").read_text() == before
+
+
+def test_unify_variant_reuses_the_trained_stage_one(finished: Path) -> None:
+    stage_one = (finished / "stage1-dual" / "metrics.jsonl").read_text()
+    deployed = (finished / "model.safetensors").read_bytes()
+
+    summary = unify_variant(RunDir(finished), mode="original")
+
+    assert summary["status"] == "finished" and summary["schedule"] == [2, 1, 0]
+    assert (finished / "full-unify-original" / "model.safetensors").is_file()
+    assert (finished / "stage1-dual" / "metrics.jsonl").read_text() == stage_one
+    assert (finished / "model.safetensors").read_bytes() == deployed
 
 
 def test_a_different_config_cannot_continue_a_run(finished: Path) -> None:

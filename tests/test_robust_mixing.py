@@ -12,6 +12,7 @@ from trustvision.robust.config import MixNetSettings
 from trustvision.robust.mixing import MixedClassifier, build_adaptive, mix_log_probs
 from trustvision.robust.mixtrain import mixing_objective
 from trustvision.robust.pixels import Normalized
+from trustvision.robust.sweep import choose
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,3 +119,15 @@ def test_mixing_network_trains_only_its_own_parameters():
     assert all(torch.equal(after[k], v) for k, v in bases_before.items())
     assert any(not torch.equal(mix.mixnet.state_dict()[k], v) for k, v in mixnet_before.items())
     assert not mix.standard.training and not mix.robust.training
+
+
+def test_choose_takes_the_most_accurate_point_close_enough_to_the_most_robust():
+    points = [
+        {"alpha": 0.0, "clean_acc": 0.99, "robust_acc": 0.0},
+        {"alpha": 0.8, "clean_acc": 0.95, "robust_acc": 0.70},
+        {"alpha": 1.0, "clean_acc": 0.90, "robust_acc": 0.72},
+    ]
+    assert choose(points, tolerance=0.03)["alpha"] == 0.8
+    assert choose(points, tolerance=0.01)["alpha"] == 1.0
+    # nothing within reach of an outside reference: the most robust point, never the least
+    assert choose(points, tolerance=0.03, reference=0.9)["alpha"] == 1.0

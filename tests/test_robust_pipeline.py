@@ -13,6 +13,7 @@ import trustvision.robust.commands as commands
 import trustvision.robust.evaluate as evaluate
 import trustvision.robust.pipeline as pipeline
 from trustvision.config import load_config
+from trustvision.robust.certification import run_certify
 from trustvision.robust.cli import robust_app
 from trustvision.robust.config import CertifyConfig, PipelineConfig
 from trustvision.robust.evaluate import MODEL_INFO_FIELDS
@@ -99,7 +100,7 @@ def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path,
         device="cpu",
         certify={"method": "lipschitz", "lipschitz": 0.5, "subset": 8, "alphas": (1.0, 0.9)},
     )
-    summary = commands.run_certify(lipschitz).read_summary()
+    summary = run_certify(lipschitz).read_summary()
     assert summary["method"] == "lipschitz" and set(summary["curves"]) == {"1", "0.9"}
     assert summary["curves"]["1"]["tight"][0] >= summary["curves"]["0.9"]["tight"][0]
 

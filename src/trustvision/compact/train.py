@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from trustvision.compact import models as _models  # noqa: F401  (registers compact_*)
 from trustvision.compact.bench import count_macs, torch_threads
-from trustvision.compact.config import CompactConfig
+from trustvision.compact.config import CompactConfig, UnifyMode
 from trustvision.compact.dual import (
     AugmentedBatches,
     BatchMode,
@@ -254,8 +254,13 @@ def branch_accuracies(setup: Setup, dual: DualModel) -> dict[str, float]:
     }
 
 
-def stage_two(setup: Setup, run: RunDir, dual: DualModel, *, row: str) -> dict[str, Any]:
-    """Unify the branches and fine-tune: progressively (`full`) or all at once (`no_unfreeze`)."""
+def stage_two(
+    setup: Setup, run: RunDir, dual: DualModel, *, row: str, directory: str | None = None
+) -> dict[str, Any]:
+    """Unify the branches and fine-tune: progressively (`full`) or all at once (`no_unfreeze`).
+
+    The row is trained into `directory` (default: the row's name) inside the run.
+    """
     cfg, ft = setup.cfg, setup.cfg.finetune
     torch.manual_seed(derive_seed(cfg.seed, "head"))  # both rows start from the same head
     model = unify(
@@ -273,7 +278,7 @@ def stage_two(setup: Setup, run: RunDir, dual: DualModel, *, row: str) -> dict[s
     summary = train_stage(
         model,
         setup=setup,
-        sub=sub_run(run, row),
+        sub=sub_run(run, directory or row),
         loader=setup.loader("mixed"),
         objective=cross_entropy(label_smoothing=ft.optim.label_smoothing),
         optim=ft.optim,
@@ -340,6 +345,28 @@ def train_compact(
         )
         run.write_summary(summary)
     return run
+
+
+def unify_variant(
+    run: RunDir, *, mode: UnifyMode, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """The `full` row again, from the run's trained stage 1, with another unification mode.
+
+    Trained into `full-unify-<mode>/` (skipped when finished); returns its summary. The
+    deployed model and the run's summary are left as they are.
+    """
+    cfg = load_config(CompactConfig, run.config_path)
+    if RunDir(run.path / DUAL).read_summary().get("status") != "finished":
+        raise ConfigError(
+            f"`{run.path}` has no finished stage 1: finish it with "
+            f"`trustvision compact train --resume {run.path}`"
+        )
+    cfg = cfg.model_copy(update={"unify": cfg.unify.model_copy(update={"mode": mode})})
+    with torch_threads(cfg.threads or torch.get_num_threads()):
+        setup = prepare(cfg, reporter)
+        dual, _ = stage_one(setup, run)  # finished: loads the branches
+        summary = stage_two(setup, run, dual, row=FULL, directory=f"{FULL}-unify-{mode}")
+    return {k: v for k, v in summary.items() if k != "model"}
 
 
 def write_deployed(run: RunDir, *, model: ImageClassifier, cfg: CompactConfig, row: str) -> None:

@@ -166,7 +166,7 @@ def certify(
 
     Example: trustvision robust certify standard=runs/std-... robust=runs/gauss-...
     """
-    from trustvision.robust.commands import run_certify
+    from trustvision.robust.certification import run_certify
     from trustvision.robust.config import CertifyConfig
 
     try:

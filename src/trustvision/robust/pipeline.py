@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trustvision.robust.commands import describe, run_certify, run_eval, run_mix
+from trustvision.robust.certification import run_certify
+from trustvision.robust.commands import describe, run_eval, run_mix
 from trustvision.robust.config import (
     CertifyConfig,
     EvalConfig,

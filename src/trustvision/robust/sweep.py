@@ -94,9 +94,17 @@ def alpha_sweep(
 
 
 def choose(
-    points: Sequence[dict[str, Any]], *, tolerance: float, key: str = "alpha"
+    points: Sequence[dict[str, Any]],
+    *,
+    tolerance: float,
+    reference: float | None = None,
+    key: str = "alpha",
 ) -> dict[str, Any]:
-    """The most accurate point whose robust accuracy is within `tolerance` of the most robust one."""
-    best_robust = max(p["robust_acc"] for p in points)
-    allowed = [p for p in points if p["robust_acc"] >= best_robust - tolerance]
+    """The most accurate point whose robust accuracy is within `tolerance` of `reference`
+    (default: the most robust point's); with none that close, the most robust point."""
+    best = max(points, key=lambda p: (p["robust_acc"], p["clean_acc"], p[key]))
+    target = best["robust_acc"] if reference is None else reference
+    allowed = [p for p in points if p["robust_acc"] >= target - tolerance]
+    if not allowed:
+        return best
     return max(allowed, key=lambda p: (p["clean_acc"], p["robust_acc"], p[key]))
