@@ -18,6 +18,7 @@ from every data set whose work directory holds a report.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-adaptive", action="store_true", help="skip the mixing network")
     parser.add_argument("--no-certify", action="store_true", help="skip the Gaussian base")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rewrite the docs from existing reports"
+    )
     parser.add_argument("overrides", nargs="*", help="pipeline config overrides, key=value")
     return parser.parse_args(argv)
 
@@ -115,24 +119,38 @@ def sweep_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
+    """Clean accuracy of the fixed mix at a given sweep robust accuracy (linear interpolation)."""
+    points = sorted((p["robust_acc"], p["clean_acc"]) for p in sweep)
+    for (r0, c0), (r1, c1) in itertools.pairwise(points):
+        if r0 <= robust_acc <= r1:
+            return c0 if r1 == r0 else c0 + (c1 - c0) * (robust_acc - r0) / (r1 - r0)
+    return None
+
+
 def adaptive_lines(report: dict[str, Any]) -> list[str]:
     adaptive = report.get("adaptive")
     if not adaptive:
         return []
     lines = [
         f"Mixing network: trained {adaptive['train_seconds']:.0f} s; gamma bias chosen "
-        f"{adaptive['gamma_bias']:g}.",
+        f"{adaptive['gamma_bias']:g} (same rule as alpha, reference: the robust base's sweep "
+        f"accuracy {pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares "
+        "with the fixed mix at the same sweep robust accuracy (interpolated on the alpha sweep): "
+        "positive means the mixing network buys clean accuracy a constant alpha cannot.",
     ]
     if adaptive.get("bias_sweep"):
         lines += [
             "",
-            "| gamma bias | clean acc (%) | sweep robust acc (%) |",
-            "|---:|---:|---:|",
+            "| gamma bias | clean acc (%) | sweep robust acc (%) | vs fixed mix (points) |",
+            "|---:|---:|---:|---:|",
         ]
-        lines += [
-            f"| {p['gamma_bias']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} |"
-            for p in adaptive["bias_sweep"]
-        ]
+        for p in adaptive["bias_sweep"]:
+            fixed = fixed_clean_at(report["sweep"], p["robust_acc"])
+            delta = "n/a" if fixed is None else f"{100 * (p['clean_acc'] - fixed):+.2f}"
+            lines.append(
+                f"| {p['gamma_bias']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {delta} |"
+            )
     return lines
 
 
@@ -238,7 +256,11 @@ def write_results(
         "",
         f"Written by `{command.strip()}` on {time.strftime('%Y-%m-%d')}; machine: {env['machine']}, "
         f"torch {env['torch']}, {args.threads} thread(s) (other jobs shared the 2 cores). "
-        f"This invocation took {seconds / 60:.0f} min (finished stages of earlier runs were reused).",
+        + (
+            "Tables rebuilt from the reports of earlier runs (wall time per stage below)."
+            if args.report_only
+            else f"This invocation took {seconds / 60:.0f} min (finished stages of earlier runs were reused)."
+        ),
         "",
         "Clean accuracy is on the full test set; AutoAttack accuracy (l_inf, per-point worst case) on "
         "the first n test images, the same images for every model, with a Clopper-Pearson 95% "
@@ -269,7 +291,7 @@ def write_results(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    for name in args.datasets:
+    for name in [] if args.report_only else args.datasets:
         print(f"== {name}", flush=True)
         run_pipeline(
             config_for(name, args),
