@@ -80,7 +80,7 @@ def test_personal_state_never_leaves_its_client(tmp_path, algorithm):
     algo = session.algorithm
     global_state = algo.init_global()
 
-    updates = session.engine.fit(global_state, [0, 2, 5], round=0, lr=0.02)
+    updates = session.engine.fit(global_state, [0, 2, 5], round=0, lr=0.02).updates
 
     assert algo.personal and not any(matches(k, algo.personal) for k in global_state)
     for update in updates:
@@ -96,7 +96,7 @@ def test_server_weights_clients_by_training_images(tmp_path):
     clients = session.federation.clients
     global_state = session.algorithm.init_global()
 
-    updates = session.engine.fit(global_state, [1, 3, 4], round=0, lr=0.02)
+    updates = session.engine.fit(global_state, [1, 3, 4], round=0, lr=0.02).updates
     result = session.algorithm.aggregate(global_state, [(u.update, u.weight) for u in updates])
 
     counts = [clients[k].num_samples for k in (1, 3, 4)]

@@ -19,3 +19,7 @@ class ChecksumError(DataError):
 
 class DivergenceError(TrustvisionError):
     """Training produced a NaN or infinite loss."""
+
+
+class FederationError(TrustvisionError):
+    """Too few federated clients answered a round for it to be aggregated."""

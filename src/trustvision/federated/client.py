@@ -18,7 +18,8 @@ from trustvision.config import OptimConfig
 from trustvision.data.loader import BatchLoader, derive_seed
 from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import ClientContext, FederatedAlgorithm, Phase, seeded
-from trustvision.federated.data import ClientData, LoaderSpec
+from trustvision.federated.config import Fault
+from trustvision.federated.data import ClientData, Federation, LoaderSpec
 from trustvision.federated.tensors import State, drop, matches, select
 from trustvision.train.loop import Accel, predict, train_epoch
 from trustvision.train.optim import build_optimizer
@@ -32,6 +33,32 @@ class ClientUpdate:
     update: State
     weight: float  # training images used (FedAvg's n_k)
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A sampled client that did not answer: it raised, crashed or timed out."""
+
+    client_id: int
+    error: str
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What came back from a round's clients, in the order they were asked."""
+
+    updates: list[ClientUpdate]
+    failures: list[ClientFailure]
+
+
+class ClientFault(RuntimeError):
+    """A failure the config's `faults` rehearse."""
+
+
+def rehearse_faults(faults: Iterable[Fault], *, client_id: int, round: int) -> None:
+    """Raise ClientFault if `faults` name this client in this (0-based) round."""
+    if any(f.client == client_id and f.round == round + 1 for f in faults):
+        raise ClientFault(f"client {client_id} fails in round {round + 1}, as `faults` asks")
 
 
 @dataclass(frozen=True)
@@ -220,3 +247,16 @@ def client_evaluate(
     )
     seen = torch.from_numpy(data.class_counts > 0)
     return ClientEval(client_id=data.client_id, logits=logits, labels=labels, seen=seen)
+
+
+def eval_from_generic(
+    client: ClientData, federation: Federation, generic_logits: Tensor
+) -> ClientEval:
+    """A client of a non-personalising algorithm: its local logits are the global model's."""
+    index = torch.as_tensor(client.test_indices)
+    return ClientEval(
+        client_id=client.client_id,
+        logits=generic_logits[index],
+        labels=federation.test_labels.cpu()[index],
+        seen=torch.from_numpy(client.class_counts > 0),
+    )

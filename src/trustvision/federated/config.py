@@ -87,6 +87,22 @@ PAPER_OPTIM = OptimConfig(
 )
 
 
+class FlowerConfig(StrictModel):
+    """The `flower` engine: Ray's resources in simulation, and how long a round waits."""
+
+    workers: int = Field(default=1, ge=1)  # clients trained at once in simulation (Ray actors)
+    cpus_per_client: float = Field(default=1.0, gt=0)  # Ray CPUs each actor holds
+    timeout: float | None = Field(default=None, gt=0)  # seconds a round waits; None: forever
+    connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for every SuperNode
+
+
+class Fault(StrictModel):
+    """A rehearsed failure: client `client` raises in round `round` (1-based), as a crash would."""
+
+    client: int = Field(ge=0)
+    round: int = Field(ge=1)
+
+
 class FedConfig(StrictModel):
     """`trustvision fed run`: one algorithm on a long-tailed, Dirichlet-partitioned data set."""
 
@@ -96,7 +112,7 @@ class FedConfig(StrictModel):
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only
     runs_dir: str = "runs"
-    engine: Literal["inprocess"] = "inprocess"
+    engine: Literal["inprocess", "flower"] = "inprocess"
     num_clients: int = Field(default=40, ge=1)
     participation: float = Field(default=0.3, gt=0, le=1)  # fraction of clients each round
     rounds: int = Field(default=500, ge=1)
@@ -105,6 +121,9 @@ class FedConfig(StrictModel):
     eval_every: int = Field(default=10, ge=1)  # rounds; the last round is always evaluated
     checkpoint_every: int = Field(default=10, ge=1)  # rounds; the last round is always saved
     mask_unseen: bool = True  # headline local accuracy masks classes a client never saw
+    min_clients: int = Field(default=1, ge=1)  # answers a round needs; fewer stop the run
+    faults: tuple[Fault, ...] = ()  # rehearsed client failures (fault-tolerance tests, drills)
+    flower: FlowerConfig = FlowerConfig()
     data: DataConfig = PAPER_DATA
     model: ModelConfig = ModelConfig(name="resnet18")
     optim: OptimConfig = PAPER_OPTIM
@@ -114,3 +133,12 @@ class FedConfig(StrictModel):
     def clients_per_round(self) -> int:
         """`max(floor(participation * num_clients), 1)`, as FedLoGe's code."""
         return max(int(self.participation * self.num_clients + 1e-9), 1)  # 0.29 * 100 is 28.99..
+
+    @model_validator(mode="after")
+    def _reachable_minimum(self) -> FedConfig:
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"`min_clients` is {self.min_clients} but a round samples only "
+                f"{self.clients_per_round} clients: lower it or raise `participation`"
+            )
+        return self

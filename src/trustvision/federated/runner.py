@@ -20,12 +20,13 @@ import numpy as np
 from trustvision.config import OptimConfig, load_config
 from trustvision.data.dataset import load_dataset
 from trustvision.data.loader import derive_seed
-from trustvision.errors import ConfigError, DivergenceError
+from trustvision.errors import ConfigError, DivergenceError, FederationError
 from trustvision.federated.algorithm import Algorithm, Setup, algorithm_class
-from trustvision.federated.client import ClientUpdate, Workspace
+from trustvision.federated.client import ClientFailure, ClientUpdate, Workspace
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation, build_federation
-from trustvision.federated.engines import ENGINES, Engine
+from trustvision.federated.engines import Engine, EngineFactory, engine_class
+from trustvision.federated.engines.inprocess import InProcessEngine
 from trustvision.federated.evaluate import evaluation, flat_metrics, generic_evaluation
 from trustvision.federated.tensors import State, clone, state_hash
 from trustvision.models import create_model
@@ -75,11 +76,30 @@ class Session:
         return evaluation(generic, evals, federation=self.federation)
 
 
-def build_session(cfg: FedConfig, *, reporter: Reporter | None = None) -> Session:
+def build_session(
+    cfg: FedConfig,
+    *,
+    make_engine: EngineFactory = InProcessEngine,
+    reporter: Reporter | None = None,
+) -> Session:
     """Load the data, split it over the clients, build the algorithm and the engine."""
+    accel, federation, algorithm = build_parts(cfg)
+    on_client = reporter.advance if reporter is not None else None
+    engine = make_engine(algorithm, federation, cfg=cfg, accel=accel, on_client=on_client)
+    return Session(cfg, accel, federation, algorithm, engine, Workspace(algorithm, accel))
+
+
+def build_parts(
+    cfg: FedConfig, *, source: str | None = None
+) -> tuple[Accel, Federation, Algorithm]:
+    """The device, the federation (a pure function of the config) and the algorithm.
+
+    The server and every Flower client build the same parts from the same config;
+    `source` reads the data set from another place than `cfg.data.source`.
+    """
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_dataset(cfg.data.name, from_path=source or cfg.data.source)
     federation = build_federation(
         dataset,
         cfg.data,
@@ -105,24 +125,42 @@ def build_session(cfg: FedConfig, *, reporter: Reporter | None = None) -> Sessio
         options=cfg.algorithm.parsed_options(),
         label_smoothing=cfg.optim.label_smoothing,
     )
-    algorithm = algorithm_class(cfg.algorithm.name)(setup)
-    on_client = reporter.advance if reporter is not None else None
-    engine = ENGINES[cfg.engine](
-        algorithm, federation, optim=cfg.optim, accel=accel, seed=cfg.seed, on_client=on_client
-    )
-    return Session(cfg, accel, federation, algorithm, engine, Workspace(algorithm, accel))
+    return accel, federation, algorithm_class(cfg.algorithm.name)(setup)
 
 
 def train_round(
     session: Session, global_state: State, *, round: int
 ) -> tuple[State, dict[str, Any]]:
-    """One round: sample, train the clients, aggregate. Returns the new state and the record."""
+    """One round: sample, train the clients, aggregate. Returns the new state and the record.
+
+    The clients that answered are aggregated when there are `min_clients` of them; the
+    others are listed under `failures` in the record.
+    """
     cfg = session.cfg
     sampled = sample_clients(cfg.num_clients, cfg.clients_per_round, seed=cfg.seed, round=round)
     lr = round_lr(cfg.optim, round=round, rounds=cfg.rounds)
-    updates = session.engine.fit(global_state, sampled, round=round, lr=lr)
+    result = session.engine.fit(global_state, sampled, round=round, lr=lr)
+    updates = result.updates
+    if len(updates) < cfg.min_clients:
+        raise too_few_clients(round, len(sampled), cfg.min_clients, result.failures)
     new_state = session.algorithm.aggregate(global_state, [(u.update, u.weight) for u in updates])
-    return new_state, {"round": round + 1, "lr": lr, "clients": sampled, **train_numbers(updates)}
+    record = {"round": round + 1, "lr": lr, "clients": sampled, **train_numbers(updates)}
+    if result.failures:
+        record["failures"] = [{"client": f.client_id, "error": f.error} for f in result.failures]
+    return new_state, record
+
+
+def too_few_clients(
+    round: int, sampled: int, minimum: int, failures: list[ClientFailure]
+) -> FederationError:
+    """Why a round could not be aggregated, client by client."""
+    answered = sampled - len(failures)
+    reasons = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
+    return FederationError(
+        f"round {round + 1}: {answered} of {sampled} clients answered, fewer than "
+        f"`min_clients` ({minimum}): {reasons}. Fix the clients, or lower `min_clients`, and "
+        "resume from the last checkpoint with `--resume`."
+    )
 
 
 def train_numbers(updates: list[ClientUpdate]) -> dict[str, float]:
@@ -174,20 +212,45 @@ def run_federated(
     stop_after: int | None = None,
     reporter: Reporter | None = None,
 ) -> RunDir:
-    """Train `cfg.algorithm` for `cfg.rounds` rounds; with `resume_dir`, continue that run.
+    """Train `cfg.algorithm` for `cfg.rounds` rounds on `cfg.engine`; with `resume_dir`, continue.
 
     `stop_after` ends the process after that many rounds without a summary, as a kill
     after the checkpoint of that round would (for tests and for splitting long runs).
     """
-    reporter = reporter or SilentReporter()
-    session = build_session(cfg, reporter=reporter)
     run = (
         RunDir.open(resume_dir)
         if resume_dir
         else RunDir.create(root=cfg.runs_dir, name=f"{cfg.name}-{cfg.algorithm.name}", config=cfg)
     )
+
+    def train(make_engine: EngineFactory) -> RunDir:
+        return train_federated(
+            cfg,
+            run,
+            make_engine,
+            resume=resume_dir is not None,
+            stop_after=stop_after,
+            reporter=reporter,
+        )
+
+    result: RunDir = engine_class(cfg.engine).host(cfg, run.path, train)
+    return result
+
+
+def train_federated(
+    cfg: FedConfig,
+    run: RunDir,
+    make_engine: EngineFactory,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    reporter: Reporter | None = None,
+) -> RunDir:
+    """The round loop, with engines from `make_engine`, writing into `run`."""
+    reporter = reporter or SilentReporter()
+    session = build_session(cfg, make_engine=make_engine, reporter=reporter)
     start, global_state, history, elapsed = (
-        restore_round(run, session) if resume_dir else (0, None, [], 0.0)
+        restore_round(run, session) if resume else (0, None, [], 0.0)
     )
     if global_state is None:
         global_state = clone(session.algorithm.init_global(), device=session.accel.device)

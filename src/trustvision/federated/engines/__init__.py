@@ -1,18 +1,24 @@
 """Engines schedule clients and move named tensors; they know the algorithm protocol only.
 
-`inprocess` (the default) simulates every client in this process. A Flower engine would
-wrap the same `client_fit` / `client_evaluate` calls in a ClientApp, with each client's
-personal state in its `context.state`.
+`inprocess` (the default) simulates every client in this process; `flower` sends each
+client's work as a Flower Message to a SuperNode (Ray-simulated or deployed), with each
+client's personal state in its `context.state`. Both run runner.py's one round loop:
+an engine class's `host` calls that loop with a factory for its engines, directly or
+from inside a Flower ServerApp.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch import Tensor
 
-from trustvision.federated.client import ClientEval, ClientUpdate
-from trustvision.federated.engines.inprocess import InProcessEngine
+from trustvision.errors import ConfigError
+from trustvision.federated.client import ClientEval, FitResult
+from trustvision.federated.config import FedConfig
 from trustvision.federated.tensors import State
 
 
@@ -21,8 +27,8 @@ class Engine(Protocol):
 
     def fit(
         self, global_state: State, client_ids: list[int], *, round: int, lr: float
-    ) -> list[ClientUpdate]:
-        """Train the sampled clients from `global_state`; returns their messages to the server."""
+    ) -> FitResult:
+        """Train the sampled clients from `global_state`: their messages and their failures."""
         ...
 
     def evaluate(
@@ -32,7 +38,7 @@ class Engine(Protocol):
         ...
 
     def personal_states(self) -> dict[int, State]:
-        """Personal state of every client that has trained (for checkpoints)."""
+        """Personal state of every client that has trained and lets the server see it (checkpoints)."""
         ...
 
     def restore(self, personal: dict[int, State]) -> None:
@@ -40,6 +46,33 @@ class Engine(Protocol):
         ...
 
 
-ENGINES: dict[str, type] = {"inprocess": InProcessEngine}
+# Builds an engine: (algorithm, federation, *, cfg, accel, on_client) -> Engine.
+EngineFactory = Callable[..., Engine]
 
-__all__ = ["ENGINES", "Engine", "InProcessEngine"]
+
+class EngineHost(Protocol):
+    """An engine class: `host` runs `train(factory)` where its engines can work."""
+
+    def host(self, cfg: FedConfig, run_dir: Path, train: Callable[[EngineFactory], Any]) -> Any:
+        """Call `train` with a factory of this engine (inside whatever the engine needs running)."""
+        ...
+
+
+# name -> "module:class"; imported when used (Flower and Ray load slowly).
+ENGINES: dict[str, str] = {
+    "inprocess": "trustvision.federated.engines.inprocess:InProcessEngine",
+    "flower": "trustvision.federated.engines.flower:FlowerEngine",
+}
+
+
+def engine_class(name: str) -> EngineHost:
+    """The engine class registered as `name`; an unknown name lists the known ones."""
+    if name not in ENGINES:
+        known = ", ".join(f"`{n}`" for n in sorted(ENGINES))
+        raise ConfigError(f"unknown engine `{name}`; choose one of: {known}")
+    module, _, attr = ENGINES[name].partition(":")
+    engine: EngineHost = getattr(importlib.import_module(module), attr)
+    return engine
+
+
+__all__ = ["ENGINES", "Engine", "EngineFactory", "EngineHost", "engine_class"]

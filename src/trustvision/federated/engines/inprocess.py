@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
-import torch
 from torch import Tensor
 
-from trustvision.config import OptimConfig
+from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import FederatedAlgorithm
 from trustvision.federated.client import (
     ClientEval,
+    ClientFailure,
     ClientUpdate,
+    FitResult,
     Workspace,
     client_evaluate,
     client_fit,
+    eval_from_generic,
+    rehearse_faults,
 )
+from trustvision.federated.config import FedConfig
 from trustvision.federated.data import ClientData, Federation
 from trustvision.federated.tensors import State, clone
 from trustvision.train.loop import Accel
+
+T = TypeVar("T")
 
 
 class InProcessEngine:
@@ -29,16 +37,16 @@ class InProcessEngine:
         algorithm: FederatedAlgorithm,
         federation: Federation,
         *,
-        optim: OptimConfig,
+        cfg: FedConfig,
         accel: Accel,
-        seed: int,
         on_client: Callable[[], None] | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.federation = federation
-        self.optim = optim
+        self.optim = cfg.optim
+        self.faults = cfg.faults
         self.accel = accel
-        self.seed = seed
+        self.seed = cfg.seed
         self.on_client = on_client
         self.workspace = Workspace(algorithm, accel)
         self._personal: dict[int, State] = {}
@@ -51,30 +59,46 @@ class InProcessEngine:
 
     def fit(
         self, global_state: State, client_ids: list[int], *, round: int, lr: float
-    ) -> list[ClientUpdate]:
-        """Train each sampled client in turn; personal states stay here, updates go back."""
-        updates = []
+    ) -> FitResult:
+        """Train each sampled client in turn; personal states stay here, updates go back.
+
+        A client that raises (divergence aside: that stops the run) is a failure of its
+        own; its personal state stays as it was.
+        """
+        result = FitResult(updates=[], failures=[])
         for k in client_ids:
             client = self.federation.clients[k]
-            update, personal = client_fit(
-                self.algorithm,
-                self.workspace,
-                global_state=global_state,
-                client_state=self._client_state(client, global_state),
-                data=client,
-                spec=self.federation.spec,
-                optim=self.optim,
-                round=round,
-                lr=lr,
-                seed=self.seed,
-                accel=self.accel,
-            )
-            if personal:
-                self._personal[k] = personal
-            updates.append(update)
+            try:
+                rehearse_faults(self.faults, client_id=k, round=round)
+                update, personal = self._fit_one(client, global_state, round=round, lr=lr)
+            except DivergenceError:
+                raise
+            except Exception as err:  # any client bug or crash is that client's failure
+                result.failures.append(ClientFailure(k, f"{type(err).__name__}: {err}"))
+            else:
+                if personal:
+                    self._personal[k] = personal
+                result.updates.append(update)
             if self.on_client is not None:
                 self.on_client()
-        return updates
+        return result
+
+    def _fit_one(
+        self, client: ClientData, global_state: State, *, round: int, lr: float
+    ) -> tuple[ClientUpdate, State]:
+        return client_fit(
+            self.algorithm,
+            self.workspace,
+            global_state=global_state,
+            client_state=self._client_state(client, global_state),
+            data=client,
+            spec=self.federation.spec,
+            optim=self.optim,
+            round=round,
+            lr=lr,
+            seed=self.seed,
+            accel=self.accel,
+        )
 
     def evaluate(
         self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
@@ -89,7 +113,7 @@ class InProcessEngine:
             if len(client.test_indices) == 0:
                 continue
             if generic_logits is not None and not self.algorithm.personalised:
-                evals.append(self._from_generic(client, generic_logits))
+                evals.append(eval_from_generic(client, self.federation, generic_logits))
                 continue
             evals.append(
                 client_evaluate(
@@ -109,16 +133,6 @@ class InProcessEngine:
             )
         return evals
 
-    def _from_generic(self, client: ClientData, generic_logits: Tensor) -> ClientEval:
-        index = torch.as_tensor(client.test_indices)
-        labels = self.federation.test_labels.cpu()[index]
-        return ClientEval(
-            client_id=client.client_id,
-            logits=generic_logits[index],
-            labels=labels,
-            seen=torch.from_numpy(client.class_counts > 0),
-        )
-
     def personal_states(self) -> dict[int, State]:
         """Every trained client's personal state (shared references; the caller copies)."""
         return dict(self._personal)
@@ -126,3 +140,10 @@ class InProcessEngine:
     def restore(self, personal: dict[int, State]) -> None:
         """Replace all personal states (from a checkpoint)."""
         self._personal = {k: clone(v, device=self.accel.device) for k, v in personal.items()}
+
+    @classmethod
+    def host(
+        cls, cfg: FedConfig, run_dir: Path, train: Callable[[Callable[..., InProcessEngine]], T]
+    ) -> T:
+        """Nothing to start: `train` runs here, with this class as its engine factory."""
+        return train(cls)

@@ -1,0 +1,483 @@
+"""The Flower engine: every client's work is a Flower Message to a SuperNode (Flower 1.41).
+
+The round loop is runner.py's, unchanged: inside a `ServerApp`, `FlowerEngine` holds the
+Grid and turns `fit` / `evaluate` into Messages. A client's reply carries only global
+tensors; its personal state (FedLoGe's phi, Ditto's model, ...) stays in the ClientApp's
+`context.state`. Tensors travel as `ArrayRecord`s (NumPy, saved without pickle), so
+float32 and int64 arrive bit for bit and the numbers equal the in-process engine's.
+
+Every message carries the run's resolved config (YAML); a client builds its data partition
+from it and its `partition-id` (a pure function of the seed), so the SuperNodes need no
+config of their own. Global state, frozen tensors included (FedLoGe's SSE-C, made once on
+the server), travels in every fit and evaluate message.
+
+- `trustvision fed run CONFIG engine=flower`: Flower's simulation (Ray) on this machine,
+  `flower.workers` clients at once, each holding `flower.cpus_per_client` CPUs.
+- Deployment: `flwr run` with `server_app` / `client_app` below (docs/deploy-flower.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+# Flower reads this once, when it is imported: no usage reports leave this machine.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import torch
+import yaml
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from torch import Tensor
+
+from trustvision.config import build_config, dump_config, load_config
+from trustvision.errors import ConfigError, DivergenceError, FederationError
+from trustvision.federated.algorithm import Algorithm, FederatedAlgorithm
+from trustvision.federated.client import (
+    ClientEval,
+    ClientFailure,
+    ClientUpdate,
+    FitResult,
+    Workspace,
+    client_evaluate,
+    client_fit,
+    eval_from_generic,
+    rehearse_faults,
+)
+from trustvision.federated.config import FedConfig
+from trustvision.federated.data import Federation
+from trustvision.federated.tensors import State, clone
+from trustvision.train.loop import Accel, select_device
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PARTITION_ID = "partition-id"  # node config: which client this SuperNode is
+DATA_SOURCE = "data-source"  # node config (optional): where this SuperNode's data set lies
+
+
+# --- named tensors on the wire ----------------------------------------------------------------
+
+
+def to_record(state: State) -> ArrayRecord:
+    """Named tensors as an ArrayRecord (NumPy arrays, saved with `allow_pickle=False`)."""
+    return ArrayRecord(torch_state_dict=dict(state))
+
+
+def from_record(record: ArrayRecord, *, device: torch.device | str = "cpu") -> State:
+    """Named tensors back from an ArrayRecord, on `device`."""
+    return clone(dict(record.to_torch_state_dict()), device=device)
+
+
+def task(config_text: str, global_state: State, *, round: int, lr: float) -> RecordDict:
+    """A fit or evaluate message's content: the run's config, the round and the global state."""
+    return RecordDict(
+        {
+            "global": to_record(global_state),
+            "task": ConfigRecord({"config": config_text, "round": round, "lr": lr}),
+        }
+    )
+
+
+# --- server side --------------------------------------------------------------------------------
+
+
+class FlowerEngine:
+    """Runs clients on Flower SuperNodes through `grid`; one SuperNode per client id."""
+
+    def __init__(
+        self,
+        algorithm: FederatedAlgorithm,
+        federation: Federation,
+        *,
+        cfg: FedConfig,
+        accel: Accel,
+        grid: Grid,
+        on_client: Callable[[], None] | None = None,
+    ) -> None:
+        self.algorithm = algorithm
+        self.federation = federation
+        self.accel = accel
+        self.grid = grid
+        self.on_client = on_client
+        self.timeout = cfg.flower.timeout
+        self.config_text = dump_config(cfg)
+        self.nodes = connect(grid, num_clients=cfg.num_clients, timeout=cfg.flower.connect_timeout)
+
+    def _ask(
+        self, kind: str, client_ids: list[int], global_state: State, *, round: int, lr: float
+    ) -> dict[int, Message | None]:
+        """Send one message per client and wait; a client without a reply maps to None."""
+        content = task(self.config_text, global_state, round=round, lr=lr)
+        messages = [
+            Message(content, self.nodes[k], kind, group_id=str(round + 1)) for k in client_ids
+        ]
+        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        by_node = {reply.metadata.src_node_id: reply for reply in replies}
+        return {k: by_node.get(self.nodes[k]) for k in client_ids}
+
+    def fit(
+        self, global_state: State, client_ids: list[int], *, round: int, lr: float
+    ) -> FitResult:
+        """Train the sampled clients on their SuperNodes; replies in the order asked."""
+        result = FitResult(updates=[], failures=[])
+        replies = self._ask(MessageType.TRAIN, client_ids, global_state, round=round, lr=lr)
+        for k, reply in replies.items():
+            problem = reply_problem(reply, self.timeout)
+            if problem is not None:
+                result.failures.append(ClientFailure(k, problem))
+            elif reply is not None and "diverged" in reply.content:
+                raise DivergenceError(str(reply.content.config_records["diverged"]["error"]))
+            elif reply is not None:
+                result.updates.append(update_from(k, reply.content, device=self.accel.device))
+            if self.on_client is not None:
+                self.on_client()
+        return result
+
+    def evaluate(
+        self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
+    ) -> list[ClientEval]:
+        """Local-test predictions of every client with a local test set, from its SuperNode.
+
+        For an algorithm that does not personalise, a client's model is the global one: its
+        logits are read off `generic_logits`, as the in-process engine does. A client that
+        fails to answer is left out of local accuracy (and logged).
+        """
+        clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
+        if generic_logits is not None and not self.algorithm.personalised:
+            return [eval_from_generic(c, self.federation, generic_logits) for c in clients]
+        ids = [c.client_id for c in clients]
+        evals = []
+        for k, reply in self._ask(
+            MessageType.EVALUATE, ids, global_state, round=round, lr=lr
+        ).items():
+            problem = reply_problem(reply, self.timeout)
+            if problem is not None or reply is None:
+                log.warning(
+                    "client %d left out of round %d's evaluation: %s", k, round + 1, problem
+                )
+                continue
+            arrays = from_record(reply.content.array_records["eval"])
+            evals.append(ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"]))
+        return evals
+
+    def personal_states(self) -> dict[int, State]:
+        """None: personal states never leave their SuperNodes, so checkpoints hold none."""
+        return {}
+
+    def restore(self, personal: dict[int, State]) -> None:
+        """Personal states cannot be sent to SuperNodes; a checkpoint with some is an error."""
+        if personal:
+            raise ConfigError(
+                "this checkpoint holds clients' personal states, which the `flower` engine "
+                "keeps on the SuperNodes only: resume it with `engine=inprocess`"
+            )
+
+    @classmethod
+    def host(
+        cls, cfg: FedConfig, run_dir: Path, train: Callable[[Callable[..., FlowerEngine]], T]
+    ) -> T:
+        """Run `train` inside a ServerApp of Flower's simulation (Ray), one SuperNode per client."""
+        from flwr.simulation import run_simulation
+
+        results: list[T] = []
+        app = ServerApp()
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            results.append(train(partial(cls, grid=grid)))
+
+        with flower_environment(run_dir / "flower"):
+            try:
+                run_simulation(
+                    server_app=app,
+                    client_app=client_app,
+                    num_supernodes=cfg.num_clients,
+                    backend_config=ray_backend(cfg),
+                )
+            finally:
+                stop_ray()
+        if not results:
+            raise FederationError("the Flower simulation ended before the run did: see its log")
+        return results[0]
+
+
+def reply_problem(reply: Message | None, timeout: float | None) -> str | None:
+    """Why a reply brings nothing (no reply, or an error from the ClientApp), else None."""
+    if reply is None:
+        return f"no reply within `flower.timeout` ({timeout} s)"
+    if reply.has_error():  # Flower's reasons may hold a whole traceback: keep its last line
+        lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()]
+        return lines[-1][-300:] if lines else f"Flower error {reply.error.code}"
+    return None
+
+
+def update_from(client_id: int, content: RecordDict, *, device: torch.device) -> ClientUpdate:
+    """A fit reply as the in-process engine's ClientUpdate."""
+    record = content.metric_records["metrics"]
+    metrics = {k: number(record, k) for k in record if k != "weight"}
+    update = from_record(content.array_records["update"], device=device)
+    return ClientUpdate(client_id, update, number(record, "weight"), metrics)
+
+
+def number(record: ConfigRecord | MetricRecord, key: str) -> float:
+    """A scalar field of a received record; anything else is a protocol error."""
+    value = record[key]
+    if not isinstance(value, int | float):
+        raise FederationError(f"message field `{key}` holds {value!r}, not a number")
+    return value  # an int stays an int (`train_images`), as the in-process engine has it
+
+
+def connect(grid: Grid, *, num_clients: int, timeout: float) -> dict[int, int]:
+    """Client id -> node id: wait for `num_clients` SuperNodes, then ask each who it is."""
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < num_clients:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"{len(nodes)} of {num_clients} SuperNodes connected within "
+                f"`flower.connect_timeout` ({timeout} s): start one per client, each with "
+                f"`--node-config {PARTITION_ID}=K` for K in 0..{num_clients - 1}"
+            )
+        time.sleep(0.2)
+        nodes = list(grid.get_node_ids())
+    queries = [Message(RecordDict(), node, MessageType.QUERY) for node in nodes]
+    ids: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if not reply.has_error():
+            ids[int(number(reply.content.config_records["client"], "client"))] = (
+                reply.metadata.src_node_id
+            )
+    missing = sorted(set(range(num_clients)) - set(ids))
+    if missing:
+        raise FederationError(
+            f"no SuperNode answered as client(s) {missing}: give each SuperNode its own "
+            f"`--node-config {PARTITION_ID}=K`"
+        )
+    return ids
+
+
+def ray_backend(cfg: FedConfig) -> dict:
+    """Ray's settings: `workers` actors of `cpus_per_client` CPUs (and a GPU share on CUDA)."""
+    gpus = 1 if select_device(cfg.device).type == "cuda" else 0
+    workers, cpus = cfg.flower.workers, cfg.flower.cpus_per_client
+    return {
+        "client_resources": {"num_cpus": cpus, "num_gpus": gpus / workers},
+        "init_args": {
+            "num_cpus": math.ceil(workers * cpus),
+            "num_gpus": gpus,
+            "object_store_memory": 100 * 2**20,  # messages are small: 100 MiB of shared memory
+            "include_dashboard": False,
+        },
+    }
+
+
+def stop_ray() -> None:
+    """Shut Ray down, so the next simulation starts with its own resources."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def flower_environment(home: Path) -> Iterator[None]:
+    """Flower's directory under `home` and telemetry off while the block runs (restored after)."""
+    home.mkdir(parents=True, exist_ok=True)
+    wanted = {"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --- client side --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ClientSide:
+    """What a SuperNode builds once per run from the server's config."""
+
+    cfg: FedConfig
+    accel: Accel
+    federation: Federation
+    algorithm: Algorithm
+    workspace: Workspace
+
+
+@functools.lru_cache(maxsize=2)
+def client_side(config_text: str, source: str | None) -> ClientSide:
+    """Build (once per config) the device, the federation and the algorithm from the YAML."""
+    from trustvision.federated.runner import build_parts
+
+    cfg = build_config(FedConfig, yaml.safe_load(config_text), origin="the server's config")
+    accel, federation, algorithm = build_parts(cfg, source=source)
+    return ClientSide(cfg, accel, federation, algorithm, Workspace(algorithm, accel))
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """A fit or evaluate message, unpacked on its SuperNode."""
+
+    side: ClientSide
+    client_id: int
+    round: int
+    lr: float
+    global_state: State
+    personal: State
+
+    @classmethod
+    def read(cls, message: Message, context: Context) -> ClientTask:
+        """The task of `message` for this SuperNode's client (its personal state from context)."""
+        spec = message.content.config_records["task"]
+        source = context.node_config.get(DATA_SOURCE)
+        side = client_side(str(spec["config"]), str(source) if source else None)
+        k = client_id(context, side.cfg.num_clients)
+        device = side.accel.device
+        global_state = from_record(message.content.array_records["global"], device=device)
+        if "personal" in context.state:
+            personal = from_record(context.state.array_records["personal"], device=device)
+        else:
+            personal = clone(side.algorithm.init_client(k, global_state), device=device)
+        round = int(number(spec, "round"))
+        return cls(side, k, round, number(spec, "lr"), global_state, personal)
+
+
+def client_id(context: Context, num_clients: int) -> int:
+    """This SuperNode's client id, from its node config."""
+    if PARTITION_ID not in context.node_config:
+        raise ConfigError(
+            f"this SuperNode has no `{PARTITION_ID}`: start it with "
+            f"`--node-config {PARTITION_ID}=K` (K in 0..{num_clients - 1})"
+        )
+    k = int(context.node_config[PARTITION_ID])
+    if not 0 <= k < num_clients:
+        raise ConfigError(f"`{PARTITION_ID}={k}` is outside 0..{num_clients - 1}")
+    return k
+
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def identify(message: Message, context: Context) -> Message:
+    """Say which client this SuperNode is."""
+    k = int(context.node_config.get(PARTITION_ID, -1))
+    return Message(RecordDict({"client": ConfigRecord({"client": k})}), reply_to=message)
+
+
+@client_app.train()
+def train(message: Message, context: Context) -> Message:
+    """One round of local training; the personal state is written back to `context.state`."""
+    try:
+        update, personal = fit_task(ClientTask.read(message, context))
+    except DivergenceError as err:  # the server stops the run, as the in-process engine does
+        diverged = ConfigRecord({"error": str(err)})
+        return Message(RecordDict({"diverged": diverged}), reply_to=message)
+    except Exception as err:  # the server counts it as this client's failure, and goes on
+        log.exception("client failed")
+        reason = f"{type(err).__name__}: {err}"
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+    if personal:
+        context.state["personal"] = to_record(personal)
+    metrics = MetricRecord({**update.metrics, "weight": update.weight})
+    content = RecordDict({"update": to_record(update.update), "metrics": metrics})
+    return Message(content, reply_to=message)
+
+
+def fit_task(t: ClientTask) -> tuple[ClientUpdate, State]:
+    """`client_fit` for a task (after the faults the config rehearses)."""
+    side = t.side
+    rehearse_faults(side.cfg.faults, client_id=t.client_id, round=t.round)
+    return client_fit(
+        side.algorithm,
+        side.workspace,
+        global_state=t.global_state,
+        client_state=t.personal,
+        data=side.federation.clients[t.client_id],
+        spec=side.federation.spec,
+        optim=side.cfg.optim,
+        round=t.round,
+        lr=t.lr,
+        seed=side.cfg.seed,
+        accel=side.accel,
+    )
+
+
+@client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Personalised predictions on this client's local test set."""
+    t = ClientTask.read(message, context)
+    side = t.side
+    data = side.federation.clients[t.client_id]
+    result = client_evaluate(
+        side.algorithm,
+        side.workspace,
+        global_state=t.global_state,
+        client_state=t.personal,
+        data=data,
+        test_loader=side.federation.client_test_loader(data),
+        spec=side.federation.spec,
+        optim=side.cfg.optim,
+        round=t.round,
+        lr=t.lr,
+        seed=side.cfg.seed,
+        accel=side.accel,
+    )
+    arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
+    return Message(RecordDict({"eval": to_record(arrays)}), reply_to=message)
+
+
+# --- deployment: `flwr run` ----------------------------------------------------------------------
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def deployed(grid: Grid, context: Context) -> None:
+    """`flwr run`'s entry: the run config's `config` (a YAML path) and `overrides` (key=value ...)."""
+    from trustvision.federated.runner import train_federated
+    from trustvision.train.runs import RunDir
+
+    path = str(context.run_config.get("config", ""))
+    if not path:
+        raise ConfigError(
+            "the Flower app's run config has no `config`: run it with "
+            "`flwr run deploy/flower-app CONNECTION --run-config 'config=\"/abs/run.yaml\"'`"
+        )
+    overrides = str(context.run_config.get("overrides", "")).split()
+    cfg = load_config(FedConfig, path, overrides)
+    if cfg.engine != "flower":
+        raise ConfigError(f"`engine` is `{cfg.engine}`: a Flower deployment needs `engine: flower`")
+    run = RunDir.create(root=cfg.runs_dir, name=f"{cfg.name}-{cfg.algorithm.name}", config=cfg)
+    log.info("trustvision run directory: %s", run.path)
+    train_federated(cfg, run, partial(FlowerEngine, grid=grid))
+
+
+__all__ = ["FlowerEngine", "client_app", "from_record", "server_app", "to_record"]
