@@ -1,17 +1,8 @@
 """The Flower engine: the same numbers as the in-process engine, tensors over ArrayRecords,
 failed clients tolerated down to `min_clients`, and a real SuperLink with three SuperNodes."""
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,13 +11,11 @@ from trustvision.config import dump_config, load_config
 from trustvision.errors import ConfigError, FederationError
 from trustvision.federated.config import FedConfig
 from trustvision.federated.engines import engine_class
+from trustvision.federated.engines.flower_local import LocalDeployment
 from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import TIMING_KEYS, build_session, run_federated
 from trustvision.federated.tensors import states_equal
 from trustvision.train.runs import RunDir
-
-ROOT = Path(__file__).parents[1]
-BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: the venv's
 
 # 3 clients, 2 a round: round 1 trains [1, 2], round 2 [0, 1], round 3 [0, 2] (seed 0).
 FAULT = "faults=[{client: 1, round: 2}]"
@@ -137,126 +126,33 @@ def test_unknown_engine_lists_the_known_ones():
 # --- a real deployment: one SuperLink, three SuperNodes, `flwr run` -----------------------------
 
 
-def free_ports(n):
-    """`n` distinct ports free on 127.0.0.1 right now."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def wait_for_port(port, proc, *, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process {proc.args[0]} exited with {proc.returncode}"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
-
-
-def stop(proc):
-    """Stop a process and all it spawned: its own session's process group, whose id is its PID."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    time.sleep(0.5)  # helpers (SuperExec, app processes) got the SIGTERM too
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.fixture
-def spawn(tmp_path):
-    """Start processes in their own sessions, logging to tmp_path; all are stopped at teardown."""
-    started = []
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns its helpers
-        "FLWR_HOME": str(tmp_path / "flwr-home"),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-
-    def start(name, *args):
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
-        proc = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
-        started.append(proc)
-        return proc
-
-    start.env = env
-    yield start
-    for proc in started:
-        stop(proc)
+def deployment(tmp_path):
+    """A SuperLink and three SuperNodes on 127.0.0.1; every process is stopped at teardown."""
+    flower = LocalDeployment(tmp_path / "flower", num_nodes=3)
+    try:
+        flower.start()
+        yield flower
+    finally:
+        flower.stop()
 
 
-def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, spawn):
-    link_port, *node_ports = free_ports(4)
-    cfg = tiny_config(tmp_path / "runs", "rounds=2", "eval_every=2", "engine=flower")
+def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
     config = tmp_path / "run.yaml"
-    config.write_text(dump_config(cfg))
-    app = tmp_path / "app"
-    shutil.copytree(ROOT / "deploy/flower-app", app)
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local-test"\n\n[superlink.local-test]\n'
-        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
+    config.write_text(dump_config(tiny_config(tmp_path / "runs", "rounds=2", "eval_every=2")))
 
-    link = spawn(
-        "superlink",
-        "flower-superlink",
-        "--insecure",
-        "--host=127.0.0.1",
-        f"--port={link_port}",
-        "--disable-runtime-dependency-installation",
-    )
-    wait_for_port(link_port, link, seconds=60)
-    for k, port in enumerate(node_ports):
-        spawn(
-            f"supernode-{k}",
-            "flower-supernode",
-            "--insecure",
-            f"--superlink=127.0.0.1:{link_port}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            f"--node-config=partition-id={k} num-partitions=3",
-        )
-    submitted = subprocess.run(
-        [str(BIN / "flwr"), "run", str(app), "local-test", "--run-config", f'config="{config}"'],
-        env=spawn.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    printed = deployment.submit(config, overrides="engine=flower")
+    run_dir = deployment.wait_for_summary(tmp_path / "runs", timeout=240)
 
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/summary.json")):
-        assert link.poll() is None, (tmp_path / "superlink.log").read_text()[-3000:]
-        time.sleep(0.5)
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / "summary.json").is_file(), (tmp_path / "superlink.log").read_text()[-3000:]
+    assert "Successfully started run" in printed
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
     final = records[-1]
     assert all(0.0 <= final[k] <= 1.0 for k in ("generic_acc", "universal_acc", "local_acc"))
     assert math.isfinite(final["train_loss"]) and final["train_images"] > 0
-
     reference = run_federated(tiny_config(tmp_path / "ref", "rounds=2", "eval_every=2"))
     assert json.dumps(comparable(RunDir.open(run_dir))) == json.dumps(comparable(reference))
+
+    pids = [proc.pid for proc in deployment.processes]
+    deployment.stop()
+    assert len(pids) == 4 and deployment.alive() == []

@@ -94,6 +94,7 @@ class FlowerConfig(StrictModel):
     cpus_per_client: float = Field(default=1.0, gt=0)  # Ray CPUs each actor holds
     timeout: float | None = Field(default=None, gt=0)  # seconds a round waits; None: forever
     connect_timeout: float = Field(default=120.0, gt=0)  # seconds to wait for every SuperNode
+    poll_interval: float = Field(default=0.1, gt=0)  # seconds between the server's reply checks
 
 
 class Fault(StrictModel):

@@ -121,8 +121,11 @@ class FlowerEngine:
         self.grid = grid
         self.on_client = on_client
         self.timeout = cfg.flower.timeout
+        self.poll = cfg.flower.poll_interval
         self.config_text = dump_config(cfg)
-        self.nodes = connect(grid, num_clients=cfg.num_clients, timeout=cfg.flower.connect_timeout)
+        self.nodes = connect(
+            grid, num_clients=cfg.num_clients, timeout=cfg.flower.connect_timeout, poll=self.poll
+        )
 
     def _ask(
         self, kind: str, client_ids: list[int], global_state: State, *, round: int, lr: float
@@ -132,7 +135,7 @@ class FlowerEngine:
         messages = [
             Message(content, self.nodes[k], kind, group_id=str(round + 1)) for k in client_ids
         ]
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        replies = exchange(self.grid, messages, timeout=self.timeout, poll=self.poll)
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         return {k: by_node.get(self.nodes[k]) for k in client_ids}
 
@@ -248,7 +251,28 @@ def number(record: ConfigRecord | MetricRecord, key: str) -> float:
     return value  # an int stays an int (`train_images`), as the in-process engine has it
 
 
-def connect(grid: Grid, *, num_clients: int, timeout: float) -> dict[int, int]:
+def exchange(
+    grid: Grid, messages: list[Message], *, timeout: float | None, poll: float
+) -> list[Message]:
+    """Push `messages`, then pull replies every `poll` s until all came or `timeout` passed.
+
+    Grid.send_and_receive does the same, but over HTTP it waits 3 s between pulls.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            break
+        if pending:
+            time.sleep(poll)
+    return replies
+
+
+def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dict[int, int]:
     """Client id -> node id: wait for `num_clients` SuperNodes, then ask each who it is."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
@@ -259,11 +283,11 @@ def connect(grid: Grid, *, num_clients: int, timeout: float) -> dict[int, int]:
                 f"`flower.connect_timeout` ({timeout} s): start one per client, each with "
                 f"`--node-config {PARTITION_ID}=K` for K in 0..{num_clients - 1}"
             )
-        time.sleep(0.2)
+        time.sleep(poll)
         nodes = list(grid.get_node_ids())
     queries = [Message(RecordDict(), node, MessageType.QUERY) for node in nodes]
     ids: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
+    for reply in exchange(grid, queries, timeout=timeout, poll=poll):
         if not reply.has_error():
             ids[int(number(reply.content.config_records["client"], "client"))] = (
                 reply.metadata.src_node_id

@@ -1,0 +1,180 @@
+"""A Flower deployment on 127.0.0.1: one SuperLink, one SuperNode per client, runs by `flwr run`.
+
+For tests, benchmarks and trying a deployment on one machine. Every process starts in a
+session of its own, so stopping one stops what Flower spawned under it (SuperExec, the
+ServerApp and ClientApp processes). It runs without TLS (`--insecure`) on the loopback
+interface only; docs/deploy-flower.md describes a real deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from trustvision.errors import FederationError
+
+APP_DIR = Path(__file__).parents[4] / "deploy/flower-app"  # the Flower app project (a checkout)
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: this environment's
+CONNECTION = "local"  # the SuperLink connection's name in FLWR_HOME/config.toml
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class LocalDeployment:
+    """Start with `with LocalDeployment(workdir, num_nodes=3) as flower:`; stopped on exit."""
+
+    def __init__(self, workdir: Path, *, num_nodes: int, threads_per_node: int = 1) -> None:
+        self.workdir = Path(workdir)
+        self.num_nodes = num_nodes
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.link_port, *self.node_ports = free_ports(num_nodes + 1)
+        home = self.workdir / "flwr-home"
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns its helpers
+            "FLWR_HOME": str(home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # nothing is pip-installed
+            "OMP_NUM_THREADS": str(threads_per_node),
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",  # seconds; Flower's default is 1
+        }
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Start the SuperLink, wait until it listens, then one SuperNode per partition."""
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.link_port}"\ninsecure = true\n'
+        )
+        link = self._spawn(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--host=127.0.0.1",
+            f"--port={self.link_port}",
+            "--disable-runtime-dependency-installation",
+        )
+        self._wait_for(self.link_port, link, timeout=timeout)
+        for k, port in enumerate(self.node_ports):
+            self._spawn(
+                f"supernode-{k}",
+                "flower-supernode",
+                "--insecure",
+                f"--superlink=127.0.0.1:{self.link_port}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--node-config=partition-id={k} num-partitions={self.num_nodes}",
+            )
+
+    def submit(self, config: Path, *, overrides: str = "", app: Path = APP_DIR) -> str:
+        """`flwr run` the app with the run's YAML at `config`; returns what flwr printed."""
+        run_config = f'config="{Path(config).resolve()}" overrides="{overrides}"'
+        done = subprocess.run(
+            [str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise FederationError(f"`flwr run` failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def wait_for_summary(self, runs_dir: Path, *, timeout: float) -> Path:
+        """The run directory under `runs_dir` once its summary.json exists."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = sorted(Path(runs_dir).glob("*/summary.json"))
+            if done:
+                return done[0].parent
+            if self.processes[0].poll() is not None:
+                raise FederationError(f"the SuperLink exited: see {self.log('superlink')}")
+            time.sleep(0.5)
+        raise FederationError(f"no run finished in {timeout} s: see {self.log('superlink')}")
+
+    def log(self, name: str) -> Path:
+        """Where the process `name` (`superlink`, `supernode-K`) writes its output."""
+        return self.workdir / f"{name}.log"
+
+    def alive(self) -> list[int]:
+        """PIDs (process groups) started here that still have a live process."""
+        alive = []
+        for proc in self.processes:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                continue
+            alive.append(proc.pid)
+        return alive
+
+    def stop(self) -> None:
+        """SIGTERM every process group started here, then SIGKILL whatever is left."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, sig)
+            deadline = time.monotonic() + 10
+            while self.alive() and time.monotonic() < deadline:
+                for proc in self.processes:
+                    proc.poll()  # reap the leaders we started
+                time.sleep(0.1)
+        for proc in self.processes:
+            proc.wait()
+
+    def _spawn(self, name: str, *command: str) -> subprocess.Popen[bytes]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log(name).open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / command[0]), *command[1:]],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,  # its own process group, with the PID as its id
+            )
+        self.processes.append(proc)
+        return proc
+
+    def _wait_for(self, port: int, proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise FederationError(f"the process on port {port} exited: see {self.workdir}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise FederationError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
