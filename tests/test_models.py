@@ -170,3 +170,23 @@ def test_smallcnn_parameter_count() -> None:
 
     assert model.num_parameters() == convs + fcs == 312_202
     assert model.feature_dim == 200
+
+
+def test_mnist_cnn_feature_norm_bounds_the_feature_scale() -> None:
+    """With `feature_norm`, scaling the feature layer's weights leaves the features unchanged."""
+    torch.manual_seed(0)
+    plain = create_model("mnist_cnn", num_classes=10, in_channels=1)
+    normed = create_model("mnist_cnn", num_classes=10, in_channels=1, feature_norm=True)
+    x = torch.rand(4, 1, 28, 28)
+    for model in (plain, normed):
+        model.eval()
+    with torch.no_grad():
+        before = (plain.features(x).norm(), normed.features(x).norm())
+        for model in (plain, normed):
+            linear = next(m for m in model.neck if isinstance(m, torch.nn.Linear))
+            linear.weight.mul_(10.0)
+        after = (plain.features(x).norm(), normed.features(x).norm())
+
+    assert after[0] > 5 * before[0]  # the plain neck grows with its weights
+    assert torch.allclose(after[1], before[1], rtol=1e-2)  # up to LayerNorm eps
+    assert normed.num_parameters() == plain.num_parameters() - 128 + 2 * 128  # bias -> LN
