@@ -13,7 +13,7 @@ from trustvision.federated.config import FedConfig
 from trustvision.federated.engines import engine_class
 from trustvision.federated.engines.flower_local import LocalDeployment
 from trustvision.federated.etf import one_thread
-from trustvision.federated.runner import TIMING_KEYS, build_session, run_federated
+from trustvision.federated.runner import TIMING_KEYS, build_session, evaluate_run, run_federated
 from trustvision.federated.tensors import states_equal
 from trustvision.train.runs import RunDir
 
@@ -76,6 +76,8 @@ def test_simulation_gives_the_inprocess_numbers_through_a_failed_client(tmp_path
     summary = flower.read_summary()
     assert summary["global_sha256"] == inprocess.read_summary()["global_sha256"]
     assert summary["ssec_sha256"] == inprocess.read_summary()["ssec_sha256"]
+    with pytest.raises(ConfigError, match="personal states"):  # they stayed on the clients
+        evaluate_run(flower.path)
 
 
 def test_a_failed_client_keeps_its_personal_state(tmp_path):

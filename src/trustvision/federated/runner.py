@@ -373,6 +373,13 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     """Re-evaluate a run's newest checkpoint; writes and returns `eval.json`."""
     run = RunDir.open(run_dir)
     cfg = load_config(FedConfig, run.config_path)
+    personal = algorithm_class(cfg.algorithm.name).personal
+    if personal and not engine_class(cfg.engine).keeps_personal_states:
+        raise ConfigError(
+            f"run `{run.path}` kept its clients' personal states on the `{cfg.engine}` engine's "
+            "clients, so its local accuracy cannot be computed again: read it in metrics.jsonl "
+            "and summary.json"
+        )
     session = build_session(cfg)
     rounds, global_state, _, _ = load_round(run, session)
     result = session.evaluate(global_state, round=rounds - 1)

@@ -53,6 +53,8 @@ EngineFactory = Callable[..., Engine]
 class EngineHost(Protocol):
     """An engine class: `host` runs `train(factory)` where its engines can work."""
 
+    keeps_personal_states: bool  # whether checkpoints get the clients' personal states
+
     def host(self, cfg: FedConfig, run_dir: Path, train: Callable[[EngineFactory], Any]) -> Any:
         """Call `train` with a factory of this engine (inside whatever the engine needs running)."""
         ...

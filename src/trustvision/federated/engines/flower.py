@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 # Flower reads this once, when it is imported: no usage reports leave this machine.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -70,7 +70,7 @@ from trustvision.federated.tensors import State, clone
 from trustvision.train.loop import Accel, select_device
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+log = logging.getLogger("flwr.trustvision")  # under Flower's logger: shown in its logs
 
 PARTITION_ID = "partition-id"  # node config: which client this SuperNode is
 DATA_SOURCE = "data-source"  # node config (optional): where this SuperNode's data set lies
@@ -104,6 +104,8 @@ def task(config_text: str, global_state: State, *, round: int, lr: float) -> Rec
 
 class FlowerEngine:
     """Runs clients on Flower SuperNodes through `grid`; one SuperNode per client id."""
+
+    keeps_personal_states: ClassVar[bool] = False  # they never leave their SuperNodes
 
     def __init__(
         self,
@@ -189,11 +191,12 @@ class FlowerEngine:
         return {}
 
     def restore(self, personal: dict[int, State]) -> None:
-        """Personal states cannot be sent to SuperNodes; a checkpoint with some is an error."""
-        if personal:
+        """Refused for a personalised algorithm: its clients' states ended with the last run."""
+        if self.algorithm.personal:
             raise ConfigError(
-                "this checkpoint holds clients' personal states, which the `flower` engine "
-                "keeps on the SuperNodes only: resume it with `engine=inprocess`"
+                f"a `flower` run of `{type(self.algorithm).name}` cannot be resumed exactly: "
+                "each client's personal state lived on its SuperNode and ended with that run. "
+                "Start the run again"
             )
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from torch import Tensor
 
@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 class InProcessEngine:
     """Holds the clients' data and personal states; runs `client_fit` / `client_evaluate`."""
+
+    keeps_personal_states: ClassVar[bool] = True
 
     def __init__(
         self,
