@@ -3,14 +3,24 @@ failed clients tolerated down to `min_clients`, and a real SuperLink with three 
 
 import json
 import math
+from functools import partial
 
 import pytest
 import torch
+from flwr.app import Context, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from trustvision.config import dump_config, load_config
 from trustvision.errors import ConfigError, FederationError
 from trustvision.federated.config import FedConfig
 from trustvision.federated.engines import engine_class
+from trustvision.federated.engines.flower import (
+    FlowerEngine,
+    client_app,
+    from_record,
+    server_app,
+    to_record,
+)
 from trustvision.federated.engines.flower_local import LocalDeployment
 from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import TIMING_KEYS, build_session, evaluate_run, run_federated
@@ -108,8 +118,6 @@ def test_min_clients_cannot_exceed_a_round():
 
 
 def test_tensors_cross_as_array_records_bit_for_bit():
-    from trustvision.federated.engines.flower import from_record, to_record
-
     state = {
         "w": torch.randn(3, 4, generator=torch.Generator().manual_seed(0)),
         "n": torch.tensor(7, dtype=torch.int64),
@@ -123,6 +131,81 @@ def test_tensors_cross_as_array_records_bit_for_bit():
 def test_unknown_engine_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"`ray`.*`flower`.*`inprocess`"):
         engine_class("ray")
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Who is sending: Flower's Message needs it (its runtimes set it; this test has none)."""
+    for key, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+
+
+class LoopbackGrid:
+    """A Grid whose SuperNodes run the ClientApp in this process; `silent` ones answer who they
+    are but never a train message, as SuperNodes killed mid-round."""
+
+    def __init__(self, num_nodes, *, silent=()):
+        self.contexts = {
+            100 + k: Context(
+                run_id=1,
+                node_id=100 + k,
+                node_config={"partition-id": k},
+                state=RecordDict(),
+                run_config={},
+            )
+            for k in range(num_nodes)
+        }
+        self.silent = {100 + k for k in silent}
+        self.replies = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for i, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{len(self.replies)}-{i}-{id(message)}"
+            ids.append(message.metadata.message_id)
+            node = message.metadata.dst_node_id
+            if node not in self.silent or message.metadata.message_type != MessageType.TRAIN:
+                self.replies.append(client_app(message, self.contexts[node]))
+        return ids
+
+    def pull_messages(self, message_ids):
+        arrived = [r for r in self.replies if r.metadata.reply_to_message_id in message_ids]
+        self.replies = [r for r in self.replies if r not in arrived]
+        return arrived
+
+
+def test_a_silent_client_times_out_and_the_others_arrive_bit_for_bit(tmp_path, task_identity):
+    cfg = tiny_config(tmp_path, "flower.timeout=0.5", "flower.connect_timeout=5")
+    grid = LoopbackGrid(3, silent=[1])
+    flower = build_session(cfg, make_engine=partial(FlowerEngine, grid=grid))
+    inprocess = build_session(cfg)
+    state = inprocess.algorithm.init_global()
+
+    got = flower.engine.fit(state, [0, 1, 2], round=0, lr=0.03)
+    expected = inprocess.engine.fit(state, [0, 2], round=0, lr=0.03)
+
+    assert [f.client_id for f in got.failures] == [1]
+    assert "no reply within `flower.timeout` (0.5 s)" in got.failures[0].error
+    assert [u.client_id for u in got.updates] == [0, 2]
+    for a, b in zip(got.updates, expected.updates, strict=True):
+        assert states_equal(a.update, b.update) and a.weight == b.weight
+    personal = from_record(grid.contexts[100].state.array_records["personal"])
+    assert states_equal(personal, inprocess.engine.personal_states()[0])
+    assert "personal" not in grid.contexts[101].state  # the silent client kept its state
+
+
+def test_the_deployed_app_asks_for_its_config(tmp_path):
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match="--run-config"):
+        server_app(LoopbackGrid(1), context)
+    config = tmp_path / "run.yaml"
+    config.write_text(dump_config(tiny_config(tmp_path)))  # engine: inprocess
+    context.run_config = {"config": str(config), "overrides": ""}
+    with pytest.raises(ConfigError, match="`engine: flower`"):
+        server_app(LoopbackGrid(1), context)
 
 
 # --- a real deployment: one SuperLink, three SuperNodes, `flwr run` -----------------------------

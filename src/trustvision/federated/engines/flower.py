@@ -148,12 +148,11 @@ class FlowerEngine:
         result = FitResult(updates=[], failures=[])
         replies = self._ask(MessageType.TRAIN, client_ids, global_state, round=round, lr=lr)
         for k, reply in replies.items():
-            problem = reply_problem(reply, self.timeout)
-            if problem is not None:
-                result.failures.append(ClientFailure(k, problem))
-            elif reply is not None and "diverged" in reply.content:
+            if reply is None or reply.has_error():
+                result.failures.append(ClientFailure(k, reply_problem(reply, self.timeout)))
+            elif "diverged" in reply.content:
                 raise DivergenceError(str(reply.content.config_records["diverged"]["error"]))
-            elif reply is not None:
+            else:
                 result.updates.append(update_from(k, reply.content, device=self.accel.device))
             if self.on_client is not None:
                 self.on_client()
@@ -176,8 +175,8 @@ class FlowerEngine:
         for k, reply in self._ask(
             MessageType.EVALUATE, ids, global_state, round=round, lr=lr
         ).items():
-            problem = reply_problem(reply, self.timeout)
-            if problem is not None or reply is None:
+            if reply is None or reply.has_error():
+                problem = reply_problem(reply, self.timeout)
                 log.warning(
                     "client %d left out of round %d's evaluation: %s", k, round + 1, problem
                 )
@@ -228,14 +227,13 @@ class FlowerEngine:
         return results[0]
 
 
-def reply_problem(reply: Message | None, timeout: float | None) -> str | None:
-    """Why a reply brings nothing (no reply, or an error from the ClientApp), else None."""
+def reply_problem(reply: Message | None, timeout: float | None) -> str:
+    """Why a client brought nothing: no reply in time, or the error its ClientApp sent."""
     if reply is None:
         return f"no reply within `flower.timeout` ({timeout} s)"
-    if reply.has_error():  # Flower's reasons may hold a whole traceback: keep its last line
-        lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()]
-        return lines[-1][-300:] if lines else f"Flower error {reply.error.code}"
-    return None
+    # Flower's own reasons may hold a whole traceback: keep its last line
+    lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else f"Flower error {reply.error.code}"
 
 
 def update_from(client_id: int, content: RecordDict, *, device: torch.device) -> ClientUpdate:
