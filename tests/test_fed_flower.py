@@ -12,6 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from trustvision.config import dump_config, load_config
 from trustvision.errors import ConfigError, FederationError
+from trustvision.federated.cli import format_round
 from trustvision.federated.config import FedConfig
 from trustvision.federated.engines import engine_class
 from trustvision.federated.engines.flower import (
@@ -241,3 +242,11 @@ def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
     pids = [proc.pid for proc in deployment.processes]
     deployment.stop()
     assert len(pids) == 4 and deployment.alive() == []
+
+
+def test_the_round_line_names_failed_clients():
+    record = {"round": 2, "train_loss": 1.0, "round_seconds": 3.0}
+    failed = {**record, "failures": [{"client": 1, "error": "x"}, {"client": 4, "error": "y"}]}
+
+    assert "failed" not in format_round(record)
+    assert "failed: clients 1, 4" in format_round(failed)

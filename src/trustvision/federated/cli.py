@@ -41,6 +41,8 @@ def format_round(record: dict[str, Any]) -> str:
     ):
         if key in record:
             parts.append(f"{label} {record[key]:.2%}")
+    if record.get("failures"):
+        parts.append(f"failed: clients {', '.join(str(f['client']) for f in record['failures'])}")
     parts.append(f"{record.get('round_seconds', 0):.1f} s")
     return "  ".join(parts)
 

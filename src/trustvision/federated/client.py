@@ -250,7 +250,7 @@ def client_evaluate(
 
 
 def eval_from_generic(
-    client: ClientData, federation: Federation, generic_logits: Tensor
+    client: ClientData, federation: Federation, *, generic_logits: Tensor
 ) -> ClientEval:
     """A client of a non-personalising algorithm: its local logits are the global model's."""
     index = torch.as_tensor(client.test_indices)

@@ -142,7 +142,9 @@ def train_round(
     result = session.engine.fit(global_state, sampled, round=round, lr=lr)
     updates = result.updates
     if len(updates) < cfg.min_clients:
-        raise too_few_clients(round, len(sampled), cfg.min_clients, result.failures)
+        raise too_few_clients(
+            round=round, sampled=len(sampled), minimum=cfg.min_clients, failures=result.failures
+        )
     new_state = session.algorithm.aggregate(global_state, [(u.update, u.weight) for u in updates])
     record = {"round": round + 1, "lr": lr, "clients": sampled, **train_numbers(updates)}
     if result.failures:
@@ -151,7 +153,7 @@ def train_round(
 
 
 def too_few_clients(
-    round: int, sampled: int, minimum: int, failures: list[ClientFailure]
+    *, round: int, sampled: int, minimum: int, failures: list[ClientFailure]
 ) -> FederationError:
     """Why a round could not be aggregated, client by client."""
     answered = sampled - len(failures)

@@ -169,7 +169,10 @@ class FlowerEngine:
         """
         clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
         if generic_logits is not None and not self.algorithm.personalised:
-            return [eval_from_generic(c, self.federation, generic_logits) for c in clients]
+            return [
+                eval_from_generic(c, self.federation, generic_logits=generic_logits)
+                for c in clients
+            ]
         ids = [c.client_id for c in clients]
         evals = []
         for k, reply in self._ask(

@@ -115,7 +115,9 @@ class InProcessEngine:
             if len(client.test_indices) == 0:
                 continue
             if generic_logits is not None and not self.algorithm.personalised:
-                evals.append(eval_from_generic(client, self.federation, generic_logits))
+                evals.append(
+                    eval_from_generic(client, self.federation, generic_logits=generic_logits)
+                )
                 continue
             evals.append(
                 client_evaluate(
