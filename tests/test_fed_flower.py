@@ -111,6 +111,9 @@ def test_too_few_answers_stop_the_run_with_the_reason(tmp_path):
     message = str(err.value)
     assert "round 2: 0 of 2 clients answered" in message and "`min_clients`" in message
     assert "client 0: ClientFault" in message
+    (run_dir,) = tmp_path.iterdir()
+    summary = RunDir(run_dir).read_summary()
+    assert summary["status"] == "too few clients" and summary["round"] == 2
 
 
 def test_min_clients_cannot_exceed_a_round():

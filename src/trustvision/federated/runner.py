@@ -267,6 +267,9 @@ def train_federated(
             )
         except DivergenceError as err:
             raise diverged(run, r, err) from None
+        except FederationError as err:
+            run.write_summary({"status": "too few clients", "error": str(err), "round": r + 1})
+            raise
         history.append(record)
         run.log(record)
         reporter.finish(record)
