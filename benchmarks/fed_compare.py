@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).parents[1]
 CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist": {
         "config": ROOT / "configs/fed/fmnist_lt_cpu.yaml",
         "title": "Fashion-MNIST-LT (IF 100, alpha 0.5)",
