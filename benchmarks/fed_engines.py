@@ -145,26 +145,6 @@ def floor(cfg) -> list[float]:
 # --- the parent: every setting in a fresh process, its memory sampled ------------------------
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every live descendant, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def pss_bytes(pids: list[int]) -> int:
     """Sum of the proportional set sizes of `pids` (shared pages split among their users)."""
     total = 0
@@ -181,6 +161,8 @@ def pss_bytes(pids: list[int]) -> int:
 
 def measure(mode: str, algorithm: str, *, rounds: int, tiny: bool) -> dict:
     """Run one setting in a child process; its round seconds and its tree's peak PSS."""
+    from trustvision.federated.engines.flower_local import process_tree
+
     with tempfile.TemporaryDirectory(prefix=f"fed-engines-{mode}-") as tmp:
         out = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", mode, "--algorithm", algorithm]

@@ -3,11 +3,13 @@ failed clients tolerated down to `min_clients`, and a real SuperLink with three 
 
 import json
 import math
+import os
 from functools import partial
 
 import pytest
 import torch
 from flwr.app import Context, MessageType, RecordDict
+from flwr.supercore import telemetry
 from flwr.supercore.task_identity import TaskIdentity
 
 from trustvision.config import dump_config, load_config
@@ -18,6 +20,8 @@ from trustvision.federated.engines import engine_class
 from trustvision.federated.engines.flower import (
     FlowerEngine,
     client_app,
+    connect,
+    flower_environment,
     from_record,
     server_app,
     to_record,
@@ -201,6 +205,23 @@ def test_a_silent_client_times_out_and_the_others_arrive_bit_for_bit(tmp_path, t
     assert "personal" not in grid.contexts[101].state  # the silent client kept its state
 
 
+def test_two_supernodes_as_one_client_are_refused(task_identity):
+    grid = LoopbackGrid(3)
+    grid.contexts[102].node_config["partition-id"] = 0
+    with pytest.raises(FederationError, match=r"several SuperNodes answered as client\(s\) \[0\]"):
+        connect(grid, num_clients=3, timeout=5, poll=0.01)
+
+
+def test_flower_runs_with_telemetry_off_and_its_home_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "1")  # Flower imported first
+    monkeypatch.delenv("FLWR_HOME", raising=False)
+    with flower_environment(tmp_path / "flower"):
+        assert os.environ["FLWR_HOME"] == str(tmp_path / "flower")
+        assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0"
+        assert telemetry.FLWR_TELEMETRY_ENABLED == "0"
+    assert "FLWR_HOME" not in os.environ
+
+
 def test_the_deployed_app_asks_for_its_config(tmp_path):
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ConfigError, match="--run-config"):
@@ -245,6 +266,7 @@ def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
     pids = [proc.pid for proc in deployment.processes]
     deployment.stop()
     assert len(pids) == 4 and deployment.alive() == []
+    assert len(deployment.seen) > len(pids)  # Flower's SuperExecs were found and stopped too
 
 
 def test_the_round_line_names_failed_clients():

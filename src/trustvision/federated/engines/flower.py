@@ -48,6 +48,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import telemetry
 from torch import Tensor
 
 from trustvision.config import build_config, dump_config, load_config
@@ -291,11 +292,18 @@ def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dic
         nodes = list(grid.get_node_ids())
     queries = [Message(RecordDict(), node, MessageType.QUERY) for node in nodes]
     ids: dict[int, int] = {}
+    twice: set[int] = set()
     for reply in exchange(grid, queries, timeout=timeout, poll=poll):
         if not reply.has_error():
-            ids[int(number(reply.content.config_records["client"], "client"))] = (
-                reply.metadata.src_node_id
-            )
+            k = int(number(reply.content.config_records["client"], "client"))
+            if k in ids:
+                twice.add(k)
+            ids[k] = reply.metadata.src_node_id
+    if twice:
+        raise FederationError(
+            f"several SuperNodes answered as client(s) {sorted(twice)}: give each SuperNode "
+            f"its own `--node-config {PARTITION_ID}=K`"
+        )
     missing = sorted(set(range(num_clients)) - set(ids))
     if missing:
         raise FederationError(
@@ -330,11 +338,17 @@ def stop_ray() -> None:
 
 @contextlib.contextmanager
 def flower_environment(home: Path) -> Iterator[None]:
-    """Flower's directory under `home` and telemetry off while the block runs (restored after)."""
+    """Flower's directory under `home` and telemetry off while the block runs (restored after).
+
+    Flower reads `FLWR_TELEMETRY_ENABLED` once, when it is first imported (perhaps before
+    this module was), so its flag in this process is switched off too, for good: Flower
+    sends its events from threads that may outlive the block.
+    """
     home.mkdir(parents=True, exist_ok=True)
     wanted = {"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
+    telemetry.FLWR_TELEMETRY_ENABLED = "0"
     try:
         yield
     finally:

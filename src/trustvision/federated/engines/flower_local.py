@@ -1,9 +1,10 @@
 """A Flower deployment on 127.0.0.1: one SuperLink, one SuperNode per client, runs by `flwr run`.
 
 For tests, benchmarks and trying a deployment on one machine. Every process starts in a
-session of its own, so stopping one stops what Flower spawned under it (SuperExec, the
-ServerApp and ClientApp processes). It runs without TLS (`--insecure`) on the loopback
-interface only; docs/deploy-flower.md describes a real deployment.
+session of its own; stopping signals that session and, by PID, every process found under
+the ones started here (the SuperLink starts its SuperExec in a session of its own, and that
+runs the ServerApps). It runs without TLS (`--insecure`) on the loopback interface only;
+docs/deploy-flower.md describes a real deployment.
 """
 
 from __future__ import annotations
@@ -37,6 +38,37 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def process_tree(*roots: int) -> list[int]:
+    """`roots` and every live descendant of theirs, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(int(entry))):
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks after boot), or None if it is gone or a zombie.
+
+    With the PID it names one process, even once the PID is used again.
+    """
+    fields = stat_fields(pid)
+    return fields[19] if fields and fields[0] != "Z" else None
+
+
 class LocalDeployment:
     """Start with `with LocalDeployment(workdir, num_nodes=3) as flower:`; stopped on exit."""
 
@@ -44,6 +76,7 @@ class LocalDeployment:
         self.workdir = Path(workdir)
         self.num_nodes = num_nodes
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.seen: dict[int, str] = {}  # PID -> start time of every process found under them
         self.link_port, *self.node_ports = free_ports(num_nodes + 1)
         home = self.workdir / "flwr-home"
         self.env = {
@@ -131,22 +164,25 @@ class LocalDeployment:
         return self.workdir / f"{name}.log"
 
     def alive(self) -> list[int]:
-        """PIDs (process groups) started here that still have a live process."""
-        alive = []
+        """PIDs of the live processes started here or found under them, in any session."""
         for proc in self.processes:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                continue
-            alive.append(proc.pid)
-        return alive
+            self.seen.setdefault(proc.pid, start_time(proc.pid) or "")
+        live = [pid for pid, started in self.seen.items() if started and start_time(pid) == started]
+        for pid in process_tree(*live):
+            self.seen.setdefault(pid, start_time(pid) or "")
+        return [pid for pid, started in self.seen.items() if started and start_time(pid) == started]
 
     def stop(self) -> None:
-        """SIGTERM every process group started here, then SIGKILL whatever is left."""
+        """SIGTERM every process started here (its group too) and under it, then SIGKILL."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.alive():
+            pids = self.alive()  # before any signal: a dying parent's children move to init
+            for proc in self.processes:
+                if proc.returncode is None:  # not reaped: its PID still names its group
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, sig)
+                    os.kill(pid, sig)
             deadline = time.monotonic() + 10
             while self.alive() and time.monotonic() < deadline:
                 for proc in self.processes:
