@@ -131,7 +131,8 @@ def numbers(run: Path) -> dict[str, Any]:
         **{key: headline.get(key, math.nan) for key, _ in COLUMNS},
         "best_generic": summary["best"]["generic_acc"]["value"],
         "seconds_per_round": statistics.median(train_seconds),
-        "generic_per_class": summary["final"]["generic"]["generic"]["per_class"],
+        # absent for methods without a generic model (FedPer)
+        "generic_per_class": summary["final"]["generic"].get("generic", {}).get("per_class"),
         "history": [
             {k: r[k] for k in ("round", "generic_acc", "local_acc_masked") if k in r}
             for r in history
@@ -244,10 +245,15 @@ def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> li
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for algorithm, seeds in block.items():
-        history = [r for r in seeds[0]["history"] if "generic_acc" in r]
-        rounds = [r["round"] for r in history]
         for ax, key in zip(axes, ("generic_acc", "local_acc_masked"), strict=True):
-            ax.plot(rounds, [100 * r[key] for r in history], "o-", ms=2, label=algorithm)
+            rows = [r for r in seeds[0]["history"] if key in r]
+            ax.plot(
+                [r["round"] for r in rows],
+                [100 * r[key] for r in rows],
+                "o-",
+                ms=2,
+                label=algorithm,
+            )
     for ax, title in zip(axes, ("generic", "local (masked)"), strict=True):
         ax.set(xlabel="round", title=f"{title} accuracy, seed 0", ylabel="top-1 (%)")
         ax.grid(alpha=0.3)
@@ -257,7 +263,8 @@ def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> li
     fig.savefig(rounds_png, dpi=120)
     plt.close(fig)
     first = next(iter(block.values()))[0]
-    chosen = [a for a in ("fedavg", "fedloge") if a in block] or list(block)[:2]
+    has_generic = [a for a in block if block[a][0]["generic_per_class"] is not None]
+    chosen = [a for a in ("fedavg", "fedloge") if a in has_generic] or has_generic[:2]
     per_class = plot_class_frequency(
         {a: block[a][0]["generic_per_class"] for a in chosen},
         counts=first["train_counts"],
