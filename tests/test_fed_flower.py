@@ -4,6 +4,9 @@ failed clients tolerated down to `min_clients`, and a real SuperLink with three 
 import json
 import math
 import os
+import re
+import signal
+import time
 from functools import partial
 
 import pytest
@@ -267,6 +270,39 @@ def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
     deployment.stop()
     assert len(pids) == 4 and deployment.alive() == []
     assert len(deployment.seen) > len(pids)  # Flower's SuperExecs were found and stopped too
+
+
+def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_path, deployment):
+    # Rounds train [1, 2] then [0, 1]: client 2 dies in round 1 and is not asked to train again.
+    config = tmp_path / "run.yaml"
+    args = ("rounds=2", "eval_every=2", "min_clients=1", "flower.timeout=15")
+    config.write_text(dump_config(tiny_config(tmp_path / "runs", *args)))
+    node = deployment.processes[3]  # SuperNode with partition-id 2, after the SuperLink
+    log = deployment.log("supernode-2")
+
+    deployment.submit(config, overrides="engine=flower")
+    deadline = time.monotonic() + 120
+    while "Receiving: train message" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline and node.poll() is None, log.read_text()
+        time.sleep(0.05)
+    deployment.alive()  # note its SuperExec and ClientApp before they lose their parent
+    os.kill(node.pid, signal.SIGKILL)
+    run_dir = deployment.wait_for_summary(tmp_path / "runs", timeout=180)
+
+    text = log.read_text(errors="replace")
+    assert re.search(r"ROUND 1\]\s*\n.*Receiving: train message", text)
+    assert "Sending: train message" not in text  # killed before it could answer round 1
+    first, second = RunDir.open(run_dir).read_metrics()
+    assert first["clients"] == [1, 2] and second["clients"] == [0, 1]
+    assert [f["client"] for f in first["failures"]] == [2]
+    assert "no reply within `flower.timeout` (15.0 s)" in first["failures"][0]["error"]
+    assert first["train_images"] > 0  # client 1's update was aggregated without client 2
+    assert "failures" not in second and second["train_images"] > 0
+    assert 0.0 <= second["local_acc"] <= 1.0  # from clients 0 and 1: client 2 is left out
+    assert RunDir.open(run_dir).read_summary()["status"] == "finished"
+
+    deployment.stop()
+    assert deployment.alive() == []
 
 
 def test_the_round_line_names_failed_clients():
