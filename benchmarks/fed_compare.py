@@ -176,7 +176,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "masked = classes a client never trained on get -inf logits, for every method alike. "
         "Head/middle/tail: generic per-class accuracy grouped by cumulative training frequency "
         "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
-        "process, evaluation excluded).",
+        "process, evaluation excluded; other jobs may have shared the machine, so compare engines "
+        "with results/federated-engines.md, not with this column).",
     ]
     for setting, block in results.items():
         spec = SETTINGS[setting]
@@ -196,6 +197,15 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += ["", *verdict(block["algorithms"])]
         for plot in block["plots"]:
             lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
+    missing_settings = [SETTINGS[name]["title"] for name in SETTINGS if name not in results]
+    missing_algorithms = [
+        a for a in ALGORITHMS if not all(a in block["algorithms"] for block in results.values())
+    ]
+    if missing_settings or missing_algorithms:
+        lines += ["", "## Not run yet", ""]
+        lines += [f"- setting: {title}" for title in missing_settings]
+        if missing_algorithms:
+            lines.append(f"- algorithms: {', '.join(missing_algorithms)}")
     lines += [
         "",
         "## The authors' numbers",
