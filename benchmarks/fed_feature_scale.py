@@ -1,0 +1,131 @@
+"""Why FedLoGe's SSE-C norm needs the backbone's feature scale: the numbers in docs/federated.md.
+
+1. Mean feature norm at initialisation (train-mode BatchNorm, seed 0, 256 test images
+   standardised per channel) of the authors' backbone (ResNet-18, CIFAR-10) and of ours.
+2. Ten rounds of one local epoch on Fashion-MNIST-LT (configs/fed/fmnist_lt_cpu.yaml, seed 0)
+   with the authors' SSE-C norm 0.1: mean feature norm of 500 test images and the summed
+   training loss each round, accuracies after round 10; FedAvg on the same backbone beside.
+
+    .venv/bin/python benchmarks/fed_feature_scale.py     # writes docs/results/fed-feature-scale.md
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from trustvision.config import load_config
+from trustvision.data.dataset import load_dataset
+from trustvision.federated.config import FedConfig
+from trustvision.federated.evaluate import flat_metrics
+from trustvision.federated.runner import build_session, train_round
+from trustvision.federated.tensors import clone
+from trustvision.models import create_model
+
+ROOT = Path(__file__).parents[1]
+CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
+INIT = [
+    ("cifar10", "resnet18", {}),
+    ("cifar10", "resnet8", {}),
+    ("fashion-mnist", "mnist_cnn", {}),
+    ("fashion-mnist", "mnist_cnn", {"feature_norm": True}),
+]
+RUNS = [  # (label, overrides of configs/fed/fmnist_lt_cpu.yaml)
+    ("FedLoGe, mnist_cnn without feature_norm", ["model.kwargs={}"]),
+    ("FedLoGe, resnet8", ["model.name=resnet8", "model.kwargs={}"]),
+    ("FedAvg, resnet8", ["model.name=resnet8", "model.kwargs={}", "algorithm=fedavg"]),
+]
+ROUNDS = 10
+
+
+def initial_norm(dataset: str, model: str, kwargs: dict) -> float:
+    """Mean feature norm of a freshly initialised `model` (seed 0) on 256 test images."""
+    data = load_dataset(dataset, from_path=str(CIFAR_ZIP) if dataset == "cifar10" else None)
+    x = torch.as_tensor(data.test.images[:256]).float() / 255
+    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=10, in_channels=x.shape[1], **kwargs).train()
+    with torch.no_grad():
+        return float(net.features(x).norm(dim=1).mean())
+
+
+def diagnose(overrides: list[str]) -> tuple[list[dict], dict]:
+    """Per-round feature norm and loss over ROUNDS rounds; the evaluation after the last."""
+    cfg = load_config(
+        FedConfig,
+        ROOT / "configs/fed/fmnist_lt_cpu.yaml",
+        [
+            *overrides,
+            f"rounds={ROUNDS}",
+            "local_epochs=1",
+            "seed=0",
+            *([] if "algorithm=fedavg" in overrides else ["algorithm.options.norm_target=0.1"]),
+        ],
+    )
+    session = build_session(cfg)
+    state = clone(session.algorithm.init_global(), device=session.accel.device)
+    probe = next(iter(session.federation.test_loader().epoch(0)))[0][:500]
+    rows = []
+    for r in range(ROUNDS):
+        state, record = train_round(session, state, round=r)
+        net = session.server.net
+        session.server.load(state)
+        net.eval()
+        with torch.no_grad():
+            norm = float(net["model"].features(probe).norm(dim=1).mean())
+        rows.append({"round": r + 1, "train_loss": record["train_loss"], "feature_norm": norm})
+    final = flat_metrics(session.evaluate(state, round=ROUNDS - 1), mask_unseen=True)
+    return rows, final
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    lines = [
+        "# FedLoGe and the feature scale",
+        "",
+        f"Written by `python benchmarks/fed_feature_scale.py` on {time.strftime('%Y-%m-%d')}; "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, one thread.",
+        "",
+        "## Mean feature norm at initialisation",
+        "",
+        "| data set | model | feature dim | mean norm | SSE-C norm giving the authors' scale |",
+        "|---|---|---:|---:|---:|",
+    ]
+    norms = [initial_norm(*row) for row in INIT]
+    reference = norms[0]  # ResNet-18: the authors' backbone
+    for (dataset, model, kwargs), norm in zip(INIT, norms, strict=True):
+        dim = create_model(model, num_classes=10, in_channels=1, **kwargs).feature_dim
+        name = model + (" (feature_norm)" if kwargs else "")
+        lines.append(f"| {dataset} | {name} | {dim} | {norm:.1f} | {0.1 * reference / norm:.2f} |")
+    lines += [
+        "",
+        f"The authors' SSE-C norm 0.1 on ResNet-18 starts the logits at 0.1 x {reference:.1f} = "
+        f"{0.1 * reference:.2f}; the last column is that scale over each model's norm.",
+        "",
+        f"## {ROUNDS} rounds x 1 local epoch, Fashion-MNIST-LT, SSE-C norm 0.1, seed 0",
+    ]
+    for label, overrides in RUNS:
+        rows, final = diagnose(overrides)
+        lines += ["", f"### {label}", "", "| round | summed train loss | mean feature norm |"]
+        lines.append("|---:|---:|---:|")
+        lines += [
+            f"| {r['round']} | {r['train_loss']:.2f} | {r['feature_norm']:.1f} |" for r in rows
+        ]
+        accs = {k: final[k] for k in ("generic_acc", "universal_acc", "local_acc") if k in final}
+        lines += [
+            "",
+            "After round 10: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in accs.items()),
+        ]
+        print("\n".join(lines[-4:]), flush=True)
+    lines += ["", f"Took {(time.perf_counter() - started) / 60:.1f} min."]
+    out = ROOT / "docs/results/fed-feature-scale.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
