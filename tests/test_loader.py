@@ -1,0 +1,60 @@
+"""BatchLoader: chunked batches hold exactly the images and labels of per-batch gathering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trustvision.data import loader as loader_module
+from trustvision.data.augment import AugmentConfig, BatchAugment
+from trustvision.data.loader import BatchLoader
+
+
+def _loader(n: int, **kw) -> BatchLoader:
+    images = torch.randint(
+        0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    labels = torch.arange(n) % 10
+    return BatchLoader(images, labels, mean=(0.3,), std=(0.2,), seed=5, **kw)
+
+
+def _reference(loader: BatchLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One gather per batch, as the loader's contract reads."""
+    order = loader.order(epoch)
+    batches = []
+    for start in range(0, len(loader) * loader.batch_size, loader.batch_size):
+        index = order[start : start + loader.batch_size]
+        batches.append((loader.make_batch(index), loader.labels[index]))
+    return batches
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("chunk", [8, 24, 4096])  # one batch, several batches, the whole epoch
+def test_chunked_batches_equal_per_batch_gathering(
+    monkeypatch, drop_last: bool, chunk: int
+) -> None:
+    monkeypatch.setattr(loader_module, "CHUNK_IMAGES", chunk)
+    loader = _loader(101, batch_size=8, shuffle=True, drop_last=drop_last)
+
+    got = list(loader.epoch(3))
+    expected = _reference(loader, 3)
+
+    assert len(got) == len(loader) == len(expected)
+    assert [len(y) for _, y in got] == [len(y) for _, y in expected]
+    for (x, y), (x_ref, y_ref) in zip(got, expected, strict=True):
+        assert torch.equal(x, x_ref)
+        assert torch.equal(y, y_ref)
+    seen = torch.cat([y for _, y in got])
+    assert len(seen) == (96 if drop_last else 101)
+
+
+def test_augmented_batches_draw_per_batch_and_repeat_per_epoch() -> None:
+    augment = BatchAugment(AugmentConfig(hflip=True, brightness=0.2))
+    loader = _loader(40, batch_size=8, shuffle=True, augment=augment)
+
+    first, again, other = list(loader.epoch(1)), list(loader.epoch(1)), list(loader.epoch(2))
+
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(first, other, strict=True))
+    plain = _reference(_loader(40, batch_size=8, shuffle=True), 1)
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(first, plain, strict=True))
