@@ -92,7 +92,7 @@ def test_sse_c_is_frozen_through_training(tmp_path, monkeypatch):
     monkeypatch.setattr(client_module, "build_phase_optimizer", recording)
     session = build_session(tiny_fedloge(tmp_path))
     initial = session.algorithm.init_global()
-    ssec = session.engine.workspace.net["ssec"].weight
+    ssec = session.engine.runner.workspace.net["ssec"].weight
 
     state = initial
     for r in range(2):
@@ -100,7 +100,7 @@ def test_sse_c_is_frozen_through_training(tmp_path, monkeypatch):
 
     assert torch.equal(state["ssec.weight"], initial["ssec.weight"])
     assert not ssec.requires_grad and trained and all(p is not ssec for p in trained)
-    assert session.engine.workspace.net["ssec"].bias is None
+    assert session.engine.runner.workspace.net["ssec"].bias is None
     assert math.isclose((initial["ssec.weight"] == 0).double().mean().item(), 0.6, abs_tol=1e-9)
 
 

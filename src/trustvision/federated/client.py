@@ -18,8 +18,8 @@ from trustvision.config import OptimConfig
 from trustvision.data.loader import BatchLoader, derive_seed
 from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import ClientContext, FederatedAlgorithm, Phase, seeded
-from trustvision.federated.config import Fault
-from trustvision.federated.data import ClientData, Federation, LoaderSpec
+from trustvision.federated.config import Fault, FedConfig
+from trustvision.federated.data import ClientData, Federation
 from trustvision.federated.tensors import State, drop, matches, select
 from trustvision.train.loop import Accel, predict, train_epoch
 from trustvision.train.optim import build_optimizer
@@ -167,86 +167,120 @@ def client_context(
     )
 
 
-def client_fit(
-    algorithm: FederatedAlgorithm,
-    workspace: Workspace,
-    *,
-    global_state: State,
-    client_state: State,
-    data: ClientData,
-    spec: LoaderSpec,
-    optim: OptimConfig,
-    round: int,
-    lr: float,
-    seed: int,
-    accel: Accel,
-) -> tuple[ClientUpdate, State]:
-    """One client's round: load, train the algorithm's phases, split the result.
+class ClientRunner:
+    """A client's round and its local evaluation, for any client of one federation.
 
-    Returns the message for the server (global, non-frozen tensors) and the new personal
-    state, which stays with the client.
+    Every engine owns one (the in-process engine for all its clients, a Flower SuperNode for
+    its own) and hands it the states; the runner keeps none of them.
     """
-    workspace.load({**global_state, **client_state})
-    metrics: dict[str, float] = {"train_images": 0}
-    if data.num_samples > 0:
-        ctx = client_context(data, round=round, global_state=global_state, device=accel.device)
-        loader = data.train_loader(spec, seed=derive_seed(seed, "client", data.client_id, round))
-        torch.manual_seed(derive_seed(seed, "torch", round, data.client_id))  # dropout
-        try:
-            metrics = run_phases(
-                workspace.net,
-                algorithm.phases(ctx),
-                epoch_batches=loader.epoch,
-                optim=optim,
-                lr=lr,
-                accel=accel,
-                always_fixed=algorithm.frozen,
-            )
-        except DivergenceError as err:
-            raise DivergenceError(f"client {data.client_id} in round {round + 1}: {err}") from None
-    state = workspace.read()
-    shared = drop(state, (*algorithm.personal, *algorithm.frozen))
-    update = ClientUpdate(
-        client_id=data.client_id, update=shared, weight=float(data.num_samples), metrics=metrics
-    )
-    return update, select(state, algorithm.personal)
 
+    def __init__(
+        self,
+        algorithm: FederatedAlgorithm,
+        federation: Federation,
+        *,
+        optim: OptimConfig,
+        seed: int,
+        accel: Accel,
+        faults: Iterable[Fault] = (),
+    ) -> None:
+        self.algorithm = algorithm
+        self.federation = federation
+        self.optim = optim
+        self.seed = seed
+        self.accel = accel
+        self.faults = tuple(faults)
+        self.workspace = Workspace(algorithm, accel)
 
-def client_evaluate(
-    algorithm: FederatedAlgorithm,
-    workspace: Workspace,
-    *,
-    global_state: State,
-    client_state: State,
-    data: ClientData,
-    test_loader: BatchLoader,
-    spec: LoaderSpec,
-    optim: OptimConfig,
-    round: int,
-    lr: float,
-    seed: int,
-    accel: Accel,
-) -> ClientEval:
-    """A client's personalised logits on its local test set (fine-tuning first if the algorithm does)."""
-    workspace.load({**global_state, **client_state})
-    if algorithm.finetunes and data.num_samples > 0:
-        ctx = client_context(data, round=round, global_state=global_state, device=accel.device)
-        loader = data.train_loader(spec, seed=derive_seed(seed, "finetune", data.client_id, round))
-        torch.manual_seed(derive_seed(seed, "torch-finetune", round, data.client_id))
-        run_phases(
-            workspace.net,
-            algorithm.finetune_phases(ctx),
-            epoch_batches=loader.epoch,
-            optim=optim,
-            lr=lr,
-            accel=accel,
+    @classmethod
+    def for_config(
+        cls,
+        cfg: FedConfig,
+        algorithm: FederatedAlgorithm,
+        federation: Federation,
+        accel: Accel,
+    ) -> ClientRunner:
+        """The runner of a run's config (optimiser, seed and rehearsed faults)."""
+        return cls(
+            algorithm, federation, optim=cfg.optim, seed=cfg.seed, accel=accel, faults=cfg.faults
         )
-    workspace.net.eval()
-    logits, labels, _ = predict(
-        lambda x: algorithm.personal_logits(workspace.net, x), test_loader.epoch(0), accel=accel
-    )
-    seen = torch.from_numpy(data.class_counts > 0)
-    return ClientEval(client_id=data.client_id, logits=logits, labels=labels, seen=seen)
+
+    def fit(
+        self, client_id: int, *, global_state: State, personal: State, round: int, lr: float
+    ) -> tuple[ClientUpdate, State]:
+        """Load, train the algorithm's phases, split the result.
+
+        Returns the message for the server (global, non-frozen tensors) and the new personal
+        state, which stays with the client. Raises ClientFault where `faults` say so.
+        """
+        rehearse_faults(self.faults, client_id=client_id, round=round)
+        algorithm, data = self.algorithm, self.federation.clients[client_id]
+        self.workspace.load({**global_state, **personal})
+        metrics: dict[str, float] = {"train_images": 0}
+        if data.num_samples > 0:
+            ctx = client_context(
+                data, round=round, global_state=global_state, device=self.accel.device
+            )
+            loader = self._train_loader(data, "client", round)
+            torch.manual_seed(derive_seed(self.seed, "torch", round, client_id))  # dropout
+            try:
+                metrics = self._run(
+                    algorithm.phases(ctx), loader, lr, always_fixed=algorithm.frozen
+                )
+            except DivergenceError as err:
+                raise DivergenceError(f"client {client_id} in round {round + 1}: {err}") from None
+        state = self.workspace.read()
+        shared = drop(state, (*algorithm.personal, *algorithm.frozen))
+        update = ClientUpdate(
+            client_id=client_id, update=shared, weight=float(data.num_samples), metrics=metrics
+        )
+        return update, select(state, algorithm.personal)
+
+    def evaluate(
+        self, client_id: int, *, global_state: State, personal: State, round: int, lr: float
+    ) -> ClientEval:
+        """Personalised logits on the client's local test set (fine-tuning first if the
+        algorithm does)."""
+        algorithm, data = self.algorithm, self.federation.clients[client_id]
+        net = self.workspace.net
+        self.workspace.load({**global_state, **personal})
+        if algorithm.finetunes and data.num_samples > 0:
+            ctx = client_context(
+                data, round=round, global_state=global_state, device=self.accel.device
+            )
+            loader = self._train_loader(data, "finetune", round)
+            torch.manual_seed(derive_seed(self.seed, "torch-finetune", round, client_id))
+            self._run(algorithm.finetune_phases(ctx), loader, lr)
+        net.eval()
+        logits, labels, _ = predict(
+            lambda x: algorithm.personal_logits(net, x),
+            self.federation.client_test_loader(data).epoch(0),
+            accel=self.accel,
+        )
+        seen = torch.from_numpy(data.class_counts > 0)
+        return ClientEval(client_id=client_id, logits=logits, labels=labels, seen=seen)
+
+    def _train_loader(self, data: ClientData, purpose: str, round: int) -> BatchLoader:
+        seed = derive_seed(self.seed, purpose, data.client_id, round)
+        return data.train_loader(self.federation.spec, seed=seed)
+
+    def _run(
+        self,
+        phases: Sequence[Phase],
+        loader: BatchLoader,
+        lr: float,
+        *,
+        always_fixed: Sequence[str] = (),
+    ) -> dict[str, float]:
+        return run_phases(
+            self.workspace.net,
+            phases,
+            epoch_batches=loader.epoch,
+            optim=self.optim,
+            lr=lr,
+            accel=self.accel,
+            always_fixed=always_fixed,
+        )
 
 
 def eval_from_generic(

@@ -57,13 +57,10 @@ from trustvision.federated.algorithm import Algorithm, FederatedAlgorithm
 from trustvision.federated.client import (
     ClientEval,
     ClientFailure,
+    ClientRunner,
     ClientUpdate,
     FitResult,
-    Workspace,
-    client_evaluate,
-    client_fit,
     eval_from_generic,
-    rehearse_faults,
 )
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation
@@ -370,7 +367,7 @@ class ClientSide:
     accel: Accel
     federation: Federation
     algorithm: Algorithm
-    workspace: Workspace
+    runner: ClientRunner
 
 
 @functools.lru_cache(maxsize=2)
@@ -380,7 +377,8 @@ def client_side(config_text: str, source: str | None) -> ClientSide:
 
     cfg = build_config(FedConfig, yaml.safe_load(config_text), origin="the server's config")
     accel, federation, algorithm = build_parts(cfg, source=source)
-    return ClientSide(cfg, accel, federation, algorithm, Workspace(algorithm, accel))
+    runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
+    return ClientSide(cfg, accel, federation, algorithm, runner)
 
 
 @dataclass(frozen=True)
@@ -438,7 +436,10 @@ def identify(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """One round of local training; the personal state is written back to `context.state`."""
     try:
-        update, personal = fit_task(ClientTask.read(message, context))
+        t = ClientTask.read(message, context)
+        update, personal = t.side.runner.fit(
+            t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
+        )
     except DivergenceError as err:  # the server stops the run, as the in-process engine does
         diverged = ConfigRecord({"error": str(err)})
         return Message(RecordDict({"diverged": diverged}), reply_to=message)
@@ -453,44 +454,12 @@ def train(message: Message, context: Context) -> Message:
     return Message(content, reply_to=message)
 
 
-def fit_task(t: ClientTask) -> tuple[ClientUpdate, State]:
-    """`client_fit` for a task (after the faults the config rehearses)."""
-    side = t.side
-    rehearse_faults(side.cfg.faults, client_id=t.client_id, round=t.round)
-    return client_fit(
-        side.algorithm,
-        side.workspace,
-        global_state=t.global_state,
-        client_state=t.personal,
-        data=side.federation.clients[t.client_id],
-        spec=side.federation.spec,
-        optim=side.cfg.optim,
-        round=t.round,
-        lr=t.lr,
-        seed=side.cfg.seed,
-        accel=side.accel,
-    )
-
-
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Personalised predictions on this client's local test set."""
     t = ClientTask.read(message, context)
-    side = t.side
-    data = side.federation.clients[t.client_id]
-    result = client_evaluate(
-        side.algorithm,
-        side.workspace,
-        global_state=t.global_state,
-        client_state=t.personal,
-        data=data,
-        test_loader=side.federation.client_test_loader(data),
-        spec=side.federation.spec,
-        optim=side.cfg.optim,
-        round=t.round,
-        lr=t.lr,
-        seed=side.cfg.seed,
-        accel=side.accel,
+    result = t.side.runner.evaluate(
+        t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
     )
     arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
     return Message(RecordDict({"eval": to_record(arrays)}), reply_to=message)

@@ -13,13 +13,9 @@ from trustvision.federated.algorithm import FederatedAlgorithm
 from trustvision.federated.client import (
     ClientEval,
     ClientFailure,
-    ClientUpdate,
+    ClientRunner,
     FitResult,
-    Workspace,
-    client_evaluate,
-    client_fit,
     eval_from_generic,
-    rehearse_faults,
 )
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import ClientData, Federation
@@ -30,7 +26,7 @@ T = TypeVar("T")
 
 
 class InProcessEngine:
-    """Holds the clients' data and personal states; runs `client_fit` / `client_evaluate`."""
+    """Holds the clients' data and personal states; one `ClientRunner` trains them in turn."""
 
     keeps_personal_states: ClassVar[bool] = True
 
@@ -45,12 +41,9 @@ class InProcessEngine:
     ) -> None:
         self.algorithm = algorithm
         self.federation = federation
-        self.optim = cfg.optim
-        self.faults = cfg.faults
         self.accel = accel
-        self.seed = cfg.seed
         self.on_client = on_client
-        self.workspace = Workspace(algorithm, accel)
+        self.runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
         self._personal: dict[int, State] = {}
 
     def _client_state(self, client: ClientData, global_state: State) -> State:
@@ -71,8 +64,13 @@ class InProcessEngine:
         for k in client_ids:
             client = self.federation.clients[k]
             try:
-                rehearse_faults(self.faults, client_id=k, round=round)
-                update, personal = self._fit_one(client, global_state, round=round, lr=lr)
+                update, personal = self.runner.fit(
+                    k,
+                    global_state=global_state,
+                    personal=self._client_state(client, global_state),
+                    round=round,
+                    lr=lr,
+                )
             except DivergenceError:
                 raise
             except Exception as err:  # any client bug or crash is that client's failure
@@ -84,23 +82,6 @@ class InProcessEngine:
             if self.on_client is not None:
                 self.on_client()
         return result
-
-    def _fit_one(
-        self, client: ClientData, global_state: State, *, round: int, lr: float
-    ) -> tuple[ClientUpdate, State]:
-        return client_fit(
-            self.algorithm,
-            self.workspace,
-            global_state=global_state,
-            client_state=self._client_state(client, global_state),
-            data=client,
-            spec=self.federation.spec,
-            optim=self.optim,
-            round=round,
-            lr=lr,
-            seed=self.seed,
-            accel=self.accel,
-        )
 
     def evaluate(
         self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
@@ -120,19 +101,12 @@ class InProcessEngine:
                 )
                 continue
             evals.append(
-                client_evaluate(
-                    self.algorithm,
-                    self.workspace,
+                self.runner.evaluate(
+                    client.client_id,
                     global_state=global_state,
-                    client_state=self._client_state(client, global_state),
-                    data=client,
-                    test_loader=self.federation.client_test_loader(client),
-                    spec=self.federation.spec,
-                    optim=self.optim,
+                    personal=self._client_state(client, global_state),
                     round=round,
                     lr=lr,
-                    seed=self.seed,
-                    accel=self.accel,
                 )
             )
         return evals
