@@ -111,7 +111,10 @@ def train(setting: str, algorithm: str, seed: int, runs: Path, extra: list[str])
             *extra,
         ]
     print(f"[{time.strftime('%H:%M:%S')}] {setting} {algorithm} seed {seed}", flush=True)
-    if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
+    # One torch thread: at batch 8 a second thread only waits, and with another job on the
+    # machine its spinning slowed rounds twenty-fold here (5 s -> 90-150 s).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if subprocess.run(command, stdout=subprocess.DEVNULL, env=env).returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed (its error is above)")
     done = finished_run(directory)
     if done is None:
@@ -176,7 +179,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "masked = classes a client never trained on get -inf logits, for every method alike. "
         "Head/middle/tail: generic per-class accuracy grouped by cumulative training frequency "
         "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
-        "process, evaluation excluded; other jobs may have shared the machine, so compare engines "
+        "process, one torch thread (the first runs had two), evaluation excluded; other jobs may have shared the machine, so compare engines "
         "with results/federated-engines.md, not with this column).",
     ]
     for setting, block in results.items():
