@@ -179,8 +179,9 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "masked = classes a client never trained on get -inf logits, for every method alike. "
         "Head/middle/tail: generic per-class accuracy grouped by cumulative training frequency "
         "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
-        "process, one torch thread (the first runs had two), evaluation excluded; other jobs may have shared the machine, so compare engines "
-        "with results/federated-engines.md, not with this column).",
+        "process, one torch thread (the first runs had two), evaluation excluded; other jobs "
+        "may have shared the machine, so compare engines with results/federated-engines.md, "
+        "not with this column).",
     ]
     for setting, block in results.items():
         spec = SETTINGS[setting]
