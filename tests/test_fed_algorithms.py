@@ -150,8 +150,8 @@ def test_local_logits_read_off_the_generic_ones_match_per_client_prediction(tmp_
         accel=session.accel,
     )
 
-    shortcut = session.engine.evaluate(state, round=0, lr=0.02, generic_logits=logits)
-    direct = session.engine.evaluate(state, round=0, lr=0.02)
+    shortcut = session.engine.evaluate(state, round=0, lr=0.02, generic_logits=logits).evals
+    direct = session.engine.evaluate(state, round=0, lr=0.02).evals
     assert [e.client_id for e in shortcut] == [e.client_id for e in direct]
     for a, b in zip(shortcut, direct, strict=True):
         torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)

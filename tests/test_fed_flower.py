@@ -37,6 +37,8 @@ from trustvision.train.runs import RunDir
 
 # 3 clients, 2 a round: round 1 trains [1, 2], round 2 [0, 1], round 3 [0, 2] (seed 0).
 FAULT = "faults=[{client: 1, round: 2}]"
+# ... and client 2 fails to predict its local test set after round 3.
+FAULTS = "faults=[{client: 1, round: 2}, {client: 2, round: 3, stage: evaluate}]"
 
 
 @pytest.fixture(autouse=True)
@@ -76,17 +78,21 @@ def comparable(run):
     for record in run.read_metrics():
         row = {k: v for k, v in record.items() if k not in TIMING_KEYS}
         row["failures"] = [f["client"] for f in row.get("failures", [])]
+        row["eval_failures"] = [f["client"] for f in row.get("eval_failures", [])]
         rows.append(row)
     return rows
 
 
-def test_simulation_gives_the_inprocess_numbers_through_a_failed_client(tmp_path):
+def test_simulation_gives_the_inprocess_numbers_through_failed_clients(tmp_path):
     # Client 1 trained in round 1 (it holds a personal head) and raises in round 2.
-    inprocess = run_federated(tiny_config(tmp_path / "inprocess", FAULT))
-    flower = run_federated(tiny_config(tmp_path / "flower", FAULT, "engine=flower"))
+    inprocess = run_federated(tiny_config(tmp_path / "inprocess", FAULTS))
+    flower = run_federated(tiny_config(tmp_path / "flower", FAULTS, "engine=flower"))
 
     expected, got = comparable(inprocess), comparable(flower)
     assert [r["failures"] for r in got] == [[], [1], []]
+    assert [r["eval_failures"] for r in got] == [[], [], [2]]
+    final = flower.read_summary()["final"]["local"]["masked"]["clients"]
+    assert sorted(int(k) for k in final) == [0, 1]  # local accuracy of those that answered
     assert json.dumps(got) == json.dumps(expected)  # bit-identical: float32 travels as float32
     assert all(0.0 <= r["local_acc"] <= 1.0 and 0.0 <= r["generic_acc"] <= 1.0 for r in got)
     assert "client 1" in flower.read_metrics()[1]["failures"][0]["error"]
@@ -299,6 +305,7 @@ def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_p
     assert first["train_images"] > 0  # client 1's update was aggregated without client 2
     assert "failures" not in second and second["train_images"] > 0
     assert 0.0 <= second["local_acc"] <= 1.0  # from clients 0 and 1: client 2 is left out
+    assert [f["client"] for f in second["eval_failures"]] == [2]
     assert RunDir.open(run_dir).read_summary()["status"] == "finished"
 
     deployment.stop()
@@ -308,6 +315,8 @@ def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_p
 def test_the_round_line_names_failed_clients():
     record = {"round": 2, "train_loss": 1.0, "round_seconds": 3.0}
     failed = {**record, "failures": [{"client": 1, "error": "x"}, {"client": 4, "error": "y"}]}
+    unevaluated = {**record, "eval_failures": [{"client": 3, "error": "z"}]}
 
     assert "failed" not in format_round(record)
     assert "failed: clients 1, 4" in format_round(failed)
+    assert "not evaluated: client 3" in format_round(unevaluated)

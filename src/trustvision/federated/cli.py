@@ -41,8 +41,9 @@ def format_round(record: dict[str, Any]) -> str:
     ):
         if key in record:
             parts.append(f"{label} {record[key]:.2%}")
-    if record.get("failures"):
-        parts.append(f"failed: clients {', '.join(str(f['client']) for f in record['failures'])}")
+    for key, label in (("failures", "failed: clients"), ("eval_failures", "not evaluated: client")):
+        if record.get(key):
+            parts.append(f"{label} {', '.join(str(f['client']) for f in record[key])}")
     parts.append(f"{record.get('round_seconds', 0):.1f} s")
     return "  ".join(parts)
 

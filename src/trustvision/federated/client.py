@@ -55,10 +55,14 @@ class ClientFault(RuntimeError):
     """A failure the config's `faults` rehearse."""
 
 
-def rehearse_faults(faults: Iterable[Fault], *, client_id: int, round: int) -> None:
-    """Raise ClientFault if `faults` name this client in this (0-based) round."""
-    if any(f.client == client_id and f.round == round + 1 for f in faults):
-        raise ClientFault(f"client {client_id} fails in round {round + 1}, as `faults` asks")
+def rehearse_faults(
+    faults: Iterable[Fault], *, client_id: int, round: int, stage: str = "fit"
+) -> None:
+    """Raise ClientFault if `faults` name this client in this (0-based) round and stage."""
+    if any(f.client == client_id and f.round == round + 1 and f.stage == stage for f in faults):
+        raise ClientFault(
+            f"client {client_id} fails in round {round + 1} ({stage}), as `faults` asks"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,14 @@ class ClientEval:
     logits: Tensor
     labels: Tensor
     seen: Tensor  # (C,) bool: classes with at least one training image at this client
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What came back from an evaluation's clients: predictions, and who failed to answer."""
+
+    evals: list[ClientEval]
+    failures: list[ClientFailure]
 
 
 class Workspace:
@@ -240,7 +252,8 @@ class ClientRunner:
         self, client_id: int, *, global_state: State, personal: State, round: int, lr: float
     ) -> ClientEval:
         """Personalised logits on the client's local test set (fine-tuning first if the
-        algorithm does)."""
+        algorithm does). Raises ClientFault where `faults` say so."""
+        rehearse_faults(self.faults, client_id=client_id, round=round, stage="evaluate")
         algorithm, data = self.algorithm, self.federation.clients[client_id]
         net = self.workspace.net
         self.workspace.load({**global_state, **personal})

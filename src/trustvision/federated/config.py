@@ -98,10 +98,12 @@ class FlowerConfig(StrictModel):
 
 
 class Fault(StrictModel):
-    """A rehearsed failure: client `client` raises in round `round` (1-based), as a crash would."""
+    """A rehearsed failure: client `client` raises in round `round` (1-based), as a crash
+    would, while it trains (`fit`) or while it predicts its local test set (`evaluate`)."""
 
     client: int = Field(ge=0)
     round: int = Field(ge=1)
+    stage: Literal["fit", "evaluate"] = "fit"
 
 
 class FedConfig(StrictModel):

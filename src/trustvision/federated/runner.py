@@ -61,7 +61,8 @@ class Session:
     server: Workspace  # the server's own modules, for generic evaluation
 
     def evaluate(self, global_state: State, *, round: int) -> dict[str, Any]:
-        """Generic and local evaluation of `global_state` after `round` (0-based)."""
+        """Generic and local evaluation of `global_state` after `round` (0-based); clients that
+        failed to predict are listed under `failures`."""
         generic, generic_logits = generic_evaluation(
             self.algorithm,
             self.server,
@@ -70,10 +71,13 @@ class Session:
             accel=self.accel,
         )
         lr = round_lr(self.cfg.optim, round=round, rounds=self.cfg.rounds)
-        evals = self.engine.evaluate(
+        local = self.engine.evaluate(
             global_state, round=round, lr=lr, generic_logits=generic_logits
         )
-        return evaluation(generic, evals, federation=self.federation)
+        result = evaluation(generic, local.evals, federation=self.federation)
+        if local.failures:
+            result["failures"] = [{"client": f.client_id, "error": f.error} for f in local.failures]
+        return result
 
 
 def build_session(
@@ -320,6 +324,8 @@ def one_round(
         eval_start = time.perf_counter()
         result = session.evaluate(global_state, round=round)
         record.update(flat_metrics(result, mask_unseen=cfg.mask_unseen))
+        if "failures" in result:
+            record["eval_failures"] = result["failures"]
         record["eval_seconds"] = time.perf_counter() - eval_start
     record["round_seconds"] = time.perf_counter() - started
     return global_state, record, result

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from trustvision.errors import ConfigError
-from trustvision.federated.client import ClientEval, FitResult
+from trustvision.federated.client import EvalResult, FitResult
 from trustvision.federated.config import FedConfig
 from trustvision.federated.tensors import State
 
@@ -33,8 +33,9 @@ class Engine(Protocol):
 
     def evaluate(
         self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
-    ) -> list[ClientEval]:
-        """Every client with a local test set predicts it (personalised where the algorithm is)."""
+    ) -> EvalResult:
+        """Every client with a local test set predicts it (personalised where the algorithm is);
+        the clients that failed are listed, not raised."""
         ...
 
     def personal_states(self) -> dict[int, State]:

@@ -59,6 +59,7 @@ from trustvision.federated.client import (
     ClientFailure,
     ClientRunner,
     ClientUpdate,
+    EvalResult,
     FitResult,
     eval_from_generic,
 )
@@ -158,33 +159,31 @@ class FlowerEngine:
 
     def evaluate(
         self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
-    ) -> list[ClientEval]:
+    ) -> EvalResult:
         """Local-test predictions of every client with a local test set, from its SuperNode.
 
         For an algorithm that does not personalise, a client's model is the global one: its
         logits are read off `generic_logits`, as the in-process engine does. A client that
-        fails to answer is left out of local accuracy (and logged).
+        fails to answer is left out of local accuracy and listed as a failure.
         """
         clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
         if generic_logits is not None and not self.algorithm.personalised:
-            return [
+            evals = [
                 eval_from_generic(c, self.federation, generic_logits=generic_logits)
                 for c in clients
             ]
+            return EvalResult(evals=evals, failures=[])
         ids = [c.client_id for c in clients]
-        evals = []
+        result = EvalResult(evals=[], failures=[])
         for k, reply in self._ask(
             MessageType.EVALUATE, ids, global_state, round=round, lr=lr
         ).items():
             if reply is None or reply.has_error():
-                problem = reply_problem(reply, self.timeout)
-                log.warning(
-                    "client %d left out of round %d's evaluation: %s", k, round + 1, problem
-                )
+                result.failures.append(ClientFailure(k, reply_problem(reply, self.timeout)))
                 continue
             arrays = from_record(reply.content.array_records["eval"])
-            evals.append(ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"]))
-        return evals
+            result.evals.append(ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"]))
+        return result
 
     def personal_states(self) -> dict[int, State]:
         """None: personal states never leave their SuperNodes, so checkpoints hold none."""
@@ -457,10 +456,15 @@ def train(message: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Personalised predictions on this client's local test set."""
-    t = ClientTask.read(message, context)
-    result = t.side.runner.evaluate(
-        t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
-    )
+    try:
+        t = ClientTask.read(message, context)
+        result = t.side.runner.evaluate(
+            t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
+        )
+    except Exception as err:  # the server leaves this client out of local accuracy
+        log.exception("client failed")
+        reason = f"{type(err).__name__}: {err}"
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
     arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
     return Message(RecordDict({"eval": to_record(arrays)}), reply_to=message)
 

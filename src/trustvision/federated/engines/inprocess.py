@@ -14,15 +14,18 @@ from trustvision.federated.client import (
     ClientEval,
     ClientFailure,
     ClientRunner,
+    ClientUpdate,
+    EvalResult,
     FitResult,
     eval_from_generic,
 )
 from trustvision.federated.config import FedConfig
-from trustvision.federated.data import ClientData, Federation
+from trustvision.federated.data import Federation
 from trustvision.federated.tensors import State, clone
 from trustvision.train.loop import Accel
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class InProcessEngine:
@@ -46,11 +49,11 @@ class InProcessEngine:
         self.runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
         self._personal: dict[int, State] = {}
 
-    def _client_state(self, client: ClientData, global_state: State) -> State:
-        if client.client_id not in self._personal:
-            initial = self.algorithm.init_client(client.client_id, global_state)
+    def _client_state(self, client_id: int, global_state: State) -> State:
+        if client_id not in self._personal:
+            initial = self.algorithm.init_client(client_id, global_state)
             return clone(initial, device=self.accel.device)
-        return self._personal[client.client_id]
+        return self._personal[client_id]
 
     def fit(
         self, global_state: State, client_ids: list[int], *, round: int, lr: float
@@ -60,56 +63,64 @@ class InProcessEngine:
         A client that raises (divergence aside: that stops the run) is a failure of its
         own; its personal state stays as it was.
         """
-        result = FitResult(updates=[], failures=[])
-        for k in client_ids:
-            client = self.federation.clients[k]
-            try:
-                update, personal = self.runner.fit(
-                    k,
-                    global_state=global_state,
-                    personal=self._client_state(client, global_state),
-                    round=round,
-                    lr=lr,
-                )
-            except DivergenceError:
-                raise
-            except Exception as err:  # any client bug or crash is that client's failure
-                result.failures.append(ClientFailure(k, f"{type(err).__name__}: {err}"))
-            else:
-                if personal:
-                    self._personal[k] = personal
-                result.updates.append(update)
-            if self.on_client is not None:
-                self.on_client()
-        return result
+
+        def fit_one(k: int) -> ClientUpdate:
+            update, personal = self.runner.fit(
+                k,
+                global_state=global_state,
+                personal=self._client_state(k, global_state),
+                round=round,
+                lr=lr,
+            )
+            if personal:
+                self._personal[k] = personal
+            return update
+
+        updates, failures = self._each(client_ids, fit_one, progress=True)
+        return FitResult(updates=updates, failures=failures)
 
     def evaluate(
         self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
-    ) -> list[ClientEval]:
+    ) -> EvalResult:
         """Local-test predictions of every client with a local test set.
 
         For an algorithm that does not personalise, a client's model is the global one, so
-        its logits are read off `generic_logits` (the balanced test set's) when given.
+        its logits are read off `generic_logits` (the balanced test set's) when given. A
+        client that raises is left out of local accuracy and listed as a failure.
         """
-        evals = []
-        for client in self.federation.clients:
-            if len(client.test_indices) == 0:
-                continue
-            if generic_logits is not None and not self.algorithm.personalised:
-                evals.append(
-                    eval_from_generic(client, self.federation, generic_logits=generic_logits)
-                )
-                continue
-            evals.append(
-                self.runner.evaluate(
-                    client.client_id,
-                    global_state=global_state,
-                    personal=self._client_state(client, global_state),
-                    round=round,
-                    lr=lr,
-                )
+        clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
+        if generic_logits is not None and not self.algorithm.personalised:
+            evals = [
+                eval_from_generic(c, self.federation, generic_logits=generic_logits)
+                for c in clients
+            ]
+            return EvalResult(evals=evals, failures=[])
+
+        def evaluate_one(k: int) -> ClientEval:
+            personal = self._client_state(k, global_state)
+            return self.runner.evaluate(
+                k, global_state=global_state, personal=personal, round=round, lr=lr
             )
-        return evals
+
+        evals, failures = self._each([c.client_id for c in clients], evaluate_one)
+        return EvalResult(evals=evals, failures=failures)
+
+    def _each(
+        self, client_ids: list[int], work: Callable[[int], R], *, progress: bool = False
+    ) -> tuple[list[R], list[ClientFailure]]:
+        """`work(k)` for each client in turn; any exception but divergence is k's failure."""
+        done: list[R] = []
+        failures: list[ClientFailure] = []
+        for k in client_ids:
+            try:
+                done.append(work(k))
+            except DivergenceError:
+                raise
+            except Exception as err:  # any client bug or crash is that client's failure
+                failures.append(ClientFailure(k, f"{type(err).__name__}: {err}"))
+            if progress and self.on_client is not None:
+                self.on_client()
+        return done, failures
 
     def personal_states(self) -> dict[int, State]:
         """Every trained client's personal state (shared references; the caller copies)."""
