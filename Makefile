@@ -9,8 +9,9 @@ demo: setup
 	.venv/bin/trustvision train configs/train/mnist_cnn.yaml
 	.venv/bin/trustvision compact run configs/compact/mnist_demo.yaml
 	.venv/bin/trustvision robust demo configs/robust/demo_mnist.yaml
-	.venv/bin/trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm=fedavg rounds=10 local_epochs=1
-	.venv/bin/trustvision fed run configs/fed/fmnist_lt_cpu.yaml rounds=10 local_epochs=1
+	.venv/bin/trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm=fedavg rounds=10 local_epochs=1 runs_dir=runs/demo-fed
+	.venv/bin/trustvision fed run configs/fed/fmnist_lt_cpu.yaml rounds=10 local_epochs=1 runs_dir=runs/demo-fed
+	.venv/bin/trustvision fed compare runs/demo-fed
 
 test: setup
 	.venv/bin/ruff check src tests benchmarks

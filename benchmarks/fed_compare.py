@@ -199,6 +199,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
             lines.append(f"| {algorithm} | " + " | ".join(cells) + f" | {seconds} |")
         lines += ["", *verdict(block["algorithms"])]
+        lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
         for plot in block["plots"]:
             lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
     missing_settings = [SETTINGS[name]["title"] for name in SETTINGS if name not in results]
@@ -250,32 +251,12 @@ def verdict(rows: dict[str, Any]) -> list[str]:
 
 def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
     """Accuracy per round (seed 0 of every method) and per-class accuracy vs frequency."""
-    import matplotlib
+    from trustvision.federated.plots import plot_class_frequency, plot_methods_per_round
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trustvision.federated.plots import plot_class_frequency
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for algorithm, seeds in block.items():
-        for ax, key in zip(axes, ("generic_acc", "local_acc_masked"), strict=True):
-            rows = [r for r in seeds[0]["history"] if key in r]
-            ax.plot(
-                [r["round"] for r in rows],
-                [100 * r[key] for r in rows],
-                "o-",
-                ms=2,
-                label=algorithm,
-            )
-    for ax, title in zip(axes, ("generic", "local (masked)"), strict=True):
-        ax.set(xlabel="round", title=f"{title} accuracy, seed 0", ylabel="top-1 (%)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    rounds_png = out / f"federated_{setting}_rounds.png"
-    fig.savefig(rounds_png, dpi=120)
-    plt.close(fig)
+    rounds_png = plot_methods_per_round(
+        {algorithm: seeds[0]["history"] for algorithm, seeds in block.items()},
+        out / f"federated_{setting}_rounds.png",
+    )
     first = next(iter(block.values()))[0]
     has_generic = [a for a in block if block[a][0]["generic_per_class"] is not None]
     chosen = [a for a in ("fedavg", "fedloge") if a in has_generic] or has_generic[:2]

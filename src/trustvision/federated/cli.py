@@ -131,6 +131,49 @@ def evaluate(
     print_headline(result["headline"], title=f"round {result['round']}")
 
 
+@fed_app.command("compare")
+def compare(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories, or directories of runs (the newest finished run of each "
+            "algorithm in one is taken).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where the plots go [default: compare/ beside the first run]."),
+    ] = None,
+) -> None:
+    """Compare finished runs: generic and local accuracy side by side, and two plots.
+
+    The plots: accuracy per round (one line per run) and generic per-class accuracy against
+    training frequency.
+
+    Example: trustvision fed compare runs/demo-fed
+    """
+    from trustvision.federated.compare import COLUMNS, comparison, comparison_plots, finished_runs
+
+    try:
+        runs = finished_runs(paths)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    rows = comparison(runs)
+    table = Table(title="final round, top-1 %")
+    for header in ("run", *COLUMNS.values(), "best generic (round)"):
+        table.add_column(header, justify="left" if header == "run" else "right")
+    for row in rows:
+        best = row["best_generic"]
+        best_text = f"{100 * best['value']:.1f} ({best['round']})" if best.get("round") else "-"
+        cells = [f"{100 * row[k]:.1f}" if row[k] == row[k] else "-" for k in COLUMNS]
+        table.add_row(row["label"], *cells, best_text)
+    console.print(table)
+    first = next(iter(runs.values())).path
+    for path in comparison_plots(runs, out or first.parent / "compare"):
+        console.print(f"plot: {path}")
+
+
 @fed_app.command("algorithms")
 def algorithms() -> None:
     """List the registered algorithms and their options with defaults."""

@@ -36,6 +36,27 @@ def plot_rounds(history: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_methods_per_round(histories: dict[str, list[dict]], path: Path) -> Path:
+    """Generic and local (masked) accuracy against round, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for label, history in histories.items():
+        for ax, key in zip(axes, ("generic_acc", "local_acc_masked"), strict=True):
+            rows = [r for r in history if _finite(r.get(key))]
+            if rows:
+                ax.plot(
+                    [r["round"] for r in rows],
+                    [100 * r[key] for r in rows],
+                    "o-",
+                    ms=2,
+                    label=label,
+                )
+    for ax, title in zip(axes, ("generic", "local (unseen classes masked)"), strict=True):
+        ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title=f"{title} accuracy")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
 def plot_class_frequency(
     series: dict[str, Sequence[float]],
     *,

@@ -1,0 +1,100 @@
+"""`trustvision fed compare`: finished runs side by side, as a table and two plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trustvision.errors import ConfigError
+from trustvision.train.runs import RunDir
+
+COLUMNS = {
+    "generic_acc": "generic",
+    "universal_acc": "universal (SSE-C)",
+    "local_acc_masked": "local (masked)",
+    "local_acc_unmasked": "local (unmasked)",
+    "generic_head": "head",
+    "generic_middle": "middle",
+    "generic_tail": "tail",
+}
+
+
+def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
+    """Label -> finished run. A path is a run directory, or a directory of runs (the newest
+    finished run of each algorithm in it). Labels are algorithm names, made unique."""
+    chosen: list[RunDir] = []
+    for path in paths:
+        if (path / "config.yaml").is_file():
+            run = RunDir.open(path)
+            if _status(run) != "finished":
+                raise ConfigError(f"run `{path}` has not finished (status: {_status(run)})")
+            chosen.append(run)
+            continue
+        if not path.is_dir():
+            raise ConfigError(f"`{path}` is neither a run directory nor a directory of runs")
+        newest: dict[str, RunDir] = {}
+        for config in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
+            run = RunDir.open(config.parent)
+            if _status(run) == "finished":
+                newest[run.read_summary()["algorithm"]] = run  # oldest first: the newest wins
+        if not newest:
+            raise ConfigError(f"`{path}` holds no finished federated run")
+        chosen.extend(newest.values())
+    labelled: dict[str, RunDir] = {}
+    for run in chosen:
+        label = run.read_summary()["algorithm"]
+        if label in labelled:
+            label = f"{label} ({run.path.name})"
+        labelled[label] = run
+    return labelled
+
+
+def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:
+    """One row per run: its headline accuracies, best generic accuracy, rounds and path."""
+    rows = []
+    for label, run in runs.items():
+        summary = run.read_summary()
+        headline = summary.get("headline", {})
+        rows.append(
+            {
+                "label": label,
+                **{key: headline.get(key, math.nan) for key in COLUMNS},
+                "best_generic": summary.get("best", {}).get("generic_acc", {}),
+                "rounds": summary.get("rounds"),
+                "run": str(run.path),
+            }
+        )
+    return rows
+
+
+def comparison_plots(runs: dict[str, RunDir], out: Path) -> list[Path]:
+    """Accuracy per round (one line per run) and generic per-class accuracy vs frequency."""
+    from trustvision.federated.plots import plot_class_frequency, plot_methods_per_round
+
+    made = [
+        plot_methods_per_round(
+            {label: run.read_metrics() for label, run in runs.items()},
+            out / "accuracy_per_round.png",
+        )
+    ]
+    summaries = {label: run.read_summary() for label, run in runs.items()}
+    per_class = {
+        label: s["final"]["generic"]["generic"]["per_class"]
+        for label, s in summaries.items()
+        if "generic" in s.get("final", {}).get("generic", {})
+    }
+    counts = next(iter(summaries.values())).get("data", {}).get("train_counts")
+    if per_class and counts:
+        classes = [str(c) for c in range(len(counts))]
+        made.append(
+            plot_class_frequency(
+                per_class, counts=counts, classes=classes, path=out / "per_class_vs_frequency.png"
+            )
+        )
+    return made
+
+
+def _status(run: RunDir) -> str:
+    return str(run.read_summary().get("status", "not finished"))

@@ -1,0 +1,85 @@
+"""`trustvision fed compare`: the newest finished run of each algorithm, side by side."""
+
+import pytest
+from typer.testing import CliRunner
+
+from trustvision.config import load_config
+from trustvision.federated.cli import fed_app
+from trustvision.federated.compare import comparison, finished_runs
+from trustvision.federated.config import FedConfig
+from trustvision.federated.etf import one_thread
+from trustvision.federated.runner import run_federated
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield
+
+
+def tiny(tmp_path, algorithm, *extra):
+    args = [
+        f"runs_dir={tmp_path}",
+        "device=cpu",
+        "data.name=fashion-mnist",
+        "data.imbalance_factor=10",
+        "data.train_subset=300",
+        "data.test_subset=200",
+        "data.batch_size=32",
+        "model.name=mnist_cnn",
+        "num_clients=3",
+        "participation=0.67",
+        "rounds=2",
+        "local_epochs=1",
+        f"algorithm={algorithm}",
+        *extra,
+    ]
+    return load_config(FedConfig, None, args)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """FedAvg twice (the later run must win), FedPer once, and an unfinished FedAvg run."""
+    root = tmp_path_factory.mktemp("runs")
+    older = run_federated(tiny(root, "fedavg", "rounds=1"))
+    newer = run_federated(tiny(root, "fedavg"))
+    fedper = run_federated(tiny(root, "fedper"))
+    unfinished = run_federated(tiny(root, "fedavg", "name=zz-unfinished"), stop_after=1)
+    return root, older, newer, fedper, unfinished
+
+
+def test_a_directory_gives_the_newest_finished_run_of_each_algorithm(runs):
+    root, _, newer, fedper, _ = runs
+
+    chosen = finished_runs([root])
+
+    assert {k: v.path for k, v in chosen.items()} == {"fedavg": newer.path, "fedper": fedper.path}
+    rows = {row["label"]: row for row in comparison(chosen)}
+    assert rows["fedavg"]["generic_acc"] == newer.read_summary()["headline"]["generic_acc"]
+    assert rows["fedper"]["generic_acc"] != rows["fedper"]["generic_acc"]  # no generic model: NaN
+    assert 0.0 <= rows["fedper"]["local_acc_masked"] <= 1.0
+
+
+def test_the_command_prints_both_methods_and_writes_the_plots(runs, tmp_path):
+    root, older, newer, _, _ = runs
+
+    result = CliRunner().invoke(
+        fed_app, ["compare", str(root), str(older.path), "--out", str(tmp_path)]
+    )
+
+    assert result.exit_code == 0, result.output
+    generic = newer.read_summary()["headline"]["generic_acc"]
+    assert f"{100 * generic:.1f}" in result.output
+    assert "fedper" in result.output and f"fedavg ({older.path.name})" in result.output
+    assert (tmp_path / "accuracy_per_round.png").stat().st_size > 1000
+    assert (tmp_path / "per_class_vs_frequency.png").stat().st_size > 1000
+
+
+def test_an_unfinished_run_or_a_stray_path_is_a_clear_error(runs, tmp_path):
+    _, _, _, _, unfinished = runs
+
+    refused = CliRunner().invoke(fed_app, ["compare", str(unfinished.path)])
+    stray = CliRunner().invoke(fed_app, ["compare", str(tmp_path / "nowhere")])
+
+    assert refused.exit_code != 0 and "has not finished" in refused.output
+    assert stray.exit_code != 0 and "neither a run directory" in stray.output
