@@ -117,7 +117,7 @@ def trajectory(algorithm: str, every: int, rounds: int | None) -> list[dict[str,
 
 SHOWN = {
     "train_loss": "summed train loss",
-    "feature_norm": "mean ||h||",
+    "feature_norm": "mean feature norm",
     "psi_norm": "psi row norm",
     "phi_norm": "phi row norm",
     "loss_ssec": "CE SSE-C",
