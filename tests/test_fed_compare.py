@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trustvision.config import load_config
+from trustvision.federated import cli
 from trustvision.federated.cli import fed_app
 from trustvision.federated.compare import comparison, finished_runs
 from trustvision.federated.config import FedConfig
@@ -15,6 +16,12 @@ from trustvision.federated.runner import run_federated
 def single_thread():
     with one_thread():
         yield
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Rich wraps at the test terminal's 80 columns; the assertions read whole cells."""
+    monkeypatch.setattr(cli.console, "width", 200)
 
 
 def tiny(tmp_path, algorithm, *extra):
@@ -81,5 +88,6 @@ def test_an_unfinished_run_or_a_stray_path_is_a_clear_error(runs, tmp_path):
     refused = CliRunner().invoke(fed_app, ["compare", str(unfinished.path)])
     stray = CliRunner().invoke(fed_app, ["compare", str(tmp_path / "nowhere")])
 
-    assert refused.exit_code != 0 and "has not finished" in refused.output
-    assert stray.exit_code != 0 and "neither a run directory" in stray.output
+    refusal, complaint = " ".join(refused.output.split()), " ".join(stray.output.split())
+    assert refused.exit_code == 2 and "has not finished" in refusal and "--resume" in refusal
+    assert stray.exit_code == 2 and "neither a run directory" in complaint

@@ -28,8 +28,14 @@ def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
     for path in paths:
         if (path / "config.yaml").is_file():
             run = RunDir.open(path)
-            if _status(run) != "finished":
-                raise ConfigError(f"run `{path}` has not finished (status: {_status(run)})")
+            status = _status(run)
+            if status != "finished":
+                raise ConfigError(
+                    f"run `{path}` has not finished ({status}): resume it with "
+                    f"`trustvision fed run --resume {path}`"
+                    if status == "no summary.json yet"
+                    else f"run `{path}` has not finished: its status is `{status}`"
+                )
             chosen.append(run)
             continue
         if not path.is_dir():
@@ -97,4 +103,4 @@ def comparison_plots(runs: dict[str, RunDir], out: Path) -> list[Path]:
 
 
 def _status(run: RunDir) -> str:
-    return str(run.read_summary().get("status", "not finished"))
+    return str(run.read_summary().get("status", "no summary.json yet"))
