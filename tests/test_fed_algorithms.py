@@ -7,6 +7,7 @@ import torch
 
 from trustvision.config import load_config
 from trustvision.federated.algorithm import list_algorithms
+from trustvision.federated.client import client_context
 from trustvision.federated.config import FedConfig
 from trustvision.federated.etf import one_thread
 from trustvision.federated.evaluate import generic_evaluation
@@ -72,6 +73,28 @@ def test_every_algorithm_learns(tmp_path, algorithm):
         assert headline["generic_acc"] > 0.3, headline  # chance: 0.1
     assert headline["local_acc_unmasked"] > 0.3, headline
     assert headline["local_acc_masked"] >= headline["local_acc_unmasked"] - 1e-9
+
+
+@pytest.mark.parametrize("algorithm", list_algorithms())
+def test_a_client_trains_every_parameter_no_phase_fixes(tmp_path, algorithm):
+    # A parameter no phase trains must be frozen or fixed on purpose, never left out by
+    # mistake (FedLoGe's phi once was), and one round must change every one that trains.
+    session = build_session(small_config(tmp_path, algorithm))
+    algo, runner = session.algorithm, session.engine.runner
+    start, initial = algo.init_global(), algo.init_client(0, algo.init_global())
+    client = session.federation.clients[0]
+    phases = algo.phases(
+        client_context(client, round=0, global_state=start, device=torch.device("cpu"))
+    )
+    named = [name for name, _ in runner.workspace.net.named_parameters()]
+    fixed = {n for n in named if matches(n, algo.frozen) or any(matches(n, p.fix) for p in phases)}
+    trained = {n for n in named if n not in fixed and any(matches(n, p.train) for p in phases)}
+
+    update, personal = runner.fit(0, global_state=start, personal=initial, round=0, lr=0.02)
+
+    assert sorted(set(named) - fixed - trained) == []
+    before, after = {**start, **initial}, {**update.update, **personal}
+    assert [k for k in sorted(trained) if torch.equal(after[k], before[k])] == []
 
 
 @pytest.mark.parametrize("algorithm", PERSONAL)

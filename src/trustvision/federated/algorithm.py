@@ -174,9 +174,9 @@ class Algorithm:
         return loss
 
     def phases(self, ctx: ClientContext) -> list[Phase]:
-        """One phase: the whole model trains for `local_epochs` (frozen keys stay fixed)."""
+        """One phase: everything under `trains` trains for `local_epochs` (frozen keys stay fixed)."""
         return [
-            Phase(train=("model",), objective=self.objective(ctx), epochs=self.setup.local_epochs)
+            Phase(train=self.trains, objective=self.objective(ctx), epochs=self.setup.local_epochs)
         ]
 
     def finetune_phases(self, ctx: ClientContext) -> list[Phase]:
