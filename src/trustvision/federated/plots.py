@@ -39,15 +39,16 @@ def plot_rounds(history: list[dict], path: Path) -> Path:
 def plot_methods_per_round(histories: dict[str, list[dict]], path: Path) -> Path:
     """Generic and local (masked) accuracy against round, one line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for label, history in histories.items():
+    for i, (label, history) in enumerate(histories.items()):
         for ax, key in zip(axes, ("generic_acc", "local_acc_masked"), strict=True):
             rows = [r for r in history if _finite(r.get(key))]
-            if rows:
+            if rows:  # one colour per method in both panels, with or without a generic model
                 ax.plot(
                     [r["round"] for r in rows],
                     [100 * r[key] for r in rows],
                     "o-",
                     ms=2,
+                    color=f"C{i % 10}",
                     label=label,
                 )
     for ax, title in zip(axes, ("generic", "local (unseen classes masked)"), strict=True):
