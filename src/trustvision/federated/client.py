@@ -296,14 +296,15 @@ class ClientRunner:
         )
 
 
-def eval_from_generic(
-    client: ClientData, federation: Federation, *, generic_logits: Tensor
-) -> ClientEval:
-    """A client of a non-personalising algorithm: its local logits are the global model's."""
-    index = torch.as_tensor(client.test_indices)
-    return ClientEval(
-        client_id=client.client_id,
-        logits=generic_logits[index],
-        labels=federation.test_labels.cpu()[index],
-        seen=torch.from_numpy(client.class_counts > 0),
-    )
+def evals_from_generic(federation: Federation, *, generic_logits: Tensor) -> EvalResult:
+    """Every client with a local test set, for an algorithm that does not personalise: a
+    client's model is the global one, so its local logits are read off `generic_logits`."""
+    labels = federation.test_labels.cpu()
+    evals = []
+    for client in federation.clients:
+        if len(client.test_indices) == 0:
+            continue
+        index = torch.as_tensor(client.test_indices)
+        seen = torch.from_numpy(client.class_counts > 0)
+        evals.append(ClientEval(client.client_id, generic_logits[index], labels[index], seen))
+    return EvalResult(evals=evals, failures=[])

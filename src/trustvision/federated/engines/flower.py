@@ -61,7 +61,7 @@ from trustvision.federated.client import (
     ClientUpdate,
     EvalResult,
     FitResult,
-    eval_from_generic,
+    evals_from_generic,
 )
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation
@@ -166,14 +166,9 @@ class FlowerEngine:
         logits are read off `generic_logits`, as the in-process engine does. A client that
         fails to answer is left out of local accuracy and listed as a failure.
         """
-        clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
         if generic_logits is not None and not self.algorithm.personalised:
-            evals = [
-                eval_from_generic(c, self.federation, generic_logits=generic_logits)
-                for c in clients
-            ]
-            return EvalResult(evals=evals, failures=[])
-        ids = [c.client_id for c in clients]
+            return evals_from_generic(self.federation, generic_logits=generic_logits)
+        ids = [c.client_id for c in self.federation.clients if len(c.test_indices) > 0]
         result = EvalResult(evals=[], failures=[])
         for k, reply in self._ask(
             MessageType.EVALUATE, ids, global_state, round=round, lr=lr

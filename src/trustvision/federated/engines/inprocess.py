@@ -17,7 +17,7 @@ from trustvision.federated.client import (
     ClientUpdate,
     EvalResult,
     FitResult,
-    eval_from_generic,
+    evals_from_generic,
 )
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation
@@ -88,13 +88,9 @@ class InProcessEngine:
         its logits are read off `generic_logits` (the balanced test set's) when given. A
         client that raises is left out of local accuracy and listed as a failure.
         """
-        clients = [c for c in self.federation.clients if len(c.test_indices) > 0]
         if generic_logits is not None and not self.algorithm.personalised:
-            evals = [
-                eval_from_generic(c, self.federation, generic_logits=generic_logits)
-                for c in clients
-            ]
-            return EvalResult(evals=evals, failures=[])
+            return evals_from_generic(self.federation, generic_logits=generic_logits)
+        ids = [c.client_id for c in self.federation.clients if len(c.test_indices) > 0]
 
         def evaluate_one(k: int) -> ClientEval:
             personal = self._client_state(k, global_state)
@@ -102,7 +98,7 @@ class InProcessEngine:
                 k, global_state=global_state, personal=personal, round=round, lr=lr
             )
 
-        evals, failures = self._each([c.client_id for c in clients], evaluate_one)
+        evals, failures = self._each(ids, evaluate_one)
         return EvalResult(evals=evals, failures=failures)
 
     def _each(
