@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,10 @@ AUTHORS = {
 }
 
 
-def trustvision() -> str:
-    """The `trustvision` console script of this interpreter's environment."""
-    return str(Path(sys.executable).parent / "trustvision")
+def trustvision() -> list[str]:
+    """The `trustvision` console script of this interpreter's environment, or `python -m`."""
+    script = Path(sys.executable).parent / "trustvision"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "trustvision"]
 
 
 def finished_run(directory: Path) -> Path | None:
@@ -95,12 +97,12 @@ def train(setting: str, algorithm: str, seed: int, runs: Path, extra: list[str])
         return done
     started = sorted(p.parent for p in directory.glob("*/config.yaml"))
     if started and any((started[-1] / "checkpoints").iterdir()):
-        command = [trustvision(), "fed", "run", "--resume", str(started[-1])]
+        command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
     else:
         spec = SETTINGS[setting]
         choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
         command = [
-            trustvision(),
+            *trustvision(),
             "fed",
             "run",
             str(spec["config"]),
@@ -143,7 +145,14 @@ def numbers(run: Path) -> dict[str, Any]:
         "train_counts": summary["data"]["train_counts"],
         "rounds": summary["rounds"],
         "run": str(run),
+        "machine": where(summary["environment"]),
     }
+
+
+def where(environment: dict[str, Any]) -> str:
+    """The machine and device a run trained on, as its summary recorded them."""
+    device = environment.get("gpu") or environment["device"]
+    return f"{environment['machine']}; {device}; torch {environment['torch']}"
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -156,7 +165,9 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in COLUMNS] + ["seconds_per_round"]
-    return {key: mean_std([row[key] for row in per_seed]) for key in keys}
+    stats: dict[str, Any] = {key: mean_std([row[key] for row in per_seed]) for key in keys}
+    stats["machines"] = sorted({row["machine"] for row in per_seed})
+    return stats
 
 
 def cell(stat: dict[str, float], *, scale: float = 100.0, digits: int = 1) -> str:
@@ -189,7 +200,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             f"## {spec['title']}",
             "",
-            f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}.",
+            f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}. "
+            + trained_on(block["algorithms"]),
             "",
             "| algorithm | " + " | ".join(label for _, label in COLUMNS) + " | s/round |",
             "|---" * (len(COLUMNS) + 2) + "|",
@@ -225,6 +237,15 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         *(f"| {a} | {g} | {loc} |" for a, (g, loc) in AUTHORS.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def trained_on(rows: dict[str, Any]) -> str:
+    """Which machine trained which methods (the s/round column depends on it)."""
+    machines = sorted({m for row in rows.values() for m in row["machines"]})
+    parts = [
+        f"{m} ({', '.join(a for a, row in rows.items() if m in row['machines'])})" for m in machines
+    ]
+    return "Trained on: " + "; ".join(parts) + "."
 
 
 def verdict(rows: dict[str, Any]) -> list[str]:
@@ -284,16 +305,24 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 3 (Fashion), 1 (CIFAR)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/fed-compare")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once (one process and thread each)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args()
     started = time.perf_counter()
+    jobs = [
+        (setting, a, s)
+        for setting in args.settings
+        for a in args.algorithms
+        for s in args.seeds or SETTINGS[setting]["seeds"]
+    ]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {job: pool.submit(train, *job, args.runs, args.overrides) for job in jobs}
+        runs = {job: future.result() for job, future in futures.items()}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for setting in args.settings:
-        seeds = args.seeds or SETTINGS[setting]["seeds"]
-        raw[setting] = {
-            a: [numbers(train(setting, a, s, args.runs, args.overrides)) for s in seeds]
-            for a in args.algorithms
-        }
+    for (setting, a, _), run in runs.items():
+        raw.setdefault(setting, {}).setdefault(a, []).append(numbers(run))
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
         setting: {

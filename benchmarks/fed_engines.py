@@ -15,6 +15,11 @@ over the training-only rounds (round 1 warms up; only the last round evaluates, 
 left out); the floor times its steps. Peak memory is the largest sum of proportional set
 sizes (PSS) over the setting's process tree, sampled every 0.2 s.
 
+The in-process engine is compared with the floor run just before it: the two alternate
+`--repeats` times and the ratio reported is the median of those paired ratios, so a machine
+that speeds up or slows down during the benchmark (a shared host does) moves both sides.
+The Flower settings run once each and are compared with the median floor.
+
     .venv/bin/python benchmarks/fed_engines.py        # writes docs/results/federated-engines.{md,json}
     .venv/bin/python benchmarks/fed_engines.py --tiny --out /tmp/fed-engines   # a smoke run
 """
@@ -186,12 +191,49 @@ def measure(mode: str, algorithm: str, *, rounds: int, tiny: bool) -> dict:
     }
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """One line per (algorithm, mode): medians over repeats, ratios to the floor."""
+    lines = []
+    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+        mine = [r for r in rows if r["algorithm"] == algorithm]
+        floors = {r["repeat"]: r["median_round_seconds"] for r in mine if r["mode"] == "floor"}
+        median_floor = statistics.median(floors.values())
+        for mode in dict.fromkeys(r["mode"] for r in mine):
+            runs = [r for r in mine if r["mode"] == mode]
+            ratios = [
+                r["median_round_seconds"] / (floors[r["repeat"]] if len(runs) > 1 else median_floor)
+                for r in runs
+            ]
+            lines.append(
+                {
+                    "algorithm": algorithm,
+                    "mode": mode,
+                    "runs": len(runs),
+                    "rounds": len(runs[0]["round_seconds"]) + 2,
+                    "median_round_seconds": statistics.median(
+                        r["median_round_seconds"] for r in runs
+                    ),
+                    "min_round_seconds": min(min(r["round_seconds"]) for r in runs),
+                    "max_round_seconds": max(max(r["round_seconds"]) for r in runs),
+                    "vs_floor": statistics.median(ratios),
+                    "vs_floor_each": ratios,
+                    "peak_pss_mib": max(r["peak_pss_mib"] for r in runs),
+                }
+            )
+    return lines
+
+
 def write_report(rows: list[dict], *, machine: str, rounds: int, tiny: bool, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    floors = {r["algorithm"]: r["median_round_seconds"] for r in rows if r["mode"] == "floor"}
-    for r in rows:
-        r["vs_floor"] = r["median_round_seconds"] / floors[r["algorithm"]]
-    payload = {"machine": machine, "rounds": rounds, "tiny": tiny, "goals": GOALS, "rows": rows}
+    summary = summarise(rows)
+    payload = {
+        "machine": machine,
+        "rounds": rounds,
+        "tiny": tiny,
+        "goals": GOALS,
+        "summary": summary,
+        "runs": rows,
+    }
     (out / "federated-engines.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Federated engines: seconds per round and peak memory",
@@ -202,21 +244,28 @@ def write_report(rows: list[dict], *, machine: str, rounds: int, tiny: bool, out
         + (" **Tiny smoke setting (3 clients), not the benchmark.**" if tiny else ""),
         "",
         "Workload: `configs/fed/fmnist_lt_cpu.yaml` (Fashion-MNIST-LT, `mnist_cnn`, batch 8,",
-        f"2 local epochs) with 20 clients, all training every round; {rounds} rounds, of which",
-        "the first (warm-up) and the last (evaluated) are left out. One torch thread per process.",
-        "*floor* is the same client steps in a bare loop over batches made beforehand;",
-        "seconds are the median over the training rounds (min-max beside); peak memory is the",
-        "largest PSS sum over the setting's processes (Ray's and Flower's included).",
+        "2 local epochs) with 20 clients, all training every round. Of each run's rounds the",
+        "first (warm-up) and the last (evaluated) are left out. One torch thread per process.",
+        "*floor* is the same client steps in a bare loop over batches made beforehand. The",
+        "floor and the in-process engine alternate (runs = how many of each); their ratio is the",
+        "median of the ratios of each in-process run to the floor run just before it (each",
+        "ratio in the last column). Flower runs once and is compared with the median floor.",
+        "s / round: median over runs of each run's median; min-max over all measured rounds;",
+        "peak memory: the largest PSS sum over the setting's processes (Ray's and Flower's).",
         "",
-        "| algorithm | setting | s / round | min-max | x floor | goal | peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| algorithm | setting | runs x rounds | s / round | min-max | x floor | goal | "
+        "peak MiB | each ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
+    for r in summary:
         goal = GOALS.get(r["mode"])
+        verdict = "" if goal is None else (" (met)" if r["vs_floor"] <= goal else " (NOT met)")
         lines.append(
-            f"| {r['algorithm']} | {r['mode']} | {r['median_round_seconds']:.2f} "
-            f"| {min(r['round_seconds']):.2f}-{max(r['round_seconds']):.2f} | {r['vs_floor']:.2f} "
-            f"| {f'<= {goal:.2f}' if goal else '-'} | {r['peak_pss_mib']:.0f} |"
+            f"| {r['algorithm']} | {r['mode']} | {r['runs']} x {r['rounds']} "
+            f"| {r['median_round_seconds']:.2f} "
+            f"| {r['min_round_seconds']:.2f}-{r['max_round_seconds']:.2f} | {r['vs_floor']:.2f} "
+            f"| {f'<= {goal:.2f}{verdict}' if goal else '-'} | {r['peak_pss_mib']:.0f} "
+            f"| {', '.join(f'{x:.3f}' for x in r['vs_floor_each'])} |"
         )
     lines.append("")
     (out / "federated-engines.md").write_text("\n".join(lines))
@@ -227,6 +276,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=7, help="rounds per run (2 are left out)")
+    parser.add_argument(
+        "--deploy-rounds", type=int, default=5, help="rounds of the (slow) deployment runs"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating floor / in-process pairs"
+    )
     parser.add_argument("--tiny", action="store_true", help="3 clients, small subsets: a smoke run")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
@@ -236,8 +291,8 @@ def main() -> None:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rounds < 3:
-        parser.error("--rounds must be at least 3: the first and the last are left out")
+    if min(args.rounds, args.deploy_rounds) < 3:
+        parser.error("--rounds and --deploy-rounds must be at least 3: two rounds are left out")
     if args.child:
         runs = overrides(
             algorithm=args.algorithm,
@@ -256,9 +311,15 @@ def main() -> None:
     machine = f"{env['machine']}, {os.cpu_count()} CPUs, torch {env['torch']}"
     rows = []
     for algorithm in args.algorithms:
-        for mode in ("floor", *(m for m in args.modes if m != "floor")):
-            print(f"{algorithm} / {mode} ...", flush=True)
-            rows.append(measure(mode, algorithm, rounds=args.rounds, tiny=args.tiny))
+        paired = ["floor", *(["inprocess"] if "inprocess" in args.modes else [])]
+        schedule = [(mode, repeat) for repeat in range(args.repeats) for mode in paired]
+        schedule += [(mode, 0) for mode in args.modes if mode not in paired]
+        for mode, repeat in schedule:
+            rounds = args.deploy_rounds if mode == "flower-deploy" else args.rounds
+            print(f"{algorithm} / {mode} (repeat {repeat + 1}) ...", flush=True)
+            rows.append(
+                {**measure(mode, algorithm, rounds=rounds, tiny=args.tiny), "repeat": repeat}
+            )
             print(
                 f"  {rows[-1]['median_round_seconds']:.2f} s/round, {rows[-1]['peak_pss_mib']:.0f} MiB"
             )

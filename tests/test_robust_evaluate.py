@@ -19,6 +19,7 @@ from trustvision.robust.evaluate import (
     check_autoattack_vs_pgd,
     check_eps_growth,
     check_square,
+    clean_correct,
     model_info,
 )
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
@@ -163,3 +164,25 @@ def test_autoattack_flags_are_quiet_for_a_deterministic_logit_model():
     model = base(0)
     x, y = labelled(model)
     assert autoattack_flags(model, x, y, attacks=["apgd-ce", "apgd-t"]) == []
+
+
+class _DeviceProbe(nn.Module):
+    """Records the device of every input batch; its only tensor lives on the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("marker", torch.empty(1, device="meta"))
+        self.seen: list[torch.device] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.device)
+        return torch.zeros(len(x), 3)
+
+
+def test_clean_correct_sends_batches_to_the_models_device_and_answers_on_the_cpu():
+    probe = _DeviceProbe()
+    correct = clean_correct(
+        probe, torch.rand(7, 1, 2, 2), torch.zeros(7, dtype=torch.long), batch_size=3
+    )
+    assert probe.seen == [torch.device("meta")] * 3
+    assert correct.device.type == "cpu" and correct.all()

@@ -273,7 +273,7 @@ def _bias_sweep(
     points = []
     for bias in cfg.mixnet.bias_sweep:
         mix.gamma_bias.fill_(bias)
-        clean = float(clean_correct(mix, x, y, device=device).float().mean())
+        clean = float(clean_correct(mix, x, y).float().mean())
         rob, seconds = robust_accuracy(
             mix, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed
         )
@@ -319,7 +319,7 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
     dataset = load_data(data)
     run, _ = open_run(run_path, root=cfg.runs_dir, name=cfg.name, config=cfg)
     x_all, y_all = test_pixels(dataset, count=settings.test_subset)
-    clean = clean_correct(model, x_all, y_all, device=device)
+    clean = clean_correct(model, x_all, y_all)
     log(f"clean accuracy {clean.float().mean():.2%} on {len(y_all)} test images")
     x, y = test_pixels(dataset, count=settings.subset)
     x, y = x.to(device), y.to(device)

@@ -28,6 +28,7 @@ from trustvision.robust.autoattack import (
     predict_labels,
 )
 from trustvision.robust.config import EvalSettings
+from trustvision.robust.pixels import logits_of
 from trustvision.robust.stats import clopper_pearson
 
 SQUARE_ALPHA = 0.002  # AutoAttack's check_square_sr threshold
@@ -46,18 +47,9 @@ def test_pixels(dataset: Dataset, *, count: int | None = None) -> tuple[Tensor, 
     return x, torch.from_numpy(dataset.test.labels[:end].copy()).long()
 
 
-@torch.no_grad()
-def clean_correct(
-    model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500, device: Any = "cpu"
-) -> Tensor:
-    """Per-image correctness on clean images (evaluated on `device` in batches)."""
-    pred = torch.cat(
-        [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    return pred == y
+def clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> Tensor:
+    """Per-image correctness on clean images, on the CPU (the model runs where it lives)."""
+    return logits_of(model, x, batch_size=batch_size).argmax(1) == y.cpu()
 
 
 def pgd_accuracy(

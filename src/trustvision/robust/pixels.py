@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -51,3 +53,17 @@ def freeze(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer: where its inputs must go."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> Tensor:
+    """Logits of `x`, computed in batches on the model's device, returned on the CPU."""
+    device = device_of(model)
+    return torch.cat(
+        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    )

@@ -11,20 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from trustvision.robust.autoattack import attack_chunk, build_attackers
 from trustvision.robust.config import SweepSettings
 from trustvision.robust.mixing import MixedClassifier, log_weights, mix_log_probs
-
-
-@torch.no_grad()
-def logits_of(model: nn.Module, x: Tensor, *, batch_size: int = 500, device: Any = "cpu") -> Tensor:
-    """Logits of `x` in batches, on the CPU."""
-    return torch.cat(
-        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    )
+from trustvision.robust.pixels import logits_of
 
 
 def clean_accuracy_at(
