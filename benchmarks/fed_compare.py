@@ -203,26 +203,23 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}. "
             + trained_on(block["algorithms"]),
             "",
-            "| algorithm | " + " | ".join(label for _, label in COLUMNS) + " | s/round |",
-            "|---" * (len(COLUMNS) + 2) + "|",
+            "| algorithm | seeds | " + " | ".join(label for _, label in COLUMNS) + " | s/round |",
+            "|---" * (len(COLUMNS) + 3) + "|",
         ]
         for algorithm, row in block["algorithms"].items():
             cells = [cell(row[key]) for key, _ in COLUMNS]
             seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
-            lines.append(f"| {algorithm} | " + " | ".join(cells) + f" | {seconds} |")
+            seeds = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
+            lines.append(f"| {algorithm} | {seeds} | " + " | ".join(cells) + f" | {seconds} |")
         lines += ["", *verdict(block["algorithms"])]
         lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
         for plot in block["plots"]:
             lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
-    missing_settings = [SETTINGS[name]["title"] for name in SETTINGS if name not in results]
-    missing_algorithms = [
-        a for a in ALGORITHMS if not all(a in block["algorithms"] for block in results.values())
-    ]
-    if missing_settings or missing_algorithms:
+    if meta["missing"]:
         lines += ["", "## Not run yet", ""]
-        lines += [f"- setting: {title}" for title in missing_settings]
-        if missing_algorithms:
-            lines.append(f"- algorithms: {', '.join(missing_algorithms)}")
+        for setting in dict.fromkeys(setting for setting, _, _ in meta["missing"]):
+            runs = [f"{a} seed {s}" for name, a, s in meta["missing"] if name == setting]
+            lines.append(f"- {SETTINGS[setting]['title']}: {', '.join(runs)}")
     lines += [
         "",
         "## The authors' numbers",
@@ -308,6 +305,11 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs trained at once (one process and thread each)"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the finished runs and list the missing ones",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -317,9 +319,13 @@ def main() -> None:
         for a in args.algorithms
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {job: pool.submit(train, *job, args.runs, args.overrides) for job in jobs}
-        runs = {job: future.result() for job, future in futures.items()}
+    if args.report_only:
+        found = {job: finished_run(args.runs / job[0] / job[1] / f"seed{job[2]}") for job in jobs}
+        runs = {job: run for job, run in found.items() if run is not None}
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {job: pool.submit(train, *job, args.runs, args.overrides) for job in jobs}
+            runs = {job: future.result() for job, future in futures.items()}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for (setting, a, _), run in runs.items():
         raw.setdefault(setting, {}).setdefault(a, []).append(numbers(run))
@@ -337,6 +343,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "wall_seconds": time.perf_counter() - started,
+        "missing": [job for job in jobs if job not in runs],
     }
     (args.out / "federated.md").write_text(markdown(results, meta))
     (args.out / "federated.json").write_text(

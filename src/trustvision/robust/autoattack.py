@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from trustvision.robust.config import STANDARD_ATTACKS, APGDSettings
 from trustvision.robust.mixing import AdaptiveMixedClassifier
+from trustvision.robust.pixels import device_of
 
 ADAPTIVE_ATTACKS = ("adaptive-apgd-ce", "adaptive-apgd-t")
 
@@ -115,13 +116,14 @@ def build_attackers(
     custom: APGDSettings | None = None,
     adaptive_weight: float | None = None,
     seed: int = 0,
-    device: torch.device | str = "cpu",
 ) -> AttackerSet:
-    """AutoAttack's attacks for `model` (standard, or `custom` iterations and attacks).
+    """AutoAttack's attacks for `model` (standard, or `custom` iterations and attacks), run on
+    the model's device.
 
     With `adaptive_weight` (for a model with `forward_with_gamma`), the adaptive APGD-CE and
     APGD-T are appended; they attack the same model through a `GammaTap`.
     """
+    device = device_of(model)
     aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=device)
     attacks: dict[str, Any] = {
         "apgd-ce": aa.apgd,
@@ -187,6 +189,7 @@ class ChunkResult:
         }
 
 
+@torch.no_grad()
 @torch.no_grad()
 def predict_labels(model: nn.Module, x: Tensor, *, batch_size: int) -> Tensor:
     """Predicted classes of `x`, in batches."""

@@ -331,7 +331,6 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
         custom=settings.custom,
         adaptive_weight=settings.adaptive_weight if adaptive else None,
         seed=cfg.seed,
-        device=device,
     )
     # Chunk i always holds the same images, so a larger `subset` reuses every finished chunk.
     keep = settings.model_dump(mode="json", exclude={"subset", "test_subset"})

@@ -75,7 +75,7 @@ def alpha_sweep(
         rob_acc, seconds = robust_accuracy(mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed)
         point = {
             "alpha": alpha,
-            "clean_acc": clean_accuracy_at(logits_std, logits_rob, y, alpha=alpha, **temps),
+            "clean_acc": clean_accuracy_at(logits_std, logits_rob, y.cpu(), alpha=alpha, **temps),
             "robust_acc": rob_acc,
             "seconds": seconds,
         }
