@@ -18,12 +18,12 @@ import argparse
 import json
 import math
 import multiprocessing
-import os
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from common import mean_std
 
 ROOT = Path(__file__).parents[1]
 CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
@@ -123,15 +123,6 @@ def bench_seed(path: str) -> dict[str, Any]:
 
     done = Path(path) / BENCH_JSON
     return json.loads(done.read_text()) if done.is_file() else bench_run(RunDir(path))
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
 
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,14 +379,9 @@ def plot(table: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    """The processor and core count of this machine."""
-    from trustvision.train.runs import cpu_name
-
-    return f"{cpu_name()}, {os.cpu_count()} cores, no GPU"
-
-
 def main() -> None:
+    from trustvision.train.runs import machine_summary
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -430,7 +416,7 @@ def main() -> None:
         for dataset in table:
             latency[dataset] = bench_seed(table[dataset]["runs"][0])
     meta = {
-        "machine": machine(),
+        "machine": machine_summary(),
         "date": time.strftime("%Y-%m-%d"),
         "seeds": args.seeds,
         "epochs_scale": args.epochs_scale,

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common import mean_std
+
 ROOT = Path(__file__).parents[1]
 CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -155,14 +157,6 @@ def where(environment: dict[str, Any]) -> str:
     return f"{environment['machine']}; {device}; torch {environment['torch']}"
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-    if not finite:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
-
-
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in COLUMNS] + ["seconds_per_round"]
     stats: dict[str, Any] = {key: mean_std([row[key] for row in per_seed]) for key in keys}
@@ -287,13 +281,9 @@ def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> li
     return [str(rounds_png), str(per_class)]
 
 
-def machine() -> str:
-    from trustvision.train.runs import cpu_name
-
-    return f"{cpu_name()}, {os.cpu_count()} cores, no GPU"
-
-
 def main() -> None:
+    from trustvision.train.runs import machine_summary
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -341,7 +331,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/fed_compare.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "machine": machine_summary(),
         "wall_seconds": time.perf_counter() - started,
         "missing": [job for job in jobs if job not in runs],
     }

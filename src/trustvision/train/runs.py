@@ -126,6 +126,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_summary() -> str:
+    """Processor, core count and GPU of this machine, for the heading of a benchmark report."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {gpu}"
+
+
 def environment_info(device: torch.device) -> dict[str, Any]:
     """Versions and machine facts that make a number reproducible."""
     info: dict[str, Any] = {
