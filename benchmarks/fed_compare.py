@@ -11,6 +11,8 @@ accuracy against training frequency).
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
     .venv/bin/python benchmarks/fed_compare.py --settings fmnist --seeds 0 \\
         --algorithms fedavg fedloge
+    .venv/bin/python benchmarks/fed_compare.py --jobs 4     # four runs at once (four cores)
+    .venv/bin/python benchmarks/fed_compare.py --report-only  # rewrite the docs, train nothing
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def train(setting: str, algorithm: str, seed: int, runs: Path, extra: list[str])
     if done is not None:
         return done
     started = sorted(p.parent for p in directory.glob("*/config.yaml"))
-    if started and any((started[-1] / "checkpoints").iterdir()):
+    checkpoints = started[-1] / "checkpoints" if started else None
+    if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
         command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
     else:
         spec = SETTINGS[setting]

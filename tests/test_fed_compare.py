@@ -1,13 +1,12 @@
 """`trustvision fed compare`: the newest finished run of each algorithm, side by side."""
 
 import pytest
+from fed_tiny import tiny_config
 from typer.testing import CliRunner
 
-from trustvision.config import load_config
 from trustvision.federated import cli
 from trustvision.federated.cli import fed_app
 from trustvision.federated.compare import comparison, finished_runs
-from trustvision.federated.config import FedConfig
 from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import run_federated
 
@@ -25,23 +24,7 @@ def wide_console(monkeypatch):
 
 
 def tiny(tmp_path, algorithm, *extra):
-    args = [
-        f"runs_dir={tmp_path}",
-        "device=cpu",
-        "data.name=fashion-mnist",
-        "data.imbalance_factor=10",
-        "data.train_subset=300",
-        "data.test_subset=200",
-        "data.batch_size=32",
-        "model.name=mnist_cnn",
-        "num_clients=3",
-        "participation=0.67",
-        "rounds=2",
-        "local_epochs=1",
-        f"algorithm={algorithm}",
-        *extra,
-    ]
-    return load_config(FedConfig, None, args)
+    return tiny_config(tmp_path, "data.imbalance_factor=10", f"algorithm={algorithm}", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import signal
 import time
 from functools import partial
 
+import fed_tiny
 import pytest
 import torch
 from flwr.app import Context, MessageType, RecordDict
@@ -49,23 +50,14 @@ def single_thread():
 
 
 def tiny_args(tmp_path, *extra):
-    return [
-        f"runs_dir={tmp_path}",
-        "device=cpu",
-        "data.name=fashion-mnist",
-        "data.train_subset=300",
-        "data.test_subset=200",
-        "data.batch_size=32",
-        "model.name=mnist_cnn",
-        "num_clients=3",
-        "participation=0.67",
+    return fed_tiny.tiny_args(
+        tmp_path,
         "rounds=3",
-        "local_epochs=1",
         "eval_every=1",
         "algorithm.name=fedloge",
         "algorithm.options.ssec_steps=20",
         *extra,
-    ]
+    )
 
 
 def tiny_config(tmp_path, *extra):
