@@ -305,10 +305,9 @@ def main() -> None:
 
     import torch
 
-    from trustvision.train.runs import environment_info
+    from trustvision.train.runs import machine_summary
 
-    env = environment_info(torch.device("cpu"))
-    machine = f"{env['machine']}, {os.cpu_count()} CPUs, torch {env['torch']}"
+    machine = f"{machine_summary()}, torch {torch.__version__}"
     rows = []
     for algorithm in args.algorithms:
         paired = ["floor", *(["inprocess"] if "inprocess" in args.modes else [])]

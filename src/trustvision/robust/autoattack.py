@@ -190,7 +190,6 @@ class ChunkResult:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_labels(model: nn.Module, x: Tensor, *, batch_size: int) -> Tensor:
     """Predicted classes of `x`, in batches."""
     return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])

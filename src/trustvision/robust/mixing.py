@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustvision.robust.pixels import Normalized, freeze
+from trustvision.robust.pixels import Normalized, device_of, freeze
 
 
 def mix_log_probs(
@@ -239,7 +239,7 @@ def build_adaptive(
     mixnet = MixingNetwork(
         low_channels=std_ch[0] + rob_ch[0], high_channels=std_ch[1] + rob_ch[1], width=width
     )
-    device = next(robust.parameters()).device
+    device = device_of(robust)
     return AdaptiveMixedClassifier(
         standard,
         robust,
