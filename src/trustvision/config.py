@@ -120,6 +120,9 @@ class DataConfig(StrictModel):
     source: str | None = None  # a local file or folder to read the data set from (`--from`)
     train_subset: int | None = Field(default=None, gt=0)  # a seeded random subset of train
     test_subset: int | None = Field(default=None, gt=0)  # the first N test images
+    # Hold out N training images (the same ones for every seed) and evaluate on them in
+    # place of the test set: for choosing settings without looking at the test set.
+    validation: int | None = Field(default=None, gt=0)
     imbalance_factor: float | None = Field(default=None, ge=1)  # long-tailed train set (Cao et al.)
     batch_size: int = Field(default=128, gt=0)
     eval_batch_size: int = Field(default=1000, gt=0)

@@ -27,7 +27,7 @@ from trustvision.compact.export import (
     torch_logits,
 )
 from trustvision.compact.train import WEIGHTS, load_deployed
-from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import derive_seed
 from trustvision.errors import TrustvisionError
 from trustvision.train.runs import RunDir, cpu_name
@@ -56,7 +56,7 @@ def calibration_pixels(dataset: Dataset, *, count: int, seed: int) -> np.ndarray
 def export_run(run: RunDir) -> dict[str, Any]:
     """Export the deployed model to ONNX fp32 and int8, check both on the test set, record it."""
     cfg, model, _ = load_deployed(run)
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_data(cfg.data)
     deployable = Deployable(model, mean=dataset.mean, std=dataset.std).eval()
     out = run.path / EXPORT_DIR
     out.mkdir(exist_ok=True)
@@ -154,7 +154,7 @@ def bench_run(run: RunDir) -> dict[str, Any]:
         if (out / EXPORT_JSON).is_file()
         else export_run(run)
     )
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_data(cfg.data)
     deployable = Deployable(model, mean=dataset.mean, std=dataset.std).eval()
     image = pixels(dataset.test.images[0])
     rows = latency(

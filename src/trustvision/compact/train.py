@@ -44,7 +44,7 @@ from trustvision.compact.unfreeze import (
 )
 from trustvision.compact.unify import average_states, recalibrate_bn, unify
 from trustvision.config import OptimConfig, dump_config, load_config
-from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import BatchLoader, build_loaders, derive_seed
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier, create_model, model_arguments
@@ -114,7 +114,7 @@ def check_budget(model: ImageClassifier, *, budget: int, name: str) -> int:
 def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
     """Load the data, build the loaders and check the budget (before any training)."""
     device = select_device(cfg.device)
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_data(cfg.data)
     check_budget(
         build_model(cfg, num_classes=dataset.num_classes, image_shape=dataset.image_shape),
         budget=cfg.budget,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trustvision.data.readers import Progress
 from trustvision.data.sources import fetch, read_meta
-from trustvision.errors import ChecksumError
+from trustvision.errors import ChecksumError, ConfigError
+
+if TYPE_CHECKING:
+    from trustvision.config import DataConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +65,38 @@ def load_dataset(
         name, from_path=from_path, cache_dir=cache_dir, image_size=image_size, progress=progress
     )
     return open_cached(folder)
+
+
+VALIDATION_SEED = 20_261_125  # one held-out set for every run and seed
+
+
+def hold_out(dataset: Dataset, count: int) -> Dataset:
+    """`dataset` with `count` training images (a fixed random choice) as its test split.
+
+    The rest of the training split stays the training split; the real test split is not
+    used. Mean and std stay those of the whole training split.
+    """
+    n = len(dataset.train)
+    if not 0 < count < n:
+        raise ConfigError(
+            f"`data.validation={count}` must be between 1 and {n - 1}: "
+            f"{dataset.name} has {n:,} training images"
+        )
+    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
+    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    images, labels = dataset.train.images, dataset.train.labels
+    return replace(
+        dataset,
+        train=ArraySplit(images[kept], labels[kept]),
+        test=ArraySplit(images[held], labels[held]),
+        variant=f"{dataset.variant}, validation: {count} held-out training images",
+    )
+
+
+def load_data(cfg: DataConfig, *, source: str | Path | None = None) -> Dataset:
+    """The data set of `cfg` (read from `source` or `cfg.source`), with `cfg.validation` applied."""
+    dataset = load_dataset(cfg.name, from_path=source or cfg.source)
+    return hold_out(dataset, cfg.validation) if cfg.validation else dataset
 
 
 def open_cached(folder: Path) -> Dataset:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trustvision.config import OptimConfig, load_config
-from trustvision.data.dataset import load_dataset
+from trustvision.data.dataset import load_data
 from trustvision.data.loader import derive_seed
 from trustvision.errors import ConfigError, DivergenceError, FederationError
 from trustvision.federated.algorithm import Algorithm, Setup, algorithm_class
@@ -103,7 +103,7 @@ def build_parts(
     """
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
-    dataset = load_dataset(cfg.data.name, from_path=source or cfg.data.source)
+    dataset = load_data(cfg.data, source=source)
     federation = build_federation(
         dataset,
         cfg.data,

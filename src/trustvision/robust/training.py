@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from trustvision.config import load_config
-from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import build_loaders, derive_seed
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
@@ -72,7 +72,7 @@ def train_robust(
     apply_threads(cfg.threads)
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_data(cfg.data)
     train_loader, test_loader, counts = build_loaders(
         dataset, cfg.data, seed=cfg.seed, device=device, normalize=False
     )

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from trustvision.config import TrainConfig, load_config
-from trustvision.data.dataset import load_dataset
+from trustvision.data.dataset import load_data
 from trustvision.data.loader import build_loaders, derive_seed
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
@@ -26,7 +26,7 @@ def train_model(
     """Train `cfg.model` on `cfg.data`; with `resume_dir`, continue that run from its last checkpoint."""
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
-    dataset = load_dataset(cfg.data.name, from_path=cfg.data.source)
+    dataset = load_data(cfg.data)
     train_loader, test_loader, train_counts = build_loaders(
         dataset, cfg.data, seed=cfg.seed, device=device
     )

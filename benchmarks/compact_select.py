@@ -1,0 +1,137 @@
+"""Choose the compact method's settings on held-out training images, never on the test set.
+
+For every data set and candidate setting, trains the plain baseline and the full method
+(seed 0) on the training split minus 5,000 held-out images (`data.validation`), then the
+full row again from the same stage 1 with the other unification mode, and reports every
+model's top-1 on the held-out images. The settings that benchmarks/compact.py uses are
+chosen from this table (see docs/compact.md). A finished run is skipped, an interrupted one
+resumes. Writes docs/results/compact-selection.{md,json}.
+
+    .venv/bin/python benchmarks/compact_select.py --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from compact import CONFIGS, LineReporter, overrides
+
+ROOT = Path(__file__).parents[1]
+VALIDATION = 5000
+# Candidate settings: config overrides on top of configs/compact/<data set>.yaml.
+SETTINGS: dict[str, list[str]] = {
+    "weight decay 5e-4 (configs)": [],
+    "weight decay 5e-5": ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
+}
+OTHER_MODE = {"augmented": "original", "original": "augmented"}
+
+
+def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, Any]:
+    """Train plain + full with one setting on the held-out split; the other unification too."""
+    import torch
+
+    from trustvision.compact.config import CompactConfig
+    from trustvision.compact.train import train_compact, unify_variant
+    from trustvision.config import load_config, read_yaml
+    from trustvision.train.runs import RunDir
+
+    torch.set_num_threads(1)
+    base = read_yaml(CONFIGS[dataset])
+    extra = [
+        *overrides(dataset, seed, 1.0, base),
+        *SETTINGS[setting],
+        f"data.validation={VALIDATION}",
+        "rows=[plain,full]",
+    ]
+    cfg = load_config(CompactConfig, CONFIGS[dataset], extra)
+    slug = "-".join(setting.split()[:3]).replace("(", "")
+    path = Path(runs) / dataset / f"{slug}-seed{seed}"
+    run = RunDir(path)
+    if run.read_summary().get("status") != "finished":
+        train_compact(cfg, run_dir=path, reporter=LineReporter(f"{dataset} {setting}"))
+    summary = run.read_summary()
+    other = OTHER_MODE[cfg.unify.mode]
+    variant = unify_variant(run, mode=other)
+    return {
+        "dataset": dataset,
+        "setting": setting,
+        "overrides": SETTINGS[setting],
+        "path": str(path),
+        "top1": {
+            "plain": 100 * summary["rows"]["plain"]["top1"],
+            f"full, unify = {cfg.unify.mode}": 100 * summary["rows"]["full"]["top1"],
+            f"full, unify = {other}": 100 * variant["test"]["top1"],
+            **{
+                f"stage 1 only: {name}": 100 * value
+                for name, value in summary["dual"]["branches"].items()
+            },
+        },
+        "variant": summary["data"]["variant"],
+    }
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """One table per data set: setting x model, top-1 on the held-out images."""
+    lines = [
+        "# Lightweight CNNs: settings chosen on held-out training images",
+        "",
+        f"Written by `benchmarks/compact_select.py` on {meta['machine']}, {meta['date']}, in "
+        f"{meta['wall_seconds'] / 60:.0f} min. Seed {meta['seed']}; every model trained on the "
+        f"training split minus {VALIDATION:,} held-out images (the same images for every "
+        "model) and scored on those; the test set is not read. Epochs and everything not "
+        "named are those of `configs/compact/<data set>.yaml`. One seed: differences of a few "
+        "tenths of a point are within seed noise (docs/results/compact.md gives the spread).",
+    ]
+    for dataset in dict.fromkeys(r["dataset"] for r in results):
+        rows = [r for r in results if r["dataset"] == dataset]
+        models = list(dict.fromkeys(m for r in rows for m in r["top1"]))
+        lines += ["", f"## {dataset}", "", "| setting | " + " | ".join(models) + " |"]
+        lines.append("|---|" + "---|" * len(models))
+        for r in rows:
+            cells = [f"{r['top1'][m]:.2f}" if m in r["top1"] else "-" for m in models]
+            lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from trustvision.train.runs import machine_summary
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (1 thread each)")
+    parser.add_argument("--runs", default=str(ROOT / "runs/compact-select"))
+    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    args = parser.parse_args()
+    jobs = [(d, s, args.seed, args.runs) for d in args.datasets for s in args.settings]
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        results = list(pool.map(run_setting, *zip(*jobs, strict=True)))
+    meta = {
+        "machine": machine_summary(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "validation": VALIDATION,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compact-selection.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
+    )
+    (out / "compact-selection.md").write_text(markdown(results, meta) + "\n")
+    print(markdown(results, meta))
+
+
+if __name__ == "__main__":
+    main()
