@@ -46,10 +46,20 @@ ROWS = {
 
 
 def overrides(dataset: str, seed: int, scale: float, base: dict[str, Any]) -> list[str]:
-    """Config overrides of one seed: the seed, scaled epochs, the CIFAR-10 zip."""
+    """Config overrides of one seed: the seed, scaled epochs, the CIFAR-10 zip.
+
+    The unfreezing schedule scales with the epochs, so a group still joins at the same
+    fraction of stage 2.
+    """
     dual = max(1, round(base["dual"]["epochs"] * scale))
     finetune = max(1, round(base["finetune"]["epochs"] * scale))
-    extra = [f"seed={seed}", f"dual.epochs={dual}", f"finetune.epochs={finetune}"]
+    per_group = max(1, round(base["finetune"].get("epochs_per_group", 1) * scale))
+    extra = [
+        f"seed={seed}",
+        f"dual.epochs={dual}",
+        f"finetune.epochs={finetune}",
+        f"finetune.epochs_per_group={per_group}",
+    ]
     if dataset == "cifar10":
         extra.append(f"data.source={CIFAR_ZIP}")
     return extra

@@ -24,10 +24,17 @@ from compact import CONFIGS, LineReporter, overrides
 
 ROOT = Path(__file__).parents[1]
 VALIDATION = 5000
-# Candidate settings: config overrides on top of configs/compact/<data set>.yaml.
-SETTINGS: dict[str, list[str]] = {
-    "weight decay 5e-4 (configs)": [],
-    "weight decay 5e-5": ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
+# Candidate settings: an epochs scale (both stages and the plain row, as
+# `benchmarks/compact.py --epochs-scale`) and config overrides, on top of
+# configs/compact/<data set>.yaml.
+SETTINGS: dict[str, tuple[float, list[str]]] = {
+    "weight decay 5e-4 (configs)": (1.0, []),
+    "weight decay 5e-5": (
+        1.0,
+        ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
+    ),
+    "twice the epochs": (2.0, []),
+    "stage-2 peak lr 0.05": (1.0, ["finetune.optim.lr=0.05"]),
 }
 OTHER_MODE = {"augmented": "original", "original": "augmented"}
 
@@ -43,9 +50,10 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
 
     torch.set_num_threads(1)
     base = read_yaml(CONFIGS[dataset])
+    scale, setting_overrides = SETTINGS[setting]
     extra = [
-        *overrides(dataset, seed, 1.0, base),
-        *SETTINGS[setting],
+        *overrides(dataset, seed, scale, base),
+        *setting_overrides,
         f"data.validation={VALIDATION}",
         "rows=[plain,full]",
     ]
@@ -61,8 +69,10 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
     return {
         "dataset": dataset,
         "setting": setting,
-        "overrides": SETTINGS[setting],
+        "epochs_scale": scale,
+        "overrides": setting_overrides,
         "path": str(path),
+        "epochs": {row: summary["rows"][row]["epochs"] for row in summary["rows"]},
         "top1": {
             "plain": 100 * summary["rows"]["plain"]["top1"],
             f"full, unify = {cfg.unify.mode}": 100 * summary["rows"]["full"]["top1"],
@@ -84,18 +94,19 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Written by `benchmarks/compact_select.py` on {meta['machine']}, {meta['date']}, in "
         f"{meta['wall_seconds'] / 60:.0f} min. Seed {meta['seed']}; every model trained on the "
         f"training split minus {VALIDATION:,} held-out images (the same images for every "
-        "model) and scored on those; the test set is not read. Epochs and everything not "
-        "named are those of `configs/compact/<data set>.yaml`. One seed: differences of a few "
+        "model) and scored on those; the test set is not read. Everything a setting does not "
+        "name is as in `configs/compact/<data set>.yaml`; 'epochs' is stage 1 + stage 2 (the "
+        "plain row trains as many). One seed: differences of a few "
         "tenths of a point are within seed noise (docs/results/compact.md gives the spread).",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
         models = list(dict.fromkeys(m for r in rows for m in r["top1"]))
-        lines += ["", f"## {dataset}", "", "| setting | " + " | ".join(models) + " |"]
-        lines.append("|---|" + "---|" * len(models))
+        lines += ["", f"## {dataset}", "", "| setting | epochs | " + " | ".join(models) + " |"]
+        lines.append("|---|---|" + "---|" * len(models))
         for r in rows:
             cells = [f"{r['top1'][m]:.2f}" if m in r["top1"] else "-" for m in models]
-            lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r['setting']} | {r['epochs']['full']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
