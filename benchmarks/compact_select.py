@@ -35,6 +35,7 @@ SETTINGS: dict[str, tuple[float, list[str]]] = {
     ),
     "twice the epochs": (2.0, []),
     "stage-2 peak lr 0.05": (1.0, ["finetune.optim.lr=0.05"]),
+    "stage 2 on original images": (1.0, ["finetune.augment_prob=0"]),
 }
 OTHER_MODE = {"augmented": "original", "original": "augmented"}
 

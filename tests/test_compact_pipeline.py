@@ -83,6 +83,27 @@ def test_unify_variant_reuses_the_trained_stage_one(finished: Path) -> None:
     assert (finished / "model.safetensors").read_bytes() == deployed
 
 
+def test_stage_two_draws_its_batches_with_finetune_augment_prob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustvision.compact import train as train_module
+
+    made: list[tuple[str, float]] = []
+    real = train_module.AugmentedBatches
+
+    def recording(base, *, mode, prob, seed):
+        made.append((mode, prob))
+        return real(base, mode=mode, prob=prob, seed=seed)
+
+    monkeypatch.setattr(train_module, "AugmentedBatches", recording)
+    cfg = small(tmp_path, "rows=[full]", "finetune.augment_prob=0", "unify.mode=original")
+    train_compact(cfg, run_dir=tmp_path / "run")
+
+    # stage 1 pairs, then BatchNorm re-estimation batches and stage 2 at the stage-2 rate
+    assert ("pair", 0.5) in made and made[-1] == ("mixed", 0.0)
+    assert ("mixed", 0.5) in made  # branch accuracies re-estimate BN on the run's mixture
+
+
 def test_a_different_config_cannot_continue_a_run(finished: Path) -> None:
     cfg = load_config(CompactConfig, finished / "config.yaml", ["seed=5"])
 

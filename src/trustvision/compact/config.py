@@ -43,6 +43,9 @@ class FinetuneConfig(StrictModel):
     unfreeze_at: list[int] | None = None  # epoch each group (head first) unfreezes; overrides
     discriminative: bool = True  # lr of a group = lr of the group above / `lr_decay`
     lr_decay: float = Field(default=2.6, ge=1)
+    # Chance that a stage-2 image is replaced by its augmented copy (None: `augment_prob`);
+    # 0 fine-tunes on original images only, the images the deployed model will see.
+    augment_prob: float | None = Field(default=None, ge=0, le=1)
     optim: OptimConfig = OptimConfig(lr=0.02)
 
     @model_validator(mode="after")

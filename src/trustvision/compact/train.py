@@ -80,11 +80,13 @@ class Setup:
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
-    def loader(self, mode: BatchMode) -> AugmentedBatches:
-        """`pair` batches for stage 1, `mixed` for the plain baseline and stage 2."""
-        return AugmentedBatches(
-            self.train, mode=mode, prob=self.cfg.augment_prob, seed=self.cfg.seed
-        )
+    def loader(self, mode: BatchMode, *, prob: float | None = None) -> AugmentedBatches:
+        """`pair` batches for stage 1, `mixed` for the plain baseline and stage 2.
+
+        `prob` overrides `augment_prob`, the chance of the augmented copy in `mixed` batches.
+        """
+        prob = self.cfg.augment_prob if prob is None else prob
+        return AugmentedBatches(self.train, mode=mode, prob=prob, seed=self.cfg.seed)
 
 
 def build_model(
@@ -279,7 +281,7 @@ def stage_two(
         model,
         setup=setup,
         sub=sub_run(run, directory or row),
-        loader=setup.loader("mixed"),
+        loader=setup.loader("mixed", prob=ft.augment_prob),
         objective=cross_entropy(label_smoothing=ft.optim.label_smoothing),
         optim=ft.optim,
         epochs=ft.epochs,
