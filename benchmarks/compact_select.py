@@ -33,7 +33,6 @@ SETTINGS: dict[str, tuple[float, list[str]]] = {
         1.0,
         ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
     ),
-    "twice the epochs": (2.0, []),
     "stage-2 peak lr 0.05": (1.0, ["finetune.optim.lr=0.05"]),
     "stage 2 on original images": (1.0, ["finetune.augment_prob=0"]),
 }
