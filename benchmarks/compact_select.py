@@ -24,17 +24,12 @@ from compact import CONFIGS, LineReporter, overrides
 
 ROOT = Path(__file__).parents[1]
 VALIDATION = 5000
-# Candidate settings: an epochs scale (both stages and the plain row, as
-# `benchmarks/compact.py --epochs-scale`) and config overrides, on top of
-# configs/compact/<data set>.yaml.
-SETTINGS: dict[str, tuple[float, list[str]]] = {
-    "weight decay 5e-4 (configs)": (1.0, []),
-    "weight decay 5e-5": (
-        1.0,
-        ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
-    ),
-    "stage-2 peak lr 0.05": (1.0, ["finetune.optim.lr=0.05"]),
-    "stage 2 on original images": (1.0, ["finetune.augment_prob=0"]),
+# Candidate settings: config overrides on top of configs/compact/<data set>.yaml.
+SETTINGS: dict[str, list[str]] = {
+    "weight decay 5e-4 (configs)": [],
+    "weight decay 5e-5": ["dual.optim.weight_decay=5e-5", "finetune.optim.weight_decay=5e-5"],
+    "stage-2 peak lr 0.05": ["finetune.optim.lr=0.05"],
+    "stage 2 on original images": ["finetune.augment_prob=0"],
 }
 OTHER_MODE = {"augmented": "original", "original": "augmented"}
 
@@ -50,10 +45,9 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
 
     torch.set_num_threads(1)
     base = read_yaml(CONFIGS[dataset])
-    scale, setting_overrides = SETTINGS[setting]
     extra = [
-        *overrides(dataset, seed, scale, base),
-        *setting_overrides,
+        *overrides(dataset, seed, 1.0, base),
+        *SETTINGS[setting],
         f"data.validation={VALIDATION}",
         "rows=[plain,full]",
     ]
@@ -69,8 +63,7 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
     return {
         "dataset": dataset,
         "setting": setting,
-        "epochs_scale": scale,
-        "overrides": setting_overrides,
+        "overrides": SETTINGS[setting],
         "path": str(path),
         "epochs": {row: summary["rows"][row]["epochs"] for row in summary["rows"]},
         "top1": {
