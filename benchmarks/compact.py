@@ -216,7 +216,7 @@ def markdown(table: dict[str, Any], latency: dict[str, Any], meta: dict[str, Any
         "# Lightweight CNNs: dual-input-output training and progressive unfreezing",
         "",
         f"Written by `benchmarks/compact.py` on {meta['machine']} (training: 1 torch thread "
-        f"per process, {meta['jobs']} process(es) at a time; other jobs shared the machine), "
+        f"per process, {meta['jobs']} process(es) at a time), "
         f"{meta['date']}. Test top-1 in %, mean ± sample std over seeds {meta['seeds']}; "
         f"epochs scale {meta['epochs_scale']:g}. Reading of the paper and every choice: "
         "[docs/compact.md](../compact.md).",
@@ -321,7 +321,7 @@ def latency_lines(latency: dict[str, Any]) -> list[str]:
         "",
         "Batch-1 latency percentiles over single-image calls and throughput at batch 256, per",
         "engine and intra-op thread count; the PyTorch model includes the same normalisation.",
-        "Measured while other jobs shared the machine: the 1-minute load average is given.",
+        "The 1-minute load average when each data set's timing started is given.",
         "",
         "| data set | engine | threads | p50 (ms) | p99 (ms) | images/s at batch 256 | load avg |",
         "|---|---|---|---|---|---|---|",
