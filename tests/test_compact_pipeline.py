@@ -75,10 +75,10 @@ def test_unify_variant_reuses_the_trained_stage_one(finished: Path) -> None:
     stage_one = (finished / "stage1-dual" / "metrics.jsonl").read_text()
     deployed = (finished / "model.safetensors").read_bytes()
 
-    summary = unify_variant(RunDir(finished), mode="original")
+    summary = unify_variant(RunDir(finished), mode="augmented")
 
     assert summary["status"] == "finished" and summary["schedule"] == [2, 1, 0]
-    assert (finished / "full-unify-original" / "model.safetensors").is_file()
+    assert (finished / "full-unify-augmented" / "model.safetensors").is_file()
     assert (finished / "stage1-dual" / "metrics.jsonl").read_text() == stage_one
     assert (finished / "model.safetensors").read_bytes() == deployed
 

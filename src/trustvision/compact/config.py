@@ -31,7 +31,7 @@ class DualConfig(StrictModel):
 class UnifyConfig(StrictModel):
     """How the deployed model is built from the two trained branches (always with a new head)."""
 
-    mode: UnifyMode = "augmented"
+    mode: UnifyMode = "original"  # chosen on held-out images: docs/compact.md
     bn_batches: int = Field(default=50, ge=0)  # batches to re-estimate BN statistics (average)
 
 
@@ -43,9 +43,9 @@ class FinetuneConfig(StrictModel):
     unfreeze_at: list[int] | None = None  # epoch each group (head first) unfreezes; overrides
     discriminative: bool = True  # lr of a group = lr of the group above / `lr_decay`
     lr_decay: float = Field(default=2.6, ge=1)
-    # Chance that a stage-2 image is replaced by its augmented copy (None: `augment_prob`);
-    # 0 fine-tunes on original images only, the images the deployed model will see.
-    augment_prob: float | None = Field(default=None, ge=0, le=1)
+    # Chance that a stage-2 image is replaced by its augmented copy. 0 (chosen on held-out
+    # images, docs/compact.md): fine-tune on original images, the ones the model will see.
+    augment_prob: float = Field(default=0.0, ge=0, le=1)
     optim: OptimConfig = OptimConfig(lr=0.02)
 
     @model_validator(mode="after")
@@ -91,7 +91,7 @@ class CompactConfig(StrictModel):
     runs_dir: str = "runs"
     checkpoint_every: int = Field(default=1, gt=0)
     rows: tuple[Row, ...] = ("plain", "no_unfreeze", "full")  # what to train; `full` is deployed
-    augment_prob: float = Field(default=0.5, ge=0, le=1)  # of an image, in plain/stage-2 batches
+    augment_prob: float = Field(default=0.5, ge=0, le=1)  # of an image, in plain batches
     data: DataConfig = DataConfig()  # `data.augment`: the augmented branch's transform
     model: ModelConfig = ModelConfig(name="compact_mnist")
     dual: DualConfig = DualConfig()

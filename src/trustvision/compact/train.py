@@ -83,7 +83,7 @@ class Setup:
     def loader(self, mode: BatchMode, *, prob: float | None = None) -> AugmentedBatches:
         """`pair` batches for stage 1, `mixed` for the plain baseline and stage 2.
 
-        `prob` overrides `augment_prob`, the chance of the augmented copy in `mixed` batches.
+        `prob`: the chance of the augmented copy in `mixed` batches (default `augment_prob`).
         """
         prob = self.cfg.augment_prob if prob is None else prob
         return AugmentedBatches(self.train, mode=mode, prob=prob, seed=self.cfg.seed)
