@@ -92,8 +92,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Lightweight CNNs: settings chosen on held-out training images",
         "",
-        f"Written by `benchmarks/compact_select.py` on {meta['machine']}, {meta['date']}, in "
-        f"{meta['wall_seconds'] / 60:.0f} min. Seed {meta['seed']}; every model trained on the "
+        f"Written by `benchmarks/compact_select.py` on {meta['machine']}, {meta['date']} (this "
+        f"invocation: {meta['wall_seconds'] / 60:.0f} min; finished runs are reused, not "
+        f"retrained). Seed {meta['seed']}; every model trained on the "
         f"training split minus {VALIDATION:,} held-out images (the same images for every "
         "model) and scored on those; the test set is not read. Everything a setting does not "
         "name is as `configs/compact/<data set>.yaml` was before this selection (unify = "
