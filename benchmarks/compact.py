@@ -137,6 +137,8 @@ def bench_seed(path: str) -> dict[str, Any]:
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per data set: every row's accuracy (mean, std over seeds), stage 1, int8, cost."""
+    from trustvision.config import read_yaml
+
     table: dict[str, Any] = {}
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         runs = [r for r in results if r["dataset"] == dataset]
@@ -156,6 +158,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             for name in (first["dual"] or {}).get("branches", {})
         }
         exports = [r["export"] for r in runs]
+        config = read_yaml(Path(runs[0]["path"]) / "config.yaml")
         table[dataset] = {
             "seeds": [r["seed"] for r in runs],
             "runs": [r["path"] for r in runs],
@@ -166,6 +169,10 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "budget": first["budget"],
             "macs": first["macs"],
             "unify": first["unify"],
+            "augment_prob": {
+                "plain": config["augment_prob"],
+                "stage2": config["finetune"]["augment_prob"],
+            },
             "dual_epochs": (first["dual"] or {}).get("epochs"),
             "rows": rows,
             "stage1": branches,
@@ -237,8 +244,15 @@ def markdown(table: dict[str, Any], latency: dict[str, Any], meta: dict[str, Any
     lines += ["", "## Ablation: what each stage buys", ""]
     lines += [
         "Same deployed architecture and parameter count in every row, same total epochs, same",
-        "augmentation (each image replaced by its augmented copy with probability 0.5 in plain",
-        "and stage-2 batches; the augmented branch of stage 1 sees only augmented copies).",
+        "augmentation transform. In stage 1 the original branch sees original images and the",
+        "augmented branch only augmented copies; the plain row and stage 2 replace each image",
+        "by its augmented copy with the probability given here per data set:",
+        "",
+        *[
+            f"- {d}: plain {t['augment_prob']['plain']:g}, stage 2 {t['augment_prob']['stage2']:g}"
+            for d, t in table.items()
+        ],
+        "",
         "'images' counts images through a model per seed: stage 1 trains two branches, so the",
         "dual rows process more images than the plain row in the same epochs.",
         "",
