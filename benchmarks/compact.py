@@ -83,27 +83,36 @@ class LineReporter:
         print(f"{self.prefix}: {format_record(record)}", flush=True)
 
 
-def run_seed(dataset: str, seed: int, scale: float, runs: str) -> dict[str, Any]:
-    """Train (or finish) one seed and export it; returns the numbers of its summary."""
+def train_run(dataset: str, extra: list[str], path: Path, label: str) -> Any:
+    """Train (or finish) configs/compact/<dataset>.yaml with `extra` overrides into `path`.
+
+    One torch thread; a finished run is left as it is. Returns the run's RunDir.
+    """
     import torch
 
     from trustvision.compact.config import CompactConfig
-    from trustvision.compact.deploy import EXPORT_DIR, EXPORT_JSON, export_run
     from trustvision.compact.train import train_compact
-    from trustvision.config import load_config, read_yaml
+    from trustvision.config import load_config
     from trustvision.train.runs import RunDir
 
     torch.set_num_threads(1)
-    base = read_yaml(CONFIGS[dataset])
-    cfg = load_config(CompactConfig, CONFIGS[dataset], overrides(dataset, seed, scale, base))
-    path = Path(runs) / dataset / (f"seed{seed}" if scale == 1 else f"seed{seed}-x{scale:g}")
     run = RunDir(path)
     if run.read_summary().get("status") != "finished":
+        cfg = load_config(CompactConfig, CONFIGS[dataset], extra)
         started = time.perf_counter()
-        train_compact(cfg, run_dir=path, reporter=LineReporter(f"{dataset} seed {seed}"))
-        print(
-            f"{dataset} seed {seed}: trained in {time.perf_counter() - started:.0f} s", flush=True
-        )
+        train_compact(cfg, run_dir=path, reporter=LineReporter(label))
+        print(f"{label}: trained in {time.perf_counter() - started:.0f} s", flush=True)
+    return run
+
+
+def run_seed(dataset: str, seed: int, scale: float, runs: str) -> dict[str, Any]:
+    """Train (or finish) one seed and export it; returns the numbers of its summary."""
+    from trustvision.compact.deploy import EXPORT_DIR, EXPORT_JSON, export_run
+    from trustvision.config import read_yaml
+
+    extra = overrides(dataset, seed, scale, read_yaml(CONFIGS[dataset]))
+    path = Path(runs) / dataset / (f"seed{seed}" if scale == 1 else f"seed{seed}-x{scale:g}")
+    run = train_run(dataset, extra, path, f"{dataset} seed {seed}")
     export_json = path / EXPORT_DIR / EXPORT_JSON
     record = json.loads(export_json.read_text()) if export_json.is_file() else export_run(run)
     return {

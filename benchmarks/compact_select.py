@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from compact import CONFIGS, LineReporter, overrides
+from compact import CONFIGS, overrides, train_run
 
 ROOT = Path(__file__).parents[1]
 VALIDATION = 5000
@@ -42,29 +42,22 @@ OTHER_MODE = {"augmented": "original", "original": "augmented"}
 
 def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, Any]:
     """Train plain + full with one setting on the held-out split; the other unification too."""
-    import torch
-
     from trustvision.compact.config import CompactConfig
-    from trustvision.compact.train import train_compact, unify_variant
+    from trustvision.compact.train import unify_variant
     from trustvision.config import load_config, read_yaml
-    from trustvision.train.runs import RunDir
 
-    torch.set_num_threads(1)
-    base = read_yaml(CONFIGS[dataset])
     extra = [
-        *overrides(dataset, seed, 1.0, base),
+        *overrides(dataset, seed, 1.0, read_yaml(CONFIGS[dataset])),
         *BEFORE,
         *BEFORE_EPOCHS.get(dataset, []),
         *SETTINGS[setting],
         f"data.validation={VALIDATION}",
         "rows=[plain,full]",
     ]
-    cfg = load_config(CompactConfig, CONFIGS[dataset], extra)
     slug = "-".join(setting.split()[:3]).replace("(", "")
     path = Path(runs) / dataset / f"{slug}-seed{seed}"
-    run = RunDir(path)
-    if run.read_summary().get("status") != "finished":
-        train_compact(cfg, run_dir=path, reporter=LineReporter(f"{dataset} {setting}"))
+    run = train_run(dataset, extra, path, f"{dataset} {setting}")
+    cfg = load_config(CompactConfig, run.config_path)
     summary = run.read_summary()
     other = OTHER_MODE[cfg.unify.mode]
     variant = unify_variant(run, mode=other)
