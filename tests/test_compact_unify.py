@@ -86,3 +86,27 @@ def test_paper_budgets_hold_for_the_registered_variants() -> None:
 
     assert check_budget(mnist, budget=MNIST_BUDGET, name="compact_mnist") == MNIST_BUDGET
     assert check_budget(cifar, budget=19_999, name="compact_cifar") < 20_000
+
+
+def test_config_kwargs_change_the_architecture_and_bad_widths_are_config_errors() -> None:
+    cfg = load_config(
+        CompactConfig,
+        None,
+        [
+            "model.name=compact_mnist",
+            "model.kwargs.stem=12",
+            "model.kwargs.stages=[[16,16],[24,28]]",
+        ],
+    )
+    model = build_model(cfg, num_classes=10, image_shape=(1, 28, 28))
+
+    # 3x3 convs without bias + BatchNorm (2 per channel), then a 28 -> 10 linear head.
+    convs = [(1, 12), (12, 16), (16, 16), (16, 24), (24, 28)]
+    assert model.num_parameters() == sum(9 * i * o + 2 * o for i, o in convs) + 28 * 10 + 10
+    assert len(model.layer_groups()) == 4
+    for bad in (["model.kwargs.stages=[16,24]"], ["model.kwargs.stem=0"]):
+        bad = ["model.name=compact_mnist", *bad]
+        with pytest.raises(ConfigError, match="stages"):
+            build_model(
+                load_config(CompactConfig, None, bad), num_classes=10, image_shape=(1, 28, 28)
+            )

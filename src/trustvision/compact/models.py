@@ -60,6 +60,10 @@ def build_stage(
     return nn.Sequential(*layers)
 
 
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
 def build_compact(
     *,
     stem: int,
@@ -70,11 +74,18 @@ def build_compact(
     image_size: int,
 ) -> ImageClassifier:
     """stem conv -> stages (a 2x2 max-pool before each) -> global average pool -> linear head."""
-    if len(separable) != len(stages) or not stages or any(not s for s in stages):
+    if (
+        not stages
+        or not all(_is_sequence(s) and s for s in stages)
+        or not _is_sequence(separable)
+        or len(separable) != len(stages)
+    ):
         raise ConfigError(
-            f"`stages={stages}` needs one non-empty tuple of widths per stage and "
+            f"`stages={stages}` needs one non-empty list of widths per stage and "
             f"`separable={separable}` one flag per stage"
         )
+    if not all(isinstance(w, int) and w > 0 for w in [stem, *(w for s in stages for w in s)]):
+        raise ConfigError(f"`stem={stem}` and `stages={stages}` need positive integer widths")
     if not isinstance(image_size, int) or image_size < 2 ** len(stages):
         raise ConfigError(
             f"`image_size={image_size}` is too small for {len(stages)} pooling stages: "
@@ -97,16 +108,32 @@ def build_compact(
 
 
 def _factory(variant: str) -> Callable[..., ImageClassifier]:
-    """The registry factory of one variant; its signature lists the optional arguments."""
+    """The registry factory of one variant; its signature lists the optional arguments.
+
+    `stem`, `stages` and `separable` default to the variant's and may be given in a config
+    (`model.kwargs`) to try another architecture without registering it; `separable`
+    defaults to plain convs when `stages` is given.
+    """
     arch = VARIANTS[variant]
 
     def factory(
-        *, num_classes: int, in_channels: int, image_size: int = arch["image_size"]
+        *,
+        num_classes: int,
+        in_channels: int,
+        image_size: int = arch["image_size"],
+        stem: int = arch["stem"],
+        stages: Sequence[Sequence[int]] | None = None,
+        separable: Sequence[bool] | None = None,
     ) -> ImageClassifier:
+        if stages is None:
+            stages = arch["stages"]
+            separable = arch["separable"] if separable is None else separable
+        elif separable is None:
+            separable = (False,) * len(stages)
         return build_compact(
-            stem=arch["stem"],
-            stages=arch["stages"],
-            separable=arch["separable"],
+            stem=stem,
+            stages=stages,
+            separable=separable,
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=image_size,
