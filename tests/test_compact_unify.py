@@ -84,7 +84,10 @@ def test_paper_budgets_hold_for_the_registered_variants() -> None:
     mnist = create_model("compact_mnist", num_classes=10, in_channels=1)
     cifar = create_model("compact_cifar", num_classes=10, in_channels=3, image_size=32)
 
+    deep = create_model("compact_mnist_deep", num_classes=10, in_channels=1)
+
     assert check_budget(mnist, budget=MNIST_BUDGET, name="compact_mnist") == MNIST_BUDGET
+    assert check_budget(deep, budget=MNIST_BUDGET, name="compact_mnist_deep") == 14_126
     assert check_budget(cifar, budget=19_999, name="compact_cifar") < 20_000
 
 

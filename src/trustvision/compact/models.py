@@ -26,6 +26,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "separable": (False, False),
         "image_size": 28,
     },
+    # 14,126 parameters: two convs at 14x14 instead of one, chosen for MNIST on held-out
+    # images (docs/results/compact-selection.md, row `arch 12 / 16,16 / 24,28`).
+    "compact_mnist_deep": {
+        "stem": 12,
+        "stages": ((16, 16), (24, 28)),
+        "separable": (False, False),
+        "image_size": 28,
+    },
     # 18,582 parameters at 10 classes and 3 channels (under the paper's 20,000), for 32x32.
     "compact_cifar": {
         "stem": 12,
