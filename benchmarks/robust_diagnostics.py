@@ -8,8 +8,8 @@ Reads finished `benchmarks/robust.py` work directories.
    queries, p_init 0.8, seed 0), alpha at the adversarial images and which base they fool.
    For comparison, alpha on all attacked images, clean and after our PGD-20 on the composite.
 2. `eps->large` (PGD accuracy still above 5% at 3 eps): PGD accuracy of the robust base and
-   both mixes at 3, 4 and 6 eps with 20 and 100 steps on the first 100 test images. A masked model keeps its
-   accuracy as eps or steps grow; a slow tail falls to 0.
+   both mixes at 3, 4 and 6 eps with 20 and 100 steps on the first 100 test images. A masked
+   model keeps its accuracy as eps or steps grow; a slow tail falls to 0.
 
     .venv/bin/python benchmarks/robust_diagnostics.py --square mnist fashion-mnist cifar10 \\
         --eps-tail cifar10            # writes docs/results/robust_diagnostics.{md,json}
