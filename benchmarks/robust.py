@@ -2,8 +2,10 @@
 standard model, the robust model, the best fixed mix and the adaptive mix.
 
 For each data set (configs/robust/bench_<name>.yaml) the pipeline of `trustvision robust
-demo` runs in a work directory: train both bases, sweep alpha, train the mixing network,
-AutoAttack every model on the same first N test images (standard version: APGD-CE, APGD-T,
+demo` runs in a work directory: train both bases (each holding out the same 10% of the
+training images), choose alpha and the temperatures s_g, s_h of the fixed mix on those
+validation images, train the mixing network and choose its gamma bias (and s_g, s_h) on them
+too, AutoAttack every model on the same first N test images (standard version: APGD-CE, APGD-T,
 FAB-T, Square; the adaptive mix also faces the adaptive APGD with BCE(gamma, 1)), certify
 with a Gaussian base. Every finished stage and every finished chunk of 100 attacked images
 is kept, so an interrupted run continues where it stopped.
@@ -104,52 +106,126 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _t(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _is_chosen(point: dict[str, Any], chosen: dict[str, Any]) -> bool:
+    return all(point.get(k) == v for k, v in chosen.items())
+
+
+def validation_line(selection: dict[str, Any]) -> str:
+    images = selection.get("validation_images")
+    if not images:
+        return "No validation sweep: the configured values were kept."
+    split = images["split"]
+    return (
+        f"Validation images: {images['images_clean']} for clean accuracy, the first "
+        f"{images['images_attacked']} of them attacked, out of {images['held_out']} held out "
+        f"(`data.validation={split['validation']}`, seed {split['seed']}): "
+        f"{images['drawn']}. Test images were not read."
+    )
+
+
+def knob_lines(selection: dict[str, Any]) -> list[str]:
+    lines = ["| knob | chosen | selected_by | grid |", "|---|---:|---|---|"]
+    for knob, k in selection["knobs"].items():
+        grid = ", ".join(f"{v:g}" for v in k["grid"])
+        lines.append(f"| {knob} | {_t(k['value'])} | {k['selected_by']} | {grid} |")
+    return lines
+
+
 def sweep_table(report: dict[str, Any]) -> list[str]:
+    selection = report["selection"]["fixed mix"]
+    chosen = selection["chosen"]
     lines = [
-        f"Sweep attack: {report['sweep_attack']}; chosen alpha **{report['alpha']:g}** "
-        "(the most accurate alpha within 3 points of the most robust one).",
+        f"Sweep attack: {report['sweep_attack']}. Chosen by the rule: {selection['rule']} "
+        f"(the most robust point: {pct(selection['reference_robust_acc'], 1)}%).",
         "",
-        "| alpha | clean acc (%) | sweep robust acc (%) | seconds |",
-        "|---:|---:|---:|---:|",
+        validation_line(selection),
+        "",
+        *knob_lines(selection),
+        "",
+        "| alpha | s_g | s_h | validation clean acc (%) | validation robust acc (%) | seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for p in report["sweep"]:
+        mark = "**" if _is_chosen(p, chosen) else ""
         lines.append(
-            f"| {p['alpha']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {p['seconds']:.0f} |"
+            f"| {mark}{p['alpha']:g}{mark} | {_t(p['temperature_std'])} | {_t(p['temperature_rob'])} "
+            f"| {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {p['seconds']:.0f} |"
         )
+    lines += ["", "(- : a temperature unused at that alpha; bold: the chosen point.)"]
     return lines
 
 
 def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
-    """Clean accuracy of the fixed mix at a given sweep robust accuracy (linear interpolation)."""
-    points = sorted((p["robust_acc"], p["clean_acc"]) for p in sweep)
-    for (r0, c0), (r1, c1) in itertools.pairwise(points):
-        if r0 <= robust_acc <= r1:
-            return c0 if r1 == r0 else c0 + (c1 - c0) * (robust_acc - r0) / (r1 - r0)
-    return None
+    """Clean accuracy of the fixed mix at a given sweep robust accuracy: linear interpolation
+    along each (s_g, s_h) curve of the sweep, the best curve's."""
+    best = None
+    for curve in curves(sweep):
+        points = sorted((p["robust_acc"], p["clean_acc"]) for p in curve)
+        for (r0, c0), (r1, c1) in itertools.pairwise(points):
+            if r0 <= robust_acc <= r1:
+                clean = c0 if r1 == r0 else c0 + (c1 - c0) * (robust_acc - r0) / (r1 - r0)
+                best = clean if best is None else max(best, clean)
+    return best
+
+
+def curves(sweep: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The alpha curves of a sweep, one per (s_g, s_h); alpha 0 and 1 belong to every curve."""
+    combos = dict.fromkeys(
+        (p.get("temperature_std"), p.get("temperature_rob"))
+        for p in sweep
+        if p.get("temperature_std") is not None and p.get("temperature_rob") is not None
+    )
+    if not combos:
+        return [sweep]
+    return [
+        [
+            p
+            for p in sweep
+            if p.get("temperature_std") in (None, s_g) and p.get("temperature_rob") in (None, s_h)
+        ]
+        for s_g, s_h in combos
+    ]
 
 
 def adaptive_lines(report: dict[str, Any]) -> list[str]:
     adaptive = report.get("adaptive")
     if not adaptive:
         return []
+    selection = adaptive["selection"]
     lines = [
-        f"Mixing network: trained {adaptive['train_seconds']:.0f} s; gamma bias chosen "
-        f"{adaptive['gamma_bias']:g} (same rule as alpha, reference: the robust base's sweep "
-        f"accuracy {pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares "
-        "with the fixed mix at the same sweep robust accuracy (interpolated on the alpha sweep): "
-        "positive means the mixing network buys clean accuracy a constant alpha cannot.",
+        f"Mixing network: trained {adaptive['train_seconds']:.0f} s on "
+        f"{adaptive.get('mixnet_train_images', 'n/a')} training images both bases trained on "
+        f"(no validation image); gamma bias {adaptive['gamma_bias']:g}, s_g "
+        f"{adaptive['temperature_std']:g}, s_h {adaptive['temperature_rob']:g}, chosen by the "
+        f"rule: {selection['rule']} (the robust base: "
+        f"{pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares with "
+        "the best fixed mix at the same validation robust accuracy (interpolated on the alpha "
+        "sweep's curves): positive means the mixing network buys clean accuracy a constant "
+        "alpha cannot.",
+        "",
+        validation_line(selection),
+        "",
+        *knob_lines(selection),
     ]
     if adaptive.get("bias_sweep"):
         lines += [
             "",
-            "| gamma bias | clean acc (%) | sweep robust acc (%) | vs fixed mix (points) |",
-            "|---:|---:|---:|---:|",
+            "| gamma bias | s_g | s_h | validation clean acc (%) | validation robust acc (%) | "
+            "vs fixed mix (points) |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for p in adaptive["bias_sweep"]:
             fixed = fixed_clean_at(report["sweep"], p["robust_acc"])
             delta = "n/a" if fixed is None else f"{100 * (p['clean_acc'] - fixed):+.2f}"
+            mark = "**" if _is_chosen(p, selection["chosen"]) else ""
             lines.append(
-                f"| {p['gamma_bias']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {delta} |"
+                f"| {mark}{p['gamma_bias']:g}{mark} | {p['temperature_std']:g} | "
+                f"{p['temperature_rob']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | "
+                f"{delta} |"
             )
     return lines
 
@@ -203,20 +279,23 @@ def masking_lines(report: dict[str, Any]) -> list[str]:
 def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) -> list[str]:
     data = report["data"]
     train = report["training"]
+    std, rob = train["standard"], train["robust"]
     note = " (the JPEG copy of CIFAR-10, cifar10-jpeg.zip)" if data.get("variant") == "jpeg" else ""
     lines = [
         f"## {name}{note}, l_inf eps = {report['eps']:.4g}",
         "",
-        f"Bases: standard {train['standard']['architecture']} ({train['standard']['epochs']} epochs, "
-        f"{train['standard']['wall_seconds']:.0f} s); robust {train['robust']['architecture']} "
-        f"({train['robust']['method']}, {train['robust']['epochs']} epochs, "
-        f"{train['robust']['wall_seconds']:.0f} s).",
+        f"Bases: standard {std['architecture']} ({std['epochs']} epochs, "
+        f"{std['wall_seconds']:.0f} s); robust {rob['architecture']} "
+        f"({rob['method']}, {rob['epochs']} epochs, {rob['wall_seconds']:.0f} s); each trained on "
+        f"{std['train_images']} images, holding out {std.get('validation_images')} "
+        f"(validation accuracy {pct(std.get('validation_acc'))}% and "
+        f"{pct(rob.get('validation_acc'))}%).",
         "",
         *model_table(report),
         "",
         *goal_lines(report),
         "",
-        "### Fixed mix: alpha sweep",
+        "### Fixed mix: validation sweep of alpha, s_g and s_h",
         "",
         *sweep_table(report),
         "",
@@ -225,7 +304,12 @@ def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) ->
     ]
     adaptive = adaptive_lines(report)
     if adaptive:
-        lines += ["### Adaptive mix", "", *adaptive, ""]
+        lines += [
+            "### Adaptive mix: validation sweep of the gamma bias, s_g and s_h",
+            "",
+            *adaptive,
+            "",
+        ]
     certify = certify_lines(report, plots.get("certified"))
     if certify:
         lines += ["### Certified robustness (l2)", "", *certify, ""]
@@ -262,7 +346,11 @@ def write_results(
             else f"This invocation took {seconds / 60:.0f} min (finished stages of earlier runs were reused)."
         ),
         "",
-        "Clean accuracy is on the full test set; AutoAttack accuracy (l_inf, per-point worst case) on "
+        "Every knob (the fixed mix's alpha, s_g, s_h; the adaptive mix's gamma bias, s_g, s_h) "
+        "was chosen on validation images: training images both bases held out and neither they "
+        "nor the mixing network trained on (`selected_by` in robust.json, with the grid and its "
+        "validation numbers). Test images give the final numbers only: clean accuracy on the full "
+        "test set; AutoAttack accuracy (l_inf, per-point worst case) on "
         "the first n test images, the same images for every model, with a Clopper-Pearson 95% "
         "interval. `standard` AutoAttack = APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 "
         "queries), 100 iterations each (pyautoattack 0.2.0); the adaptive mix additionally faces "
@@ -279,7 +367,8 @@ def write_results(
         lines += [
             "## Not measured",
             "",
-            f"No report yet for: {', '.join(missing)} (configs in configs/robust/; run "
+            f"No report under the validation protocol yet for: {', '.join(missing)} "
+            "(configs in configs/robust/; run "
             f"`python benchmarks/robust.py --datasets {' '.join(missing)}`).",
             "",
         ]
@@ -299,11 +388,14 @@ def main(argv: list[str] | None = None) -> None:
             reporter=ConsoleReporter(Console()),
             log=lambda s: print(s, flush=True),
         )
-    reports = {
-        name: json.loads((args.work / name / "report.json").read_text())
-        for name in DATASETS
-        if (args.work / name / "report.json").is_file()
-    }
+    reports = {}
+    for name in DATASETS:
+        path = args.work / name / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else None
+        if report is not None and "selection" not in report:  # chosen on test images
+            print(f"ignoring {path}: written before knobs were chosen on validation images")
+        elif report is not None:
+            reports[name] = report
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_results(reports, args, time.perf_counter() - started)
     print(f"wrote {RESULTS / 'robust.md'}")

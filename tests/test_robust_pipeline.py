@@ -1,8 +1,10 @@
 """The whole robust pipeline on a sliver of MNIST: every stage, every file, and resuming."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,7 @@ def tiny(tmp_path: Path) -> PipelineConfig:
             *overrides,
             "sweep.alphas=[0.0, 0.5, 1.0]",
             "sweep.subset=12",
-            "sweep.test_subset=300",
+            "sweep.temperatures_rob=[0.5, 1.0]",
             "sweep.attack={attacks: [apgd-ce], n_iter: 3}",
             "eval.subset=12",
             "eval.test_subset=300",
@@ -62,8 +64,43 @@ def tiny(tmp_path: Path) -> PipelineConfig:
     )
 
 
+class NoTestImages:
+    """A test split that fails on any read: making a mix must not look at test images."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a mix read the test split (`{name}`)")
+
+    def __len__(self):
+        raise AssertionError("a mix read the test split (len)")
+
+
+def mixes_without_test_images(monkeypatch) -> None:
+    """Make every `run_mix` of the pipeline see a data set whose test split cannot be read."""
+    real = pipeline.run_mix
+
+    def run_mix(*args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                commands,
+                "load_data",
+                lambda data: replace(evaluate.load_data(data), test=NoTestImages()),
+            )
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_mix", run_mix)
+
+
+def benchmark():
+    """benchmarks/robust.py as a module (it writes docs/results; here only its tables)."""
+    spec = importlib.util.spec_from_file_location("bench_robust", ROOT / "benchmarks/robust.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path, monkeypatch):
     work = tmp_path / "work"
+    mixes_without_test_images(monkeypatch)
     report = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
 
     assert [r["model"] for r in report["rows"]] == [
@@ -73,6 +110,25 @@ def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path,
         "adaptive mix",
     ]
     assert report["alpha"] in (0.0, 0.5, 1.0)
+    # every knob was chosen on validation images (a single candidate is kept, not chosen)
+    fixed, adaptive = report["selection"]["fixed mix"], report["selection"]["adaptive mix"]
+    assert fixed["selected_by"] == "validation" and adaptive["selected_by"] == "validation"
+    assert fixed["knobs"]["alpha"]["selected_by"] == "validation"
+    assert adaptive["knobs"]["gamma_bias"]["selected_by"] == "validation"
+    assert adaptive["knobs"]["temperature_rob"]["selected_by"] == "validation"
+    assert adaptive["knobs"]["temperature_std"]["selected_by"] == "config"
+    assert len(report["sweep"]) == 5 and len(adaptive["points"]) == 4  # alpha 0 ignores s_h
+    standard = json.loads((work / "standard" / "summary.json").read_text())
+    held = standard["data"]["validation_images"]
+    assert held > 0 and standard["data"]["train_images"] + held == 384
+    assert fixed["validation_images"]["held_out"] == held
+    assert fixed["validation_images"]["images_clean"] == held  # `clean_subset` null: all
+    assert fixed["validation_images"]["images_attacked"] == 12
+    assert report["adaptive"]["mixnet_train_images"] == 128
+    assert "val_acc" in report["adaptive"]["history"][0]
+    text = "\n".join(benchmark().dataset_section("mnist", report, {"tradeoff": "t.png"}))
+    assert f"| alpha | {report['alpha']:g} | validation | 0, 0.5, 1 |" in text
+    assert "| gamma_bias |" in text and "Test images were not read" in text
     assert set(report["goal"]) == {"fixed mix", "adaptive mix"}
     for row in report["rows"]:
         assert row["n_autoattack"] == 12 and 0 <= row["autoattack_acc"] <= row["clean_acc"] + 1

@@ -125,7 +125,17 @@ def mix(
         raise fail(err) from None
     summary = run.read_summary()
     if "alpha" in summary:
-        _log(f"chosen alpha {summary['alpha']:g}; trade-off plot: {run.plots_dir / 'tradeoff.png'}")
+        _log(
+            f"chosen on validation images: alpha {summary['alpha']:g}, s_g "
+            f"{summary['temperature_std']:g}, s_h {summary['temperature_rob']:g}; "
+            f"trade-off plot: {run.plots_dir / 'tradeoff.png'}"
+        )
+    elif "gamma_bias" in summary:
+        chosen = summary["selection"]["selected_by"]
+        _log(
+            f"gamma bias {summary['gamma_bias']:g}, s_g {summary['temperature_std']:g}, "
+            f"s_h {summary['temperature_rob']:g} (chosen by {chosen})"
+        )
     _log(f"run directory: {run.path}")
 
 
@@ -208,7 +218,11 @@ def demo(
         if row["masking_suspected"]:
             _log(f"[bold yellow]masking suspected for {row['model']}[/]")
             print_checks(row["checks"])
-    _log(f"fixed mix alpha {report['alpha']:g}; trade-off plot: {report['tradeoff_plot']}")
+    _log(
+        f"fixed mix chosen on validation images: alpha {report['alpha']:g}, s_g "
+        f"{report['temperature_std']:g}, s_h {report['temperature_rob']:g}; "
+        f"trade-off plot: {report['tradeoff_plot']}"
+    )
     _log(f"work directory: {work} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -8,28 +8,34 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from trustvision.config import DataConfig, OptimConfig
-from trustvision.data.loader import build_loaders, derive_seed
+from trustvision.data.dataset import ArraySplit, Dataset
+from trustvision.data.loader import BatchLoader, build_loaders, derive_seed, to_tensor
 from trustvision.errors import ConfigError
 from trustvision.robust.autoattack import (
     ChunkResult,
     autoattack_flags,
     build_attackers,
 )
-from trustvision.robust.config import DEFAULT_EPS, EvalConfig, MixConfig
+from trustvision.robust.config import DEFAULT_EPS, EvalConfig, MixConfig, SweepSettings
 from trustvision.robust.evaluate import (
     attack_report,
     clean_correct,
     load_data,
+    mixnet_train_indices,
     model_info,
     test_pixels,
+    validation_indices,
+    validation_pixels,
 )
 from trustvision.robust.mixing import AdaptiveMixedClassifier, build_adaptive
 from trustvision.robust.mixtrain import mixing_objective
@@ -43,7 +49,16 @@ from trustvision.robust.runs import (
     read_finished,
     write_mix,
 )
-from trustvision.robust.sweep import alpha_sweep, choose, robust_accuracy
+from trustvision.robust.sweep import (
+    ADAPTIVE_KNOBS,
+    FIXED_KNOBS,
+    alpha_sweep,
+    bias_sweep,
+    choose,
+    robust_accuracy,
+    set_knobs,
+    temperatures,
+)
 from trustvision.robust.training import apply_threads
 from trustvision.train.loop import Accel, Reporter, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
@@ -81,15 +96,83 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- mix
 
+VALIDATION_DRAWN = (
+    "training images both bases held out (`data.validation` of their training split, "
+    "stratified by class, drawn from their seed), never trained on by either base or by the "
+    "mixing network; the first N of a seeded stratified random order of that hold-out"
+)
 
-def _mix_spec(cfg: MixConfig, **extra: Any) -> dict[str, Any]:
+
+def _mix_spec(
+    cfg: MixConfig, *, temperature_std: float, temperature_rob: float, **extra: Any
+) -> dict[str, Any]:
     return {
         "kind": cfg.kind,
         "standard": cfg.standard,
         "robust": cfg.robust,
-        "temperature_std": cfg.temperature_std,
-        "temperature_rob": cfg.temperature_rob,
+        "temperature_std": temperature_std,
+        "temperature_rob": temperature_rob,
         **extra,
+    }
+
+
+def base_records(cfg: MixConfig) -> dict[str, dict[str, Any]]:
+    """The data records of a mix's two bases, keyed by run directory."""
+    return {str(path): data_of(path) for path in (cfg.standard, cfg.robust)}
+
+
+def validation_info(
+    dataset: Dataset, bases: dict[str, dict[str, Any]], sweep: SweepSettings
+) -> dict[str, Any]:
+    """Which validation images a sweep reads: how many, and how they were drawn."""
+    held = len(validation_indices(dataset.train.labels, bases))
+    split = next(iter(bases.values()))
+    return {
+        "images_attacked": min(sweep.subset, held),
+        "images_clean": held if sweep.clean_subset is None else min(sweep.clean_subset, held),
+        "held_out": held,
+        "drawn": VALIDATION_DRAWN,
+        "split": {k: split[k] for k in ("validation", "seed", "train_subset", "imbalance_factor")},
+        "bases": list(bases),
+    }
+
+
+def knob_records(
+    chosen: dict[str, Any], grids: Mapping[str, Sequence[float]]
+) -> dict[str, dict[str, Any]]:
+    """Per knob: the value kept, the candidates and what chose it (`validation`; `config` for a
+    single candidate; `unused` for a temperature the chosen alpha ignores)."""
+    records = {}
+    for knob, grid in grids.items():
+        candidates = list(dict.fromkeys(grid))
+        value = chosen.get(knob)
+        by = "unused" if value is None else "validation" if len(candidates) > 1 else "config"
+        records[knob] = {"value": value, "grid": candidates, "selected_by": by}
+    return records
+
+
+def selection_record(
+    *,
+    points: list[dict[str, Any]],
+    chosen: dict[str, Any],
+    grids: Mapping[str, Sequence[float]],
+    rule: str,
+    validation: dict[str, Any] | None,
+    attack: str | None,
+    reference: float | None,
+) -> dict[str, Any]:
+    """What a mix's summary says about how its knobs were chosen, with the grid's numbers."""
+    knobs = knob_records(chosen, grids)
+    chose = any(k["selected_by"] == "validation" for k in knobs.values())
+    return {
+        "selected_by": "validation" if chose else "config",
+        "knobs": knobs,
+        "rule": rule,
+        "reference_robust_acc": reference,
+        "validation_images": validation,
+        "attack": attack,
+        "points": points,
+        "chosen": chosen,
     }
 
 
@@ -100,7 +183,11 @@ def run_mix(
     reporter: Reporter | None = None,
     log: Log = _quiet,
 ) -> RunDir:
-    """Build a fixed mix (alpha sweep, trade-off plot) or train an adaptive one."""
+    """Build a fixed mix (validation sweep, trade-off plot) or train an adaptive one.
+
+    Every knob is chosen on validation images, training images both bases held out
+    (`evaluate.validation_pixels`); test images are never read here.
+    """
     apply_threads(cfg.threads)
     device = select_device(cfg.device)
     standard = load_base(cfg.standard, device=device)
@@ -108,21 +195,30 @@ def run_mix(
     data = data_of(cfg.robust)
     eps = eps_for(data, cfg.eps)
     dataset = load_data(data)
-    x, y = test_pixels(dataset, count=cfg.sweep.test_subset)
+    bases = base_records(cfg)
+    x, y = validation_pixels(dataset, bases, count=cfg.sweep.clean_subset)
+    if cfg.sweep.subset > len(y):
+        raise ConfigError(
+            f"`sweep.subset={cfg.sweep.subset}` asks for more validation images than the bases "
+            f"held out ({len(y)}): lower it, or retrain both bases with a larger `data.validation`"
+        )
+    images = (x.to(device), y.to(device))
+    info = validation_info(dataset, bases, cfg.sweep)
     run, _ = open_run(run_path, root=cfg.runs_dir, name=cfg.name, config=cfg)
     started = time.perf_counter()
     torch.manual_seed(derive_seed(cfg.seed, "mix"))
     if cfg.kind == "fixed":
-        record = _fixed_mix(
-            cfg, run, standard, robust, test=(x.to(device), y.to(device)), eps=eps, log=log
-        )
+        record = _fixed_mix(cfg, run, standard, robust, images=images, info=info, eps=eps, log=log)
     else:
         record = _adaptive_mix(
             cfg,
             run,
             standard,
             robust,
-            dataset_record=data,
+            dataset=dataset,
+            bases=bases,
+            images=images,
+            info=info,
             eps=eps,
             device=device,
             reporter=reporter,
@@ -138,6 +234,10 @@ def run_mix(
             "eps": eps,
             "data": data,
             **record,
+            "settings": {
+                "sweep": cfg.sweep.model_dump(mode="json"),
+                "mixnet": cfg.mixnet.model_dump(mode="json"),
+            },
             "wall_seconds": time.perf_counter() - started,
             "environment": environment_info(device),
         }
@@ -151,30 +251,64 @@ def _fixed_mix(
     standard: Normalized,
     robust: Normalized,
     *,
-    test: tuple[Tensor, Tensor],
+    images: tuple[Tensor, Tensor],
+    info: dict[str, Any],
     eps: float,
     log: Log,
 ) -> dict[str, Any]:
     points = alpha_sweep(
         standard,
         robust,
-        test=test,
+        images=images,
         eps=eps,
         settings=cfg.sweep,
-        temperature_std=cfg.temperature_std,
-        temperature_rob=cfg.temperature_rob,
         seed=cfg.seed,
         on_point=lambda p: log(
-            f"alpha {p['alpha']:.2f}: clean {p['clean_acc']:.2%}  robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
+            f"alpha {p['alpha']:.2f}, s_g {_temp(p['temperature_std'])}, "
+            f"s_h {_temp(p['temperature_rob'])}: validation clean {p['clean_acc']:.2%}  "
+            f"robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
         ),
     )
-    chosen = choose(points, tolerance=cfg.sweep.tolerance)
-    write_mix(run, _mix_spec(cfg, alpha=chosen["alpha"]))
-    attack = _attack_label(cfg.sweep.attack.attacks, cfg.sweep.subset, cfg.sweep.attack.n_iter)
-    plot_tradeoff(
-        points, run.plots_dir / "tradeoff.png", title=f"{test_name(cfg)} fixed mix", attack=attack
+    chosen = choose(points, tolerance=cfg.sweep.tolerance, key=FIXED_KNOBS)
+    temps = temperatures(chosen)
+    write_mix(run, _mix_spec(cfg, alpha=chosen["alpha"], **temps))
+    attack = _attack_label(
+        cfg.sweep.attack.attacks, info["images_attacked"], cfg.sweep.attack.n_iter
     )
-    return {"sweep": points, "alpha": chosen["alpha"], "chosen": chosen, "sweep_attack": attack}
+    plot_tradeoff(
+        points,
+        run.plots_dir / "tradeoff.png",
+        title=f"{test_name(cfg)} fixed mix (validation images)",
+        attack=attack,
+        chosen=chosen,
+    )
+    grids = {
+        "alpha": cfg.sweep.alphas,
+        "temperature_std": cfg.sweep.temperatures_std,
+        "temperature_rob": cfg.sweep.temperatures_rob,
+    }
+    selection = selection_record(
+        points=points,
+        chosen={k: chosen[k] for k in FIXED_KNOBS},
+        grids=grids,
+        rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
+        f"accuracy is within {cfg.sweep.tolerance:g} of the most robust grid point's",
+        validation=info,
+        attack=attack,
+        reference=max(p["robust_acc"] for p in points),
+    )
+    return {
+        "sweep": points,
+        "alpha": chosen["alpha"],
+        **temps,
+        "chosen": chosen,
+        "sweep_attack": attack,
+        "selection": selection,
+    }
+
+
+def _temp(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def test_name(cfg: MixConfig) -> str:
@@ -183,7 +317,55 @@ def test_name(cfg: MixConfig) -> str:
 
 
 def _attack_label(attacks: Sequence[str], n: int, n_iter: int) -> str:
-    return f"{' + '.join(a.upper() for a in attacks)} ({n_iter} it.) on {n} images"
+    return f"{' + '.join(a.upper() for a in attacks)} ({n_iter} it.) on {n} validation images"
+
+
+def _mixnet_loaders(
+    cfg: MixConfig,
+    dataset: Dataset,
+    bases: dict[str, dict[str, Any]],
+    *,
+    device: torch.device,
+) -> tuple[BatchLoader, BatchLoader]:
+    """The mixing network's training batches (a seeded subset of the images both bases trained
+    on, never a validation image) and up to 2,000 validation images to follow its training."""
+    net = cfg.mixnet
+    labels = dataset.train.labels
+    indices = mixnet_train_indices(labels, bases, subset=net.train_subset, seed=cfg.seed)
+    train = ArraySplit(np.asarray(dataset.train.images[indices]), np.asarray(labels[indices]))
+    data_cfg = DataConfig(
+        name=dataset.name,
+        validation=0.0,  # `train` already excludes the bases' hold-out
+        batch_size=net.batch_size,
+        eval_batch_size=500,
+    )
+    none = ArraySplit(train.images[:0], train.labels[:0])  # no test image is even loaded
+    loaders = build_loaders(
+        replace(dataset, train=train, test=none),
+        data_cfg,
+        seed=cfg.seed,
+        device=device,
+        normalize=False,
+    )
+    held = validation_indices(labels, bases)[:2000]
+    val = BatchLoader(
+        to_tensor(dataset.train.images[held]),
+        to_tensor(labels[held]),
+        batch_size=500,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
+        normalize=False,
+    )
+    return loaders.train, val
+
+
+def _as_validation(record: dict[str, Any]) -> dict[str, Any]:
+    """A history record of the mixing network's `fit`, whose "test" loader held validation
+    images: its `test_*` entries renamed `val_*`."""
+    return {
+        k.replace("test_", "val_", 1) if k.startswith("test_") else k: v for k, v in record.items()
+    }
 
 
 def _adaptive_mix(
@@ -192,7 +374,10 @@ def _adaptive_mix(
     standard: Normalized,
     robust: Normalized,
     *,
-    dataset_record: dict[str, Any],
+    dataset: Dataset,
+    bases: dict[str, dict[str, Any]],
+    images: tuple[Tensor, Tensor],
+    info: dict[str, Any],
     eps: float,
     device: torch.device,
     reporter: Reporter | None,
@@ -202,25 +387,14 @@ def _adaptive_mix(
     mix = build_adaptive(
         standard,
         robust,
-        input_shape=tuple(dataset_record["image_shape"]),
+        input_shape=dataset.image_shape,
         width=net.width,
-        temperature_std=cfg.temperature_std,
-        temperature_rob=cfg.temperature_rob,
+        temperature_std=net.temperature_std,
+        temperature_rob=net.temperature_rob,
         gamma_scale=net.gamma_scale,
         gamma_bias=net.gamma_bias,
     )
-    data_cfg = DataConfig(
-        name=dataset_record["name"],
-        source=dataset_record.get("from_path"),
-        train_subset=net.train_subset,
-        test_subset=2000,
-        batch_size=net.batch_size,
-        eval_batch_size=500,
-    )
-    dataset = load_data(dataset_record)
-    train_loader, test_loader, _ = build_loaders(
-        dataset, data_cfg, seed=cfg.seed, device=device, normalize=False
-    )
+    train_loader, val_loader = _mixnet_loaders(cfg, dataset, bases, device=device)
     optim = OptimConfig(name="adamw", lr=net.lr, weight_decay=net.weight_decay, schedule="cosine")
     optimizer = build_optimizer(optim, parameter_groups([mix.mixnet]))
     scheduler = build_scheduler(
@@ -229,10 +403,12 @@ def _adaptive_mix(
         total_steps=net.epochs * len(train_loader),
         steps_per_epoch=len(train_loader),
     )
+    # `fit` evaluates every epoch on its `test_loader`: here validation images, so that making
+    # the mix never reads a test image (its metrics.jsonl names them test_*, its summary val_*).
     result = fit(
         mix,
         train_loader=train_loader,
-        test_loader=test_loader,
+        test_loader=val_loader,
         optimizer=optimizer,
         scheduler=scheduler,
         objective=mixing_objective(net, eps=eps),
@@ -245,45 +421,102 @@ def _adaptive_mix(
         reporter=reporter,
     )
     mix.eval()
-    record: dict[str, Any] = {"history": result.history, "train_seconds": result.wall_seconds}
-    if net.bias_sweep:
-        record.update(
-            _bias_sweep(cfg, mix, robust, dataset=dataset, eps=eps, device=device, log=log)
-        )
-    write_mix(run, _mix_spec(cfg, width=net.width, gamma_bias=float(mix.gamma_bias)), mix)
+    record: dict[str, Any] = {
+        "history": [_as_validation(r) for r in result.history],
+        "train_seconds": result.wall_seconds,
+        "mixnet_train_images": train_loader.num_samples,
+    }
+    record.update(_choose_adaptive(cfg, mix, robust, images=images, info=info, eps=eps, log=log))
+    chosen = record["chosen"]
+    spec = _mix_spec(
+        cfg,
+        temperature_std=chosen["temperature_std"],
+        temperature_rob=chosen["temperature_rob"],
+        width=net.width,
+        gamma_bias=chosen["gamma_bias"],
+    )
+    write_mix(run, spec, mix)
     record["gamma_bias"] = float(mix.gamma_bias)
     return record
 
 
-def _bias_sweep(
+def _choose_adaptive(
     cfg: MixConfig,
     mix: AdaptiveMixedClassifier,
     robust: Normalized,
     *,
-    dataset: Any,
+    images: tuple[Tensor, Tensor],
+    info: dict[str, Any],
     eps: float,
-    device: torch.device,
     log: Log,
 ) -> dict[str, Any]:
-    """Evaluate every gamma bias like a fixed alpha; keep the best by the sweep's rule."""
-    x, y = test_pixels(dataset, count=cfg.sweep.test_subset)
-    x, y = x.to(device), y.to(device)
+    """Judge every gamma bias x s_g x s_h on validation images like a fixed alpha and keep the
+    best by the sweep's rule, the robust base's validation accuracy as the reference; without
+    `mixnet.bias_sweep`, keep the configured bias and training temperatures."""
+    net = cfg.mixnet
+    grids = {
+        "gamma_bias": net.bias_sweep or (net.gamma_bias,),
+        "temperature_std": cfg.sweep.temperatures_std if net.bias_sweep else (net.temperature_std,),
+        "temperature_rob": cfg.sweep.temperatures_rob if net.bias_sweep else (net.temperature_rob,),
+    }
+    if not net.bias_sweep:
+        chosen = {k: float(v[0]) for k, v in grids.items()}
+        selection = selection_record(
+            points=[],
+            chosen=chosen,
+            grids=grids,
+            rule="no `mixnet.bias_sweep`: the configured bias and training temperatures",
+            validation=None,
+            attack=None,
+            reference=None,
+        )
+        return {
+            "bias_sweep": [],
+            "chosen": chosen,
+            "temperature_std": chosen["temperature_std"],
+            "temperature_rob": chosen["temperature_rob"],
+            "selection": selection,
+        }
+    x, y = images
     n = cfg.sweep.subset
     reference, _ = robust_accuracy(robust, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed)
-    points = []
-    for bias in cfg.mixnet.bias_sweep:
-        mix.gamma_bias.fill_(bias)
-        clean = float(clean_correct(mix, x, y).float().mean())
-        rob, seconds = robust_accuracy(
-            mix, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed
-        )
-        points.append(
-            {"gamma_bias": bias, "clean_acc": clean, "robust_acc": rob, "seconds": seconds}
-        )
-        log(f"gamma bias {bias:+.2f}: clean {clean:.2%}  robust {rob:.2%}")
-    chosen = choose(points, tolerance=cfg.sweep.tolerance, reference=reference, key="gamma_bias")
-    mix.gamma_bias.fill_(chosen["gamma_bias"])
-    return {"bias_sweep": points, "bias_reference_robust_acc": reference}
+    log(f"robust base on validation images: {reference:.2%}")
+    points = bias_sweep(
+        mix,
+        images=images,
+        biases=net.bias_sweep,
+        eps=eps,
+        settings=cfg.sweep,
+        seed=cfg.seed,
+        on_point=lambda p: log(
+            f"gamma bias {p['gamma_bias']:+.2f}, s_g {p['temperature_std']:g}, "
+            f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  "
+            f"robust {p['robust_acc']:.2%}"
+        ),
+    )
+    chosen = choose(points, tolerance=cfg.sweep.tolerance, reference=reference, key=ADAPTIVE_KNOBS)
+    set_knobs(mix, chosen)
+    attack = _attack_label(
+        cfg.sweep.attack.attacks, info["images_attacked"], cfg.sweep.attack.n_iter
+    )
+    selection = selection_record(
+        points=points,
+        chosen={k: chosen[k] for k in ADAPTIVE_KNOBS},
+        grids=grids,
+        rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
+        f"accuracy is within {cfg.sweep.tolerance:g} of the robust base's on the same images",
+        validation=info,
+        attack=attack,
+        reference=reference,
+    )
+    return {
+        "bias_sweep": points,
+        "bias_reference_robust_acc": reference,
+        "chosen": chosen,
+        "temperature_std": chosen["temperature_std"],
+        "temperature_rob": chosen["temperature_rob"],
+        "selection": selection,
+    }
 
 
 # ----------------------------------------------------------------------------- eval

@@ -7,7 +7,7 @@ sections and fills in the run directories as it goes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,6 +52,26 @@ class RobustTrainConfig(TrainConfig):
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
 
 
+def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
+    """Stop a config that still uses a key this version moved, saying where it went."""
+    if isinstance(data, dict):
+        old = [key for key in moved if key in data]
+        if old:
+            raise ValueError("; ".join(f"`{key}` {moved[key]}" for key in old))
+    return data
+
+
+# The mix's logit scales s_g, s_h are knobs chosen on validation images, no longer settings.
+MOVED_TEMPERATURES = {
+    "temperature_std": "is chosen on validation images now: list its candidates in "
+    "`sweep.temperatures_std` (one value fixes it); the mixing network trains with "
+    "`mixnet.temperature_std`",
+    "temperature_rob": "is chosen on validation images now: list its candidates in "
+    "`sweep.temperatures_rob` (one value fixes it); the mixing network trains with "
+    "`mixnet.temperature_rob`",
+}
+
+
 class APGDSettings(StrictModel):
     """AutoAttack's attacks as used by a quick evaluation (sweeps, the demo)."""
 
@@ -63,19 +83,50 @@ class APGDSettings(StrictModel):
 
 
 class SweepSettings(StrictModel):
-    """The constant-alpha sweep of a fixed mix: the clean vs robust trade-off curve."""
+    """The validation sweep that chooses a mix's knobs: alpha, s_g and s_h of the fixed mix (a
+    grid over all three), the gamma bias and s_g, s_h of the adaptive mix (`mixnet.bias_sweep`
+    times the temperature grids).
+
+    Every grid point is judged on validation images, training images both bases held out
+    (`data.validation`): clean accuracy on the first `clean_subset` of them, robust accuracy
+    under `attack` on the first `subset`. Test images are never read. Each grid point costs one
+    attack on `subset` images (at alpha 0 and 1 one temperature is unused, so those points are
+    attacked once per value of the other).
+    """
 
     alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-    subset: int = Field(default=100, ge=1)  # first N test images attacked at every alpha
-    test_subset: int | None = Field(default=None, ge=1)  # clean accuracy: first N (None: all)
+    temperatures_std: tuple[float, ...] = (1.0,)  # s_g candidates (logit scale of g)
+    temperatures_rob: tuple[float, ...] = (1.0,)  # s_h candidates (logit scale of h)
+    subset: int = Field(default=100, ge=1)  # first N validation images attacked per grid point
+    clean_subset: int | None = Field(default=None, ge=1)  # clean accuracy: first N (None: all)
     attack: APGDSettings = APGDSettings()
-    tolerance: float = Field(default=0.03, ge=0)  # robust accuracy the chosen alpha may give up
+    tolerance: float = Field(default=0.03, ge=0)  # robust accuracy the choice may give up
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(
+            data,
+            {
+                "test_subset": "was renamed `clean_subset`: the sweep's clean accuracy is measured "
+                "on validation images (held out of training), never on test images"
+            },
+        )
 
     @model_validator(mode="after")
-    def _alphas_in_range(self) -> SweepSettings:
+    def _grids(self) -> SweepSettings:
         bad = [a for a in self.alphas if not 0.0 <= a <= 1.0]
         if bad or not self.alphas:
             raise ValueError(f"`alphas` must be a non-empty list in [0, 1], got {self.alphas}")
+        for key in ("temperatures_std", "temperatures_rob"):
+            values = getattr(self, key)
+            if not values or min(values) <= 0:
+                raise ValueError(f"`{key}` must be a non-empty list of values > 0, got {values}")
+        if self.clean_subset is not None and self.clean_subset < self.subset:
+            raise ValueError(
+                f"`clean_subset={self.clean_subset}` is smaller than `subset={self.subset}`: the "
+                "attacked images are the first of the clean ones; raise it or set it to null (all)"
+            )
         return self
 
 
@@ -99,7 +150,12 @@ class MixNetSettings(StrictModel):
     targeted_fraction: float = Field(default=0.5, ge=0, le=1)  # batches attacked with targeted DLR
     gamma_scale: float = Field(default=1.0, gt=0)  # gamma' = BN(gamma) * scale + bias
     gamma_bias: float = 0.0
-    bias_sweep: tuple[float, ...] = ()  # evaluated after training; the best becomes gamma_bias
+    # After training, every bias x `sweep.temperatures_std` x `sweep.temperatures_rob` is judged
+    # on validation images and the best (the sweep's rule) is kept; empty: keep `gamma_bias`
+    # and the training temperatures below.
+    bias_sweep: tuple[float, ...] = ()
+    temperature_std: float = Field(default=1.0, gt=0)  # s_g while the mixing network trains
+    temperature_rob: float = Field(default=1.0, gt=0)  # s_h while the mixing network trains
 
     @model_validator(mode="after")
     def _ranges(self) -> MixNetSettings:
@@ -159,11 +215,14 @@ class MixConfig(RunSettings):
     standard: str  # run directory of the standard base model
     robust: str  # run directory of the robust base model
     kind: Literal["fixed", "adaptive"] = "fixed"
-    temperature_std: float = Field(default=1.0, gt=0)  # s_g
-    temperature_rob: float = Field(default=1.0, gt=0)  # s_h
     eps: float | None = Field(default=None, ge=0)
-    sweep: SweepSettings = SweepSettings()
+    sweep: SweepSettings = SweepSettings()  # alpha, s_g, s_h (and the bias) chosen on validation
     mixnet: MixNetSettings = MixNetSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, MOVED_TEMPERATURES)
 
 
 class EvalConfig(RunSettings):
@@ -180,6 +239,8 @@ class CertifyConfig(RunSettings):
     name: str = "robust-certify"
     standard: str
     robust: str  # a Gaussian-noise base (smoothing) or a model with a known Lipschitz bound
+    # Certification chooses nothing: the alphas are a list, the certificate does not depend on
+    # s_g, and s_h only matters for the Lipschitz route.
     temperature_std: float = Field(default=1.0, gt=0)
     temperature_rob: float = Field(default=1.0, gt=0)
     certify: CertifySettings = CertifySettings()
@@ -190,12 +251,15 @@ class PipelineConfig(RunSettings):
 
     name: str = "robust-demo"
     standard: RobustTrainConfig
-    robust: RobustTrainConfig
-    temperature_std: float = Field(default=1.0, gt=0)
-    temperature_rob: float = Field(default=1.0, gt=0)
+    robust: RobustTrainConfig  # must hold out the same images as `standard` (seed, data)
     sweep: SweepSettings = SweepSettings()
     adaptive: bool = False  # also train and evaluate the mixing network
     mixnet: MixNetSettings = MixNetSettings()
     eval: EvalSettings = EvalSettings()
     smoothing: RobustTrainConfig | None = None  # a Gaussian base for the certification curves
     certify: CertifySettings = CertifySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, MOVED_TEMPERATURES)

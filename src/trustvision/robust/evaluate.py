@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trustvision.config import DataConfig
 from trustvision.data.dataset import Dataset, load_dataset
+from trustvision.data.loader import derive_seed, split_train_indices
+from trustvision.errors import ConfigError
 from trustvision.robust.attacks import cross_entropy_loss, pgd
 from trustvision.robust.autoattack import (
     AttackerSet,
@@ -45,6 +49,145 @@ def test_pixels(dataset: Dataset, *, count: int | None = None) -> tuple[Tensor, 
     end = len(dataset.test) if count is None else min(count, len(dataset.test))
     x = torch.from_numpy(dataset.test.images[:end].copy()).float().div_(255.0)
     return x, torch.from_numpy(dataset.test.labels[:end].copy()).long()
+
+
+# The settings of a base's data record that fix which training images it held out.
+SPLIT_KEYS = ("validation", "seed", "train_subset", "imbalance_factor")
+DATA_KEYS = ("name", "source", "variant")  # the same data set, from the same bytes
+VALIDATION_FIX = (
+    "train both bases with the same `seed` and `data.validation` (> 0; and the same "
+    "`data.train_subset` and `data.imbalance_factor`), so that they hold out the same images"
+)
+
+
+def _split_of(run: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [k for k in SPLIT_KEYS if k not in record]
+    if missing:
+        raise ConfigError(
+            f"base run `{run}` records no validation hold-out (no {', '.join(missing)} in its "
+            f"summary's `data`: trained before `data.validation` existed): retrain it; {VALIDATION_FIX}"
+        )
+    return {k: record[k] for k in SPLIT_KEYS}
+
+
+def base_split(
+    labels: np.ndarray, run: str, record: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(train, held_out)` indices into the training split of the base run `run`, recomputed
+    from its data record with `split_train_indices`, exactly as its training drew them."""
+    split = _split_of(run, record)
+    cfg = DataConfig(
+        name=record["name"],
+        validation=split["validation"],
+        train_subset=split["train_subset"],
+        imbalance_factor=split["imbalance_factor"],
+    )
+    return split_train_indices(labels, cfg, seed=split["seed"])
+
+
+def _describe_split(run: str, record: Mapping[str, Any]) -> str:
+    split = ", ".join(f"{k}={record.get(k)}" for k in (*DATA_KEYS, *SPLIT_KEYS))
+    return f"`{run}` ({split})"
+
+
+def stratified_order(labels: np.ndarray, *, seed: int) -> np.ndarray:
+    """A seeded order of `labels`' positions whose every prefix is stratified by class.
+
+    Each class's members come in a random order; position n goes to the class furthest below
+    its share of n (ties broken at random), so the first N hold every class's share of N to
+    within two images (about one in practice), for every N.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts / counts.sum()
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    jitter = rng.random(len(classes)) * 1e-9  # breaks exact ties without moving real ones
+    taken = np.zeros(len(classes), dtype=np.int64)
+    order = np.empty(len(labels), dtype=np.int64)
+    for n in range(len(labels)):
+        deficit = (n + 1) * share - taken + jitter
+        deficit[taken == counts] = -np.inf
+        c = int(np.argmax(deficit))
+        order[n] = members[c][taken[c]]
+        taken[c] += 1
+    return order
+
+
+def validation_indices(labels: np.ndarray, bases: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
+    """The training images every base held out, as indices into the training split, in a
+    seeded stratified random order (`stratified_order`): the first N are a random sample of
+    the hold-out with each class in its share.
+
+    `bases` maps each base run to its data record. All must have held out the same images
+    (the same seed, `data.validation` > 0, train subset and imbalance): anything else is a
+    ConfigError naming the runs, since an image one base held out may be one the other
+    trained on.
+    """
+    runs = list(bases)
+    if not runs:
+        raise ValueError("validation_indices needs at least one base run")
+    held = {run: base_split(labels, run, bases[run])[1] for run in runs}
+    first = runs[0]
+    for run in runs:
+        if len(held[run]) == 0:
+            raise ConfigError(
+                f"base run {_describe_split(run, bases[run])} held out no training images, so "
+                f"nothing can be chosen on validation images: {VALIDATION_FIX}"
+            )
+        same_data = all(bases[run].get(k) == bases[first].get(k) for k in DATA_KEYS)
+        if not same_data or not np.array_equal(held[run], held[first]):
+            raise ConfigError(
+                f"base runs {_describe_split(first, bases[first])} and "
+                f"{_describe_split(run, bases[run])} held out different training images: "
+                f"{VALIDATION_FIX}"
+            )
+    indices = held[first]
+    seed = derive_seed(int(bases[first]["seed"]), "validation-order")
+    return indices[stratified_order(np.asarray(labels)[indices], seed=seed)]
+
+
+def validation_pixels(
+    dataset: Dataset, bases: Mapping[str, Mapping[str, Any]], *, count: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The first `count` (None: all) validation images of `bases` as [0, 1] floats, with labels.
+
+    Validation images are training images that every base held out (`validation_indices`:
+    recomputed from the bases' recorded split, never trained on by them), in a seeded
+    stratified random order, so the first `count` are a random sample with each class in its
+    share. Asking for more than the bases held out is a ConfigError.
+    """
+    order = validation_indices(dataset.train.labels, bases)
+    if count is not None and count > len(order):
+        raise ConfigError(
+            f"asked for {count} validation images but the bases held out {len(order)}: lower "
+            "`sweep.subset` / `sweep.clean_subset`, or retrain both bases with a larger "
+            "`data.validation`"
+        )
+    chosen = order[: len(order) if count is None else count]
+    x = torch.from_numpy(np.asarray(dataset.train.images[chosen])).float().div_(255.0)
+    return x, torch.from_numpy(np.asarray(dataset.train.labels[chosen])).long()
+
+
+def mixnet_train_indices(
+    labels: np.ndarray, bases: Mapping[str, Mapping[str, Any]], *, subset: int | None, seed: int
+) -> np.ndarray:
+    """Sorted training indices the mixing network trains on: images every base trained on (so
+    never a validation image), a seeded random `subset` of them (None: all).
+
+    Computed from the bases' own splits, not by re-splitting with the mixing network's
+    settings: `split_train_indices` draws the train subset before the hold-out, so another
+    `train_subset` would hold out other images.
+    """
+    validation_indices(labels, bases)  # the bases agree on their hold-out, or a ConfigError
+    pool: np.ndarray | None = None
+    for run, record in bases.items():
+        train = base_split(labels, run, record)[0]
+        pool = train if pool is None else np.intersect1d(pool, train)
+    assert pool is not None
+    if subset is not None and subset < len(pool):
+        rng = np.random.default_rng(derive_seed(seed, "mixnet-subset"))
+        pool = np.sort(rng.choice(pool, size=subset, replace=False))
+    return pool
 
 
 def clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> Tensor:

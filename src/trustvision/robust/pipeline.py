@@ -1,15 +1,18 @@
 """The whole method on one data set, stage by stage in one work directory, resumable.
 
 work/standard, work/robust         `robust train` runs (standard and adversarial training)
-work/fixed-mix                     `robust mix` alpha sweep and the chosen constant alpha
+work/fixed-mix                     `robust mix`: alpha, s_g, s_h chosen on validation images
 work/adaptive-mix                  `robust mix` with the mixing network (if `adaptive`)
 work/eval-<model>                  `robust eval`: AutoAttack, masking checks, model card
 work/smoothing, work/certify       Gaussian base and certification curves (if `smoothing`)
 work/report.json                   every number above, and the paper's goal checked
 
-A finished stage is never redone, and an evaluation keeps its finished chunks of images, so
-an interrupted pipeline continues where it stopped. `robust demo` and benchmarks/robust.py
-both run this.
+A finished stage is not redone while it is current, and an evaluation keeps its finished
+chunks of images, so an interrupted pipeline continues where it stopped. A stage that is no
+longer current (a base trained without the configured validation hold-out, a mix whose knobs
+were not chosen on validation images or whose sweep settings changed) is moved to
+work/retired/ together with every stage built on it, and redone. `robust demo` and
+benchmarks/robust.py both run this.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trustvision.errors import ConfigError
 from trustvision.robust.certification import run_certify
 from trustvision.robust.commands import describe, run_eval, run_mix
 from trustvision.robust.config import (
@@ -38,6 +43,18 @@ from trustvision.train.loop import Reporter
 Log = Callable[[str], None]
 GOAL_AA_POINTS = 0.03  # the mix may lose at most 3 points of AutoAttack accuracy ...
 GOAL_GAP_CLOSED = 0.5  # ... while closing at least half of the clean gap
+BASES = ("standard", "robust")
+MIXES = {"fixed": "fixed-mix", "adaptive": "adaptive-mix"}
+# Everything built on the two bases, by stage directory.
+ON_BASES = (
+    "fixed-mix",
+    "adaptive-mix",
+    "eval-standard",
+    "eval-robust",
+    "eval-fixed-mix",
+    "eval-adaptive-mix",
+    "certify",
+)
 
 
 def _common(cfg: PipelineConfig) -> dict[str, Any]:
@@ -66,6 +83,73 @@ def _train(
     train_robust(train.model_copy(update=update), run_path=path, reporter=reporter)
 
 
+def split_settings(train: RobustTrainConfig) -> dict[str, Any]:
+    """What fixes the training images a base holds out (as its summary's `data` records it)."""
+    data = train.data
+    return {
+        "name": data.name,
+        "validation": data.validation,
+        "seed": train.seed,
+        "train_subset": data.train_subset,
+        "imbalance_factor": data.imbalance_factor,
+    }
+
+
+def check_same_holdout(cfg: PipelineConfig) -> None:
+    """Both bases must hold out the same training images, the validation images every knob is
+    chosen on: stop before any training otherwise."""
+    std, rob = split_settings(cfg.standard), split_settings(cfg.robust)
+    if std != rob or std["validation"] == 0:
+        raise ConfigError(
+            f"`standard` ({std}) and `robust` ({rob}) must hold out the same training images "
+            "for validation: give both the same `seed`, `data.validation` (> 0), "
+            "`data.train_subset` and `data.imbalance_factor`"
+        )
+
+
+def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
+    data = summary.get("data", {})
+    return all(k in data and data[k] == v for k, v in split_settings(train).items())
+
+
+def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
+    settings = summary.get("settings", {})
+    current = summary.get("selection") is not None and settings.get(
+        "sweep"
+    ) == cfg.sweep.model_dump(mode="json")
+    if kind == "adaptive":
+        current = current and settings.get("mixnet") == cfg.mixnet.model_dump(mode="json")
+    return current
+
+
+def retire(work: Path, stages: tuple[str, ...] | list[str], *, why: str, log: Log) -> None:
+    """Move finished or partial stages to work/retired/<time>/ so that they are redone."""
+    present = [name for name in stages if (work / name).exists()]
+    if not present:
+        return
+    target = work / "retired" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in present:
+        shutil.move(str(work / name), str(target / name))
+    log(f"redoing {', '.join(present)} ({why}); the old runs are in {target}")
+
+
+def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
+    """Retire stages that no longer match the config, and every stage built on them."""
+    for name in BASES:
+        train = cfg.standard if name == "standard" else cfg.robust
+        path = work / name
+        if is_finished(path) and not _split_current(train, read_finished(path)):
+            retire(work, [name], why="trained without the configured validation hold-out", log=log)
+        if not is_finished(path):  # (re)trained now: nothing built on the old one stays
+            retire(work, ON_BASES, why=f"`{name}` is trained anew", log=log)
+    for kind, stage in MIXES.items():
+        path = work / stage
+        if is_finished(path) and not _mix_current(cfg, kind, read_finished(path)):
+            why = "its knobs were not chosen on these validation settings"
+            retire(work, [stage, f"eval-{stage}"], why=why, log=log)
+
+
 def _stage(
     path: Path,
     make: Callable[[], Any],
@@ -85,8 +169,10 @@ def run_pipeline(
     cfg: PipelineConfig, work: str | Path, *, reporter: Reporter | None = None, log: Log = print
 ) -> dict[str, Any]:
     """Run (or finish) every stage in `work`; returns and writes the report."""
+    check_same_holdout(cfg)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    _retire_stale(cfg, work, log=log)
     std_dir, rob_dir = work / "standard", work / "robust"
     _train(cfg, cfg.standard, std_dir, reporter=reporter, log=log)
     _train(cfg, cfg.robust, rob_dir, reporter=reporter, log=log)
@@ -94,8 +180,6 @@ def run_pipeline(
         **_common(cfg),
         "standard": str(std_dir),
         "robust": str(rob_dir),
-        "temperature_std": cfg.temperature_std,
-        "temperature_rob": cfg.temperature_rob,
         "eps": cfg.eval.eps,
         "sweep": cfg.sweep,
         "mixnet": cfg.mixnet,
@@ -108,7 +192,7 @@ def run_pipeline(
             log=log,
         ),
         log=log,
-        title="alpha sweep of the fixed mix",
+        title="validation sweep of the fixed mix (alpha, s_g, s_h)",
     )
     models = {"standard": std_dir, "robust": rob_dir, "fixed mix": work / "fixed-mix"}
     if cfg.adaptive:
@@ -156,7 +240,6 @@ def _certify(
         name="certify",
         standard=str(work / "standard"),
         robust=str(work / "smoothing"),
-        temperature_std=cfg.temperature_std,
         certify=cfg.certify,
         **_common(cfg),
     )
@@ -231,7 +314,7 @@ def _report(
     rows = {label: row(label, summary) for label, summary in evals.items()}
     others = [
         {
-            "label": f"{label} (AutoAttack, {r['n_autoattack']} images)",
+            "label": f"{label} (AutoAttack, {r['n_autoattack']} test images)",
             "clean_acc": r["clean_acc"],
             "robust_acc": r["autoattack_acc"],
         }
@@ -243,16 +326,24 @@ def _report(
         title=f"{fixed['data']['name']}: clean vs robust accuracy",
         attack=f"sweep: {fixed['sweep_attack']}",
         others=others,
+        chosen=fixed["chosen"],
     )
-    trained = {label: _training_record(work / label) for label in ("standard", "robust")}
-    adaptive = work / "adaptive-mix"
+    trained = {label: _training_record(work / label) for label in BASES}
+    adaptive_dir = work / "adaptive-mix"
+    adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
+    selection = {"fixed mix": fixed["selection"]}
+    if adaptive is not None:
+        selection["adaptive mix"] = adaptive["selection"]
     return {
         "data": fixed["data"],
         "eps": fixed["eps"],
         "sweep": fixed["sweep"],
         "sweep_attack": fixed["sweep_attack"],
         "alpha": fixed["alpha"],
-        "adaptive": _adaptive_record(adaptive) if is_finished(adaptive) else None,
+        "temperature_std": fixed["temperature_std"],
+        "temperature_rob": fixed["temperature_rob"],
+        "selection": selection,
+        "adaptive": adaptive,
         "training": trained,
         "rows": list(rows.values()),
         "goal": {m: goal(rows, m) for m in ("fixed mix", "adaptive mix") if m in rows},
@@ -263,11 +354,16 @@ def _report(
 
 def _training_record(path: Path) -> dict[str, Any]:
     summary = read_finished(path)
+    data = summary["data"]
+    validation = summary.get("validation") or {}
     return {
         **describe(path),
         "epochs": summary["epochs"],
         "attack": summary["attack"],
-        "train_images": summary["data"]["train_images"],
+        "train_images": data["train_images"],
+        "validation_images": data.get("validation_images"),
+        "validation": data.get("validation"),
+        "validation_acc": validation.get("top1"),
         "wall_seconds": summary["wall_seconds"],
         "test_acc": summary["test"]["top1"],
     }
@@ -275,7 +371,17 @@ def _training_record(path: Path) -> dict[str, Any]:
 
 def _adaptive_record(path: Path) -> dict[str, Any]:
     summary = read_finished(path)
-    keys = ("gamma_bias", "bias_sweep", "bias_reference_robust_acc", "train_seconds", "history")
+    keys = (
+        "gamma_bias",
+        "temperature_std",
+        "temperature_rob",
+        "bias_sweep",
+        "bias_reference_robust_acc",
+        "selection",
+        "mixnet_train_images",
+        "train_seconds",
+        "history",
+    )
     return {k: summary[k] for k in keys if k in summary}
 
 

@@ -20,6 +20,28 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _curves(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The sweep's points as one alpha curve per (s_g, s_h); a point whose temperature is
+    unused (None: alpha 0 or 1) belongs to every curve it matches."""
+    combos = dict.fromkeys(
+        (p.get("temperature_std"), p.get("temperature_rob"))
+        for p in points
+        if p.get("temperature_std") is not None and p.get("temperature_rob") is not None
+    )
+    if not combos:  # only alphas 0 and 1 (or an old sweep without temperatures)
+        return {"": sorted(points, key=lambda p: p["alpha"])}
+    curves = {}
+    for s_g, s_h in combos:
+        members = [
+            p
+            for p in points
+            if p.get("temperature_std") in (None, s_g) and p.get("temperature_rob") in (None, s_h)
+        ]
+        label = "" if len(combos) == 1 else f"s_g {s_g:g}, s_h {s_h:g}"
+        curves[label] = sorted(members, key=lambda p: p["alpha"])
+    return curves
+
+
 def plot_tradeoff(
     points: Sequence[dict[str, Any]],
     path: Path,
@@ -27,20 +49,33 @@ def plot_tradeoff(
     title: str,
     attack: str,
     others: Sequence[dict[str, Any]] = (),
+    chosen: dict[str, Any] | None = None,
 ) -> Path:
-    """Clean against attacked accuracy of the fixed mix at every alpha, plus other models.
+    """Clean against attacked accuracy of the fixed mix at every alpha (one curve per pair of
+    temperatures), the chosen point starred, plus other models.
 
     `others` are single models: {"label", "clean_acc", "robust_acc"} (e.g. the adaptive mix).
     """
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    xs = [100 * p["robust_acc"] for p in points]
-    ys = [100 * p["clean_acc"] for p in points]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="fixed mix (alpha sweep)")
-    for p, x, y in zip(points, xs, ys, strict=True):
-        ax.annotate(
-            f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+    for label, curve in _curves(points).items():
+        xs = [100 * p["robust_acc"] for p in curve]
+        ys = [100 * p["clean_acc"] for p in curve]
+        ax.plot(xs, ys, "o-", label=f"fixed mix, validation sweep {label}".strip(), alpha=0.8)
+        if not label:
+            for p, x, y in zip(curve, xs, ys, strict=True):
+                ax.annotate(
+                    f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
+    if chosen is not None:
+        ax.plot(
+            100 * chosen["robust_acc"],
+            100 * chosen["clean_acc"],
+            "*",
+            color="black",
+            markersize=13,
+            label=f"chosen: alpha {chosen['alpha']:g}",
         )
-    markers = iter("s^DvP*")
+    markers = iter("s^DvP")
     for other in others:
         ax.plot(
             100 * other["robust_acc"],
@@ -51,7 +86,7 @@ def plot_tradeoff(
         )
     ax.set(xlabel=f"robust accuracy (%), {attack}", ylabel="clean accuracy (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trustvision.config import load_config
+from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import build_loaders, derive_seed
 from trustvision.errors import ConfigError
@@ -45,10 +45,26 @@ def build_pixel_model(
     return Normalized(net, tuple(mean), tuple(std))
 
 
+def split_record(data: DataConfig, *, seed: int, validation_images: int) -> dict[str, Any]:
+    """The settings that fix which training images a run held out (`split_train_indices`)."""
+    return {
+        "validation": data.validation,
+        "validation_images": validation_images,
+        "seed": seed,
+        "train_subset": data.train_subset,
+        "imbalance_factor": data.imbalance_factor,
+    }
+
+
 def data_record(
-    dataset: Dataset, *, train_images: int, from_path: str | None = None
+    dataset: Dataset,
+    *,
+    train_images: int,
+    from_path: str | None = None,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a run records about its data: enough to rebuild the model and to cite the data."""
+    """What a run records about its data: enough to rebuild the model, to cite the data and
+    (with `split`, see `split_record`) to recompute which training images it held out."""
     return {
         "name": dataset.name,
         "from_path": from_path,
@@ -59,6 +75,7 @@ def data_record(
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "train_images": train_images,
+        **(split or {}),
     }
 
 
@@ -73,9 +90,8 @@ def train_robust(
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
     dataset = load_data(cfg.data)
-    train_loader, test_loader, counts = build_loaders(
-        dataset, cfg.data, seed=cfg.seed, device=device, normalize=False
-    )
+    loaders = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device, normalize=False)
+    train_loader, test_loader, counts = loaders.train, loaders.test, loaders.train_counts
     if len(train_loader) == 0:
         raise ConfigError(
             f"`data.batch_size={cfg.data.batch_size}` is larger than the "
@@ -102,6 +118,7 @@ def train_robust(
         model,
         train_loader=train_loader,
         test_loader=test_loader,
+        val_loader=loaders.val,
         optimizer=optimizer,
         scheduler=scheduler,
         objective=make_objective(cfg.attack, ramp=ramp),
@@ -128,9 +145,17 @@ def train_robust(
         "parameters": model.num_parameters(),
         "attack": cfg.attack.model_dump(mode="json"),
         "data": data_record(
-            dataset, train_images=train_loader.num_samples, from_path=cfg.data.source
+            dataset,
+            train_images=train_loader.num_samples,
+            from_path=cfg.data.source,
+            split=split_record(
+                cfg.data,
+                seed=cfg.seed,
+                validation_images=0 if loaders.val is None else loaders.val.num_samples,
+            ),
         ),
         "train_class_counts": counts.tolist(),
+        "validation": result.validation,
         "test": result.final,
         "environment": environment_info(device),
     }

@@ -1,0 +1,219 @@
+"""Choosing a mix's knobs on validation images: which images, who may train on them, and the
+sweeps over alpha, the gamma bias and the temperatures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trustvision.robust.evaluate as evaluate
+import trustvision.robust.pipeline as pipeline
+import trustvision.robust.sweep as sweep
+from trustvision.config import DataConfig, load_config
+from trustvision.data.dataset import ArraySplit, Dataset
+from trustvision.data.loader import split_train_indices
+from trustvision.errors import ConfigError
+from trustvision.models import create_model
+from trustvision.robust.config import PipelineConfig, SweepSettings
+from trustvision.robust.mixing import build_adaptive
+from trustvision.robust.pixels import Normalized
+
+ROOT = Path(__file__).parents[1]
+N_TRAIN = 1000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared machine: one thread is many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_dataset() -> Dataset:
+    """Training image i holds i in its first two pixels and 0 in the third; test images 255."""
+    index = np.arange(N_TRAIN)
+    train = np.stack([index // 256, index % 256, np.zeros_like(index)], axis=1)
+    labels = np.minimum(index % 13, 9).astype(np.int64)  # unequal classes
+    test = np.full((50, 3), 255)
+    return Dataset(
+        name="toy",
+        classes=tuple(str(c) for c in range(10)),
+        train=ArraySplit(train.astype(np.uint8).reshape(-1, 1, 1, 3), labels),
+        test=ArraySplit(test.astype(np.uint8).reshape(-1, 1, 1, 3), np.zeros(50, np.int64)),
+        mean=(0.5,),
+        std=(0.25,),
+        source="test",
+    )
+
+
+def record(**split) -> dict:
+    """A base's data record as `robust train` writes it."""
+    return {
+        "name": "toy",
+        "source": "test",
+        "variant": "original",
+        **{"validation": 0.1, "seed": 0, "train_subset": 800, "imbalance_factor": None, **split},
+    }
+
+
+def decode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Training indices of [0, 1] images made by `toy_dataset`, and their third pixel."""
+    pixels = (x * 255).round().long().reshape(len(x), 3).numpy()
+    return pixels[:, 0] * 256 + pixels[:, 1], pixels[:, 2]
+
+
+def test_validation_images_are_held_out_by_every_base_and_are_no_test_images():
+    data = toy_dataset()
+    bases = {"runs/standard": record(), "runs/robust": record(), "runs/gaussian": record()}
+    x, y = evaluate.validation_pixels(data, bases, count=None)
+    index, marker = decode(x)
+    assert (marker == 0).all()  # training images, never a test image
+    assert np.array_equal(y.numpy(), data.train.labels[index])
+    for run, rec in bases.items():
+        train, held = evaluate.base_split(data.train.labels, run, rec)
+        assert not set(index) & set(train.tolist())
+        assert sorted(index.tolist()) == held.tolist()
+    first, _ = evaluate.validation_pixels(data, bases, count=20)
+    assert torch.equal(first, x[:20])  # "the first N" is a prefix of one fixed order
+
+
+def test_the_recorded_split_is_the_one_training_used():
+    data = toy_dataset()
+    cfg = DataConfig(name="toy", validation=0.1, train_subset=800)
+    train, held = split_train_indices(data.train.labels, cfg, seed=3)
+    again = evaluate.base_split(data.train.labels, "run", record(seed=3))
+    assert np.array_equal(train, again[0]) and np.array_equal(held, again[1])
+
+
+def test_every_prefix_of_the_validation_order_is_stratified():
+    labels = np.random.default_rng(0).choice(5, size=400, p=[0.5, 0.2, 0.15, 0.1, 0.05])
+    order = evaluate.stratified_order(labels, seed=7)
+    assert sorted(order.tolist()) == list(range(400))
+    assert np.array_equal(order, evaluate.stratified_order(labels, seed=7))
+    share = np.bincount(labels, minlength=5) / len(labels)
+    for n in range(1, 401):
+        counts = np.bincount(labels[order[:n]], minlength=5)
+        assert np.all(np.abs(counts - n * share) < 2)
+
+
+def test_mixing_network_trains_only_on_images_every_base_trained_on():
+    labels = toy_dataset().train.labels
+    bases = {"runs/standard": record(), "runs/robust": record()}
+    val = evaluate.validation_indices(labels, bases)
+    mixnet = evaluate.mixnet_train_indices(labels, bases, subset=300, seed=0)
+    assert len(mixnet) == 300 and not set(mixnet.tolist()) & set(val.tolist())
+    for run, rec in bases.items():
+        assert set(mixnet.tolist()) <= set(evaluate.base_split(labels, run, rec)[0].tolist())
+    # why the bases' split is reused: re-splitting with the mixing network's own subset holds
+    # out other images and trains on some of the bases' validation images
+    naive = DataConfig(name="toy", validation=0.1, train_subset=300)
+    naive_train, _ = split_train_indices(labels, naive, seed=0)
+    assert set(naive_train.tolist()) & set(val.tolist())
+
+
+@pytest.mark.parametrize(
+    ("robust", "message"),
+    [
+        (record(seed=1), "held out different training images"),
+        (record(train_subset=700), "held out different training images"),
+        (record(validation=0.0), "held out no training images"),
+        ({"name": "toy", "source": "test", "variant": "original"}, "records no validation"),
+    ],
+)
+def test_bases_that_held_out_different_images_are_refused(robust, message):
+    bases = {"runs/standard": record(), "runs/robust": robust}
+    with pytest.raises(ConfigError, match=message) as err:
+        evaluate.validation_pixels(toy_dataset(), bases, count=10)
+    assert "`runs/robust`" in str(err.value) and "`seed`" in str(err.value)
+
+
+def test_asking_for_more_validation_images_than_held_out_is_refused():
+    bases = {"runs/standard": record(), "runs/robust": record()}
+    with pytest.raises(ConfigError, match=r"sweep\.subset"):
+        evaluate.validation_pixels(toy_dataset(), bases, count=N_TRAIN)
+
+
+def test_pipeline_refuses_bases_with_different_hold_outs_before_training(tmp_path):
+    cfg = load_config(
+        PipelineConfig,
+        ROOT / "configs/robust/demo_mnist.yaml",
+        ["standard.data.train_subset=30000", f"runs_dir={tmp_path}"],
+    )
+    with pytest.raises(ConfigError, match="same training images"):
+        pipeline.run_pipeline(cfg, tmp_path / "work", log=lambda _: None)
+    assert not (tmp_path / "work").exists()
+
+
+def test_fixed_grid_attacks_each_mix_once():
+    settings = SweepSettings(
+        alphas=(1.0, 0.0, 0.5), temperatures_std=(1.0, 2.0), temperatures_rob=(0.5, 1.0, 2.0)
+    )
+    grid = sweep.fixed_grid(settings)
+    assert len(grid) == 2 + 2 * 3 + 3
+    assert {g for g in grid if g[0] == 0.0} == {(0.0, 1.0, None), (0.0, 2.0, None)}
+    assert {g for g in grid if g[0] == 1.0} == {
+        (1.0, None, 0.5),
+        (1.0, None, 1.0),
+        (1.0, None, 2.0),
+    }
+
+
+def test_choose_breaks_ties_towards_temperatures_of_one():
+    points = [
+        {"alpha": 0.9, "temperature_std": 2.0, "temperature_rob": 1.0},
+        {"alpha": 0.9, "temperature_std": 1.0, "temperature_rob": 1.0},
+        {"alpha": 0.9, "temperature_std": 1.0, "temperature_rob": 0.5},
+    ]
+    for p in points:
+        p.update(clean_acc=0.9, robust_acc=0.7)
+    chosen = sweep.choose(points, tolerance=0.03, key=sweep.FIXED_KNOBS)
+    assert chosen["temperature_std"] == 1.0 and chosen["temperature_rob"] == 1.0
+
+
+def base(seed: int) -> Normalized:
+    torch.manual_seed(seed)
+    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.3)
+    return Normalized(net, (0.5,), (0.25,))
+
+
+def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):
+    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8, gamma_bias=0.3)
+    mix.eval()
+    x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    y = mix(x).argmax(1)
+    y[::3] = (y[::3] + 1) % 10  # some wrong labels so that accuracies differ
+    monkeypatch.setattr(sweep, "robust_accuracy", lambda *a, **k: (0.5, 0.0))  # no attack
+    settings = SweepSettings(subset=10, temperatures_std=(1.0, 3.0), temperatures_rob=(0.3, 1.0))
+    points = sweep.bias_sweep(mix, images=(x, y), biases=(-2.0, 2.0), eps=0.1, settings=settings)
+    assert len(points) == 8 and float(mix.gamma_bias) == pytest.approx(0.3)  # knobs restored
+    for point in points:
+        sweep.set_knobs(mix, point)
+        assert point["clean_acc"] == float(evaluate.clean_correct(mix, x, y).float().mean())
+
+
+def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):
+    cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [])
+    work = tmp_path / "work"
+    split = pipeline.split_settings(cfg.standard)
+    stages = {
+        "standard": {"data": {"name": "mnist"}},  # trained before the hold-out existed
+        "robust": {"data": split},
+        "fixed-mix": {"selection": {}},
+        "eval-fixed-mix": {},
+        "eval-robust": {},
+    }
+    for name, summary in stages.items():
+        (work / name).mkdir(parents=True)
+        (work / name / "summary.json").write_text(json.dumps({"status": "finished", **summary}))
+    pipeline._retire_stale(cfg, work, log=lambda _: None)
+    assert sorted(p.name for p in work.iterdir()) == ["retired", "robust"]
+    retired = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
+    assert retired == set(stages) - {"robust"}
