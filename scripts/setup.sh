@@ -19,8 +19,8 @@ if [ ! -f "$stamp" ]; then
     echo "setup: installing torch 2.13.0"
     .venv/bin/pip install -q torch==2.13.0
   fi
-  echo "setup: installing trustvision with extras flower, compact, robust, dev"
-  .venv/bin/pip install -q -e ".[flower,compact,robust,dev]"
+  echo "setup: installing trustvision with extras flower, compact, robust, sweep, dev"
+  .venv/bin/pip install -q -e ".[flower,compact,robust,sweep,dev]"
   rm -f .venv/.trustvision-setup-*
   touch "$stamp"
 fi

@@ -14,6 +14,7 @@ from trustvision.compact.cli import compact_app
 from trustvision.errors import DivergenceError, TrustvisionError
 from trustvision.federated.cli import fed_app
 from trustvision.robust.cli import robust_app
+from trustvision.sweep.cli import sweep_app
 
 app = typer.Typer(
     help="Image classifiers that survive the real world: federated long-tailed learning, "
@@ -29,6 +30,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(fed_app, name="fed")
 app.add_typer(compact_app, name="compact")
 app.add_typer(robust_app, name="robust")
+app.add_typer(sweep_app, name="sweep")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -1,0 +1,249 @@
+"""`trustvision sweep`: hyperparameter search (mounted by trustvision.cli as `sweep`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trustvision.errors import ConfigError, TrustvisionError
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from trustvision.sweep.spec import SweepSpec
+
+EXAMPLE_SPEC = """\
+name: mnist-lr
+command: train              # a trustvision sub-command: train, fed run, ...
+config: configs/train/mnist_cnn.yaml
+overrides: [epochs=1, data.train_subset=2000]   # the same in every trial
+params:                     # searched keys, dotted as in key=value overrides
+  optim.lr: {grid: [0.01, 0.03, 0.1]}           # a grid: GridSampler
+  # optim.lr: {low: 0.001, high: 0.3, log: true}  # a range: TPE (int: true)
+  # model.name: {choices: [mnist_cnn, smallcnn]}     # categories: TPE
+trials: 3                   # for a grid: default and maximum = grid size
+objective: {metric: validation.top1, direction: maximize}  # in summary.json
+test_metric: test.top1      # recorded, reported, never read by the choice
+prune: {metric: val_acc, step: epoch, warmup: 2}  # optional: median pruner
+seed: 0                     # the sampler's seed"""
+
+sweep_app = typer.Typer(
+    help="Hyperparameter search with Optuna: every trial a real trustvision command, chosen on "
+    "validation, resumable after a kill.\n\n"
+    "A spec (configs/sweep/mnist_lr.yaml):\n\n" + escape(EXAMPLE_SPEC),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+OVERRIDES_HELP = "Spec overrides as `key=value`: `trials=5 seed=1 objective.direction=minimize`."
+
+
+def fail(err: TrustvisionError) -> typer.Exit:
+    """The main CLI's error exit (red message; 2 bad input)."""
+    from trustvision.cli import fail as main_fail  # at call time: trustvision.cli mounts us
+
+    return main_fail(err)
+
+
+def command_takes_resume(command: str) -> bool:
+    """Check `command` is a trustvision sub-command; True when it has a `--resume` option."""
+    import click
+
+    from trustvision.cli import app  # at call time: trustvision.cli mounts us
+
+    node: click.Command = typer.main.get_command(app)
+    for depth, word in enumerate(command.split()):
+        if not isinstance(node, click.Group) or word not in node.commands:
+            where = " ".join(["trustvision", *command.split()[:depth]])
+            known = sorted(node.commands) if isinstance(node, click.Group) else []
+            raise ConfigError(
+                f"`command: {command}`: `{where}` has no sub-command `{word}`"
+                + (f"; it has {', '.join(f'`{k}`' for k in known)}" if known else "")
+            )
+        node = node.commands[word]
+    if isinstance(node, click.Group):
+        raise ConfigError(
+            f"`command: {command}` is a group: name one of its sub-commands "
+            f"({', '.join(f'`{k}`' for k in sorted(node.commands))})"
+        )
+    return any(param.name == "resume" for param in node.params)
+
+
+class RichSweepReporter:
+    """A progress bar of trials done out of planned, and one line per finished trial."""
+
+    def __init__(self, console: Console, spec: SweepSpec) -> None:
+        self.console = console
+        self.spec = spec
+        self.progress = Progress(
+            TextColumn("sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def start(self, *, done: int, total: int, retried: Sequence[int]) -> None:
+        if retried:
+            numbers = ", ".join(str(n) for n in retried)
+            self.console.print(
+                f"trial(s) {numbers} were killed with the last sweep: running them again"
+            )
+        self.progress.start()
+        self.task = self.progress.add_task("sweep", total=total, completed=done)
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self.console.print(
+            f"trial {number} started: {_params(params)}", highlight=False, soft_wrap=True
+        )
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        self.progress.advance(self.task)
+        parts = [f"trial {trial.number}", trial.state.name, _params(trial.params)]
+        if trial.value is not None and trial.state.name == "COMPLETE":
+            parts.append(f"validation {trial.value:.4f}")
+        test = trial.user_attrs.get(self.spec.test_metric or "")
+        if test is not None:
+            parts.append(f"test {test:.4f}")
+        parts.append(f"{trial.user_attrs.get('seconds', 0):.0f} s")
+        self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
+        if trial.state.name == "FAIL":
+            self.console.print(
+                f"[red]  {trial.user_attrs.get('error', 'failed')}[/]", highlight=False
+            )
+            tail = trial.user_attrs.get("log_tail", "")
+            if tail:
+                self.console.print(tail, style="dim", highlight=False, markup=False)
+
+    def finish(self) -> None:
+        self.progress.stop()
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+@sweep_app.command("run")
+def run(
+    spec_path: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="A sweep spec, e.g. configs/sweep/mnist_lr.yaml.")
+    ],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The sweep directory \\[default: sweeps/<name>]. Run again to continue."),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Trials at once; each gets cores / jobs threads.")
+    ] = 1,
+) -> None:
+    """Run a sweep; run it again with the same spec and --out to continue after a kill.
+
+    Each trial is its own process: `trustvision COMMAND CONFIG OVERRIDES PARAMS runs_dir=OUT/trials/trial-N`.
+    The chosen trial has the best validation metric; the test metric is recorded beside it and never read by the choice.
+    OUT gets study.db (`optuna-dashboard sqlite:///OUT/study.db` shows it), sweep.json, sweep.md, sweep.png and chosen.yaml, the chosen trial's config to train again.
+
+    Example: trustvision sweep run configs/sweep/mnist_lr.yaml trials=2 --out sweeps/lr
+
+    `trustvision sweep --help` shows a spec with every key.
+    """
+    from trustvision.sweep.report import write_report
+    from trustvision.sweep.runner import SweepInterrupted, run_sweep
+    from trustvision.sweep.spec import load_spec
+
+    interrupted = False
+    try:
+        spec = load_spec(spec_path, overrides)
+        resumable = command_takes_resume(spec.command)
+        out = out or Path("sweeps") / spec.name
+        console.print(
+            f"sweep `{spec.name}`: {spec.planned_trials} trial(s) of `trustvision {spec.command}`"
+            f", {jobs} at a time, in {out}; validation `{spec.objective.metric}`"
+            + (f", test `{spec.test_metric}`" if spec.test_metric else ""),
+            soft_wrap=True,
+        )
+        try:
+            run_sweep(
+                spec, out, jobs=jobs, resumable=resumable, reporter=RichSweepReporter(console, spec)
+            )
+        except SweepInterrupted:
+            interrupted = True
+        report = write_report(out)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_report(report, spec, out)
+    if interrupted:
+        console.print("[yellow]interrupted[/]: run the same command again to continue")
+        raise typer.Exit(130)
+
+
+@sweep_app.command("report")
+def report(
+    out: Annotated[Path, typer.Argument(help="A sweep directory (the --out of `sweep run`).")],
+) -> None:
+    """Rewrite sweep.json, sweep.md, sweep.png and chosen.yaml from the study in OUT."""
+    from trustvision.sweep.report import write_report
+    from trustvision.sweep.runner import read_saved_spec
+
+    try:
+        spec = read_saved_spec(out)
+        result = write_report(out)
+    except TrustvisionError as err:
+        raise fail(err) from None
+    print_report(result, spec, out)
+
+
+def print_report(report: dict[str, Any], spec: SweepSpec, out: Path) -> None:
+    """Every trial in a table, then the chosen one and where its config is."""
+    test = spec.test_metric
+    console.print(f"validation: `{spec.objective.metric}`" + (f", test: `{test}`" if test else ""))
+    table = Table("trial", "state", *spec.params, "validation")
+    if test:
+        table.add_column("test")
+    table.add_column("seconds")
+    chosen = report["chosen"]
+    for r in report["trials"]:
+        row = [str(r["number"]), r["state"], *(_param(r["params"].get(k)) for k in spec.params)]
+        row.append(_cell(r["validation"]))
+        if test:
+            row.append(_cell(r["test"]))
+        row.append("" if r["seconds"] is None else f"{r['seconds']:.0f}")
+        style = "bold green" if chosen and r["number"] == chosen["number"] else None
+        table.add_row(*row, style=style)
+    console.print(table)
+    if chosen is None:
+        console.print("[yellow]no trial completed[/]: nothing is chosen")
+        return
+    console.print(
+        f"chosen on validation: trial {chosen['number']} ({_params(chosen['params'])}); "
+        f"report {out / 'sweep.md'}"
+    )
+    console.print(f"chosen config: {chosen['config']}", highlight=False)
+
+
+def _param(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,451 @@
+"""Run a sweep: an Optuna study in `<out>/study.db` whose trials are trustvision commands.
+
+<out>/
+    spec.yaml      the resolved spec; a second run must bring the same one
+    study.db       the Optuna study (SQLite): `optuna-dashboard sqlite:///<out>/study.db`
+    trials/trial-<number>/log.txt and trials/trial-<number>/<run directory>/
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import yaml
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from trustvision.config import build_config
+from trustvision.errors import ConfigError
+from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
+from trustvision.sweep.trial import (
+    LOG_NAME,
+    child_env,
+    find_run_dir,
+    format_override,
+    log_tail,
+    new_reports,
+    read_metric,
+    stop_process,
+    trial_argv,
+)
+
+SPEC_FILE = "spec.yaml"
+STUDY_FILE = "study.db"
+LOCK_FILE = ".lock"
+
+
+class TrialFailed(Exception):
+    """A trial's command exited with an error (or wrote no summary); the sweep goes on."""
+
+
+class SweepInterrupted(BaseException):
+    """SIGINT or SIGTERM reached the sweep.
+
+    A BaseException on purpose: Optuna then leaves the trial RUNNING, exactly as a killed
+    sweep does, so the next `sweep run` re-runs it rather than counting it as failed.
+    """
+
+
+class SweepReporter(Protocol):
+    """What a sweep shows while it runs (the CLI draws a rich progress bar)."""
+
+    def start(self, *, done: int, total: int, retried: Sequence[int]) -> None: ...
+    def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
+    def trial_finished(self, trial: FrozenTrial) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentSweepReporter:
+    """A reporter that shows nothing (tests, library use)."""
+
+    def start(self, *, done: int, total: int, retried: Sequence[int]) -> None:
+        pass
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        pass
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    """Where trial `number` writes its log and its run directory."""
+    return out / "trials" / f"trial-{number}"
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the killed trials that `trial` re-runs (empty for a first run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Finished trials that count toward `trials`: every one but those killed and re-run."""
+    rerun = {number for trial in trials for number in retry_history(trial)}
+    return [t for t in trials if t.state.is_finished() and t.number not in rerun]
+
+
+def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
+    """Ask Optuna for `key`'s value, with a distribution the dashboard can plot."""
+    if param.grid is not None and param.numeric:
+        low, high = min(param.grid), max(param.grid)  # type: ignore[type-var]
+        if all(isinstance(v, int) for v in param.grid):
+            return trial.suggest_int(key, int(low), int(high), log=param.log_scale)
+        return trial.suggest_float(key, float(low), float(high), log=param.log_scale)
+    if param.grid is not None or param.choices is not None:
+        return trial.suggest_categorical(key, param.grid or param.choices or [])
+    assert param.low is not None and param.high is not None  # a range, by the spec's checks
+    if param.integer:
+        return trial.suggest_int(key, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(key, param.low, param.high, log=param.log)
+
+
+def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """GridSampler for a grid, TPE for ranges and choices; both seeded by the spec."""
+    if spec.is_grid:
+        space = {key: list(param.grid or []) for key, param in spec.params.items()}
+        return optuna.samplers.GridSampler(space, seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The median pruner when the spec asks for pruning, else none."""
+    if spec.prune is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=spec.prune.startup_trials, n_warmup_steps=spec.prune.warmup
+    )
+
+
+def storage_for(out: Path) -> RDBStorage:
+    """The study's SQLite storage in `out`; a generous lock timeout for `--jobs` threads."""
+    url = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def read_saved_spec(out: Path) -> SweepSpec:
+    """The spec a sweep directory was run with (its spec.yaml)."""
+    path = out / SPEC_FILE
+    if not path.is_file() or not (out / STUDY_FILE).is_file():
+        raise ConfigError(
+            f"`{out}` is not a sweep directory (it needs {SPEC_FILE} and {STUDY_FILE}): "
+            "give the `--out` of a `trustvision sweep run`"
+        )
+    return build_config(SweepSpec, yaml.safe_load(path.read_text()), origin=f"`{path}`")
+
+
+def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
+    """The study of a finished or running sweep, for reading."""
+    with _quiet_optuna():
+        return optuna.load_study(study_name=spec.name, storage=storage_for(out))
+
+
+def prepare_out(spec: SweepSpec, out: Path) -> None:
+    """Write spec.yaml into a new sweep directory, or check an existing one has the same spec."""
+    path = out / SPEC_FILE
+    resolved = dump_spec(spec)
+    if not path.is_file():
+        path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return
+    previous = yaml.safe_load(path.read_text()) or {}
+    changed = sorted(k for k in {*previous, *resolved} if previous.get(k) != resolved.get(k))
+    if changed:
+        raise ConfigError(
+            f"`{out}` holds a sweep with a different spec ({', '.join(f'`{k}`' for k in changed)} "
+            f"differ from {path}): run the same spec to continue it, or start fresh with "
+            f"another `--out` (or delete `{out}`)"
+        )
+
+
+def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
+    """Create the study in the sweep's storage, or load it to continue."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.name,
+        direction=spec.objective.direction,
+        sampler=build_sampler(spec),
+        pruner=build_pruner(spec),
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names([spec.objective.metric])
+    study.set_user_attr("selected_by", "validation")
+    study.set_user_attr("objective", spec.objective.model_dump())
+    study.set_user_attr("test_metric", spec.test_metric)
+    return study
+
+
+def recover_killed(study: optuna.Study, storage: RDBStorage, out: Path) -> list[int]:
+    """Fail the trials a killed sweep left RUNNING and queue each again; returns their numbers.
+
+    Only safe because one sweep at a time holds `out` (the lock in `run_sweep`): every
+    RUNNING trial then belongs to a process that is gone. The retry keeps the killed trial's
+    parameters and sampler bookkeeping (Optuna's own retry callback, so a grid completes)
+    and its `run_dir` attribute, which a command with `--resume` continues.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    killed = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in killed:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        run_dir = find_run_dir(trial_dir(out, trial.number))
+        if run_dir is not None and not trial.user_attrs.get("run_dir"):
+            storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(out)))
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
+    return [trial.number for trial in killed]
+
+
+class TrialRunner:
+    """The objective Optuna calls: run one trial's command and return its validation metric."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        out: Path,
+        *,
+        jobs: int,
+        resumable: bool,
+        reporter: SweepReporter,
+        poll_seconds: float,
+    ) -> None:
+        self.spec = spec
+        self.out = out
+        self.config = Path(spec.config).resolve()
+        self.env = child_env(jobs)
+        self.resumable = resumable
+        self.reporter = reporter
+        self.poll_seconds = poll_seconds
+        self.stop = threading.Event()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.stop.is_set():
+            raise SweepInterrupted
+        resume = self._resume_dir(trial)
+        params = {key: suggest(trial, key, param) for key, param in self.spec.params.items()}
+        directory = trial_dir(self.out, trial.number)
+        if directory.exists():
+            raise ConfigError(
+                f"`{directory}` exists but the study has no record of it: was {STUDY_FILE} "
+                f"replaced? Start fresh with another `--out` (or delete `{self.out}`)"
+            )
+        directory.mkdir(parents=True)
+        trial.set_user_attr("run_dir", self._relative(resume))
+        self.reporter.trial_started(trial.number, params)
+        argv = trial_argv(
+            command=self.spec.command,
+            config=self.config,
+            overrides=[*self.spec.overrides, *(format_override(k, v) for k, v in params.items())],
+            trial_dir=directory.resolve(),
+            resume=resume,
+        )
+        began = time.monotonic()
+        with (directory / LOG_NAME).open("wb") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
+        try:
+            returncode, run_dir = self.watch(trial, proc, directory, resume)
+        finally:
+            stop_process(proc)
+            trial.set_user_attr("seconds", round(time.monotonic() - began, 1))
+        return self._result(trial, returncode, run_dir, directory)
+
+    def _resume_dir(self, trial: optuna.Trial) -> Path | None:
+        # Only a retry starts with attributes: those of the killed trial it re-runs.
+        inherited = trial.user_attrs.get("run_dir")
+        if not (self.resumable and inherited):
+            return None
+        path = (self.out / inherited).resolve()
+        return path if (path / "config.yaml").is_file() else None
+
+    def watch(
+        self,
+        trial: optuna.Trial,
+        proc: subprocess.Popen[bytes],
+        directory: Path,
+        run_dir: Path | None,
+    ) -> tuple[int, Path | None]:
+        """Poll the trial's process until it ends: find its run directory, report, prune.
+
+        Returns the exit status and the run directory; raises TrialPruned when the pruner
+        says so and SweepInterrupted on a signal (the caller ends the process either way).
+        """
+        seen: set[int] = set()
+        while True:
+            returncode = proc.poll()
+            if self.stop.is_set():
+                raise SweepInterrupted
+            if run_dir is None:
+                run_dir = find_run_dir(directory)
+                if run_dir is not None:
+                    trial.set_user_attr("run_dir", self._relative(run_dir))
+            if run_dir is not None and self.spec.prune is not None:
+                self._report(trial, run_dir, seen, may_prune=returncode is None)
+            if returncode is not None:
+                return returncode, run_dir
+            self.stop.wait(self.poll_seconds)
+
+    def _report(
+        self, trial: optuna.Trial, run_dir: Path, seen: set[int], *, may_prune: bool
+    ) -> None:
+        assert self.spec.prune is not None
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.is_file():
+            return
+        prune = self.spec.prune
+        reports = new_reports(metrics.read_text(), metric=prune.metric, step=prune.step, seen=seen)
+        for step, value in reports:
+            trial.report(value, step)
+        if reports and may_prune and trial.should_prune():
+            step, value = reports[-1]
+            raise optuna.TrialPruned(f"`{prune.metric}` {value:.4g} at {prune.step} {step}")
+
+    def _result(
+        self, trial: optuna.Trial, returncode: int, run_dir: Path | None, directory: Path
+    ) -> float:
+        if returncode != 0:
+            self._fail(
+                trial,
+                f"`trustvision {self.spec.command}` exited with status {returncode}",
+                directory,
+            )
+        summary_path = run_dir / "summary.json" if run_dir is not None else None
+        if summary_path is None or not summary_path.is_file():
+            self._fail(
+                trial, "the command finished without writing a run's summary.json", directory
+            )
+        assert summary_path is not None
+        summary = json.loads(summary_path.read_text())
+        where = f"`{self._relative(summary_path)}`"
+        try:
+            value = read_metric(summary, self.spec.objective.metric, where=where)
+            if self.spec.test_metric is not None:
+                test = read_metric(summary, self.spec.test_metric, where=where)
+                trial.set_user_attr(self.spec.test_metric, test)
+        except ConfigError as err:
+            trial.set_user_attr("error", str(err))
+            raise
+        return value
+
+    def _fail(self, trial: optuna.Trial, error: str, directory: Path) -> None:
+        trial.set_user_attr("error", error)
+        trial.set_user_attr("log_tail", log_tail(directory / LOG_NAME))
+        raise TrialFailed(error)
+
+    def _relative(self, path: Path | None) -> str | None:
+        return None if path is None else str(path.resolve().relative_to(self.out.resolve()))
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    *,
+    jobs: int = 1,
+    resumable: bool = False,
+    reporter: SweepReporter | None = None,
+    poll_seconds: float = 1.0,
+) -> optuna.Study:
+    """Run (or continue) the sweep of `spec` in `out` until it has `spec.planned_trials` trials.
+
+    Finished trials are never run again; trials a killed sweep left running are run again
+    (continuing their run directory when `resumable`: the command takes `--resume`).
+    `jobs` trials run at once, the cores shared between them. SIGINT or SIGTERM stops the
+    running trials and raises SweepInterrupted; the same call later goes on from there.
+    """
+    reporter = reporter or SilentSweepReporter()
+    with _exclusive(out), _quiet_optuna():
+        prepare_out(spec, out)
+        storage = storage_for(out)
+        study = open_study(spec, storage)
+        from trustvision.train.runs import machine_summary  # torch: only once work starts
+
+        study.set_user_attr("machine", machine_summary())
+        retried = recover_killed(study, storage, out)
+        done = len(counted_trials(study.get_trials(deepcopy=False)))
+        runner = TrialRunner(
+            spec, out, jobs=jobs, resumable=resumable, reporter=reporter, poll_seconds=poll_seconds
+        )
+        reporter.start(done=done, total=spec.planned_trials, retried=retried)
+        try:
+            if done < spec.planned_trials:
+                with _stop_on_signals(runner.stop):
+                    study.optimize(
+                        runner,
+                        n_trials=spec.planned_trials - done,
+                        n_jobs=jobs,
+                        catch=(TrialFailed,),
+                        callbacks=[lambda _, trial: reporter.trial_finished(trial)],
+                    )
+        finally:
+            reporter.finish()
+        if runner.stop.is_set():
+            raise SweepInterrupted
+    return study
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold `out` for one sweep at a time; the kernel drops the lock when the process dies."""
+    others = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
+    if others and not (out / SPEC_FILE).is_file():
+        raise ConfigError(
+            f"`{out}` is not empty and holds no sweep ({SPEC_FILE}): give another `--out`"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another `trustvision sweep run` is working in `{out}`: wait for it to end, "
+                "or give another `--out`"
+            ) from None
+        yield
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` (trials then end their processes) instead of killing us."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's per-trial log lines off: the reporter says what happened, once."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -1,0 +1,130 @@
+"""One trial: the command line, its environment, its run directory and its metrics as written."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trustvision.errors import ConfigError
+
+LOG_NAME = "log.txt"
+
+
+def format_override(key: str, value: Any) -> str:
+    """`key=value`, the value spelled so that the command reads it back unchanged (1e-05 too)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=1_000_000).strip()
+    return f"{key}={text[1:-1]}"  # drop the list's brackets: `[1.0e-05]` -> `1.0e-05`
+
+
+def trial_argv(
+    *,
+    command: str,
+    config: Path,
+    overrides: list[str],
+    trial_dir: Path,
+    resume: Path | None = None,
+) -> list[str]:
+    """The trial's command line: `trustvision COMMAND CONFIG OVERRIDES runs_dir=TRIAL_DIR`.
+
+    With `resume`, the command continues that run directory (`--resume`) with its own config.
+    """
+    base = [sys.executable, "-m", "trustvision", *command.split()]
+    if resume is not None:
+        return [*base, "--resume", str(resume)]
+    return [*base, str(config), *overrides, f"runs_dir={trial_dir}"]
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    """This process's environment with the cores shared out: `OMP_NUM_THREADS` = cores // jobs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, (cores or 1) // jobs)),
+        "PYTHONUNBUFFERED": "1",  # log.txt follows the run as it goes
+    }
+
+
+def find_run_dir(trial_dir: Path) -> Path | None:
+    """The one directory under `trial_dir` holding a config.yaml, or None before it is made."""
+    if not trial_dir.is_dir():
+        return None
+    runs = sorted(path.parent for path in trial_dir.glob("*/config.yaml"))
+    if len(runs) > 1:
+        raise ConfigError(
+            f"`{trial_dir}` holds {len(runs)} run directories ({', '.join(p.name for p in runs)}): "
+            "a trial writes one; remove the ones a sweep did not make"
+        )
+    return runs[0] if runs else None
+
+
+def new_reports(text: str, *, metric: str, step: str, seen: set[int]) -> list[tuple[int, float]]:
+    """(step, value) of the complete metrics.jsonl records in `text` with `metric`, not in `seen`.
+
+    A last line without its newline is still being written and waits for the next poll; a
+    record without `metric` (or with a non-number) is skipped.
+    """
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
+    found: list[tuple[int, float]] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        value, index = record.get(metric), record.get(step)
+        if not (_is_number(value) and isinstance(index, int)) or index in seen:
+            continue
+        if math.isfinite(value):
+            found.append((index, float(value)))
+            seen.add(index)
+    return found
+
+
+def read_metric(summary: Mapping[str, Any], path: str, *, where: str) -> float:
+    """The number at dotted `path` in a summary; a missing key names the keys that are there."""
+    node: Any = summary
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        level = ".".join(parts[:depth]) or "the top level"
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"`{path}`: `{level}` in {where} is a value, not a section")
+        if part not in node:
+            keys = ", ".join(f"`{key}`" for key in node) or "none"
+            raise ConfigError(
+                f"`{path}` is not in {where}: `{part}` is missing at {level}, whose keys are "
+                f"{keys}; fix the metric path in the spec and start a fresh sweep"
+            )
+        node = node[part]
+    if not _is_number(node):
+        raise ConfigError(f"`{path}` in {where} is {node!r}, not a number")
+    return float(node)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a log file (empty if there is none)."""
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) -> None:
+    """End a trial's process: SIGTERM, then SIGKILL if it is still there after the grace."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,396 @@
+"""`trustvision sweep`: the spec's checks, the validation-only choice, and real sweeps of
+`trustvision train` on MNIST (grid, a failing trial, resume after SIGKILL)."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trustvision.cli import app
+from trustvision.config import TrainConfig, build_config, load_config, parse_override
+from trustvision.errors import ConfigError
+from trustvision.sweep.choose import choose_trial
+from trustvision.sweep.cli import command_takes_resume
+from trustvision.sweep.report import build_report
+from trustvision.sweep.runner import (
+    SilentSweepReporter,
+    TrialRunner,
+    build_pruner,
+    prepare_out,
+    run_sweep,
+)
+from trustvision.sweep.spec import SweepSpec, is_log_spaced, load_spec
+from trustvision.sweep.trial import (
+    find_run_dir,
+    format_override,
+    new_reports,
+    read_metric,
+    stop_process,
+)
+
+ROOT = Path(__file__).parents[1]
+CONFIG = ROOT / "configs/train/mnist_cnn.yaml"
+TINY = [
+    "epochs=1",
+    "data.train_subset=512",
+    "data.test_subset=500",
+    "data.batch_size=64",
+    "optim.schedule=constant",
+]
+# The summary.json paths the sweeps read: one line to change if train's summary changes.
+VALIDATION, TEST = "validation.top1", "test.top1"
+
+
+def spec_tree(**changes):
+    tree = {
+        "name": "lr",
+        "command": "train",
+        "config": str(CONFIG),
+        "overrides": TINY,
+        "params": {"optim.lr": {"grid": [0.01, 0.1]}},
+        "objective": {"metric": VALIDATION, "direction": "maximize"},
+        "test_metric": TEST,
+    }
+    return {**tree, **changes}
+
+
+def write_spec(path, **changes):
+    path.write_text(yaml.safe_dump(spec_tree(**changes)))
+    return path
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+# --- the spec -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"bogus": 1}, "`bogus`"),
+        ({"params": {}}, "`params`"),
+        ({"params": {"optim.lr": {"grid": [0.1], "low": 0.01, "high": 1}}}, "params.optim.lr"),
+        ({"params": {"optim.lr": {"low": 0.1, "high": 0.01}}, "trials": 2}, "params.optim.lr"),
+        ({"trials": 3}, "`trials=3`"),
+        ({"objective": {"metric": VALIDATION, "direction": "up"}}, "objective.direction"),
+        ({"params": {"optim.lr": {"low": 0.01, "high": 1}}}, "`trials`"),
+        (
+            {"params": {"optim.lr": {"grid": [0.1]}, "optim.momentum": {"low": 0, "high": 1}}},
+            "`params.optim.momentum`",
+        ),
+        ({"params": {"epochs": {"grid": [1, 2]}}}, "`params.epochs`"),  # also in overrides
+        ({"overrides": ["epochs"]}, "`epochs`"),
+        ({"command": "sweep run"}, "`command`"),
+    ],
+)
+def test_bad_spec_names_the_key(tmp_path, changes, key):
+    with pytest.raises(ConfigError) as err:
+        load_spec(write_spec(tmp_path / "spec.yaml", **changes))
+    assert key in str(err.value)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"`config` file `nowhere.yaml`"):
+        load_spec(write_spec(tmp_path / "spec.yaml", config="nowhere.yaml"))
+
+
+def test_grid_trials_default_to_the_grid_size_and_overrides_apply(tmp_path):
+    path = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}})
+    assert load_spec(path).planned_trials == 3
+    assert load_spec(path, ["trials=2", "seed=4"]).planned_trials == 2
+    assert load_spec(path, ["seed=4"]).seed == 4
+
+
+def test_unknown_command_lists_the_known_ones():
+    assert command_takes_resume("train") and command_takes_resume("fed run")
+    with pytest.raises(ConfigError, match=r"no sub-command `nope`.*`train`"):
+        command_takes_resume("nope")
+    with pytest.raises(ConfigError, match=r"is a group.*`run`"):
+        command_takes_resume("fed")
+
+
+def test_a_different_spec_in_the_same_out_dir_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    prepare_out(build_config(SweepSpec, spec_tree()), out)
+    prepare_out(build_config(SweepSpec, spec_tree()), out)  # the same spec: continue
+    with pytest.raises(ConfigError, match=r"`seed`.*another `--out`"):
+        prepare_out(build_config(SweepSpec, spec_tree(seed=1)), out)
+
+
+def test_a_sweep_directory_in_use_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a running `sweep run` holds it
+        with pytest.raises(ConfigError, match=r"another `trustvision sweep run`"):
+            run_sweep(build_config(SweepSpec, spec_tree()), out)
+
+
+def test_report_of_a_directory_without_a_sweep_says_so(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a sweep directory" in " ".join(result.output.split())
+
+
+# --- the choice reads validation only -------------------------------------------------------
+
+
+def test_choice_follows_validation_not_test():
+    validation = [0.50, 0.90, 0.70, 0.60]
+    test = [0.95, 0.10, 0.50, 0.80]  # anti-correlated: the best test is the worst validation
+    assert choose_trial(list(enumerate(validation)), "maximize") == 1
+    assert choose_trial(list(enumerate(test)), "maximize") == 0  # what reading test would do
+    assert choose_trial(list(enumerate(validation)), "minimize") == 0
+
+
+def test_choice_ties_go_to_the_lowest_number_and_nan_is_never_chosen():
+    assert choose_trial([(3, 0.8), (1, 0.8), (2, 0.5)], "maximize") == 1
+    assert choose_trial([(4, 0.2), (2, 0.2), (5, 0.9)], "minimize") == 2
+    assert choose_trial([(0, float("nan")), (1, 0.3)], "maximize") == 1
+    assert choose_trial([], "maximize") is None
+
+
+def test_report_chooses_on_validation_with_anti_correlated_test():
+    spec = build_config(SweepSpec, spec_tree(params={"optim.lr": {"grid": [0.1, 0.2, 0.3]}}))
+    distribution = optuna.distributions.FloatDistribution(0.1, 0.3)
+    trials = [
+        optuna.trial.create_trial(
+            value=val,
+            params={"optim.lr": lr},
+            distributions={"optim.lr": distribution},
+            user_attrs={TEST: test, "run_dir": f"trials/trial-{n}/run"},
+        )
+        for n, (lr, val, test) in enumerate([(0.1, 0.6, 0.9), (0.2, 0.8, 0.2), (0.3, 0.7, 0.5)])
+    ]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    report = build_report(spec, trials, {})
+    assert report["chosen"]["number"] == 1 and report["chosen"]["test"] == 0.2
+    assert report["selected_by"] == "validation"
+    minimize = build_config(
+        SweepSpec, spec_tree(objective={"metric": VALIDATION, "direction": "minimize"})
+    )
+    assert build_report(minimize, trials, {})["chosen"]["number"] == 0
+
+
+# --- trial helpers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.01, 1e-05, 3, True, "sgd", "1e-3", "a b", None])
+def test_overrides_read_back_the_same_value(value):
+    key, parsed = parse_override(format_override("optim.lr", value))
+    assert key == ["optim", "lr"] and parsed == value and type(parsed) is type(value)
+
+
+def test_grids_of_rates_are_log_spaced_and_counts_are_not():
+    assert is_log_spaced([0.01, 0.03, 0.1]) and is_log_spaced([1e-4, 1e-2])
+    assert not is_log_spaced([1, 2, 3, 4]) and not is_log_spaced([0.0, 0.5])
+
+
+def test_missing_metric_names_the_path_and_the_keys_there():
+    summary = {"validation": {"top1": 0.5, "loss": 1.0}, "test": {"top1": 0.4}}
+    assert read_metric(summary, VALIDATION, where="summary") == 0.5
+    with pytest.raises(ConfigError, match=r"`validation.top5`.*`top1`, `loss`"):
+        read_metric(summary, "validation.top5", where="summary")
+    with pytest.raises(ConfigError, match=r"`val.top1`.*`validation`, `test`"):
+        read_metric(summary, "val.top1", where="summary")
+
+
+def test_run_dir_is_the_one_directory_with_a_config(tmp_path):
+    assert find_run_dir(tmp_path) is None
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-a/config.yaml").write_text("seed: 0\n")
+    assert find_run_dir(tmp_path) == tmp_path / "run-a"
+    (tmp_path / "run-b").mkdir()
+    (tmp_path / "run-b/config.yaml").write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match="2 run directories"):
+        find_run_dir(tmp_path)
+
+
+# --- real sweeps of `trustvision train` on MNIST --------------------------------------------
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(app, ["sweep", "run", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """One real sweep shared by two tests: two good learning rates and one the command rejects."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.1, -1]}})
+    result = run_cli(spec, "--out", out)
+    trials = {t["params"]["optim.lr"]: t for t in read_json(out / "sweep.json")["trials"]}
+    return out, trials, result.output
+
+
+def test_grid_sweep_end_to_end(grid_sweep):
+    out, by_lr, _ = grid_sweep
+    report = read_json(out / "sweep.json")
+    assert (out / "study.db").is_file()
+    trials = [by_lr[0.01], by_lr[0.1]]
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    best = max(trials, key=lambda t: t["validation"])
+    assert report["chosen"]["number"] == best["number"]
+    assert report["selected_by"] == "validation" and report["objective"]["metric"] == VALIDATION
+    assert all(t["test"] is not None and t["seconds"] > 0 for t in trials)
+    assert "selected_by: validation" in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").stat().st_size > 5000
+    chosen = load_config(TrainConfig, out / "chosen.yaml")
+    assert chosen.optim.lr == best["params"]["optim.lr"] and chosen.runs_dir == "runs"
+    assert chosen.epochs == 1  # the fixed overrides are in the chosen config too
+    for t in trials:
+        assert (out / f"trials/trial-{t['number']}/log.txt").stat().st_size > 0
+    # what optuna-dashboard shows: numeric distributions and the test metric beside each trial
+    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{out / 'study.db'}")
+    for trial in study.trials:
+        assert isinstance(trial.distributions["optim.lr"], optuna.distributions.FloatDistribution)
+        assert (TEST in trial.user_attrs) == (trial.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
+    out, by_lr, output = grid_sweep
+    report = read_json(out / "sweep.json")
+    assert by_lr[-1]["state"] == "FAIL" and "exited with status 2" in by_lr[-1]["note"]
+    assert by_lr[-1]["validation"] is None
+    assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 2, "FAIL": 1}
+    assert report["chosen"]["number"] in {by_lr[0.01]["number"], by_lr[0.1]["number"]}
+    assert "optim.lr" in output and "greater than 0" in output  # the failed trial's log tail
+
+
+def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}})
+    with (tmp_path / "first.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trustvision", "sweep", "run", str(spec), "--out", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        killed = wait_for_second_trial_running(out, proc, tmp_path / "first.log")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    first = find_run_dir(out / "trials/trial-0")
+    before = snapshot(out / "trials/trial-0", first)
+
+    run_cli(spec, "--out", out)
+
+    report = read_json(out / "sweep.json")
+    assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 3}
+    done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    assert sorted(t["params"]["optim.lr"] for t in done) == [0.01, 0.03, 0.1]
+    assert next(t for t in report["trials"] if t["number"] == killed)["state"] == "FAIL"
+    # the finished trial was not run again: one run directory, untouched, log not rewritten
+    assert find_run_dir(out / "trials/trial-0") == first
+    assert snapshot(out / "trials/trial-0", first) == before
+    # the killed trial's re-run continued its run directory (`train --resume`)
+    retry = next(t for t in done if f"re-run of killed trial {killed}" in t["note"])
+    assert retry["run_dir"].startswith(f"trials/trial-{killed}/")
+    assert read_json(out / retry["run_dir"] / "summary.json")["status"] == "finished"
+
+
+def wait_for_second_trial_running(out, proc, log, timeout=120.0):
+    """Wait until one trial is COMPLETE and another RUNNING has made its run directory."""
+    deadline = time.monotonic() + timeout
+    storage = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the sweep ended before it was killed:\n{log.read_text()}"
+        # trial 0's directory exists once the study is made: opening the database earlier
+        # would race the sweep's creation of its tables
+        if storage is None and (out / "trials/trial-0").is_dir():
+            storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+        if storage is not None:
+            study = optuna.load_study(study_name="lr", storage=storage)
+            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+            running = [n for n, s in states.items() if s == optuna.trial.TrialState.RUNNING]
+            complete = [n for n, s in states.items() if s == optuna.trial.TrialState.COMPLETE]
+            if complete and running and find_run_dir(out / f"trials/trial-{running[0]}"):
+                return running[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial completed in time")
+
+
+def snapshot(trial_dir, run_dir):
+    summary = run_dir / "summary.json"
+    log = trial_dir / "log.txt"
+    return (
+        run_dir.stat().st_mtime_ns,
+        summary.stat().st_mtime_ns,
+        summary.read_text(),
+        log.stat().st_mtime_ns,
+    )
+
+
+# --- pruning: metrics.jsonl as it is written ------------------------------------------------
+
+
+def test_new_reports_reads_each_complete_record_once():
+    text = '{"epoch": 1, "val_acc": 0.5}\n{"epoch": 2, "loss": 1.0}\n{"epoch": 3, "val_acc": 0.7}\n'
+    seen = set()
+    partial = text + '{"epoch": 4, "val_'
+    assert new_reports(partial, metric="val_acc", step="epoch", seen=seen) == [(1, 0.5), (3, 0.7)]
+    assert new_reports(partial, metric="val_acc", step="epoch", seen=seen) == []
+    grown = text + '{"epoch": 4, "val_acc": 0.8}\n'
+    assert new_reports(grown, metric="val_acc", step="epoch", seen=seen) == [(4, 0.8)]
+    # a resumed run rewrites the file from its checkpoint: nothing is reported twice
+    assert new_reports(text, metric="val_acc", step="epoch", seen=seen) == []
+
+
+def runner_and_run_dir(tmp_path, records):
+    spec = build_config(
+        SweepSpec, spec_tree(prune={"metric": "val_acc", "step": "epoch", "startup_trials": 1})
+    )
+    run_dir = tmp_path / "trials/trial-1/run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runner = TrialRunner(
+        spec, tmp_path, jobs=1, resumable=False, reporter=SilentSweepReporter(), poll_seconds=0.05
+    )
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
+    good = study.ask()
+    for epoch, acc in [(1, 0.8), (2, 0.9)]:
+        good.report(acc, epoch)
+    study.tell(good, 0.9)
+    return runner, study.ask(), run_dir
+
+
+def test_watch_prunes_a_trial_below_the_median_and_its_process_ends(tmp_path):
+    runner, trial, run_dir = runner_and_run_dir(tmp_path, [{"epoch": 1, "val_acc": 0.2}])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(optuna.TrialPruned, match="val_acc"):
+            runner.watch(trial, proc, run_dir.parent, None)
+    finally:
+        stop_process(proc)
+    assert proc.returncode is not None
+    frozen = trial.study.trials[trial.number]
+    assert frozen.intermediate_values == {1: 0.2}
+    assert frozen.user_attrs["run_dir"] == "trials/trial-1/run"
+
+
+def test_watch_lets_a_good_trial_finish(tmp_path):
+    records = [{"epoch": 1, "val_acc": 0.85}, {"epoch": 2, "val_acc": 0.95}]
+    runner, trial, run_dir = runner_and_run_dir(tmp_path, records)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert runner.watch(trial, proc, run_dir.parent, None) == (0, run_dir)
+    assert trial.study.trials[trial.number].intermediate_values == {1: 0.85, 2: 0.95}
