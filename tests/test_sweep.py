@@ -239,6 +239,7 @@ def grid_sweep(tmp_path_factory):
     return out, trials, result.output
 
 
+@pytest.mark.slow
 def test_grid_sweep_end_to_end(grid_sweep):
     out, by_lr, _ = grid_sweep
     report = read_json(out / "sweep.json")
@@ -263,6 +264,7 @@ def test_grid_sweep_end_to_end(grid_sweep):
         assert (TEST in trial.user_attrs) == (trial.state == optuna.trial.TrialState.COMPLETE)
 
 
+@pytest.mark.slow
 def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
     out, by_lr, output = grid_sweep
     report = read_json(out / "sweep.json")
@@ -273,6 +275,7 @@ def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
     assert "optim.lr" in output and "greater than 0" in output  # the failed trial's log tail
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
     out = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}})
