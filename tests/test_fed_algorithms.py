@@ -159,13 +159,16 @@ def test_clients_without_images_or_test_sets_are_handled(tmp_path, algorithm):
     run = run_federated(cfg)
 
     record = run.read_metrics()[-1]
-    assert record["train_images"] == 300 and record["local_acc"] == record["local_acc"]
+    trained = int(session.federation.train_counts.sum())  # 300 less the clients' hold-outs
+    assert 250 < trained < 300 and record["train_images"] == trained
+    assert record["local_acc"] == record["local_acc"]
+    assert record["local_val_acc"] == record["local_val_acc"]
 
 
 def test_local_logits_read_off_the_generic_ones_match_per_client_prediction(tmp_path):
     session = build_session(small_config(tmp_path, "fedavg"))
     state = session.algorithm.init_global()
-    _, logits = generic_evaluation(
+    generic = generic_evaluation(
         session.algorithm,
         session.server,
         global_state=state,
@@ -173,9 +176,65 @@ def test_local_logits_read_off_the_generic_ones_match_per_client_prediction(tmp_
         accel=session.accel,
     )
 
-    shortcut = session.engine.evaluate(state, round=0, lr=0.02, generic_logits=logits).evals
-    direct = session.engine.evaluate(state, round=0, lr=0.02).evals
-    assert [e.client_id for e in shortcut] == [e.client_id for e in direct]
-    for a, b in zip(shortcut, direct, strict=True):
+    shortcut = session.engine.evaluate(state, round=0, lr=0.02, generic_logits=generic.logits)
+    direct = session.engine.evaluate(state, round=0, lr=0.02)
+    assert [e.client_id for e in shortcut.evals] == [e.client_id for e in direct.evals]
+    for a, b in zip(shortcut.evals, direct.evals, strict=True):
         torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
         assert torch.equal(a.labels, b.labels) and torch.equal(a.seen, b.seen)
+    # the validation counts do not depend on where the local-test logits came from
+    for a, b in zip(shortcut.validations, direct.validations, strict=True):
+        assert np.array_equal(a.total, b.total)
+        assert all(np.array_equal(a.correct[k], b.correct[k]) for k in a.correct)
+
+
+@pytest.mark.parametrize("algorithm", ["fedloge", "fedrod", "fedper"])
+def test_personal_heads_on_shared_test_features_match_per_client_prediction(tmp_path, algorithm):
+    session = build_session(small_config(tmp_path, algorithm))
+    assert session.algorithm.shares_features
+    run = run_federated(small_config(tmp_path, algorithm, "rounds=1"))
+    state = session.algorithm.init_global()
+    session.engine.restore(_personal_states(run))  # heads that trained for a round
+    generic = generic_evaluation(
+        session.algorithm,
+        session.server,
+        global_state=state,
+        federation=session.federation,
+        accel=session.accel,
+    )
+
+    shared = session.engine.evaluate(state, round=0, lr=0.02, test_features=generic.features)
+    direct = session.engine.evaluate(state, round=0, lr=0.02)
+    assert len(shared.evals) == len(direct.evals) > 0
+    for a, b in zip(shared.evals, direct.evals, strict=True):
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+        assert torch.equal(a.labels, b.labels)
+
+
+def _personal_states(run) -> dict:
+    from trustvision.train import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    return ckpt.load_checkpoint(latest, device="cpu")["personal"]
+
+
+def test_generic_validation_counts_equal_the_global_model_on_every_clients_images(tmp_path):
+    from trustvision.federated.evaluate import validation_evaluation
+
+    session = build_session(small_config(tmp_path, "fedloge"))
+    state = session.algorithm.init_global()
+    result = session.engine.evaluate(state, round=0, lr=0.02)
+
+    counted = validation_evaluation(result.validations)
+    session.server.load(state)
+    net = session.server.net.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for client in session.federation.clients:
+            for x, y in client.val_loader(session.federation.spec).epoch(0):
+                preds.append(session.algorithm.generic_logits(net, x).argmax(1))
+                labels.append(y)
+    pred, label = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    per_class = [np.mean(pred[label == c] == c) for c in np.unique(label)]
+    assert counted["images"] == len(label) > 0
+    assert counted["generic"] == pytest.approx(float(np.mean(per_class)))

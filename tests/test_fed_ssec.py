@@ -136,10 +136,13 @@ def test_fedloge_inference_modes_follow_the_paper():
         psi, phi = net["model"].head, net["phi"]
         generic = algorithm.generic_logits(net, x)
         personal = algorithm.personal_logits(net, x)
-        universal = algorithm.extra_modes()["universal"](net, x)
+        outputs = algorithm.generic_heads(net, algorithm.features(net, x))
+        universal = outputs["universal"]
 
     psi_hat = 1.7 * psi.weight / psi.weight.norm(dim=1, keepdim=True)
     torch.testing.assert_close(generic, h @ psi_hat.T + psi.bias)
     psi_tilde = psi.weight * phi.weight.norm(dim=1, keepdim=True)
     torch.testing.assert_close(personal, phi(h) + h @ psi_tilde.T + psi.bias)
     torch.testing.assert_close(universal, h @ net["ssec"].weight.T)
+    torch.testing.assert_close(outputs["generic"], generic)
+    torch.testing.assert_close(outputs["aux"], net["model"](x))

@@ -1,56 +1,185 @@
-"""`data.validation`: held-out training images replace the test split, the same for every run."""
+"""`data.validation`: a stratified, seeded hold-out of the training split, in every system.
+
+Images in the toy data sets encode their own index (two pixels: index // 256, index % 256),
+so a test can tell exactly which images went where.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 
 from trustvision.config import DataConfig
-from trustvision.data.dataset import ArraySplit, Dataset, hold_out, load_data
+from trustvision.data.dataset import ArraySplit, Dataset
+from trustvision.data.loader import build_loaders
+from trustvision.data.partition import validation_split
 from trustvision.errors import ConfigError
+from trustvision.federated.client import ClientValidation
+from trustvision.federated.data import build_federation
+from trustvision.federated.evaluate import balanced_accuracy, validation_evaluation
+
+TEST_OFFSET = 50_000  # test images encode indices from here, so they never equal a training one
 
 
-def _dataset(n: int = 200) -> Dataset:
-    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)  # each image is its own index
-    labels = np.arange(n, dtype=np.int64) % 10
-    test = ArraySplit(np.full((7, 1, 1, 1), 255, np.uint8), np.zeros(7, np.int64))
+def _images(indices: np.ndarray) -> np.ndarray:
+    pixels = np.stack([indices // 256, indices % 256], axis=1).astype(np.uint8)
+    return pixels.reshape(len(indices), 1, 1, 2)
+
+
+def _decode(images: np.ndarray | torch.Tensor) -> set[int]:
+    flat = np.asarray(images).reshape(len(images), 2).astype(np.int64)
+    return set((flat[:, 0] * 256 + flat[:, 1]).tolist())
+
+
+def _dataset(n: int = 3000, n_test: int = 400, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(10, size=n, p=np.linspace(2, 0.1, 10) / np.linspace(2, 0.1, 10).sum())
+    test_index = np.arange(TEST_OFFSET, TEST_OFFSET + n_test) % (256 * 256)
     return Dataset(
         name="toy",
         classes=tuple(str(c) for c in range(10)),
-        train=ArraySplit(images, labels),
-        test=test,
+        train=ArraySplit(_images(np.arange(n)), labels.astype(np.int64)),
+        test=ArraySplit(_images(test_index), np.arange(n_test, dtype=np.int64) % 10),
         mean=(0.5,),
         std=(0.2,),
         source="test",
     )
 
 
-def test_held_out_images_are_disjoint_from_training_and_cover_it() -> None:
-    split = hold_out(_dataset(), 50)
-    held = set(split.test.images.ravel().tolist())
-    kept = set(split.train.images.ravel().tolist())
-    assert len(split.test) == 50 and len(split.train) == 150
-    assert not held & kept and held | kept == set(range(200))
-    assert 255 not in held  # the real test split is not used
-    # labels travel with their images
-    assert (split.test.labels == split.test.images.ravel() % 10).all()
-    assert "validation" in split.variant and split.mean == (0.5,)
+def test_split_is_disjoint_covers_everything_and_is_stratified() -> None:
+    labels = _dataset().train.labels
+    kept, held = validation_split(labels, fraction=0.2, seed=3)
+    assert not set(kept) & set(held)
+    assert sorted([*kept, *held]) == list(range(len(labels)))
+    for c in range(10):
+        members = int((labels == c).sum())
+        held_c = int((labels[held] == c).sum())
+        # stochastic rounding: floor or ceil of the exact share, never all of a class
+        assert math.floor(0.2 * members) <= held_c <= min(math.ceil(0.2 * members), members - 1)
 
 
-def test_every_call_holds_out_the_same_images() -> None:
-    first, second = hold_out(_dataset(), 30), hold_out(_dataset(), 30)
-    assert np.array_equal(first.test.images, second.test.images)
+def test_split_is_a_pure_function_of_the_seed() -> None:
+    labels = _dataset().train.labels
+    first = validation_split(labels, fraction=0.1, seed=7)
+    again = validation_split(labels, fraction=0.1, seed=7)
+    other = validation_split(labels, fraction=0.1, seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[1], other[1])
 
 
-@pytest.mark.parametrize("count", [200, 500])
-def test_holding_out_everything_is_a_config_error(count: int) -> None:
+def test_small_classes_are_held_out_at_the_same_expected_rate() -> None:
+    # 2,000 classes of two samples each: at 10% a class lends one sample with chance 0.2
+    labels = np.repeat(np.arange(2000), 2)
+    _, held = validation_split(labels, fraction=0.1, seed=0)
+    assert 320 < len(held) < 480  # 400 expected (binomial std 18); plain rounding gives 0
+    singles = np.arange(50)  # a class with one sample is never held out
+    assert len(validation_split(singles, fraction=0.9, seed=0)[1]) == 0
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_a_fraction_outside_zero_to_one_is_a_config_error(fraction: float) -> None:
     with pytest.raises(ConfigError, match=r"data\.validation"):
-        hold_out(_dataset(), count)
+        validation_split(np.zeros(10, np.int64), fraction=fraction, seed=0)
 
 
-def test_load_data_applies_validation(monkeypatch) -> None:
-    from trustvision.data import dataset as dataset_module
+def test_data_config_rejects_a_count() -> None:
+    with pytest.raises(ValueError, match="validation"):
+        DataConfig(validation=5000)
 
-    monkeypatch.setattr(dataset_module, "load_dataset", lambda name, from_path=None: _dataset())
-    assert len(load_data(DataConfig(name="toy")).test) == 7
-    assert len(load_data(DataConfig(name="toy", validation=20)).test) == 20
+
+def test_loaders_hold_out_validation_from_training_and_never_touch_test() -> None:
+    dataset = _dataset()
+    loaders = build_loaders(
+        dataset, DataConfig(validation=0.1, batch_size=10), seed=1, device=torch.device("cpu")
+    )
+    assert loaders.val is not None
+    train, val = _decode(loaders.train.images), _decode(loaders.val.images)
+    test = _decode(loaders.test.images)
+    assert not train & val and not (train | val) & test
+    assert train | val == set(range(len(dataset.train)))
+    assert abs(len(val) - 0.1 * len(dataset.train)) <= 10  # one rounding per class at most
+    assert loaders.train_counts.sum() == len(train)  # counts exclude the hold-out
+
+
+def test_no_validation_when_the_fraction_is_zero() -> None:
+    loaders = build_loaders(
+        _dataset(), DataConfig(validation=0.0, batch_size=10), seed=1, device=torch.device("cpu")
+    )
+    assert loaders.val is None and loaders.train.num_samples == 3000
+
+
+def test_long_tailed_runs_hold_out_from_the_long_tailed_set() -> None:
+    dataset = _dataset()
+    cfg = DataConfig(validation=0.1, imbalance_factor=10, batch_size=10)
+    loaders = build_loaders(dataset, cfg, seed=0, device=torch.device("cpu"))
+    assert loaders.val is not None
+    val_counts = np.bincount(loaders.val.labels.numpy(), minlength=10)
+    # stratified: the hold-out is long-tailed like the training images it came from
+    assert val_counts[0] > val_counts[9]
+
+
+def _federation(seed: int = 0, validation: float = 0.2):
+    cfg = DataConfig(name="toy", validation=validation, batch_size=8)
+    return build_federation(
+        _dataset(), cfg, num_clients=6, alpha=0.5, seed=seed, device=torch.device("cpu")
+    )
+
+
+def test_every_client_holds_out_its_own_images_and_never_trains_on_them() -> None:
+    federation = _federation()
+    seen_train: set[int] = set()
+    seen_val: set[int] = set()
+    for client in federation.clients:
+        train, val = _decode(client.train_images), _decode(client.val_images)
+        assert not train & val
+        assert not (train | val) & seen_train and not (train | val) & seen_val  # clients disjoint
+        seen_train |= train
+        seen_val |= val
+        counts = np.bincount(client.train_labels.numpy(), minlength=10)
+        assert np.array_equal(counts, client.class_counts)  # class counts of training images
+    assert seen_train | seen_val == set(range(3000))
+    assert 0.15 * 3000 < len(seen_val) < 0.25 * 3000
+    assert not seen_val & _decode(federation.test_images)
+    assert federation.train_counts.sum() == len(seen_train)
+
+
+def test_client_hold_outs_are_seed_pure() -> None:
+    first, again, other = _federation(seed=4), _federation(seed=4), _federation(seed=5)
+    for a, b in zip(first.clients, again.clients, strict=True):
+        assert torch.equal(a.val_images, b.val_images)
+    assert any(
+        not torch.equal(a.val_labels, b.val_labels) or len(a.val_labels) != len(b.val_labels)
+        for a, b in zip(first.clients, other.clients, strict=True)
+    )
+
+
+def test_count_based_balanced_validation_equals_the_direct_computation() -> None:
+    rng = np.random.default_rng(0)
+    validations, all_preds, all_labels = [], [], []
+    for k in range(5):
+        labels = rng.choice(4, size=int(rng.integers(0, 30)), p=[0.6, 0.25, 0.1, 0.05])
+        preds = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, 4, len(labels)))
+        total = np.bincount(labels, minlength=4)
+        correct = np.bincount(labels[preds == labels], minlength=4)
+        validations.append(ClientValidation(k, total, {"generic": correct}))
+        all_preds.append(preds)
+        all_labels.append(labels)
+    preds, labels = np.concatenate(all_preds), np.concatenate(all_labels)
+    per_class = [np.mean(preds[labels == c] == c) for c in range(4) if (labels == c).any()]
+    result = validation_evaluation(validations)
+    assert result["generic"] == pytest.approx(float(np.mean(per_class)))
+    assert balanced_accuracy(np.zeros(3), np.zeros(3)) != balanced_accuracy(
+        np.zeros(3), np.zeros(3)
+    )  # NaN without images
+
+
+def test_local_validation_is_the_mean_over_clients() -> None:
+    validations = [
+        ClientValidation(0, np.array([4, 0]), {"local_masked": np.array([4, 0])}),
+        ClientValidation(1, np.array([1, 1]), {"local_masked": np.array([0, 1])}),
+        ClientValidation(2, np.array([0, 0]), {}),  # no validation images: left out
+    ]
+    assert validation_evaluation(validations)["local_masked"] == pytest.approx((1.0 + 0.5) / 2)

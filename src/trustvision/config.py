@@ -120,9 +120,11 @@ class DataConfig(StrictModel):
     source: str | None = None  # a local file or folder to read the data set from (`--from`)
     train_subset: int | None = Field(default=None, gt=0)  # a seeded random subset of train
     test_subset: int | None = Field(default=None, gt=0)  # the first N test images
-    # Hold out N training images (the same ones for every seed) and evaluate on them in
-    # place of the test set: for choosing settings without looking at the test set.
-    validation: int | None = Field(default=None, gt=0)
+    # The fraction of the (long-tailed) training images held out for validation: stratified
+    # by class, drawn from the run's seed, never trained on. Every choice (a constant, a
+    # mixing weight, the reported round) is made on it; the test set gives the final number.
+    # A federation holds out this fraction of each client's own images.
+    validation: float = Field(default=0.1, ge=0, lt=1)
     imbalance_factor: float | None = Field(default=None, ge=1)  # long-tailed train set (Cao et al.)
     batch_size: int = Field(default=128, gt=0)
     eval_batch_size: int = Field(default=1000, gt=0)

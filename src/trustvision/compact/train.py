@@ -74,6 +74,7 @@ class Setup:
     dataset: Dataset
     train: BatchLoader  # the training tensors and `data.augment`: the source of both views
     test: BatchLoader
+    val: BatchLoader | None  # the `data.validation` hold-out (None when it is 0)
     reporter: Reporter | None
 
     @property
@@ -122,14 +123,15 @@ def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
         budget=cfg.budget,
         name=cfg.model.name,
     )
-    train, test, _ = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
+    loaders = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
+    train = loaders.train
     if len(train) == 0:
         raise ConfigError(
             f"`data.batch_size={cfg.data.batch_size}` is larger than the {train.num_samples} "
             "training images: lower it or use more data"
         )
     accel = Accel(device, amp=False, channels_last=False)
-    return Setup(cfg, accel, dataset, train, test, reporter)
+    return Setup(cfg, accel, dataset, train, loaders.test, loaders.val, reporter)
 
 
 def open_run(cfg: CompactConfig, run_dir: Path | None) -> RunDir:
@@ -184,6 +186,7 @@ def train_stage(
         model,
         train_loader=loader,
         test_loader=setup.test,
+        val_loader=setup.val,
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
@@ -207,6 +210,8 @@ def train_stage(
         "train_images": images,
         "test": {k: result.final[k] for k in ("top1", "loss", "per_class")},
     }
+    if result.validation is not None:
+        summary["validation"] = {k: result.validation[k] for k in ("top1", "loss")}
     sub.write_summary(summary)
     return summary
 
@@ -229,6 +234,7 @@ def stage_one(setup: Setup, run: RunDir) -> tuple[DualModel, dict[str, Any]]:
         epochs=cfg.dual.epochs,
     )
     summary["branches"] = branch_accuracies(setup, dual)
+    summary["branches_on"] = "validation" if setup.val is not None else "test"
     # Images through a model: each step trains both branches, one view each.
     summary["image_passes"] = 2 * summary["train_images"]
     return dual, summary
@@ -241,17 +247,19 @@ def bn_batches(setup: Setup) -> Iterator[tuple[Tensor, Tensor]]:
 
 
 def branch_accuracies(setup: Setup, dual: DualModel) -> dict[str, float]:
-    """Test top-1 of each branch with its own head, and of the two averaged weight by weight."""
+    """Top-1 of each branch with its own head, and of the two averaged weight by weight, on the
+    validation hold-out when the run has one (these numbers choose settings), else on test."""
     averaged = copy.deepcopy(dual.original)
     averaged.load_state_dict(
         average_states(dual.original.state_dict(), dual.augmented.state_dict())
     )
     recalibrate_bn(averaged, bn_batches(setup))
     models = {**dual.branches(), "weight_average": averaged}
+    loader = setup.val or setup.test
     return {
-        name: evaluate(
-            model, setup.test.epoch(0), num_classes=setup.num_classes, accel=setup.accel
-        )["top1"]
+        name: evaluate(model, loader.epoch(0), num_classes=setup.num_classes, accel=setup.accel)[
+            "top1"
+        ]
         for name, model in models.items()
     }
 
@@ -391,6 +399,7 @@ def run_summary(
     table = {
         name: {
             "top1": row["test"]["top1"],
+            **({"val_top1": row["validation"]["top1"]} if "validation" in row else {}),
             "epochs": row["epochs"] + (dual["epochs"] if dual and name != PLAIN else 0),
             "wall_seconds": row["wall_seconds"]
             + (dual["wall_seconds"] if dual and name != PLAIN else 0),
@@ -424,6 +433,7 @@ def run_summary(
             "std": list(ds.std),
             "train_images": setup.train.num_samples,
             "test_images": setup.test.num_samples,
+            "validation_images": setup.val.num_samples if setup.val else 0,
         },
         "environment": environment_info(setup.accel.device)
         | {"train_threads": torch.get_num_threads()},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from trustvision.data.readers import Progress
 from trustvision.data.sources import fetch, read_meta
-from trustvision.errors import ChecksumError, ConfigError
+from trustvision.errors import ChecksumError
 
 if TYPE_CHECKING:
     from trustvision.config import DataConfig
@@ -67,36 +67,13 @@ def load_dataset(
     return open_cached(folder)
 
 
-VALIDATION_SEED = 20_261_125  # one held-out set for every run and seed
-
-
-def hold_out(dataset: Dataset, count: int) -> Dataset:
-    """`dataset` with `count` training images (a fixed random choice) as its test split.
-
-    The rest of the training split stays the training split; the real test split is not
-    used. Mean and std stay those of the whole training split.
-    """
-    n = len(dataset.train)
-    if not 0 < count < n:
-        raise ConfigError(
-            f"`data.validation={count}` must be between 1 and {n - 1}: "
-            f"{dataset.name} has {n:,} training images"
-        )
-    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
-    held, kept = np.sort(order[:count]), np.sort(order[count:])
-    images, labels = dataset.train.images, dataset.train.labels
-    return replace(
-        dataset,
-        train=ArraySplit(images[kept], labels[kept]),
-        test=ArraySplit(images[held], labels[held]),
-        variant=f"{dataset.variant}, validation: {count} held-out training images",
-    )
-
-
 def load_data(cfg: DataConfig, *, source: str | Path | None = None) -> Dataset:
-    """The data set of `cfg` (read from `source` or `cfg.source`), with `cfg.validation` applied."""
-    dataset = load_dataset(cfg.name, from_path=source or cfg.source)
-    return hold_out(dataset, cfg.validation) if cfg.validation else dataset
+    """The data set of `cfg`, read from `source` or `cfg.source` (the cache by default).
+
+    The validation hold-out (`cfg.validation`) depends on the run's seed and, for a
+    federation, on the client split: the loaders apply it (data/loader.py, federated/data.py).
+    """
+    return load_dataset(cfg.name, from_path=source or cfg.source)
 
 
 def open_cached(folder: Path) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from trustvision.config import DataConfig
 from trustvision.data.augment import BatchAugment
 from trustvision.data.dataset import Dataset
 from trustvision.data.longtail import longtail_indices
+from trustvision.data.partition import validation_split
 
 
 def derive_seed(seed: int, purpose: str, *counters: int) -> int:
@@ -140,6 +142,32 @@ def select_train_indices(
     return indices
 
 
+def split_train_indices(
+    labels: np.ndarray, cfg: DataConfig, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(train, validation)` indices into the training split: the images a run trains on and
+    the stratified hold-out (`cfg.validation`) it chooses its settings on, disjoint."""
+    selected = select_train_indices(
+        labels, imbalance_factor=cfg.imbalance_factor, subset=cfg.train_subset, seed=seed
+    )
+    kept, held = validation_split(
+        np.asarray(labels[selected]),
+        fraction=cfg.validation,
+        seed=derive_seed(seed, "validation"),
+    )
+    return selected[kept], selected[held]
+
+
+@dataclass(frozen=True, eq=False)
+class Loaders:
+    """A centralised run's batches: training, validation (None without a hold-out) and test."""
+
+    train: BatchLoader
+    val: BatchLoader | None
+    test: BatchLoader
+    train_counts: np.ndarray  # (C,) int64 training images per class, the hold-out excluded
+
+
 def build_loaders(
     dataset: Dataset,
     cfg: DataConfig,
@@ -147,19 +175,26 @@ def build_loaders(
     seed: int,
     device: torch.device,
     normalize: bool = True,
-) -> tuple[BatchLoader, BatchLoader, np.ndarray]:
-    """Train and test loaders for `cfg`, and the training class counts.
+) -> Loaders:
+    """Training, validation and test loaders for `cfg`, and the training class counts.
 
-    With `normalize=False` both yield [0, 1] pixels (robust training attacks pixels).
+    With `normalize=False` every loader yields [0, 1] pixels (robust training attacks pixels).
     """
-    train_idx = select_train_indices(
-        dataset.train.labels,
-        imbalance_factor=cfg.imbalance_factor,
-        subset=cfg.train_subset,
-        seed=seed,
-    )
+    train_idx, val_idx = split_train_indices(dataset.train.labels, cfg, seed=seed)
     train_labels = np.asarray(dataset.train.labels[train_idx])
     test_end = cfg.test_subset or len(dataset.test.labels)
+
+    def ordered(images: np.ndarray, labels: np.ndarray) -> BatchLoader:
+        return BatchLoader(
+            to_tensor(images),
+            to_tensor(labels),
+            batch_size=cfg.eval_batch_size,
+            mean=dataset.mean,
+            std=dataset.std,
+            device=device,
+            normalize=normalize,
+        )
+
     train = BatchLoader(
         to_tensor(dataset.train.images[train_idx]),
         to_tensor(train_labels),
@@ -173,13 +208,9 @@ def build_loaders(
         device=device,
         normalize=normalize,
     )
-    test = BatchLoader(
-        to_tensor(dataset.test.images[:test_end]),
-        to_tensor(dataset.test.labels[:test_end]),
-        batch_size=cfg.eval_batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        normalize=normalize,
-    )
-    return train, test, np.bincount(train_labels, minlength=dataset.num_classes)
+    val = None
+    if len(val_idx):
+        val = ordered(dataset.train.images[val_idx], np.asarray(dataset.train.labels[val_idx]))
+    test = ordered(dataset.test.images[:test_end], dataset.test.labels[:test_end])
+    counts = np.bincount(train_labels, minlength=dataset.num_classes).astype(np.int64)
+    return Loaders(train=train, val=val, test=test, train_counts=counts)

@@ -1,4 +1,5 @@
-"""Non-IID client splits (per-class Dirichlet) and per-client test sets, as in FedLoGe."""
+"""Index splits: validation hold-outs, non-IID client splits (per-class Dirichlet) and
+per-client test sets, as in FedLoGe."""
 
 from __future__ import annotations
 
@@ -22,6 +23,38 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
             f"labels span {labels.min()}..{labels.max()}, outside `num_classes={num_classes}`"
         )
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
+
+
+def validation_split(
+    labels: np.ndarray, *, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions `(kept, held)` into `labels`: a stratified, seeded validation hold-out.
+
+    Class c with n_c samples gives `fraction * n_c` of them to `held`, rounded stochastically
+    (the floor, plus one with the remainder's probability), so that small classes are held out
+    at the same expected rate as large ones instead of never. A class keeps at least one
+    sample for training; a class with a single sample is never held out. The result is a pure
+    function of (labels, fraction, seed): every run with the same seed holds out the same
+    samples, whatever else it does.
+    """
+    if not 0 <= fraction < 1:
+        raise ConfigError(
+            f"`data.validation={fraction}` must be a fraction in [0, 1): the share of the "
+            "training images held out for validation (e.g. 0.1; 0 holds out none)"
+        )
+    labels = np.asarray(labels, dtype=np.int64)
+    held = np.zeros(len(labels), dtype=bool)
+    if fraction == 0 or labels.size == 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    rng = make_rng(seed)
+    for c in range(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == c)
+        share = fraction * len(members)
+        count = int(share) + int(rng.random() < share - int(share))
+        count = min(count, len(members) - 1)
+        if count > 0:
+            held[rng.choice(members, size=count, replace=False)] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def dirichlet_partition(

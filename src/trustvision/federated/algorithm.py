@@ -11,7 +11,8 @@ An algorithm is described by data and small pure functions, never by a training 
   Engines run the phases (federated/client.py); a future engine may run many clients at
   once with `torch.func` over the same objectives.
 - `aggregate` combines the clients' updates on the server (pure, over named tensors).
-- `generic_logits` / `personal_logits` predict with the loaded modules.
+- `generic_logits` / `personal_logits` predict with the loaded modules, as heads
+  (`generic_heads`, `personal_head`) on the global backbone's `features`.
 
 Engines (federated/engines/) depend on this protocol only, never on a concrete algorithm.
 """
@@ -38,7 +39,6 @@ from trustvision.train.loop import Objective
 # An algorithm's modules: the nn.ModuleDict its `build` returns. Typed `Any` because torch
 # types attribute access on modules (`net["model"].features`) as `Tensor | Module`.
 Modules = Any
-Logits = Callable[[Modules, Tensor], Tensor]
 AlgorithmT = TypeVar("AlgorithmT", bound=type)
 
 
@@ -90,15 +90,19 @@ class FederatedAlgorithm(Protocol):
 
     @property
     def personalised(self) -> bool: ...
+    @property
+    def shares_features(self) -> bool: ...
     def build(self) -> nn.ModuleDict: ...
     def init_global(self) -> State: ...
     def init_client(self, client_id: int, global_state: State) -> State: ...
     def phases(self, ctx: ClientContext) -> list[Phase]: ...
     def finetune_phases(self, ctx: ClientContext) -> list[Phase]: ...
     def aggregate(self, global_state: State, updates: Sequence[tuple[State, float]]) -> State: ...
+    def features(self, net: Modules, x: Tensor) -> Tensor: ...
+    def generic_heads(self, net: Modules, h: Tensor) -> dict[str, Tensor]: ...
+    def personal_head(self, net: Modules, h: Tensor) -> Tensor: ...
     def generic_logits(self, net: Modules, x: Tensor) -> Tensor: ...
     def personal_logits(self, net: Modules, x: Tensor) -> Tensor: ...
-    def extra_modes(self) -> dict[str, Logits]: ...
 
 
 @contextlib.contextmanager
@@ -194,18 +198,38 @@ class Algorithm:
         return merge_into(global_state, average)
 
     # --- inference -------------------------------------------------------------------------
+    # Predictors are heads on the global backbone's features, so an evaluation computes the
+    # features of an image once and applies every head to them. An algorithm changes a head
+    # (`generic_heads`, `personal_head`); one whose clients predict with more than a head of
+    # their own (Ditto's personal model) overrides `personal_logits` instead.
+
+    def features(self, net: Modules, x: Tensor) -> Tensor:
+        """The global backbone's features of a batch."""
+        return net["model"].features(x)
+
+    def generic_heads(self, net: Modules, h: Tensor) -> dict[str, Tensor]:
+        """Every global predictor's logits from the features `h`: `generic` (where there is a
+        global model) and further named modes worth reporting (e.g. FedLoGe's `universal`)."""
+        return {"generic": net["model"].head(h)} if self.has_generic else {}
+
+    def personal_head(self, net: Modules, h: Tensor) -> Tensor:
+        """A client's logits from the features `h` (global and personal tensors loaded)."""
+        return net["model"].head(h)
 
     def generic_logits(self, net: Modules, x: Tensor) -> Tensor:
         """Logits of the global model."""
-        return net["model"](x)
+        return self.generic_heads(net, self.features(net, x))["generic"]
 
     def personal_logits(self, net: Modules, x: Tensor) -> Tensor:
         """Logits of a client's model (global and personal tensors loaded)."""
-        return self.generic_logits(net, x)
+        return self.personal_head(net, self.features(net, x))
 
-    def extra_modes(self) -> dict[str, Logits]:
-        """Further named global predictors worth reporting (e.g. FedLoGe's `universal`)."""
-        return {}
+    @property
+    def shares_features(self) -> bool:
+        """Whether a client predicts with `personal_head` on the global backbone's features
+        (no fine-tuning, no model of its own): then the features of an image seen by several
+        clients are computed once."""
+        return not self.finetunes and type(self).personal_logits is Algorithm.personal_logits
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -148,27 +148,49 @@ def compare(
 ) -> None:
     """Compare finished runs: generic and local accuracy side by side, and two plots.
 
+    Two tables: the final round's test accuracies, and the choice made on validation: the
+    final round's validation accuracies and the test accuracy of the round whose validation
+    accuracy was highest (generic and local chosen apart). No number is picked by test.
+
     The plots: accuracy per round (one line per run) and generic per-class accuracy against
     training frequency.
 
     Example: trustvision fed compare runs/demo-fed
     """
-    from trustvision.federated.compare import COLUMNS, comparison, comparison_plots, finished_runs
+    from trustvision.federated.compare import (
+        COLUMNS,
+        SELECTED,
+        VALIDATION_COLUMNS,
+        comparison,
+        comparison_plots,
+        finished_runs,
+    )
 
     try:
         runs = finished_runs(paths)
     except TrustvisionError as err:
         raise fail(err) from None
     rows = comparison(runs)
-    table = Table(title="final round, top-1 %")
-    for header in ("run", *COLUMNS.values(), "best generic (round)"):
-        table.add_column(header, justify="left" if header == "run" else "right")
+
+    def percent(value: float) -> str:
+        return f"{100 * value:.1f}" if value == value else "-"
+
+    table = Table(title="final round, top-1 % on test")
+    chosen = Table(title="the round validation chose (generic and local apart), top-1 %")
+    for header in ("run", *COLUMNS.values()):
+        table.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
+    headers = [*VALIDATION_COLUMNS.values(), *(f"{k} test (round)" for k in SELECTED)]
+    for header in ("run", *headers):
+        chosen.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
     for row in rows:
-        best = row["best_generic"]
-        best_text = f"{100 * best['value']:.1f} ({best['round']})" if best.get("round") else "-"
-        cells = [f"{100 * row[k]:.1f}" if row[k] == row[k] else "-" for k in COLUMNS]
-        table.add_row(row["label"], *cells, best_text)
+        table.add_row(row["label"], *(percent(row[k]) for k in COLUMNS))
+        cells = [percent(row[k]) for k in VALIDATION_COLUMNS]
+        for kind, key in SELECTED.items():
+            pick = row["selected"].get(kind, {})
+            cells.append(f"{percent(pick[key])} ({pick['round']})" if key in pick else "-")
+        chosen.add_row(row["label"], *cells)
     console.print(table)
+    console.print(chosen)
     first = next(iter(runs.values())).path
     for path in comparison_plots(runs, out or first.parent / "compare"):
         console.print(f"plot: {path}")

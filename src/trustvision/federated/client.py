@@ -8,9 +8,12 @@ comes from (seed, client, round) only, so a resumed run repeats every round exac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -76,11 +79,27 @@ class ClientEval:
 
 
 @dataclass(frozen=True)
+class ClientValidation:
+    """Per-class counts on a client's validation images: all the server learns of them.
+
+    `correct[name]` counts the right predictions of one predictor: every global predictor
+    of the algorithm (`generic`, and modes such as FedLoGe's `universal`) and the client's
+    own model, `local_masked` / `local_unmasked`.
+    """
+
+    client_id: int
+    total: np.ndarray  # (C,) int64 validation images per class
+    correct: dict[str, np.ndarray]  # predictor -> (C,) int64
+
+
+@dataclass(frozen=True)
 class EvalResult:
-    """What came back from an evaluation's clients: predictions, and who failed to answer."""
+    """What came back from an evaluation's clients: local-test predictions, validation counts,
+    and who failed to answer."""
 
     evals: list[ClientEval]
     failures: list[ClientFailure]
+    validations: list[ClientValidation] = field(default_factory=list)
 
 
 class Workspace:
@@ -249,29 +268,87 @@ class ClientRunner:
         return update, select(state, algorithm.personal)
 
     def evaluate(
-        self, client_id: int, *, global_state: State, personal: State, round: int, lr: float
-    ) -> ClientEval:
-        """Personalised logits on the client's local test set (fine-tuning first if the
-        algorithm does). Raises ClientFault where `faults` say so."""
+        self,
+        client_id: int,
+        *,
+        global_state: State,
+        personal: State,
+        round: int,
+        lr: float,
+        local_test: bool = True,
+        test_features: Tensor | None = None,
+    ) -> tuple[ClientEval | None, ClientValidation]:
+        """The client's validation counts, and its personalised logits on its local test set
+        (None when `local_test` is False: the engine reads them off the global model's).
+
+        The global predictors are counted before any fine-tuning, the client's own model
+        after it (FedBABU fine-tunes before it predicts). `test_features`, the global
+        backbone's features of the whole balanced test set, spare a client that predicts
+        with a head on them (`shares_features`) a pass of the backbone. Raises ClientFault
+        where `faults` say so.
+        """
         rehearse_faults(self.faults, client_id=client_id, round=round, stage="evaluate")
         algorithm, data = self.algorithm, self.federation.clients[client_id]
         net = self.workspace.net
         self.workspace.load({**global_state, **personal})
-        if algorithm.finetunes and data.num_samples > 0:
+        net.eval()
+        seen = torch.from_numpy(data.class_counts > 0)
+        unseen = ~seen.to(self.accel.device)
+
+        def predictions(x: Tensor, *, generic: bool, own: bool) -> dict[str, Tensor]:
+            shared = algorithm.shares_features
+            h = algorithm.features(net, x) if generic or shared else None
+            out = algorithm.generic_heads(net, h) if generic and h is not None else {}
+            if own:
+                mine = (
+                    algorithm.personal_head(net, h)
+                    if shared and h is not None
+                    else algorithm.personal_logits(net, x)
+                )
+                out |= {"local_unmasked": mine, "local_masked": mine.masked_fill(unseen, -math.inf)}
+            return out
+
+        finetune = algorithm.finetunes and data.num_samples > 0
+        correct = self._count_correct(partial(predictions, generic=True, own=not finetune), data)
+        if finetune:
             ctx = client_context(
                 data, round=round, global_state=global_state, device=self.accel.device
             )
             loader = self._train_loader(data, "finetune", round)
             torch.manual_seed(derive_seed(self.seed, "torch-finetune", round, client_id))
             self._run(algorithm.finetune_phases(ctx), loader, lr)
-        net.eval()
-        logits, labels, _ = predict(
-            lambda x: algorithm.personal_logits(net, x),
-            self.federation.client_test_loader(data).epoch(0),
-            accel=self.accel,
-        )
-        seen = torch.from_numpy(data.class_counts > 0)
-        return ClientEval(client_id=client_id, logits=logits, labels=labels, seen=seen)
+            net.eval()
+            correct |= self._count_correct(partial(predictions, generic=False, own=True), data)
+        total = np.bincount(data.val_labels.cpu().numpy(), minlength=self.federation.num_classes)
+        validation = ClientValidation(client_id, total.astype(np.int64), correct)
+        if not local_test or len(data.test_indices) == 0:
+            return None, validation
+        if test_features is not None and algorithm.shares_features:
+            index = torch.as_tensor(data.test_indices, device=test_features.device)
+            with torch.no_grad(), self.accel.autocast():
+                logits = algorithm.personal_head(net, test_features[index]).float().cpu()
+            labels = self.federation.test_labels[index].cpu()
+        else:
+            logits, labels, _ = predict(
+                lambda x: algorithm.personal_logits(net, x),
+                self.federation.client_test_loader(data).epoch(0),
+                accel=self.accel,
+            )
+        return ClientEval(client_id, logits, labels, seen), validation
+
+    def _count_correct(
+        self, outputs: Callable[[Tensor], dict[str, Tensor]], data: ClientData
+    ) -> dict[str, np.ndarray]:
+        """Per-class right predictions of every named output on the client's validation images
+        (empty without validation images: the server counts a missing name as zeros)."""
+        num_classes = self.federation.num_classes
+        counts: dict[str, Tensor] = {}
+        with torch.no_grad(), self.accel.autocast():
+            for x, y in data.val_loader(self.federation.spec).epoch(0):
+                for name, logits in outputs(self.accel.prepare_batch(x)).items():
+                    right = torch.bincount(y[logits.argmax(1) == y], minlength=num_classes)
+                    counts[name] = counts.get(name, 0) + right
+        return {name: c.cpu().numpy().astype(np.int64) for name, c in counts.items()}
 
     def _train_loader(self, data: ClientData, purpose: str, round: int) -> BatchLoader:
         seed = derive_seed(self.seed, purpose, data.client_id, round)
@@ -296,7 +373,17 @@ class ClientRunner:
         )
 
 
-def evals_from_generic(federation: Federation, *, generic_logits: Tensor) -> EvalResult:
+def clients_to_evaluate(federation: Federation, *, local_test: bool) -> list[int]:
+    """The clients an evaluation asks: those with validation images, and those with a local
+    test set when they predict it themselves."""
+    return [
+        c.client_id
+        for c in federation.clients
+        if c.num_val > 0 or (local_test and len(c.test_indices) > 0)
+    ]
+
+
+def evals_from_generic(federation: Federation, *, generic_logits: Tensor) -> list[ClientEval]:
     """Every client with a local test set, for an algorithm that does not personalise: a
     client's model is the global one, so its local logits are read off `generic_logits`."""
     labels = federation.test_labels.cpu()
@@ -307,4 +394,4 @@ def evals_from_generic(federation: Federation, *, generic_logits: Tensor) -> Eva
         index = torch.as_tensor(client.test_indices)
         seen = torch.from_numpy(client.class_counts > 0)
         evals.append(ClientEval(client.client_id, generic_logits[index], labels[index], seen))
-    return EvalResult(evals=evals, failures=[])
+    return evals

@@ -19,6 +19,9 @@ COLUMNS = {
     "generic_middle": "middle",
     "generic_tail": "tail",
 }
+# The validation numbers of the final round, and what a round chosen on them scores on test.
+VALIDATION_COLUMNS = {"generic_val_acc": "generic (val)", "local_val_acc": "local (val)"}
+SELECTED = {"generic": "generic_acc", "local": "local_acc"}
 
 
 def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
@@ -58,7 +61,8 @@ def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
 
 
 def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:
-    """One row per run: its headline accuracies, best generic accuracy, rounds and path."""
+    """One row per run: its final-round accuracies, the rounds validation chose (generic and
+    local) with their test accuracies, rounds and path."""
     rows = []
     for label, run in runs.items():
         summary = run.read_summary()
@@ -66,8 +70,8 @@ def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "label": label,
-                **{key: headline.get(key, math.nan) for key in COLUMNS},
-                "best_generic": summary.get("best", {}).get("generic_acc", {}),
+                **{key: headline.get(key, math.nan) for key in (*COLUMNS, *VALIDATION_COLUMNS)},
+                "selected": summary.get("selected", {}),
                 "rounds": summary.get("rounds"),
                 "run": str(run.path),
             }

@@ -1,8 +1,11 @@
 """The federation's data: long-tailed training set split over clients, balanced and local test sets.
 
 Every client's training images are held once, on the device, as uint8 tensors; a round's
-batches come from a BatchLoader over them seeded by (seed, client, round). Local test sets
-are index lists into the one balanced test set (clients may share test images).
+batches come from a BatchLoader over them seeded by (seed, client, round). Every client holds
+out `data.validation` of its own images (stratified by class, from (seed, "validation",
+client)) and never trains on them: the settings of a run are chosen on these. Local test
+sets are index lists into the one balanced test set (clients may share test images) and
+follow the client's training class mix, as in FedLoGe.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from trustvision.config import DataConfig
 from trustvision.data.augment import BatchAugment
 from trustvision.data.dataset import Dataset
 from trustvision.data.loader import BatchLoader, derive_seed, select_train_indices, to_tensor
-from trustvision.data.partition import class_counts, client_test_indices, dirichlet_partition
+from trustvision.data.partition import (
+    class_counts,
+    client_test_indices,
+    dirichlet_partition,
+    validation_split,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,22 +68,34 @@ class LoaderSpec:
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
-    """One client's training images (on the device), class counts and local test indices."""
+    """One client's training and validation images (on the device), its training class counts
+    and its local test indices."""
 
     client_id: int
     train_images: Tensor
     train_labels: Tensor
-    class_counts: np.ndarray  # (C,) int64
+    class_counts: np.ndarray  # (C,) int64, of the training images (the hold-out excluded)
     test_indices: np.ndarray  # into the federation's balanced test set
+    val_images: Tensor  # the client's hold-out, never trained on (may be empty)
+    val_labels: Tensor
 
     @property
     def num_samples(self) -> int:
         """Training images this client holds."""
         return len(self.train_labels)
 
+    @property
+    def num_val(self) -> int:
+        """Validation images this client holds out."""
+        return len(self.val_labels)
+
     def train_loader(self, spec: LoaderSpec, *, seed: int) -> BatchLoader:
         """A BatchLoader over this client's images (no copy: they already sit on the device)."""
         return spec.train(self.train_images, self.train_labels, seed=seed)
+
+    def val_loader(self, spec: LoaderSpec) -> BatchLoader:
+        """This client's validation images, in order, unaugmented."""
+        return spec.test(self.val_images, self.val_labels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +131,7 @@ class Federation:
             "test_images": len(self.test_labels),
             "client_train_images": [c.num_samples for c in self.clients],
             "client_test_images": [len(c.test_indices) for c in self.clients],
+            "client_val_images": [c.num_val for c in self.clients],
             "client_classes": [int((c.class_counts > 0).sum()) for c in self.clients],
         }
 
@@ -124,7 +145,8 @@ def build_federation(
     seed: int,
     device: torch.device,
 ) -> Federation:
-    """Long-tail the training set, split it with per-class Dirichlet draws, build local test sets."""
+    """Long-tail the training set, split it with per-class Dirichlet draws, hold out each
+    client's validation images, build local test sets from what the clients train on."""
     train_idx = select_train_indices(
         dataset.train.labels,
         imbalance_factor=cfg.imbalance_factor,
@@ -137,10 +159,16 @@ def build_federation(
     parts = dirichlet_partition(
         train_labels, num_clients=num_clients, alpha=alpha, seed=derive_seed(seed, "partition")
     )
+    splits = [
+        client_validation(train_labels[part], cfg.validation, seed=seed, client=k)
+        for k, part in enumerate(parts)
+    ]
+    trained = [part[kept] for part, (kept, _) in zip(parts, splits, strict=True)]
+    held_out = [part[held] for part, (_, held) in zip(parts, splits, strict=True)]
     local_tests = client_test_indices(
-        [train_labels[p] for p in parts],
+        [train_labels[p] for p in trained],
         test_labels,
-        num_train=len(train_labels),
+        num_train=sum(len(p) for p in trained),
         seed=derive_seed(seed, "local-test"),
     )
     images = to_tensor(dataset.train.images[train_idx])
@@ -152,8 +180,10 @@ def build_federation(
             train_labels=labels[part].to(device),
             class_counts=class_counts(train_labels[part], dataset.num_classes),
             test_indices=test_idx,
+            val_images=images[held].to(device),
+            val_labels=labels[held].to(device),
         )
-        for k, (part, test_idx) in enumerate(zip(parts, local_tests, strict=True))
+        for k, (part, held, test_idx) in enumerate(zip(trained, held_out, local_tests, strict=True))
     ]
     spec = LoaderSpec(
         batch_size=cfg.batch_size,
@@ -167,7 +197,16 @@ def build_federation(
         clients=clients,
         test_images=to_tensor(dataset.test.images[:test_end]).to(device),
         test_labels=torch.from_numpy(test_labels).to(device),
-        train_counts=class_counts(train_labels, dataset.num_classes),
+        train_counts=class_counts(
+            train_labels[np.concatenate([np.zeros(0, np.int64), *trained])], dataset.num_classes
+        ),
         classes=tuple(dataset.classes),
         spec=spec,
     )
+
+
+def client_validation(
+    labels: np.ndarray, fraction: float, *, seed: int, client: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(kept, held)` positions into one client's labels: its stratified validation hold-out."""
+    return validation_split(labels, fraction=fraction, seed=derive_seed(seed, "validation", client))

@@ -1,33 +1,50 @@
-"""Generic and local accuracy, by frequency group, with and without masking of unseen classes.
+"""Generic and local accuracy, by frequency group, with and without masking of unseen classes,
+on the test sets and on the clients' validation images.
 
 - Generic: each global predictor (the algorithm's `generic`, plus modes such as FedLoGe's
-  `universal`) on the balanced test set.
+  `universal`) on the balanced test set: the backbone's features are computed once and
+  every head applied to them (and, where the algorithm allows it, each client's own head).
 - Local: each client's personalised logits on its local test set; accuracy is the
   unweighted mean over clients that have a local test set. Every method is treated alike:
   `masked` sets the logits of classes a client has no training image of to -inf,
   `unmasked` does not; both are reported. Head/middle/tail and many/medium/few for local
   accuracy pool all clients' local predictions and group classes by the global training
   counts.
+- Validation (what choices read): every client counts, per class, the right predictions of
+  each global predictor and of its own model on its validation images; the server sums
+  counts only. Generic validation accuracy is class-balanced (the mean over classes of
+  summed correct / summed total, as the balanced test set is); local validation accuracy is
+  the unweighted mean over clients of their own accuracy, as local test accuracy is.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from trustvision.federated.algorithm import FederatedAlgorithm
-from trustvision.federated.client import ClientEval, Workspace
+from trustvision.federated.client import ClientEval, ClientValidation, Workspace
 from trustvision.federated.data import Federation
 from trustvision.federated.tensors import State
-from trustvision.train.loop import Accel, predict
+from trustvision.train.loop import Accel
 from trustvision.train.metrics import accuracy, summarize
 
 GROUPS = ("head", "middle", "tail", "many", "medium", "few")
+
+
+@dataclass(frozen=True)
+class GenericEvaluation:
+    """The global predictors on the balanced test set: summaries, and what clients may reuse."""
+
+    results: dict[str, dict[str, Any]]  # predictor -> summary (top1, per class, groups, loss)
+    logits: torch.Tensor | None  # (N, C) the `generic` predictor's, on the CPU
+    features: torch.Tensor  # (N, d) the global backbone's, on the device
 
 
 def generic_evaluation(
@@ -37,29 +54,53 @@ def generic_evaluation(
     global_state: State,
     federation: Federation,
     accel: Accel,
-) -> tuple[dict[str, dict[str, Any]], torch.Tensor | None]:
-    """Every global predictor's summary on the balanced test set, and the `generic` logits."""
+) -> GenericEvaluation:
+    """Every global predictor on the balanced test set, from one pass of the backbone."""
     workspace.load(global_state)
-    workspace.net.eval()
-    predictors = {"generic": algorithm.generic_logits} if algorithm.has_generic else {}
-    predictors.update(algorithm.extra_modes())
-    results, generic_logits = {}, None
-    for name, logits_fn in predictors.items():
-        logits, labels, loss = predict(
-            partial(logits_fn, workspace.net),
-            federation.test_loader().epoch(0),
-            accel=accel,
-        )
+    net = workspace.net.eval()
+    parts, all_labels = [], []
+    with torch.no_grad(), accel.autocast():
+        for x, y in federation.test_loader().epoch(0):
+            parts.append(algorithm.features(net, accel.prepare_batch(x)))
+            all_labels.append(y.cpu())
+        features = torch.cat(parts)
+        outputs = {k: v.float().cpu() for k, v in algorithm.generic_heads(net, features).items()}
+    labels = torch.cat(all_labels)
+    results = {}
+    for name, logits in outputs.items():
         summary = summarize(
             logits.argmax(1).numpy(),
             labels.numpy(),
             federation.num_classes,
             train_counts=federation.train_counts,
         )
-        results[name] = {**summary, "loss": float(loss)}
-        if name == "generic":
-            generic_logits = logits
-    return results, generic_logits
+        results[name] = {**summary, "loss": float(F.cross_entropy(logits, labels))}
+    return GenericEvaluation(results, outputs.get("generic"), features)
+
+
+def balanced_accuracy(correct: np.ndarray, total: np.ndarray) -> float:
+    """Mean over classes with at least one image of correct / total (NaN if there are none)."""
+    present = total > 0
+    return float(np.mean(correct[present] / total[present])) if present.any() else math.nan
+
+
+def validation_evaluation(validations: Sequence[ClientValidation]) -> dict[str, Any]:
+    """Generic (class-balanced, from summed counts) and local (mean over clients) validation
+    accuracy of every predictor the clients counted."""
+    with_images = [v for v in validations if v.total.sum() > 0]
+    if not with_images:
+        return {}
+    total = np.sum([v.total for v in with_images], axis=0)
+    names = sorted({name for v in with_images for name in v.correct})
+    result: dict[str, Any] = {"images": int(total.sum()), "clients": len(with_images)}
+    for name in names:
+        if name.startswith("local_"):
+            per_client = [v.correct[name].sum() / v.total.sum() for v in with_images]
+            result[name] = float(np.mean(per_client))
+        else:
+            correct = np.sum([v.correct.get(name, np.zeros_like(total)) for v in with_images], 0)
+            result[name] = balanced_accuracy(correct, total)
+    return result
 
 
 def local_evaluation(
@@ -87,9 +128,14 @@ def local_evaluation(
 
 
 def evaluation(
-    generic: dict[str, dict[str, Any]], evals: Sequence[ClientEval], *, federation: Federation
+    generic: dict[str, dict[str, Any]],
+    evals: Sequence[ClientEval],
+    *,
+    federation: Federation,
+    validations: Sequence[ClientValidation] = (),
 ) -> dict[str, Any]:
-    """The full evaluation: generic predictors, and local accuracy masked and unmasked."""
+    """The full evaluation: generic predictors, local accuracy masked and unmasked, and the
+    validation accuracies."""
     local = {
         name: local_evaluation(
             evals,
@@ -99,7 +145,7 @@ def evaluation(
         )
         for name, masked in (("masked", True), ("unmasked", False))
     }
-    return {"generic": generic, "local": local}
+    return {"generic": generic, "local": local, "validation": validation_evaluation(validations)}
 
 
 def flat_metrics(result: dict[str, Any], *, mask_unseen: bool) -> dict[str, float]:
@@ -114,4 +160,15 @@ def flat_metrics(result: dict[str, Any], *, mask_unseen: bool) -> dict[str, floa
     record["local_acc_masked"] = local["masked"]["top1"]
     record["local_acc_unmasked"] = local["unmasked"]["top1"]
     record.update({f"local_{g}": headline[g] for g in GROUPS if g in headline})
+    validation = result.get("validation", {})
+    for name, value in validation.items():
+        if name in ("images", "clients"):
+            continue
+        if name.startswith("local_"):
+            record[f"local_val_acc_{name.removeprefix('local_')}"] = value
+        else:
+            record[f"{name}_val_acc"] = value
+    masking = "masked" if mask_unseen else "unmasked"
+    if f"local_{masking}" in validation:
+        record["local_val_acc"] = validation[f"local_{masking}"]
     return record

@@ -63,7 +63,7 @@ class Session:
     def evaluate(self, global_state: State, *, round: int) -> dict[str, Any]:
         """Generic and local evaluation of `global_state` after `round` (0-based); clients that
         failed to predict are listed under `failures`."""
-        generic, generic_logits = generic_evaluation(
+        generic = generic_evaluation(
             self.algorithm,
             self.server,
             global_state=global_state,
@@ -72,9 +72,15 @@ class Session:
         )
         lr = round_lr(self.cfg.optim, round=round, rounds=self.cfg.rounds)
         local = self.engine.evaluate(
-            global_state, round=round, lr=lr, generic_logits=generic_logits
+            global_state,
+            round=round,
+            lr=lr,
+            generic_logits=generic.logits,
+            test_features=generic.features,
         )
-        result = evaluation(generic, local.evals, federation=self.federation)
+        result = evaluation(
+            generic.results, local.evals, federation=self.federation, validations=local.validations
+        )
         if local.failures:
             result["failures"] = [{"client": f.client_id, "error": f.error} for f in local.failures]
         return result
@@ -331,13 +337,20 @@ def one_round(
     return global_state, record, result
 
 
-def best_of(history: list[dict], key: str) -> dict[str, Any]:
-    """The best value of `key` over evaluated rounds and its round (the authors report best)."""
-    rows = [r for r in history if isinstance(r.get(key), float) and not math.isnan(r[key])]
+# What a choice of round reads: each kind of accuracy is chosen by its own validation metric.
+SELECTION_METRICS = {"generic": "generic_val_acc", "local": "local_val_acc"}
+
+
+def select_round(history: list[dict], metric: str) -> dict[str, Any] | None:
+    """The evaluated round with the highest `metric` (a validation accuracy; the latest round
+    wins a tie) and every number logged for it; None when no round has it. Reads nothing but
+    `metric` to choose, so a test number can never pick the round."""
+    rows = [r for r in history if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
     if not rows:
-        return {"value": math.nan, "round": None}
-    top = max(rows, key=lambda r: r[key])
-    return {"value": top[key], "round": top["round"]}
+        return None
+    chosen = max(reversed(rows), key=lambda r: r[metric])
+    numbers = {k: v for k, v in chosen.items() if k not in TIMING_KEYS and k != "clients"}
+    return {"selected_by": "validation", "metric": metric, **numbers}
 
 
 def finish_run(
@@ -358,7 +371,11 @@ def finish_run(
         "data": {"name": cfg.data.name, "source": cfg.data.source, **session.federation.describe()},
         "final": final,
         "headline": flat_metrics(final, mask_unseen=cfg.mask_unseen),
-        "best": {k: best_of(history, k) for k in ("generic_acc", "local_acc")},
+        "selected": {
+            kind: chosen
+            for kind, metric in SELECTION_METRICS.items()
+            if (chosen := select_round(history, metric)) is not None
+        },
         "global_sha256": state_hash(global_state),
         "environment": environment_info(session.accel.device),
     }

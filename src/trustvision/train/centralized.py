@@ -27,9 +27,8 @@ def train_model(
     device = select_device(cfg.device)
     accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
     dataset = load_data(cfg.data)
-    train_loader, test_loader, train_counts = build_loaders(
-        dataset, cfg.data, seed=cfg.seed, device=device
-    )
+    loaders = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
+    train_loader, train_counts = loaders.train, loaders.train_counts
     if len(train_loader) == 0:
         raise ConfigError(
             f"`data.batch_size={cfg.data.batch_size}` is larger than the {train_loader.num_samples} "
@@ -59,7 +58,8 @@ def train_model(
     result = fit(
         model,
         train_loader=train_loader,
-        test_loader=test_loader,
+        test_loader=loaders.test,
+        val_loader=loaders.val,
         optimizer=optimizer,
         scheduler=scheduler,
         objective=cross_entropy(label_smoothing=cfg.optim.label_smoothing),
@@ -88,7 +88,9 @@ def train_model(
             "source": dataset.source,
             "train_images": train_loader.num_samples,
             "train_class_counts": train_counts.tolist(),
+            "validation_images": loaders.val.num_samples if loaders.val else 0,
         },
+        "validation": result.validation,
         "test": result.final,
         "environment": environment_info(device),
     }

@@ -200,11 +200,12 @@ def evaluate(
 
 @dataclass
 class FitResult:
-    """What `fit` returns: the final evaluation and the per-epoch history."""
+    """What `fit` returns: the final evaluations and the per-epoch history."""
 
-    final: dict[str, Any]
+    final: dict[str, Any]  # on the test set
     history: list[dict[str, Any]]
     wall_seconds: float
+    validation: dict[str, Any] | None = None  # on the validation hold-out, when there is one
 
 
 def fit(
@@ -212,6 +213,7 @@ def fit(
     *,
     train_loader: BatchLoader,
     test_loader: BatchLoader,
+    val_loader: BatchLoader | None = None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     objective: Objective,
@@ -234,7 +236,8 @@ def fit(
     on the state at its start: a run resumed from a checkpoint ends exactly as an
     uninterrupted one would. `before_epoch(epoch)` runs first in every epoch, resumed or not
     (progressive unfreezing sets `requires_grad` there; frozen parameters get no gradient and
-    the optimiser skips them).
+    the optimiser skips them). With `val_loader`, every epoch is evaluated on the validation
+    hold-out too (`val_acc`), the number a choice between runs or epochs may read.
     """
     reporter = reporter or SilentReporter()
     history: list[dict[str, Any]] = []
@@ -262,14 +265,11 @@ def fit(
             )
         except DivergenceError as err:
             raise diverged(run, epoch, err) from None
-        test = evaluate(model, test_loader.epoch(0), num_classes=num_classes, accel=accel)
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            **record,
-            "test_loss": test["loss"],
-            "test_acc": test["top1"],
-        }
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
+        for prefix, loader in (("val", val_loader), ("test", test_loader)):
+            if loader is not None:
+                scores = evaluate(model, loader.epoch(0), num_classes=num_classes, accel=accel)
+                record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
         history.append(record)
         run.log(record)
         reporter.finish(record)
@@ -285,10 +285,21 @@ def fit(
             }
             ckpt.save_checkpoint(run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
             ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
-    final = evaluate(
-        model, test_loader.epoch(0), num_classes=num_classes, accel=accel, train_counts=train_counts
+    final, validation = (
+        evaluate(
+            model, loader.epoch(0), num_classes=num_classes, accel=accel, train_counts=train_counts
+        )
+        if loader is not None
+        else None
+        for loader in (test_loader, val_loader)
     )
-    return FitResult(final=final, history=history, wall_seconds=time.perf_counter() - began)
+    assert final is not None
+    return FitResult(
+        final=final,
+        history=history,
+        wall_seconds=time.perf_counter() - began,
+        validation=validation,
+    )
 
 
 def restore(

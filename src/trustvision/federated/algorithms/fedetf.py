@@ -73,8 +73,13 @@ class FedETF(Algorithm):
             "etf.weight": simplex_etf(classes, classes, generator=generator).T.contiguous(),
         }
 
-    def generic_logits(self, net: Modules, x: Tensor) -> Tensor:
-        return net["beta"].value * net["etf"](F.normalize(net["model"](x), dim=1))
+    def generic_heads(self, net: Modules, h: Tensor) -> dict[str, Tensor]:
+        projected = F.normalize(net["model"].head(h), dim=1)
+        return {"generic": net["beta"].value * net["etf"](projected)}
+
+    def personal_head(self, net: Modules, h: Tensor) -> Tensor:
+        """The fine-tuned global model's logits: a client keeps no head of its own."""
+        return self.generic_heads(net, h)["generic"]
 
     def objective(self, ctx: ClientContext) -> Objective:
         counts = ctx.class_counts

@@ -28,7 +28,6 @@ from trustvision.data.loader import derive_seed
 from trustvision.federated.algorithm import (
     Algorithm,
     ClientContext,
-    Logits,
     Modules,
     register_algorithm,
 )
@@ -93,22 +92,19 @@ class FedLoGe(Algorithm):
 
         return loss
 
-    def generic_logits(self, net: Modules, x: Tensor) -> Tensor:
-        """psi_hat: psi's class vectors rescaled to norm `generic_scale`."""
+    def generic_heads(self, net: Modules, h: Tensor) -> dict[str, Tensor]:
+        """psi_hat (`generic`: psi's class vectors rescaled to norm `generic_scale`), SSE-C
+        (`universal`) and psi before rescaling (`aux`)."""
         psi = net["model"].head
         weight = self.options.generic_scale * F.normalize(psi.weight, dim=1)
-        return F.linear(net["model"].features(x), weight, psi.bias)
+        return {
+            "generic": F.linear(h, weight, psi.bias),
+            "universal": net["ssec"](h),
+            "aux": psi(h),
+        }
 
-    def personal_logits(self, net: Modules, x: Tensor) -> Tensor:
+    def personal_head(self, net: Modules, h: Tensor) -> Tensor:
         """phi_k(h) + psi_tilde_k(h), psi_tilde_k's class vectors scaled by phi_k's norms."""
-        h = net["model"].features(x)
         psi, phi = net["model"].head, net["phi"]
         tilde = psi.weight * phi.weight.norm(dim=1, keepdim=True)
         return phi(h) + F.linear(h, tilde, psi.bias)
-
-    def extra_modes(self) -> dict[str, Logits]:
-        """`universal` (SSE-C on the features) and `aux` (psi before rescaling)."""
-        return {
-            "universal": lambda net, x: net["ssec"](net["model"].features(x)),
-            "aux": lambda net, x: net["model"](x),
-        }

@@ -38,6 +38,5 @@ class FedRoD(Algorithm):
 
         return loss
 
-    def personal_logits(self, net: Modules, x: Tensor) -> Tensor:
-        h = net["model"].features(x)
+    def personal_head(self, net: Modules, h: Tensor) -> Tensor:
         return net["model"].head(h) + net["phead"](h)

@@ -32,10 +32,20 @@ class Engine(Protocol):
         ...
 
     def evaluate(
-        self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
+        self,
+        global_state: State,
+        *,
+        round: int,
+        lr: float,
+        generic_logits: Tensor | None = None,
+        test_features: Tensor | None = None,
     ) -> EvalResult:
-        """Every client with a local test set predicts it (personalised where the algorithm is);
-        the clients that failed are listed, not raised."""
+        """Every client counts its validation images and predicts its local test set
+        (personalised where the algorithm is); the clients that failed are listed, not raised.
+
+        `generic_logits` and `test_features` are the global model's logits and backbone
+        features on the balanced test set, which an engine may reuse for local test sets.
+        """
         ...
 
     def personal_states(self) -> dict[int, State]:

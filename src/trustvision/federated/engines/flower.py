@@ -59,8 +59,10 @@ from trustvision.federated.client import (
     ClientFailure,
     ClientRunner,
     ClientUpdate,
+    ClientValidation,
     EvalResult,
     FitResult,
+    clients_to_evaluate,
     evals_from_generic,
 )
 from trustvision.federated.config import FedConfig
@@ -88,14 +90,28 @@ def from_record(record: ArrayRecord, *, device: torch.device | str = "cpu") -> S
     return clone(dict(record.to_torch_state_dict()), device=device)
 
 
-def task(config_text: str, global_state: State, *, round: int, lr: float) -> RecordDict:
-    """A fit or evaluate message's content: the run's config, the round and the global state."""
-    return RecordDict(
-        {
-            "global": to_record(global_state),
-            "task": ConfigRecord({"config": config_text, "round": round, "lr": lr}),
-        }
-    )
+def task(
+    config_text: str, global_state: State, *, round: int, lr: float, local_test: bool = True
+) -> RecordDict:
+    """A fit or evaluate message's content: the run's config, the round and the global state
+    (and, to evaluate, whether the client predicts its local test set itself)."""
+    spec = ConfigRecord({"config": config_text, "round": round, "lr": lr, "local_test": local_test})
+    return RecordDict({"global": to_record(global_state), "task": spec})
+
+
+def validation_record(validation: ClientValidation) -> ArrayRecord:
+    """A client's validation counts as named int64 arrays: `total` and `correct.NAME`."""
+    arrays = {"total": validation.total} | {
+        f"correct.{name}": counts for name, counts in validation.correct.items()
+    }
+    return to_record({k: torch.from_numpy(v) for k, v in arrays.items()})
+
+
+def validation_from(client_id: int, record: ArrayRecord) -> ClientValidation:
+    """The counts of `validation_record` back, as numpy arrays."""
+    arrays = {k: v.numpy() for k, v in from_record(record).items()}
+    correct = {k.removeprefix("correct."): v for k, v in arrays.items() if k != "total"}
+    return ClientValidation(client_id, arrays["total"], correct)
 
 
 # --- server side --------------------------------------------------------------------------------
@@ -129,10 +145,17 @@ class FlowerEngine:
         )
 
     def _ask(
-        self, kind: str, client_ids: list[int], global_state: State, *, round: int, lr: float
+        self,
+        kind: str,
+        client_ids: list[int],
+        global_state: State,
+        *,
+        round: int,
+        lr: float,
+        local_test: bool = True,
     ) -> dict[int, Message | None]:
         """Send one message per client and wait; a client without a reply maps to None."""
-        content = task(self.config_text, global_state, round=round, lr=lr)
+        content = task(self.config_text, global_state, round=round, lr=lr, local_test=local_test)
         messages = [
             Message(content, self.nodes[k], kind, group_id=str(round + 1)) for k in client_ids
         ]
@@ -158,26 +181,41 @@ class FlowerEngine:
         return result
 
     def evaluate(
-        self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
+        self,
+        global_state: State,
+        *,
+        round: int,
+        lr: float,
+        generic_logits: Tensor | None = None,
+        test_features: Tensor | None = None,
     ) -> EvalResult:
-        """Local-test predictions of every client with a local test set, from its SuperNode.
+        """Every client's validation counts and local-test predictions, from its SuperNode.
 
         For an algorithm that does not personalise, a client's model is the global one: its
-        logits are read off `generic_logits`, as the in-process engine does. A client that
-        fails to answer is left out of local accuracy and listed as a failure.
+        local-test logits are read off `generic_logits`, as the in-process engine does, and
+        it only counts its validation images. `test_features` stay here: a SuperNode computes
+        its own. A client that fails to answer is left out of local accuracy and validation,
+        and listed as a failure.
         """
-        if generic_logits is not None and not self.algorithm.personalised:
-            return evals_from_generic(self.federation, generic_logits=generic_logits)
-        ids = [c.client_id for c in self.federation.clients if len(c.test_indices) > 0]
+        local_test = generic_logits is None or self.algorithm.personalised
+        ids = clients_to_evaluate(self.federation, local_test=local_test)
         result = EvalResult(evals=[], failures=[])
-        for k, reply in self._ask(
-            MessageType.EVALUATE, ids, global_state, round=round, lr=lr
-        ).items():
+        replies = self._ask(
+            MessageType.EVALUATE, ids, global_state, round=round, lr=lr, local_test=local_test
+        )
+        for k, reply in replies.items():
             if reply is None or reply.has_error():
                 result.failures.append(ClientFailure(k, reply_problem(reply, self.timeout)))
                 continue
-            arrays = from_record(reply.content.array_records["eval"])
-            result.evals.append(ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"]))
+            result.validations.append(validation_from(k, reply.content.array_records["validation"]))
+            if "eval" in reply.content.array_records:
+                arrays = from_record(reply.content.array_records["eval"])
+                result.evals.append(
+                    ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"])
+                )
+        if not local_test:
+            assert generic_logits is not None
+            result.evals.extend(evals_from_generic(self.federation, generic_logits=generic_logits))
         return result
 
     def personal_states(self) -> dict[int, State]:
@@ -450,18 +488,27 @@ def train(message: Message, context: Context) -> Message:
 
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Personalised predictions on this client's local test set."""
+    """Validation counts, and personalised predictions on this client's local test set."""
     try:
         t = ClientTask.read(message, context)
-        result = t.side.runner.evaluate(
-            t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
+        local_test = bool(message.content.config_records["task"]["local_test"])
+        result, validation = t.side.runner.evaluate(
+            t.client_id,
+            global_state=t.global_state,
+            personal=t.personal,
+            round=t.round,
+            lr=t.lr,
+            local_test=local_test,
         )
     except Exception as err:  # the server leaves this client out of local accuracy
         log.exception("client failed")
         reason = f"{type(err).__name__}: {err}"
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
-    arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
-    return Message(RecordDict({"eval": to_record(arrays)}), reply_to=message)
+    content = RecordDict({"validation": validation_record(validation)})
+    if result is not None:
+        arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
+        content["eval"] = to_record(arrays)
+    return Message(content, reply_to=message)
 
 
 # --- deployment: `flwr run` ----------------------------------------------------------------------

@@ -15,8 +15,10 @@ from trustvision.federated.client import (
     ClientFailure,
     ClientRunner,
     ClientUpdate,
+    ClientValidation,
     EvalResult,
     FitResult,
+    clients_to_evaluate,
     evals_from_generic,
 )
 from trustvision.federated.config import FedConfig
@@ -80,26 +82,44 @@ class InProcessEngine:
         return FitResult(updates=updates, failures=failures)
 
     def evaluate(
-        self, global_state: State, *, round: int, lr: float, generic_logits: Tensor | None = None
+        self,
+        global_state: State,
+        *,
+        round: int,
+        lr: float,
+        generic_logits: Tensor | None = None,
+        test_features: Tensor | None = None,
     ) -> EvalResult:
-        """Local-test predictions of every client with a local test set.
+        """Every client's validation counts and local-test predictions.
 
         For an algorithm that does not personalise, a client's model is the global one, so
-        its logits are read off `generic_logits` (the balanced test set's) when given. A
-        client that raises is left out of local accuracy and listed as a failure.
+        its local-test logits are read off `generic_logits` (the balanced test set's) when
+        given; its validation images it still counts itself. Where clients predict with a head
+        of their own on the global features, the heads read `test_features`. A client that
+        raises is left out of local accuracy and validation, and listed as a failure.
         """
-        if generic_logits is not None and not self.algorithm.personalised:
-            return evals_from_generic(self.federation, generic_logits=generic_logits)
-        ids = [c.client_id for c in self.federation.clients if len(c.test_indices) > 0]
+        local_test = generic_logits is None or self.algorithm.personalised
 
-        def evaluate_one(k: int) -> ClientEval:
+        def evaluate_one(k: int) -> tuple[ClientEval | None, ClientValidation]:
             personal = self._client_state(k, global_state)
             return self.runner.evaluate(
-                k, global_state=global_state, personal=personal, round=round, lr=lr
+                k,
+                global_state=global_state,
+                personal=personal,
+                round=round,
+                lr=lr,
+                local_test=local_test,
+                test_features=test_features,
             )
 
-        evals, failures = self._each(ids, evaluate_one)
-        return EvalResult(evals=evals, failures=failures)
+        ids = clients_to_evaluate(self.federation, local_test=local_test)
+        done, failures = self._each(ids, evaluate_one)
+        if local_test:
+            evals = [e for e, _ in done if e is not None]
+        else:
+            assert generic_logits is not None
+            evals = evals_from_generic(self.federation, generic_logits=generic_logits)
+        return EvalResult(evals=evals, failures=failures, validations=[v for _, v in done])
 
     def _each(
         self, client_ids: list[int], work: Callable[[int], R], *, progress: bool = False
