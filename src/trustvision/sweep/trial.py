@@ -43,11 +43,13 @@ def trial_argv(
 
 
 def child_env(jobs: int) -> dict[str, str]:
-    """This process's environment with the cores shared out: `OMP_NUM_THREADS` = cores // jobs."""
+    """This process's environment with the cores shared out: `OMP_NUM_THREADS` = cores // jobs,
+    unless the caller set it (e.g. to 1, to run two sweeps side by side)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (cores or 1) // jobs))
     return {
         **os.environ,
-        "OMP_NUM_THREADS": str(max(1, (cores or 1) // jobs)),
+        "OMP_NUM_THREADS": threads,
         "PYTHONUNBUFFERED": "1",  # log.txt follows the run as it goes
     }
 

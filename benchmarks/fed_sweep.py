@@ -1,0 +1,288 @@
+"""Tune every federated method on its own main knob, with the same budget, on validation only.
+
+For each setting (data set x backbone) and algorithm this writes a sweep spec and runs
+`trustvision sweep run` into `<runs>/<setting>/<algorithm>/` (seed 0, the setting's full
+length): one trial per grid value, every method the same number of trials. A trial's score
+is the validation accuracy of the round that validation picks: generic (class-balanced, on
+the clients' held-out images) for a method with a global model, local (mean over clients)
+for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
+A killed invocation continues where it stopped (the sweeps resume). Then writes
+docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
+`benchmarks/fed_compare.py` trains the chosen configs over more seeds.
+
+    .venv/bin/python benchmarks/fed_sweep.py --settings fmnist-cnn --algorithms fedloge fedavg
+    .venv/bin/python benchmarks/fed_sweep.py --parallel 2     # two sweeps at once, a core each
+    .venv/bin/python benchmarks/fed_sweep.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parents[1]
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fmnist-cnn": {
+        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), mnist_cnn",
+        "config": "configs/fed/fmnist_lt_cpu.yaml",
+        "overrides": [],
+    },
+    "fmnist-gap": {
+        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), gap_cnn (conv-BN-ReLU stages, GAP)",
+        "config": "configs/fed/fmnist_lt_cpu.yaml",
+        "overrides": ["model.name=gap_cnn", "model.kwargs={}"],
+    },
+}
+# Each method's own most important knob (the learning rate where it has none), 7 values each.
+LR = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
+KNOBS: dict[str, tuple[str, list[float]]] = {
+    "fedavg": ("optim.lr", LR),
+    "fedprox": ("algorithm.options.mu", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]),
+    "fedper": ("optim.lr", LR),
+    "fedrep": ("algorithm.options.head_epochs", [1, 2, 3, 4, 6, 8, 10]),
+    "fedbabu": ("algorithm.options.finetune_epochs", [0, 1, 2, 3, 5, 8, 10]),
+    "fedrod": ("optim.lr", LR),
+    "fedetf": ("algorithm.options.temperature", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]),
+    "ditto": ("algorithm.options.lam", [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
+    "fedlc": ("algorithm.options.tau", [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
+    "fedloge": ("algorithm.options.norm_target", [0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 4.0]),
+}
+NO_GENERIC = {"fedper", "fedrep"}
+# The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
+# round global accuracy, %), as read in shared METHODS.md.
+AUTHORS_NORM = {0.01: 34.6, 0.02: 41.2, 0.06: 41.8, 0.08: 42.4, 0.1: 42.8, 0.2: 41.2, 0.4: 40.1}
+AUTHORS_NORM |= {1.0: 38.0, 2.0: 36.2}
+
+
+def objective(algorithm: str) -> tuple[str, str]:
+    """The summary.json paths of a trial's validation score and of its test number."""
+    kind = "local" if algorithm in NO_GENERIC else "generic"
+    return f"selected.{kind}.{kind}_val_acc", f"selected.{kind}.{kind}_acc"
+
+
+def spec(setting: str, algorithm: str) -> dict[str, Any]:
+    """The sweep spec of one (setting, algorithm)."""
+    key, grid = KNOBS[algorithm]
+    metric, test = objective(algorithm)
+    choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
+    return {
+        "name": f"{setting}-{algorithm}",
+        "command": "fed run",
+        "config": str(ROOT / SETTINGS[setting]["config"]),
+        "overrides": [*SETTINGS[setting]["overrides"], *choice, "seed=0", "device=cpu"],
+        "params": {key: {"grid": grid}},
+        "objective": {"metric": metric, "direction": "maximize"},
+        "test_metric": test,
+        "seed": 0,
+    }
+
+
+def sweep(setting: str, algorithm: str, runs: Path) -> Path:
+    """Run (or continue, or just find) one sweep; returns its directory."""
+    out = runs / setting / algorithm
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "spec-input.yaml"
+    path.write_text(yaml.safe_dump(spec(setting, algorithm), sort_keys=False))
+    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {algorithm}", flush=True)
+    # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"`{' '.join(command)}` failed with exit code {result.returncode}")
+    return out
+
+
+def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:
+    """Final-round and validation-chosen numbers of one finished trial, from its run."""
+    summary = json.loads((out / trial["run_dir"] / "summary.json").read_text())
+    headline, selected = summary["headline"], summary.get("selected", {})
+    row: dict[str, Any] = {"final": {}, "selected": {}}
+    for key in ("generic_acc", "generic_val_acc", "local_acc", "local_val_acc", "universal_acc"):
+        if key in headline:
+            row["final"][key] = headline[key]
+    for kind in ("generic", "local"):
+        if kind in selected:
+            pick = selected[kind]
+            row["selected"][kind] = {
+                "selected_by": pick["selected_by"],
+                "round": pick["round"],
+                "val": pick[f"{kind}_val_acc"],
+                "test": pick[f"{kind}_acc"],
+            }
+    return row
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """One sweep's report with every finished trial's numbers."""
+    report = json.loads((out / "sweep.json").read_text())
+    for trial in report["trials"]:
+        if trial["state"] == "COMPLETE":
+            trial["numbers"] = trial_numbers(out, trial)
+    return report
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Federated methods tuned on validation, each on its own knob, with equal budgets",
+        "",
+        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
+        "",
+        "Every method: 7 trials (one per grid value), seed 0, the setting's config otherwise "
+        "(60 rounds, 2 local epochs, evaluation every 5 rounds). Each client holds out 10% of "
+        "its images (stratified) and never trains on them. A trial's score (**selected_by: "
+        "validation**) is the validation accuracy of the round that validation picks: "
+        "generic (class-balanced over all clients' held-out images, from per-class counts) "
+        "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
+        "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
+    ]
+    for setting, block in results.items():
+        lines += ["", f"## {SETTINGS[setting]['title']}", ""]
+        lines += [
+            "| algorithm | knob | grid | chosen | val (chosen) | generic test | local test "
+            "| rounds (generic / local) | trials |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for algorithm, report in block.items():
+            key, grid = KNOBS[algorithm]
+            chosen = report.get("chosen")
+            done = sum(t["state"] == "COMPLETE" for t in report["trials"])
+            if chosen is None:
+                lines.append(f"| {algorithm} | `{key}` | {grid} | - | - | - | - | - | {done} |")
+                continue
+            sel = chosen["numbers"]["selected"]
+            rounds = " / ".join(
+                str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local")
+            )
+            lines.append(
+                f"| {algorithm} | `{key}` | {grid} | {chosen['params'][key]} | "
+                f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
+                f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} |"
+            )
+        for algorithm, report in block.items():
+            key, _ = KNOBS[algorithm]
+            lines += ["", f"### {algorithm}: every trial", ""]
+            lines += [
+                "| " + key + " | generic val | generic test | local val | local test "
+                "| final generic test | final local test | state |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for t in sorted(report["trials"], key=lambda t: t["params"].get(key, 0)):
+                n = t.get("numbers", {"selected": {}, "final": {}})
+                sel, fin = n["selected"], n["final"]
+                mark = (
+                    " **(chosen)**"
+                    if report.get("chosen", {}) and t["number"] == report["chosen"]["number"]
+                    else ""
+                )
+                lines.append(
+                    f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "
+                    f"{pct(sel.get('generic', {}).get('test'))} | {pct(sel.get('local', {}).get('val'))} | "
+                    f"{pct(sel.get('local', {}).get('test'))} | {pct(fin.get('generic_acc'))} | "
+                    f"{pct(fin.get('local_acc'))} | {t['state']} |"
+                )
+        if "plot" in meta.get("plots", {}).get(setting, {}):
+            plot = Path(meta["plots"][setting]["plot"]).name
+            lines += ["", f"![FedLoGe norm target, {setting}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def norm_plot(results: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, str]]:
+    """FedLoGe's norm target against validation and test accuracy, per setting, beside the
+    authors' sweep (another data set and backbone: its shape, not its level, compares)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, dict[str, str]] = {}
+    for setting, block in results.items():
+        report = block.get("fedloge")
+        if report is None:
+            continue
+        key = KNOBS["fedloge"][0]
+        done = sorted(
+            (t for t in report["trials"] if t["state"] == "COMPLETE"),
+            key=lambda t: t["params"][key],
+        )
+        if not done:
+            continue
+        fig, (ax, authors) = plt.subplots(1, 2, figsize=(11, 4))
+        x = [t["params"][key] for t in done]
+        for kind, style in (("generic", "-"), ("local", "--")):
+            for part, marker in (("val", "o"), ("test", "s")):
+                y = [
+                    100 * t["numbers"]["selected"].get(kind, {}).get(part, float("nan"))
+                    for t in done
+                ]
+                ax.plot(x, y, style, marker=marker, label=f"{kind} {part}")
+        chosen = report.get("chosen")
+        if chosen is not None:
+            ax.axvline(chosen["params"][key], color="grey", linestyle=":", label="chosen (val)")
+        ax.set(xscale="log", xlabel="SSE-C norm target", ylabel="top-1 % (round chosen on val)")
+        ax.set_title(SETTINGS[setting]["title"], fontsize=9)
+        ax.legend(fontsize=8)
+        authors.plot(list(AUTHORS_NORM), list(AUTHORS_NORM.values()), "k-o")
+        authors.set(xscale="log", xlabel="SSE-C norm target", ylabel="global top-1 % (final round)")
+        authors.set_title("authors' logs: CIFAR-100-LT, ResNet-34", fontsize=9)
+        fig.tight_layout()
+        path = out / f"fed_sweep_{setting}_fedloge_norm.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made[setting] = {"plot": str(path)}
+    return made
+
+
+def main() -> None:
+    from trustvision.train.runs import machine_summary
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--algorithms", nargs="+", default=list(KNOBS), choices=list(KNOBS))
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs/fed-sweep")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
+    parser.add_argument("--parallel", type=int, default=1, help="sweeps at once, a core each")
+    parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
+    args = parser.parse_args()
+    jobs = [(s, a) for s in args.settings for a in args.algorithms]
+    if not args.report_only:
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            list(pool.map(lambda job: sweep(*job, args.runs), jobs))
+    results: dict[str, dict[str, Any]] = {}
+    for setting, algorithm in jobs:
+        out = args.runs / setting / algorithm
+        if (out / "sweep.json").is_file():
+            results.setdefault(setting, {})[algorithm] = collect(out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": "python benchmarks/fed_sweep.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_summary(),
+        "knobs": {a: {"key": k, "grid": g} for a, (k, g) in KNOBS.items()},
+        "selected_by": "validation",
+    }
+    meta["plots"] = norm_plot(results, args.out)
+    (args.out / "fed-sweep.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
+    )
+    (args.out / "fed-sweep.md").write_text(markdown(results, meta))
+    print(f"wrote {args.out / 'fed-sweep.md'}")
+
+
+if __name__ == "__main__":
+    main()
