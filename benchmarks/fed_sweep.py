@@ -89,8 +89,8 @@ def spec(setting: str, algorithm: str) -> dict[str, Any]:
 def sweep(setting: str, algorithm: str, runs: Path) -> Path:
     """Run (or continue, or just find) one sweep; returns its directory."""
     out = runs / setting / algorithm
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "spec-input.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = runs / setting / f"{algorithm}.yaml"  # beside the sweep: its directory is its own
     path.write_text(yaml.safe_dump(spec(setting, algorithm), sort_keys=False))
     print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {algorithm}", flush=True)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
