@@ -27,7 +27,12 @@ from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation, build_federation
 from trustvision.federated.engines import Engine, EngineFactory, engine_class
 from trustvision.federated.engines.inprocess import InProcessEngine
-from trustvision.federated.evaluate import evaluation, flat_metrics, generic_evaluation
+from trustvision.federated.evaluate import (
+    evaluation,
+    evaluation_workspace,
+    flat_metrics,
+    generic_evaluation,
+)
 from trustvision.federated.tensors import State, clone, state_hash
 from trustvision.models import create_model
 from trustvision.train import checkpoint as ckpt
@@ -96,7 +101,8 @@ def build_session(
     accel, federation, algorithm = build_parts(cfg)
     on_client = reporter.advance if reporter is not None else None
     engine = make_engine(algorithm, federation, cfg=cfg, accel=accel, on_client=on_client)
-    return Session(cfg, accel, federation, algorithm, engine, Workspace(algorithm, accel))
+    server = evaluation_workspace(algorithm, accel)
+    return Session(cfg, accel, federation, algorithm, engine, server)
 
 
 def build_parts(
