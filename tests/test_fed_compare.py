@@ -1,9 +1,13 @@
 """`trustvision fed compare`: the newest finished run of each algorithm, side by side."""
 
+import json
+import shutil
+
 import pytest
 from fed_tiny import tiny_config
 from typer.testing import CliRunner
 
+from trustvision.errors import ConfigError
 from trustvision.federated import cli
 from trustvision.federated.cli import fed_app
 from trustvision.federated.compare import comparison, finished_runs
@@ -74,3 +78,20 @@ def test_an_unfinished_run_or_a_stray_path_is_a_clear_error(runs, tmp_path):
     refusal, complaint = " ".join(refused.output.split()), " ".join(stray.output.split())
     assert refused.exit_code == 2 and "has not finished" in refusal and "--resume" in refusal
     assert stray.exit_code == 2 and "neither a run directory" in complaint
+
+
+def test_a_sweep_directory_gives_its_trial_chosen_on_validation(runs, tmp_path):
+    _, older, _, _, _ = runs
+    sweep = tmp_path / "sweep"
+    trial = sweep / "trials" / "trial-1"
+    trial.mkdir(parents=True)
+    shutil.copytree(older.path, trial / older.path.name)
+    run_dir = f"trials/trial-1/{older.path.name}"
+    (sweep / "sweep.json").write_text(json.dumps({"chosen": {"number": 1, "run_dir": run_dir}}))
+
+    chosen = finished_runs([sweep])
+
+    assert [run.path for run in chosen.values()] == [trial / older.path.name]
+    (sweep / "sweep.json").write_text(json.dumps({"chosen": None}))
+    with pytest.raises(ConfigError, match="no chosen trial"):
+        finished_runs([sweep])

@@ -136,8 +136,8 @@ def compare(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            help="Run directories, or directories of runs (the newest finished run of each "
-            "algorithm in one is taken).",
+            help="Run directories, sweep directories (their trial chosen on validation), or "
+            "directories of runs (the newest finished run of each algorithm in one is taken).",
             show_default=False,
         ),
     ],

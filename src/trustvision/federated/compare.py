@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +26,13 @@ SELECTED = {"generic": "generic_acc", "local": "local_acc"}
 
 
 def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
-    """Label -> finished run. A path is a run directory, or a directory of runs (the newest
-    finished run of each algorithm in it). Labels are algorithm names, made unique."""
+    """Label -> finished run. A path is a run directory, a sweep directory (its trial chosen on
+    validation, `trustvision sweep`), or a directory of runs (the newest finished run of each
+    algorithm in it). Labels are algorithm names, made unique."""
     chosen: list[RunDir] = []
     for path in paths:
+        if (path / "sweep.json").is_file():
+            path = sweep_choice(path)
         if (path / "config.yaml").is_file():
             run = RunDir.open(path)
             status = _status(run)
@@ -58,6 +62,16 @@ def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
             label = f"{label} ({run.path.name})"
         labelled[label] = run
     return labelled
+
+
+def sweep_choice(sweep: Path) -> Path:
+    """The run directory of a sweep's chosen trial (chosen on validation)."""
+    report = json.loads((sweep / "sweep.json").read_text())
+    if report.get("chosen") is None:
+        raise ConfigError(
+            f"sweep `{sweep}` has no chosen trial yet: finish it with `trustvision sweep run`"
+        )
+    return sweep / str(report["chosen"]["run_dir"])
 
 
 def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:

@@ -13,26 +13,34 @@ import matplotlib.pyplot as plt
 
 from trustvision.train.runs import RunDir
 
+# Test curve -> its validation twin (drawn dashed in the same colour).
 CURVES = {
-    "generic_acc": "generic",
-    "universal_acc": "universal (SSE-C)",
-    "local_acc_masked": "local, unseen masked",
-    "local_acc_unmasked": "local, unmasked",
+    "generic_acc": ("generic", "generic_val_acc"),
+    "universal_acc": ("universal (SSE-C)", "universal_val_acc"),
+    "local_acc_masked": ("local, unseen masked", "local_val_acc_masked"),
+    "local_acc_unmasked": ("local, unmasked", "local_val_acc_unmasked"),
 }
 
 
 def plot_rounds(history: list[dict], path: Path) -> Path:
-    """Generic and local accuracy against round (evaluated rounds only)."""
+    """Generic and local accuracy against round (evaluated rounds only): test solid,
+    validation dashed; the rounds validation selects are what the summary reports."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in CURVES.items():
-        rows = [r for r in history if _finite(r.get(key))]
-        if rows:
-            ax.plot(
-                [r["round"] for r in rows], [100 * r[key] for r in rows], "o-", ms=3, label=label
-            )
+    for i, (key, (label, val_key)) in enumerate(CURVES.items()):
+        for k, style, suffix in ((key, "o-", "test"), (val_key, "--", "val")):
+            rows = [r for r in history if _finite(r.get(k))]
+            if rows:
+                ax.plot(
+                    [r["round"] for r in rows],
+                    [100 * r[k] for r in rows],
+                    style,
+                    ms=3,
+                    color=f"C{i}",
+                    label=f"{label} ({suffix})",
+                )
     ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title="accuracy per round")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
