@@ -52,7 +52,7 @@ def evaluation_workspace(algorithm: FederatedAlgorithm, accel: Accel) -> Workspa
     pass of `mnist_cnn` is 2-5x faster so on this 2-core CPU (one thread, batch 1000 / 100).
     Only the server evaluates with it; clients train in the layout they always had."""
     workspace = Workspace(algorithm, accel)
-    workspace.net.to(memory_format=torch.channels_last)
+    workspace.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return workspace
 
 
