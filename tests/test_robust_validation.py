@@ -217,3 +217,20 @@ def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):
     assert sorted(p.name for p in work.iterdir()) == ["retired", "robust"]
     retired = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
     assert retired == set(stages) - {"robust"}
+
+
+def test_an_unfinished_base_begun_with_another_hold_out_is_retired(tmp_path):
+    cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [])
+    work = tmp_path / "work"
+    for name, validation in (("standard", 0.25), ("robust", cfg.robust.data.validation)):
+        train = cfg.standard if name == "standard" else cfg.robust
+        (work / name / "checkpoints").mkdir(parents=True)  # killed mid-training
+        tree = train.model_dump(mode="json")
+        tree["data"]["validation"] = validation
+        (work / name / "config.yaml").write_text(json.dumps(tree))  # JSON is YAML
+
+    pipeline._retire_stale(cfg, work, log=lambda _: None)
+
+    # the other hold-out may have trained on today's validation images: it starts again
+    assert not (work / "standard").exists()
+    assert (work / "robust" / "checkpoints").is_dir()  # same hold-out: it resumes

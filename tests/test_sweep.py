@@ -92,6 +92,11 @@ def read_json(path):
         ({"params": {"epochs": {"grid": [1, 2]}}}, "`params.epochs`"),  # also in overrides
         ({"overrides": ["epochs"]}, "`epochs`"),
         ({"command": "sweep run"}, "`command`"),
+        # a sweep never chooses, nor prunes, on a test number
+        ({"objective": {"metric": TEST, "direction": "maximize"}}, "`objective.metric`"),
+        ({"objective": {"metric": "selected.generic.generic_acc"}}, "`objective.metric`"),
+        ({"prune": {"metric": "test_acc"}}, "`prune.metric`"),
+        ({"prune": {"metric": "generic_acc", "step": "round"}}, "`prune.metric`"),
     ],
 )
 def test_bad_spec_names_the_key(tmp_path, changes, key):
@@ -205,6 +210,8 @@ def test_missing_metric_names_the_path_and_the_keys_there():
         read_metric(summary, "validation.top5", where="summary")
     with pytest.raises(ConfigError, match=r"`val.top1`.*`validation`, `test`"):
         read_metric(summary, "val.top1", where="summary")
+    with pytest.raises(ConfigError, match=r"data\.validation"):
+        read_metric({"validation": None}, VALIDATION, where="summary")
 
 
 def test_run_dir_is_the_one_directory_with_a_config(tmp_path):
@@ -294,9 +301,13 @@ def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
             proc.wait()
     first = find_run_dir(out / "trials/trial-0")
     before = snapshot(out / "trials/trial-0", first)
+    # the trial runs in its own session: killing the sweep alone leaves it running
+    orphan = optuna.load_study(study_name="lr", storage=f"sqlite:///{out / 'study.db'}")
+    pid = next(t for t in orphan.get_trials() if t.number == killed).user_attrs["pid"]
 
     run_cli(spec, "--out", out)
 
+    assert not Path(f"/proc/{pid}").exists()  # the resumed sweep ended the orphan first
     report = read_json(out / "sweep.json")
     assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 3}
     done = [t for t in report["trials"] if t["state"] == "COMPLETE"]

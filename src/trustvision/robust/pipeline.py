@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trustvision.config import read_yaml
 from trustvision.errors import ConfigError
 from trustvision.robust.certification import run_certify
 from trustvision.robust.commands import describe, run_eval, run_mix
@@ -112,6 +113,18 @@ def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
     return all(k in data and data[k] == v for k, v in split_settings(train).items())
 
 
+def _partial_split_current(train: RobustTrainConfig, path: Path) -> bool:
+    """Whether an unfinished base was begun with the hold-out the config asks for (True when
+    it has no config yet: nothing trained)."""
+    if not (path / "config.yaml").is_file():
+        return True
+    tree = read_yaml(path / "config.yaml")
+    data = tree.get("data") or {}
+    begun = {key: data.get(key) for key in ("name", "validation", "train_subset")}
+    begun |= {"seed": tree.get("seed"), "imbalance_factor": data.get("imbalance_factor")}
+    return begun == split_settings(train)
+
+
 def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
     settings = summary.get("settings", {})
     current = summary.get("selection") is not None and settings.get(
@@ -141,6 +154,9 @@ def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
         path = work / name
         if is_finished(path) and not _split_current(train, read_finished(path)):
             retire(work, [name], why="trained without the configured validation hold-out", log=log)
+        elif not is_finished(path) and not _partial_split_current(train, path):
+            # its checkpoints may have trained on what are now validation images
+            retire(work, [name], why="begun with another validation hold-out", log=log)
         if not is_finished(path):  # (re)trained now: nothing built on the old one stays
             retire(work, ON_BASES, why=f"`{name}` is trained anew", log=log)
     for kind, stage in MIXES.items():

@@ -37,6 +37,7 @@ from trustvision.sweep.trial import (
     log_tail,
     new_reports,
     read_metric,
+    stop_orphan,
     stop_process,
     trial_argv,
 )
@@ -196,14 +197,18 @@ def recover_killed(study: optuna.Study, storage: RDBStorage, out: Path) -> list[
     """Fail the trials a killed sweep left RUNNING and queue each again; returns their numbers.
 
     Only safe because one sweep at a time holds `out` (the lock in `run_sweep`): every
-    RUNNING trial then belongs to a process that is gone. The retry keeps the killed trial's
-    parameters and sampler bookkeeping (Optuna's own retry callback, so a grid completes)
-    and its `run_dir` attribute, which a command with `--resume` continues.
+    RUNNING trial then belongs to a sweep process that is gone. Its command may still run
+    (a `kill -9` of the sweep alone leaves it): that process group is ended first. The retry
+    keeps the killed trial's parameters and sampler bookkeeping (Optuna's own retry callback,
+    so a grid completes) and its `run_dir` attribute, which a command with `--resume`
+    continues.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     killed = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in killed:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if "pid" in trial.user_attrs:
+            stop_orphan(int(trial.user_attrs["pid"]), trial_dir(out, trial.number))
         run_dir = find_run_dir(trial_dir(out, trial.number))
         if run_dir is not None and not trial.user_attrs.get("run_dir"):
             storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(out)))
@@ -259,9 +264,17 @@ class TrialRunner:
         )
         began = time.monotonic()
         with (directory / LOG_NAME).open("wb") as log:
+            # Its own session: a Ctrl-C reaches the sweep, which stops its trials as retries,
+            # and a killed sweep's orphans can be found and ended by their group (recover_killed).
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
             )
+        trial.set_user_attr("pid", proc.pid)
         try:
             returncode, run_dir = self.watch(trial, proc, directory, resume)
         finally:

@@ -170,7 +170,27 @@ class SweepSpec(StrictModel):
             )
         if not grids and self.trials is None:
             raise ValueError("`trials` is needed for a sampled search (ranges or `choices`)")
+        self._reads_validation()
         return self
+
+    def _reads_validation(self) -> None:
+        """The choice and the pruning read validation numbers, never a test number."""
+        chosen = {"objective.metric": self.objective.metric}
+        if self.prune is not None:
+            chosen["prune.metric"] = self.prune.metric
+        for field, path in chosen.items():
+            parts = path.split(".")
+            if path == self.test_metric or any(p.startswith("test") for p in parts):
+                raise ValueError(
+                    f"`{field}` is `{path}`, a test number: a sweep chooses on validation only "
+                    "(e.g. `validation.top1`, `val_acc`); record test numbers in `test_metric`"
+                )
+            if "val" not in path:
+                raise ValueError(
+                    f"`{field}` is `{path}`, which names no validation number: a sweep chooses "
+                    "on validation only (a path with `val` in it, e.g. `validation.top1`, "
+                    "`val_acc` or `selected.generic.generic_val_acc`)"
+                )
 
     @property
     def is_grid(self) -> bool:

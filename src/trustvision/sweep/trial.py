@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,11 @@ def read_metric(summary: Mapping[str, Any], path: str, *, where: str) -> float:
     parts = path.split(".")
     for depth, part in enumerate(parts):
         level = ".".join(parts[:depth]) or "the top level"
+        if node is None:
+            raise ConfigError(
+                f"`{path}`: `{level}` in {where} is null: did the run hold out no validation "
+                "images? (`data.validation` must be above 0 for a sweep to choose on it)"
+            )
         if not isinstance(node, Mapping):
             raise ConfigError(f"`{path}`: `{level}` in {where} is a value, not a section")
         if part not in node:
@@ -118,6 +126,24 @@ def log_tail(path: Path, lines: int = 15) -> str:
     if not path.is_file():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_orphan(pid: int, trial_dir: Path, *, grace_seconds: float = 10.0) -> bool:
+    """End the process group of a trial a killed sweep left running (its leader `pid`, only
+    if that process still runs this trial's command); returns whether there was one."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False  # gone (or no /proc: nothing to check it against)
+    if f"runs_dir={trial_dir.resolve()}" not in cmdline and str(trial_dir) not in cmdline:
+        return False  # the pid was reused by another program
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+    return True
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) -> None:
