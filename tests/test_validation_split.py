@@ -183,3 +183,21 @@ def test_local_validation_is_the_mean_over_clients() -> None:
         ClientValidation(2, np.array([0, 0]), {}),  # no validation images: left out
     ]
     assert validation_evaluation(validations)["local_masked"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_the_reported_round_is_chosen_on_validation_never_on_test() -> None:
+    from trustvision.federated.runner import select_round
+
+    # test accuracy falls as validation accuracy rises: the choice must follow validation
+    history = [
+        {"round": 5, "generic_val_acc": 0.60, "generic_acc": 0.90, "round_seconds": 1.0},
+        {"round": 10, "generic_val_acc": 0.80, "generic_acc": 0.50},
+        {"round": 15, "train_loss": 0.3},  # not evaluated
+        {"round": 20, "generic_val_acc": 0.80, "generic_acc": 0.40},  # a tie: the later round
+        {"round": 25, "generic_val_acc": 0.70, "generic_acc": 0.95},
+    ]
+    chosen = select_round(history, "generic_val_acc")
+    assert chosen is not None
+    assert chosen["round"] == 20 and chosen["generic_acc"] == 0.40
+    assert chosen["selected_by"] == "validation" and "round_seconds" not in chosen
+    assert select_round(history, "local_val_acc") is None
