@@ -3,7 +3,7 @@
 Trains every (setting, algorithm, seed) with `trustvision fed run` into
 `<runs>/<setting>/<algorithm>/seed<k>/`; a finished run is read back, an interrupted one is
 resumed from its last checkpoint, so running the command again continues where it stopped.
-Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>/chosen.yaml`),
+Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
 the run trains that validation-chosen config, and seed 0 is the sweep's chosen trial itself;
 otherwise the setting's config with the method's defaults (said in the report). Then writes
 docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
@@ -108,12 +108,12 @@ def finished_run(directory: Path) -> Path | None:
 
 
 def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path] | None:
-    """The validation-chosen config of a finished sweep and its chosen trial's run, if any."""
-    out = sweeps / setting / algorithm
-    if not (out / "chosen.yaml").is_file():
+    """The config benchmarks/fed_sweep.py chose on validation and its chosen trial's run."""
+    config = sweeps / setting / f"{algorithm}.chosen.yaml"
+    if not config.is_file():
         return None
-    report = json.loads((out / "sweep.json").read_text())
-    return out / "chosen.yaml", out / report["chosen"]["run_dir"]
+    choice = json.loads(config.with_suffix(".json").read_text())
+    return config, Path(choice["run_dir"])
 
 
 def find(setting: str, algorithm: str, seed: int, runs: Path, sweeps: Path) -> Path | None:

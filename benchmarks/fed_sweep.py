@@ -2,7 +2,10 @@
 
 For each setting (data set x backbone) and algorithm this writes a sweep spec and runs
 `trustvision sweep run` into `<runs>/<setting>/<algorithm>/` (seed 0, the setting's full
-length): one trial per grid value, every method the same number of trials. A trial's score
+length): one trial per grid value, every method the same number of trials. Then a second
+stage of two more trials for every method (`<algorithm>-stage2/`): beyond the grid's edge
+where the best value sat at one, else halfway (geometrically) to each neighbour of the best;
+the choice is the best validation score over both stages. A trial's score
 is the validation accuracy of the round that validation picks: generic (class-balanced, on
 the clients' held-out images) for a method with a global model, local (mean over clients)
 for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
@@ -86,13 +89,57 @@ def spec(setting: str, algorithm: str) -> dict[str, Any]:
     }
 
 
-def sweep(setting: str, algorithm: str, runs: Path) -> Path:
-    """Run (or continue, or just find) one sweep; returns its directory."""
-    out = runs / setting / algorithm
+def second_stage(grid: list[float], best: float) -> list[float]:
+    """Two more values: beyond the grid's edge where `best` sits at one (a step of the grid's
+    ratio there), else the geometric midpoints between `best` and its neighbours. Fewer where
+    whole numbers leave no new value (e.g. 1 epoch at the bottom of a grid of epochs)."""
+    values = sorted(grid)
+    i = values.index(best)
+    if i == len(values) - 1 and values[-2] > 0:
+        step = values[-1] / values[-2]
+        new = [best * step, best * step**2]
+    elif i == 0 and best > 0:
+        step = values[1] / values[0]
+        new = [best / step, best / step**2]
+    else:
+        neighbours = [values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]]
+        new = [(n * best) ** 0.5 if n > 0 and best > 0 else (n + best) / 2 for n in neighbours]
+    if all(isinstance(v, int) for v in values):  # counts: rounded, never below the grid's floor
+        new = [round(v) for v in new if round(v) >= min(values[0], 1)]
+    return [
+        v
+        for v in dict.fromkeys(float(f"{v:.4g}") if isinstance(v, float) else v for v in new)
+        if v not in values
+    ]
+
+
+def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
+    """The sweep directory of a stage (1: the grid, 2: the refinement)."""
+    return runs / setting / (algorithm if stage == 1 else f"{algorithm}-stage2")
+
+
+def sweep(setting: str, algorithm: str, runs: Path) -> list[Path]:
+    """Run (or continue, or just find) both stages of a method's sweep; their directories."""
+    first = run_stage(setting, algorithm, runs, stage=1, grid=KNOBS[algorithm][1])
+    chosen = json.loads((first / "sweep.json").read_text())["chosen"]
+    if chosen is None:
+        return [first]
+    best = chosen["params"][KNOBS[algorithm][0]]
+    grid = second_stage(KNOBS[algorithm][1], best)
+    return [first, run_stage(setting, algorithm, runs, stage=2, grid=grid)] if grid else [first]
+
+
+def run_stage(setting: str, algorithm: str, runs: Path, *, stage: int, grid: list[float]) -> Path:
+    """One stage's sweep over `grid`; returns its directory."""
+    out = stage_dir(runs, setting, algorithm, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = runs / setting / f"{algorithm}.yaml"  # beside the sweep: its directory is its own
-    path.write_text(yaml.safe_dump(spec(setting, algorithm), sort_keys=False))
-    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {algorithm}", flush=True)
+    tree = spec(setting, algorithm)
+    tree["params"] = {KNOBS[algorithm][0]: {"grid": grid}}
+    if stage == 2:
+        tree["name"] += "-stage2"
+    path = out.parent / f"{out.name}.yaml"  # beside the sweep: its directory is its own
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {algorithm} stage {stage}", flush=True)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
@@ -122,13 +169,47 @@ def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def collect(out: Path) -> dict[str, Any]:
-    """One sweep's report with every finished trial's numbers."""
-    report = json.loads((out / "sweep.json").read_text())
-    for trial in report["trials"]:
-        if trial["state"] == "COMPLETE":
-            trial["numbers"] = trial_numbers(out, trial)
-    return report
+def collect(runs: Path, setting: str, algorithm: str) -> dict[str, Any] | None:
+    """A method's trials over both stages, each with its numbers, and the choice among them
+    (the best validation score, by the sweep's own choice function)."""
+    from trustvision.sweep.choose import choose_trial
+
+    trials = []
+    for stage in (1, 2):
+        out = stage_dir(runs, setting, algorithm, stage)
+        if not (out / "sweep.json").is_file():
+            continue
+        for trial in json.loads((out / "sweep.json").read_text())["trials"]:
+            trial = {**trial, "stage": stage, "id": f"{stage}.{trial['number']}", "sweep": str(out)}
+            if trial["state"] == "COMPLETE":
+                trial["numbers"] = trial_numbers(out, trial)
+            trials.append(trial)
+    if not trials:
+        return None
+    scored = [(i, t["validation"]) for i, t in enumerate(trials) if t["state"] == "COMPLETE"]
+    pick = choose_trial(scored, "maximize")
+    chosen = None if pick is None else trials[pick]
+    if chosen is not None:
+        write_choice(runs / setting, algorithm, chosen)
+    return {"trials": trials, "chosen": chosen, "selected_by": "validation"}
+
+
+def write_choice(folder: Path, algorithm: str, chosen: dict[str, Any]) -> None:
+    """`<algorithm>.chosen.yaml` (the chosen trial's config, to train again) and `.json` (its
+    run), which benchmarks/fed_compare.py reads."""
+    sweep = Path(chosen["sweep"])
+    config = yaml.safe_load((sweep / chosen["run_dir"] / "config.yaml").read_text())
+    config["runs_dir"] = "runs"
+    header = f"# {algorithm}: trial {chosen['id']} (stage.trial) of {sweep}, chosen on validation\n"
+    (folder / f"{algorithm}.chosen.yaml").write_text(
+        header + yaml.safe_dump(config, sort_keys=False)
+    )
+    run = {
+        "run_dir": str(sweep / chosen["run_dir"]),
+        "params": chosen["params"],
+        "id": chosen["id"],
+    }
+    (folder / f"{algorithm}.chosen.json").write_text(json.dumps(run, indent=2) + "\n")
 
 
 def pct(value: float | None) -> str:
@@ -141,7 +222,9 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
         "",
-        "Every method: 7 trials (one per grid value), seed 0, the setting's config otherwise "
+        "Every method: 7 trials (one per grid value) and 2 more in a second stage (beyond the "
+        "grid's edge where the best sat at one, else between the best and its neighbours), "
+        "seed 0, the setting's config otherwise "
         "(60 rounds, 2 local epochs, evaluation every 5 rounds). Each client holds out 10% of "
         "its images (stratified) and never trains on them. A trial's score (**selected_by: "
         "validation**) is the validation accuracy of the round that validation picks: "
@@ -152,23 +235,24 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     for setting, block in results.items():
         lines += ["", f"## {SETTINGS[setting]['title']}", ""]
         lines += [
-            "| algorithm | knob | grid | chosen | val (chosen) | generic test | local test "
-            "| rounds (generic / local) | trials |",
+            "| algorithm | knob | values tried | chosen | val (chosen) | generic test | local test "
+            "| rounds (generic / local) | trials done |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for algorithm, report in block.items():
-            key, grid = KNOBS[algorithm]
+            key, _ = KNOBS[algorithm]
             chosen = report.get("chosen")
             done = sum(t["state"] == "COMPLETE" for t in report["trials"])
+            tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
             if chosen is None:
-                lines.append(f"| {algorithm} | `{key}` | {grid} | - | - | - | - | - | {done} |")
+                lines.append(f"| {algorithm} | `{key}` | {tried} | - | - | - | - | - | {done} |")
                 continue
             sel = chosen["numbers"]["selected"]
             rounds = " / ".join(
                 str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local")
             )
             lines.append(
-                f"| {algorithm} | `{key}` | {grid} | {chosen['params'][key]} | "
+                f"| {algorithm} | `{key}` | {tried} | {chosen['params'][key]} | "
                 f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
                 f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} |"
             )
@@ -185,7 +269,7 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 sel, fin = n["selected"], n["final"]
                 mark = (
                     " **(chosen)**"
-                    if report.get("chosen", {}) and t["number"] == report["chosen"]["number"]
+                    if report.get("chosen") and t["id"] == report["chosen"]["id"]
                     else ""
                 )
                 lines.append(
@@ -265,9 +349,9 @@ def main() -> None:
             list(pool.map(lambda job: sweep(*job, args.runs), jobs))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
-        out = args.runs / setting / algorithm
-        if (out / "sweep.json").is_file():
-            results.setdefault(setting, {})[algorithm] = collect(out)
+        report = collect(args.runs, setting, algorithm)
+        if report is not None:
+            results.setdefault(setting, {})[algorithm] = report
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/fed_sweep.py " + " ".join(sys.argv[1:]),
