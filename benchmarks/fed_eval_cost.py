@@ -67,8 +67,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# What evaluation costs a federated run",
         "",
-        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}; one "
-        f"process at a time, one torch thread; load average before: {meta['load']}.",
+        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}; its runs "
+        "one after another, one torch thread each; other jobs may have shared the cores (load "
+        f"average when it began: {meta['load']}), which slows training and evaluation alike.",
         "",
         f"Fashion-MNIST-LT CPU config, {ROUNDS} rounds, evaluated every 5: each evaluation is "
         "the balanced test set (every global predictor) plus every client's local test set "
@@ -94,7 +95,14 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/fed-eval-cost")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md from the .json, train nothing"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "fed-eval-cost.json").read_text())
+        (args.out / "fed-eval-cost.md").write_text(markdown(saved["rows"], saved["meta"]))
+        return
     load = f"{os.getloadavg()[0]:.2f}"
     rows = [run(a, b, args.runs) for b in BACKBONES for a in ALGORITHMS]
     meta = {
