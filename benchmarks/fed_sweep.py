@@ -80,7 +80,7 @@ def spec(setting: str, algorithm: str) -> dict[str, Any]:
     return {
         "name": f"{setting}-{algorithm}",
         "command": "fed run",
-        "config": str(ROOT / SETTINGS[setting]["config"]),
+        "config": SETTINGS[setting]["config"],  # relative: sweeps run from ROOT, any checkout
         "overrides": [*SETTINGS[setting]["overrides"], *choice, "seed=0", "device=cpu"],
         "params": {key: {"grid": grid}},
         "objective": {"metric": metric, "direction": "maximize"},
@@ -143,7 +143,7 @@ def run_stage(setting: str, algorithm: str, runs: Path, *, stage: int, grid: lis
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
-    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {result.returncode}")
     return out
