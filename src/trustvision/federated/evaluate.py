@@ -48,9 +48,10 @@ class GenericEvaluation:
 
 
 def evaluation_workspace(algorithm: FederatedAlgorithm, accel: Accel) -> Workspace:
-    """The server's modules for evaluation, in channels-last layout on every device: a test
-    pass of `mnist_cnn` is 2-5x faster so on this 2-core CPU (one thread, batch 1000 / 100).
-    Only the server evaluates with it; clients train in the layout they always had."""
+    """The server's modules for evaluation, in channels-last layout on every device (on the
+    CPU too, where the test pass of the small CNNs is faster so; evaluation's share of a run
+    is measured by benchmarks/fed_eval_cost.py). Only the server evaluates with it; clients
+    train in the layout they always had."""
     workspace = Workspace(algorithm, accel)
     workspace.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return workspace

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trustvision.config import read_yaml
+from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.certification import run_certify
 from trustvision.robust.commands import describe, run_eval, run_mix
@@ -36,9 +36,10 @@ from trustvision.robust.config import (
     PipelineConfig,
     RobustTrainConfig,
 )
+from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.plots import plot_tradeoff
 from trustvision.robust.runs import is_finished, read_finished
-from trustvision.robust.training import train_robust
+from trustvision.robust.training import split_record, train_robust
 from trustvision.train.loop import Reporter
 
 Log = Callable[[str], None]
@@ -86,14 +87,8 @@ def _train(
 
 def split_settings(train: RobustTrainConfig) -> dict[str, Any]:
     """What fixes the training images a base holds out (as its summary's `data` records it)."""
-    data = train.data
-    return {
-        "name": data.name,
-        "validation": data.validation,
-        "seed": train.seed,
-        "train_subset": data.train_subset,
-        "imbalance_factor": data.imbalance_factor,
-    }
+    record = split_record(train.data, seed=train.seed, validation_images=0)
+    return {"name": train.data.name, **{key: record[key] for key in SPLIT_KEYS}}
 
 
 def check_same_holdout(cfg: PipelineConfig) -> None:
@@ -115,14 +110,14 @@ def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
 
 def _partial_split_current(train: RobustTrainConfig, path: Path) -> bool:
     """Whether an unfinished base was begun with the hold-out the config asks for (True when
-    it has no config yet: nothing trained)."""
+    it has no config yet: nothing trained; False when its config no longer loads)."""
     if not (path / "config.yaml").is_file():
         return True
-    tree = read_yaml(path / "config.yaml")
-    data = tree.get("data") or {}
-    begun = {key: data.get(key) for key in ("name", "validation", "train_subset")}
-    begun |= {"seed": tree.get("seed"), "imbalance_factor": data.get("imbalance_factor")}
-    return begun == split_settings(train)
+    try:
+        begun = load_config(RobustTrainConfig, path / "config.yaml")
+    except ConfigError:
+        return False
+    return split_settings(begun) == split_settings(train)
 
 
 def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
