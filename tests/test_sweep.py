@@ -134,6 +134,19 @@ def test_a_different_spec_in_the_same_out_dir_is_refused(tmp_path):
         prepare_out(build_config(SweepSpec, spec_tree(seed=1)), out)
 
 
+def test_an_edited_config_file_is_refused_on_resume(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.read_text())
+    spec = build_config(SweepSpec, spec_tree(config=str(config)))
+    prepare_out(spec, out)
+    prepare_out(spec, out)  # the file unchanged: continue
+    config.write_text(CONFIG.read_text() + "epochs: 7\n")
+    with pytest.raises(ConfigError, match=r"changed since the sweep.*finished trials ran the old"):
+        prepare_out(spec, out)
+
+
 def test_a_sweep_directory_in_use_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -2,6 +2,7 @@
 
 <out>/
     spec.yaml      the resolved spec; a second run must bring the same one
+    config.sha256  the SHA-256 of the spec's config file; a second run must find it unchanged
     study.db       the Optuna study (SQLite): `optuna-dashboard sqlite:///<out>/study.db`
     trials/trial-<number>/log.txt and trials/trial-<number>/<run directory>/
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import signal
 import subprocess
@@ -44,6 +46,7 @@ from trustvision.sweep.trial import (
 
 SPEC_FILE = "spec.yaml"
 STUDY_FILE = "study.db"
+CONFIG_DIGEST_FILE = "config.sha256"
 LOCK_FILE = ".lock"
 
 
@@ -158,20 +161,30 @@ def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
 
 
 def prepare_out(spec: SweepSpec, out: Path) -> None:
-    """Write spec.yaml into a new sweep directory, or check an existing one has the same spec."""
+    """Write spec.yaml and config.sha256 into a new sweep directory, or check that an existing
+    one has the same spec and that the config file its trials read has not been edited since."""
     path = out / SPEC_FILE
     resolved = dump_spec(spec)
-    if not path.is_file():
+    if path.is_file():
+        previous = yaml.safe_load(path.read_text()) or {}
+        changed = sorted(k for k in {*previous, *resolved} if previous.get(k) != resolved.get(k))
+        if changed:
+            raise ConfigError(
+                f"`{out}` holds a sweep with a different spec "
+                f"({', '.join(f'`{k}`' for k in changed)} differ from {path}): run the same spec "
+                f"to continue it, or start fresh with another `--out` (or delete `{out}`)"
+            )
+    else:
         path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        return
-    previous = yaml.safe_load(path.read_text()) or {}
-    changed = sorted(k for k in {*previous, *resolved} if previous.get(k) != resolved.get(k))
-    if changed:
+    digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+    recorded = out / CONFIG_DIGEST_FILE
+    if recorded.is_file() and recorded.read_text().strip() != digest:
         raise ConfigError(
-            f"`{out}` holds a sweep with a different spec ({', '.join(f'`{k}`' for k in changed)} "
-            f"differ from {path}): run the same spec to continue it, or start fresh with "
-            f"another `--out` (or delete `{out}`)"
+            f"`{spec.config}` changed since the sweep in `{out}` began (its SHA-256 is not the "
+            f"one in {recorded}): the finished trials ran the old file. Restore it to continue "
+            f"the sweep, or start fresh with another `--out` (or delete `{out}`)"
         )
+    recorded.write_text(digest + "\n")
 
 
 def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
