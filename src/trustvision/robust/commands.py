@@ -278,7 +278,7 @@ def _fixed_mix(
     plot_tradeoff(
         points,
         run.plots_dir / "tradeoff.png",
-        title=f"{test_name(cfg)} fixed mix (validation images)",
+        title=f"{test_name(cfg)} fixed mix",
         attack=attack,
         chosen=chosen,
     )

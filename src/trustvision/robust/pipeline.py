@@ -323,25 +323,26 @@ def _report(
     cfg: PipelineConfig, work: Path, *, fixed: dict[str, Any], evals: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     rows = {label: row(label, summary) for label, summary in evals.items()}
-    others = [
+    final = [
         {
-            "label": f"{label} (AutoAttack, {r['n_autoattack']} test images)",
+            "label": f"{label} ({r['n_autoattack']} images)",
             "clean_acc": r["clean_acc"],
             "robust_acc": r["autoattack_acc"],
         }
         for label, r in rows.items()
     ]
+    trained = {label: _training_record(work / label) for label in BASES}
+    adaptive_dir = work / "adaptive-mix"
+    adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
     plot = plot_tradeoff(
         fixed["sweep"],
         work / "tradeoff.png",
         title=f"{fixed['data']['name']}: clean vs robust accuracy",
-        attack=f"sweep: {fixed['sweep_attack']}",
-        others=others,
+        attack=fixed["sweep_attack"],
         chosen=fixed["chosen"],
+        adaptive=(adaptive or {}).get("bias_sweep", []),
+        final=final,
     )
-    trained = {label: _training_record(work / label) for label in BASES}
-    adaptive_dir = work / "adaptive-mix"
-    adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
     selection = {"fixed mix": fixed["selection"]}
     if adaptive is not None:
         selection["adaptive mix"] = adaptive["selection"]

@@ -48,24 +48,37 @@ def plot_tradeoff(
     *,
     title: str,
     attack: str,
-    others: Sequence[dict[str, Any]] = (),
     chosen: dict[str, Any] | None = None,
+    adaptive: Sequence[dict[str, Any]] = (),
+    final: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """Clean against attacked accuracy of the fixed mix at every alpha (one curve per pair of
-    temperatures), the chosen point starred, plus other models.
-
-    `others` are single models: {"label", "clean_acc", "robust_acc"} (e.g. the adaptive mix).
+    """Clean against attacked accuracy. Left, the validation sweep the knobs were chosen on:
+    the fixed mix at every alpha (one curve per pair of temperatures), the chosen point
+    starred, and the adaptive mix's gamma-bias sweep points. Right, when `final` is given,
+    each model's final test numbers, {"label", "clean_acc", "robust_acc"} under AutoAttack:
+    other images and another attack, so the panels never share axes.
     """
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    panels = 2 if final else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
     for label, curve in _curves(points).items():
         xs = [100 * p["robust_acc"] for p in curve]
         ys = [100 * p["clean_acc"] for p in curve]
-        ax.plot(xs, ys, "o-", label=f"fixed mix, validation sweep {label}".strip(), alpha=0.8)
+        ax.plot(xs, ys, "o-", label=f"fixed mix {label}".strip(), alpha=0.8)
         if not label:
             for p, x, y in zip(curve, xs, ys, strict=True):
                 ax.annotate(
                     f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
                 )
+    if adaptive:
+        ax.plot(
+            [100 * p["robust_acc"] for p in adaptive],
+            [100 * p["clean_acc"] for p in adaptive],
+            "x",
+            color="black",
+            markersize=7,
+            label="adaptive mix (gamma bias, s_g, s_h)",
+        )
     if chosen is not None:
         ax.plot(
             100 * chosen["robust_acc"],
@@ -73,20 +86,32 @@ def plot_tradeoff(
             "*",
             color="black",
             markersize=13,
-            label=f"chosen: alpha {chosen['alpha']:g}",
+            label=f"chosen fixed mix: alpha {chosen['alpha']:g}",
         )
-    markers = iter("s^DvP")
-    for other in others:
-        ax.plot(
-            100 * other["robust_acc"],
-            100 * other["clean_acc"],
-            next(markers, "o"),
-            markersize=9,
-            label=other["label"],
-        )
-    ax.set(xlabel=f"robust accuracy (%), {attack}", ylabel="clean accuracy (%)", title=title)
+    ax.set(
+        xlabel=f"robust accuracy (%), {attack}",
+        ylabel="clean accuracy (%)",
+        title=f"{title}\nvalidation images: how the knobs were chosen",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    if final:
+        ax = axes[0][1]
+        for marker, model in zip("os^DvP" * 2, final, strict=False):
+            ax.plot(
+                100 * model["robust_acc"],
+                100 * model["clean_acc"],
+                marker,
+                markersize=9,
+                label=model["label"],
+            )
+        ax.set(
+            xlabel="AutoAttack accuracy (%)",
+            ylabel="clean accuracy (%)",
+            title="test images: the final numbers",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 
