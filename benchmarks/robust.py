@@ -127,11 +127,18 @@ def validation_line(selection: dict[str, Any]) -> str:
     )
 
 
+def _knob(value: Any) -> str:
+    """A knob's value: a number, a range [low, high], or - (unused)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return _t(value)
+
+
 def knob_lines(selection: dict[str, Any]) -> list[str]:
     lines = ["| knob | chosen | selected_by | grid |", "|---|---:|---|---|"]
     for knob, k in selection["knobs"].items():
-        grid = ", ".join(f"{v:g}" for v in k["grid"])
-        lines.append(f"| {knob} | {_t(k['value'])} | {k['selected_by']} | {grid} |")
+        grid = ", ".join(_knob(v) for v in k["grid"])
+        lines.append(f"| {knob} | {_knob(k['value'])} | {k['selected_by']} | {grid} |")
     return lines
 
 
@@ -191,6 +198,43 @@ def curves(sweep: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     ]
 
 
+def _alpha(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def gate_lines(report: dict[str, Any]) -> list[str]:
+    """The gate's mean alpha on clean and on attacked images: while training, on validation
+    images after training, and on the test images AutoAttack used."""
+    last = (report["adaptive"].get("history") or [{}])[-1]
+    test = next((r.get("gate") for r in report["rows"] if r["model"] == "adaptive mix"), None)
+    lines = [
+        "The gate's mean alpha (the robust base's weight), clean vs attacked:",
+        "",
+        "| where | clean | attacked | difference |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, clean, attacked in (
+        (
+            "training batches, last epoch (training mode, randomised training attacks)",
+            last.get("train_alpha_clean"),
+            last.get("train_alpha_attacked"),
+        ),
+        (
+            "validation images after training (evaluation mode, PGD on the mix)",
+            last.get("val_alpha_clean"),
+            last.get("val_alpha_attacked"),
+        ),
+        (
+            f"test images ({test['n']}; {test['attack']})" if test else "test images",
+            test and test["alpha_clean"],
+            test and test["alpha_attacked"],
+        ),
+    ):
+        diff = None if clean is None or attacked is None else attacked - clean
+        lines.append(f"| {label} | {_alpha(clean)} | {_alpha(attacked)} | {_alpha(diff)} |")
+    return lines
+
+
 def adaptive_lines(report: dict[str, Any]) -> list[str]:
     adaptive = report.get("adaptive")
     if not adaptive:
@@ -199,13 +243,18 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"Mixing network: trained {adaptive['train_seconds']:.0f} s on "
         f"{adaptive.get('mixnet_train_images', 'n/a')} training images both bases trained on "
-        f"(no validation image); gamma bias {adaptive['gamma_bias']:g}, s_g "
-        f"{adaptive['temperature_std']:g}, s_h {adaptive['temperature_rob']:g}, chosen by the "
+        f"(no validation image); gamma bias {adaptive['gamma_bias']:g}, scale "
+        f"{adaptive.get('gamma_scale', 1.0):g}, alpha in [{adaptive.get('alpha_low', 0.0):g}, "
+        f"{adaptive.get('alpha_high', 1.0):g}], s_g {adaptive['temperature_std']:g}, s_h "
+        f"{adaptive['temperature_rob']:g}, chosen by the "
         f"rule: {selection['rule']} (the robust base: "
         f"{pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares with "
         "the best fixed mix at the same validation robust accuracy (interpolated on the alpha "
         "sweep's curves): positive means the mixing network buys clean accuracy a constant "
-        "alpha cannot.",
+        "alpha cannot. Points are attacked in order of clean accuracy; once one is admitted, "
+        "the less accurate ones could not be chosen and are not attacked.",
+        "",
+        *gate_lines(report),
         "",
         validation_line(selection),
         "",
@@ -214,18 +263,22 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
     if adaptive.get("bias_sweep"):
         lines += [
             "",
-            "| gamma bias | s_g | s_h | validation clean acc (%) | validation robust acc (%) | "
-            "vs fixed mix (points) |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| gamma bias | scale | alpha range | s_g | s_h | validation clean acc (%) | "
+            "mean alpha, clean | validation robust acc (%) | vs fixed mix (points) |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in adaptive["bias_sweep"]:
-            fixed = fixed_clean_at(report["sweep"], p["robust_acc"])
+            attacked = p["robust_acc"] is not None
+            fixed = fixed_clean_at(report["sweep"], p["robust_acc"]) if attacked else None
             delta = "n/a" if fixed is None else f"{100 * (p['clean_acc'] - fixed):+.2f}"
             mark = "**" if _is_chosen(p, selection["chosen"]) else ""
+            alpha_range = _knob((p.get("alpha_low", 0.0), p.get("alpha_high", 1.0)))
+            mean_alpha = p.get("mean_alpha_clean")
             lines.append(
-                f"| {mark}{p['gamma_bias']:g}{mark} | {p['temperature_std']:g} | "
-                f"{p['temperature_rob']:g} | {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | "
-                f"{delta} |"
+                f"| {mark}{p['gamma_bias']:g}{mark} | {p.get('gamma_scale', 1.0):g} | "
+                f"{alpha_range} | {p['temperature_std']:g} | {p['temperature_rob']:g} | "
+                f"{pct(p['clean_acc'])} | {'n/a' if mean_alpha is None else f'{mean_alpha:.3f}'} | "
+                f"{pct(p['robust_acc'], 1) if attacked else 'not attacked'} | {delta} |"
             )
     return lines
 
@@ -305,11 +358,13 @@ def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) ->
     adaptive = adaptive_lines(report)
     if adaptive:
         lines += [
-            "### Adaptive mix: validation sweep of the gamma bias, s_g and s_h",
+            "### Adaptive mix: the gate, and the validation sweep of its knobs",
             "",
             *adaptive,
             "",
         ]
+        if "gate" in plots:
+            lines += [f"![the gate per epoch]({plots['gate']})", ""]
     certify = certify_lines(report, plots.get("certified"))
     if certify:
         lines += ["### Certified robustness (l2)", "", *certify, ""]
@@ -322,6 +377,8 @@ def copy_plots(name: str, work: Path, report: dict[str, Any]) -> dict[str, str]:
     sources = {"tradeoff": Path(report["tradeoff_plot"])}
     if report.get("certify"):
         sources["certified"] = Path(report["certify"]["plot"])
+    if report.get("adaptive"):
+        sources["gate"] = work / "adaptive-mix" / "plots" / "gate.png"
     for kind, source in sources.items():
         target = RESULTS / f"robust_{name.replace('-', '')}_{kind}.png"
         if source.is_file():

@@ -11,6 +11,7 @@ from trustvision.robust.autoattack import (
     attack_chunk,
     autoattack_flags,
     build_attackers,
+    gate_under_attack,
 )
 from trustvision.robust.config import APGDSettings, EvalSettings
 from trustvision.robust.evaluate import (
@@ -88,6 +89,21 @@ def test_adaptive_attack_adds_the_bce_of_gamma_to_the_loss():
     adv = apgd.perturb(x, y)
     assert adv.shape == x.shape and (adv - x).abs().max() <= 0.3 + 1e-6
     assert apgd.loss == "ce"  # the loss name is restored after the run
+
+
+def test_the_gate_under_attack_reads_every_images_highest_loss_point():
+    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8).eval()
+    x, y = labelled(mix, n=6)
+    attackers = build_attackers(mix, eps=0.3, version="custom", custom=FAST, adaptive_weight=0.5)
+    gate = gate_under_attack(attackers, x, y, batch_size=4)
+    with torch.no_grad():
+        clean = mix.alpha(mix.forward_with_gamma(x)[1]).mean()
+    assert gate["alpha_clean"] == pytest.approx(float(clean))
+    assert 0.0 <= gate["alpha_attacked"] <= 1.0 and gate["n"] == 6
+    # the attack maximises w BCE(gamma', 1) too, which pushes an untrained gate's alpha down
+    assert gate["alpha_attacked"] < gate["alpha_clean"]
+    with pytest.raises(TypeError, match="adaptive mix"):
+        gate_under_attack(build_attackers(base(0), eps=0.3, version="custom", custom=FAST), x, y)
 
 
 def test_model_info_has_robustbench_fields():

@@ -9,8 +9,13 @@ from torch import nn
 
 from trustvision.models import create_model
 from trustvision.robust.config import MixNetSettings
-from trustvision.robust.mixing import MixedClassifier, build_adaptive, mix_log_probs
-from trustvision.robust.mixtrain import mixing_objective
+from trustvision.robust.mixing import (
+    MixedClassifier,
+    build_adaptive,
+    gate_log_weights,
+    mix_log_probs,
+)
+from trustvision.robust.mixtrain import GateMonitor, gate_record, mixing_objective, ranked_targets
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
 
@@ -105,7 +110,7 @@ def test_mixing_network_trains_only_its_own_parameters():
     }
     mixnet_before = {k: v.clone() for k, v in mix.mixnet.state_dict().items()}
     optimizer = torch.optim.AdamW(mix.mixnet.parameters(), lr=1e-2)
-    objective = mixing_objective(MixNetSettings(steps_low=1, steps_high=2), eps=0.1)
+    objective = mixing_objective(MixNetSettings(steps_df=1.0, target_classes=1), eps=0.1)
     mix.train()
     x, y = images(16), torch.randint(0, 10, (16,))
     for _ in range(2):
@@ -119,6 +124,84 @@ def test_mixing_network_trains_only_its_own_parameters():
     assert all(torch.equal(after[k], v) for k, v in bases_before.items())
     assert any(not torch.equal(mix.mixnet.state_dict()[k], v) for k, v in mixnet_before.items())
     assert not mix.standard.training and not mix.robust.training
+
+
+def test_a_gate_trained_on_separable_inputs_tells_them_apart_in_evaluation_mode():
+    """Clean images against the same images with visible noise: after training (clamp on, the
+    BatchNorm updated once per mixed part), evaluation mode must give the noisy ones a much
+    larger alpha, on images it never trained on."""
+    torch.manual_seed(0)
+    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8, gamma_clamp=0.6)
+    optimizer = torch.optim.AdamW(mix.mixnet.parameters(), lr=1e-2)
+
+    def smooth(n: int) -> torch.Tensor:
+        return F.interpolate(torch.rand(n, 1, 4, 4), size=16, mode="bilinear")
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+
+    mix.train()
+    for _ in range(40):
+        clean = smooth(32)
+        x, label = torch.cat([clean, noisy(clean)]), torch.cat([torch.zeros(32), torch.ones(32)])
+        order = torch.randperm(64)
+        optimizer.zero_grad()
+        for part in order.chunk(4):
+            gamma = mix.forward_with_gamma(x[part])[1]
+            F.binary_cross_entropy_with_logits(gamma, label[part]).backward()
+        optimizer.step()
+    mix.eval()
+    held_out = smooth(100)
+    with torch.no_grad():
+        alpha_clean = mix.alpha(mix.forward_with_gamma(held_out)[1]).mean()
+        alpha_noisy = mix.alpha(mix.forward_with_gamma(noisy(held_out))[1]).mean()
+    assert alpha_noisy - alpha_clean > 0.5, (float(alpha_clean), float(alpha_noisy))
+
+
+def test_the_alpha_range_maps_the_gate_onto_low_high_in_evaluation_mode_only():
+    mix = adaptive_mix()
+    mix.alpha_low.fill_(0.2)
+    mix.alpha_high.fill_(0.7)
+    gamma = torch.tensor([-50.0, 0.0, 50.0])
+    log_a, log_b = gate_log_weights(gamma, alpha_low=0.2, alpha_high=0.7)
+    torch.testing.assert_close(log_a.exp(), torch.tensor([0.2, 0.45, 0.7]))
+    torch.testing.assert_close(log_a.exp() + log_b.exp(), torch.ones(3))
+    assert torch.allclose(mix.eval().alpha(gamma), torch.tensor([0.2, 0.45, 0.7]))
+    assert torch.allclose(mix.train().alpha(gamma), torch.sigmoid(gamma))  # training: unranged
+    full = gate_log_weights(torch.tensor([-200.0, 200.0]))  # the full range stays exact
+    assert torch.isfinite(full[0][1]) and torch.isfinite(full[1][0])
+
+
+def test_the_training_clamp_bounds_gamma_to_the_batch_mean_plus_minus_c_std():
+    mix = adaptive_mix()
+    mix.gamma_clamp = 0.6
+    raw = torch.tensor([-10.0, 0.0, 0.0, 0.0, 10.0])
+    mean, std = raw.mean(), raw.std()
+    mix.train()
+    gated = mix.gate(raw)
+    clamped = raw.clamp(mean - 0.6 * std, mean + 0.6 * std)
+    expected = (clamped - clamped.mean()) / torch.sqrt(clamped.var(unbiased=False) + 1e-5)
+    torch.testing.assert_close(gated, expected)
+    mix.eval()  # no clamp in evaluation mode: the extremes keep their order and distance
+    assert mix.gate(raw)[-1] > mix.gate(raw)[-2]
+
+
+def test_every_clean_image_gets_one_untargeted_and_k_targeted_attacks():
+    mix = adaptive_mix()
+    x, y = images(16), torch.randint(0, 10, (16,))
+    targets = ranked_targets(mix, x, y, 3)
+    assert len(targets) == 3 and all((t != y).all() for t in targets)
+    monitor = GateMonitor()
+    cfg = MixNetSettings(steps_df=1.0, target_classes=3)
+    mix.train()
+    loss, logits = mixing_objective(cfg, eps=0.1, monitor=monitor)(mix, x, y)
+    assert logits.shape == (16, 10) and torch.isfinite(loss)
+    assert monitor.counts == {"clean": 16, "attacked": 64}  # 1 + 3 attacks per image
+    record = monitor.epoch_record()
+    assert set(record) == {"train_alpha_clean", "train_alpha_attacked"}
+    assert monitor.counts == {"clean": 0, "attacked": 0}  # reset for the next epoch
+    stats = gate_record(mix, x, y, eps=0.1, steps=2)
+    assert set(stats) == {"val_alpha_clean", "val_alpha_attacked"} and mix.training
 
 
 def test_choose_takes_the_most_accurate_point_close_enough_to_the_most_robust():

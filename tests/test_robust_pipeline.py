@@ -58,7 +58,7 @@ def tiny(tmp_path: Path) -> PipelineConfig:
             "eval.pgd_steps=3",
             "eval.eps_sweep_subset=6",
             "adaptive=true",
-            "mixnet={epochs: 1, train_subset: 128, batch_size: 64, width: 8, steps_low: 1, steps_high: 2, bias_sweep: [0.0, 1.0]}",
+            "mixnet={epochs: 1, train_subset: 128, batch_size: 64, width: 8, steps_df: 1.0, target_classes: 1, bias_sweep: [0.0, 1.0]}",
             "certify={subset: 6, n0: 10, n: 40, alphas: [1.0, 0.9], attack_check: 2, batch_size: 40}",
         ],
     )

@@ -192,11 +192,39 @@ def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):
     y[::3] = (y[::3] + 1) % 10  # some wrong labels so that accuracies differ
     monkeypatch.setattr(sweep, "robust_accuracy", lambda *a, **k: (0.5, 0.0))  # no attack
     settings = SweepSettings(subset=10, temperatures_std=(1.0, 3.0), temperatures_rob=(0.3, 1.0))
-    points = sweep.bias_sweep(mix, images=(x, y), biases=(-2.0, 2.0), eps=0.1, settings=settings)
-    assert len(points) == 8 and float(mix.gamma_bias) == pytest.approx(0.3)  # knobs restored
+    grid = sweep.gate_grid((-2.0, 2.0), (0.5, 1.0), ((0.0, 1.0), (0.1, 0.9)), settings)
+    points = sweep.bias_sweep(mix, images=(x, y), grid=grid, eps=0.1, settings=settings)
+    assert len(points) == 32 and float(mix.gamma_bias) == pytest.approx(0.3)  # knobs restored
+    assert float(mix.gamma_scale) == 1.0 and float(mix.alpha_high) == 1.0
     for point in points:
         sweep.set_knobs(mix, point)
         assert point["clean_acc"] == float(evaluate.clean_correct(mix, x, y).float().mean())
+
+
+def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatch):
+    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8).eval()
+    nn.init.normal_(mix.mixnet.linear.weight, std=30.0, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(60, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    y = mix.standard(x).argmax(1)  # clean accuracy falls as alpha grows, robustness rises
+    attacked = []
+
+    def fake_robust_accuracy(model, *args, **kwargs):  # more robust as alpha grows
+        attacked.append(1)
+        return round(float(model.gamma_bias) / 10 + 0.5, 3), 0.0
+
+    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    settings = SweepSettings(subset=10, temperatures_rob=(0.5, 1.0), tolerance=0.05)
+    grid = sweep.gate_grid((-3.0, -1.0, 0.0, 1.0, 2.0, 4.0), (1.0, 2.0), ((0.0, 1.0),), settings)
+    full = sweep.bias_sweep(mix, images=(x, y), grid=grid, eps=0.1, settings=settings)
+    lazy = sweep.bias_sweep(
+        mix, images=(x, y), grid=grid, eps=0.1, settings=settings, reference=0.65
+    )
+    assert len(attacked) < 2 * len(grid)  # the lazy sweep skipped some points
+    keys = sweep.ADAPTIVE_KNOBS
+    expected = sweep.choose(full, tolerance=0.05, reference=0.65, key=keys)
+    assert sweep.choose(lazy, tolerance=0.05, reference=0.65, key=keys) == expected
+    skipped = [p for p in lazy if p["robust_acc"] is None]
+    assert skipped and all(p["clean_acc"] < expected["clean_acc"] for p in skipped)
 
 
 def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):

@@ -147,8 +147,8 @@ class OptimConfig(StrictModel):
     nesterov: bool = True
     weight_decay: float = Field(default=5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "onecycle"
-    warmup_fraction: float = Field(default=0.2, ge=0, lt=1)  # of all steps, for onecycle
+    schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = "onecycle"
+    warmup_fraction: float = Field(default=0.2, ge=0, lt=1)  # of all steps: onecycle, warmup_cosine
     milestones: list[int] = []  # epochs at which `step` multiplies the lr by `gamma`
     gamma: float = Field(default=0.1, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)

@@ -171,6 +171,40 @@ def perturb(attackers: AttackerSet, name: str, x: Tensor, y: Tensor) -> Tensor:
     return attack.perturb(x, y)
 
 
+@torch.no_grad()
+def _mean_alpha(mix: AdaptiveMixedClassifier, x: Tensor, batch_size: int) -> float:
+    alphas = [
+        mix.alpha(mix.forward_with_gamma(x[i : i + batch_size])[1])
+        for i in range(0, len(x), batch_size)
+    ]
+    return float(torch.cat(alphas).mean())
+
+
+def gate_under_attack(
+    attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250
+) -> dict[str, Any]:
+    """The adaptive mix's mean alpha (evaluation mode) on clean `x` and on every image's
+    highest-loss point found by the adaptive APGD-CE, whether or not it fooled the mix
+    (AutoAttack's own output keeps the clean image where no attack succeeded)."""
+    mix = attackers.model
+    if not isinstance(mix, AdaptiveMixedClassifier) or "adaptive-apgd-ce" not in attackers.attacks:
+        raise TypeError("the gate's alphas need an adaptive mix with its adaptive attack")
+    attack = attackers.attacks["adaptive-apgd-ce"]
+    torch.manual_seed(attackers.seed)
+    worst = []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        attack.init_hyperparam(xb)
+        worst.append(attack.attack_single_run(xb, yb)[0].detach())
+    return {
+        "alpha_clean": _mean_alpha(mix, x, batch_size),
+        "alpha_attacked": _mean_alpha(mix, torch.cat(worst), batch_size),
+        "attack": f"adaptive APGD-CE (weight {attack.weight:g}, {attack.n_iter} it.): every "
+        "image's highest-loss point",
+        "n": len(x),
+    }
+
+
 @dataclass
 class ChunkResult:
     """One chunk of images: who was fooled by which attack, and how long each attack took."""

@@ -133,8 +133,10 @@ def mix(
     elif "gamma_bias" in summary:
         chosen = summary["selection"]["selected_by"]
         _log(
-            f"gamma bias {summary['gamma_bias']:g}, s_g {summary['temperature_std']:g}, "
-            f"s_h {summary['temperature_rob']:g} (chosen by {chosen})"
+            f"gamma bias {summary['gamma_bias']:g}, scale {summary['gamma_scale']:g}, alpha in "
+            f"[{summary['alpha_low']:g}, {summary['alpha_high']:g}], s_g "
+            f"{summary['temperature_std']:g}, s_h {summary['temperature_rob']:g} "
+            f"(chosen by {chosen}); the gate per epoch: {run.plots_dir / 'gate.png'}"
         )
     _log(f"run directory: {run.path}")
 

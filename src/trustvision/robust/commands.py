@@ -25,6 +25,7 @@ from trustvision.robust.autoattack import (
     ChunkResult,
     autoattack_flags,
     build_attackers,
+    gate_under_attack,
 )
 from trustvision.robust.config import DEFAULT_EPS, EvalConfig, MixConfig, SweepSettings
 from trustvision.robust.evaluate import (
@@ -38,9 +39,9 @@ from trustvision.robust.evaluate import (
     validation_pixels,
 )
 from trustvision.robust.mixing import AdaptiveMixedClassifier, build_adaptive
-from trustvision.robust.mixtrain import mixing_objective
+from trustvision.robust.mixtrain import GateMonitor, gate_record, mixing_objective
 from trustvision.robust.pixels import Normalized
-from trustvision.robust.plots import plot_tradeoff
+from trustvision.robust.plots import plot_gate, plot_tradeoff
 from trustvision.robust.runs import (
     data_of,
     load_base,
@@ -52,9 +53,11 @@ from trustvision.robust.runs import (
 from trustvision.robust.sweep import (
     ADAPTIVE_KNOBS,
     FIXED_KNOBS,
+    GATE_KNOBS,
     alpha_sweep,
     bias_sweep,
     choose,
+    gate_grid,
     robust_accuracy,
     set_knobs,
     temperatures,
@@ -338,6 +341,7 @@ def _mixnet_loaders(
         validation=0.0,  # `train` already excludes the bases' hold-out
         batch_size=net.batch_size,
         eval_batch_size=500,
+        augment=net.augment,
     )
     none = ArraySplit(train.images[:0], train.labels[:0])  # no test image is even loaded
     loaders = build_loaders(
@@ -393,9 +397,16 @@ def _adaptive_mix(
         temperature_rob=net.temperature_rob,
         gamma_scale=net.gamma_scale,
         gamma_bias=net.gamma_bias,
+        gamma_clamp=net.gamma_clamp,
     )
     train_loader, val_loader = _mixnet_loaders(cfg, dataset, bases, device=device)
-    optim = OptimConfig(name="adamw", lr=net.lr, weight_decay=net.weight_decay, schedule="cosine")
+    optim = OptimConfig(
+        name="adamw",
+        lr=net.lr,
+        weight_decay=net.weight_decay,
+        schedule="warmup_cosine",
+        warmup_fraction=net.warmup_fraction,
+    )
     optimizer = build_optimizer(optim, parameter_groups([mix.mixnet]))
     scheduler = build_scheduler(
         optimizer,
@@ -403,6 +414,14 @@ def _adaptive_mix(
         total_steps=net.epochs * len(train_loader),
         steps_per_epoch=len(train_loader),
     )
+    monitor = GateMonitor()
+    x_gate, y_gate = (t[: net.monitor_images].to(device) for t in images)
+
+    def gate_stats(_epoch: int) -> dict[str, Any]:
+        return monitor.epoch_record() | gate_record(
+            mix, x_gate, y_gate, eps=eps, steps=net.monitor_steps
+        )
+
     # `fit` evaluates every epoch on its `test_loader`: here validation images, so that making
     # the mix never reads a test image (its metrics.jsonl names them test_*, its summary val_*).
     result = fit(
@@ -411,32 +430,45 @@ def _adaptive_mix(
         test_loader=val_loader,
         optimizer=optimizer,
         scheduler=scheduler,
-        objective=mixing_objective(net, eps=eps),
+        objective=mixing_objective(net, eps=eps, monitor=monitor),
         epochs=net.epochs,
         seed=cfg.seed,
         accel=Accel(device),
         num_classes=dataset.num_classes,
         run=run,
+        grad_clip=net.grad_clip,
         resume=any(run.checkpoints_dir.iterdir()),
         reporter=reporter,
+        after_epoch=gate_stats,
     )
+    history = [_as_validation(r) for r in result.history]
+    last = history[-1]
+    log(
+        "gate, mean alpha after training: training mode clean "
+        f"{last.get('train_alpha_clean', float('nan')):.3f} / attacked "
+        f"{last.get('train_alpha_attacked', float('nan')):.3f}; evaluation mode on "
+        f"{len(y_gate)} validation images clean {last['val_alpha_clean']:.3f} / attacked "
+        f"{last['val_alpha_attacked']:.3f}"
+    )
+    plot_gate(history, run.plots_dir / "gate.png", title=f"{test_name(cfg)} mixing network")
     mix.eval()
     record: dict[str, Any] = {
-        "history": [_as_validation(r) for r in result.history],
+        "history": history,
         "train_seconds": result.wall_seconds,
         "mixnet_train_images": train_loader.num_samples,
     }
     record.update(_choose_adaptive(cfg, mix, robust, images=images, info=info, eps=eps, log=log))
     chosen = record["chosen"]
+    gate = {k: chosen[k] for k in GATE_KNOBS}
     spec = _mix_spec(
         cfg,
         temperature_std=chosen["temperature_std"],
         temperature_rob=chosen["temperature_rob"],
         width=net.width,
-        gamma_bias=chosen["gamma_bias"],
+        **gate,
     )
     write_mix(run, spec, mix)
-    record["gamma_bias"] = float(mix.gamma_bias)
+    record.update(gate)
     return record
 
 
@@ -450,22 +482,34 @@ def _choose_adaptive(
     eps: float,
     log: Log,
 ) -> dict[str, Any]:
-    """Judge every gamma bias x s_g x s_h on validation images like a fixed alpha and keep the
-    best by the sweep's rule, the robust base's validation accuracy as the reference; without
-    `mixnet.bias_sweep`, keep the configured bias and training temperatures."""
+    """Judge every gamma bias x scale x alpha range x s_g x s_h on validation images like a
+    fixed alpha and keep the best by the sweep's rule, the robust base's validation accuracy
+    as the reference; without `mixnet.bias_sweep`, keep the configured gate and training
+    temperatures."""
     net = cfg.mixnet
-    grids = {
+    swept = bool(net.bias_sweep)
+    grids: dict[str, Any] = {
         "gamma_bias": net.bias_sweep or (net.gamma_bias,),
-        "temperature_std": cfg.sweep.temperatures_std if net.bias_sweep else (net.temperature_std,),
-        "temperature_rob": cfg.sweep.temperatures_rob if net.bias_sweep else (net.temperature_rob,),
+        "gamma_scale": (net.scale_sweep or (net.gamma_scale,)) if swept else (net.gamma_scale,),
+        "alpha_range": net.alpha_ranges if swept else ((0.0, 1.0),),
+        "temperature_std": cfg.sweep.temperatures_std if swept else (net.temperature_std,),
+        "temperature_rob": cfg.sweep.temperatures_rob if swept else (net.temperature_rob,),
     }
-    if not net.bias_sweep:
-        chosen = {k: float(v[0]) for k, v in grids.items()}
+    if not swept:
+        chosen = {
+            "gamma_bias": net.gamma_bias,
+            "gamma_scale": net.gamma_scale,
+            "alpha_low": 0.0,
+            "alpha_high": 1.0,
+            "temperature_std": net.temperature_std,
+            "temperature_rob": net.temperature_rob,
+        }
+        set_knobs(mix, chosen)
         selection = selection_record(
             points=[],
-            chosen=chosen,
+            chosen={**chosen, "alpha_range": (0.0, 1.0)},
             grids=grids,
-            rule="no `mixnet.bias_sweep`: the configured bias and training temperatures",
+            rule="no `mixnet.bias_sweep`: the configured gate and training temperatures",
             validation=None,
             attack=None,
             reference=None,
@@ -484,14 +528,16 @@ def _choose_adaptive(
     points = bias_sweep(
         mix,
         images=images,
-        biases=net.bias_sweep,
+        grid=gate_grid(grids["gamma_bias"], grids["gamma_scale"], grids["alpha_range"], cfg.sweep),
         eps=eps,
         settings=cfg.sweep,
+        reference=reference,
         seed=cfg.seed,
         on_point=lambda p: log(
-            f"gamma bias {p['gamma_bias']:+.2f}, s_g {p['temperature_std']:g}, "
+            f"gamma bias {p['gamma_bias']:+.2f}, scale {p['gamma_scale']:g}, alpha in "
+            f"[{p['alpha_low']:g}, {p['alpha_high']:g}], s_g {p['temperature_std']:g}, "
             f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  "
-            f"robust {p['robust_acc']:.2%}"
+            f"robust {p['robust_acc']:.2%}  (mean alpha on clean {p['mean_alpha_clean']:.3f})"
         ),
     )
     chosen = choose(points, tolerance=cfg.sweep.tolerance, reference=reference, key=ADAPTIVE_KNOBS)
@@ -501,7 +547,10 @@ def _choose_adaptive(
     )
     selection = selection_record(
         points=points,
-        chosen={k: chosen[k] for k in ADAPTIVE_KNOBS},
+        chosen={
+            **{k: chosen[k] for k in ADAPTIVE_KNOBS},
+            "alpha_range": (chosen["alpha_low"], chosen["alpha_high"]),
+        },
         grids=grids,
         rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
         f"accuracy is within {cfg.sweep.tolerance:g} of the robust base's on the same images",
@@ -589,6 +638,13 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
         done=chunks,
         on_chunk=save,
     )
+    gate = None
+    if adaptive:
+        gate = gate_under_attack(attackers, x, y, batch_size=settings.custom.batch_size)
+        log(
+            f"gate: mean alpha {gate['alpha_clean']:.3f} on clean test images, "
+            f"{gate['alpha_attacked']:.3f} under the {gate['attack']}"
+        )
     flags = autoattack_flags(model, x[:100], y[:100], attacks=attackers.order)
     clean_acc = float(clean.float().mean())
     info = model_info(
@@ -617,6 +673,7 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
             "version": settings.version,
             "eval_subset": settings.subset,
             **report,
+            **({"gate": gate} if gate is not None else {}),
             "autoattack_flags": flags,
             "model_info": info,
             "environment": environment_info(device),

@@ -41,6 +41,20 @@ def mix_log_probs(
     return torch.logsumexp(parts, dim=0)
 
 
+def gate_log_weights(
+    gamma: Tensor, *, alpha_low: float | Tensor = 0.0, alpha_high: float | Tensor = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(log a, log(1 - a)) for a = alpha_low + (alpha_high - alpha_low) sigmoid(gamma), exact
+    where a reaches 0 or 1 (log-sigmoids, combined with logaddexp)."""
+    low = torch.as_tensor(alpha_low, dtype=gamma.dtype, device=gamma.device)
+    high = torch.as_tensor(alpha_high, dtype=gamma.dtype, device=gamma.device)
+    log_width = torch.log(high - low)
+    return (
+        torch.logaddexp(torch.log(low), log_width + F.logsigmoid(gamma)),
+        torch.logaddexp(torch.log1p(-high), log_width + F.logsigmoid(-gamma)),
+    )
+
+
 def log_weights(alpha: float) -> tuple[float, float]:
     """(log a, log(1 - a)) with log 0 = -inf."""
     return (math.log(alpha) if alpha > 0 else -math.inf), (
@@ -145,15 +159,23 @@ class MixingNetwork(nn.Module):
 
 
 class AdaptiveMixedClassifier(nn.Module):
-    """A mix whose alpha = sigmoid(BN(gamma) * scale + bias) comes from the mixing network.
+    """A mix whose alpha comes from the mixing network's gamma, shaped by the gate:
 
-    The bases are frozen and stay in evaluation mode; only the mixing network (and the
-    running statistics of the BatchNorm on gamma) train. Gradients flow through everything,
-    so an attack on this module attacks the mixing network too.
+        gamma' = BN(clamp(gamma)) * scale + bias,   alpha = sigmoid(gamma')
+        in evaluation mode: alpha = alpha_low + (alpha_high - alpha_low) * sigmoid(gamma')
+
+    As in the authors' code (comp_model.py), only training clamps the raw gamma, to its batch
+    mean +- `gamma_clamp` standard deviations (bounds without gradient), so that a few extreme
+    values do not dominate the BatchNorm's statistics; scale, bias and the alpha range are knobs
+    set after training. The bases are frozen and stay in evaluation mode; only the mixing
+    network (and the running statistics of the BatchNorm on gamma) train. Gradients flow
+    through everything, so an attack on this module attacks the mixing network too.
     """
 
     gamma_scale: Tensor
     gamma_bias: Tensor
+    alpha_low: Tensor
+    alpha_high: Tensor
 
     def __init__(
         self,
@@ -165,6 +187,7 @@ class AdaptiveMixedClassifier(nn.Module):
         temperature_rob: float = 1.0,
         gamma_scale: float = 1.0,
         gamma_bias: float = 0.0,
+        gamma_clamp: float | None = None,
         stages: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
@@ -175,25 +198,49 @@ class AdaptiveMixedClassifier(nn.Module):
         self.gamma_norm = nn.BatchNorm1d(1, affine=False, momentum=0.01)
         self.register_buffer("gamma_scale", torch.tensor(float(gamma_scale)))
         self.register_buffer("gamma_bias", torch.tensor(float(gamma_bias)))
+        self.register_buffer("alpha_low", torch.tensor(0.0))
+        self.register_buffer("alpha_high", torch.tensor(1.0))
         self.temperature_std, self.temperature_rob = temperature_std, temperature_rob
+        self.gamma_clamp = gamma_clamp
         self.stages = stages
 
+    def raw_gamma(self, maps_std: list[Tensor], maps_rob: list[Tensor]) -> Tensor:
+        """The mixing network's output on the bases' maps, before the gate, shape (B,)."""
+        low, high = self.stages
+        return self.mixnet([maps_std[low], maps_rob[low]], [maps_std[high], maps_rob[high]])
+
+    def gate(self, raw: Tensor) -> Tensor:
+        """gamma' = BN(raw, clamped in training) * scale + bias, the logit of the unranged alpha."""
+        if self.training and self.gamma_clamp is not None and len(raw) > 1:
+            mean, std = float(raw.detach().mean()), float(raw.detach().std())
+            raw = raw.clamp(mean - self.gamma_clamp * std, mean + self.gamma_clamp * std)
+        return self.gamma_norm(raw[:, None])[:, 0] * self.gamma_scale + self.gamma_bias
+
+    def log_weights(self, gamma: Tensor) -> tuple[Tensor, Tensor]:
+        """(log a, log(1 - a)) of gamma'; the alpha range applies in evaluation mode only."""
+        if self.training:
+            return F.logsigmoid(gamma), F.logsigmoid(-gamma)
+        return gate_log_weights(gamma, alpha_low=self.alpha_low, alpha_high=self.alpha_high)
+
     def forward_with_gamma(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Log mixed probabilities and gamma' (the logit of alpha), shape (B,)."""
+        """Log mixed probabilities and gamma' (the logit of the unranged alpha), shape (B,)."""
         logits_std, maps_std = self.standard.forward_with_maps(x)
         logits_rob, maps_rob = self.robust.forward_with_maps(x)
-        low, high = self.stages
-        raw = self.mixnet([maps_std[low], maps_rob[low]], [maps_std[high], maps_rob[high]])
-        gamma = self.gamma_norm(raw[:, None])[:, 0] * self.gamma_scale + self.gamma_bias
+        gamma = self.gate(self.raw_gamma(maps_std, maps_rob))
+        log_alpha, log_one_minus_alpha = self.log_weights(gamma)
         out = mix_log_probs(
             logits_std,
             logits_rob,
-            log_alpha=F.logsigmoid(gamma),
-            log_one_minus_alpha=F.logsigmoid(-gamma),
+            log_alpha=log_alpha,
+            log_one_minus_alpha=log_one_minus_alpha,
             temperature_std=self.temperature_std,
             temperature_rob=self.temperature_rob,
         )
         return out, gamma
+
+    def alpha(self, gamma: Tensor) -> Tensor:
+        """alpha of gamma' in the mix's current mode (ranged in evaluation mode)."""
+        return self.log_weights(gamma)[0].exp()
 
     def forward(self, x: Tensor) -> Tensor:
         """Log mixed probabilities (one tensor, for AutoAttack)."""
@@ -231,6 +278,7 @@ def build_adaptive(
     temperature_rob: float = 1.0,
     gamma_scale: float = 1.0,
     gamma_bias: float = 0.0,
+    gamma_clamp: float | None = None,
 ) -> AdaptiveMixedClassifier:
     """An adaptive mix with a fresh mixing network sized to the bases' first two stages."""
     std_ch, rob_ch = stage_channels(standard, input_shape), stage_channels(robust, input_shape)
@@ -248,4 +296,5 @@ def build_adaptive(
         temperature_rob=temperature_rob,
         gamma_scale=gamma_scale,
         gamma_bias=gamma_bias,
+        gamma_clamp=gamma_clamp,
     )

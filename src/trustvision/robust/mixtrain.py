@@ -1,16 +1,27 @@
 """Training the mixing network: clean images should get alpha -> 0, attacked images alpha -> 1.
 
-Per batch (METHODS.md section 3): adversarial images are made by attacking the whole
-composite model (our PGD, in evaluation mode) with a random budget per image
-(eps * U(eps_low, eps_high)), a random number of steps and a random momentum, maximising
-(1 - w) L + w BCE(gamma, 1), w ~ U(0, w_max), where L is cross-entropy or, for a fraction
-of batches, the targeted DLR loss towards a random runner-up class. The loss of the mixing
-network on clean (label 0) and attacked (label 1) images is
-c_bce BCE(gamma, label) + c_ce CE(out, y) + c_prod BCE * CE. Only the mixing network's
-parameters are in the optimiser; the bases are frozen.
+The recipe follows the authors' code (Bai-YT/AdaptiveSmoothing, trainer.py and attacks.py),
+in its PGD variant: per batch of clean images, the whole composite model (in evaluation mode)
+is attacked once without a target (cross-entropy) and once towards each of the
+`target_classes` most likely other classes (targeted DLR), every attack with its own random
+budget per image (eps * U(eps_low, eps_high)), momentum per image, number of steps
+(chi-squared) and loss weight w ~ U(0, w_max) per image on (1 - w) L + w BCE(gamma', 1), which
+also pushes the gate towards the non-robust base. Every attacked copy is kept. The clean images
+and their copies are shuffled together and passed in `MixNetSettings.minibatches` parts, so
+that the gate's BatchNorm sees both kinds in each part and updates its statistics that often.
+Each image's loss is c_bce BCE(gamma', attacked) + c_ce CE(out, y) + c_prod BCE * CE, clean
+images weighted `clean_weight`. Only the mixing network's parameters are in the optimiser; the
+bases are frozen.
+
+Our own PGD (robust/attacks.py) makes the attacks, not AutoAttack's APGD as in the authors'
+other variant: pyautoattack's APGD takes one eps and one loss for a whole batch, and the
+recipe draws both per image. Evaluation attacks are AutoAttack's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +38,9 @@ def _uniform(n: int, low: float, high: float, like: Tensor) -> Tensor:
 
 
 def composite_loss(
-    mix: AdaptiveMixedClassifier, *, weight: Tensor, target: Tensor | None = None
+    mix: AdaptiveMixedClassifier, *, weight: Tensor | float, target: Tensor | None = None
 ) -> LossFn:
-    """(1 - w) CE (or targeted DLR) of the mix + w BCE(gamma, 1): pushes alpha down too."""
+    """(1 - w) CE (or targeted DLR) of the mix + w BCE(gamma', 1): pushes alpha down too."""
 
     def loss(x: Tensor, y: Tensor) -> Tensor:
         out, gamma = mix.forward_with_gamma(x)
@@ -44,54 +55,136 @@ def composite_loss(
     return loss
 
 
-def runner_up_target(mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor) -> Tensor | None:
-    """A random class among the 2nd..4th most likely (never the label); None under 4 classes."""
+def ranked_targets(mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, count: int) -> list[Tensor]:
+    """Per image, the 2nd, 3rd, ... most likely class of the mix (`count` of them, at most all
+    but one class, none under 4 classes: targeted DLR needs 4); where one is the label (the
+    mix is wrong on the clean image), the most likely class replaces it."""
     with torch.no_grad():
         order = mix(x).argsort(dim=1, descending=True)
     if order.shape[1] < 4:
-        return None
-    rank = torch.randint(1, min(4, order.shape[1]), (len(y),), device=x.device)
-    target = order.gather(1, rank[:, None]).squeeze(1)
-    return torch.where(target == y, order[:, 0], target)
+        return []
+    return [
+        torch.where(order[:, rank] == y, order[:, 0], order[:, rank])
+        for rank in range(1, min(count, order.shape[1] - 1) + 1)
+    ]
 
 
-def attack_composite(
-    mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, cfg: MixNetSettings
+def random_attack(
+    mix: AdaptiveMixedClassifier,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    cfg: MixNetSettings,
+    target: Tensor | None = None,
 ) -> Tensor:
-    """Randomised PGD on the composite (evaluation mode), one draw of the settings per batch."""
+    """One randomised PGD attack on the composite (see the module docstring)."""
+    n = len(y)
+    eps_i = eps * _uniform(n, cfg.eps_low, cfg.eps_high, x)
+    draw = float(torch.distributions.Chi2(torch.tensor(cfg.steps_df)).sample()) + cfg.steps_const
+    steps = max(1, round(draw))
+    return pgd(
+        composite_loss(mix, weight=_uniform(n, 0.0, cfg.bce_weight_max, x), target=target),
+        x,
+        y,
+        eps=eps_i,
+        step_size=cfg.step_factor * eps_i / max(draw, 1.0),
+        steps=steps,
+        momentum=_uniform(n, 0.0, 0.5, x),
+    )
+
+
+def training_adversaries(
+    mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, cfg: MixNetSettings
+) -> list[Tensor]:
+    """The attacked copies of a clean batch: untargeted first, then one per ranked target."""
     was_training = mix.training
     mix.eval()
     try:
-        n = len(y)
-        eps_i = eps * _uniform(n, cfg.eps_low, cfg.eps_high, x)
-        steps = int(torch.randint(cfg.steps_low, cfg.steps_high + 1, ()).item())
-        weight = _uniform(n, 0.0, cfg.bce_weight_max, x)
-        targeted = torch.rand(()).item() < cfg.targeted_fraction
-        target = runner_up_target(mix, x, y) if targeted else None
-        return pgd(
-            composite_loss(mix, weight=weight, target=target),
-            x,
-            y,
-            eps=eps_i,
-            step_size=2.5 * eps_i / steps,
-            steps=steps,
-            momentum=_uniform(n, 0.0, 0.5, x),
-        )
+        targets = ranked_targets(mix, x, y, cfg.target_classes)
+        return [
+            random_attack(mix, x, y, eps=eps, cfg=cfg, target=target) for target in (None, *targets)
+        ]
     finally:
         mix.train(was_training)
 
 
-def mixing_objective(cfg: MixNetSettings, *, eps: float) -> Objective:
-    """fit's objective for an AdaptiveMixedClassifier; the logits returned are the attacked half."""
+@dataclass
+class GateMonitor:
+    """The gate's mean alpha on clean and on attacked images while the mixing network trains
+    (training mode: the batch's own BatchNorm statistics, no alpha range)."""
+
+    sums: dict[str, float] = field(default_factory=lambda: {"clean": 0.0, "attacked": 0.0})
+    counts: dict[str, int] = field(default_factory=lambda: {"clean": 0, "attacked": 0})
+
+    def add(self, alpha: Tensor, attacked: Tensor) -> None:
+        for key, rows in (("clean", attacked == 0), ("attacked", attacked == 1)):
+            self.sums[key] += float(alpha[rows].sum())
+            self.counts[key] += int(rows.sum())
+
+    def epoch_record(self) -> dict[str, float]:
+        """Means since the last call, as `train_alpha_clean` / `train_alpha_attacked`; resets."""
+        record = {
+            f"train_alpha_{key}": self.sums[key] / self.counts[key]
+            for key in self.sums
+            if self.counts[key]
+        }
+        self.sums = {key: 0.0 for key in self.sums}
+        self.counts = {key: 0 for key in self.counts}
+        return record
+
+
+def mixing_objective(
+    cfg: MixNetSettings, *, eps: float, monitor: GateMonitor | None = None
+) -> Objective:
+    """fit's objective for an AdaptiveMixedClassifier; the logits returned are those of the
+    untargeted attack's images, in the batch's order."""
 
     def objective(model: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         assert isinstance(model, AdaptiveMixedClassifier)
-        x_adv = attack_composite(model, x, y, eps=eps, cfg=cfg)
-        out, gamma = model.forward_with_gamma(torch.cat([x, x_adv]))
-        labels = torch.cat([torch.zeros_like(y), torch.ones_like(y)]).to(gamma.dtype)
-        bce = F.binary_cross_entropy_with_logits(gamma, labels, reduction="none")
-        ce = F.cross_entropy(out, torch.cat([y, y]), reduction="none")
-        loss = cfg.c_bce * bce + cfg.c_ce * ce + cfg.c_prod * bce * ce
-        return loss.mean(), out[len(y) :]
+        adversaries = training_adversaries(model, x, y, eps=eps, cfg=cfg)
+        images = torch.cat([x, *adversaries])
+        labels = y.repeat(1 + len(adversaries))
+        attacked = torch.ones(len(images), device=x.device)
+        attacked[: len(y)] = 0.0
+        weights = torch.where(attacked == 0, cfg.clean_weight, 1.0)
+        order = torch.randperm(len(images), device=x.device)
+        total = torch.zeros((), device=x.device)
+        outputs = []
+        for part in order.chunk(cfg.minibatches):
+            out, gamma = model.forward_with_gamma(images[part])
+            bce = F.binary_cross_entropy_with_logits(gamma, attacked[part], reduction="none")
+            ce = F.cross_entropy(out, labels[part], reduction="none")
+            loss = cfg.c_bce * bce + cfg.c_ce * ce + cfg.c_prod * bce * ce
+            total = total + (weights[part] * loss).sum()
+            outputs.append(out.detach())
+            if monitor is not None:
+                monitor.add(torch.sigmoid(gamma.detach()), attacked[part])
+        in_batch_order = torch.cat(outputs)[torch.argsort(order)]
+        return total / weights.sum(), in_batch_order[len(y) : 2 * len(y)]
 
     return objective
+
+
+@torch.no_grad()
+def _mean_alpha(mix: AdaptiveMixedClassifier, x: Tensor) -> float:
+    return float(mix.alpha(mix.forward_with_gamma(x)[1]).mean())
+
+
+def gate_record(
+    mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, steps: int
+) -> dict[str, Any]:
+    """The gate's mean alpha in evaluation mode on clean `x` and on `x` under PGD on the mix
+    (cross-entropy plus 0.3 BCE(gamma', 1), full eps): `val_alpha_clean`, `val_alpha_attacked`."""
+    was_training = mix.training
+    mix.eval()
+    try:
+        x_adv = pgd(
+            composite_loss(mix, weight=0.3), x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps
+        )
+        return {
+            "val_alpha_clean": _mean_alpha(mix, x),
+            "val_alpha_attacked": _mean_alpha(mix, x_adv),
+        }
+    finally:
+        mix.train(was_training)

@@ -299,6 +299,7 @@ def row(label: str, summary: dict[str, Any]) -> dict[str, Any]:
         "autoattack_flags": summary["autoattack_flags"],
         "eps_sweep": summary["eps_sweep"],
         "version": summary["version"],
+        "gate": summary.get("gate"),
     }
 
 
@@ -340,7 +341,7 @@ def _report(
         title=f"{fixed['data']['name']}: clean vs robust accuracy",
         attack=fixed["sweep_attack"],
         chosen=fixed["chosen"],
-        adaptive=(adaptive or {}).get("bias_sweep", []),
+        adaptive=[p for p in (adaptive or {}).get("bias_sweep", []) if p["robust_acc"] is not None],
         final=final,
     )
     selection = {"fixed mix": fixed["selection"]}
@@ -385,6 +386,9 @@ def _adaptive_record(path: Path) -> dict[str, Any]:
     summary = read_finished(path)
     keys = (
         "gamma_bias",
+        "gamma_scale",
+        "alpha_low",
+        "alpha_high",
         "temperature_std",
         "temperature_rob",
         "bias_sweep",

@@ -132,3 +132,25 @@ def plot_certified(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="solid: smoothing bound\ndashed: Lipschitz bound", title_fontsize=7)
     return _save(fig, path)
+
+
+def plot_gate(history: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path:
+    """The gate's mean alpha per epoch on clean and on attacked images: in training mode (the
+    training batches) and in evaluation mode (validation images, clean and under PGD). A gate
+    that stops telling the two apart shows as the curves meeting."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in history]
+    for key, style, label in (
+        ("train_alpha_attacked", "o--", "training mode, attacked"),
+        ("train_alpha_clean", "s--", "training mode, clean"),
+        ("val_alpha_attacked", "o-", "evaluation mode, attacked (validation)"),
+        ("val_alpha_clean", "s-", "evaluation mode, clean (validation)"),
+    ):
+        points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set(xlabel="epoch", ylabel="mean alpha (weight of the robust base)", title=title)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -7,8 +7,9 @@ images, with AutoAttack's APGD. At alpha 0 the mix is g alone and s_h is unused,
 is h alone and s_g is unused: those points are attacked once per value of the temperature in
 use, and the unused one is recorded as None.
 
-Adaptive mix: a grid over gamma bias x s_g x s_h once the mixing network has trained; clean
-accuracy again from cached base logits and the mixing network's gamma before its bias.
+Adaptive mix: a grid over the gate's knobs (gamma bias x scale x alpha range) x s_g x s_h once
+the mixing network has trained; clean accuracy again from cached base logits and the mixing
+network's normalised gamma.
 
 The images are whatever the caller passes: the commands pass validation images
 (`evaluate.validation_pixels`), never test images.
@@ -23,7 +24,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustvision.robust.autoattack import attack_chunk, build_attackers
@@ -31,13 +31,22 @@ from trustvision.robust.config import SweepSettings
 from trustvision.robust.mixing import (
     AdaptiveMixedClassifier,
     MixedClassifier,
+    gate_log_weights,
     log_weights,
     mix_log_probs,
 )
 from trustvision.robust.pixels import device_of, logits_of
 
 FIXED_KNOBS = ("alpha", "temperature_std", "temperature_rob")
-ADAPTIVE_KNOBS = ("gamma_bias", "temperature_std", "temperature_rob")
+ADAPTIVE_KNOBS = (
+    "gamma_bias",
+    "gamma_scale",
+    "alpha_low",
+    "alpha_high",
+    "temperature_std",
+    "temperature_rob",
+)
+GATE_KNOBS = ("gamma_bias", "gamma_scale", "alpha_low", "alpha_high")
 OnPoint = Callable[[dict[str, Any]], None]
 
 
@@ -130,82 +139,131 @@ def alpha_sweep(
 
 
 @torch.no_grad()
-def gamma_before_bias(mix: AdaptiveMixedClassifier, x: Tensor, *, batch_size: int = 500) -> Tensor:
-    """BN(gamma) * scale of the mixing network (gamma' without its bias), on the CPU."""
+def normalized_gamma(mix: AdaptiveMixedClassifier, x: Tensor, *, batch_size: int = 500) -> Tensor:
+    """BN(gamma) of the mixing network in evaluation mode (gamma' before scale and bias), on
+    the CPU."""
     device = device_of(mix)
     parts = [
         mix.forward_with_gamma(x[i : i + batch_size].to(device))[1].cpu()
         for i in range(0, len(x), batch_size)
     ]
-    return torch.cat(parts) - float(mix.gamma_bias)
+    return (torch.cat(parts) - float(mix.gamma_bias)) / float(mix.gamma_scale)
 
 
-@contextmanager
-def _knobs(
-    mix: AdaptiveMixedClassifier, *, bias: float, temperature_std: float, temperature_rob: float
-) -> Iterator[AdaptiveMixedClassifier]:
-    """The mix with other knobs for the duration of a block."""
-    before = (float(mix.gamma_bias), mix.temperature_std, mix.temperature_rob)
-    mix.gamma_bias.fill_(bias)
-    mix.temperature_std, mix.temperature_rob = temperature_std, temperature_rob
-    try:
-        yield mix
-    finally:
-        mix.gamma_bias.fill_(before[0])
-        mix.temperature_std, mix.temperature_rob = before[1], before[2]
+def knob_values(mix: AdaptiveMixedClassifier) -> dict[str, float]:
+    """The adaptive mix's knobs (gate and temperatures) as plain numbers."""
+    return {
+        "gamma_bias": float(mix.gamma_bias),
+        "gamma_scale": float(mix.gamma_scale),
+        "alpha_low": float(mix.alpha_low),
+        "alpha_high": float(mix.alpha_high),
+        "temperature_std": mix.temperature_std,
+        "temperature_rob": mix.temperature_rob,
+    }
 
 
 def set_knobs(mix: AdaptiveMixedClassifier, point: dict[str, Any]) -> None:
-    """Give the adaptive mix the gamma bias and temperatures of a grid point."""
-    mix.gamma_bias.fill_(float(point["gamma_bias"]))
-    mix.temperature_std = float(point["temperature_std"])
-    mix.temperature_rob = float(point["temperature_rob"])
+    """Give the adaptive mix the knobs of a grid point (those it names)."""
+    for key in GATE_KNOBS:
+        if key in point:
+            getattr(mix, key).fill_(float(point[key]))
+    for key in ("temperature_std", "temperature_rob"):
+        if key in point:
+            setattr(mix, key, float(point[key]))
+
+
+@contextmanager
+def _knobs(mix: AdaptiveMixedClassifier, point: dict[str, Any]) -> Iterator[None]:
+    """The mix with the knobs of `point` for the duration of a block."""
+    before = knob_values(mix)
+    set_knobs(mix, point)
+    try:
+        yield
+    finally:
+        set_knobs(mix, before)
+
+
+def gate_grid(
+    biases: Sequence[float],
+    scales: Sequence[float],
+    ranges: Sequence[tuple[float, float]],
+    settings: SweepSettings,
+) -> list[dict[str, float]]:
+    """Every gamma bias x scale x alpha range x s_g x s_h, as knob dictionaries."""
+    return [
+        {
+            "gamma_bias": bias,
+            "gamma_scale": scale,
+            "alpha_low": low,
+            "alpha_high": high,
+            "temperature_std": s_g,
+            "temperature_rob": s_h,
+        }
+        for bias in _unique(biases)
+        for scale in _unique(scales)
+        for low, high in dict.fromkeys((float(a), float(b)) for a, b in ranges)
+        for s_g in _unique(settings.temperatures_std)
+        for s_h in _unique(settings.temperatures_rob)
+    ]
 
 
 def bias_sweep(
     mix: AdaptiveMixedClassifier,
     *,
     images: tuple[Tensor, Tensor],
-    biases: Sequence[float],
+    grid: Sequence[dict[str, float]],
     eps: float,
     settings: SweepSettings,
+    reference: float | None = None,
     seed: int = 0,
     on_point: OnPoint | None = None,
 ) -> list[dict[str, Any]]:
-    """One point per (gamma bias, s_g, s_h) of a trained adaptive mix (in evaluation mode):
-    clean accuracy on all of `images`, robust accuracy on their first `settings.subset`.
-    The mix's own knobs are restored afterwards."""
+    """One point per knob setting of `grid` (`gate_grid`) of a trained adaptive mix in
+    evaluation mode: clean accuracy on all of `images`, robust accuracy on their first
+    `settings.subset`. The mix's own knobs are restored afterwards.
+
+    With a `reference` robust accuracy (the robust base's), `choose` admits a point when its
+    robust accuracy is within `settings.tolerance` of it and takes the most accurate admitted
+    one; so the points are attacked in order of clean accuracy, and once one is admitted only
+    those as accurate as it are attacked too: the rest could not be chosen. Their
+    `robust_acc` is None. The choice is the one the whole grid's attacks would give.
+    """
     x, y = images
     logits_std, logits_rob = logits_of(mix.standard, x), logits_of(mix.robust, x)
-    gamma = gamma_before_bias(mix, x)
+    normalized = normalized_gamma(mix, x)
     x_sub, y_sub = x[: settings.subset], y[: settings.subset]
-    points = []
-    for bias in _unique(biases):
-        for s_g in _unique(settings.temperatures_std):
-            for s_h in _unique(settings.temperatures_rob):
-                out = mix_log_probs(
-                    logits_std,
-                    logits_rob,
-                    log_alpha=F.logsigmoid(gamma + bias),
-                    log_one_minus_alpha=F.logsigmoid(-(gamma + bias)),
-                    temperature_std=s_g,
-                    temperature_rob=s_h,
-                )
-                with _knobs(mix, bias=bias, temperature_std=s_g, temperature_rob=s_h):
-                    rob_acc, seconds = robust_accuracy(
-                        mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
-                    )
-                point = {
-                    "gamma_bias": bias,
-                    "temperature_std": s_g,
-                    "temperature_rob": s_h,
-                    "clean_acc": float((out.argmax(1) == y.cpu()).float().mean()),
-                    "robust_acc": rob_acc,
-                    "seconds": seconds,
-                }
-                points.append(point)
-                if on_point is not None:
-                    on_point(point)
+    points: list[dict[str, Any]] = []
+    for knobs in grid:
+        log_a, log_b = gate_log_weights(
+            normalized * knobs["gamma_scale"] + knobs["gamma_bias"],
+            alpha_low=knobs["alpha_low"],
+            alpha_high=knobs["alpha_high"],
+        )
+        out = mix_log_probs(
+            logits_std,
+            logits_rob,
+            log_alpha=log_a,
+            log_one_minus_alpha=log_b,
+            temperature_std=knobs["temperature_std"],
+            temperature_rob=knobs["temperature_rob"],
+        )
+        clean = float((out.argmax(1) == y.cpu()).float().mean())
+        points.append({**knobs, "clean_acc": clean, "mean_alpha_clean": float(log_a.exp().mean())})
+    order = sorted(points, key=lambda p: -p["clean_acc"]) if reference is not None else points
+    admitted_at: float | None = None
+    for point in order:
+        if admitted_at is not None and point["clean_acc"] < admitted_at:
+            point.update(robust_acc=None, seconds=0.0)
+            continue
+        with _knobs(mix, point):
+            rob_acc, seconds = robust_accuracy(
+                mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
+            )
+        point.update(robust_acc=rob_acc, seconds=seconds)
+        if reference is not None and rob_acc >= reference - settings.tolerance:
+            admitted_at = point["clean_acc"] if admitted_at is None else admitted_at
+        if on_point is not None:
+            on_point(point)
     return points
 
 
@@ -229,6 +287,7 @@ def choose(
     `key` names the knobs (the first one breaks ties first; see `_preference`).
     """
     keys = (key,) if isinstance(key, str) else key
+    points = [p for p in points if p["robust_acc"] is not None]  # not attacked: not a candidate
     best = max(points, key=lambda p: (p["robust_acc"], p["clean_acc"], *_preference(p, keys)))
     target = best["robust_acc"] if reference is None else reference
     allowed = [p for p in points if p["robust_acc"] >= target - tolerance]

@@ -228,6 +228,7 @@ def fit(
     resume: bool = False,
     reporter: Reporter | None = None,
     before_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int], dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train for `epochs`, evaluating, logging and checkpointing after each; resumable.
 
@@ -238,6 +239,8 @@ def fit(
     (progressive unfreezing sets `requires_grad` there; frozen parameters get no gradient and
     the optimiser skips them). With `val_loader`, every epoch is evaluated on the validation
     hold-out too (`val_acc`), the number a choice between runs or epochs may read.
+    `after_epoch(epoch)` runs after the epoch's evaluation; the numbers it returns join the
+    epoch's record (metrics.jsonl, history).
     """
     reporter = reporter or SilentReporter()
     history: list[dict[str, Any]] = []
@@ -270,6 +273,8 @@ def fit(
             if loader is not None:
                 scores = evaluate(model, loader.epoch(0), num_classes=num_classes, accel=accel)
                 record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
+        if after_epoch is not None:
+            record.update(after_epoch(epoch))
         history.append(record)
         run.log(record)
         reporter.finish(record)

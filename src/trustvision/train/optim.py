@@ -57,6 +57,11 @@ def lr_factor(step: int, *, cfg: OptimConfig, total_steps: int, steps_per_epoch:
         return 1.0
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "warmup_cosine":  # linear warm-up from 10% of the peak, then cosine
+        if progress < cfg.warmup_fraction:
+            return 0.1 + 0.9 * progress / cfg.warmup_fraction
+        rest = (progress - cfg.warmup_fraction) / (1.0 - cfg.warmup_fraction)
+        return 0.5 * (1.0 + math.cos(math.pi * rest))
     if cfg.schedule == "step":
         epoch = step // max(steps_per_epoch, 1)
         return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
