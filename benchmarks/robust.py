@@ -232,6 +232,16 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     ):
         diff = None if clean is None or attacked is None else attacked - clean
         lines.append(f"| {label} | {_alpha(clean)} | {_alpha(attacked)} | {_alpha(diff)} |")
+    if "gate_bn_updates" in last:
+        lines += [
+            "",
+            "Raw gamma before the gate on those validation images (mean +- std): clean "
+            f"{last['val_raw_gamma_mean_clean']:.3g} +- {last['val_raw_gamma_std_clean']:.3g}, "
+            f"attacked {last['val_raw_gamma_mean_attacked']:.3g} +- "
+            f"{last['val_raw_gamma_std_attacked']:.3g}; the gate's BatchNorm after "
+            f"{last['gate_bn_updates']} updates: running mean {last['gate_bn_running_mean']:.3g}, "
+            f"running variance {last['gate_bn_running_var']:.3g}.",
+        ]
     return lines
 
 

@@ -167,24 +167,42 @@ def mixing_objective(
 
 
 @torch.no_grad()
-def _mean_alpha(mix: AdaptiveMixedClassifier, x: Tensor) -> float:
-    return float(mix.alpha(mix.forward_with_gamma(x)[1]).mean())
+def _gate_stats(mix: AdaptiveMixedClassifier, x: Tensor) -> tuple[float, float, float]:
+    """Mean alpha (evaluation mode), and the mean and std of the raw gamma before the gate."""
+    raw = mix.raw_gamma(mix.standard.forward_with_maps(x)[1], mix.robust.forward_with_maps(x)[1])
+    alpha = mix.alpha(mix.gate(raw))
+    return float(alpha.mean()), float(raw.mean()), float(raw.std())
 
 
 def gate_record(
     mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, steps: int
 ) -> dict[str, Any]:
-    """The gate's mean alpha in evaluation mode on clean `x` and on `x` under PGD on the mix
-    (cross-entropy plus 0.3 BCE(gamma', 1), full eps): `val_alpha_clean`, `val_alpha_attacked`."""
+    """The gate in evaluation mode on clean `x` and on `x` under PGD on the mix (cross-entropy
+    plus 0.3 BCE(gamma', 1), full eps): mean alpha (`val_alpha_clean`, `val_alpha_attacked`),
+    the raw gamma's mean and std before the BatchNorm, and the BatchNorm's running statistics
+    with its number of updates, so that a gate whose normalisation has not settled, or whose
+    raw outputs barely differ, shows."""
     was_training = mix.training
     mix.eval()
     try:
         x_adv = pgd(
             composite_loss(mix, weight=0.3), x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps
         )
-        return {
-            "val_alpha_clean": _mean_alpha(mix, x),
-            "val_alpha_attacked": _mean_alpha(mix, x_adv),
+        record: dict[str, Any] = {}
+        for kind, images in (("clean", x), ("attacked", x_adv)):
+            alpha, mean, std = _gate_stats(mix, images)
+            record |= {
+                f"val_alpha_{kind}": alpha,
+                f"val_raw_gamma_mean_{kind}": mean,
+                f"val_raw_gamma_std_{kind}": std,
+            }
+        norm = mix.gamma_norm
+        assert norm.running_mean is not None and norm.running_var is not None
+        assert norm.num_batches_tracked is not None
+        return record | {
+            "gate_bn_running_mean": float(norm.running_mean[0]),
+            "gate_bn_running_var": float(norm.running_var[0]),
+            "gate_bn_updates": int(norm.num_batches_tracked),
         }
     finally:
         mix.train(was_training)
