@@ -11,14 +11,7 @@ from trustvision.robust.attacks import cross_entropy_loss, fgsm_rs, pgd
 from trustvision.robust.config import AttackConfig
 from trustvision.robust.pixels import Normalized
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared machine: one thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -19,14 +19,7 @@ from trustvision.robust.mixtrain import GateMonitor, gate_record, mixing_objecti
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared machine: one thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base(seed: int) -> Normalized:

@@ -25,13 +25,7 @@ ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "configs/robust/demo_mnist.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared machine: one thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_TRAIN = ["epochs=1", "data.train_subset=384", "data.test_subset=200", "data.batch_size=64"]
