@@ -17,6 +17,7 @@ test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 	.venv/bin/pytest -q
 
 lint:

@@ -93,7 +93,7 @@ def train_run(dataset: str, extra: list[str], path: Path, label: str) -> Any:
     from trustvision.compact.config import CompactConfig
     from trustvision.compact.train import train_compact
     from trustvision.config import load_config
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     torch.set_num_threads(1)
     run = RunDir(path)
@@ -129,7 +129,7 @@ def run_variant(path: str, mode: str) -> float:
     import torch
 
     from trustvision.compact.train import unify_variant
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     torch.set_num_threads(1)
     return unify_variant(RunDir(path), mode=mode)["test"]["top1"]
@@ -138,7 +138,7 @@ def run_variant(path: str, mode: str) -> float:
 def bench_seed(path: str) -> dict[str, Any]:
     """Latency of one finished run (kept in its bench.json)."""
     from trustvision.compact.deploy import BENCH_JSON, bench_run
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     done = Path(path) / BENCH_JSON
     return json.loads(done.read_text()) if done.is_file() else bench_run(RunDir(path))
@@ -413,7 +413,7 @@ def plot(table: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    from trustvision.train.runs import machine_summary
+    from trustvision.runs import machine_summary
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -134,7 +134,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from trustvision.train.runs import machine_summary
+    from trustvision.runs import machine_summary
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

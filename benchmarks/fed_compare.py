@@ -366,7 +366,7 @@ def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> li
 
 
 def main() -> None:
-    from trustvision.train.runs import machine_summary
+    from trustvision.runs import machine_summary
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

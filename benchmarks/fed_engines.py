@@ -95,7 +95,7 @@ def deployed(cfg, workdir: Path) -> list[float]:
     """The run on a local SuperLink with one SuperNode per client."""
     from trustvision.config import dump_config
     from trustvision.federated.engines.flower_local import LocalDeployment
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     config = workdir / "run.yaml"
     config.write_text(dump_config(cfg))
@@ -305,7 +305,7 @@ def main() -> None:
 
     import torch
 
-    from trustvision.train.runs import machine_summary
+    from trustvision.runs import machine_summary
 
     machine = f"{machine_summary()}, torch {torch.__version__}"
     rows = []

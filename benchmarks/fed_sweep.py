@@ -331,7 +331,7 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[s
 
 
 def main() -> None:
-    from trustvision.train.runs import machine_summary
+    from trustvision.runs import machine_summary
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -35,7 +35,7 @@ from trustvision.config import load_config
 from trustvision.report.console import ConsoleReporter
 from trustvision.robust.config import PipelineConfig
 from trustvision.robust.pipeline import run_pipeline
-from trustvision.train.runs import environment_info
+from trustvision.runs import environment_info
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "docs/results"

@@ -30,7 +30,7 @@ from pyautoattack.square import SquareAttack
 from trustvision.robust.attacks import cross_entropy_loss, pgd
 from trustvision.robust.evaluate import load_data, pgd_accuracy, test_pixels
 from trustvision.robust.runs import data_of, load_mix, load_model, read_finished
-from trustvision.train.runs import environment_info
+from trustvision.runs import environment_info
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "docs/results"

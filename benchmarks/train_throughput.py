@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trustvision.config import DataConfig, OptimConfig
-from trustvision.data.augment import AugmentConfig
+from trustvision.config import AugmentConfig, DataConfig, OptimConfig
 from trustvision.data.dataset import load_dataset
 from trustvision.data.loader import build_loaders
 from trustvision.models import create_model
+from trustvision.runs import environment_info
 from trustvision.train.loop import Accel, cross_entropy, train_epoch
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
-from trustvision.train.runs import environment_info
 
 ROOT = Path(__file__).parents[1]
 CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"

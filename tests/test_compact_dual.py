@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from trustvision.compact.dual import AugmentedBatches, build_dual, dual_objective
 from trustvision.compact.models import build_compact
-from trustvision.data.augment import AugmentConfig, BatchAugment
+from trustvision.config import AugmentConfig
+from trustvision.data.augment import BatchAugment
 from trustvision.data.loader import BatchLoader
 from trustvision.train.loop import Accel, train_epoch
 

@@ -13,7 +13,7 @@ from trustvision.compact.config import CompactConfig
 from trustvision.compact.train import train_compact, unify_variant
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
-from trustvision.train.runs import RunDir
+from trustvision.runs import RunDir
 
 ROOT = Path(__file__).parents[1]
 SMALL = [

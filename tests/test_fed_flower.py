@@ -34,7 +34,7 @@ from trustvision.federated.engines.flower_local import LocalDeployment
 from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import TIMING_KEYS, build_session, evaluate_run, run_federated
 from trustvision.federated.tensors import states_equal
-from trustvision.train.runs import RunDir
+from trustvision.runs import RunDir
 
 # 3 clients, 2 a round: round 1 trains [1, 2], round 2 [0, 1], round 3 [0, 2] (seed 0).
 FAULT = "faults=[{client: 1, round: 2}]"

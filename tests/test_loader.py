@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trustvision.config import AugmentConfig
 from trustvision.data import loader as loader_module
-from trustvision.data.augment import AugmentConfig, BatchAugment
+from trustvision.data.augment import BatchAugment
 from trustvision.data.loader import BatchLoader
 
 

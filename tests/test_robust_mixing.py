@@ -15,7 +15,13 @@ from trustvision.robust.mixing import (
     gate_log_weights,
     mix_log_probs,
 )
-from trustvision.robust.mixtrain import GateMonitor, gate_record, mixing_objective, ranked_targets
+from trustvision.robust.mixtrain import (
+    GateMonitor,
+    average_gate_statistics,
+    gate_record,
+    mixing_objective,
+    ranked_targets,
+)
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
 
@@ -177,6 +183,24 @@ def test_the_training_clamp_bounds_gamma_to_the_batch_mean_plus_minus_c_std():
     torch.testing.assert_close(gated, expected)
     mix.eval()  # no clamp in evaluation mode: the extremes keep their order and distance
     assert mix.gate(raw)[-1] > mix.gate(raw)[-2]
+
+
+def test_the_last_epoch_averages_the_gates_statistics_afresh():
+    mix = adaptive_mix().train()
+    for _ in range(3):  # earlier steps, to be forgotten
+        mix.forward_with_gamma(images(8) * 0.1)
+    average_gate_statistics(mix)
+    means = []
+    for seed in range(4):
+        x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(10 + seed))
+        with torch.no_grad():
+            raw = mix.raw_gamma(
+                mix.standard.forward_with_maps(x)[1], mix.robust.forward_with_maps(x)[1]
+            )
+            mix.forward_with_gamma(x)
+        means.append(raw.mean())
+    assert int(mix.gamma_norm.num_batches_tracked) == 4
+    torch.testing.assert_close(mix.gamma_norm.running_mean[0], torch.stack(means).mean())
 
 
 def test_every_clean_image_gets_one_untargeted_and_k_targeted_attacks():

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
 from trustvision.cli import app
+from trustvision.clikit import command_takes_resume
 from trustvision.config import TrainConfig, build_config, load_config, parse_override
 from trustvision.errors import ConfigError
 from trustvision.sweep.choose import choose_trial
-from trustvision.sweep.cli import command_takes_resume
 from trustvision.sweep.report import build_report
 from trustvision.sweep.runner import (
     SilentSweepReporter,
@@ -118,11 +119,13 @@ def test_grid_trials_default_to_the_grid_size_and_overrides_apply(tmp_path):
 
 
 def test_unknown_command_lists_the_known_ones():
-    assert command_takes_resume("train") and command_takes_resume("fed run")
+    root = typer.main.get_command(app)
+    assert command_takes_resume(root, "train") and command_takes_resume(root, "fed run")
+    assert not command_takes_resume(root, "robust mix")
     with pytest.raises(ConfigError, match=r"no sub-command `nope`.*`train`"):
-        command_takes_resume("nope")
+        command_takes_resume(root, "nope")
     with pytest.raises(ConfigError, match=r"is a group.*`run`"):
-        command_takes_resume("fed")
+        command_takes_resume(root, "fed")
 
 
 def test_a_different_spec_in_the_same_out_dir_is_refused(tmp_path):

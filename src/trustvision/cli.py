@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 import trustvision
+from trustvision.clikit import fail
 from trustvision.compact.cli import compact_app
-from trustvision.errors import DivergenceError, TrustvisionError
+from trustvision.errors import TrustvisionError
 from trustvision.federated.cli import fed_app
 from trustvision.robust.cli import robust_app
 from trustvision.sweep.cli import sweep_app
@@ -32,18 +33,11 @@ app.add_typer(compact_app, name="compact")
 app.add_typer(robust_app, name="robust")
 app.add_typer(sweep_app, name="sweep")
 console = Console()
-err_console = Console(stderr=True)
 
 OVERRIDES_HELP = (
     "Config overrides as `key=value`, nested keys with dots: `optim.lr=0.05 data.batch_size=64`."
 )
 FROM_HELP = "Read the data set from this local file or folder (IDX files, a CIFAR python archive, an image-folder zip)."
-
-
-def fail(err: TrustvisionError) -> typer.Exit:
-    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
 
 
 def version_callback(value: bool) -> None:

@@ -8,7 +8,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trustvision.data.augment import AugmentConfig
 from trustvision.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -111,6 +110,25 @@ def dump_config(config: BaseModel) -> str:
 
 
 # The sections every training command shares. Systems (federated, compact, robust) embed them.
+
+
+class AugmentConfig(BaseModel):
+    """Which augmentations a training batch gets; all off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crop_padding: int = Field(
+        default=0, ge=0, description="zero padding (pixels) before a random crop"
+    )
+    hflip: bool = Field(default=False, description="mirror half the samples left-right")
+    rotation: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees")
+    zoom: float = Field(
+        default=0.0, ge=0, lt=1, description="scale drawn from [1 - zoom, 1 + zoom]"
+    )
+    translate: float = Field(default=0.0, ge=0, lt=1, description="max shift, fraction of the size")
+    brightness: float = Field(
+        default=0.0, ge=0, le=1, description="max brightness shift, pixel units"
+    )
 
 
 class DataConfig(StrictModel):

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.errors import DivergenceError, TrustvisionError
+from trustvision.clikit import fail
+from trustvision.errors import TrustvisionError
 
 compact_app = typer.Typer(
     help="Lightweight CNNs: dual-input-output training, progressive unfreezing, ONNX/int8 "
@@ -19,7 +20,6 @@ compact_app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 OVERRIDES_HELP = "Config overrides as `key=value`: `dual.epochs=3 finetune.epochs=2 rows=[full]`."
 CONFIG_HELP = "A YAML config, e.g. configs/compact/mnist_demo.yaml."
@@ -31,19 +31,13 @@ ROW_NAMES = {
 }
 
 
-def fail(err: TrustvisionError) -> typer.Exit:
-    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
-
-
 def _train(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Any:
     """Load the config (or the run's own, with `--resume`) and train every row."""
     from trustvision.compact.config import CompactConfig
     from trustvision.compact.train import train_compact
     from trustvision.config import load_config
     from trustvision.report.console import ConsoleReporter
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     if resume is not None:
         if config is not None or overrides:
@@ -147,7 +141,7 @@ def train(
 def export(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
     """Export the deployed model to ONNX (fp32) and static int8; check both on the test set."""
     from trustvision.compact.deploy import export_run
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     try:
         record = export_run(RunDir.open(run_dir))
@@ -162,7 +156,7 @@ def export(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
 def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
     """Parameters, MACs, sizes and latency: PyTorch eager vs onnxruntime fp32 and int8."""
     from trustvision.compact.deploy import bench_run
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     try:
         result = bench_run(RunDir.open(run_dir))

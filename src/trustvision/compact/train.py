@@ -48,6 +48,7 @@ from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import BatchLoader, build_loaders, derive_seed
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier, create_model, model_arguments
+from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import (
     Accel,
@@ -59,7 +60,6 @@ from trustvision.train.loop import (
     select_device,
 )
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
-from trustvision.train.runs import RunDir, environment_info
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
 WEIGHTS = "model.safetensors"

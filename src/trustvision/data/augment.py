@@ -11,8 +11,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+
+from trustvision.config import AugmentConfig
 
 
 def _uniform(x: Tensor, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
@@ -69,25 +70,6 @@ def random_brightness(x: Tensor, *, delta: float, generator: torch.Generator) ->
     """Add U(-delta, delta) to every pixel of a sample (one draw per sample), clamp to [0, 1]."""
     shift = _uniform(x, (x.shape[0],), generator) * delta
     return (x + shift.view(-1, 1, 1, 1).to(x.dtype)).clamp(0.0, 1.0)
-
-
-class AugmentConfig(BaseModel):
-    """Which augmentations a training batch gets; all off by default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    crop_padding: int = Field(
-        default=0, ge=0, description="zero padding (pixels) before a random crop"
-    )
-    hflip: bool = Field(default=False, description="mirror half the samples left-right")
-    rotation: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees")
-    zoom: float = Field(
-        default=0.0, ge=0, lt=1, description="scale drawn from [1 - zoom, 1 + zoom]"
-    )
-    translate: float = Field(default=0.0, ge=0, lt=1, description="max shift, fraction of the size")
-    brightness: float = Field(
-        default=0.0, ge=0, le=1, description="max brightness shift, pixel units"
-    )
 
 
 class BatchAugment:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustvision.clikit import fail
 from trustvision.errors import TrustvisionError
 
 fed_app = typer.Typer(
@@ -22,13 +23,6 @@ console = Console()
 OVERRIDES_HELP = (
     "Config overrides as `key=value`: `rounds=20 algorithm.name=fedprox algorithm.options.mu=0.01`."
 )
-
-
-def fail(err: TrustvisionError) -> typer.Exit:
-    """The main CLI's error exit (red message; 1 diverged, 2 bad input)."""
-    from trustvision.cli import fail as main_fail  # at call time: trustvision.cli mounts us
-
-    return main_fail(err)
 
 
 def format_round(record: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trustvision.errors import ConfigError
-from trustvision.train.runs import RunDir
+from trustvision.runs import RunDir
 
 COLUMNS = {
     "generic_acc": "generic",

@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from trustvision.config import DataConfig, ModelConfig, OptimConfig, StrictModel
-from trustvision.data.augment import AugmentConfig
+from trustvision.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, StrictModel
 from trustvision.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from trustvision.train.runs import RunDir
+from trustvision.runs import RunDir
 
 # Test curve -> its validation twin (drawn dashed in the same colour).
 CURVES = {

@@ -35,10 +35,10 @@ from trustvision.federated.evaluate import (
 )
 from trustvision.federated.tensors import State, clone, state_hash
 from trustvision.models import create_model
+from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Accel, Reporter, SilentReporter, select_device
 from trustvision.train.optim import lr_factor
-from trustvision.train.runs import RunDir, environment_info
 
 TIMING_KEYS = frozenset({"train_seconds", "round_seconds", "eval_seconds"})
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from trustvision.train.runs import RunDir
+from trustvision.runs import RunDir
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

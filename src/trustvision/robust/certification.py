@@ -29,8 +29,8 @@ from trustvision.robust.evaluate import load_data, test_pixels
 from trustvision.robust.plots import plot_certified
 from trustvision.robust.runs import data_of, load_base, open_run, read_finished
 from trustvision.robust.training import apply_threads
+from trustvision.runs import RunDir, environment_info
 from trustvision.train.loop import select_device
-from trustvision.train.runs import RunDir, environment_info
 
 Log = Callable[[str], None]
 

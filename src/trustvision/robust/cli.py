@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.errors import DivergenceError, TrustvisionError
+from trustvision.clikit import fail
+from trustvision.errors import TrustvisionError
 
 robust_app = typer.Typer(
     help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates.",
@@ -23,7 +24,6 @@ robust_app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 OVERRIDES_HELP = (
     "Config overrides as `key=value`, nested keys with dots: `attack.eps=0.3 epochs=2`."
@@ -37,12 +37,6 @@ RunDirOpt = Annotated[
 PrintOpt = Annotated[
     bool, typer.Option("--print-config", help="Print the resolved config (every key) and exit.")
 ]
-
-
-def fail(err: TrustvisionError) -> typer.Exit:
-    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
 
 
 def _split(config: Path | None, overrides: list[str] | None) -> tuple[Path | None, list[str]]:

@@ -39,7 +39,12 @@ from trustvision.robust.evaluate import (
     validation_pixels,
 )
 from trustvision.robust.mixing import AdaptiveMixedClassifier, build_adaptive
-from trustvision.robust.mixtrain import GateMonitor, gate_record, mixing_objective
+from trustvision.robust.mixtrain import (
+    GateMonitor,
+    average_gate_statistics,
+    gate_record,
+    mixing_objective,
+)
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.plots import plot_gate, plot_tradeoff
 from trustvision.robust.runs import (
@@ -63,9 +68,9 @@ from trustvision.robust.sweep import (
     temperatures,
 )
 from trustvision.robust.training import apply_threads
+from trustvision.runs import RunDir, environment_info
 from trustvision.train.loop import Accel, Reporter, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
-from trustvision.train.runs import RunDir, environment_info
 
 Log = Callable[[str], None]
 
@@ -439,6 +444,9 @@ def _adaptive_mix(
         grad_clip=net.grad_clip,
         resume=any(run.checkpoints_dir.iterdir()),
         reporter=reporter,
+        before_epoch=lambda epoch: (
+            average_gate_statistics(mix) if epoch == net.epochs - 1 else None
+        ),
         after_epoch=gate_stats,
     )
     history = [_as_validation(r) for r in result.history]

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from trustvision.config import ModelConfig, StrictModel, TrainConfig
-from trustvision.data.augment import AugmentConfig
+from trustvision.config import AugmentConfig, ModelConfig, StrictModel, TrainConfig
 
 AttackMethod = Literal["standard", "pgd", "trades", "fgsm_rs", "gaussian"]
 Norm = Literal["linf", "l2"]

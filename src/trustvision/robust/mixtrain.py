@@ -109,6 +109,16 @@ def training_adversaries(
         mix.train(was_training)
 
 
+def average_gate_statistics(mix: AdaptiveMixedClassifier) -> None:
+    """From now on the gate's BatchNorm keeps the plain average of every training pass's
+    statistics (momentum None), starting afresh. Called when the last epoch begins, so that
+    evaluation normalises gamma with the trained network's own statistics, not with an
+    exponential average that still carries its first steps' (0.99^n of the start remains after
+    n updates at momentum 0.01)."""
+    mix.gamma_norm.reset_running_stats()
+    mix.gamma_norm.momentum = None
+
+
 @dataclass
 class GateMonitor:
     """The gate's mean alpha on clean and on attacked images while the mixing network trains

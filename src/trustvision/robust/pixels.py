@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from trustvision.config import ModelConfig
+from trustvision.models import create_model
 from trustvision.models.base import ImageClassifier
 
 
@@ -67,3 +70,13 @@ def logits_of(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> Tensor:
     return torch.cat(
         [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     )
+
+
+def build_pixel_model(
+    model: ModelConfig, *, num_classes: int, image_shape: tuple[int, ...], mean: Any, std: Any
+) -> Normalized:
+    """The config's architecture wrapped to take [0, 1] pixels."""
+    net = create_model(
+        model.name, num_classes=num_classes, in_channels=image_shape[0], **model.kwargs
+    )
+    return Normalized(net, tuple(mean), tuple(std))

@@ -17,9 +17,9 @@ from torch import nn
 
 from trustvision.config import dump_config, load_config
 from trustvision.errors import ConfigError
-from trustvision.robust.pixels import Normalized
+from trustvision.robust.pixels import Normalized, build_pixel_model
+from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
-from trustvision.train.runs import RunDir
 
 WEIGHTS = "model.safetensors"
 MIX = "mix.json"
@@ -63,14 +63,13 @@ def read_finished(path: str | Path) -> dict[str, Any]:
 def load_base(path: str | Path, *, device: torch.device | str = "cpu") -> Normalized:
     """The pixel-space model of a finished `robust train` run, in eval mode."""
     from trustvision.robust.config import RobustTrainConfig
-    from trustvision.robust.training import build_pixel_model
 
     summary = read_finished(path)
     run = RunDir.open(path)
     cfg = load_config(RobustTrainConfig, run.config_path)
     data = summary["data"]
     model = build_pixel_model(
-        cfg,
+        cfg.model,
         num_classes=data["num_classes"],
         image_shape=tuple(data["image_shape"]),
         mean=data["mean"],

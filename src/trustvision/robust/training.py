@@ -17,32 +17,21 @@ from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import build_loaders, derive_seed
 from trustvision.errors import ConfigError
-from trustvision.models import create_model
 from trustvision.report.plots import plot_run
 from trustvision.robust.adversarial import Ramp, make_objective
 from trustvision.robust.config import RobustTrainConfig
-from trustvision.robust.pixels import Normalized
+from trustvision.robust.pixels import build_pixel_model
 from trustvision.robust.runs import WEIGHTS, open_run
+from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Accel, Reporter, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
-from trustvision.train.runs import RunDir, environment_info
 
 
 def apply_threads(threads: int | None) -> None:
     """Set torch's CPU threads when asked (on a shared machine 1 thread can be 10x faster)."""
     if threads is not None:
         torch.set_num_threads(threads)
-
-
-def build_pixel_model(
-    cfg: RobustTrainConfig, *, num_classes: int, image_shape: tuple[int, ...], mean: Any, std: Any
-) -> Normalized:
-    """The config's architecture wrapped to take [0, 1] pixels."""
-    net = create_model(
-        cfg.model.name, num_classes=num_classes, in_channels=image_shape[0], **cfg.model.kwargs
-    )
-    return Normalized(net, tuple(mean), tuple(std))
 
 
 def split_record(data: DataConfig, *, seed: int, validation_images: int) -> dict[str, Any]:
@@ -99,7 +88,7 @@ def train_robust(
         )
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_pixel_model(
-        cfg,
+        cfg.model,
         num_classes=dataset.num_classes,
         image_shape=dataset.image_shape,
         mean=dataset.mean,

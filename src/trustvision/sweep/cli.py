@@ -6,13 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trustvision.errors import ConfigError, TrustvisionError
+from trustvision.clikit import command_takes_resume, fail
+from trustvision.errors import TrustvisionError
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -45,37 +47,6 @@ sweep_app = typer.Typer(
 console = Console()
 
 OVERRIDES_HELP = "Spec overrides as `key=value`: `trials=5 seed=1 objective.direction=minimize`."
-
-
-def fail(err: TrustvisionError) -> typer.Exit:
-    """The main CLI's error exit (red message; 2 bad input)."""
-    from trustvision.cli import fail as main_fail  # at call time: trustvision.cli mounts us
-
-    return main_fail(err)
-
-
-def command_takes_resume(command: str) -> bool:
-    """Check `command` is a trustvision sub-command; True when it has a `--resume` option."""
-    import click
-
-    from trustvision.cli import app  # at call time: trustvision.cli mounts us
-
-    node: click.Command = typer.main.get_command(app)
-    for depth, word in enumerate(command.split()):
-        if not isinstance(node, click.Group) or word not in node.commands:
-            where = " ".join(["trustvision", *command.split()[:depth]])
-            known = sorted(node.commands) if isinstance(node, click.Group) else []
-            raise ConfigError(
-                f"`command: {command}`: `{where}` has no sub-command `{word}`"
-                + (f"; it has {', '.join(f'`{k}`' for k in known)}" if known else "")
-            )
-        node = node.commands[word]
-    if isinstance(node, click.Group):
-        raise ConfigError(
-            f"`command: {command}` is a group: name one of its sub-commands "
-            f"({', '.join(f'`{k}`' for k in sorted(node.commands))})"
-        )
-    return any(param.name == "resume" for param in node.params)
 
 
 class RichSweepReporter:
@@ -170,7 +141,8 @@ def run(
     interrupted = False
     try:
         spec = load_spec(spec_path, overrides)
-        resumable = command_takes_resume(spec.command)
+        root = click.get_current_context().find_root().command
+        resumable = command_takes_resume(root, spec.command)
         out = out or Path("sweeps") / spec.name
         console.print(
             f"sweep `{spec.name}`: {spec.planned_trials} trial(s) of `trustvision {spec.command}`"

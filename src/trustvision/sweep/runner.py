@@ -402,7 +402,7 @@ def run_sweep(
         prepare_out(spec, out)
         storage = storage_for(out)
         study = open_study(spec, storage)
-        from trustvision.train.runs import machine_summary  # torch: only once work starts
+        from trustvision.runs import machine_summary  # torch: only once work starts
 
         study.set_user_attr("machine", machine_summary())
         retried = recover_killed(study, storage, out)

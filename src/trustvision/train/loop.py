@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from trustvision.data.loader import BatchLoader, derive_seed
 from trustvision.errors import ConfigError, DivergenceError
+from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.metrics import summarize
-from trustvision.train.runs import RunDir
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]

@@ -520,7 +520,7 @@ server_app = ServerApp()
 def deployed(grid: Grid, context: Context) -> None:
     """`flwr run`'s entry: the run config's `config` (a YAML path) and `overrides` (key=value ...)."""
     from trustvision.federated.runner import train_federated
-    from trustvision.train.runs import RunDir
+    from trustvision.runs import RunDir
 
     path = str(context.run_config.get("config", ""))
     if not path:
