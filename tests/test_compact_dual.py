@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from trustvision.compact.dual import AugmentedBatches, build_dual, dual_objective
-from trustvision.compact.models import build_compact
 from trustvision.config import AugmentConfig
 from trustvision.data.augment import BatchAugment
 from trustvision.data.loader import BatchLoader
+from trustvision.models.compact import build_compact
 from trustvision.train.loop import Accel, train_epoch
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from trustvision.compact import models as _compact_models  # noqa: F401  (registers compact_*)
 from trustvision.compact.bench import count_macs, latency
 from trustvision.compact.config import BenchConfig
 from trustvision.compact.export import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trustvision.compact import models as _compact_models  # noqa: F401  (registers compact_*)
 from trustvision.compact.config import CompactConfig
 from trustvision.compact.dual import build_dual
 from trustvision.compact.train import build_model, check_budget

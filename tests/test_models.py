@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 import torch
 
-import trustvision.compact.models  # noqa: F401  (registers the compact_* variants: test them too)
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier, create_model, list_models
 
 EXPECTED = {
-    "mnist_cnn", "smallcnn", "resnet8", "resnet20", "resnet32", "resnet18", "resnet34",
-    "wrn16_4", "wrn28_10",
+    "mnist_cnn", "smallcnn", "gap_cnn", "resnet8", "resnet20", "resnet32", "resnet18",
+    "resnet34", "wrn16_4", "wrn28_10", "compact_mnist", "compact_cifar",
 }  # fmt: skip
 HEAVY = {"wrn28_10", "resnet34"}  # tested on a batch of one to keep the file fast
 
@@ -34,6 +35,21 @@ def built(request: pytest.FixtureRequest) -> tuple[str, ImageClassifier, torch.T
 def test_registry_holds_every_family() -> None:
     assert set(list_models()) >= EXPECTED
     assert list_models() == sorted(list_models())
+
+
+def test_a_fresh_process_lists_every_model_compact_ones_included() -> None:
+    """Registration must not depend on what else a process happened to import."""
+    from typer.testing import CliRunner
+
+    code = "from trustvision.models import list_models; print(' '.join(list_models()))"
+    listed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(listed) >= EXPECTED
+    from trustvision.cli import app
+
+    shown = CliRunner().invoke(app, ["models", "--in-channels", "1"]).output
+    assert "compact_mnist" in shown and "14,862" in shown
 
 
 def test_forward_is_head_of_features(built: tuple[str, ImageClassifier, torch.Tensor]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +28,10 @@ from trustvision.compact.export import (
 from trustvision.compact.train import WEIGHTS, load_deployed
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import derive_seed
-from trustvision.errors import TrustvisionError
 from trustvision.runs import RunDir, cpu_name
 
 EXPORT_DIR, EXPORT_JSON, BENCH_JSON = "export", "export.json", "bench.json"
 FP32, INT8 = "model.onnx", "model.int8.onnx"
-
-
-class ExportCheckError(TrustvisionError):
-    """An exported model misses its parity or accuracy target."""
 
 
 def pixels(images: np.ndarray) -> np.ndarray:
@@ -175,9 +169,3 @@ def bench_run(run: RunDir) -> dict[str, Any]:
     }
     (run.path / BENCH_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def exported_paths(run: RunDir) -> dict[str, Path]:
-    """The ONNX files of a run."""
-    out = run.path / EXPORT_DIR
-    return {"fp32": out / FP32, "int8": out / INT8}

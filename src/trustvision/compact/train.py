@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trustvision.compact import models as _models  # noqa: F401  (registers compact_*)
 from trustvision.compact.bench import count_macs, torch_threads
 from trustvision.compact.config import CompactConfig, UnifyMode
 from trustvision.compact.dual import (

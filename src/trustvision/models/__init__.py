@@ -3,7 +3,7 @@
 Importing this package imports every model file, so every model is registered.
 """
 
-from trustvision.models import cnn, resnet, wrn  # noqa: F401  (registers the models)
+from trustvision.models import cnn, compact, resnet, wrn  # noqa: F401  (registers the models)
 from trustvision.models.base import ImageClassifier
 from trustvision.models.registry import create_model, list_models, model_arguments, register_model
 

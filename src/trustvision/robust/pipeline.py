@@ -399,8 +399,3 @@ def _adaptive_record(path: Path) -> dict[str, Any]:
         "history",
     )
     return {k: summary[k] for k in keys if k in summary}
-
-
-def reset_stage(work: str | Path, stage: str) -> None:
-    """Delete one stage of a work directory so the next run redoes it."""
-    shutil.rmtree(Path(work) / stage, ignore_errors=True)
