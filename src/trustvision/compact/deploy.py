@@ -27,8 +27,8 @@ from trustvision.compact.export import (
 )
 from trustvision.compact.train import WEIGHTS, load_deployed
 from trustvision.data.dataset import Dataset, load_data
-from trustvision.data.loader import derive_seed
 from trustvision.runs import RunDir, cpu_name
+from trustvision.seeds import derive_seed
 
 EXPORT_DIR, EXPORT_JSON, BENCH_JSON = "export", "export.json", "bench.json"
 FP32, INT8 = "model.onnx", "model.int8.onnx"

@@ -44,10 +44,11 @@ from trustvision.compact.unfreeze import (
 from trustvision.compact.unify import average_states, recalibrate_bn, unify
 from trustvision.config import OptimConfig, dump_config, load_config
 from trustvision.data.dataset import Dataset, load_data
-from trustvision.data.loader import BatchLoader, build_loaders, derive_seed
+from trustvision.data.loader import BatchLoader, build_loaders
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier, create_model, model_arguments
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import (
     Accel,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,16 +14,7 @@ from trustvision.data.augment import BatchAugment
 from trustvision.data.dataset import Dataset
 from trustvision.data.longtail import longtail_indices
 from trustvision.data.partition import validation_split
-
-
-def derive_seed(seed: int, purpose: str, *counters: int) -> int:
-    """A 63-bit seed for one purpose at one point of a run (e.g. shuffling in epoch 3).
-
-    Every random stream is re-derived from (seed, purpose, counters), so a run resumed at an
-    epoch boundary draws exactly what an uninterrupted run would, without saving RNG state.
-    """
-    entropy = [seed, zlib.crc32(purpose.encode()), *counters]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+from trustvision.seeds import derive_seed
 
 
 def to_tensor(array: np.ndarray) -> Tensor:

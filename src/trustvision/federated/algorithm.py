@@ -30,10 +30,10 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from trustvision.config import StrictModel
-from trustvision.data.loader import derive_seed
 from trustvision.errors import ConfigError
 from trustvision.federated.tensors import State, drop, merge_into, select, weighted_average
 from trustvision.models.base import ImageClassifier
+from trustvision.seeds import derive_seed
 from trustvision.train.loop import Objective
 
 # An algorithm's modules: the nn.ModuleDict its `build` returns. Typed `Any` because torch

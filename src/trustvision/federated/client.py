@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from trustvision.config import OptimConfig
-from trustvision.data.loader import BatchLoader, derive_seed
+from trustvision.data.loader import BatchLoader
 from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import ClientContext, FederatedAlgorithm, Phase, seeded
 from trustvision.federated.config import Fault, FedConfig
 from trustvision.federated.data import ClientData, Federation
 from trustvision.federated.tensors import State, drop, matches, select
+from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, predict, train_epoch
 from trustvision.train.optim import build_optimizer
 

@@ -20,13 +20,14 @@ from torch import Tensor
 from trustvision.config import DataConfig
 from trustvision.data.augment import BatchAugment
 from trustvision.data.dataset import Dataset
-from trustvision.data.loader import BatchLoader, derive_seed, select_train_indices, to_tensor
+from trustvision.data.loader import BatchLoader, select_train_indices, to_tensor
 from trustvision.data.partition import (
     class_counts,
     client_test_indices,
     dirichlet_partition,
     validation_split,
 )
+from trustvision.seeds import derive_seed
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,6 @@ import numpy as np
 
 from trustvision.config import OptimConfig, load_config
 from trustvision.data.dataset import load_data
-from trustvision.data.loader import derive_seed
 from trustvision.errors import ConfigError, DivergenceError, FederationError
 from trustvision.federated.algorithm import Algorithm, Setup, algorithm_class
 from trustvision.federated.client import ClientFailure, ClientUpdate, Workspace
@@ -36,6 +35,7 @@ from trustvision.federated.evaluate import (
 from trustvision.federated.tensors import State, clone, state_hash
 from trustvision.models import create_model
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Accel, Reporter, SilentReporter, select_device
 from trustvision.train.optim import lr_factor

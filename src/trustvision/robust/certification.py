@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustvision.data.loader import derive_seed
 from trustvision.errors import ConfigError
 from trustvision.robust.attacks import pgd
 from trustvision.robust.certify import (
@@ -30,6 +29,7 @@ from trustvision.robust.plots import plot_certified
 from trustvision.robust.runs import data_of, load_base, open_run, read_finished
 from trustvision.robust.training import apply_threads
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train.loop import select_device
 
 Log = Callable[[str], None]

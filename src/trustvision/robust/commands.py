@@ -19,7 +19,7 @@ from torch import Tensor
 
 from trustvision.config import DataConfig, OptimConfig
 from trustvision.data.dataset import ArraySplit, Dataset
-from trustvision.data.loader import BatchLoader, build_loaders, derive_seed, to_tensor
+from trustvision.data.loader import BatchLoader, build_loaders, to_tensor
 from trustvision.errors import ConfigError
 from trustvision.robust.autoattack import (
     ChunkResult,
@@ -69,6 +69,7 @@ from trustvision.robust.sweep import (
 )
 from trustvision.robust.training import apply_threads
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, Reporter, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
 

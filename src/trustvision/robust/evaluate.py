@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from trustvision.config import DataConfig
 from trustvision.data.dataset import Dataset, load_dataset
-from trustvision.data.loader import derive_seed, split_train_indices
+from trustvision.data.loader import split_train_indices
 from trustvision.errors import ConfigError
 from trustvision.robust.attacks import cross_entropy_loss, pgd
 from trustvision.robust.autoattack import (
@@ -34,6 +34,7 @@ from trustvision.robust.autoattack import (
 from trustvision.robust.config import EvalSettings
 from trustvision.robust.pixels import logits_of
 from trustvision.robust.stats import clopper_pearson
+from trustvision.seeds import derive_seed
 
 SQUARE_ALPHA = 0.002  # AutoAttack's check_square_sr threshold
 MONOTONE_SLACK = 0.02  # accuracy may rise this much between eps values (sampling noise)

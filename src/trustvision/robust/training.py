@@ -15,7 +15,7 @@ import torch
 
 from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import Dataset, load_data
-from trustvision.data.loader import build_loaders, derive_seed
+from trustvision.data.loader import build_loaders
 from trustvision.errors import ConfigError
 from trustvision.report.plots import plot_run
 from trustvision.robust.adversarial import Ramp, make_objective
@@ -23,6 +23,7 @@ from trustvision.robust.config import RobustTrainConfig
 from trustvision.robust.pixels import build_pixel_model
 from trustvision.robust.runs import WEIGHTS, open_run
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Accel, Reporter, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups

@@ -10,11 +10,12 @@ import torch
 
 from trustvision.config import TrainConfig, load_config
 from trustvision.data.dataset import load_data
-from trustvision.data.loader import build_loaders, derive_seed
+from trustvision.data.loader import build_loaders
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
 from trustvision.report.plots import plot_run
 from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Accel, Reporter, cross_entropy, fit, select_device
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustvision.data.loader import BatchLoader, derive_seed
+from trustvision.data.loader import BatchLoader
 from trustvision.errors import ConfigError, DivergenceError
 from trustvision.runs import RunDir
+from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.metrics import summarize
 

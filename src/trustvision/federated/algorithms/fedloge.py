@@ -24,7 +24,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from trustvision.config import StrictModel
-from trustvision.data.loader import derive_seed
 from trustvision.federated.algorithm import (
     Algorithm,
     ClientContext,
@@ -33,6 +32,7 @@ from trustvision.federated.algorithm import (
 )
 from trustvision.federated.etf import sparse_etf
 from trustvision.federated.tensors import State
+from trustvision.seeds import derive_seed
 from trustvision.train.loop import Objective
 
 
