@@ -6,11 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from trustvision.report.figures import plt, save_figure
 from trustvision.runs import RunDir
 
 # Test curve -> its validation twin (drawn dashed in the same colour).
@@ -41,7 +37,7 @@ def plot_rounds(history: list[dict], path: Path) -> Path:
     ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title="accuracy per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_methods_per_round(histories: dict[str, list[dict]], path: Path) -> Path:
@@ -63,7 +59,7 @@ def plot_methods_per_round(histories: dict[str, list[dict]], path: Path) -> Path
         ax.set(xlabel="round", ylabel="top-1 accuracy (%)", title=f"{title} accuracy")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_frequency(
@@ -108,7 +104,7 @@ def plot_class_frequency(
         fontsize=8,
     )
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_federated_run(run: RunDir, *, classes: Sequence[str]) -> list[Path]:
@@ -137,11 +133,3 @@ def plot_federated_run(run: RunDir, *, classes: Sequence[str]) -> list[Path]:
 
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from trustvision.report.figures import plt, save_figure
 from trustvision.runs import RunDir
 
 
@@ -28,7 +25,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(
@@ -51,7 +48,7 @@ def plot_per_class(
     ax.set_xticks(range(len(order)), labels, rotation=90 if len(order) > 20 else 45, fontsize=8)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="per-class accuracy")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run: RunDir, *, class_names: Sequence[str]) -> list[Path]:
@@ -67,11 +64,3 @@ def plot_run(run: RunDir, *, class_names: Sequence[str]) -> list[Path]:
         path = run.plots_dir / "per_class.png"
         made.append(plot_per_class(test["per_class"], class_names, path, counts=counts))
     return made
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -6,18 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from trustvision.report.figures import plt, save_figure
 
 
 def _curves(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -112,7 +101,7 @@ def plot_tradeoff(
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_certified(
@@ -131,7 +120,7 @@ def plot_certified(
     ax.set(xlabel="l2 radius", ylabel="certified accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="solid: smoothing bound\ndashed: Lipschitz bound", title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gate(history: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path:
@@ -153,4 +142,4 @@ def plot_gate(history: Sequence[dict[str, Any]], path: Path, *, title: str) -> P
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

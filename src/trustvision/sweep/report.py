@@ -8,16 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import yaml
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from trustvision.config import read_yaml
 from trustvision.errors import ConfigError
+from trustvision.report.figures import plt, save_figure
 from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.runner import (
     counted_trials,
@@ -231,7 +228,4 @@ def plot_sweep(report: dict[str, Any], spec: SweepSpec, path: Path) -> Path:
     ax.set(xlabel=key if by_param else "trial", ylabel="metric", title=f"sweep {spec.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
