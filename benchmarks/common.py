@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+# CIFAR-10 as this machine has it: a JPEG re-encoding beside the checkout (../shared/data).
+CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

@@ -23,10 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import mean_std
+from common import CIFAR_ZIP, mean_std
 
 ROOT = Path(__file__).parents[1]
-CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 CONFIGS = {
     "mnist": ROOT / "configs/compact/mnist.yaml",
     "fashion-mnist": ROOT / "configs/compact/fashion_mnist.yaml",

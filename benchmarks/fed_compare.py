@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import mean_std
+from common import CIFAR_ZIP, mean_std
 
 ROOT = Path(__file__).parents[1]
-CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist-cnn": {
         "config": ROOT / "configs/fed/fmnist_lt_cpu.yaml",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import CIFAR_ZIP
 
 from trustvision.config import AugmentConfig, DataConfig, OptimConfig
 from trustvision.data.dataset import load_dataset
@@ -29,7 +30,6 @@ from trustvision.train.loop import Accel, cross_entropy, train_epoch
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
 
 ROOT = Path(__file__).parents[1]
-CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 
 WORKLOADS = [
     {
