@@ -208,30 +208,43 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     last = (report["adaptive"].get("history") or [{}])[-1]
     test = next((r.get("gate") for r in report["rows"] if r["model"] == "adaptive mix"), None)
     lines = [
-        "The gate's mean alpha (the robust base's weight), clean vs attacked:",
+        "The gate's mean alpha (the robust base's weight) on clean images, under an attack "
+        "blind to the gate (as all of AutoAttack's are) and under one that also pushes the gate "
+        "towards the standard base (adaptive):",
         "",
-        "| where | clean | attacked | difference |",
-        "|---|---:|---:|---:|",
+        "| where | clean | attacked | adaptive | attacked - clean |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for label, clean, attacked in (
+    rows = [
         (
-            "training batches, last epoch (training mode, randomised training attacks)",
+            "training batches, last epoch (training mode: clamp, batch statistics)",
             last.get("train_alpha_clean"),
+            None,
             last.get("train_alpha_attacked"),
         ),
         (
-            "validation images after training (evaluation mode, PGD on the mix)",
+            "validation images after training (PGD on the mix)",
             last.get("val_alpha_clean"),
             last.get("val_alpha_attacked"),
+            last.get("val_alpha_adaptive"),
         ),
-        (
-            f"test images ({test['n']}; {test['attack']})" if test else "test images",
-            test and test["alpha_clean"],
-            test and test["alpha_attacked"],
-        ),
-    ):
+    ]
+    if test:
+        rows.append(
+            (
+                f"test images ({test['n']}; {test['attacks']['attacked']} / "
+                f"{test['attacks']['adaptive']})",
+                test["alpha_clean"],
+                test["alpha_attacked"],
+                test["alpha_adaptive"],
+            )
+        )
+    for label, clean, attacked, adaptive in rows:
         diff = None if clean is None or attacked is None else attacked - clean
-        lines.append(f"| {label} | {_alpha(clean)} | {_alpha(attacked)} | {_alpha(diff)} |")
+        lines.append(
+            f"| {label} | {_alpha(clean)} | {_alpha(attacked)} | {_alpha(adaptive)} | "
+            f"{_alpha(diff)} |"
+        )
     if "gate_bn_updates" in last:
         lines += [
             "",

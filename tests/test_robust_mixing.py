@@ -218,7 +218,12 @@ def test_every_clean_image_gets_one_untargeted_and_k_targeted_attacks():
     assert set(record) == {"train_alpha_clean", "train_alpha_attacked"}
     assert monitor.counts == {"clean": 0, "attacked": 0}  # reset for the next epoch
     stats = gate_record(mix, x, y, eps=0.1, steps=2)
-    assert {"val_alpha_clean", "val_alpha_attacked", "gate_bn_updates"} <= set(stats)
+    assert {
+        "val_alpha_clean",
+        "val_alpha_attacked",
+        "val_alpha_adaptive",
+        "gate_bn_updates",
+    } <= set(stats)
     assert stats["val_raw_gamma_std_clean"] > 0 and mix.training
 
 

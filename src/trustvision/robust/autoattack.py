@@ -180,27 +180,42 @@ def _mean_alpha(mix: AdaptiveMixedClassifier, x: Tensor, batch_size: int) -> flo
     return float(torch.cat(alphas).mean())
 
 
-def gate_under_attack(
-    attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250
-) -> dict[str, Any]:
-    """The adaptive mix's mean alpha (evaluation mode) on clean `x` and on every image's
-    highest-loss point found by the adaptive APGD-CE, whether or not it fooled the mix
-    (AutoAttack's own output keeps the clean image where no attack succeeded)."""
-    mix = attackers.model
-    if not isinstance(mix, AdaptiveMixedClassifier) or "adaptive-apgd-ce" not in attackers.attacks:
-        raise TypeError("the gate's alphas need an adaptive mix with its adaptive attack")
-    attack = attackers.attacks["adaptive-apgd-ce"]
-    torch.manual_seed(attackers.seed)
+def _worst_points(attack: Any, x: Tensor, y: Tensor, *, seed: int, batch_size: int) -> Tensor:
+    """Every image's highest-loss point found by one APGD run, fooled or not."""
+    torch.manual_seed(seed)
     worst = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         attack.init_hyperparam(xb)
         worst.append(attack.attack_single_run(xb, yb)[0].detach())
+    return torch.cat(worst)
+
+
+def gate_under_attack(
+    attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250
+) -> dict[str, Any]:
+    """The adaptive mix's mean alpha (evaluation mode) on clean `x`, on every image's
+    highest-loss point under AutoAttack's APGD-CE (`attacked`: blind to the gate, as all of
+    AutoAttack's attacks are) and under the adaptive APGD-CE (`adaptive`: it also pushes the
+    gate towards the standard base), whether or not that point fooled the mix (AutoAttack's own
+    output keeps the clean image where no attack succeeded, which would mix the two)."""
+    mix = attackers.model
+    if not isinstance(mix, AdaptiveMixedClassifier) or "adaptive-apgd-ce" not in attackers.attacks:
+        raise TypeError("the gate's alphas need an adaptive mix with its adaptive attack")
+    plain, adaptive = attackers.attacks["apgd-ce"], attackers.attacks["adaptive-apgd-ce"]
+    seed = attackers.seed
     return {
         "alpha_clean": _mean_alpha(mix, x, batch_size),
-        "alpha_attacked": _mean_alpha(mix, torch.cat(worst), batch_size),
-        "attack": f"adaptive APGD-CE (weight {attack.weight:g}, {attack.n_iter} it.): every "
-        "image's highest-loss point",
+        "alpha_attacked": _mean_alpha(
+            mix, _worst_points(plain, x, y, seed=seed, batch_size=batch_size), batch_size
+        ),
+        "alpha_adaptive": _mean_alpha(
+            mix, _worst_points(adaptive, x, y, seed=seed, batch_size=batch_size), batch_size
+        ),
+        "attacks": {
+            "attacked": f"AutoAttack's APGD-CE ({plain.n_iter} it.)",
+            "adaptive": f"the adaptive APGD-CE (weight {adaptive.weight:g}, {adaptive.n_iter} it.)",
+        },
         "n": len(x),
     }
 

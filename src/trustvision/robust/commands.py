@@ -652,7 +652,8 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
         gate = gate_under_attack(attackers, x, y, batch_size=settings.custom.batch_size)
         log(
             f"gate: mean alpha {gate['alpha_clean']:.3f} on clean test images, "
-            f"{gate['alpha_attacked']:.3f} under the {gate['attack']}"
+            f"{gate['alpha_attacked']:.3f} under {gate['attacks']['attacked']}, "
+            f"{gate['alpha_adaptive']:.3f} under {gate['attacks']['adaptive']}"
         )
     flags = autoattack_flags(model, x[:100], y[:100], attacks=attackers.order)
     clean_acc = float(clean.float().mean())

@@ -90,7 +90,7 @@ def random_attack(
         eps=eps_i,
         step_size=cfg.step_factor * eps_i / max(draw, 1.0),
         steps=steps,
-        momentum=_uniform(n, 0.0, 0.5, x),
+        momentum=_uniform(n, 0.0, cfg.momentum_max, x),
     )
 
 
@@ -187,20 +187,28 @@ def _gate_stats(mix: AdaptiveMixedClassifier, x: Tensor) -> tuple[float, float, 
 def gate_record(
     mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, steps: int
 ) -> dict[str, Any]:
-    """The gate in evaluation mode on clean `x` and on `x` under PGD on the mix (cross-entropy
-    plus 0.3 BCE(gamma', 1), full eps): mean alpha (`val_alpha_clean`, `val_alpha_attacked`),
-    the raw gamma's mean and std before the BatchNorm, and the BatchNorm's running statistics
-    with its number of updates, so that a gate whose normalisation has not settled, or whose
-    raw outputs barely differ, shows."""
+    """The gate in evaluation mode on clean `x`, on `x` under PGD on the mix's cross-entropy
+    (`attacked`: an attack that ignores the gate, as AutoAttack's are) and under PGD that also
+    pushes the gate towards the standard base (`adaptive`: cross-entropy plus 0.3 BCE(gamma',
+    1)), full eps: the mean alpha (`val_alpha_<kind>`) and the raw gamma's mean and std before
+    the BatchNorm, with the BatchNorm's running statistics and number of updates, so that a
+    gate whose normalisation has not settled, or whose raw outputs barely differ, shows."""
     was_training = mix.training
     mix.eval()
     try:
-        x_adv = pgd(
-            composite_loss(mix, weight=0.3), x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps
-        )
+        step = 2.5 * eps / steps
+        images = {
+            "clean": x,
+            "attacked": pgd(
+                composite_loss(mix, weight=0.0), x, y, eps=eps, step_size=step, steps=steps
+            ),
+            "adaptive": pgd(
+                composite_loss(mix, weight=0.3), x, y, eps=eps, step_size=step, steps=steps
+            ),
+        }
         record: dict[str, Any] = {}
-        for kind, images in (("clean", x), ("attacked", x_adv)):
-            alpha, mean, std = _gate_stats(mix, images)
+        for kind, batch in images.items():
+            alpha, mean, std = _gate_stats(mix, batch)
             record |= {
                 f"val_alpha_{kind}": alpha,
                 f"val_raw_gamma_mean_{kind}": mean,

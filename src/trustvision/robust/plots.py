@@ -133,6 +133,7 @@ def plot_gate(history: Sequence[dict[str, Any]], path: Path, *, title: str) -> P
         ("train_alpha_attacked", "o--", "training mode, attacked"),
         ("train_alpha_clean", "s--", "training mode, clean"),
         ("val_alpha_attacked", "o-", "evaluation mode, attacked (validation)"),
+        ("val_alpha_adaptive", "^-", "evaluation mode, adaptive attack (validation)"),
         ("val_alpha_clean", "s-", "evaluation mode, clean (validation)"),
     ):
         points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
