@@ -39,6 +39,7 @@ from trustvision.robust.config import (
 from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.plots import plot_tradeoff
 from trustvision.robust.runs import is_finished, read_finished
+from trustvision.robust.sweep import ADAPTIVE_KNOBS
 from trustvision.robust.training import split_record, train_robust
 from trustvision.train.loop import Reporter
 
@@ -385,12 +386,7 @@ def _training_record(path: Path) -> dict[str, Any]:
 def _adaptive_record(path: Path) -> dict[str, Any]:
     summary = read_finished(path)
     keys = (
-        "gamma_bias",
-        "gamma_scale",
-        "alpha_low",
-        "alpha_high",
-        "temperature_std",
-        "temperature_rob",
+        *ADAPTIVE_KNOBS,
         "bias_sweep",
         "bias_reference_robust_acc",
         "selection",
