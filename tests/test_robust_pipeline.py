@@ -15,6 +15,7 @@ import trustvision.robust.commands as commands
 import trustvision.robust.evaluate as evaluate
 import trustvision.robust.pipeline as pipeline
 from trustvision.config import load_config
+from trustvision.errors import ConfigError
 from trustvision.robust.certification import run_certify
 from trustvision.robust.cli import robust_app
 from trustvision.robust.config import CertifyConfig, PipelineConfig
@@ -201,3 +202,19 @@ def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
 def test_cli_module_imports_without_torch():
     code = "import sys, trustvision.robust.cli; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_pipelines_seed_device_and_threads_reach_every_stage():
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["seed=3", "device=cpu", "threads=1"])
+    for stage in (cfg.standard, cfg.robust):
+        assert (stage.seed, stage.device, stage.threads) == (3, "cpu", 1)
+    with pytest.raises(ConfigError, match=r"`robust.seed=5` differ.*set them once, at the top"):
+        load_config(PipelineConfig, demo, ["robust.seed=5"])
+
+
+def test_bases_on_different_data_sets_are_refused_before_any_training():
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["robust.data.name=fashion-mnist"])
+    with pytest.raises(ConfigError, match=r"fashion-mnist.*must hold out the same.*`data.name`"):
+        pipeline.check_same_holdout(cfg)

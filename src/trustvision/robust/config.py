@@ -305,8 +305,15 @@ class CertifyConfig(RunSettings):
     certify: CertifySettings = CertifySettings()
 
 
+STAGE_SETTINGS = ("seed", "device", "threads")
+
+
 class PipelineConfig(RunSettings):
-    """`trustvision robust demo` and the benchmark: train both bases, mix, evaluate, report."""
+    """`trustvision robust demo` and the benchmark: train both bases, mix, evaluate, report.
+
+    The pipeline's `seed`, `device` and `threads` apply to every stage, the base models'
+    training included; a base config that sets one of them to something else is an error
+    (set it once, at the top)."""
 
     name: str = "robust-demo"
     standard: RobustTrainConfig
@@ -317,6 +324,27 @@ class PipelineConfig(RunSettings):
     eval: EvalSettings = EvalSettings()
     smoothing: RobustTrainConfig | None = None  # a Gaussian base for the certification curves
     certify: CertifySettings = CertifySettings()
+
+    @model_validator(mode="after")
+    def _stages_share_the_run_settings(self) -> PipelineConfig:
+        shared = {key: getattr(self, key) for key in STAGE_SETTINGS}
+        stages = {"standard": self.standard, "robust": self.robust, "smoothing": self.smoothing}
+        for label, stage in stages.items():
+            if stage is None:
+                continue
+            clash = [
+                f"`{label}.{key}={getattr(stage, key)}`"
+                for key in STAGE_SETTINGS
+                if key in stage.model_fields_set and getattr(stage, key) != shared[key]
+            ]
+            if clash:
+                raise ValueError(
+                    f"{', '.join(clash)} differ from the pipeline's "
+                    f"({', '.join(f'`{k}={v}`' for k, v in shared.items())}): the pipeline's "
+                    "seed, device and threads apply to every stage; set them once, at the top"
+                )
+            object.__setattr__(self, label, stage.model_copy(update=shared))
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -79,11 +79,10 @@ def _train(
 ) -> None:
     if is_finished(path):
         return
-    update = {"threads": cfg.threads} if cfg.threads is not None else {}
     log(
         f"training `{path.name}` ({train.attack.method}, {train.model.name}, {train.epochs} epoch(s))"
     )
-    train_robust(train.model_copy(update=update), run_path=path, reporter=reporter)
+    train_robust(train, run_path=path, reporter=reporter)
 
 
 def split_settings(train: RobustTrainConfig) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def check_same_holdout(cfg: PipelineConfig) -> None:
     if std != rob or std["validation"] == 0:
         raise ConfigError(
             f"`standard` ({std}) and `robust` ({rob}) must hold out the same training images "
-            "for validation: give both the same `seed`, `data.validation` (> 0), "
+            "for validation: give both the same `data.name`, `seed`, `data.validation` (> 0), "
             "`data.train_subset` and `data.imbalance_factor`"
         )
 
