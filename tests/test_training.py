@@ -141,3 +141,41 @@ def test_huge_learning_rate_exits_with_divergence_code(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert "diverged" in result.output
+
+
+def _strict(text: str):
+    """json.loads that refuses the bare NaN / Infinity tokens strict readers reject."""
+
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_loss_that_stays_finite_while_the_evaluation_overflows_is_divergence(tmp_path):
+    """The issue's probe: lr 1e6 gives a huge but finite training loss and a NaN test loss;
+    the run must stop as diverged, keep no model.safetensors and write strict JSON."""
+    cfg = small_config(
+        tmp_path, "epochs=2", "data.train_subset=200", "data.test_subset=200", "optim.lr=1e6"
+    )
+    with pytest.raises(DivergenceError, match=r"diverged in epoch 1: the (weights|test loss|val)"):
+        train_model(cfg)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = _strict((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert not (run_dir / "model.safetensors").exists()
+    assert not (run_dir / "metrics.jsonl").exists()  # the diverged epoch is not recorded
+
+
+def test_run_files_are_strict_json(tmp_path):
+    from trustvision.runs import RunDir, strict_json
+
+    assert _strict(strict_json({"a": [float("nan"), 1.0], "b": {"c": float("inf")}})) == {
+        "a": [None, 1.0],
+        "b": {"c": None},
+    }
+    run = RunDir(tmp_path)
+    run.log({"epoch": 1, "few": float("nan")})
+    run.write_summary({"status": "finished", "few": float("-inf")})
+    assert _strict(run.metrics_path.read_text()) == {"epoch": 1, "few": None}
+    assert _strict(run.summary_path.read_text())["few"] is None

@@ -11,6 +11,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,6 +26,22 @@ from pydantic import BaseModel
 import trustvision
 from trustvision.config import dump_config
 from trustvision.errors import ConfigError
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, *, indent: int | None = None) -> str:
+    """JSON that strict readers accept: a NaN or infinite number (e.g. the accuracy of a class
+    group with no class in it) is written as null, not as the bare token `NaN`."""
+    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False)
 
 
 class RunDir:
@@ -79,7 +96,7 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl."""
         with self.metrics_path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+            stream.write(strict_json(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -89,12 +106,12 @@ class RunDir:
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl (on resume: the history saved with the checkpoint)."""
         tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.write_text("".join(strict_json(r) + "\n" for r in records))
         os.replace(tmp, self.metrics_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         tmp = self.summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(strict_json(summary, indent=2) + "\n")
         os.replace(tmp, self.summary_path)
 
     def read_summary(self) -> dict[str, Any]:

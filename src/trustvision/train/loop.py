@@ -274,6 +274,9 @@ def fit(
             if loader is not None:
                 scores = evaluate(model, loader.epoch(0), num_classes=num_classes, accel=accel)
                 record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
+        problem = non_finite(model, record)
+        if problem is not None:
+            raise diverged(run, epoch, DivergenceError(problem))
         if after_epoch is not None:
             record.update(after_epoch(epoch))
         history.append(record)
@@ -326,6 +329,21 @@ def restore(
     scheduler.load_state_dict(state["scheduler"])
     run.rewrite_metrics(state["history"])
     return state["epoch"], state["elapsed"], state["history"]
+
+
+def non_finite(model: nn.Module, record: dict[str, Any]) -> str | None:
+    """What is not finite after an epoch, a weight or the loss of an evaluation, else None.
+
+    The training loss is checked before every step; a step can still leave infinite weights,
+    and weights that overflow only in evaluation give NaN losses there."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"the weights `{name}` are no longer finite"
+    for key in ("val_loss", "test_loss"):
+        value = record.get(key)
+        if value is not None and not np.isfinite(value):
+            return f"the {key.replace('_', ' ')} is {value}"
+    return None
 
 
 def diverged(run: RunDir, epoch: int, err: DivergenceError) -> DivergenceError:
