@@ -86,3 +86,45 @@ def test_print_config_shows_every_key_with_overrides_applied():
     assert result.exit_code == 0, result.output
     assert "lr: 0.2" in result.output and "epochs: 4" in result.output
     assert "label_smoothing" in result.output and "crop_padding" in result.output
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("seed=-1", "seed"),
+        ("name=../../x", "name"),
+        ("name=/tmp/x", "name"),
+        ("optim.betas=[2, 3]", "optim.betas"),
+    ],
+)
+def test_values_that_would_crash_later_are_refused_up_front(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(TrainConfig, DEMO, [override])
+
+
+def test_hostile_yaml_files_are_config_errors(tmp_path):
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(TrainConfig, garbage, [])
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 10)]
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(TrainConfig, bomb, [])
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: x\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="a config is a few kilobytes"):
+        load_config(TrainConfig, huge, [])
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(TrainConfig, DEMO, ["model.kwargs=[&a 1, *a]"])
+
+
+def test_models_refuses_zero_classes():
+    from typer.testing import CliRunner
+
+    from trustvision.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--num-classes", "0"])
+    assert result.exit_code == 2 and "num-classes" in result.output

@@ -177,8 +177,8 @@ def data_verify(
 
 @app.command()
 def models(
-    num_classes: Annotated[int, typer.Option(help="Classes of the head.")] = 10,
-    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    num_classes: Annotated[int, typer.Option(min=1, help="Classes of the head.")] = 10,
+    in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
 ) -> None:
     """List the registered architectures with their parameter counts."""
     from trustvision.models import create_model, list_models

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -11,6 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trustvision.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+# A run's seed: numpy's SeedSequence and torch take non-negative integers below 2^63.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+# A run's name becomes the start of its directory name under `runs_dir`: one path component.
+RunName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="letters, digits, '.', '_' and '-', starting with a letter or digit",
+    ),
+]
 
 
 class StrictModel(BaseModel):
@@ -26,10 +40,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(
             f"override `{text}` is not of the form `key=value` (e.g. `optim.lr=0.05`)"
         )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override `{text}`: the value is not valid YAML ({err})") from err
+    value = parse_yaml(raw, origin=f"override `{text}`: the value") if raw.strip() else ""
     return [part.strip() for part in key.split(".")], value
 
 
@@ -53,15 +64,50 @@ def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load without aliases: a config needs no `*name` references, and nested ones can
+    expand into billions of values (an alias bomb) that hang whatever walks the tree."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "YAML aliases (*name) are not accepted here",
+                self.peek_event().start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, *, origin: str) -> Any:
+    """YAML text as Python values (safe types only, no aliases); a ConfigError names `origin`."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: safe types only
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin} is not valid YAML: {err}") from err
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+    """Read a YAML mapping; a missing, binary, huge or malformed file or a non-mapping is a
+    ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file `{path}` does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file `{path}` is {path.stat().st_size:,} bytes: a config is a few "
+            f"kilobytes (the limit is {MAX_CONFIG_BYTES:,}); is it the right file?"
+        )
     try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file `{path}` is not valid YAML: {err}") from err
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file `{path}` is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    tree = parse_yaml(text, origin=f"config file `{path}`")
     if tree is None:
         return {}
     if not isinstance(tree, dict):
@@ -164,7 +210,10 @@ class OptimConfig(StrictModel):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(default=5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
     schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = "onecycle"
     warmup_fraction: float = Field(default=0.2, ge=0, lt=1)  # of all steps: onecycle, warmup_cosine
     milestones: list[int] = []  # epochs at which `step` multiplies the lr by `gamma`
@@ -176,8 +225,8 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     """`trustvision train`: centralised training of one model on one data set."""
 
-    name: str = "train"
-    seed: int = 0
+    name: RunName = "train"
+    seed: Seed = 0
     epochs: int = Field(default=2, gt=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast, on CUDA only

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from trustvision.config import DataConfig, ModelConfig, OptimConfig, StrictModel
+from trustvision.config import DataConfig, ModelConfig, OptimConfig, RunName, Seed, StrictModel
 
 Row = Literal["plain", "no_unfreeze", "full"]
 UnifyMode = Literal["augmented", "original", "average"]
@@ -83,8 +83,8 @@ class BenchConfig(StrictModel):
 class CompactConfig(StrictModel):
     """`trustvision compact train`: dual-input-output training, unification, unfreezing, baselines."""
 
-    name: str = "compact"
-    seed: int = 0
+    name: RunName = "compact"
+    seed: Seed = 0
     device: str = "cpu"  # tiny nets: the CPU is the deployment target
     threads: int | None = Field(default=1, gt=0)  # torch intra-op threads while training
     budget: int = Field(default=14_862, gt=0)  # max parameters of the deployed model

@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from trustvision.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, StrictModel
+from trustvision.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunName,
+    Seed,
+    StrictModel,
+)
 from trustvision.errors import ConfigError
 
 
@@ -108,8 +116,8 @@ class Fault(StrictModel):
 class FedConfig(StrictModel):
     """`trustvision fed run`: one algorithm on a long-tailed, Dirichlet-partitioned data set."""
 
-    name: str = "fed"
-    seed: int = 0
+    name: RunName = "fed"
+    seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only

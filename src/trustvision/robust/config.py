@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from trustvision.config import AugmentConfig, ModelConfig, StrictModel, TrainConfig
+from trustvision.config import AugmentConfig, ModelConfig, RunName, Seed, StrictModel, TrainConfig
 
 AttackMethod = Literal["standard", "pgd", "trades", "fgsm_rs", "gaussian"]
 Norm = Literal["linf", "l2"]
@@ -46,7 +46,7 @@ class AttackConfig(StrictModel):
 class RobustTrainConfig(TrainConfig):
     """`trustvision robust train`: one base model, standard or adversarially trained."""
 
-    name: str = "robust-train"
+    name: RunName = "robust-train"
     model: ModelConfig = ModelConfig(name="smallcnn")
     attack: AttackConfig = AttackConfig()
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
@@ -261,7 +261,7 @@ class CertifySettings(StrictModel):
 class RunSettings(StrictModel):
     """Where and how a robust command runs."""
 
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     runs_dir: str = "runs"
@@ -270,7 +270,7 @@ class RunSettings(StrictModel):
 class MixConfig(RunSettings):
     """`trustvision robust mix`: a fixed mix (alpha sweep) or an adaptive mix (mixing network)."""
 
-    name: str = "robust-mix"
+    name: RunName = "robust-mix"
     standard: str  # run directory of the standard base model
     robust: str  # run directory of the robust base model
     kind: Literal["fixed", "adaptive"] = "fixed"
@@ -287,7 +287,7 @@ class MixConfig(RunSettings):
 class EvalConfig(RunSettings):
     """`trustvision robust eval`: AutoAttack and the masking checks on one model."""
 
-    name: str = "robust-eval"
+    name: RunName = "robust-eval"
     model: str  # run directory of a base model (`robust train`) or a mix (`robust mix`)
     eval: EvalSettings = EvalSettings()
 
@@ -295,7 +295,7 @@ class EvalConfig(RunSettings):
 class CertifyConfig(RunSettings):
     """`trustvision robust certify`: certified accuracy against radius for several alphas."""
 
-    name: str = "robust-certify"
+    name: RunName = "robust-certify"
     standard: str
     robust: str  # a Gaussian-noise base (smoothing) or a model with a known Lipschitz bound
     # Certification chooses nothing: the alphas are a list, the certificate does not depend on
@@ -315,7 +315,7 @@ class PipelineConfig(RunSettings):
     training included; a base config that sets one of them to something else is an error
     (set it once, at the top)."""
 
-    name: str = "robust-demo"
+    name: RunName = "robust-demo"
     standard: RobustTrainConfig
     robust: RobustTrainConfig  # must hold out the same images as `standard` (seed, data)
     sweep: SweepSettings = SweepSettings()

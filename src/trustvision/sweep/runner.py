@@ -28,7 +28,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from trustvision.config import build_config
+from trustvision.config import build_config, read_yaml
 from trustvision.errors import ConfigError
 from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
 from trustvision.sweep.trial import (
@@ -151,7 +151,7 @@ def read_saved_spec(out: Path) -> SweepSpec:
             f"`{out}` is not a sweep directory (it needs {SPEC_FILE} and {STUDY_FILE}): "
             "give the `--out` of a `trustvision sweep run`"
         )
-    return build_config(SweepSpec, yaml.safe_load(path.read_text()), origin=f"`{path}`")
+    return build_config(SweepSpec, read_yaml(path), origin=f"`{path}`")
 
 
 def load_study(spec: SweepSpec, out: Path) -> optuna.Study:

@@ -9,7 +9,14 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from trustvision.config import StrictModel, apply_overrides, build_config, parse_override, read_yaml
+from trustvision.config import (
+    Seed,
+    StrictModel,
+    apply_overrides,
+    build_config,
+    parse_override,
+    read_yaml,
+)
 from trustvision.errors import ConfigError
 
 Scalar = bool | int | float | str
@@ -125,7 +132,7 @@ class SweepSpec(StrictModel):
     objective: Objective
     test_metric: str | None = None  # recorded and reported, never read by the choice
     prune: PruneSpec | None = None
-    seed: int = 0  # the sampler's seed
+    seed: Seed = 0  # the sampler's seed
 
     @field_validator("command")
     @classmethod

@@ -34,7 +34,6 @@ from typing import ClassVar, TypeVar
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import torch
-import yaml
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -51,7 +50,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import telemetry
 from torch import Tensor
 
-from trustvision.config import build_config, dump_config, load_config
+from trustvision.config import build_config, dump_config, load_config, parse_yaml
 from trustvision.errors import ConfigError, DivergenceError, FederationError
 from trustvision.federated.algorithm import Algorithm, FederatedAlgorithm
 from trustvision.federated.client import (
@@ -407,7 +406,11 @@ def client_side(config_text: str, source: str | None) -> ClientSide:
     """Build (once per config) the device, the federation and the algorithm from the YAML."""
     from trustvision.federated.runner import build_parts
 
-    cfg = build_config(FedConfig, yaml.safe_load(config_text), origin="the server's config")
+    cfg = build_config(
+        FedConfig,
+        parse_yaml(config_text, origin="the server's config"),
+        origin="the server's config",
+    )
     accel, federation, algorithm = build_parts(cfg, source=source)
     runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
     return ClientSide(cfg, accel, federation, algorithm, runner)
