@@ -118,3 +118,12 @@ def test_cli_runs_and_evaluates(tmp_path):
         fed_app, ["run", str(ROOT / "configs/fed/fmnist_lt_cpu.yaml"), "algorithm.name=nope"]
     )
     assert bad.exit_code == 2 and "`nope`" in bad.output
+
+
+def test_a_fault_that_can_never_happen_is_refused():
+    with pytest.raises(ConfigError, match=r"faults\[0\] \(client 40, round 2\) can never happen"):
+        load_config(
+            FedConfig, None, ["num_clients=40", "rounds=5", "faults=[{client: 40, round: 2}]"]
+        )
+    with pytest.raises(ConfigError, match=r"faults\[0\] \(client 1, round 9\)"):
+        load_config(FedConfig, None, ["rounds=5", "faults=[{client: 1, round: 9}]"])

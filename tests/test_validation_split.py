@@ -16,7 +16,7 @@ from trustvision.config import DataConfig
 from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import build_loaders
 from trustvision.data.partition import validation_split
-from trustvision.errors import ConfigError
+from trustvision.errors import ConfigError, DataError
 from trustvision.federated.client import ClientValidation
 from trustvision.federated.data import build_federation
 from trustvision.federated.evaluate import balanced_accuracy, validation_evaluation
@@ -201,3 +201,11 @@ def test_the_reported_round_is_chosen_on_validation_never_on_test() -> None:
     assert chosen["round"] == 20 and chosen["generic_acc"] == 0.40
     assert chosen["selected_by"] == "validation" and "round_seconds" not in chosen
     assert select_round(history, "local_val_acc") is None
+
+
+def test_more_clients_than_a_split_can_feed_is_refused() -> None:
+    cfg = DataConfig(name="toy", validation=0.1, batch_size=8)
+    with pytest.raises(DataError, match=r"`num_clients=5000` is more than the 3000.*lower"):
+        build_federation(
+            _dataset(), cfg, num_clients=5000, alpha=0.5, seed=0, device=torch.device("cpu")
+        )

@@ -151,4 +151,14 @@ class FedConfig(StrictModel):
                 f"`min_clients` is {self.min_clients} but a round samples only "
                 f"{self.clients_per_round} clients: lower it or raise `participation`"
             )
+        unreachable = [
+            f"faults[{i}] (client {f.client}, round {f.round})"
+            for i, f in enumerate(self.faults)
+            if f.client >= self.num_clients or f.round > self.rounds
+        ]
+        if unreachable:
+            raise ValueError(
+                f"{', '.join(unreachable)} can never happen: clients are numbered 0 to "
+                f"{self.num_clients - 1} and rounds 1 to {self.rounds}"
+            )
         return self

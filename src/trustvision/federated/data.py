@@ -27,6 +27,7 @@ from trustvision.data.partition import (
     dirichlet_partition,
     validation_split,
 )
+from trustvision.errors import DataError
 from trustvision.seeds import derive_seed
 
 
@@ -160,6 +161,13 @@ def build_federation(
     parts = dirichlet_partition(
         train_labels, num_clients=num_clients, alpha=alpha, seed=derive_seed(seed, "partition")
     )
+    if num_clients > len(train_labels):
+        empty = sum(len(part) == 0 for part in parts)
+        raise DataError(
+            f"`num_clients={num_clients}` is more than the {len(train_labels)} training images: "
+            f"{empty} clients would get none and the rest one or two (a client without images is "
+            "allowed, as in the authors' code, but not most of them); lower `num_clients`"
+        )
     splits = [
         client_validation(train_labels[part], cfg.validation, seed=seed, client=k)
         for k, part in enumerate(parts)
