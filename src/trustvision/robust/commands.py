@@ -63,6 +63,7 @@ from trustvision.robust.sweep import (
     bias_sweep,
     choose,
     gate_grid,
+    knob_values,
     robust_accuracy,
     set_knobs,
     temperatures,
@@ -505,15 +506,7 @@ def _choose_adaptive(
         "temperature_rob": cfg.sweep.temperatures_rob if swept else (net.temperature_rob,),
     }
     if not swept:
-        chosen = {
-            "gamma_bias": net.gamma_bias,
-            "gamma_scale": net.gamma_scale,
-            "alpha_low": 0.0,
-            "alpha_high": 1.0,
-            "temperature_std": net.temperature_std,
-            "temperature_rob": net.temperature_rob,
-        }
-        set_knobs(mix, chosen)
+        chosen = knob_values(mix)  # as built: the configured gate, training temperatures
         selection = selection_record(
             points=[],
             chosen={**chosen, "alpha_range": (0.0, 1.0)},
