@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trustvision.data import readers
+from trustvision.data import images, readers
 from trustvision.errors import DataError
 
 
@@ -234,7 +234,7 @@ def test_image_folder_zip_round_trip(tmp_path):
     path = tmp_path / "set.zip"
     write_image_zip(path, pixels)
     seen = []
-    decoded = readers.read_image_folder(
+    decoded = images.read_image_folder(
         path, progress=lambda done, total: seen.append((done, total))
     )
     assert decoded.classes == ("ant", "zebra")
@@ -253,7 +253,7 @@ def test_grey_image_folder_directory_has_one_channel(tmp_path):
         (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((4, 4), value, np.uint8)).save(tmp_path / split / cls / "x.png")
     (tmp_path / "README.txt").write_text("not an image: ignored")
-    decoded = readers.read_image_folder(tmp_path)
+    decoded = images.read_image_folder(tmp_path)
     assert decoded.train[0].shape == (2, 1, 4, 4)
     assert decoded.test[0][0, 0, 0, 0] == 30 and list(decoded.test[1]) == [1]
 
@@ -271,8 +271,8 @@ def test_image_folder_sizes_differ_names_two_files_and_image_size(tmp_path):
     with pytest.raises(
         DataError, match=r"`train/a/big.png` is 6x8.*`train/a/small.png` is 4x4.*image_size"
     ):
-        readers.read_image_folder(path)
-    decoded = readers.read_image_folder(path, image_size=5)
+        images.read_image_folder(path)
+    decoded = images.read_image_folder(path, image_size=5)
     assert decoded.train[0].shape == (2, 3, 5, 5) and decoded.test[0].shape == (1, 3, 5, 5)
 
 
@@ -280,7 +280,7 @@ def test_image_folder_without_test_split_is_refused(tmp_path):
     path = tmp_path / "train-only.zip"
     write_image_zip(path, {"train/a/0.png": np.zeros((2, 2), np.uint8)})
     with pytest.raises(DataError, match=r"no images under `test/<class>/`"):
-        readers.read_image_folder(path)
+        images.read_image_folder(path)
 
 
 def test_unreadable_image_names_the_file(tmp_path):
@@ -289,7 +289,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("test/a/broken.png", b"not a png")
     with pytest.raises(DataError, match=r"broken.png` is not a readable image"):
-        readers.read_image_folder(path)
+        images.read_image_folder(path)
 
 
 def test_channel_stats_match_numpy():

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trustvision.data import cache as cache_module
 from trustvision.data import sources
 from trustvision.data.catalog import CATALOG, get_spec
 from trustvision.data.dataset import dataset_summary, load_dataset
@@ -111,9 +112,9 @@ def fake_tool(bin_dir: Path, name: str, script: str) -> None:
 
 def test_default_cache_dir_reads_the_environment_at_call_time(monkeypatch, tmp_path):
     monkeypatch.setenv("TRUSTVISION_DATA", str(tmp_path / "a"))
-    assert sources.default_cache_dir() == tmp_path / "a"
+    assert cache_module.default_cache_dir() == tmp_path / "a"
     monkeypatch.delenv("TRUSTVISION_DATA")
-    assert sources.default_cache_dir() == Path.home() / ".cache" / "trustvision"
+    assert cache_module.default_cache_dir() == Path.home() / ".cache" / "trustvision"
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -157,7 +158,7 @@ def test_mnist_from_a_folder_of_idx_files_round_trips_through_the_cache(
     np.testing.assert_array_equal(ds.test.images, expected)
     assert ds.source == f"file:{folder}" and ds.mean == (0.1307,) and ds.num_classes == 10
     names = [p.name for p in files_under(cache)]
-    assert sorted(names) == sorted(["meta.json"] + [f"{a}.npy" for a in sources.ARRAY_NAMES])
+    assert sorted(names) == sorted(["meta.json"] + [f"{a}.npy" for a in cache_module.ARRAY_NAMES])
     started = time.perf_counter()
     again = load_dataset("mnist", from_path=tmp_path / "gone")  # the cache comes first
     assert time.perf_counter() - started < 1.0 and isinstance(again.train.images, np.memmap)
@@ -243,7 +244,7 @@ def test_a_failed_write_leaves_nothing_behind(cache, tmp_path, monkeypatch):
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sources, "write_atomic", disk_full)
+    monkeypatch.setattr(cache_module, "write_atomic", disk_full)
     with pytest.raises(OSError, match=r"No space"):
         sources.fetch("mnist", from_path=folder)
     assert files_under(cache) == []

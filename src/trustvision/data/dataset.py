@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trustvision.data.cache import open_arrays, read_meta
 from trustvision.data.readers import Progress
-from trustvision.data.sources import fetch, read_meta
-from trustvision.errors import ChecksumError
+from trustvision.data.sources import fetch
 
 if TYPE_CHECKING:
     from trustvision.config import DataConfig
@@ -79,41 +79,17 @@ def load_data(cfg: DataConfig, *, source: str | Path | None = None) -> Dataset:
 def open_cached(folder: Path) -> Dataset:
     """The data set in a complete cache folder, its arrays memory-mapped read-only."""
     meta = read_meta(folder)
-    splits = {split: _open_split(folder, split, meta) for split in ("train", "test")}
+    arrays = open_arrays(folder, meta)
     return Dataset(
         name=meta["name"],
         classes=tuple(meta["classes"]),
-        train=splits["train"],
-        test=splits["test"],
+        train=ArraySplit(images=arrays["train_images"], labels=arrays["train_labels"]),
+        test=ArraySplit(images=arrays["test_images"], labels=arrays["test_labels"]),
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
         source=meta["source"],
         variant=meta.get("variant", "original"),
     )
-
-
-def _open_split(folder: Path, split: str, meta: dict) -> ArraySplit:
-    arrays = []
-    for kind in ("images", "labels"):
-        path = folder / f"{split}_{kind}.npy"
-        expected = meta["files"][path.name]
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            array, problem = None, str(err)
-        else:
-            problem = f"shape {array.shape} {array.dtype}"
-        if (
-            array is None
-            or list(array.shape) != expected["shape"]
-            or str(array.dtype) != expected["dtype"]
-        ):
-            raise ChecksumError(
-                f"`{path}` does not match {folder / 'meta.json'} ({problem}; expected shape "
-                f"{tuple(expected['shape'])} {expected['dtype']}): delete `{folder}` and fetch again"
-            )
-        arrays.append(array)
-    return ArraySplit(images=arrays[0], labels=arrays[1])
 
 
 def dataset_summary(ds: Dataset) -> dict:

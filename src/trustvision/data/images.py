@@ -1,0 +1,135 @@
+"""Image folders: `split/class/file` images, as a directory or a zip, decoded into one array."""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trustvision.data.readers import SPLITS, Decoded, Progress, safe_member_name
+from trustvision.errors import DataError
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # every other mode becomes RGB
+PROGRESS_EVERY = 256
+
+
+@contextmanager
+def open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], IO[bytes]]]]:
+    """The relative file names of a zip or directory and a function that opens one."""
+    if path.is_dir():
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        yield names, lambda name: open(path / name, "rb")  # noqa: SIM115 (caller closes)
+        return
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            f"`{path}` is neither a folder nor a readable zip ({err}): pass an image folder "
+            "laid out as `train/<class>/<file>` and `test/<class>/<file>`"
+        ) from None
+    with archive:
+        names = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+        yield names, archive.open
+
+
+def _is_image(name: str) -> bool:
+    parts = name.split("/")
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return not hidden and posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def folder_layout(
+    names: list[str], *, source: Path
+) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+    """Class names (sorted train folders) and, per split, the (file, label) pairs in name order."""
+    by_split: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
+    for name in filter(_is_image, names):
+        parts = name.split("/")
+        if len(parts) < 3 or parts[-3] not in SPLITS or safe_member_name(name) != name:
+            raise DataError(
+                f"`{name}` in `{source}` is not at `<split>/<class>/<file>` with split `train` "
+                "or `test`: move it, or remove it from the folder"
+            )
+        by_split[parts[-3]].append((name, parts[-2]))
+    for split, entries in by_split.items():
+        if not entries:
+            raise DataError(
+                f"`{source}` has no images under `{split}/<class>/`: an image folder needs "
+                "both `train/<class>/<file>` and `test/<class>/<file>`"
+            )
+    classes = tuple(sorted({cls for _, cls in by_split["train"]}))
+    extra = sorted({cls for _, cls in by_split["test"]} - set(classes))
+    if extra:
+        raise DataError(
+            f"`{source}`: test classes {extra} have no training folder; add `train/{extra[0]}/` "
+            "or remove them from `test/`"
+        )
+    index = {cls: i for i, cls in enumerate(classes)}
+    return classes, {s: [(n, index[c]) for n, c in e] for s, e in by_split.items()}
+
+
+def decode_image(handle: IO[bytes], *, name: str, image_size: int | None) -> np.ndarray:
+    """One image as uint8 (H, W) grey or (H, W, 3) RGB, resized bilinearly to a square size."""
+    try:
+        with Image.open(handle) as opened:
+            image = opened.convert("L" if opened.mode in GRAY_MODES else "RGB")
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"`{name}` is not a readable image ({err}): replace or remove it") from None
+
+
+def _check_size(first: tuple[str, tuple[int, ...]], name: str, shape: tuple[int, ...]) -> None:
+    if shape[:2] != first[1][:2]:
+        (h1, w1), (h2, w2) = first[1][:2], shape[:2]
+        raise DataError(
+            f"images differ in size: `{first[0]}` is {w1}x{h1} but `{name}` is {w2}x{h2}; "
+            f"pass `image_size` (e.g. `image_size={h1}`) to resize them all to one square size"
+        )
+
+
+def to_nchw(images: list[np.ndarray]) -> np.ndarray:
+    """Stack (H, W) / (H, W, 3) images into uint8 (N, C, H, W); grey turns RGB if any is RGB."""
+    if not any(image.ndim == 3 for image in images):
+        return np.stack(images)[:, None]
+    rgb = [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in images]
+    return np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))
+
+
+def read_image_folder(
+    path: Path, *, image_size: int | None = None, progress: Progress | None = None
+) -> Decoded:
+    """Decode every image of a `split/class/file` folder or zip, with optional progress."""
+    with open_folder(path) as (names, open_member):
+        classes, layout = folder_layout(names, source=path)
+        total = sum(len(entries) for entries in layout.values())
+        pixels: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        first: tuple[str, tuple[int, ...]] | None = None
+        done = 0
+        for split, entries in layout.items():
+            for name, _ in entries:
+                with open_member(name) as handle:
+                    image = decode_image(handle, name=f"{path}:{name}", image_size=image_size)
+                first = first or (name, image.shape)
+                _check_size(first, name, image.shape)
+                pixels[split].append(image)
+                done += 1
+                if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
+                    progress(done, total)
+    merged = to_nchw(pixels["train"] + pixels["test"])  # one channel count for both splits
+    n_train = len(pixels["train"])
+
+    def labels(split: str) -> np.ndarray:
+        return np.array([label for _, label in layout[split]], dtype=np.int64)
+
+    return Decoded(classes, (merged[:n_train], labels("train")), (merged[n_train:], labels("test")))
