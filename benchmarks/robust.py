@@ -34,7 +34,7 @@ from rich.console import Console
 from trustvision.config import load_config
 from trustvision.report.console import ConsoleReporter
 from trustvision.robust.config import PipelineConfig
-from trustvision.robust.pipeline import run_pipeline
+from trustvision.robust.commands.demo import run_pipeline
 from trustvision.runs import environment_info
 
 ROOT = Path(__file__).parents[1]

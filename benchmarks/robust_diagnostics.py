@@ -28,7 +28,7 @@ import torch
 from pyautoattack.square import SquareAttack
 
 from trustvision.robust.attacks import cross_entropy_loss, pgd
-from trustvision.robust.evaluate import load_data, pgd_accuracy, test_pixels
+from trustvision.robust.evaluate import pgd_accuracy, recorded_dataset, test_pixels
 from trustvision.robust.runs import data_of, load_mix, load_model, read_finished
 from trustvision.runs import environment_info
 
@@ -57,7 +57,7 @@ def square_only(work: Path) -> dict[str, Any]:
     chunks = json.loads((evaluation / "autoattack-chunks.json").read_text())["chunks"]
     fooled_by = [f for key in sorted(chunks, key=int) for f in chunks[key]["fooled_by"]]
     eps = read_finished(evaluation)["eps"]
-    x, y = test_pixels(load_data(data_of(work / "adaptive-mix")), count=len(fooled_by))
+    x, y = test_pixels(recorded_dataset(data_of(work / "adaptive-mix")), count=len(fooled_by))
     square = torch.tensor([f == "square" for f in fooled_by])
     x_pgd = pgd(cross_entropy_loss(mix), x, y, eps=eps, step_size=2.5 * eps / 20, steps=20)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def eps_tail(work: Path) -> dict[str, Any]:
     """PGD accuracy of the robust models at large multiples of eps, with 20 and 100 steps."""
     torch.manual_seed(0)
     eps = read_finished(work / "eval-robust")["eps"]
-    x, y = test_pixels(load_data(data_of(work / "robust")), count=TAIL_IMAGES)
+    x, y = test_pixels(recorded_dataset(data_of(work / "robust")), count=TAIL_IMAGES)
     acc: dict[str, dict[str, float]] = {}
     for name in TAIL_MODELS:
         model = load_model(work / name).eval()

@@ -11,12 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import trustvision.robust.commands as commands
+import trustvision.robust.commands.common as common
+import trustvision.robust.commands.demo as pipeline
+import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
-import trustvision.robust.pipeline as pipeline
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
-from trustvision.robust.certification import run_certify
+from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.cli import robust_app
 from trustvision.robust.config import CertifyConfig, PipelineConfig
 from trustvision.robust.evaluate import MODEL_INFO_FIELDS
@@ -76,9 +77,9 @@ def mixes_without_test_images(monkeypatch) -> None:
     def run_mix(*args, **kwargs):
         with monkeypatch.context() as patch:
             patch.setattr(
-                commands,
-                "load_data",
-                lambda data: replace(evaluate.load_data(data), test=NoTestImages()),
+                common,
+                "recorded_dataset",
+                lambda data: replace(evaluate.recorded_dataset(data), test=NoTestImages()),
             )
             return real(*args, **kwargs)
 
@@ -185,7 +186,7 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
     pipeline.run_pipeline(cfg, work, log=lambda _: None)
     second = json.loads((eval_dir / "summary.json").read_text())
     assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
-    assert commands.STATE == "autoattack-chunks.json" and (eval_dir / commands.STATE).is_file()
+    assert eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
 
 
 def test_cli_prints_configs_and_names_a_missing_run(tmp_path):

@@ -222,17 +222,23 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(default=None, gt=0)  # max global gradient norm
 
 
-class TrainConfig(StrictModel):
+class RunSettings(StrictModel):
+    """Where and how any command runs: the settings every system's config starts with."""
+
+    seed: Seed = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
+    runs_dir: str = "runs"
+
+
+class TrainConfig(RunSettings):
     """`trustvision train`: centralised training of one model on one data set."""
 
     name: RunName = "train"
-    seed: Seed = 0
     epochs: int = Field(default=2, gt=0)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only
     checkpoint_every: int = Field(default=1, gt=0)  # epochs
-    runs_dir: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -17,15 +17,24 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from pydantic import BaseModel
 
 import trustvision
 from trustvision.config import dump_config
 from trustvision.errors import ConfigError
+
+# What `RunDir.open_or_create` does with a directory that holds a run of a different config.
+# "refuse": an error naming the keys that differ (training: its checkpoints were made under the
+# old config, so continuing would mix two runs). "update": the new config replaces the old one
+# (evaluation: every saved part carries its own signature and only matching parts are reused).
+ConfigPolicy = Literal["refuse", "update"]
+# Settings that change how fast a run goes, never what it computes: they may differ on resume.
+SPEED_ONLY = frozenset({"threads", "runs_dir"})
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -64,6 +73,57 @@ class RunDir:
         run.checkpoints_dir.mkdir()
         run.config_path.write_text(dump_config(config))
         return run
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | Path | None,
+        *,
+        root: str | Path,
+        name: str,
+        config: BaseModel,
+        resume_hint: str = "",
+        policy: ConfigPolicy = "refuse",
+    ) -> tuple[RunDir, bool]:
+        """A fresh `root/<name>-<time>/` (no `path`), or the run directory at `path`: created if
+        it is new, continued if it holds a run of the same config. Returns the run and whether
+        it existed. A run of a different config is refused or updated as `policy` says; the
+        refusal names `resume_hint`, the command that continues a run with its own config."""
+        if path is None:
+            return cls.create(root=root, name=name, config=config), False
+        run = cls(path)
+        existed = run.config_path.is_file()
+        if existed and policy == "refuse":
+            differing = run.config_differences(config)
+            if differing:
+                resume = f"continue it with `{resume_hint} {run.path}` (its own config) or " * bool(
+                    resume_hint
+                )
+                raise ConfigError(
+                    f"`{run.path}` holds a run of a different config ({', '.join(differing)} "
+                    f"differ): {resume}choose another directory"
+                )
+        run.plots_dir.mkdir(parents=True, exist_ok=True)
+        run.checkpoints_dir.mkdir(exist_ok=True)
+        if not existed or policy == "update":
+            run.config_path.write_text(dump_config(config))
+        return run, existed
+
+    def config_differences(self, config: BaseModel) -> list[str]:
+        """The keys (dotted, as overrides name them) whose value in this run's config.yaml
+        differs from `config`'s; settings in `SPEED_ONLY` are ignored."""
+        try:
+            saved = yaml.safe_load(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"`{self.config_path}` cannot be read: {err}") from err
+        if not isinstance(saved, dict):
+            raise ConfigError(f"`{self.config_path}` is not a config (a YAML mapping)")
+        old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+        return [
+            key
+            for key in sorted(old.keys() | new.keys())
+            if key.split(".")[0] not in SPEED_ONLY and old.get(key) != new.get(key)
+        ]
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -116,6 +176,20 @@ class RunDir:
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's summary says it finished (the one test every system uses)."""
+        return self.summary_path.is_file() and self.read_summary().get("status") == "finished"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
 
 
 def git_commit() -> str | None:

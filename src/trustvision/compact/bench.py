@@ -9,8 +9,7 @@ timed one by one (p50, p99) and batch-`batch_size` calls for throughput.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trustvision.compact.config import BenchConfig
 from trustvision.compact.export import INPUT, OUTPUT, session
+from trustvision.train.recipe import torch_threads
 
 Call = Callable[[np.ndarray], Any]
 
@@ -33,17 +33,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model(torch.zeros(1, *input_shape))
     model.train(was_training)
     return counter.get_total_flops() // 2
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run a block with `threads` intra-op threads, restoring the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def time_calls(call: Call, batch: np.ndarray, *, warmup: int, iterations: int) -> np.ndarray:

@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from trustvision.config import DataConfig, ModelConfig, OptimConfig, RunName, Seed, StrictModel
+from trustvision.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunName,
+    RunSettings,
+    StrictModel,
+)
 
 Row = Literal["plain", "no_unfreeze", "full"]
 UnifyMode = Literal["augmented", "original", "average"]
@@ -80,15 +87,13 @@ class BenchConfig(StrictModel):
     batch_iterations: int = Field(default=20, gt=0)
 
 
-class CompactConfig(StrictModel):
+class CompactConfig(RunSettings):
     """`trustvision compact train`: dual-input-output training, unification, unfreezing, baselines."""
 
     name: RunName = "compact"
-    seed: Seed = 0
     device: str = "cpu"  # tiny nets: the CPU is the deployment target
-    threads: int | None = Field(default=1, gt=0)  # torch intra-op threads while training
+    threads: int | None = Field(default=1, ge=1)  # torch intra-op threads while training
     budget: int = Field(default=14_862, gt=0)  # max parameters of the deployed model
-    runs_dir: str = "runs"
     checkpoint_every: int = Field(default=1, gt=0)
     rows: tuple[Row, ...] = ("plain", "no_unfreeze", "full")  # what to train; `full` is deployed
     augment_prob: float = Field(default=0.5, ge=0, le=1)  # of an image, in plain batches

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trustvision.compact.bench import count_macs, torch_threads
+from trustvision.compact.bench import count_macs
 from trustvision.compact.config import CompactConfig, UnifyMode
 from trustvision.compact.dual import (
     AugmentedBatches,
@@ -42,9 +42,9 @@ from trustvision.compact.unfreeze import (
     unfreeze_schedule,
 )
 from trustvision.compact.unify import average_states, recalibrate_bn, unify
-from trustvision.config import OptimConfig, dump_config, load_config
-from trustvision.data.dataset import Dataset, load_data
-from trustvision.data.loader import BatchLoader, build_loaders
+from trustvision.config import OptimConfig, load_config
+from trustvision.data.dataset import Dataset
+from trustvision.data.loader import BatchLoader
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier, create_model, model_arguments
 from trustvision.runs import RunDir, environment_info
@@ -56,13 +56,18 @@ from trustvision.train.loop import (
     Reporter,
     cross_entropy,
     evaluate,
-    fit,
     select_device,
 )
-from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
+from trustvision.train.recipe import (
+    WEIGHTS,
+    Batches,
+    load_with_loaders,
+    torch_threads,
+    train_into_run,
+)
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
-WEIGHTS = "model.safetensors"
+RESUME = "trustvision compact train --resume"
 
 
 @dataclass
@@ -117,39 +122,14 @@ def check_budget(model: ImageClassifier, *, budget: int, name: str) -> int:
 def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
     """Load the data, build the loaders and check the budget (before any training)."""
     device = select_device(cfg.device)
-    dataset = load_data(cfg.data)
+    dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
     check_budget(
         build_model(cfg, num_classes=dataset.num_classes, image_shape=dataset.image_shape),
         budget=cfg.budget,
         name=cfg.model.name,
     )
-    loaders = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
-    train = loaders.train
-    if len(train) == 0:
-        raise ConfigError(
-            f"`data.batch_size={cfg.data.batch_size}` is larger than the {train.num_samples} "
-            "training images: lower it or use more data"
-        )
     accel = Accel(device, amp=False, channels_last=False)
-    return Setup(cfg, accel, dataset, train, loaders.test, loaders.val, reporter)
-
-
-def open_run(cfg: CompactConfig, run_dir: Path | None) -> RunDir:
-    """A fresh timestamped run directory, or `run_dir` (created, or continued if it exists)."""
-    if run_dir is None:
-        return RunDir.create(root=cfg.runs_dir, name=cfg.name, config=cfg)
-    run = RunDir(run_dir)
-    if run.config_path.is_file():
-        saved = load_config(CompactConfig, run.config_path)
-        if saved != cfg:
-            raise ConfigError(
-                f"`{run_dir}` holds a run of a different config: continue it with "
-                "`trustvision compact train --resume` or choose another directory"
-            )
-        return run
-    run.plots_dir.mkdir(parents=True, exist_ok=True)
-    run.config_path.write_text(dump_config(cfg))
-    return run
+    return Setup(cfg, accel, dataset, loaders.train, loaders.test, loaders.val, reporter)
 
 
 def sub_run(run: RunDir, name: str) -> RunDir:
@@ -175,33 +155,26 @@ def train_stage(
     before_epoch: ProgressiveUnfreezing | None = None,
 ) -> dict[str, Any]:
     """Train one stage with the core loop (or load it, if it finished before); its summary."""
-    done = sub.read_summary()
-    if done.get("status") == "finished":
+    if sub.finished:
         model.load_state_dict(ckpt.load_weights(sub.path / WEIGHTS))
-        return done
-    optimizer = build_optimizer(optim, parameter_groups(groups or [model], lr_scales=lr_scales))
-    steps = len(loader)
-    scheduler = build_scheduler(optimizer, optim, total_steps=epochs * steps, steps_per_epoch=steps)
-    result = fit(
+        return sub.read_summary()
+    result = train_into_run(
         model,
-        train_loader=loader,
-        test_loader=setup.test,
-        val_loader=setup.val,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        sub,
+        batches=Batches(loader, setup.test, setup.val),
         objective=objective,
+        optim=optim,
         epochs=epochs,
         seed=setup.cfg.seed,
         accel=setup.accel,
         num_classes=setup.num_classes,
-        run=sub,
-        grad_clip=optim.grad_clip,
-        checkpoint_every=setup.cfg.checkpoint_every,
         resume=True,
         reporter=setup.reporter,
+        checkpoint_every=setup.cfg.checkpoint_every,
+        groups=groups,
+        lr_scales=lr_scales,
         before_epoch=before_epoch,
     )
-    ckpt.save_weights(sub.path / WEIGHTS, model.state_dict())
     images = sum(r["train_images"] for r in result.history)
     summary = {
         "status": "finished",
@@ -328,10 +301,11 @@ def train_compact(
     cfg: CompactConfig, *, run_dir: Path | None = None, reporter: Reporter | None = None
 ) -> RunDir:
     """Train every row of `cfg.rows` into one run directory; the `full` model is deployed."""
-    threads = cfg.threads or torch.get_num_threads()
-    with torch_threads(threads):
+    with torch_threads(cfg.threads):
         setup = prepare(cfg, reporter)
-        run = open_run(cfg, run_dir)
+        run, _ = RunDir.open_or_create(
+            run_dir, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+        )
         started = time.perf_counter()
         rows: dict[str, dict[str, Any]] = {}
         dual_summary = None
@@ -366,13 +340,13 @@ def unify_variant(
     deployed model and the run's summary are left as they are.
     """
     cfg = load_config(CompactConfig, run.config_path)
-    if RunDir(run.path / DUAL).read_summary().get("status") != "finished":
+    if not RunDir(run.path / DUAL).finished:
         raise ConfigError(
             f"`{run.path}` has no finished stage 1: finish it with "
             f"`trustvision compact train --resume {run.path}`"
         )
     cfg = cfg.model_copy(update={"unify": cfg.unify.model_copy(update={"mode": mode})})
-    with torch_threads(cfg.threads or torch.get_num_threads()):
+    with torch_threads(cfg.threads):
         setup = prepare(cfg, reporter)
         dual, _ = stage_one(setup, run)  # finished: loads the branches
         summary = stage_two(setup, run, dual, row=FULL, directory=f"{FULL}-unify-{mode}")
@@ -442,12 +416,12 @@ def run_summary(
 
 def load_deployed(run: RunDir) -> tuple[CompactConfig, ImageClassifier, dict[str, Any]]:
     """The config, the deployed model (eval mode) and the summary of a finished run."""
-    summary = run.read_summary()
-    if summary.get("status") != "finished":
+    if not run.finished:
         raise ConfigError(
             f"`{run.path}` has no finished compact run: finish it with "
             f"`trustvision compact train --resume {run.path}`"
         )
+    summary = run.read_summary()
     cfg = load_config(CompactConfig, run.config_path)
     model = build_model(
         cfg, num_classes=summary["num_classes"], image_shape=tuple(summary["input_shape"])

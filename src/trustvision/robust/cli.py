@@ -76,8 +76,8 @@ def train(
     Example: trustvision robust train configs/robust/mnist_robust.yaml epochs=1
     """
     from trustvision.report.console import ConsoleReporter
+    from trustvision.robust.commands.train import resume_robust, train_robust
     from trustvision.robust.config import RobustTrainConfig
-    from trustvision.robust.training import resume_robust, train_robust
 
     try:
         reporter = ConsoleReporter(console)
@@ -109,7 +109,7 @@ def mix(
     Example: trustvision robust mix standard=runs/std-... robust=runs/rob-... kind=fixed
     """
     from trustvision.report.console import ConsoleReporter
-    from trustvision.robust.commands import run_mix
+    from trustvision.robust.commands.mix import run_mix
     from trustvision.robust.config import MixConfig
 
     try:
@@ -147,7 +147,7 @@ def evaluate(
     Writes summary.json and a RobustBench-style model_info.json. Resumable with --run-dir.
     Example: trustvision robust eval model=runs/robust-mix-... eval.subset=500
     """
-    from trustvision.robust.commands import run_eval
+    from trustvision.robust.commands.eval import run_eval
     from trustvision.robust.config import EvalConfig
 
     try:
@@ -172,7 +172,7 @@ def certify(
 
     Example: trustvision robust certify standard=runs/std-... robust=runs/gauss-...
     """
-    from trustvision.robust.certification import run_certify
+    from trustvision.robust.commands.certify import run_certify
     from trustvision.robust.config import CertifyConfig
 
     try:
@@ -199,8 +199,8 @@ def demo(
     Example: trustvision robust demo configs/robust/demo_mnist.yaml
     """
     from trustvision.report.console import ConsoleReporter
+    from trustvision.robust.commands.demo import run_pipeline
     from trustvision.robust.config import PipelineConfig
-    from trustvision.robust.pipeline import run_pipeline
 
     try:
         cfg = _load(PipelineConfig, config, overrides, print_config)
@@ -223,7 +223,7 @@ def demo(
 
 
 def _row_of(summary: dict[str, Any]) -> dict[str, Any]:
-    from trustvision.robust.pipeline import row
+    from trustvision.robust.commands.demo import row
 
     return row(summary["model_kind"], summary)
 

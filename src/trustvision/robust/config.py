@@ -11,7 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from trustvision.config import AugmentConfig, ModelConfig, RunName, Seed, StrictModel, TrainConfig
+from trustvision.config import (
+    AugmentConfig,
+    ModelConfig,
+    RunName,
+    RunSettings,
+    StrictModel,
+    TrainConfig,
+)
 
 AttackMethod = Literal["standard", "pgd", "trades", "fgsm_rs", "gaussian"]
 Norm = Literal["linf", "l2"]
@@ -49,7 +56,6 @@ class RobustTrainConfig(TrainConfig):
     name: RunName = "robust-train"
     model: ModelConfig = ModelConfig(name="smallcnn")
     attack: AttackConfig = AttackConfig()
-    threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
 
 
 def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
@@ -256,15 +262,6 @@ class CertifySettings(StrictModel):
     lipschitz: float | None = Field(default=None, gt=0)  # known l2 bound of each p^h_i
     sigma: float | None = Field(default=None, gt=0)  # None: the base's training sigma
     attack_check: int = Field(default=50, ge=0)  # images attacked inside their radius
-
-
-class RunSettings(StrictModel):
-    """Where and how a robust command runs."""
-
-    seed: Seed = 0
-    device: str = "auto"
-    threads: int | None = Field(default=None, ge=1)
-    runs_dir: str = "runs"
 
 
 class MixConfig(RunSettings):

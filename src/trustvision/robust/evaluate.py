@@ -40,7 +40,7 @@ SQUARE_ALPHA = 0.002  # AutoAttack's check_square_sr threshold
 MONOTONE_SLACK = 0.02  # accuracy may rise this much between eps values (sampling noise)
 
 
-def load_data(data: dict[str, Any]) -> Dataset:
+def recorded_dataset(data: dict[str, Any]) -> Dataset:
     """The data set a run was trained on (from the cache, or from the file it was read from)."""
     return load_dataset(data["name"], from_path=data.get("from_path"))
 

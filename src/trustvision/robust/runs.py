@@ -1,4 +1,4 @@
-"""Run directories of the robust commands: open or resume one, and load the model it holds.
+"""Run directories of the robust commands: whether one finished, and the model it holds.
 
 A base run (`robust train`) holds `model.safetensors` (a `Normalized` state dict); a mix run
 (`robust mix`) holds `mix.json` naming its two base runs, the temperatures and alpha, and for
@@ -12,42 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
-from trustvision.config import dump_config, load_config
+from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.pixels import Normalized, build_pixel_model
 from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
+from trustvision.train.recipe import WEIGHTS
 
-WEIGHTS = "model.safetensors"
 MIX = "mix.json"
 MIXNET = "mixnet.safetensors"
 
 
-def open_run(
-    path: str | Path | None, *, root: str | Path, name: str, config: BaseModel
-) -> tuple[RunDir, bool]:
-    """A fresh timestamped run under `root`, or the run at `path` (created or resumed).
-
-    Returns the run and whether it already existed (so its checkpoints can be resumed). The
-    config written is always the one this call runs with.
-    """
-    if path is None:
-        return RunDir.create(root=root, name=name, config=config), False
-    run = RunDir(path)
-    existed = run.config_path.is_file()
-    run.plots_dir.mkdir(parents=True, exist_ok=True)
-    run.checkpoints_dir.mkdir(exist_ok=True)
-    run.config_path.write_text(dump_config(config))
-    return run, existed
-
-
 def is_finished(path: str | Path) -> bool:
     """Whether `path` is a run directory whose summary says it finished."""
-    summary = Path(path) / "summary.json"
-    return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
+    return RunDir(path).finished
 
 
 def read_finished(path: str | Path) -> dict[str, Any]:
@@ -57,7 +37,7 @@ def read_finished(path: str | Path) -> dict[str, Any]:
             f"`{path}` is not a finished robust run (no summary.json with status finished): "
             "train it with `trustvision robust train` or mix it with `trustvision robust mix`"
         )
-    return json.loads((Path(path) / "summary.json").read_text())
+    return RunDir(path).read_summary()
 
 
 def load_base(path: str | Path, *, device: torch.device | str = "cpu") -> Normalized:

@@ -2,101 +2,78 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from trustvision.config import TrainConfig, load_config
-from trustvision.data.dataset import load_data
-from trustvision.data.loader import build_loaders
-from trustvision.errors import ConfigError
 from trustvision.models import create_model
 from trustvision.report.plots import plot_run
-from trustvision.runs import RunDir, environment_info
+from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
-from trustvision.train import checkpoint as ckpt
-from trustvision.train.loop import Accel, Reporter, cross_entropy, fit, select_device
-from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
+from trustvision.train.loop import Accel, Reporter, cross_entropy
+from trustvision.train.recipe import (
+    Batches,
+    load_with_loaders,
+    run_settings,
+    run_summary,
+    started_now,
+    train_into_run,
+)
+
+RESUME = "trustvision train --resume"
 
 
 def train_model(
     cfg: TrainConfig, *, resume_dir: str | Path | None = None, reporter: Reporter | None = None
 ) -> RunDir:
     """Train `cfg.model` on `cfg.data`; with `resume_dir`, continue that run from its last checkpoint."""
-    device = select_device(cfg.device)
-    accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
-    dataset = load_data(cfg.data)
-    loaders = build_loaders(dataset, cfg.data, seed=cfg.seed, device=device)
-    train_loader, train_counts = loaders.train, loaders.train_counts
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"`data.batch_size={cfg.data.batch_size}` is larger than the {train_loader.num_samples} "
-            "training images: lower it or use more data"
+    with run_settings(cfg) as device:
+        accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
+        dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = create_model(
+            cfg.model.name,
+            num_classes=dataset.num_classes,
+            in_channels=dataset.image_shape[0],
+            **cfg.model.kwargs,
         )
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = create_model(
-        cfg.model.name,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.image_shape[0],
-        **cfg.model.kwargs,
-    )
-    model = accel.prepare_model(model)
-    optimizer = build_optimizer(cfg.optim, parameter_groups([model]))
-    scheduler = build_scheduler(
-        optimizer,
-        cfg.optim,
-        total_steps=cfg.epochs * len(train_loader),
-        steps_per_epoch=len(train_loader),
-    )
-    run = (
-        RunDir.open(resume_dir)
-        if resume_dir
-        else RunDir.create(root=cfg.runs_dir, name=cfg.name, config=cfg)
-    )
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    result = fit(
-        model,
-        train_loader=train_loader,
-        test_loader=loaders.test,
-        val_loader=loaders.val,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        objective=cross_entropy(label_smoothing=cfg.optim.label_smoothing),
-        epochs=cfg.epochs,
-        seed=cfg.seed,
-        accel=accel,
-        num_classes=dataset.num_classes,
-        run=run,
-        train_counts=train_counts,
-        grad_clip=cfg.optim.grad_clip,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume_dir is not None,
-        reporter=reporter,
-    )
-    ckpt.save_weights(run.path / "model.safetensors", model.state_dict(), {"model": cfg.model.name})
-    summary: dict[str, Any] = {
-        "status": "finished",
-        "seed": cfg.seed,
-        "started": started,
-        "wall_seconds": result.wall_seconds,
-        "epochs": cfg.epochs,
-        "model": cfg.model.name,
-        "parameters": model.num_parameters(),
-        "data": {
-            "name": dataset.name,
-            "source": dataset.source,
-            "train_images": train_loader.num_samples,
-            "train_class_counts": train_counts.tolist(),
-            "validation_images": loaders.val.num_samples if loaders.val else 0,
-        },
-        "validation": result.validation,
-        "test": result.final,
-        "environment": environment_info(device),
-    }
-    run.write_summary(summary)
-    plot_run(run, class_names=dataset.classes)
+        model = accel.prepare_model(model)
+        run, existed = RunDir.open_or_create(
+            resume_dir, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+        )
+        started = started_now()
+        result = train_into_run(
+            model,
+            run,
+            batches=Batches.of(loaders),
+            objective=cross_entropy(label_smoothing=cfg.optim.label_smoothing),
+            optim=cfg.optim,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            accel=accel,
+            num_classes=dataset.num_classes,
+            resume=existed,
+            reporter=reporter,
+            checkpoint_every=cfg.checkpoint_every,
+            weights_meta={"model": cfg.model.name},
+        )
+        summary = run_summary(
+            result, seed=cfg.seed, epochs=cfg.epochs, started=started, device=device
+        )
+        summary |= {
+            "model": cfg.model.name,
+            "parameters": model.num_parameters(),
+            "data": {
+                "name": dataset.name,
+                "source": dataset.source,
+                "train_images": loaders.train.num_samples,
+                "train_class_counts": loaders.train_counts.tolist(),
+                "validation_images": loaders.val.num_samples if loaders.val else 0,
+            },
+        }
+        run.write_summary(summary)
+        plot_run(run, class_names=dataset.classes)
     return run
 
 

@@ -25,10 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trustvision.config import load_config
+from pydantic import BaseModel
+
 from trustvision.errors import ConfigError
-from trustvision.robust.certification import run_certify
-from trustvision.robust.commands import describe, run_eval, run_mix
+from trustvision.robust.commands.certify import run_certify
+from trustvision.robust.commands.common import Log, describe
+from trustvision.robust.commands.eval import run_eval
+from trustvision.robust.commands.mix import run_mix
+from trustvision.robust.commands.train import split_record, train_robust
 from trustvision.robust.config import (
     CertifyConfig,
     EvalConfig,
@@ -40,10 +44,9 @@ from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.plots import plot_tradeoff
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.robust.sweep import ADAPTIVE_KNOBS
-from trustvision.robust.training import split_record, train_robust
+from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
 
-Log = Callable[[str], None]
 GOAL_AA_POINTS = 0.03  # the mix may lose at most 3 points of AutoAttack accuracy ...
 GOAL_GAP_CLOSED = 0.5  # ... while closing at least half of the clean gap
 BASES = ("standard", "robust")
@@ -108,16 +111,13 @@ def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
     return all(k in data and data[k] == v for k, v in split_settings(train).items())
 
 
-def _partial_split_current(train: RobustTrainConfig, path: Path) -> bool:
-    """Whether an unfinished base was begun with the hold-out the config asks for (True when
-    it has no config yet: nothing trained; False when its config no longer loads)."""
-    if not (path / "config.yaml").is_file():
-        return True
-    try:
-        begun = load_config(RobustTrainConfig, path / "config.yaml")
-    except ConfigError:
-        return False
-    return split_settings(begun) == split_settings(train)
+def config_changes(path: Path, config: BaseModel) -> list[str]:
+    """The keys in which an unfinished stage at `path` was begun with another config (none when
+    it finished or never began): its checkpoints must not be continued under this one."""
+    run = RunDir(path)
+    if run.finished or not run.config_path.is_file():
+        return []
+    return run.config_differences(config)
 
 
 def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
@@ -149,9 +149,9 @@ def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
         path = work / name
         if is_finished(path) and not _split_current(train, read_finished(path)):
             retire(work, [name], why="trained without the configured validation hold-out", log=log)
-        elif not is_finished(path) and not _partial_split_current(train, path):
-            # its checkpoints may have trained on what are now validation images
-            retire(work, [name], why="begun with another validation hold-out", log=log)
+        elif changed := config_changes(path, train):
+            # its checkpoints may even have trained on what are now validation images
+            retire(work, [name], why=f"begun with another config ({', '.join(changed)})", log=log)
         if not is_finished(path):  # (re)trained now: nothing built on the old one stays
             retire(work, ON_BASES, why=f"`{name}` is trained anew", log=log)
     for kind, stage in MIXES.items():
@@ -167,9 +167,18 @@ def _stage(
     *,
     log: Log,
     title: str,
+    config: BaseModel | None = None,
     current: Callable[[dict[str, Any]], bool] = lambda _: True,
 ) -> dict[str, Any]:
-    """Run `make` unless `path` finished with a summary that is still `current`."""
+    """Run `make` unless `path` finished with a summary that is still `current`; an unfinished
+    stage begun with another `config` is retired first (its partial work is not continued)."""
+    if config is not None and (changed := config_changes(path, config)):
+        retire(
+            path.parent,
+            [path.name],
+            why=f"begun with another config ({', '.join(changed)})",
+            log=log,
+        )
     if not is_finished(path) or not current(read_finished(path)):
         log(title)
         make()
@@ -195,28 +204,25 @@ def run_pipeline(
         "sweep": cfg.sweep,
         "mixnet": cfg.mixnet,
     }
+    fixed_cfg = MixConfig(name="fixed-mix", kind="fixed", **mix_common)
     fixed = _stage(
         work / "fixed-mix",
-        lambda: run_mix(
-            MixConfig(name="fixed-mix", kind="fixed", **mix_common),
-            run_path=work / "fixed-mix",
-            log=log,
-        ),
+        lambda: run_mix(fixed_cfg, run_path=work / "fixed-mix", log=log),
         log=log,
         title="validation sweep of the fixed mix (alpha, s_g, s_h)",
+        config=fixed_cfg,
     )
     models = {"standard": std_dir, "robust": rob_dir, "fixed mix": work / "fixed-mix"}
     if cfg.adaptive:
+        adaptive_cfg = MixConfig(name="adaptive-mix", kind="adaptive", **mix_common)
         _stage(
             work / "adaptive-mix",
             lambda: run_mix(
-                MixConfig(name="adaptive-mix", kind="adaptive", **mix_common),
-                run_path=work / "adaptive-mix",
-                reporter=reporter,
-                log=log,
+                adaptive_cfg, run_path=work / "adaptive-mix", reporter=reporter, log=log
             ),
             log=log,
             title="training the mixing network",
+            config=adaptive_cfg,
         )
         models["adaptive mix"] = work / "adaptive-mix"
     evals = {label: _evaluate(cfg, label, path, work, log=log) for label, path in models.items()}
@@ -259,6 +265,7 @@ def _certify(
         lambda: run_certify(certify_cfg, run_path=work / "certify", log=log),
         log=log,
         title="certifying the mix with a Gaussian-smoothing base",
+        config=certify_cfg,
     )
     keys = (
         "method",

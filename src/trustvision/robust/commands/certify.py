@@ -23,20 +23,16 @@ from trustvision.robust.certify import (
     mixed_radii,
     probability_margin,
 )
+from trustvision.robust.commands.common import Log, quiet
 from trustvision.robust.config import CertifyConfig
-from trustvision.robust.evaluate import load_data, test_pixels
+from trustvision.robust.evaluate import recorded_dataset, test_pixels
 from trustvision.robust.plots import plot_certified
-from trustvision.robust.runs import data_of, load_base, open_run, read_finished
-from trustvision.robust.training import apply_threads
+from trustvision.robust.runs import data_of, load_base, read_finished
 from trustvision.runs import RunDir, environment_info
 from trustvision.seeds import derive_seed
-from trustvision.train.loop import select_device
+from trustvision.train.recipe import run_settings
 
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+RESUME = "trustvision robust certify --run-dir"
 
 
 def _grid(radii: list[float]) -> list[float]:
@@ -45,51 +41,52 @@ def _grid(radii: list[float]) -> list[float]:
 
 
 def run_certify(
-    cfg: CertifyConfig, *, run_path: str | Path | None = None, log: Log = _quiet
+    cfg: CertifyConfig, *, run_path: str | Path | None = None, log: Log = quiet
 ) -> RunDir:
     """Certified accuracy against l2 radius for every alpha, and an attack inside the radii."""
-    apply_threads(cfg.threads)
-    device = select_device(cfg.device)
-    settings = cfg.certify
-    standard = load_base(cfg.standard, device=device)
-    robust = load_base(cfg.robust, device=device)
-    data = data_of(cfg.robust)
-    x, y = test_pixels(load_data(data), count=settings.subset)
-    x, y = x.to(device), y.to(device)
-    run, _ = open_run(run_path, root=cfg.runs_dir, name=cfg.name, config=cfg)
-    torch.manual_seed(derive_seed(cfg.seed, "certify"))
-    started = time.perf_counter()
-    if settings.method == "smoothing":
-        record = _certify_smoothing(cfg, standard, robust, x, y, log=log)
-    else:
-        record = _certify_lipschitz(cfg, standard, robust, x, y)
-    grid = _grid([r for rs in record["radii"].values() for r in rs["tight"]])
-    curves = {
-        f"{a:g}": {k: certified_accuracy(v, record["correct"], grid) for k, v in rs.items()}
-        for a, rs in zip(settings.alphas, record["radii"].values(), strict=True)
-    }
-    plot_certified(
-        curves,
-        grid,
-        run.plots_dir / "certified.png",
-        title=f"{data['name']}: certified accuracy of the mix",
-    )
-    run.write_summary(
-        {
-            "status": "finished",
-            "kind": "certify",
-            "method": settings.method,
-            "standard": cfg.standard,
-            "robust": cfg.robust,
-            "data": data,
-            "n": len(y),
-            "grid": grid,
-            "curves": curves,
-            **record,
-            "wall_seconds": time.perf_counter() - started,
-            "environment": environment_info(device),
+    with run_settings(cfg) as device:
+        settings = cfg.certify
+        standard = load_base(cfg.standard, device=device)
+        robust = load_base(cfg.robust, device=device)
+        data = data_of(cfg.robust)
+        x, y = test_pixels(recorded_dataset(data), count=settings.subset)
+        x, y = x.to(device), y.to(device)
+        run, _ = RunDir.open_or_create(
+            run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "certify"))
+        started = time.perf_counter()
+        if settings.method == "smoothing":
+            record = _certify_smoothing(cfg, standard, robust, x, y, log=log)
+        else:
+            record = _certify_lipschitz(cfg, standard, robust, x, y)
+        grid = _grid([r for rs in record["radii"].values() for r in rs["tight"]])
+        curves = {
+            f"{a:g}": {k: certified_accuracy(v, record["correct"], grid) for k, v in rs.items()}
+            for a, rs in zip(settings.alphas, record["radii"].values(), strict=True)
         }
-    )
+        plot_certified(
+            curves,
+            grid,
+            run.plots_dir / "certified.png",
+            title=f"{data['name']}: certified accuracy of the mix",
+        )
+        run.write_summary(
+            {
+                "status": "finished",
+                "kind": "certify",
+                "method": settings.method,
+                "standard": cfg.standard,
+                "robust": cfg.robust,
+                "data": data,
+                "n": len(y),
+                "grid": grid,
+                "curves": curves,
+                **record,
+                "wall_seconds": time.perf_counter() - started,
+                "environment": environment_info(device),
+            }
+        )
     return run
 
 

@@ -1,0 +1,130 @@
+"""`trustvision robust mix`: a fixed mix (alpha, s_g, s_h chosen on validation images, with its
+trade-off plot) or, with `kind=adaptive`, a mixing network (adaptive.py).
+
+Every knob is chosen on validation images, training images both bases held out
+(`evaluate.validation_pixels`); test images are never read here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trustvision.robust.commands.adaptive import adaptive_mix
+from trustvision.robust.commands.common import (
+    Log,
+    MixInputs,
+    attack_label,
+    data_name,
+    mix_inputs,
+    mix_spec,
+    quiet,
+    selection_record,
+)
+from trustvision.robust.config import MixConfig
+from trustvision.robust.plots import plot_tradeoff
+from trustvision.robust.runs import write_mix
+from trustvision.robust.sweep import FIXED_KNOBS, alpha_sweep, choose, temperatures
+from trustvision.runs import RunDir, environment_info
+from trustvision.seeds import derive_seed
+from trustvision.train.loop import Reporter
+from trustvision.train.recipe import run_settings
+
+RESUME = "trustvision robust mix --run-dir"
+
+
+def run_mix(
+    cfg: MixConfig,
+    *,
+    run_path: str | Path | None = None,
+    reporter: Reporter | None = None,
+    log: Log = quiet,
+) -> RunDir:
+    """Build a fixed mix (validation sweep, trade-off plot) or train an adaptive one."""
+    with run_settings(cfg) as device:
+        inputs = mix_inputs(cfg, device)
+        run, _ = RunDir.open_or_create(
+            run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+        )
+        started = time.perf_counter()
+        torch.manual_seed(derive_seed(cfg.seed, "mix"))
+        if cfg.kind == "fixed":
+            record = fixed_mix(cfg, run, inputs, log=log)
+        else:
+            record = adaptive_mix(cfg, run, inputs, device=device, reporter=reporter, log=log)
+        run.write_summary(
+            {
+                "status": "finished",
+                "kind": "mix",
+                "mix_kind": cfg.kind,
+                "standard": cfg.standard,
+                "robust": cfg.robust,
+                "eps": inputs.eps,
+                "data": inputs.data,
+                **record,
+                "settings": {
+                    "sweep": cfg.sweep.model_dump(mode="json"),
+                    "mixnet": cfg.mixnet.model_dump(mode="json"),
+                },
+                "wall_seconds": time.perf_counter() - started,
+                "environment": environment_info(device),
+            }
+        )
+    return run
+
+
+def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> dict[str, Any]:
+    """Sweep alpha x s_g x s_h on validation images, keep the point the sweep's rule picks."""
+    points = alpha_sweep(
+        inputs.standard,
+        inputs.robust,
+        images=inputs.images,
+        eps=inputs.eps,
+        settings=cfg.sweep,
+        seed=cfg.seed,
+        on_point=lambda p: log(
+            f"alpha {p['alpha']:.2f}, s_g {_temp(p['temperature_std'])}, "
+            f"s_h {_temp(p['temperature_rob'])}: validation clean {p['clean_acc']:.2%}  "
+            f"robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
+        ),
+    )
+    chosen = choose(points, tolerance=cfg.sweep.tolerance, key=FIXED_KNOBS)
+    temps = temperatures(chosen)
+    write_mix(run, mix_spec(cfg, alpha=chosen["alpha"], **temps))
+    attack = attack_label(cfg.sweep, inputs.info["images_attacked"])
+    plot_tradeoff(
+        points,
+        run.plots_dir / "tradeoff.png",
+        title=f"{data_name(cfg)} fixed mix",
+        attack=attack,
+        chosen=chosen,
+    )
+    selection = selection_record(
+        points=points,
+        chosen={k: chosen[k] for k in FIXED_KNOBS},
+        grids={
+            "alpha": cfg.sweep.alphas,
+            "temperature_std": cfg.sweep.temperatures_std,
+            "temperature_rob": cfg.sweep.temperatures_rob,
+        },
+        rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
+        f"accuracy is within {cfg.sweep.tolerance:g} of the most robust grid point's",
+        validation=inputs.info,
+        attack=attack,
+        reference=max(p["robust_acc"] for p in points),
+    )
+    return {
+        "sweep": points,
+        "alpha": chosen["alpha"],
+        **temps,
+        "chosen": chosen,
+        "sweep_attack": attack,
+        "selection": selection,
+    }
+
+
+def _temp(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

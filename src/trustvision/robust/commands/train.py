@@ -1,0 +1,140 @@
+"""`trustvision robust train`: a standard or adversarially trained base model in a run directory.
+
+The shape follows `train/centralized.py`: a typed config in, the core's `fit` with an
+adversarial objective, a run directory out. The model is trained in pixel space
+(`Normalized`), so the saved weights carry their normalisation and attacks need no wrapper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trustvision.config import DataConfig, load_config
+from trustvision.data.dataset import Dataset
+from trustvision.report.plots import plot_run
+from trustvision.robust.adversarial import Ramp, make_objective
+from trustvision.robust.config import RobustTrainConfig
+from trustvision.robust.pixels import build_pixel_model
+from trustvision.runs import RunDir
+from trustvision.seeds import derive_seed
+from trustvision.train.loop import Accel, Reporter
+from trustvision.train.recipe import (
+    Batches,
+    load_with_loaders,
+    run_settings,
+    run_summary,
+    started_now,
+    train_into_run,
+)
+
+RESUME = "trustvision robust train --resume"
+
+
+def split_record(data: DataConfig, *, seed: int, validation_images: int) -> dict[str, Any]:
+    """The settings that fix which training images a run held out (`split_train_indices`)."""
+    return {
+        "validation": data.validation,
+        "validation_images": validation_images,
+        "seed": seed,
+        "train_subset": data.train_subset,
+        "imbalance_factor": data.imbalance_factor,
+    }
+
+
+def data_record(
+    dataset: Dataset,
+    *,
+    train_images: int,
+    from_path: str | None = None,
+    split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a run records about its data: enough to rebuild the model, to cite the data and
+    (with `split`, see `split_record`) to recompute which training images it held out."""
+    return {
+        "name": dataset.name,
+        "from_path": from_path,
+        "source": dataset.source,
+        "variant": dataset.variant,
+        "num_classes": dataset.num_classes,
+        "image_shape": list(dataset.image_shape),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "train_images": train_images,
+        **(split or {}),
+    }
+
+
+def train_robust(
+    cfg: RobustTrainConfig,
+    *,
+    run_path: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> RunDir:
+    """Train `cfg.model` with `cfg.attack`; a given `run_path` that exists is resumed."""
+    with run_settings(cfg) as device:
+        accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
+        dataset, loaders = load_with_loaders(
+            cfg.data, seed=cfg.seed, device=device, normalize=False
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = build_pixel_model(
+            cfg.model,
+            num_classes=dataset.num_classes,
+            image_shape=dataset.image_shape,
+            mean=dataset.mean,
+            std=dataset.std,
+        )
+        model = accel.prepare_model(model)
+        ramp = Ramp(epochs=cfg.attack.ramp_epochs, steps_per_epoch=len(loaders.train))
+        run, existed = RunDir.open_or_create(
+            run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+        )
+        started = started_now()
+        result = train_into_run(
+            model,
+            run,
+            batches=replace(Batches.of(loaders), train_counts=None),
+            objective=make_objective(cfg.attack, ramp=ramp),
+            optim=cfg.optim,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            accel=accel,
+            num_classes=dataset.num_classes,
+            resume=existed,
+            reporter=reporter,
+            checkpoint_every=cfg.checkpoint_every,
+            groups=[model.net],
+            before_epoch=ramp.start_epoch,
+            weights_meta={"model": cfg.model.name},
+        )
+        summary = run_summary(
+            result, seed=cfg.seed, epochs=cfg.epochs, started=started, device=device
+        )
+        val_images = 0 if loaders.val is None else loaders.val.num_samples
+        summary |= {
+            "kind": "base",
+            "model": cfg.model.name,
+            "parameters": model.num_parameters(),
+            "attack": cfg.attack.model_dump(mode="json"),
+            "data": data_record(
+                dataset,
+                train_images=loaders.train.num_samples,
+                from_path=cfg.data.source,
+                split=split_record(cfg.data, seed=cfg.seed, validation_images=val_images),
+            ),
+            "train_class_counts": loaders.train_counts.tolist(),
+        }
+        run.write_summary(summary)
+        plot_run(run, class_names=dataset.classes)
+    return run
+
+
+def resume_robust(run_dir: str | Path, *, reporter: Reporter | None = None) -> RunDir:
+    """Continue a killed `robust train` run with the config it was started with."""
+    run = RunDir.open(run_dir)
+    cfg = load_config(RobustTrainConfig, run.config_path)
+    return train_robust(cfg, run_path=run.path, reporter=reporter)

@@ -1,0 +1,116 @@
+"""The run directory's policy for a config that differs from the one a run was begun with."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trustvision.compact.config import CompactConfig
+from trustvision.compact.train import train_compact
+from trustvision.config import TrainConfig, dump_config, load_config
+from trustvision.errors import ConfigError
+from trustvision.robust.commands.train import train_robust
+from trustvision.robust.config import RobustTrainConfig
+from trustvision.runs import RunDir
+from trustvision.train.centralized import train_model
+from trustvision.train.recipe import torch_threads
+
+ROOT = Path(__file__).parents[1]
+SMALL = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=64", "epochs=1"]
+
+
+def test_a_new_directory_is_created_and_the_same_config_continues_it(tmp_path):
+    cfg = TrainConfig()
+    run, existed = RunDir.open_or_create(tmp_path / "run", root=tmp_path, name="x", config=cfg)
+    assert not existed and run.config_path.read_text() == dump_config(cfg)
+    again, existed = RunDir.open_or_create(tmp_path / "run", root=tmp_path, name="x", config=cfg)
+    assert existed and again.path == run.path
+
+
+def test_speed_only_settings_may_differ_but_nothing_else(tmp_path):
+    path = tmp_path / "run"
+    RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig(threads=1))
+    _, existed = RunDir.open_or_create(
+        path, root=tmp_path / "elsewhere", name="x", config=TrainConfig(threads=2)
+    )
+    assert existed
+    other = TrainConfig(epochs=5, optim={"lr": 0.5})
+    with pytest.raises(ConfigError, match=r"different config \(epochs, optim.lr differ\)"):
+        RunDir.open_or_create(path, root=tmp_path, name="x", config=other)
+    assert load_config(TrainConfig, path / "config.yaml").epochs == TrainConfig().epochs
+
+
+def test_the_update_policy_replaces_the_config(tmp_path):
+    path = tmp_path / "run"
+    RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig())
+    RunDir.open_or_create(
+        path, root=tmp_path, name="x", config=TrainConfig(epochs=7), policy="update"
+    )
+    assert load_config(TrainConfig, path / "config.yaml").epochs == 7
+
+
+def begun_with(path: Path, config) -> None:
+    """A run directory killed before its first checkpoint, begun with `config`."""
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.yaml").write_text(dump_config(config))
+
+
+def train(cfg, path):
+    return train_model(cfg, resume_dir=path)
+
+
+def robust_train(cfg, path):
+    return train_robust(cfg, run_path=path)
+
+
+def compact_train(cfg, path):
+    return train_compact(cfg, run_dir=path)
+
+
+SYSTEMS = {
+    "train": (
+        TrainConfig,
+        ROOT / "configs/train/mnist_cnn.yaml",
+        train,
+        "trustvision train --resume",
+    ),
+    "robust train": (
+        RobustTrainConfig,
+        ROOT / "configs/robust/mnist_standard.yaml",
+        robust_train,
+        "trustvision robust train --resume",
+    ),
+    "compact train": (
+        CompactConfig,
+        ROOT / "configs/compact/mnist_demo.yaml",
+        compact_train,
+        "trustvision compact train --resume",
+    ),
+}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_every_system_refuses_a_run_begun_with_another_config_the_same_way(tmp_path, system):
+    model, path, run, hint = SYSTEMS[system]
+    overrides = [f"runs_dir={tmp_path}", "device=cpu", "seed=1"]
+    if system == "compact train":
+        overrides += ["data.train_subset=256", "data.test_subset=100", "data.batch_size=64"]
+    else:
+        overrides += SMALL
+    begun = load_config(model, path, overrides)
+    now = load_config(model, path, [*overrides, "seed=2"])
+    begun_with(tmp_path / "run", begun)
+    with torch_threads(1), pytest.raises(ConfigError) as refused:
+        run(now, tmp_path / "run")
+    message = str(refused.value)
+    assert "holds a run of a different config (seed differ)" in message
+    assert f"`{hint} {tmp_path / 'run'}`" in message
+    assert load_config(model, tmp_path / "run" / "config.yaml").seed == 1  # left as it was
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_recipe_restores_torch_threads():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
