@@ -12,7 +12,14 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from trustvision.data.readers import SPLITS, Decoded, Progress, safe_member_name
+from trustvision.data.readers import (
+    SPLITS,
+    Decoded,
+    Progress,
+    is_unsafe_member,
+    safe_member_name,
+    unsafe_members_error,
+)
 from trustvision.errors import DataError
 
 IMAGE_SUFFIXES = frozenset(
@@ -51,6 +58,9 @@ def folder_layout(
     names: list[str], *, source: Path
 ) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
     """Class names (sorted train folders) and, per split, the (file, label) pairs in name order."""
+    unsafe = [name for name in names if is_unsafe_member(name)]
+    if unsafe:  # whatever its suffix: an archive with such a path is not trusted at all
+        raise unsafe_members_error(source, unsafe)
     by_split: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     for name in filter(_is_image, names):
         parts = name.split("/")
@@ -87,6 +97,11 @@ def decode_image(handle: IO[bytes], *, name: str, image_size: int | None) -> np.
         return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"`{name}` is not a readable image ({err}): replace or remove it") from None
+    except Image.DecompressionBombError as err:  # its header promises billions of pixels
+        raise DataError(
+            f"`{name}` is refused as a likely decompression bomb ({str(err).rstrip('.')}): "
+            "remove it, or shrink it if it is a genuine image"
+        ) from None
 
 
 def _check_size(first: tuple[str, tuple[int, ...]], name: str, shape: tuple[int, ...]) -> None:

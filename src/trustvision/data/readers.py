@@ -209,12 +209,39 @@ def safe_member_name(name: str) -> str | None:
     return normal
 
 
+def is_unsafe_member(name: str) -> bool:
+    """Whether an archive member path is absolute or holds a `..` part (it is then refused)."""
+    return name.startswith("/") or ".." in name.split("/")
+
+
+def listed(names: list[str], *, most: int = 3) -> str:
+    """The first `most` names in backticks, and how many more there are."""
+    shown = ", ".join(f"`{name}`" for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def unsafe_members_error(path: Path, unsafe: list[str]) -> DataError:
+    """The error for an archive holding member paths that lead outside it."""
+    return DataError(
+        f"`{path}` holds {listed(unsafe)}, a path outside the archive (absolute or with `..`): "
+        "refused, as no genuine data-set archive has one; fetch the official archive again, "
+        "or rebuild yours without it"
+    )
+
+
 def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
-    """The bytes of the regular-file members named in `wanted`, read without extracting."""
+    """The bytes of the regular-file members named in `wanted`, read without extracting.
+
+    A member path that is absolute or holds `..` is never read, and the archive is refused.
+    """
     found: dict[str, bytes] = {}
+    unsafe: list[str] = []
     try:
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
+                if is_unsafe_member(member.name):
+                    unsafe.append(member.name)
+                    continue
                 name = safe_member_name(member.name)
                 if name in wanted and member.isfile():  # links and devices are never followed
                     handle = archive.extractfile(member)
@@ -224,9 +251,12 @@ def read_tar_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
         raise DataError(f"`{path}` is not a readable tar archive ({err}); fetch it again") from None
     missing = sorted(wanted - found.keys())
     if missing:
+        refused = f" (it holds {listed(unsafe)}, outside the archive: refused)" if unsafe else ""
         raise DataError(
-            f"`{path}` lacks {', '.join(f'`{m}`' for m in missing)}: not the expected archive"
+            f"`{path}` lacks {listed(missing, most=9)}: not the expected archive{refused}"
         )
+    if unsafe:
+        raise unsafe_members_error(path, unsafe)
     return found
 
 

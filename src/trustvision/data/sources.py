@@ -24,6 +24,7 @@ from trustvision.data.cache import (
     IMAGE_FOLDER_PREFIX,
     META_NAME,
     Fetched,
+    check_writable,
     default_cache_dir,
     verify_arrays,
     write_cache,
@@ -60,6 +61,7 @@ def fetch(
         raise DataError(
             f"`{name}` is not in the cache at `{target}`: fetch it again with `--from PATH`"
         )
+    check_writable(target)  # before minutes of downloading and decoding
     fetched = from_sources(
         spec,
         local=local,
@@ -81,7 +83,7 @@ def verify_cache(
 ) -> list[str]:
     """Re-hash the cached `.npy` files against `meta.json`; one line per good file."""
     _, target, _, _ = resolve(name, cache_dir=cache_dir, from_path=from_path, image_size=image_size)
-    return verify_arrays(target, name=name)
+    return verify_arrays(target)
 
 
 def resolve(
