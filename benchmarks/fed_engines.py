@@ -94,7 +94,7 @@ def training_rounds(records: list[dict]) -> list[float]:
 def deployed(cfg, workdir: Path) -> list[float]:
     """The run on a local SuperLink with one SuperNode per client."""
     from trustvision.config import dump_config
-    from trustvision.federated.engines.flower_local import LocalDeployment
+    from trustvision.federated.flower_harness import LocalDeployment
     from trustvision.runs import RunDir
 
     config = workdir / "run.yaml"
@@ -166,7 +166,7 @@ def pss_bytes(pids: list[int]) -> int:
 
 def measure(mode: str, algorithm: str, *, rounds: int, tiny: bool) -> dict:
     """Run one setting in a child process; its round seconds and its tree's peak PSS."""
-    from trustvision.federated.engines.flower_local import process_tree
+    from trustvision.federated.flower_harness import process_tree
 
     with tempfile.TemporaryDirectory(prefix=f"fed-engines-{mode}-") as tmp:
         out = Path(tmp) / "result.json"

@@ -30,8 +30,8 @@ from trustvision.federated.engines.flower import (
     server_app,
     to_record,
 )
-from trustvision.federated.engines.flower_local import LocalDeployment
 from trustvision.federated.etf import one_thread
+from trustvision.federated.flower_harness import LocalDeployment
 from trustvision.federated.runner import TIMING_KEYS, build_session, evaluate_run, run_federated
 from trustvision.federated.tensors import states_equal
 from trustvision.runs import RunDir

@@ -1,9 +1,10 @@
 """A Flower deployment on 127.0.0.1: one SuperLink, one SuperNode per client, runs by `flwr run`.
 
-For tests, benchmarks and trying a deployment on one machine. Every process starts in a
-session of its own; stopping signals that session and, by PID, every process found under
-the ones started here (the SuperLink starts its SuperExec in a session of its own, and that
-runs the ServerApps). It runs without TLS (`--insecure`) on the loopback interface only;
+A process harness, not an engine: for tests, benchmarks and trying a deployment on one
+machine; it submits the checkout's Flower app bundle (`deploy/flower-app`, see `app_dir`).
+Every process starts in a session of its own; stopping signals that session and, by PID,
+every process found under the ones started here (the SuperLink starts its SuperExec in a
+session of its own, and that runs the ServerApps). It runs without TLS (`--insecure`) on the loopback interface only;
 docs/deploy-flower.md describes a real deployment.
 """
 
@@ -21,9 +22,23 @@ from types import TracebackType
 
 from trustvision.errors import FederationError
 
-APP_DIR = Path(__file__).parents[4] / "deploy/flower-app"  # the Flower app project (a checkout)
+APP = Path("deploy/flower-app")  # the Flower app bundle, from a checkout's root
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: this environment's
 CONNECTION = "local"  # the SuperLink connection's name in FLWR_HOME/config.toml
+
+
+def app_dir() -> Path:
+    """The checkout's Flower app bundle: the first `deploy/flower-app` holding a pyproject.toml
+    in a directory above this module (an editable install) or, failing that, in the working
+    directory or one above it."""
+    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
+        for root in (start, *start.parents):
+            if (root / APP / "pyproject.toml").is_file():
+                return root / APP
+    raise FederationError(
+        f"no `{APP}` (with its pyproject.toml) above {Path(__file__).parent} or the working "
+        "directory: run from a trustvision checkout, or pass the app's directory as `app`"
+    )
 
 
 def free_ports(n: int) -> list[int]:
@@ -133,8 +148,10 @@ class LocalDeployment:
                 f"--node-config=partition-id={k} num-partitions={self.num_nodes}",
             )
 
-    def submit(self, config: Path, *, overrides: str = "", app: Path = APP_DIR) -> str:
-        """`flwr run` the app with the run's YAML at `config`; returns what flwr printed."""
+    def submit(self, config: Path, *, overrides: str = "", app: Path | None = None) -> str:
+        """`flwr run` the app (default: the checkout's, `app_dir()`) with the run's YAML at
+        `config`; returns what flwr printed."""
+        app = app_dir() if app is None else app
         run_config = f'config="{Path(config).resolve()}" overrides="{overrides}"'
         done = subprocess.run(
             [str(BIN / "flwr"), "run", str(app), CONNECTION, "--run-config", run_config],
