@@ -108,7 +108,7 @@ def deployed(cfg, workdir: Path) -> list[float]:
 def floor(cfg) -> list[float]:
     """The same client steps in a bare loop over batches made beforehand, round by round."""
     from trustvision.federated.client import build_phase_optimizer, client_context, set_trainable
-    from trustvision.federated.runner import build_parts, round_lr, sample_clients
+    from trustvision.federated.session import build_parts, round_lr, sample_clients
     from trustvision.seeds import derive_seed
 
     accel, federation, algorithm = build_parts(cfg)

@@ -21,8 +21,8 @@ from trustvision.config import load_config
 from trustvision.data.dataset import load_dataset
 from trustvision.federated.config import FedConfig
 from trustvision.federated.evaluate import flat_metrics
-from trustvision.federated.runner import build_session, train_round
-from trustvision.federated.tensors import clone
+from trustvision.federated.runner import build_session
+from trustvision.federated.session import RoundResult
 from trustvision.models import create_model
 
 ROOT = Path(__file__).parents[1]
@@ -60,24 +60,30 @@ def diagnose(overrides: list[str]) -> tuple[list[dict], dict]:
         [
             *overrides,
             f"rounds={ROUNDS}",
+            f"eval_every={ROUNDS}",  # the session evaluates the last round only
             "local_epochs=1",
             "seed=0",
             *([] if "algorithm=fedavg" in overrides else ["algorithm.options.norm_target=0.1"]),
         ],
     )
     session = build_session(cfg)
-    state = clone(session.algorithm.init_global(), device=session.accel.device)
     probe = next(iter(session.federation.test_loader().epoch(0)))[0][:500]
-    rows = []
-    for r in range(ROUNDS):
-        state, record = train_round(session, state, round=r)
+    rows: list[dict] = []
+    final: dict = {}
+
+    def measure(done: RoundResult) -> None:
         net = session.server.net
-        session.server.load(state)
+        session.server.load(done.state)
         net.eval()
         with torch.no_grad():
             norm = float(net["model"].features(probe).norm(dim=1).mean())
-        rows.append({"round": r + 1, "train_loss": record["train_loss"], "feature_norm": norm})
-    final = flat_metrics(session.evaluate(state, round=ROUNDS - 1), mask_unseen=True)
+        rows.append(
+            {"round": done.round + 1, "train_loss": done.record["train_loss"], "feature_norm": norm}
+        )
+        if done.evaluation is not None:
+            final.update(flat_metrics(done.evaluation, mask_unseen=True))
+
+    session.run(session.initial_state(), on_round=measure)
     return rows, final
 
 

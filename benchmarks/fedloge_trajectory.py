@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
 from trustvision.federated.evaluate import flat_metrics
-from trustvision.federated.runner import Session, build_session, train_round
-from trustvision.federated.tensors import State, clone
+from trustvision.federated.runner import build_session
+from trustvision.federated.session import RoundResult, Session
+from trustvision.federated.tensors import State
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
@@ -88,30 +89,31 @@ def diagnose(session: Session, state: State) -> dict[str, float]:
 
 def trajectory(algorithm: str, every: int, rounds: int | None) -> list[dict[str, Any]]:
     """Train `algorithm` on the CPU config, seed 0; a row of numbers every `every` rounds."""
-    overrides = ["seed=0", "device=cpu"] + (
+    overrides = ["seed=0", "device=cpu", f"eval_every={every}"] + (
         [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
     )
     overrides += [f"rounds={rounds}"] if rounds else []
     cfg = load_config(FedConfig, CONFIG, overrides)
     session = build_session(cfg)
-    state = clone(session.algorithm.init_global(), device=session.accel.device)
     rows = []
-    for r in range(cfg.rounds):
-        state, record = train_round(session, state, round=r)
-        if (r + 1) % every and r + 1 != cfg.rounds:
-            continue
-        metrics = flat_metrics(session.evaluate(state, round=r), mask_unseen=True)
-        row = {"round": r + 1, "train_loss": record["train_loss"], **metrics}
+
+    def measure(done: RoundResult) -> None:  # the session evaluates every `every` rounds
+        if done.evaluation is None:
+            return
+        metrics = flat_metrics(done.evaluation, mask_unseen=True)
+        row = {"round": done.round + 1, "train_loss": done.record["train_loss"], **metrics}
         if algorithm == "fedloge":
-            row.update(diagnose(session, state))
+            row.update(diagnose(session, done.state))
         rows.append(row)
         print(
-            f"{algorithm} round {r + 1}: "
+            f"{algorithm} round {done.round + 1}: "
             + ", ".join(
                 f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float) and k in SHOWN
             ),
             flush=True,
         )
+
+    session.run(session.initial_state(), on_round=measure)
     return rows
 
 

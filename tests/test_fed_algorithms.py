@@ -11,7 +11,8 @@ from trustvision.federated.client import client_context
 from trustvision.federated.config import FedConfig
 from trustvision.federated.etf import one_thread
 from trustvision.federated.evaluate import generic_evaluation
-from trustvision.federated.runner import build_session, run_federated, sample_clients
+from trustvision.federated.runner import build_session, run_federated
+from trustvision.federated.session import sample_clients
 from trustvision.federated.tensors import matches
 
 # Per-algorithm cuts so each runs in a second or two (the defaults are the papers').
@@ -176,8 +177,8 @@ def test_local_logits_read_off_the_generic_ones_match_per_client_prediction(tmp_
         accel=session.accel,
     )
 
-    shortcut = session.engine.evaluate(state, round=0, lr=0.02, generic_logits=generic.logits)
-    direct = session.engine.evaluate(state, round=0, lr=0.02)
+    shortcut = session.evaluate_clients(state, round=0, generic_logits=generic.logits)
+    direct = session.evaluate_clients(state, round=0)
     assert [e.client_id for e in shortcut.evals] == [e.client_id for e in direct.evals]
     for a, b in zip(shortcut.evals, direct.evals, strict=True):
         torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
@@ -203,8 +204,8 @@ def test_personal_heads_on_shared_test_features_match_per_client_prediction(tmp_
         accel=session.accel,
     )
 
-    shared = session.engine.evaluate(state, round=0, lr=0.02, test_features=generic.features)
-    direct = session.engine.evaluate(state, round=0, lr=0.02)
+    shared = session.evaluate_clients(state, round=0, test_features=generic.features)
+    direct = session.evaluate_clients(state, round=0)
     assert len(shared.evals) == len(direct.evals) > 0
     for a, b in zip(shared.evals, direct.evals, strict=True):
         torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
@@ -223,7 +224,7 @@ def test_generic_validation_counts_equal_the_global_model_on_every_clients_image
 
     session = build_session(small_config(tmp_path, "fedloge"))
     state = session.algorithm.init_global()
-    result = session.engine.evaluate(state, round=0, lr=0.02)
+    result = session.evaluate_clients(state, round=0)
 
     counted = validation_evaluation(result.validations)
     session.server.load(state)

@@ -32,7 +32,8 @@ from trustvision.federated.engines.flower import (
 )
 from trustvision.federated.etf import one_thread
 from trustvision.federated.flower_harness import LocalDeployment
-from trustvision.federated.runner import TIMING_KEYS, build_session, evaluate_run, run_federated
+from trustvision.federated.runner import build_session, evaluate_run, run_federated
+from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
 from trustvision.runs import RunDir
 

@@ -15,7 +15,8 @@ from trustvision.config import dump_config, load_config
 from trustvision.errors import DivergenceError
 from trustvision.federated.config import FedConfig
 from trustvision.federated.etf import one_thread
-from trustvision.federated.runner import TIMING_KEYS, resume_federated, run_federated
+from trustvision.federated.runner import resume_federated, run_federated
+from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
 from trustvision.train import checkpoint as ckpt
 

@@ -9,7 +9,7 @@ import trustvision.federated.client as client_module
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
 from trustvision.federated.etf import etf_geometry, one_thread, simplex_etf, sparse_etf
-from trustvision.federated.runner import build_session, run_federated, train_round
+from trustvision.federated.runner import build_session, run_federated
 from trustvision.federated.tensors import state_hash
 from trustvision.train import checkpoint as ckpt
 
@@ -96,7 +96,7 @@ def test_sse_c_is_frozen_through_training(tmp_path, monkeypatch):
 
     state = initial
     for r in range(2):
-        state, _ = train_round(session, state, round=r)
+        state, _ = session.train_round(state, round=r)
 
     assert torch.equal(state["ssec.weight"], initial["ssec.weight"])
     assert not ssec.requires_grad and trained and all(p is not ssec for p in trained)

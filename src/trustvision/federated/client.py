@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -23,36 +22,11 @@ from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import ClientContext, FederatedAlgorithm, Phase, seeded
 from trustvision.federated.config import Fault, FedConfig
 from trustvision.federated.data import ClientData, Federation
-from trustvision.federated.tensors import State, drop, matches, select
+from trustvision.federated.messages import ClientEval, ClientUpdate, ClientValidation
+from trustvision.federated.tensors import State, clone, drop, matches, select
 from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, predict, train_epoch
 from trustvision.train.optim import build_optimizer
-
-
-@dataclass(frozen=True)
-class ClientUpdate:
-    """A client's message to the server: global tensors only, its weight and its numbers."""
-
-    client_id: int
-    update: State
-    weight: float  # training images used (FedAvg's n_k)
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class ClientFailure:
-    """A sampled client that did not answer: it raised, crashed or timed out."""
-
-    client_id: int
-    error: str
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """What came back from a round's clients, in the order they were asked."""
-
-    updates: list[ClientUpdate]
-    failures: list[ClientFailure]
 
 
 class ClientFault(RuntimeError):
@@ -67,40 +41,6 @@ def rehearse_faults(
         raise ClientFault(
             f"client {client_id} fails in round {round + 1} ({stage}), as `faults` asks"
         )
-
-
-@dataclass(frozen=True)
-class ClientEval:
-    """A client's predictions on its local test set (CPU), and which classes it trained on."""
-
-    client_id: int
-    logits: Tensor
-    labels: Tensor
-    seen: Tensor  # (C,) bool: classes with at least one training image at this client
-
-
-@dataclass(frozen=True)
-class ClientValidation:
-    """Per-class counts on a client's validation images: all the server learns of them.
-
-    `correct[name]` counts the right predictions of one predictor: every global predictor
-    of the algorithm (`generic`, and modes such as FedLoGe's `universal`) and the client's
-    own model, `local_masked` / `local_unmasked`.
-    """
-
-    client_id: int
-    total: np.ndarray  # (C,) int64 validation images per class
-    correct: dict[str, np.ndarray]  # predictor -> (C,) int64
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What came back from an evaluation's clients: local-test predictions, validation counts,
-    and who failed to answer."""
-
-    evals: list[ClientEval]
-    failures: list[ClientFailure]
-    validations: list[ClientValidation] = field(default_factory=list)
 
 
 class Workspace:
@@ -237,16 +177,31 @@ class ClientRunner:
             algorithm, federation, optim=cfg.optim, seed=cfg.seed, accel=accel, faults=cfg.faults
         )
 
+    def personal_state(self, client_id: int, global_state: State, stored: State | None) -> State:
+        """A client's personal state: `stored` where it has one, else the algorithm's initial
+        one (before the client first trains), on this runner's device."""
+        if stored is not None:
+            return stored
+        return clone(self.algorithm.init_client(client_id, global_state), device=self.accel.device)
+
     def fit(
-        self, client_id: int, *, global_state: State, personal: State, round: int, lr: float
+        self,
+        client_id: int,
+        *,
+        global_state: State,
+        personal: State | None,
+        round: int,
+        lr: float,
     ) -> tuple[ClientUpdate, State]:
         """Load, train the algorithm's phases, split the result.
 
-        Returns the message for the server (global, non-frozen tensors) and the new personal
-        state, which stays with the client. Raises ClientFault where `faults` say so.
+        `personal` is the client's personal state (None before it first trains). Returns the
+        message for the server (global, non-frozen tensors) and the new personal state, which
+        stays with the client. Raises ClientFault where `faults` say so.
         """
         rehearse_faults(self.faults, client_id=client_id, round=round)
         algorithm, data = self.algorithm, self.federation.clients[client_id]
+        personal = self.personal_state(client_id, global_state, personal)
         self.workspace.load({**global_state, **personal})
         metrics: dict[str, float] = {"train_images": 0}
         if data.num_samples > 0:
@@ -273,69 +228,87 @@ class ClientRunner:
         client_id: int,
         *,
         global_state: State,
-        personal: State,
+        personal: State | None,
         round: int,
         lr: float,
         local_test: bool = True,
         test_features: Tensor | None = None,
     ) -> tuple[ClientEval | None, ClientValidation]:
         """The client's validation counts, and its personalised logits on its local test set
-        (None when `local_test` is False: the engine reads them off the global model's).
+        (None when `local_test` is False: the server reads them off the global model's).
 
-        The global predictors are counted before any fine-tuning, the client's own model
-        after it (FedBABU fine-tunes before it predicts). `test_features`, the global
-        backbone's features of the whole balanced test set, spare a client that predicts
-        with a head on them (`shares_features`) a pass of the backbone. Raises ClientFault
-        where `faults` say so.
+        `test_features`, the global backbone's features of the whole balanced test set, spare
+        a client that predicts with a head on them (`shares_features`) a pass of the
+        backbone. Raises ClientFault where `faults` say so.
         """
         rehearse_faults(self.faults, client_id=client_id, round=round, stage="evaluate")
-        algorithm, data = self.algorithm, self.federation.clients[client_id]
-        net = self.workspace.net
+        data = self.federation.clients[client_id]
+        personal = self.personal_state(client_id, global_state, personal)
         self.workspace.load({**global_state, **personal})
-        net.eval()
-        seen = torch.from_numpy(data.class_counts > 0)
-        unseen = ~seen.to(self.accel.device)
-
-        def predictions(x: Tensor, *, generic: bool, own: bool) -> dict[str, Tensor]:
-            shared = algorithm.shares_features
-            h = algorithm.features(net, x) if generic or shared else None
-            out = algorithm.generic_heads(net, h) if generic and h is not None else {}
-            if own:
-                mine = (
-                    algorithm.personal_head(net, h)
-                    if shared and h is not None
-                    else algorithm.personal_logits(net, x)
-                )
-                out |= {"local_unmasked": mine, "local_masked": mine.masked_fill(unseen, -math.inf)}
-            return out
-
-        finetune = algorithm.finetunes and data.num_samples > 0
-        correct = self._count_correct(partial(predictions, generic=True, own=not finetune), data)
-        if finetune:
-            ctx = client_context(
-                data, round=round, global_state=global_state, device=self.accel.device
-            )
-            loader = self._train_loader(data, "finetune", round)
-            torch.manual_seed(derive_seed(self.seed, "torch-finetune", round, client_id))
-            self._run(algorithm.finetune_phases(ctx), loader, lr)
-            net.eval()
-            correct |= self._count_correct(partial(predictions, generic=False, own=True), data)
-        total = np.bincount(data.val_labels.cpu().numpy(), minlength=self.federation.num_classes)
-        validation = ClientValidation(client_id, total.astype(np.int64), correct)
+        self.workspace.net.eval()
+        validation = self._validate(data, global_state=global_state, round=round, lr=lr)
         if not local_test or len(data.test_indices) == 0:
             return None, validation
+        logits, labels = self._local_test_logits(data, test_features=test_features)
+        seen = torch.from_numpy(data.class_counts > 0)
+        return ClientEval(client_id, logits, labels, seen), validation
+
+    def _validate(
+        self, data: ClientData, *, global_state: State, round: int, lr: float
+    ) -> ClientValidation:
+        """Per-class counts on the validation images: the global predictors are counted before
+        any fine-tuning, the client's own model after it (FedBABU fine-tunes before it predicts)."""
+        unseen = ~torch.from_numpy(data.class_counts > 0).to(self.accel.device)
+        outputs = partial(self._predictions, unseen=unseen)
+        finetune = self.algorithm.finetunes and data.num_samples > 0
+        correct = self._count_correct(partial(outputs, generic=True, own=not finetune), data)
+        if finetune:
+            self._finetune(data, global_state=global_state, round=round, lr=lr)
+            correct |= self._count_correct(partial(outputs, generic=False, own=True), data)
+        total = np.bincount(data.val_labels.cpu().numpy(), minlength=self.federation.num_classes)
+        return ClientValidation(data.client_id, total.astype(np.int64), correct)
+
+    def _predictions(
+        self, x: Tensor, *, unseen: Tensor, generic: bool, own: bool
+    ) -> dict[str, Tensor]:
+        """The global predictors' logits (`generic`) and the client's own, masked and not (`own`)."""
+        algorithm, net = self.algorithm, self.workspace.net
+        shared = algorithm.shares_features
+        h = algorithm.features(net, x) if generic or shared else None
+        out = algorithm.generic_heads(net, h) if generic and h is not None else {}
+        if own:
+            mine = (
+                algorithm.personal_head(net, h)
+                if shared and h is not None
+                else algorithm.personal_logits(net, x)
+            )
+            out |= {"local_unmasked": mine, "local_masked": mine.masked_fill(unseen, -math.inf)}
+        return out
+
+    def _finetune(self, data: ClientData, *, global_state: State, round: int, lr: float) -> None:
+        """The algorithm's local training before the client predicts, seeded by (client, round)."""
+        ctx = client_context(data, round=round, global_state=global_state, device=self.accel.device)
+        loader = self._train_loader(data, "finetune", round)
+        torch.manual_seed(derive_seed(self.seed, "torch-finetune", round, data.client_id))
+        self._run(self.algorithm.finetune_phases(ctx), loader, lr)
+        self.workspace.net.eval()
+
+    def _local_test_logits(
+        self, data: ClientData, *, test_features: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The client's logits and labels on its local test set (on the CPU)."""
+        algorithm, net = self.algorithm, self.workspace.net
         if test_features is not None and algorithm.shares_features:
             index = torch.as_tensor(data.test_indices, device=test_features.device)
             with torch.no_grad(), self.accel.autocast():
                 logits = algorithm.personal_head(net, test_features[index]).float().cpu()
-            labels = self.federation.test_labels[index].cpu()
-        else:
-            logits, labels, _ = predict(
-                lambda x: algorithm.personal_logits(net, x),
-                self.federation.client_test_loader(data).epoch(0),
-                accel=self.accel,
-            )
-        return ClientEval(client_id, logits, labels, seen), validation
+            return logits, self.federation.test_labels[index].cpu()
+        logits, labels, _ = predict(
+            lambda x: algorithm.personal_logits(net, x),
+            self.federation.client_test_loader(data).epoch(0),
+            accel=self.accel,
+        )
+        return logits, labels
 
     def _count_correct(
         self, outputs: Callable[[Tensor], dict[str, Tensor]], data: ClientData
@@ -372,27 +345,3 @@ class ClientRunner:
             accel=self.accel,
             always_fixed=always_fixed,
         )
-
-
-def clients_to_evaluate(federation: Federation, *, local_test: bool) -> list[int]:
-    """The clients an evaluation asks: those with validation images, and those with a local
-    test set when they predict it themselves."""
-    return [
-        c.client_id
-        for c in federation.clients
-        if c.num_val > 0 or (local_test and len(c.test_indices) > 0)
-    ]
-
-
-def evals_from_generic(federation: Federation, *, generic_logits: Tensor) -> list[ClientEval]:
-    """Every client with a local test set, for an algorithm that does not personalise: a
-    client's model is the global one, so its local logits are read off `generic_logits`."""
-    labels = federation.test_labels.cpu()
-    evals = []
-    for client in federation.clients:
-        if len(client.test_indices) == 0:
-            continue
-        index = torch.as_tensor(client.test_indices)
-        seen = torch.from_numpy(client.class_counts > 0)
-        evals.append(ClientEval(client.client_id, generic_logits[index], labels[index], seen))
-    return evals

@@ -10,6 +10,8 @@ on the test sets and on the clients' validation images.
   `unmasked` does not; both are reported. Head/middle/tail and many/medium/few for local
   accuracy pool all clients' local predictions and group classes by the global training
   counts.
+- Which clients an evaluation asks (`clients_to_evaluate`), and the local-test logits read
+  off the global model's for an algorithm that does not personalise (`evals_from_generic`).
 - Validation (what choices read): every client counts, per class, the right predictions of
   each global predictor and of its own model on its validation images; the server sums
   counts only. Generic validation accuracy is class-balanced (the mean over classes of
@@ -29,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from trustvision.federated.algorithm import FederatedAlgorithm
-from trustvision.federated.client import ClientEval, ClientValidation, Workspace
+from trustvision.federated.client import Workspace
 from trustvision.federated.data import Federation
+from trustvision.federated.messages import ClientEval, ClientValidation
 from trustvision.federated.tensors import State
 from trustvision.train.loop import Accel
 from trustvision.train.metrics import accuracy, summarize
@@ -183,3 +186,27 @@ def flat_metrics(result: dict[str, Any], *, mask_unseen: bool) -> dict[str, floa
     if f"local_{masking}" in validation:
         record["local_val_acc"] = validation[f"local_{masking}"]
     return record
+
+
+def clients_to_evaluate(federation: Federation, *, local_test: bool) -> list[int]:
+    """The clients an evaluation asks: those with validation images, and those with a local
+    test set when they predict it themselves."""
+    return [
+        c.client_id
+        for c in federation.clients
+        if c.num_val > 0 or (local_test and len(c.test_indices) > 0)
+    ]
+
+
+def evals_from_generic(federation: Federation, *, generic_logits: torch.Tensor) -> list[ClientEval]:
+    """Every client with a local test set, for an algorithm that does not personalise: a
+    client's model is the global one, so its local logits are read off `generic_logits`."""
+    labels = federation.test_labels.cpu()
+    evals = []
+    for client in federation.clients:
+        if len(client.test_indices) == 0:
+            continue
+        index = torch.as_tensor(client.test_indices)
+        seen = torch.from_numpy(client.class_counts > 0)
+        evals.append(ClientEval(client.client_id, generic_logits[index], labels[index], seen))
+    return evals

@@ -1,10 +1,10 @@
 """The Flower engine: every client's work is a Flower Message to a SuperNode (Flower 1.41).
 
-The round loop is runner.py's, unchanged: inside a `ServerApp`, `FlowerEngine` holds the
-Grid and turns `fit` / `evaluate` into Messages. A client's reply carries only global
-tensors; its personal state (FedLoGe's phi, Ditto's model, ...) stays in the ClientApp's
-`context.state`. Tensors travel as `ArrayRecord`s (NumPy, saved without pickle), so
-float32 and int64 arrive bit for bit and the numbers equal the in-process engine's.
+The round loop is session.py's, unchanged: inside a `ServerApp`, `FlowerEngine` holds the
+Grid and turns `fit` / `evaluate` into Messages (flower_wire.py: tensors as `ArrayRecord`s,
+so float32 and int64 arrive bit for bit and the numbers equal the in-process engine's). A
+client's reply carries only global tensors; its personal state stays in the ClientApp's
+`context.state` (flower_client.py).
 
 Every message carries the run's resolved config (YAML); a client builds its data partition
 from it and its `partition-id` (a pure function of the seed), so the SuperNodes need no
@@ -19,13 +19,11 @@ the server), travels in every fit and evaluate message.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, TypeVar
@@ -33,87 +31,34 @@ from typing import ClassVar, TypeVar
 # Flower reads this once, when it is imported: no usage reports leave this machine.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import telemetry
 from torch import Tensor
 
-from trustvision.config import build_config, dump_config, load_config, parse_yaml
+from trustvision.config import dump_config, load_config
 from trustvision.errors import ConfigError, DivergenceError, FederationError
-from trustvision.federated.algorithm import Algorithm, FederatedAlgorithm
-from trustvision.federated.client import (
-    ClientEval,
-    ClientFailure,
-    ClientRunner,
-    ClientUpdate,
-    ClientValidation,
-    EvalResult,
-    FitResult,
-    clients_to_evaluate,
-    evals_from_generic,
-)
+from trustvision.federated.algorithm import FederatedAlgorithm
 from trustvision.federated.config import FedConfig
 from trustvision.federated.data import Federation
-from trustvision.federated.tensors import State, clone
+from trustvision.federated.engines.flower_client import client_app
+from trustvision.federated.engines.flower_wire import (
+    PARTITION_ID,
+    eval_from,
+    from_record,
+    number,
+    reply_problem,
+    task,
+    to_record,
+    update_from,
+    validation_from,
+)
+from trustvision.federated.messages import ClientFailure, EvalResult, FitResult
+from trustvision.federated.tensors import State
 from trustvision.train.loop import Accel, select_device
 
 T = TypeVar("T")
 log = logging.getLogger("flwr.trustvision")  # under Flower's logger: shown in its logs
-
-PARTITION_ID = "partition-id"  # node config: which client this SuperNode is
-DATA_SOURCE = "data-source"  # node config (optional): where this SuperNode's data set lies
-
-
-# --- named tensors on the wire ----------------------------------------------------------------
-
-
-def to_record(state: State) -> ArrayRecord:
-    """Named tensors as an ArrayRecord (NumPy arrays, saved with `allow_pickle=False`)."""
-    return ArrayRecord(torch_state_dict=dict(state))
-
-
-def from_record(record: ArrayRecord, *, device: torch.device | str = "cpu") -> State:
-    """Named tensors back from an ArrayRecord, on `device`."""
-    return clone(dict(record.to_torch_state_dict()), device=device)
-
-
-def task(
-    config_text: str, global_state: State, *, round: int, lr: float, local_test: bool = True
-) -> RecordDict:
-    """A fit or evaluate message's content: the run's config, the round and the global state
-    (and, to evaluate, whether the client predicts its local test set itself)."""
-    spec = ConfigRecord({"config": config_text, "round": round, "lr": lr, "local_test": local_test})
-    return RecordDict({"global": to_record(global_state), "task": spec})
-
-
-def validation_record(validation: ClientValidation) -> ArrayRecord:
-    """A client's validation counts as named int64 arrays: `total` and `correct.NAME`."""
-    arrays = {"total": validation.total} | {
-        f"correct.{name}": counts for name, counts in validation.correct.items()
-    }
-    return to_record({k: torch.from_numpy(v) for k, v in arrays.items()})
-
-
-def validation_from(client_id: int, record: ArrayRecord) -> ClientValidation:
-    """The counts of `validation_record` back, as numpy arrays."""
-    arrays = {k: v.numpy() for k, v in from_record(record).items()}
-    correct = {k.removeprefix("correct."): v for k, v in arrays.items() if k != "total"}
-    return ClientValidation(client_id, arrays["total"], correct)
-
-
-# --- server side --------------------------------------------------------------------------------
 
 
 class FlowerEngine:
@@ -182,25 +127,24 @@ class FlowerEngine:
     def evaluate(
         self,
         global_state: State,
+        client_ids: list[int],
         *,
         round: int,
         lr: float,
-        generic_logits: Tensor | None = None,
+        local_test: bool = True,
         test_features: Tensor | None = None,
     ) -> EvalResult:
-        """Every client's validation counts and local-test predictions, from its SuperNode.
-
-        For an algorithm that does not personalise, a client's model is the global one: its
-        local-test logits are read off `generic_logits`, as the in-process engine does, and
-        it only counts its validation images. `test_features` stay here: a SuperNode computes
-        its own. A client that fails to answer is left out of local accuracy and validation,
-        and listed as a failure.
-        """
-        local_test = generic_logits is None or self.algorithm.personalised
-        ids = clients_to_evaluate(self.federation, local_test=local_test)
+        """Each client's validation counts and, with `local_test`, its local-test predictions,
+        from its SuperNode. `test_features` stay here: a SuperNode computes its own. A client
+        that fails to answer is listed as a failure."""
         result = EvalResult(evals=[], failures=[])
         replies = self._ask(
-            MessageType.EVALUATE, ids, global_state, round=round, lr=lr, local_test=local_test
+            MessageType.EVALUATE,
+            client_ids,
+            global_state,
+            round=round,
+            lr=lr,
+            local_test=local_test,
         )
         for k, reply in replies.items():
             if reply is None or reply.has_error():
@@ -208,13 +152,7 @@ class FlowerEngine:
                 continue
             result.validations.append(validation_from(k, reply.content.array_records["validation"]))
             if "eval" in reply.content.array_records:
-                arrays = from_record(reply.content.array_records["eval"])
-                result.evals.append(
-                    ClientEval(k, arrays["logits"], arrays["labels"], arrays["seen"])
-                )
-        if not local_test:
-            assert generic_logits is not None
-            result.evals.extend(evals_from_generic(self.federation, generic_logits=generic_logits))
+                result.evals.append(eval_from(k, reply.content.array_records["eval"]))
         return result
 
     def personal_states(self) -> dict[int, State]:
@@ -257,31 +195,6 @@ class FlowerEngine:
         if not results:
             raise FederationError("the Flower simulation ended before the run did: see its log")
         return results[0]
-
-
-def reply_problem(reply: Message | None, timeout: float | None) -> str:
-    """Why a client brought nothing: no reply in time, or the error its ClientApp sent."""
-    if reply is None:
-        return f"no reply within `flower.timeout` ({timeout} s)"
-    # Flower's own reasons may hold a whole traceback: keep its last line
-    lines = [line for line in (reply.error.reason or "").splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else f"Flower error {reply.error.code}"
-
-
-def update_from(client_id: int, content: RecordDict, *, device: torch.device) -> ClientUpdate:
-    """A fit reply as the in-process engine's ClientUpdate."""
-    record = content.metric_records["metrics"]
-    metrics = {k: number(record, k) for k in record if k != "weight"}
-    update = from_record(content.array_records["update"], device=device)
-    return ClientUpdate(client_id, update, number(record, "weight"), metrics)
-
-
-def number(record: ConfigRecord | MetricRecord, key: str) -> float:
-    """A scalar field of a received record; anything else is a protocol error."""
-    value = record[key]
-    if not isinstance(value, int | float):
-        raise FederationError(f"message field `{key}` holds {value!r}, not a number")
-    return value  # an int stays an int (`train_images`), as the in-process engine has it
 
 
 def exchange(
@@ -387,133 +300,6 @@ def flower_environment(home: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
-# --- client side --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ClientSide:
-    """What a SuperNode builds once per run from the server's config."""
-
-    cfg: FedConfig
-    accel: Accel
-    federation: Federation
-    algorithm: Algorithm
-    runner: ClientRunner
-
-
-@functools.lru_cache(maxsize=2)
-def client_side(config_text: str, source: str | None) -> ClientSide:
-    """Build (once per config) the device, the federation and the algorithm from the YAML."""
-    from trustvision.federated.runner import build_parts
-
-    cfg = build_config(
-        FedConfig,
-        parse_yaml(config_text, origin="the server's config"),
-        origin="the server's config",
-    )
-    accel, federation, algorithm = build_parts(cfg, source=source)
-    runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
-    return ClientSide(cfg, accel, federation, algorithm, runner)
-
-
-@dataclass(frozen=True)
-class ClientTask:
-    """A fit or evaluate message, unpacked on its SuperNode."""
-
-    side: ClientSide
-    client_id: int
-    round: int
-    lr: float
-    global_state: State
-    personal: State
-
-    @classmethod
-    def read(cls, message: Message, context: Context) -> ClientTask:
-        """The task of `message` for this SuperNode's client (its personal state from context)."""
-        spec = message.content.config_records["task"]
-        source = context.node_config.get(DATA_SOURCE)
-        side = client_side(str(spec["config"]), str(source) if source else None)
-        k = client_id(context, side.cfg.num_clients)
-        device = side.accel.device
-        global_state = from_record(message.content.array_records["global"], device=device)
-        if "personal" in context.state:
-            personal = from_record(context.state.array_records["personal"], device=device)
-        else:
-            personal = clone(side.algorithm.init_client(k, global_state), device=device)
-        round = int(number(spec, "round"))
-        return cls(side, k, round, number(spec, "lr"), global_state, personal)
-
-
-def client_id(context: Context, num_clients: int) -> int:
-    """This SuperNode's client id, from its node config."""
-    if PARTITION_ID not in context.node_config:
-        raise ConfigError(
-            f"this SuperNode has no `{PARTITION_ID}`: start it with "
-            f"`--node-config {PARTITION_ID}=K` (K in 0..{num_clients - 1})"
-        )
-    k = int(context.node_config[PARTITION_ID])
-    if not 0 <= k < num_clients:
-        raise ConfigError(f"`{PARTITION_ID}={k}` is outside 0..{num_clients - 1}")
-    return k
-
-
-client_app = ClientApp()
-
-
-@client_app.query()
-def identify(message: Message, context: Context) -> Message:
-    """Say which client this SuperNode is."""
-    k = int(context.node_config.get(PARTITION_ID, -1))
-    return Message(RecordDict({"client": ConfigRecord({"client": k})}), reply_to=message)
-
-
-@client_app.train()
-def train(message: Message, context: Context) -> Message:
-    """One round of local training; the personal state is written back to `context.state`."""
-    try:
-        t = ClientTask.read(message, context)
-        update, personal = t.side.runner.fit(
-            t.client_id, global_state=t.global_state, personal=t.personal, round=t.round, lr=t.lr
-        )
-    except DivergenceError as err:  # the server stops the run, as the in-process engine does
-        diverged = ConfigRecord({"error": str(err)})
-        return Message(RecordDict({"diverged": diverged}), reply_to=message)
-    except Exception as err:  # the server counts it as this client's failure, and goes on
-        log.exception("client failed")
-        reason = f"{type(err).__name__}: {err}"
-        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
-    if personal:
-        context.state["personal"] = to_record(personal)
-    metrics = MetricRecord({**update.metrics, "weight": update.weight})
-    content = RecordDict({"update": to_record(update.update), "metrics": metrics})
-    return Message(content, reply_to=message)
-
-
-@client_app.evaluate()
-def evaluate(message: Message, context: Context) -> Message:
-    """Validation counts, and personalised predictions on this client's local test set."""
-    try:
-        t = ClientTask.read(message, context)
-        local_test = bool(message.content.config_records["task"]["local_test"])
-        result, validation = t.side.runner.evaluate(
-            t.client_id,
-            global_state=t.global_state,
-            personal=t.personal,
-            round=t.round,
-            lr=t.lr,
-            local_test=local_test,
-        )
-    except Exception as err:  # the server leaves this client out of local accuracy
-        log.exception("client failed")
-        reason = f"{type(err).__name__}: {err}"
-        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
-    content = RecordDict({"validation": validation_record(validation)})
-    if result is not None:
-        arrays = {"logits": result.logits, "labels": result.labels, "seen": result.seen}
-        content["eval"] = to_record(arrays)
-    return Message(content, reply_to=message)
-
-
 # --- deployment: `flwr run` ----------------------------------------------------------------------
 
 server_app = ServerApp()
@@ -522,7 +308,7 @@ server_app = ServerApp()
 @server_app.main()
 def deployed(grid: Grid, context: Context) -> None:
     """`flwr run`'s entry: the run config's `config` (a YAML path) and `overrides` (key=value ...)."""
-    from trustvision.federated.runner import train_federated
+    from trustvision.federated.rundir import train_federated
     from trustvision.runs import RunDir
 
     path = str(context.run_config.get("config", ""))

@@ -10,19 +10,17 @@ from torch import Tensor
 
 from trustvision.errors import DivergenceError
 from trustvision.federated.algorithm import FederatedAlgorithm
-from trustvision.federated.client import (
+from trustvision.federated.client import ClientRunner
+from trustvision.federated.config import FedConfig
+from trustvision.federated.data import Federation
+from trustvision.federated.messages import (
     ClientEval,
     ClientFailure,
-    ClientRunner,
     ClientUpdate,
     ClientValidation,
     EvalResult,
     FitResult,
-    clients_to_evaluate,
-    evals_from_generic,
 )
-from trustvision.federated.config import FedConfig
-from trustvision.federated.data import Federation
 from trustvision.federated.tensors import State, clone
 from trustvision.train.loop import Accel
 
@@ -51,12 +49,6 @@ class InProcessEngine:
         self.runner = ClientRunner.for_config(cfg, algorithm, federation, accel)
         self._personal: dict[int, State] = {}
 
-    def _client_state(self, client_id: int, global_state: State) -> State:
-        if client_id not in self._personal:
-            initial = self.algorithm.init_client(client_id, global_state)
-            return clone(initial, device=self.accel.device)
-        return self._personal[client_id]
-
     def fit(
         self, global_state: State, client_ids: list[int], *, round: int, lr: float
     ) -> FitResult:
@@ -70,7 +62,7 @@ class InProcessEngine:
             update, personal = self.runner.fit(
                 k,
                 global_state=global_state,
-                personal=self._client_state(k, global_state),
+                personal=self._personal.get(k),
                 round=round,
                 lr=lr,
             )
@@ -84,41 +76,32 @@ class InProcessEngine:
     def evaluate(
         self,
         global_state: State,
+        client_ids: list[int],
         *,
         round: int,
         lr: float,
-        generic_logits: Tensor | None = None,
+        local_test: bool = True,
         test_features: Tensor | None = None,
     ) -> EvalResult:
-        """Every client's validation counts and local-test predictions.
+        """Each client's validation counts and, with `local_test`, its local-test predictions.
 
-        For an algorithm that does not personalise, a client's model is the global one, so
-        its local-test logits are read off `generic_logits` (the balanced test set's) when
-        given; its validation images it still counts itself. Where clients predict with a head
-        of their own on the global features, the heads read `test_features`. A client that
-        raises is left out of local accuracy and validation, and listed as a failure.
+        Where clients predict with a head of their own on the global features, the heads read
+        `test_features`. A client that raises is listed as a failure.
         """
-        local_test = generic_logits is None or self.algorithm.personalised
 
         def evaluate_one(k: int) -> tuple[ClientEval | None, ClientValidation]:
-            personal = self._client_state(k, global_state)
             return self.runner.evaluate(
                 k,
                 global_state=global_state,
-                personal=personal,
+                personal=self._personal.get(k),
                 round=round,
                 lr=lr,
                 local_test=local_test,
                 test_features=test_features,
             )
 
-        ids = clients_to_evaluate(self.federation, local_test=local_test)
-        done, failures = self._each(ids, evaluate_one)
-        if local_test:
-            evals = [e for e, _ in done if e is not None]
-        else:
-            assert generic_logits is not None
-            evals = evals_from_generic(self.federation, generic_logits=generic_logits)
+        done, failures = self._each(client_ids, evaluate_one)
+        evals = [e for e, _ in done if e is not None]
         return EvalResult(evals=evals, failures=failures, validations=[v for _, v in done])
 
     def _each(

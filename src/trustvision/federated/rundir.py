@@ -1,0 +1,206 @@
+"""A federated run recorded in its run directory: each round logged, checkpoints, resume, summary.
+
+`train_federated` runs a session's rounds (session.py) with a `Recorder` as their `on_round`:
+every round's record goes to metrics.jsonl, and every `checkpoint_every` rounds (and after
+the last) the global state, every client's personal state the engine lets the server see,
+and the history are saved. A run resumed from a checkpoint replays the rounds after it and
+ends exactly as an uninterrupted one. Engines may use it (a deployed Flower ServerApp trains
+into a run directory); the runner, which picks the engine, sits above it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from trustvision.errors import ConfigError, DivergenceError, FederationError
+from trustvision.federated.config import FedConfig
+from trustvision.federated.evaluate import flat_metrics
+from trustvision.federated.session import (
+    TIMING_KEYS,
+    EngineFactory,
+    RoundResult,
+    Session,
+    open_session,
+)
+from trustvision.federated.tensors import State, state_hash
+from trustvision.runs import RunDir, environment_info
+from trustvision.train import checkpoint as ckpt
+from trustvision.train.loop import Reporter, SilentReporter
+
+# What a choice of round reads: each kind of accuracy is chosen by its own validation metric.
+SELECTION_METRICS = {"generic": "generic_val_acc", "local": "local_val_acc"}
+
+
+class Recorder:
+    """The `on_round` of a recorded run: logs each round, checkpoints it when due, and keeps
+    the history, the last evaluation and the round that comes next."""
+
+    def __init__(
+        self, run: RunDir, session: Session, *, history: list, elapsed: float, next_round: int
+    ) -> None:
+        self.run = run
+        self.session = session
+        self.history = history
+        self.began = time.perf_counter() - elapsed
+        self.next_round = next_round  # 0-based: the round in progress when one fails
+        self.final: dict[str, Any] | None = None  # the evaluation of the last round recorded
+
+    def __call__(self, done: RoundResult) -> None:
+        """Log `done` and checkpoint after it every `checkpoint_every` rounds and at the end."""
+        self.history.append(done.record)
+        self.run.log(done.record)
+        self.final = done.evaluation
+        self.next_round = done.round + 1
+        cfg = self.session.cfg
+        if self.next_round % cfg.checkpoint_every == 0 or self.next_round == cfg.rounds:
+            save_round(
+                self.run,
+                self.session,
+                round=self.next_round,
+                global_state=done.state,
+                history=self.history,
+                elapsed=self.elapsed(),
+            )
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, those before a resume included."""
+        return time.perf_counter() - self.began
+
+
+def train_federated(
+    cfg: FedConfig,
+    run: RunDir,
+    make_engine: EngineFactory,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    reporter: Reporter | None = None,
+) -> RunDir:
+    """The round loop with engines from `make_engine`, recorded in `run`; with `resume`, from
+    its newest checkpoint. `stop_after` ends after that many rounds without a summary, as a
+    kill after the checkpoint of that round would (for tests and for splitting long runs)."""
+    session = open_session(cfg, make_engine=make_engine, reporter=reporter or SilentReporter())
+    start, state, history, elapsed = restore_round(run, session) if resume else (0, None, [], 0.0)
+    if state is None:
+        state = session.initial_state()
+    recorder = Recorder(run, session, history=history, elapsed=elapsed, next_round=start)
+    end = cfg.rounds if stop_after is None else max(start, min(stop_after, cfg.rounds))
+    try:
+        state = session.run(state, start=start, stop=end, on_round=recorder)
+    except DivergenceError as err:
+        raise diverged(run, recorder.next_round, err) from None
+    except FederationError as err:
+        summary = {"status": "too few clients", "error": str(err), "round": recorder.next_round + 1}
+        run.write_summary(summary)
+        raise
+    if end < cfg.rounds:
+        return run
+    final = recorder.final
+    if final is None:
+        final = session.evaluate(state, round=cfg.rounds - 1)
+    finish_run(
+        run, session, global_state=state, history=history, final=final, wall=recorder.elapsed()
+    )
+    return run
+
+
+def diverged(run: RunDir, round: int, err: DivergenceError) -> DivergenceError:
+    """Record a diverged run and say which checkpoint survives and what to try."""
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    kept = f"the last good checkpoint is `{latest}`" if latest else "no checkpoint was written yet"
+    message = (
+        f"training diverged in round {round + 1}, {err}; {kept}. "
+        "Lower `optim.lr` or set `optim.grad_clip` and start again."
+    )
+    run.write_summary({"status": "diverged", "error": message, "round": round + 1})
+    return DivergenceError(message)
+
+
+def save_round(
+    run: RunDir, session: Session, *, round: int, global_state: State, history: list, elapsed: float
+) -> None:
+    """Checkpoint after `round` rounds: global state, every client's personal state, history."""
+    state = {
+        "round": round,
+        "global": global_state,
+        "personal": session.engine.personal_states(),
+        "history": history,
+        "elapsed": elapsed,
+        "global_sha256": state_hash(global_state),
+        "rng": {"seed": session.cfg.seed, "next_round": round},
+    }
+    ckpt.save_checkpoint(run.checkpoints_dir / f"round-{round:05d}", state)
+    ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
+
+
+def restore_round(run: RunDir, session: Session) -> tuple[int, State | None, list, float]:
+    """Continue from the newest checkpoint: metrics.jsonl is cut back to its history."""
+    if ckpt.latest_checkpoint(run.checkpoints_dir) is None:
+        return 0, None, [], 0.0
+    restored = load_round(run, session)
+    run.rewrite_metrics(restored[2])
+    return restored
+
+
+def load_round(run: RunDir, session: Session) -> tuple[int, State, list, float]:
+    """The newest checkpoint's round count, global state, history and elapsed seconds.
+
+    Personal states go back to the engine. A run without checkpoints is a ConfigError.
+    """
+    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+    if latest is None:
+        raise ConfigError(
+            f"run `{run.path}` has no checkpoint yet: train it first (`trustvision fed run`)"
+        )
+    state = ckpt.load_checkpoint(latest, device=session.accel.device)
+    session.engine.restore(state["personal"])
+    return state["round"], state["global"], state["history"], state["elapsed"]
+
+
+def select_round(history: list[dict], metric: str) -> dict[str, Any] | None:
+    """The evaluated round with the highest `metric` (a validation accuracy; the latest round
+    wins a tie) and every number logged for it; None when no round has it. Reads nothing but
+    `metric` to choose, so a test number can never pick the round."""
+    rows = [r for r in history if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
+    if not rows:
+        return None
+    chosen = max(reversed(rows), key=lambda r: r[metric])
+    numbers = {k: v for k, v in chosen.items() if k not in TIMING_KEYS and k != "clients"}
+    return {"selected_by": "validation", "metric": metric, **numbers}
+
+
+def finish_run(
+    run: RunDir, session: Session, *, global_state: State, history: list, final: dict, wall: float
+) -> None:
+    """Write summary.json, the global weights and the plots."""
+    from trustvision.federated.plots import plot_federated_run
+
+    cfg = session.cfg
+    summary = {
+        "status": "finished",
+        "seed": cfg.seed,
+        "algorithm": cfg.algorithm.name,
+        "options": cfg.algorithm.options,
+        "rounds": cfg.rounds,
+        "wall_seconds": wall,
+        "model": cfg.model.name,
+        "data": {"name": cfg.data.name, "source": cfg.data.source, **session.federation.describe()},
+        "final": final,
+        "headline": flat_metrics(final, mask_unseen=cfg.mask_unseen),
+        "selected": {
+            kind: chosen
+            for kind, metric in SELECTION_METRICS.items()
+            if (chosen := select_round(history, metric)) is not None
+        },
+        "global_sha256": state_hash(global_state),
+        "environment": environment_info(session.accel.device),
+    }
+    if "ssec.weight" in global_state:
+        summary["ssec_sha256"] = state_hash({"ssec.weight": global_state["ssec.weight"]})
+    ckpt.save_weights(
+        run.path / "global.safetensors", global_state, {"algorithm": cfg.algorithm.name}
+    )
+    run.write_summary(summary)
+    plot_federated_run(run, classes=session.federation.classes)
