@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import CIFAR_ZIP, mean_std
+from common import CIFAR_ZIP, mean_std, write_results
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {
@@ -456,11 +456,8 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - started,
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compact.json").write_text(
-        json.dumps({"meta": meta, "datasets": table, "latency": latency}, indent=2) + "\n"
-    )
-    (out / "compact.md").write_text(markdown(table, latency, meta) + "\n")
+    body = {"meta": meta, "datasets": table, "latency": latency}
+    write_results("compact", markdown(table, latency, meta), body, out=out)
     plot(table, out / "compact_accuracy_vs_params.png")
     print(f"wrote {out / 'compact.md'} in {meta['wall_seconds']:.0f} s")
     print(

@@ -13,7 +13,6 @@ resumes. Writes docs/results/compact-selection.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import re
 import time
@@ -21,9 +20,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common import ROOT, write_results
 from compact import CONFIGS, overrides, train_run
 
-ROOT = Path(__file__).parents[1]
 VALIDATION = 0.1  # stratified, from the seed (data.validation)
 # The starting point the candidates were compared with: configs/compact/ as they were
 # before this selection changed them (so that re-running gives the same table).
@@ -163,12 +162,8 @@ def main() -> None:
         "validation": VALIDATION,
         "wall_seconds": time.perf_counter() - started,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compact-selection.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-    )
-    (out / "compact-selection.md").write_text(markdown(results, meta) + "\n")
+    body = {"meta": meta, "results": results}
+    write_results("compact-selection", markdown(results, meta), body, out=Path(args.out))
     print(markdown(results, meta))
 
 

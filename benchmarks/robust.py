@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS, ROOT, pct, write_results
 from rich.console import Console
 
 from trustvision.config import load_config
 from trustvision.report.console import ConsoleReporter
-from trustvision.robust.config import PipelineConfig
 from trustvision.robust.commands.demo import run_pipeline
+from trustvision.robust.config import PipelineConfig
 from trustvision.runs import environment_info
 
-ROOT = Path(__file__).parents[1]
-RESULTS = ROOT / "docs/results"
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 CONFIGS = {name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml" for name in DATASETS}
 
@@ -65,10 +64,6 @@ def config_for(name: str, args: argparse.Namespace) -> PipelineConfig:
     if args.no_certify:
         overrides.append("smoothing=null")
     return load_config(PipelineConfig, CONFIGS[name], overrides)
-
-
-def pct(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.{digits}f}"
 
 
 def model_table(report: dict[str, Any]) -> list[str]:
@@ -410,7 +405,7 @@ def copy_plots(name: str, work: Path, report: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
-def write_results(
+def write_report(
     reports: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float
 ) -> None:
     env = environment_info(torch.device("cpu"))
@@ -452,9 +447,8 @@ def write_results(
             f"`python benchmarks/robust.py --datasets {' '.join(missing)}`).",
             "",
         ]
-    (RESULTS / "robust.md").write_text("\n".join(lines))
     body = {"environment": env, "command": command.strip(), "datasets": reports}
-    (RESULTS / "robust.json").write_text(json.dumps(body, indent=2) + "\n")
+    write_results("robust", "\n".join(lines), body)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -477,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         elif report is not None:
             reports[name] = report
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_results(reports, args, time.perf_counter() - started)
+    write_report(reports, args, time.perf_counter() - started)
     print(f"wrote {RESULTS / 'robust.md'}")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import ROOT, write_results
 from pyautoattack.square import SquareAttack
 
 from trustvision.robust.attacks import cross_entropy_loss, pgd
@@ -32,8 +33,6 @@ from trustvision.robust.evaluate import pgd_accuracy, recorded_dataset, test_pix
 from trustvision.robust.runs import data_of, load_mix, load_model, read_finished
 from trustvision.runs import environment_info
 
-ROOT = Path(__file__).parents[1]
-RESULTS = ROOT / "docs/results"
 TAIL_MODELS = ("robust", "fixed-mix", "adaptive-mix")  # the standard model is at 0 from 1 eps
 TAIL_FACTORS = (3, 4, 6)
 TAIL_STEPS = (20, 100)
@@ -174,11 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         *(square_table(square) if square else []),
         *(tail_table(tail) if tail else []),
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "robust_diagnostics.md").write_text("\n".join(lines))
     body = {"environment": env, "command": command.strip(), "square": square, "eps_tail": tail}
-    (RESULTS / "robust_diagnostics.json").write_text(json.dumps(body, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'robust_diagnostics.md'}")
+    print(f"wrote {write_results('robust_diagnostics', chr(10).join(lines), body)}")
 
 
 if __name__ == "__main__":

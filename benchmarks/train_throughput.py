@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import CIFAR_ZIP
+from common import CIFAR_ZIP, ROOT, write_results
 
 from trustvision.config import AugmentConfig, DataConfig, OptimConfig
 from trustvision.data.dataset import load_dataset
@@ -28,8 +28,6 @@ from trustvision.models import create_model
 from trustvision.runs import environment_info
 from trustvision.train.loop import Accel, cross_entropy, train_epoch
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
-
-ROOT = Path(__file__).parents[1]
 
 WORKLOADS = [
     {
@@ -146,10 +144,6 @@ def measure(workload: dict, device: torch.device, rounds: int) -> dict:
 
 
 def write_report(rows: list[dict], machine: str, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(
-        json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         "# Training throughput",
         "",
@@ -179,7 +173,7 @@ def write_report(rows: list[dict], machine: str, out: Path) -> None:
         "same machine load. CIFAR-10 here is the JPEG copy in `../shared/data/cifar10-jpeg.zip`.",
         "",
     ]
-    (out / "throughput.md").write_text("\n".join(lines))
+    write_results("throughput", "\n".join(lines), {"machine": machine, "rows": rows}, out=out)
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
-from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.cli import robust_app
+from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.config import CertifyConfig, PipelineConfig
 from trustvision.robust.evaluate import MODEL_INFO_FIELDS
 from trustvision.robust.runs import load_model
@@ -88,6 +88,8 @@ def mixes_without_test_images(monkeypatch) -> None:
 
 def benchmark():
     """benchmarks/robust.py as a module (it writes docs/results; here only its tables)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # its `common`, as when run as a script
     spec = importlib.util.spec_from_file_location("bench_robust", ROOT / "benchmarks/robust.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -186,7 +188,9 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
     pipeline.run_pipeline(cfg, work, log=lambda _: None)
     second = json.loads((eval_dir / "summary.json").read_text())
     assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
-    assert eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
+    assert (
+        eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
+    )
 
 
 def test_cli_prints_configs_and_names_a_missing_run(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import trustvision.robust.evaluate as evaluate
 import trustvision.robust.commands.demo as pipeline
+import trustvision.robust.evaluate as evaluate
 import trustvision.robust.sweep as sweep
 from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import ArraySplit, Dataset

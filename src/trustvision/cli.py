@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 import trustvision
-from trustvision.clikit import fail
+from trustvision.clikit import PrintConfigOpt, ResumeOpt, command_config, fail, overrides_help
 from trustvision.compact.cli import compact_app
 from trustvision.errors import TrustvisionError
 from trustvision.federated.cli import fed_app
@@ -34,9 +34,7 @@ app.add_typer(robust_app, name="robust")
 app.add_typer(sweep_app, name="sweep")
 console = Console()
 
-OVERRIDES_HELP = (
-    "Config overrides as `key=value`, nested keys with dots: `optim.lr=0.05 data.batch_size=64`."
-)
+OVERRIDES_HELP = overrides_help("optim.lr=0.05 data.batch_size=64")
 FROM_HELP = "Read the data set from this local file or folder (IDX files, a CIFAR python archive, an image-folder zip)."
 
 
@@ -69,15 +67,8 @@ def train(
     overrides: Annotated[
         list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
     ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
-    ] = None,
-    print_config: Annotated[
-        bool,
-        typer.Option(
-            "--print-config", help="Print the resolved config (every key, with defaults) and exit."
-        ),
-    ] = False,
+    resume: ResumeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train one model on one data set (centralised) and write a run directory.
 
@@ -85,32 +76,17 @@ def train(
 
     `trustvision train --print-config` lists every key you can set.
     """
-    from trustvision.config import TrainConfig, dump_config, load_config
-
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *(overrides or [])]  # no file: only overrides
-    if print_config:
-        try:
-            console.print(dump_config(load_config(TrainConfig, config, overrides)), highlight=False)
-        except TrustvisionError as err:
-            raise fail(err) from None
-        return
-    from trustvision.report.console import ConsoleReporter
-    from trustvision.train.centralized import resume_training, train_model
+    from trustvision.config import TrainConfig
 
     try:
-        if resume is not None:
-            if config is not None or overrides:
-                raise TrustvisionError(
-                    "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
-                )
-            run = resume_training(resume, reporter=ConsoleReporter(console))
-        else:
-            cfg = load_config(TrainConfig, config, overrides)
-            console.print(
-                f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)"
-            )
-            run = train_model(cfg, reporter=ConsoleReporter(console))
+        cfg = command_config(
+            TrainConfig, config, overrides, resume=resume, print_config=print_config
+        )
+        from trustvision.report.console import ConsoleReporter
+        from trustvision.train.centralized import train_model
+
+        console.print(f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)")
+        run = train_model(cfg, resume_dir=resume, reporter=ConsoleReporter(console))
     except TrustvisionError as err:
         raise fail(err) from None
     summary = run.read_summary()

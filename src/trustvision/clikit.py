@@ -1,4 +1,5 @@
-"""What every sub-command line interface shares: the error exit, and reading the command tree.
+"""What every sub-command line interface shares: the error exit, reading a command's config
+(a file, `key=value` overrides, `--resume`, `--print-config`) and reading the command tree.
 
 It sits below the systems' CLIs (federated, compact, robust, sweep) and above the core, so that
 a system's CLI never imports the top-level `trustvision.cli`, which mounts it.
@@ -6,13 +7,68 @@ a system's CLI never imports the top-level `trustvision.cli`, which mounts it.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, TypeVar
+
 import click
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from trustvision.errors import ConfigError, DivergenceError, TrustvisionError
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 err_console = Console(stderr=True)
+out_console = Console()
+
+PrintConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-config", help="Print the resolved config (every key, with defaults) and exit."
+    ),
+]
+ResumeOpt = Annotated[
+    Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+]
+
+
+def overrides_help(example: str) -> str:
+    """The help of a command's `key=value` arguments, with an example of its own keys."""
+    return f"Config overrides as `key=value`, nested keys with dots: `{example}`."
+
+
+def command_config(
+    model: type[ConfigT],
+    config: Path | None,
+    overrides: list[str] | None,
+    *,
+    resume: Path | None = None,
+    print_config: bool = False,
+    required: str | None = None,
+) -> ConfigT:
+    """The typed config a command runs with: CONFIG plus overrides (a first argument holding
+    `=` that is no file is an override: `robust eval model=runs/x`), or with `resume` the run's
+    own config.yaml (then CONFIG and overrides are refused). `required` (a hint where to find
+    one) makes a CONFIG file or overrides mandatory. `print_config` prints it and exits."""
+    from trustvision.config import dump_config, load_config
+
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *(overrides or [])]
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError(
+                "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
+            )
+        from trustvision.runs import RunDir
+
+        config = RunDir.open(resume).config_path
+    elif required is not None and config is None and not overrides:
+        raise ConfigError(f"give a CONFIG file or `key=value` overrides ({required})")
+    cfg = load_config(model, config, overrides)
+    if print_config:
+        out_console.print(dump_config(cfg), highlight=False)
+        raise typer.Exit()
+    return cfg
 
 
 def fail(err: TrustvisionError) -> typer.Exit:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import fail
+from trustvision.clikit import PrintConfigOpt, command_config, fail, overrides_help
 from trustvision.errors import TrustvisionError
 
 compact_app = typer.Typer(
@@ -21,7 +21,7 @@ compact_app = typer.Typer(
 )
 console = Console()
 
-OVERRIDES_HELP = "Config overrides as `key=value`: `dual.epochs=3 finetune.epochs=2 rows=[full]`."
+OVERRIDES_HELP = overrides_help("dual.epochs=3 finetune.epochs=2 rows=[full]")
 CONFIG_HELP = "A YAML config, e.g. configs/compact/mnist_demo.yaml."
 RUN_HELP = "A run directory written by `trustvision compact train`."
 ROW_NAMES = {
@@ -31,22 +31,11 @@ ROW_NAMES = {
 }
 
 
-def _train(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Any:
-    """Load the config (or the run's own, with `--resume`) and train every row."""
-    from trustvision.compact.config import CompactConfig
+def train_rows(cfg: Any, resume: Path | None) -> Any:
+    """Say what will be trained, then train every row of `cfg` (into `resume` if given)."""
     from trustvision.compact.train import train_compact
-    from trustvision.config import load_config
     from trustvision.report.console import ConsoleReporter
-    from trustvision.runs import RunDir
 
-    if resume is not None:
-        if config is not None or overrides:
-            raise TrustvisionError(
-                "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
-            )
-        cfg = load_config(CompactConfig, RunDir.open(resume).config_path)
-    else:
-        cfg = load_config(CompactConfig, config, overrides)
     console.print(
         f"`{cfg.model.name}` on `{cfg.data.name}`: stage 1 (dual) {cfg.dual.epochs} epoch(s), "
         f"stage 2 {cfg.finetune.epochs}, rows {', '.join(cfg.rows)}"
@@ -124,13 +113,24 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run directory (finished rows are kept).")
     ] = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Stage 1 (dual), unification, stage 2 (progressive unfreezing) and the baselines.
 
     Example: trustvision compact train configs/compact/mnist_demo.yaml dual.epochs=2
     """
+    from trustvision.compact.config import CompactConfig
+
     try:
-        run = _train(config, overrides, resume)
+        cfg = command_config(
+            CompactConfig,
+            config,
+            overrides,
+            resume=resume,
+            print_config=print_config,
+            required="see configs/compact/",
+        )
+        run = train_rows(cfg, resume)
     except TrustvisionError as err:
         raise fail(err) from None
     print_rows(run.read_summary())
@@ -171,15 +171,24 @@ def run_all(
     overrides: Annotated[
         list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
     ] = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train, export and benchmark in one go (the demo).
 
     Example: trustvision compact run configs/compact/mnist_demo.yaml
     """
+    from trustvision.compact.config import CompactConfig
     from trustvision.compact.deploy import bench_run, export_run
 
     try:
-        run = _train(config, overrides, None)
+        cfg = command_config(
+            CompactConfig,
+            config,
+            overrides,
+            print_config=print_config,
+            required="see configs/compact/",
+        )
+        run = train_rows(cfg, None)
         print_rows(run.read_summary())
         record = export_run(run)
         print_export(record)

@@ -52,19 +52,14 @@ from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import (
     Accel,
+    Batches,
     Objective,
     Reporter,
     cross_entropy,
     evaluate,
     select_device,
 )
-from trustvision.train.recipe import (
-    WEIGHTS,
-    Batches,
-    load_with_loaders,
-    torch_threads,
-    train_into_run,
-)
+from trustvision.train.recipe import WEIGHTS, load_with_loaders, torch_threads, train_into_run
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
 RESUME = "trustvision compact train --resume"

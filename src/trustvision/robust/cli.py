@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import fail
+from trustvision.clikit import PrintConfigOpt, ResumeOpt, command_config, fail, overrides_help
 from trustvision.errors import TrustvisionError
 
 robust_app = typer.Typer(
@@ -25,37 +25,13 @@ robust_app = typer.Typer(
 )
 console = Console()
 
-OVERRIDES_HELP = (
-    "Config overrides as `key=value`, nested keys with dots: `attack.eps=0.3 epochs=2`."
-)
+OVERRIDES_HELP = overrides_help("attack.eps=0.3 epochs=2")
 ConfigArg = Annotated[Path | None, typer.Argument(help="A YAML config from configs/robust/.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Write into (or resume) this directory instead of a new one."),
 ]
-PrintOpt = Annotated[
-    bool, typer.Option("--print-config", help="Print the resolved config (every key) and exit.")
-]
-
-
-def _split(config: Path | None, overrides: list[str] | None) -> tuple[Path | None, list[str]]:
-    """Allow overrides without a file: `robust eval model=runs/x`."""
-    if config is not None and "=" in str(config) and not config.exists():
-        return None, [str(config), *(overrides or [])]
-    return config, list(overrides or [])
-
-
-def _load(model: Any, config: Path | None, overrides: list[str] | None, show: bool) -> Any:
-    """Load and validate a config; with `show`, print it and stop."""
-    from trustvision.config import dump_config, load_config
-
-    path, extra = _split(config, overrides)
-    cfg = load_config(model, path, extra)
-    if show:
-        console.print(dump_config(cfg), highlight=False)
-        raise typer.Exit()
-    return cfg
 
 
 def _log(text: str) -> None:
@@ -66,31 +42,29 @@ def _log(text: str) -> None:
 def train(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
-    ] = None,
-    print_config: PrintOpt = False,
+    resume: ResumeOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train a base model: standard, PGD-AT, TRADES, FGSM-RS (fast AT) or Gaussian noise.
 
-    Example: trustvision robust train configs/robust/mnist_robust.yaml epochs=1
+    Example: trustvision robust train configs/robust/mnist_pgd.yaml epochs=1
     """
-    from trustvision.report.console import ConsoleReporter
-    from trustvision.robust.commands.train import resume_robust, train_robust
     from trustvision.robust.config import RobustTrainConfig
 
     try:
-        reporter = ConsoleReporter(console)
-        if resume is not None:
-            if config is not None or overrides:
-                raise TrustvisionError(
-                    "`--resume` uses the run's own config.yaml: give no CONFIG or overrides"
-                )
-            run = resume_robust(resume, reporter=reporter)
-        else:
-            cfg = _load(RobustTrainConfig, config, overrides, print_config)
-            _log(f"training `{cfg.model.name}` on `{cfg.data.name}` with `{cfg.attack.method}`")
-            run = train_robust(cfg, reporter=reporter)
+        cfg = command_config(
+            RobustTrainConfig,
+            config,
+            overrides,
+            resume=resume,
+            print_config=print_config,
+            required="see configs/robust/",
+        )
+        from trustvision.report.console import ConsoleReporter
+        from trustvision.robust.commands.train import train_robust
+
+        _log(f"training `{cfg.model.name}` on `{cfg.data.name}` with `{cfg.attack.method}`")
+        run = train_robust(cfg, run_path=resume, reporter=ConsoleReporter(console))
     except TrustvisionError as err:
         raise fail(err) from None
     summary = run.read_summary()
@@ -102,7 +76,7 @@ def mix(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
     run_dir: RunDirOpt = None,
-    print_config: PrintOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Mix a standard and a robust model: alpha sweep (kind=fixed) or mixing network (kind=adaptive).
 
@@ -113,7 +87,7 @@ def mix(
     from trustvision.robust.config import MixConfig
 
     try:
-        cfg = _load(MixConfig, config, overrides, print_config)
+        cfg = command_config(MixConfig, config, overrides, print_config=print_config)
         run = run_mix(cfg, run_path=run_dir, reporter=ConsoleReporter(console), log=_log)
     except TrustvisionError as err:
         raise fail(err) from None
@@ -140,7 +114,7 @@ def evaluate(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
     run_dir: RunDirOpt = None,
-    print_config: PrintOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """AutoAttack (per-point worst case) on a base model or a mix, with gradient-masking checks.
 
@@ -151,7 +125,7 @@ def evaluate(
     from trustvision.robust.config import EvalConfig
 
     try:
-        cfg = _load(EvalConfig, config, overrides, print_config)
+        cfg = command_config(EvalConfig, config, overrides, print_config=print_config)
         run = run_eval(cfg, run_path=run_dir, log=_log)
     except TrustvisionError as err:
         raise fail(err) from None
@@ -166,7 +140,7 @@ def certify(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
     run_dir: RunDirOpt = None,
-    print_config: PrintOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Certified accuracy of the mix against l2 radius (randomized smoothing or a Lipschitz bound).
 
@@ -176,7 +150,7 @@ def certify(
     from trustvision.robust.config import CertifyConfig
 
     try:
-        cfg = _load(CertifyConfig, config, overrides, print_config)
+        cfg = command_config(CertifyConfig, config, overrides, print_config=print_config)
         run = run_certify(cfg, run_path=run_dir, log=_log)
     except TrustvisionError as err:
         raise fail(err) from None
@@ -192,7 +166,7 @@ def demo(
     work: Annotated[
         Path | None, typer.Option(help="Work directory (resumed if it exists; default: a new one).")
     ] = None,
-    print_config: PrintOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train standard + robust models, sweep the fixed mix, AutoAttack every model, print a table.
 
@@ -203,7 +177,7 @@ def demo(
     from trustvision.robust.config import PipelineConfig
 
     try:
-        cfg = _load(PipelineConfig, config, overrides, print_config)
+        cfg = command_config(PipelineConfig, config, overrides, print_config=print_config)
         work = work or Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         started = time.perf_counter()
         report = run_pipeline(cfg, work, reporter=ConsoleReporter(console), log=_log)

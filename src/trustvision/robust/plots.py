@@ -31,6 +31,25 @@ def _curves(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return curves
 
 
+def _final_panel(ax: Any, final: Sequence[dict[str, Any]]) -> None:
+    """Each model's final test numbers under AutoAttack, one marker each."""
+    for marker, model in zip("os^DvP" * 2, final, strict=False):
+        ax.plot(
+            100 * model["robust_acc"],
+            100 * model["clean_acc"],
+            marker,
+            markersize=9,
+            label=model["label"],
+        )
+    ax.set(
+        xlabel="AutoAttack accuracy (%)",
+        ylabel="clean accuracy (%)",
+        title="test images: the final numbers",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_tradeoff(
     points: Sequence[dict[str, Any]],
     path: Path,
@@ -85,22 +104,7 @@ def plot_tradeoff(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if final:
-        ax = axes[0][1]
-        for marker, model in zip("os^DvP" * 2, final, strict=False):
-            ax.plot(
-                100 * model["robust_acc"],
-                100 * model["clean_acc"],
-                marker,
-                markersize=9,
-                label=model["label"],
-            )
-        ax.set(
-            xlabel="AutoAttack accuracy (%)",
-            ylabel="clean accuracy (%)",
-            title="test images: the final numbers",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _final_panel(axes[0][1], final)
     return save_figure(fig, path)
 
 

@@ -13,12 +13,10 @@ from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, Reporter, cross_entropy
 from trustvision.train.recipe import (
-    Batches,
+    batches_of,
     load_with_loaders,
     run_settings,
-    run_summary,
-    started_now,
-    train_into_run,
+    train_config_run,
 )
 
 RESUME = "trustvision train --resume"
@@ -39,31 +37,18 @@ def train_model(
             **cfg.model.kwargs,
         )
         model = accel.prepare_model(model)
-        run, existed = RunDir.open_or_create(
-            resume_dir, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
-        )
-        started = started_now()
-        result = train_into_run(
+        run, summary = train_config_run(
+            cfg,
             model,
-            run,
-            batches=Batches.of(loaders),
+            run_path=resume_dir,
+            resume_hint=RESUME,
+            batches=batches_of(loaders),
             objective=cross_entropy(label_smoothing=cfg.optim.label_smoothing),
-            optim=cfg.optim,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
             accel=accel,
             num_classes=dataset.num_classes,
-            resume=existed,
             reporter=reporter,
-            checkpoint_every=cfg.checkpoint_every,
-            weights_meta={"model": cfg.model.name},
-        )
-        summary = run_summary(
-            result, seed=cfg.seed, epochs=cfg.epochs, started=started, device=device
         )
         summary |= {
-            "model": cfg.model.name,
-            "parameters": model.num_parameters(),
             "data": {
                 "name": dataset.name,
                 "source": dataset.source,

@@ -209,12 +209,88 @@ class FitResult:
     validation: dict[str, Any] | None = None  # on the validation hold-out, when there is one
 
 
+@dataclass(frozen=True)
+class Batches:
+    """The loaders one training reads: `test` is evaluated every epoch (the mixing network
+    puts validation images there), `val` too when the run holds some out."""
+
+    train: BatchLoader
+    test: BatchLoader
+    val: BatchLoader | None = None
+    train_counts: np.ndarray | None = None  # per-class training images, for the final metrics
+
+
+@dataclass
+class _Training:
+    """What every epoch of one `fit` shares."""
+
+    model: nn.Module
+    batches: Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    accel: Accel
+    num_classes: int
+    seed: int
+    run: RunDir
+    grad_clip: float | None
+    reporter: Reporter
+
+    def epoch(self, epoch: int, epochs: int) -> dict[str, Any]:
+        """Train one epoch (reseeded from (seed, epoch)) and evaluate; its record."""
+        torch.manual_seed(derive_seed(self.seed, "torch", epoch))
+        self.reporter.start(f"epoch {epoch + 1}/{epochs}", len(self.batches.train))
+        try:
+            record = train_epoch(
+                self.model,
+                self.batches.train.epoch(epoch),
+                optimizer=self.optimizer,
+                objective=self.objective,
+                accel=self.accel,
+                scheduler=self.scheduler,
+                grad_clip=self.grad_clip,
+                reporter=self.reporter,
+            )
+        except DivergenceError as err:
+            raise diverged(self.run, epoch, err) from None
+        record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **record}
+        for prefix, loader in (("val", self.batches.val), ("test", self.batches.test)):
+            if loader is not None:
+                scores = self.evaluate(loader)
+                record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
+        problem = non_finite(self.model, record)
+        if problem is not None:
+            raise diverged(self.run, epoch, DivergenceError(problem))
+        return record
+
+    def evaluate(self, loader: BatchLoader, counts: np.ndarray | None = None) -> dict[str, Any]:
+        return evaluate(
+            self.model,
+            loader.epoch(0),
+            num_classes=self.num_classes,
+            accel=self.accel,
+            train_counts=counts,
+        )
+
+    def checkpoint(self, epoch: int, *, elapsed: float, history: list[dict[str, Any]]) -> None:
+        """Save the state after `epoch` (0-based) and keep the newest two checkpoints."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "elapsed": elapsed,
+            "history": history,
+            "rng": {"seed": self.seed, "next_epoch": epoch + 1},
+        }
+        ckpt.save_checkpoint(self.run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
+        ckpt.prune_checkpoints(self.run.checkpoints_dir, keep=2)
+
+
 def fit(
     model: nn.Module,
     *,
-    train_loader: BatchLoader,
-    test_loader: BatchLoader,
-    val_loader: BatchLoader | None = None,
+    batches: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     objective: Objective,
@@ -223,7 +299,6 @@ def fit(
     accel: Accel,
     num_classes: int,
     run: RunDir,
-    train_counts: np.ndarray | None = None,
     grad_clip: float | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
@@ -235,79 +310,39 @@ def fit(
 
     Each epoch reseeds torch's global RNG (dropout) from (seed, epoch) and the loader derives
     its shuffling and augmentation from (seed, epoch) too, so an epoch's result depends only
-    on the state at its start: a run resumed from a checkpoint ends exactly as an
-    uninterrupted one would. `before_epoch(epoch)` runs first in every epoch, resumed or not
-    (progressive unfreezing sets `requires_grad` there; frozen parameters get no gradient and
-    the optimiser skips them). With `val_loader`, every epoch is evaluated on the validation
-    hold-out too (`val_acc`), the number a choice between runs or epochs may read.
-    `after_epoch(epoch)` runs after the epoch's evaluation; the numbers it returns join the
-    epoch's record (metrics.jsonl, history).
+    on the state at its start: a resumed run ends exactly as an uninterrupted one would.
+    `before_epoch(epoch)` runs first in every epoch, resumed or not (progressive unfreezing
+    sets `requires_grad` there). With `batches.val`, every epoch is evaluated on the
+    validation hold-out too (`val_acc`), the number a choice between runs or epochs may read.
+    `after_epoch(epoch)` runs after the evaluation; what it returns joins the epoch's record.
     """
-    reporter = reporter or SilentReporter()
-    history: list[dict[str, Any]] = []
-    start_epoch, elapsed = 0, 0.0
-    if resume:
-        start_epoch, elapsed, history = restore(
-            run, model=model, optimizer=optimizer, scheduler=scheduler
-        )
+    training = _Training(
+        model, batches, optimizer, scheduler, objective, accel, num_classes, seed, run,
+        grad_clip, reporter or SilentReporter(),
+    )  # fmt: skip
+    start_epoch, elapsed, history = (
+        restore(run, model=model, optimizer=optimizer, scheduler=scheduler)
+        if resume
+        else (0, 0.0, [])
+    )
     began = time.perf_counter() - elapsed
     for epoch in range(start_epoch, epochs):
         if before_epoch is not None:
             before_epoch(epoch)
-        torch.manual_seed(derive_seed(seed, "torch", epoch))
-        reporter.start(f"epoch {epoch + 1}/{epochs}", len(train_loader))
-        try:
-            record = train_epoch(
-                model,
-                train_loader.epoch(epoch),
-                optimizer=optimizer,
-                objective=objective,
-                accel=accel,
-                scheduler=scheduler,
-                grad_clip=grad_clip,
-                reporter=reporter,
-            )
-        except DivergenceError as err:
-            raise diverged(run, epoch, err) from None
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **record}
-        for prefix, loader in (("val", val_loader), ("test", test_loader)):
-            if loader is not None:
-                scores = evaluate(model, loader.epoch(0), num_classes=num_classes, accel=accel)
-                record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
-        problem = non_finite(model, record)
-        if problem is not None:
-            raise diverged(run, epoch, DivergenceError(problem))
+        record = training.epoch(epoch, epochs)
         if after_epoch is not None:
             record.update(after_epoch(epoch))
         history.append(record)
         run.log(record)
-        reporter.finish(record)
+        training.reporter.finish(record)
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "elapsed": time.perf_counter() - began,
-                "history": history,
-                "rng": {"seed": seed, "next_epoch": epoch + 1},
-            }
-            ckpt.save_checkpoint(run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
-            ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
-    final, validation = (
-        evaluate(
-            model, loader.epoch(0), num_classes=num_classes, accel=accel, train_counts=train_counts
-        )
-        if loader is not None
-        else None
-        for loader in (test_loader, val_loader)
-    )
-    assert final is not None
+            training.checkpoint(epoch, elapsed=time.perf_counter() - began, history=history)
+    counts = batches.train_counts
     return FitResult(
-        final=final,
+        final=training.evaluate(batches.test, counts),
         history=history,
         wall_seconds=time.perf_counter() - began,
-        validation=validation,
+        validation=None if batches.val is None else training.evaluate(batches.val, counts),
     )
 
 

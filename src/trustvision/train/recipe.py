@@ -12,20 +12,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from trustvision.config import DataConfig, OptimConfig, RunSettings
+from trustvision.config import DataConfig, OptimConfig, RunSettings, TrainConfig
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import BatchLoader, Loaders, build_loaders
 from trustvision.errors import ConfigError
+from trustvision.models import ImageClassifier
 from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
-from trustvision.train.loop import Accel, FitResult, Objective, Reporter, fit, select_device
+from trustvision.train.loop import (
+    Accel,
+    Batches,
+    FitResult,
+    Objective,
+    Reporter,
+    fit,
+    select_device,
+)
 from trustvision.train.optim import build_optimizer, build_scheduler, parameter_groups
 
 WEIGHTS = "model.safetensors"
@@ -70,19 +78,9 @@ def load_with_loaders(
     return dataset, loaders
 
 
-@dataclass(frozen=True)
-class Batches:
-    """The loaders one training reads: `test` is evaluated every epoch (the mixing network
-    puts validation images there), `val` too when the run holds some out."""
-
-    train: BatchLoader
-    test: BatchLoader
-    val: BatchLoader | None = None
-    train_counts: np.ndarray | None = None  # per-class training images, for the metrics
-
-    @classmethod
-    def of(cls, loaders: Loaders) -> Batches:
-        return cls(loaders.train, loaders.test, loaders.val, loaders.train_counts)
+def batches_of(loaders: Loaders) -> Batches:
+    """A centralised run's loaders as the core loop reads them."""
+    return Batches(loaders.train, loaders.test, loaders.val, loaders.train_counts)
 
 
 def train_into_run(
@@ -113,9 +111,7 @@ def train_into_run(
     scheduler = build_scheduler(optimizer, optim, total_steps=epochs * steps, steps_per_epoch=steps)
     result = fit(
         model,
-        train_loader=batches.train,
-        test_loader=batches.test,
-        val_loader=batches.val,
+        batches=batches,
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
@@ -124,7 +120,6 @@ def train_into_run(
         accel=accel,
         num_classes=num_classes,
         run=run,
-        train_counts=batches.train_counts,
         grad_clip=optim.grad_clip,
         checkpoint_every=checkpoint_every,
         resume=resume,
@@ -135,6 +130,48 @@ def train_into_run(
     if weights is not None:
         ckpt.save_weights(run.path / weights, model.state_dict(), weights_meta)
     return result
+
+
+def train_config_run(
+    cfg: TrainConfig,
+    model: ImageClassifier | Any,
+    *,
+    run_path: str | Path | None,
+    resume_hint: str,
+    batches: Batches,
+    objective: Objective,
+    accel: Accel,
+    num_classes: int,
+    reporter: Reporter | None,
+    **options: Any,
+) -> tuple[RunDir, dict[str, Any]]:
+    """The model of a `TrainConfig` (or a config built on it) trained into its run directory:
+    a fresh one, or `run_path` (created, or continued if it holds this config). Returns the run
+    and the summary every such run has; `options` go to `train_into_run` (groups, hooks)."""
+    run, existed = RunDir.open_or_create(
+        run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=resume_hint
+    )
+    started = started_now()
+    result = train_into_run(
+        model,
+        run,
+        batches=batches,
+        objective=objective,
+        optim=cfg.optim,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        accel=accel,
+        num_classes=num_classes,
+        resume=existed,
+        reporter=reporter,
+        checkpoint_every=cfg.checkpoint_every,
+        weights_meta={"model": cfg.model.name},
+        **options,
+    )
+    summary = run_summary(
+        result, seed=cfg.seed, epochs=cfg.epochs, started=started, device=accel.device
+    )
+    return run, summary | {"model": cfg.model.name, "parameters": model.num_parameters()}
 
 
 def started_now() -> str:

@@ -43,8 +43,8 @@ from trustvision.robust.sweep import (
     set_knobs,
 )
 from trustvision.runs import RunDir
-from trustvision.train.loop import Accel, FitResult, Reporter
-from trustvision.train.recipe import Batches, train_into_run
+from trustvision.train.loop import Accel, Batches, FitResult, Reporter
+from trustvision.train.recipe import train_into_run
 
 MONITOR_IMAGES = 2000  # validation images the mixing network's every epoch is evaluated on
 

@@ -13,22 +13,21 @@ from typing import Any
 
 import torch
 
-from trustvision.config import DataConfig, load_config
+from trustvision.config import DataConfig
 from trustvision.data.dataset import Dataset
+from trustvision.data.loader import Loaders
 from trustvision.report.plots import plot_run
 from trustvision.robust.adversarial import Ramp, make_objective
 from trustvision.robust.config import RobustTrainConfig
-from trustvision.robust.pixels import build_pixel_model
+from trustvision.robust.pixels import Normalized, build_pixel_model
 from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, Reporter
 from trustvision.train.recipe import (
-    Batches,
+    batches_of,
     load_with_loaders,
     run_settings,
-    run_summary,
-    started_now,
-    train_into_run,
+    train_config_run,
 )
 
 RESUME = "trustvision robust train --resume"
@@ -68,6 +67,24 @@ def data_record(
     }
 
 
+def base_record(
+    cfg: RobustTrainConfig, model: Normalized, dataset: Dataset, loaders: Loaders
+) -> dict[str, Any]:
+    """What a base's summary adds to every run's: its kind, model, attack and data record."""
+    val_images = 0 if loaders.val is None else loaders.val.num_samples
+    return {
+        "kind": "base",
+        "attack": cfg.attack.model_dump(mode="json"),
+        "data": data_record(
+            dataset,
+            train_images=loaders.train.num_samples,
+            from_path=cfg.data.source,
+            split=split_record(cfg.data, seed=cfg.seed, validation_images=val_images),
+        ),
+        "train_class_counts": loaders.train_counts.tolist(),
+    }
+
+
 def train_robust(
     cfg: RobustTrainConfig,
     *,
@@ -90,51 +107,20 @@ def train_robust(
         )
         model = accel.prepare_model(model)
         ramp = Ramp(epochs=cfg.attack.ramp_epochs, steps_per_epoch=len(loaders.train))
-        run, existed = RunDir.open_or_create(
-            run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
-        )
-        started = started_now()
-        result = train_into_run(
+        run, summary = train_config_run(
+            cfg,
             model,
-            run,
-            batches=replace(Batches.of(loaders), train_counts=None),
+            run_path=run_path,
+            resume_hint=RESUME,
+            batches=replace(batches_of(loaders), train_counts=None),
             objective=make_objective(cfg.attack, ramp=ramp),
-            optim=cfg.optim,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
             accel=accel,
             num_classes=dataset.num_classes,
-            resume=existed,
             reporter=reporter,
-            checkpoint_every=cfg.checkpoint_every,
             groups=[model.net],
             before_epoch=ramp.start_epoch,
-            weights_meta={"model": cfg.model.name},
         )
-        summary = run_summary(
-            result, seed=cfg.seed, epochs=cfg.epochs, started=started, device=device
-        )
-        val_images = 0 if loaders.val is None else loaders.val.num_samples
-        summary |= {
-            "kind": "base",
-            "model": cfg.model.name,
-            "parameters": model.num_parameters(),
-            "attack": cfg.attack.model_dump(mode="json"),
-            "data": data_record(
-                dataset,
-                train_images=loaders.train.num_samples,
-                from_path=cfg.data.source,
-                split=split_record(cfg.data, seed=cfg.seed, validation_images=val_images),
-            ),
-            "train_class_counts": loaders.train_counts.tolist(),
-        }
+        summary |= base_record(cfg, model, dataset, loaders)
         run.write_summary(summary)
         plot_run(run, class_names=dataset.classes)
     return run
-
-
-def resume_robust(run_dir: str | Path, *, reporter: Reporter | None = None) -> RunDir:
-    """Continue a killed `robust train` run with the config it was started with."""
-    run = RunDir.open(run_dir)
-    cfg = load_config(RobustTrainConfig, run.config_path)
-    return train_robust(cfg, run_path=run.path, reporter=reporter)

@@ -1,0 +1,56 @@
+"""What every training command's line interface does the same way: overrides without a file,
+`--print-config`, `--resume` with its own config only, and a missing config named."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trustvision.cli import app
+
+RUNNER = CliRunner()
+
+
+def said(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+# (command words, an override of that command's config, whether it needs a CONFIG)
+COMMANDS = [
+    (["train"], "epochs=3", False),
+    (["robust", "train"], "epochs=3", True),
+    (["compact", "train"], "dual.epochs=3", True),
+]
+
+
+@pytest.mark.parametrize(("words", "override", "_"), COMMANDS)
+def test_print_config_takes_overrides_without_a_file(words, override, _):
+    result = RUNNER.invoke(app, [*words, override, "--print-config"])
+    assert result.exit_code == 0, result.output
+    key, value = override.split("=")
+    tree = yaml.safe_load(result.output)
+    for part in key.split("."):
+        tree = tree[part]
+    assert tree == int(value)
+
+
+@pytest.mark.parametrize(("words", "override", "_"), COMMANDS)
+def test_resume_refuses_a_config_or_overrides_the_same_way(tmp_path, words, override, _):
+    result = RUNNER.invoke(app, [*words, override, "--resume", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "`--resume` continues a run with its own config.yaml" in said(result)
+
+
+@pytest.mark.parametrize("words", [w for w, _, needs in COMMANDS if needs])
+def test_a_training_command_without_config_says_where_to_find_one(words):
+    # (`trustvision train` alone runs its documented defaults: MNIST, 2 epochs)
+    result = RUNNER.invoke(app, words)
+    assert result.exit_code == 2
+    assert f"give a CONFIG file or `key=value` overrides (see configs/{words[0]}/)" in said(result)
+
+
+def test_resume_of_a_directory_that_is_no_run_is_a_clear_error(tmp_path):
+    for words, _, _ in COMMANDS:
+        result = RUNNER.invoke(app, [*words, "--resume", str(tmp_path)])
+        assert result.exit_code == 2
+        assert "is not a run directory: it has no config.yaml" in said(result)
