@@ -12,7 +12,8 @@ An algorithm is described by data and small pure functions, never by a training 
   once with `torch.func` over the same objectives.
 - `aggregate` combines the clients' updates on the server (pure, over named tensors).
 - `generic_logits` / `personal_logits` predict with the loaded modules, as heads
-  (`generic_heads`, `personal_head`) on the global backbone's `features`.
+  (`generic_heads`, `personal_head`) on the global backbone's `features`; `modes` names
+  the further global predictors reports show beside `generic` (FedLoGe's `universal`).
 
 Engines (federated/engines/) depend on this protocol only, never on a concrete algorithm.
 """
@@ -85,6 +86,7 @@ class FederatedAlgorithm(Protocol):
     name: ClassVar[str]
     personal: ClassVar[tuple[str, ...]]
     frozen: ClassVar[tuple[str, ...]]
+    modes: ClassVar[dict[str, str]]
     has_generic: ClassVar[bool]
     finetunes: ClassVar[bool]
 
@@ -129,6 +131,9 @@ class Algorithm:
     Options: ClassVar[type[StrictModel]] = NoOptions
     personal: ClassVar[tuple[str, ...]] = ()  # key prefixes kept by each client
     frozen: ClassVar[tuple[str, ...]] = ()  # global key prefixes no client changes
+    # Global predictors `generic_heads` returns beside `generic` that reports show, name ->
+    # label (FedLoGe: {"universal": "universal (SSE-C)"}); any other head is logged only.
+    modes: ClassVar[dict[str, str]] = {}
     trains: ClassVar[tuple[str, ...]] = ("model",)  # what the default phase trains
     has_generic: ClassVar[bool] = True  # whether a global model predicts without a client
     finetunes: ClassVar[bool] = False  # whether personalising needs local training first
@@ -254,6 +259,15 @@ def list_algorithms() -> list[str]:
     """Names of every registered algorithm, sorted."""
     _load_all()
     return sorted(_ALGORITHMS)
+
+
+def reported_modes() -> dict[str, str]:
+    """Every registered algorithm's `modes` (name -> label), for reports that show runs of
+    several algorithms: a run's metrics hold `NAME_acc` for its own modes only."""
+    _load_all()
+    return {
+        name: label for a in sorted(_ALGORITHMS) for name, label in _ALGORITHMS[a].modes.items()
+    }
 
 
 def algorithm_class(name: str) -> type[Algorithm]:

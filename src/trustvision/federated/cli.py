@@ -26,13 +26,13 @@ OVERRIDES_HELP = (
 
 
 def format_round(record: dict[str, Any]) -> str:
-    """One line per round: loss, and the accuracies when the round was evaluated."""
+    """One line per round: loss, and the accuracies when the round was evaluated (generic,
+    the algorithm's further global predictors, local)."""
+    from trustvision.federated.algorithm import reported_modes
+
     parts = [f"round {record['round']}", f"loss {record['train_loss']:.4f}"]
-    for key, label in (
-        ("generic_acc", "generic"),
-        ("universal_acc", "universal"),
-        ("local_acc", "local"),
-    ):
+    modes = [(f"{name}_acc", name) for name in reported_modes()]
+    for key, label in (("generic_acc", "generic"), *modes, ("local_acc", "local")):
         if key in record:
             parts.append(f"{label} {record[key]:.2%}")
     for key, label in (("failures", "failed: clients"), ("eval_failures", "not evaluated: client")):
@@ -151,43 +151,42 @@ def compare(
 
     Example: trustvision fed compare runs/demo-fed
     """
-    from trustvision.federated.compare import (
-        COLUMNS,
-        SELECTED,
-        VALIDATION_COLUMNS,
-        comparison,
-        comparison_plots,
-        finished_runs,
-    )
+    from trustvision.federated.compare import comparison, comparison_plots, finished_runs
 
     try:
         runs = finished_runs(paths)
     except TrustvisionError as err:
         raise fail(err) from None
-    rows = comparison(runs)
+    for table in comparison_tables(comparison(runs)):
+        console.print(table)
+    first = next(iter(runs.values())).path
+    for path in comparison_plots(runs, out or first.parent / "compare"):
+        console.print(f"plot: {path}")
+
+
+def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table]:
+    """The final round's test accuracies, and the rounds validation chose with their test
+    accuracies (generic and local apart), one row per run."""
+    from trustvision.federated.compare import SELECTED, VALIDATION_COLUMNS, columns
 
     def percent(value: float) -> str:
         return f"{100 * value:.1f}" if value == value else "-"
 
+    shown = columns()
     table = Table(title="final round, top-1 % on test")
     chosen = Table(title="the round validation chose (generic and local apart), top-1 %")
-    for header in ("run", *COLUMNS.values()):
-        table.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
     headers = [*VALIDATION_COLUMNS.values(), *(f"{k} test (round)" for k in SELECTED)]
-    for header in ("run", *headers):
-        chosen.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
+    for target, names in ((table, shown.values()), (chosen, headers)):
+        for header in ("run", *names):
+            target.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
     for row in rows:
-        table.add_row(row["label"], *(percent(row[k]) for k in COLUMNS))
+        table.add_row(row["label"], *(percent(row[k]) for k in shown))
         cells = [percent(row[k]) for k in VALIDATION_COLUMNS]
         for kind, key in SELECTED.items():
             pick = row["selected"].get(kind, {})
             cells.append(f"{percent(pick[key])} ({pick['round']})" if key in pick else "-")
         chosen.add_row(row["label"], *cells)
-    console.print(table)
-    console.print(chosen)
-    first = next(iter(runs.values())).path
-    for path in comparison_plots(runs, out or first.parent / "compare"):
-        console.print(f"plot: {path}")
+    return table, chosen
 
 
 @fed_app.command("algorithms")

@@ -9,20 +9,27 @@ from pathlib import Path
 from typing import Any
 
 from trustvision.errors import ConfigError
+from trustvision.federated.algorithm import reported_modes
 from trustvision.runs import RunDir
 
-COLUMNS = {
-    "generic_acc": "generic",
-    "universal_acc": "universal (SSE-C)",
-    "local_acc_masked": "local (masked)",
-    "local_acc_unmasked": "local (unmasked)",
-    "generic_head": "head",
-    "generic_middle": "middle",
-    "generic_tail": "tail",
-}
 # The validation numbers of the final round, and what a round chosen on them scores on test.
 VALIDATION_COLUMNS = {"generic_val_acc": "generic (val)", "local_val_acc": "local (val)"}
 SELECTED = {"generic": "generic_acc", "local": "local_acc"}
+
+
+def columns() -> dict[str, str]:
+    """The final round's numbers compared, key -> header: generic, every algorithm's further
+    global predictors (`modes`), local masked and not, and generic by frequency group."""
+    modes = {f"{name}_acc": label for name, label in reported_modes().items()}
+    return {
+        "generic_acc": "generic",
+        **modes,
+        "local_acc_masked": "local (masked)",
+        "local_acc_unmasked": "local (unmasked)",
+        "generic_head": "head",
+        "generic_middle": "middle",
+        "generic_tail": "tail",
+    }
 
 
 def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
@@ -84,7 +91,7 @@ def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "label": label,
-                **{key: headline.get(key, math.nan) for key in (*COLUMNS, *VALIDATION_COLUMNS)},
+                **{key: headline.get(key, math.nan) for key in (*columns(), *VALIDATION_COLUMNS)},
                 "selected": summary.get("selected", {}),
                 "rounds": summary.get("rounds"),
                 "run": str(run.path),

@@ -6,23 +6,28 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from trustvision.federated.algorithm import reported_modes
 from trustvision.report.figures import plt, save_figure
 from trustvision.runs import RunDir
 
-# Test curve -> its validation twin (drawn dashed in the same colour).
-CURVES = {
-    "generic_acc": ("generic", "generic_val_acc"),
-    "universal_acc": ("universal (SSE-C)", "universal_val_acc"),
-    "local_acc_masked": ("local, unseen masked", "local_val_acc_masked"),
-    "local_acc_unmasked": ("local, unmasked", "local_val_acc_unmasked"),
-}
+
+def curves() -> dict[str, tuple[str, str]]:
+    """Test curve -> its label and its validation twin (drawn dashed in the same colour):
+    generic, every algorithm's further global predictors (`modes`), local masked and not."""
+    modes = {f"{name}_acc": (label, f"{name}_val_acc") for name, label in reported_modes().items()}
+    return {
+        "generic_acc": ("generic", "generic_val_acc"),
+        **modes,
+        "local_acc_masked": ("local, unseen masked", "local_val_acc_masked"),
+        "local_acc_unmasked": ("local, unmasked", "local_val_acc_unmasked"),
+    }
 
 
 def plot_rounds(history: list[dict], path: Path) -> Path:
     """Generic and local accuracy against round (evaluated rounds only): test solid,
     validation dashed; the rounds validation selects are what the summary reports."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (key, (label, val_key)) in enumerate(CURVES.items()):
+    for i, (key, (label, val_key)) in enumerate(curves().items()):
         for k, style, suffix in ((key, "o-", "test"), (val_key, "--", "val")):
             rows = [r for r in history if _finite(r.get(k))]
             if rows:

@@ -24,7 +24,7 @@ from trustvision.federated.session import (
     Session,
     open_session,
 )
-from trustvision.federated.tensors import State, state_hash
+from trustvision.federated.tensors import State, select, state_hash
 from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.loop import Reporter, SilentReporter
@@ -171,6 +171,15 @@ def select_round(history: list[dict], metric: str) -> dict[str, Any] | None:
     return {"selected_by": "validation", "metric": metric, **numbers}
 
 
+def frozen_hashes(session: Session, global_state: State) -> dict[str, str]:
+    """SHA-256 of each group of frozen tensors the server made (FedLoGe's `ssec_sha256`), so
+    runs on different engines or machines can show they used the same ones."""
+    return {
+        f"{prefix.replace('.', '_')}_sha256": state_hash(select(global_state, (prefix,)))
+        for prefix in session.algorithm.frozen
+    }
+
+
 def finish_run(
     run: RunDir, session: Session, *, global_state: State, history: list, final: dict, wall: float
 ) -> None:
@@ -196,9 +205,8 @@ def finish_run(
         },
         "global_sha256": state_hash(global_state),
         "environment": environment_info(session.accel.device),
+        **frozen_hashes(session, global_state),
     }
-    if "ssec.weight" in global_state:
-        summary["ssec_sha256"] = state_hash({"ssec.weight": global_state["ssec.weight"]})
     ckpt.save_weights(
         run.path / "global.safetensors", global_state, {"algorithm": cfg.algorithm.name}
     )

@@ -19,6 +19,8 @@ optimiser step on their sum equals the authors' three optimisers with the same s
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
@@ -53,6 +55,7 @@ class FedLoGe(Algorithm):
     Options = FedLoGeOptions
     personal = ("phi",)
     frozen = ("ssec",)
+    modes: ClassVar[dict[str, str]] = {"universal": "universal (SSE-C)"}
     trains = ("model", "phi")  # the backbone, psi (= model.head) and phi; never SSE-C
 
     def build(self) -> nn.ModuleDict:
