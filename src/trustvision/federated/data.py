@@ -158,27 +158,13 @@ def build_federation(
     train_labels = np.array(dataset.train.labels[train_idx], dtype=np.int64)
     test_end = cfg.test_subset or len(dataset.test.labels)
     test_labels = np.array(dataset.test.labels[:test_end], dtype=np.int64)
-    parts = dirichlet_partition(
-        train_labels, num_clients=num_clients, alpha=alpha, seed=derive_seed(seed, "partition")
-    )
-    if num_clients > len(train_labels):
-        empty = sum(len(part) == 0 for part in parts)
-        raise DataError(
-            f"`num_clients={num_clients}` is more than the {len(train_labels)} training images: "
-            f"{empty} clients would get none and the rest one or two (a client without images is "
-            "allowed, as in the authors' code, but not most of them); lower `num_clients`"
-        )
-    splits = [
-        client_validation(train_labels[part], cfg.validation, seed=seed, client=k)
-        for k, part in enumerate(parts)
-    ]
-    trained = [part[kept] for part, (kept, _) in zip(parts, splits, strict=True)]
-    held_out = [part[held] for part, (_, held) in zip(parts, splits, strict=True)]
-    local_tests = client_test_indices(
-        [train_labels[p] for p in trained],
+    trained, held_out, local_tests = client_split(
+        train_labels,
         test_labels,
-        num_train=sum(len(p) for p in trained),
-        seed=derive_seed(seed, "local-test"),
+        num_clients=num_clients,
+        alpha=alpha,
+        validation=cfg.validation,
+        seed=seed,
     )
     images = to_tensor(dataset.train.images[train_idx])
     labels = torch.from_numpy(train_labels)
@@ -194,14 +180,6 @@ def build_federation(
         )
         for k, (part, held, test_idx) in enumerate(zip(trained, held_out, local_tests, strict=True))
     ]
-    spec = LoaderSpec(
-        batch_size=cfg.batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        mean=dataset.mean,
-        std=dataset.std,
-        augment=BatchAugment(cfg.augment),
-        device=device,
-    )
     return Federation(
         clients=clients,
         test_images=to_tensor(dataset.test.images[:test_end]).to(device),
@@ -210,7 +188,55 @@ def build_federation(
             train_labels[np.concatenate([np.zeros(0, np.int64), *trained])], dataset.num_classes
         ),
         classes=tuple(dataset.classes),
-        spec=spec,
+        spec=loader_spec(dataset, cfg, device=device),
+    )
+
+
+def client_split(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_clients: int,
+    alpha: float,
+    validation: float,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Positions into the training labels each client trains on and holds out, and each
+    client's local test indices (into the balanced test labels)."""
+    parts = dirichlet_partition(
+        train_labels, num_clients=num_clients, alpha=alpha, seed=derive_seed(seed, "partition")
+    )
+    if num_clients > len(train_labels):
+        empty = sum(len(part) == 0 for part in parts)
+        raise DataError(
+            f"`num_clients={num_clients}` is more than the {len(train_labels)} training images: "
+            f"{empty} clients would get none and the rest one or two (a client without images is "
+            "allowed, as in the authors' code, but not most of them); lower `num_clients`"
+        )
+    splits = [
+        client_validation(train_labels[part], validation, seed=seed, client=k)
+        for k, part in enumerate(parts)
+    ]
+    trained = [part[kept] for part, (kept, _) in zip(parts, splits, strict=True)]
+    held_out = [part[held] for part, (_, held) in zip(parts, splits, strict=True)]
+    local_tests = client_test_indices(
+        [train_labels[p] for p in trained],
+        test_labels,
+        num_train=sum(len(p) for p in trained),
+        seed=derive_seed(seed, "local-test"),
+    )
+    return trained, held_out, local_tests
+
+
+def loader_spec(dataset: Dataset, cfg: DataConfig, *, device: torch.device) -> LoaderSpec:
+    """The federation's batches: the config's sizes and augmentation, the data set's statistics."""
+    return LoaderSpec(
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        augment=BatchAugment(cfg.augment),
+        device=device,
     )
 
 
