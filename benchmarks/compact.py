@@ -96,7 +96,7 @@ def train_run(dataset: str, extra: list[str], path: Path, label: str) -> Any:
 
     torch.set_num_threads(1)
     run = RunDir(path)
-    if run.read_summary().get("status") != "finished":
+    if not run.finished:
         cfg = load_config(CompactConfig, CONFIGS[dataset], extra)
         started = time.perf_counter()
         train_compact(cfg, run_dir=path, reporter=LineReporter(label))

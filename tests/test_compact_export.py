@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trustvision.compact.bench import count_macs, latency
+from trustvision.compact.bench import latency
 from trustvision.compact.config import BenchConfig
 from trustvision.compact.export import (
     Deployable,
@@ -21,6 +21,7 @@ from trustvision.compact.export import (
     session,
     torch_logits,
 )
+from trustvision.compact.model import count_macs
 from trustvision.models import create_model
 
 pytest.importorskip("onnxruntime")

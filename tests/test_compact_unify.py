@@ -7,7 +7,7 @@ import torch
 
 from trustvision.compact.config import CompactConfig
 from trustvision.compact.dual import build_dual
-from trustvision.compact.train import build_model, check_budget
+from trustvision.compact.model import build_model, check_budget
 from trustvision.compact.unify import average_states, recalibrate_bn, unify
 from trustvision.config import load_config
 from trustvision.errors import ConfigError

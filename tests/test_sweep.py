@@ -22,14 +22,9 @@ from trustvision.config import TrainConfig, build_config, load_config, parse_ove
 from trustvision.errors import ConfigError
 from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.report import build_report
-from trustvision.sweep.runner import (
-    SilentSweepReporter,
-    TrialRunner,
-    build_pruner,
-    prepare_out,
-    run_sweep,
-)
+from trustvision.sweep.runner import SilentSweepReporter, TrialRunner, run_sweep
 from trustvision.sweep.spec import SweepSpec, is_log_spaced, load_spec
+from trustvision.sweep.study import build_pruner, prepare_out
 from trustvision.sweep.trial import (
     find_run_dir,
     format_override,

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from trustvision.compact.config import BenchConfig
 from trustvision.compact.export import INPUT, OUTPUT, session
@@ -25,16 +24,6 @@ Call = Callable[[np.ndarray], Any]
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one image of `input_shape` (C, H, W)."""
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    return counter.get_total_flops() // 2
-
-
 def time_calls(call: Call, batch: np.ndarray, *, warmup: int, iterations: int) -> np.ndarray:
     """Seconds of each of `iterations` calls on `batch`, after `warmup` untimed ones."""
     for _ in range(warmup):

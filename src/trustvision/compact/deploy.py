@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from trustvision.compact.bench import count_macs, latency
+from trustvision.compact.bench import latency
 from trustvision.compact.export import (
     Deployable,
     accuracy,
@@ -25,10 +25,11 @@ from trustvision.compact.export import (
     session,
     torch_logits,
 )
-from trustvision.compact.train import WEIGHTS, load_deployed
+from trustvision.compact.model import count_macs, load_deployed
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.runs import RunDir, cpu_name
 from trustvision.seeds import derive_seed
+from trustvision.train.recipe import WEIGHTS
 
 EXPORT_DIR, EXPORT_JSON, BENCH_JSON = "export", "export.json", "bench.json"
 FP32, INT8 = "model.onnx", "model.int8.onnx"

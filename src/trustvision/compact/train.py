@@ -16,7 +16,6 @@ running the same config into the same directory again completes an interrupted r
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trustvision.compact.bench import count_macs
 from trustvision.compact.config import CompactConfig, UnifyMode
 from trustvision.compact.dual import (
     AugmentedBatches,
@@ -34,6 +32,13 @@ from trustvision.compact.dual import (
     DualModel,
     build_dual,
     dual_objective,
+)
+from trustvision.compact.model import (
+    RESUME,
+    build_model,
+    check_budget,
+    count_macs,
+    write_deployed,
 )
 from trustvision.compact.unfreeze import (
     ProgressiveUnfreezing,
@@ -46,7 +51,7 @@ from trustvision.config import OptimConfig, load_config
 from trustvision.data.dataset import Dataset
 from trustvision.data.loader import BatchLoader
 from trustvision.errors import ConfigError
-from trustvision.models import ImageClassifier, create_model, model_arguments
+from trustvision.models import ImageClassifier
 from trustvision.runs import RunDir, environment_info
 from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
@@ -62,7 +67,6 @@ from trustvision.train.loop import (
 from trustvision.train.recipe import WEIGHTS, load_with_loaders, torch_threads, train_into_run
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
-RESUME = "trustvision compact train --resume"
 
 
 @dataclass
@@ -88,30 +92,6 @@ class Setup:
         """
         prob = self.cfg.augment_prob if prob is None else prob
         return AugmentedBatches(self.train, mode=mode, prob=prob, seed=self.cfg.seed)
-
-
-def build_model(
-    cfg: CompactConfig, *, num_classes: int, image_shape: tuple[int, ...]
-) -> ImageClassifier:
-    """The deployed architecture for images of `image_shape`, initialised from the run's seed."""
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    kwargs = dict(cfg.model.kwargs)
-    if "image_size" in model_arguments(cfg.model.name):
-        kwargs.setdefault("image_size", image_shape[-1])
-    return create_model(
-        cfg.model.name, num_classes=num_classes, in_channels=image_shape[0], **kwargs
-    )
-
-
-def check_budget(model: ImageClassifier, *, budget: int, name: str) -> int:
-    """The model's parameter count; over `budget` it is a ConfigError, before any training."""
-    count = model.num_parameters()
-    if count > budget:
-        raise ConfigError(
-            f"model `{name}` has {count:,} parameters, over the budget of {budget:,} "
-            "(`budget`): choose a smaller model or raise `budget`"
-        )
-    return count
 
 
 def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
@@ -348,12 +328,6 @@ def unify_variant(
     return {k: v for k, v in summary.items() if k != "model"}
 
 
-def write_deployed(run: RunDir, *, model: ImageClassifier, cfg: CompactConfig, row: str) -> None:
-    """The deployed model's weights, with what is needed to rebuild it in the metadata."""
-    meta = {"model": cfg.model.name, "kwargs": json.dumps(cfg.model.kwargs), "row": row}
-    ckpt.save_weights(run.path / WEIGHTS, model.state_dict(), meta)
-
-
 def run_summary(
     setup: Setup,
     *,
@@ -407,19 +381,3 @@ def run_summary(
         "environment": environment_info(setup.accel.device)
         | {"train_threads": torch.get_num_threads()},
     }
-
-
-def load_deployed(run: RunDir) -> tuple[CompactConfig, ImageClassifier, dict[str, Any]]:
-    """The config, the deployed model (eval mode) and the summary of a finished run."""
-    if not run.finished:
-        raise ConfigError(
-            f"`{run.path}` has no finished compact run: finish it with "
-            f"`trustvision compact train --resume {run.path}`"
-        )
-    summary = run.read_summary()
-    cfg = load_config(CompactConfig, run.config_path)
-    model = build_model(
-        cfg, num_classes=summary["num_classes"], image_shape=tuple(summary["input_shape"])
-    )
-    model.load_state_dict(ckpt.load_weights(run.path / WEIGHTS))
-    return cfg, model.eval(), summary

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trustvision import digests
 from trustvision.data import readers
 from trustvision.data.catalog import CATALOG, DatasetSpec
 from trustvision.data.readers import Decoded
@@ -226,7 +227,7 @@ def _verify_array(path: Path, info: dict) -> str:
             f"`{path}` is missing from the cache: delete `{path.parent}` and {refetch(path.parent)}"
         )
     try:
-        actual = readers.sha256_file(path)
+        actual = digests.sha256_file(path)
     except OSError as err:
         raise damaged(path, f"is unreadable ({err.strerror or err})", folder=path.parent) from None
     if actual != info["sha256"]:
@@ -341,7 +342,7 @@ def save_array(path: Path, array: np.ndarray) -> dict:
             handle.flush()
             os.fsync(handle.fileno())
         info = {
-            "sha256": readers.sha256_file(tmp),
+            "sha256": digests.sha256_file(tmp),
             "bytes": tmp.stat().st_size,
             "dtype": str(array.dtype),
             "shape": list(array.shape),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import hashlib
 import io
 import pickle
 import posixpath
@@ -25,7 +24,6 @@ Progress = Callable[[int, int], None]  # (images done, images in all)
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) images, int64 (N,) labels
 
 SPLITS = ("train", "test")
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,30 +36,7 @@ class Decoded:
 
 
 # ---------------------------------------------------------------------------------------
-# Hashing and compression
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_tree(root: Path) -> str:
-    """Hex SHA-256 over a folder's sorted relative file paths and their contents' hashes."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+# Compression
 
 
 def gunzip_if_needed(data: bytes, *, name: str) -> bytes:

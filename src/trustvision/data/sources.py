@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from trustvision import digests
 from trustvision.data import readers
 from trustvision.data.cache import (
     IMAGE_FOLDER_PREFIX,
@@ -105,7 +106,7 @@ def resolve(
     if local is None:
         return spec, root / only_cached_image_folder(root), None, None
     require_exists(local)
-    input_hash = readers.sha256_tree(local) if local.is_dir() else readers.sha256_file(local)
+    input_hash = digests.sha256_tree(local) if local.is_dir() else digests.sha256_file(local)
     size = f"-{image_size}px" if image_size is not None else ""
     return spec, root / f"{IMAGE_FOLDER_PREFIX}{input_hash[:12]}{size}", local, input_hash
 
@@ -195,7 +196,7 @@ def read_local(
         return _local_cifar(spec, path, progress=progress)
     decoded = read_image_folder(path, image_size=image_size, progress=progress)
     digest = input_hash or (
-        readers.sha256_tree(path) if path.is_dir() else readers.sha256_file(path)
+        digests.sha256_tree(path) if path.is_dir() else digests.sha256_file(path)
     )
     return Fetched(decoded, f"file:{path}", "image-folder", {path.name: digest})
 
@@ -226,7 +227,7 @@ def _local_cifar(spec: DatasetSpec, path: Path, *, progress: Progress | None) ->
             names = " or ".join(f"`{file.name}`" for file in accepted)
             raise DataError(f"`{path}` holds no {names}: pass the archive itself")
         path = found
-    actual = readers.sha256_file(path)
+    actual = digests.sha256_file(path)
     if actual == spec.files[0].sha256:
         decoded = readers.read_cifar_archive(path, fmt=spec.format, classes=spec.classes)
         return Fetched(check_shape(spec, decoded), f"file:{path}", "original", {path.name: actual})
@@ -271,7 +272,7 @@ def download(file: FileSpec, folder: Path) -> tuple[str, Path]:
                 urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response,
                 open(dest, "wb") as out,
             ):
-                shutil.copyfileobj(response, out, readers.CHUNK_BYTES)
+                shutil.copyfileobj(response, out, digests.CHUNK_BYTES)
             return url, dest
         except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, timeouts
             failures.append(f"`{url}`: {getattr(err, 'reason', err)}")
@@ -322,7 +323,7 @@ def verified_bytes(raw: bytes, file: FileSpec, *, label: str) -> bytes:
         what = "decompressed bytes" if data is not raw else "bytes"
     except DataError:
         data, what = raw, "bytes (not a readable gzip file)"
-    actual = readers.sha256_bytes(data)
+    actual = digests.sha256_bytes(data)
     if actual != file.sha256:
         raise checksum_error(label, expected=file.sha256, actual=actual, what=what)
     return data
@@ -330,7 +331,7 @@ def verified_bytes(raw: bytes, file: FileSpec, *, label: str) -> bytes:
 
 def verified_file(path: Path, file: FileSpec, *, label: str) -> str:
     """The SHA-256 of a file, after checking it is the pinned one."""
-    actual = readers.sha256_file(path)
+    actual = digests.sha256_file(path)
     if actual != file.sha256:
         raise checksum_error(label, expected=file.sha256, actual=actual)
     return actual

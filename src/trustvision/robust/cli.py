@@ -197,7 +197,7 @@ def demo(
 
 
 def _row_of(summary: dict[str, Any]) -> dict[str, Any]:
-    from trustvision.robust.commands.demo import row
+    from trustvision.robust.commands.report import row
 
     return row(summary["model_kind"], summary)
 

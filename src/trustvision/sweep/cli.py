@@ -171,7 +171,7 @@ def report(
 ) -> None:
     """Rewrite sweep.json, sweep.md, sweep.png and chosen.yaml from the study in OUT."""
     from trustvision.sweep.report import write_report
-    from trustvision.sweep.runner import read_saved_spec
+    from trustvision.sweep.study import read_saved_spec
 
     try:
         spec = read_saved_spec(out)

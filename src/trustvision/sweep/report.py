@@ -16,13 +16,13 @@ from trustvision.config import read_yaml
 from trustvision.errors import ConfigError
 from trustvision.report.figures import plt, save_figure
 from trustvision.sweep.choose import choose_trial
-from trustvision.sweep.runner import (
+from trustvision.sweep.spec import SweepSpec, dump_spec
+from trustvision.sweep.study import (
     counted_trials,
     load_study,
     read_saved_spec,
     retry_history,
 )
-from trustvision.sweep.spec import SweepSpec, dump_spec
 
 CHOSEN_FILE = "chosen.yaml"
 

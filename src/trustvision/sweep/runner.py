@@ -10,27 +10,33 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import signal
 import subprocess
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-import yaml
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from trustvision.config import build_config, read_yaml
 from trustvision.errors import ConfigError
-from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
+from trustvision.sweep.spec import SweepSpec
+from trustvision.sweep.study import (
+    SPEC_FILE,
+    STUDY_FILE,
+    counted_trials,
+    open_study,
+    prepare_out,
+    quiet_optuna,
+    recover_killed,
+    storage_for,
+    suggest,
+    trial_dir,
+)
 from trustvision.sweep.trial import (
     LOG_NAME,
     child_env,
@@ -39,14 +45,10 @@ from trustvision.sweep.trial import (
     log_tail,
     new_reports,
     read_metric,
-    stop_orphan,
     stop_process,
     trial_argv,
 )
 
-SPEC_FILE = "spec.yaml"
-STUDY_FILE = "study.db"
-CONFIG_DIGEST_FILE = "config.sha256"
 LOCK_FILE = ".lock"
 
 
@@ -85,151 +87,6 @@ class SilentSweepReporter:
 
     def finish(self) -> None:
         pass
-
-
-def trial_dir(out: Path, number: int) -> Path:
-    """Where trial `number` writes its log and its run directory."""
-    return out / "trials" / f"trial-{number}"
-
-
-def retry_history(trial: FrozenTrial) -> list[int]:
-    """The numbers of the killed trials that `trial` re-runs (empty for a first run)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
-
-
-def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Finished trials that count toward `trials`: every one but those killed and re-run."""
-    rerun = {number for trial in trials for number in retry_history(trial)}
-    return [t for t in trials if t.state.is_finished() and t.number not in rerun]
-
-
-def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
-    """Ask Optuna for `key`'s value, with a distribution the dashboard can plot."""
-    if param.grid is not None and param.numeric:
-        low, high = min(param.grid), max(param.grid)  # type: ignore[type-var]
-        if all(isinstance(v, int) for v in param.grid):
-            return trial.suggest_int(key, int(low), int(high), log=param.log_scale)
-        return trial.suggest_float(key, float(low), float(high), log=param.log_scale)
-    if param.grid is not None or param.choices is not None:
-        return trial.suggest_categorical(key, param.grid or param.choices or [])
-    assert param.low is not None and param.high is not None  # a range, by the spec's checks
-    if param.integer:
-        return trial.suggest_int(key, int(param.low), int(param.high), log=param.log)
-    return trial.suggest_float(key, param.low, param.high, log=param.log)
-
-
-def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """GridSampler for a grid, TPE for ranges and choices; both seeded by the spec."""
-    if spec.is_grid:
-        space = {key: list(param.grid or []) for key, param in spec.params.items()}
-        return optuna.samplers.GridSampler(space, seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed)
-
-
-def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    """The median pruner when the spec asks for pruning, else none."""
-    if spec.prune is None:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=spec.prune.startup_trials, n_warmup_steps=spec.prune.warmup
-    )
-
-
-def storage_for(out: Path) -> RDBStorage:
-    """The study's SQLite storage in `out`; a generous lock timeout for `--jobs` threads."""
-    url = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-
-
-def read_saved_spec(out: Path) -> SweepSpec:
-    """The spec a sweep directory was run with (its spec.yaml)."""
-    path = out / SPEC_FILE
-    if not path.is_file() or not (out / STUDY_FILE).is_file():
-        raise ConfigError(
-            f"`{out}` is not a sweep directory (it needs {SPEC_FILE} and {STUDY_FILE}): "
-            "give the `--out` of a `trustvision sweep run`"
-        )
-    return build_config(SweepSpec, read_yaml(path), origin=f"`{path}`")
-
-
-def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
-    """The study of a finished or running sweep, for reading."""
-    with _quiet_optuna():
-        return optuna.load_study(study_name=spec.name, storage=storage_for(out))
-
-
-def prepare_out(spec: SweepSpec, out: Path) -> None:
-    """Write spec.yaml and config.sha256 into a new sweep directory, or check that an existing
-    one has the same spec and that the config file its trials read has not been edited since."""
-    path = out / SPEC_FILE
-    resolved = dump_spec(spec)
-    if path.is_file():
-        previous = yaml.safe_load(path.read_text()) or {}
-        changed = sorted(k for k in {*previous, *resolved} if previous.get(k) != resolved.get(k))
-        if changed:
-            raise ConfigError(
-                f"`{out}` holds a sweep with a different spec "
-                f"({', '.join(f'`{k}`' for k in changed)} differ from {path}): run the same spec "
-                f"to continue it, or start fresh with another `--out` (or delete `{out}`)"
-            )
-    else:
-        path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
-    recorded = out / CONFIG_DIGEST_FILE
-    if recorded.is_file() and recorded.read_text().strip() != digest:
-        raise ConfigError(
-            f"`{spec.config}` changed since the sweep in `{out}` began (its SHA-256 is not the "
-            f"one in {recorded}): the finished trials ran the old file. Restore it to continue "
-            f"the sweep, or start fresh with another `--out` (or delete `{out}`)"
-        )
-    recorded.write_text(digest + "\n")
-
-
-def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
-    """Create the study in the sweep's storage, or load it to continue."""
-    study = optuna.create_study(
-        storage=storage,
-        study_name=spec.name,
-        direction=spec.objective.direction,
-        sampler=build_sampler(spec),
-        pruner=build_pruner(spec),
-        load_if_exists=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        study.set_metric_names([spec.objective.metric])
-    study.set_user_attr("selected_by", "validation")
-    study.set_user_attr("objective", spec.objective.model_dump())
-    study.set_user_attr("test_metric", spec.test_metric)
-    return study
-
-
-def recover_killed(study: optuna.Study, storage: RDBStorage, out: Path) -> list[int]:
-    """Fail the trials a killed sweep left RUNNING and queue each again; returns their numbers.
-
-    Only safe because one sweep at a time holds `out` (the lock in `run_sweep`): every
-    RUNNING trial then belongs to a sweep process that is gone. Its command may still run
-    (a `kill -9` of the sweep alone leaves it): that process group is ended first. The retry
-    keeps the killed trial's parameters and sampler bookkeeping (Optuna's own retry callback,
-    so a grid completes) and its `run_dir` attribute, which a command with `--resume`
-    continues.
-    """
-    study_id = storage.get_study_id_from_name(study.study_name)
-    killed = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in killed:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        if "pid" in trial.user_attrs:
-            stop_orphan(int(trial.user_attrs["pid"]), trial_dir(out, trial.number))
-        run_dir = find_run_dir(trial_dir(out, trial.number))
-        if run_dir is not None and not trial.user_attrs.get("run_dir"):
-            storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(out)))
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
-    return [trial.number for trial in killed]
 
 
 class TrialRunner:
@@ -398,7 +255,7 @@ def run_sweep(
     running trials and raises SweepInterrupted; the same call later goes on from there.
     """
     reporter = reporter or SilentSweepReporter()
-    with _exclusive(out), _quiet_optuna():
+    with _exclusive(out), quiet_optuna():
         prepare_out(spec, out)
         storage = storage_for(out)
         study = open_study(spec, storage)
@@ -464,14 +321,3 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-@contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna's per-trial log lines off: the reporter says what happened, once."""
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)

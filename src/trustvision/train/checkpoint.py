@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from trustvision.data.readers import sha256_file
+from trustvision.digests import sha256_file
 from trustvision.errors import TrustvisionError
 
 FORMAT = "trustvision-checkpoint/1"

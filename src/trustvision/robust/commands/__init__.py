@@ -6,6 +6,7 @@
     eval.py      `robust eval`: AutoAttack, the masking checks and a model card
     certify.py   `robust certify`: certified accuracy against radius
     demo.py      `robust demo` and benchmarks/robust.py: every stage above in one work dir
+    report.py    the report of demo.py: a row per model, the paper's goal checked
 
 The maths they call lives beside this package (attacks, mixing, mixtrain, sweep, certify, ...).
 """

@@ -18,7 +18,6 @@ benchmarks/robust.py both run this.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -29,9 +28,10 @@ from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
 from trustvision.robust.commands.certify import run_certify
-from trustvision.robust.commands.common import Log, describe
+from trustvision.robust.commands.common import Log
 from trustvision.robust.commands.eval import run_eval
 from trustvision.robust.commands.mix import run_mix
+from trustvision.robust.commands.report import BASES, pipeline_report
 from trustvision.robust.commands.train import split_record, train_robust
 from trustvision.robust.config import (
     CertifyConfig,
@@ -41,15 +41,10 @@ from trustvision.robust.config import (
     RobustTrainConfig,
 )
 from trustvision.robust.evaluate import SPLIT_KEYS
-from trustvision.robust.plots import plot_tradeoff
 from trustvision.robust.runs import is_finished, read_finished
-from trustvision.robust.sweep import ADAPTIVE_KNOBS
 from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
 
-GOAL_AA_POINTS = 0.03  # the mix may lose at most 3 points of AutoAttack accuracy ...
-GOAL_GAP_CLOSED = 0.5  # ... while closing at least half of the clean gap
-BASES = ("standard", "robust")
 MIXES = {"fixed": "fixed-mix", "adaptive": "adaptive-mix"}
 # Everything built on the two bases, by stage directory.
 ON_BASES = (
@@ -226,7 +221,7 @@ def run_pipeline(
         )
         models["adaptive mix"] = work / "adaptive-mix"
     evals = {label: _evaluate(cfg, label, path, work, log=log) for label, path in models.items()}
-    report = _report(cfg, work, fixed=fixed, evals=evals)
+    report = pipeline_report(cfg, work, fixed=fixed, evals=evals)
     if cfg.smoothing is not None:
         report["certify"] = _certify(cfg, work, reporter=reporter, log=log)
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -283,121 +278,3 @@ def _certify(
         "smoothing_clean_acc": smoothing["test"]["top1"],
         "plot": str(work / "certify" / "plots" / "certified.png"),
     }
-
-
-def row(label: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """One line of the results table from an evaluation summary."""
-    aa = summary["autoattack"]
-    return {
-        "model": label,
-        "architecture": summary["architecture"],
-        "clean_acc": summary["clean_acc"],
-        "n_test": summary["n_test"],
-        "autoattack_acc": aa["robust_acc"],
-        "autoattack_ci95": aa["ci95"],
-        "n_autoattack": aa["n"],
-        "pgd_acc": summary["pgd"]["acc"],
-        "acc_after": aa["acc_after"],
-        "seconds": aa["seconds"],
-        "total_seconds": aa["total_seconds"],
-        "images_per_s": aa["images_per_s"],
-        "checks": summary["checks"],
-        "masking_suspected": summary["masking_suspected"],
-        "autoattack_flags": summary["autoattack_flags"],
-        "eps_sweep": summary["eps_sweep"],
-        "version": summary["version"],
-        "gate": summary.get("gate"),
-    }
-
-
-def goal(rows: dict[str, dict[str, Any]], mix: str) -> dict[str, Any] | None:
-    """The paper's goal for `mix`: AutoAttack within 3 points of the robust base while closing
-    at least half of the clean gap between the robust and the standard base."""
-    if mix not in rows:
-        return None
-    std, rob, m = rows["standard"], rows["robust"], rows[mix]
-    gap = std["clean_acc"] - rob["clean_acc"]
-    closed = (m["clean_acc"] - rob["clean_acc"]) / gap if gap > 0 else math.nan
-    aa_loss = rob["autoattack_acc"] - m["autoattack_acc"]
-    return {
-        "clean_gap": gap,
-        "gap_closed": closed,
-        "autoattack_loss": aa_loss,
-        "met": bool(aa_loss <= GOAL_AA_POINTS and closed >= GOAL_GAP_CLOSED),
-    }
-
-
-def _report(
-    cfg: PipelineConfig, work: Path, *, fixed: dict[str, Any], evals: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    rows = {label: row(label, summary) for label, summary in evals.items()}
-    final = [
-        {
-            "label": f"{label} ({r['n_autoattack']} images)",
-            "clean_acc": r["clean_acc"],
-            "robust_acc": r["autoattack_acc"],
-        }
-        for label, r in rows.items()
-    ]
-    trained = {label: _training_record(work / label) for label in BASES}
-    adaptive_dir = work / "adaptive-mix"
-    adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
-    plot = plot_tradeoff(
-        fixed["sweep"],
-        work / "tradeoff.png",
-        title=f"{fixed['data']['name']}: clean vs robust accuracy",
-        attack=fixed["sweep_attack"],
-        chosen=fixed["chosen"],
-        adaptive=[p for p in (adaptive or {}).get("bias_sweep", []) if p["robust_acc"] is not None],
-        final=final,
-    )
-    selection = {"fixed mix": fixed["selection"]}
-    if adaptive is not None:
-        selection["adaptive mix"] = adaptive["selection"]
-    return {
-        "data": fixed["data"],
-        "eps": fixed["eps"],
-        "sweep": fixed["sweep"],
-        "sweep_attack": fixed["sweep_attack"],
-        "alpha": fixed["alpha"],
-        "temperature_std": fixed["temperature_std"],
-        "temperature_rob": fixed["temperature_rob"],
-        "selection": selection,
-        "adaptive": adaptive,
-        "training": trained,
-        "rows": list(rows.values()),
-        "goal": {m: goal(rows, m) for m in ("fixed mix", "adaptive mix") if m in rows},
-        "tradeoff_plot": str(plot),
-        "config": cfg.model_dump(mode="json"),
-    }
-
-
-def _training_record(path: Path) -> dict[str, Any]:
-    summary = read_finished(path)
-    data = summary["data"]
-    validation = summary.get("validation") or {}
-    return {
-        **describe(path),
-        "epochs": summary["epochs"],
-        "attack": summary["attack"],
-        "train_images": data["train_images"],
-        "validation_images": data.get("validation_images"),
-        "validation": data.get("validation"),
-        "validation_acc": validation.get("top1"),
-        "wall_seconds": summary["wall_seconds"],
-        "test_acc": summary["test"]["top1"],
-    }
-
-
-def _adaptive_record(path: Path) -> dict[str, Any]:
-    summary = read_finished(path)
-    keys = (
-        *ADAPTIVE_KNOBS,
-        "bias_sweep",
-        "bias_reference_robust_acc",
-        "selection",
-        "mixnet_train_images",
-        "train_seconds",
-        "history",
-    )
-    return {k: summary[k] for k in keys if k in summary}
