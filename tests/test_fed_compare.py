@@ -1,6 +1,7 @@
 """`trustvision fed compare`: the newest finished run of each algorithm, side by side."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -95,3 +96,18 @@ def test_a_sweep_directory_gives_its_trial_chosen_on_validation(runs, tmp_path):
     (sweep / "sweep.json").write_text(json.dumps({"chosen": None}))
     with pytest.raises(ConfigError, match="no chosen trial"):
         finished_runs([sweep])
+
+
+def test_a_group_without_images_shows_as_a_dash(runs, tmp_path):
+    # summary.json writes a NaN (a frequency group without test images) as null
+    _, _, newer, _, _ = runs
+    run_dir = tmp_path / newer.path.name
+    shutil.copytree(newer.path, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["headline"]["generic_tail"] = None
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    result = CliRunner().invoke(fed_app, ["compare", str(run_dir), "--out", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^│ fedavg .*│\s+-\s+│$", result.output, re.MULTILINE)  # the tail column

@@ -169,8 +169,8 @@ def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table]:
     accuracies (generic and local apart), one row per run."""
     from trustvision.federated.compare import SELECTED, VALIDATION_COLUMNS, columns
 
-    def percent(value: float) -> str:
-        return f"{100 * value:.1f}" if value == value else "-"
+    def percent(value: float | None) -> str:  # None: a NaN as summary.json writes it
+        return f"{100 * value:.1f}" if value is not None and value == value else "-"
 
     shown = columns()
     table = Table(title="final round, top-1 % on test")
@@ -201,11 +201,11 @@ def algorithms() -> None:
     console.print(table)
 
 
-def print_headline(headline: dict[str, float], *, title: str = "final") -> None:
-    """A table of the headline accuracies."""
+def print_headline(headline: dict[str, float | None], *, title: str = "final") -> None:
+    """A table of the headline accuracies (None, or NaN: a group without images)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in headline.items():
-        table.add_row(key, f"{value:.2%}" if value == value else "n/a")
+        table.add_row(key, f"{value:.2%}" if value is not None and value == value else "n/a")
     console.print(table)
