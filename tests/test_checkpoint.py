@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from trustvision.errors import EnvironmentFailure
 from trustvision.train import checkpoint as ckpt
 
 
@@ -73,3 +74,22 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["epoch-0002", "epoch-0003"]
     with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
         ckpt.load_checkpoint(tmp_path / "epoch-0005")
+
+
+def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_staging_folder(
+    tmp_path, monkeypatch
+):
+    first = ckpt.save_checkpoint(tmp_path / "epoch-0001", {"w": torch.ones(3)})
+
+    def disk_full(tensors, path):
+        with open(path, "wb") as stream:
+            stream.write(b"\0" * 10)  # half a file, then the disk is full
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    with pytest.raises(EnvironmentFailure) as err:
+        ckpt.save_checkpoint(tmp_path / "epoch-0002", {"w": torch.zeros(3)})
+    message = str(err.value)
+    assert "saving the checkpoint" in message and "No space left on device" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]
+    assert torch.equal(ckpt.load_checkpoint(first)["w"], torch.ones(3))

@@ -54,3 +54,12 @@ def test_resume_of_a_directory_that_is_no_run_is_a_clear_error(tmp_path):
         result = RUNNER.invoke(app, [*words, "--resume", str(tmp_path)])
         assert result.exit_code == 2
         assert "is not a run directory: it has no config.yaml" in said(result)
+
+
+@pytest.mark.parametrize(("words", "override", "_"), COMMANDS)
+def test_a_runs_dir_that_cannot_be_made_is_an_environment_failure(words, override, _):
+    result = RUNNER.invoke(app, [*words, override, "runs_dir=/proc/trustvision-runs"])
+    assert result.exit_code == 3, result.output
+    message = said(result)
+    assert "error: creating a run directory under `runs_dir=/proc/trustvision-runs`" in message
+    assert "No such file or directory" in message and "Traceback" not in result.output

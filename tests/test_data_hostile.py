@@ -22,7 +22,7 @@ from trustvision.data.cache import META_NAME, CacheWriteError, Fetched, write_ca
 from trustvision.data.catalog import get_spec
 from trustvision.data.dataset import load_dataset
 from trustvision.data.readers import Decoded
-from trustvision.errors import ChecksumError, DataError
+from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
 
 
 @pytest.fixture
@@ -285,7 +285,7 @@ def test_a_cache_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
     message = one_line(err)
     assert f"cannot write the cache at `{tmp_path / 'file' / 'cache' / 'mnist'}`" in message
     assert f"`{tmp_path / 'file'}` is not a folder" in message and "TRUSTVISION_DATA" in message
-    assert isinstance(err.value, DataError)
+    assert isinstance(err.value, EnvironmentFailure)  # exit code 3: the machine refused
 
 
 def test_a_cache_where_no_one_may_write_is_a_clear_error(tmp_path):

@@ -10,9 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 import trustvision
-from trustvision.clikit import PrintConfigOpt, ResumeOpt, command_config, fail, overrides_help
+from trustvision.clikit import (
+    EXPECTED,
+    PrintConfigOpt,
+    ResumeOpt,
+    command_config,
+    fail,
+    overrides_help,
+)
 from trustvision.compact.cli import compact_app
-from trustvision.errors import TrustvisionError
 from trustvision.federated.cli import fed_app
 from trustvision.robust.cli import robust_app
 from trustvision.sweep.cli import sweep_app
@@ -87,7 +93,7 @@ def train(
 
         console.print(f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)")
         run = train_model(cfg, resume_dir=resume, reporter=ConsoleReporter(console))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()
     console.print(
@@ -107,7 +113,7 @@ def data_fetch(
 
     try:
         path = fetch(name, from_path=source)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     console.print(f"`{name}` is in the cache at {path}")
 
@@ -122,7 +128,7 @@ def data_info(
 
     try:
         summary = dataset_summary(load_dataset(name, from_path=source))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     console.print(
         f"[bold]{summary['name']}[/]  shape {tuple(summary['image_shape'])}  source {summary['source']}"
@@ -145,7 +151,7 @@ def data_verify(
 
     try:
         checked = verify_cache(name)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     for line in checked:
         console.print(f"ok  {line}")

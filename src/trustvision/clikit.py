@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from trustvision.errors import ConfigError, DivergenceError, TrustvisionError
+from trustvision.errors import ConfigError, TrustvisionError, environment_failure, exit_code
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 err_console = Console(stderr=True)
@@ -71,10 +71,17 @@ def command_config(
     return cfg
 
 
-def fail(err: TrustvisionError) -> typer.Exit:
-    """Print a user error in red and return the exit to raise (1: diverged, 2: bad input)."""
+# What a command turns into one line and an exit code instead of a traceback.
+EXPECTED = (TrustvisionError, OSError)
+
+
+def fail(err: TrustvisionError | OSError) -> typer.Exit:
+    """Print an expected failure in red as one line and return the exit to raise (README,
+    "Exit codes": 2 bad input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
+    if isinstance(err, OSError):
+        err = environment_failure(err)
     err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-    return typer.Exit(1 if isinstance(err, DivergenceError) else 2)
+    return typer.Exit(exit_code(err))
 
 
 def command_takes_resume(root: click.Command, command: str) -> bool:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 import trustvision
 from trustvision.config import dump_config
-from trustvision.errors import ConfigError
+from trustvision.errors import ConfigError, environment_failure
 
 # What `RunDir.open_or_create` does with a directory that holds a run of a different config.
 # "refuse": an error naming the keys that differ (training: its checkpoints were made under the
@@ -69,9 +69,13 @@ class RunDir:
             suffix += 1
             path = Path(root) / f"{name}-{stamp}-{suffix}"
         run = cls(path)
-        run.plots_dir.mkdir(parents=True)
-        run.checkpoints_dir.mkdir()
-        run.config_path.write_text(dump_config(config))
+        try:
+            run.plots_dir.mkdir(parents=True)
+            run.checkpoints_dir.mkdir()
+            run.config_path.write_text(dump_config(config))
+        except OSError as err:
+            doing = f"creating a run directory under `runs_dir={root}`"
+            raise environment_failure(err, doing=doing) from err
         return run
 
     @classmethod

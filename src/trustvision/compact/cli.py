@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import PrintConfigOpt, command_config, fail, overrides_help
-from trustvision.errors import TrustvisionError
+from trustvision.clikit import EXPECTED, PrintConfigOpt, command_config, fail, overrides_help
 
 compact_app = typer.Typer(
     help="Lightweight CNNs: dual-input-output training, progressive unfreezing, ONNX/int8 "
@@ -131,7 +130,7 @@ def train(
             required="see configs/compact/",
         )
         run = train_rows(cfg, resume)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_rows(run.read_summary())
     console.print(f"run directory: {run.path}")
@@ -145,7 +144,7 @@ def export(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
 
     try:
         record = export_run(RunDir.open(run_dir))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_export(record)
     if not record["passed"]:
@@ -160,7 +159,7 @@ def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
 
     try:
         result = bench_run(RunDir.open(run_dir))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_bench(result)
 
@@ -193,7 +192,7 @@ def run_all(
         record = export_run(run)
         print_export(record)
         print_bench(bench_run(run))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     console.print(f"run directory: {run.path}")
     if not record["passed"]:

@@ -3,8 +3,9 @@
 A folder is complete only when its `meta.json` exists, and `meta.json` is written last: each
 array goes to a hidden temporary name, is flushed to disk and renamed into place, so a reader
 never sees half a file. `meta.json` records each array's SHA-256, dtype and shape; reading
-checks the arrays against it. Every failure, reading or writing, is a one-line DataError that
-names the file and the fix.
+checks the arrays against it. Every failure, reading or writing, is a one-line error (a
+DataError, or a CacheWriteError when the cache cannot be written) that names the file and the
+fix.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trustvision import digests
 from trustvision.data import readers
 from trustvision.data.catalog import CATALOG, DatasetSpec
 from trustvision.data.readers import Decoded
-from trustvision.errors import ChecksumError, DataError
+from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
 
 META_NAME = "meta.json"
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ FILE_FIELDS = {"sha256": str, "dtype": str, "shape": list}
 WRITABLE_HINT = "point `TRUSTVISION_DATA` (or `cache_dir=`) at a writable folder and fetch again"
 
 
-class CacheWriteError(DataError, OSError):
+class CacheWriteError(EnvironmentFailure, OSError):
     """The cache cannot be written (read-only folder, missing parent, full disk).
 
     An OSError too, so code that caught the OSError this used to be still catches it.

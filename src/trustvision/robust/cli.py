@@ -14,8 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import PrintConfigOpt, ResumeOpt, command_config, fail, overrides_help
-from trustvision.errors import TrustvisionError
+from trustvision.clikit import (
+    EXPECTED,
+    PrintConfigOpt,
+    ResumeOpt,
+    command_config,
+    fail,
+    overrides_help,
+)
 
 robust_app = typer.Typer(
     help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates.",
@@ -65,7 +71,7 @@ def train(
 
         _log(f"training `{cfg.model.name}` on `{cfg.data.name}` with `{cfg.attack.method}`")
         run = train_robust(cfg, run_path=resume, reporter=ConsoleReporter(console))
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()
     _log(f"clean test accuracy {summary['test']['top1']:.2%}; run directory: {run.path}")
@@ -89,7 +95,7 @@ def mix(
     try:
         cfg = command_config(MixConfig, config, overrides, print_config=print_config)
         run = run_mix(cfg, run_path=run_dir, reporter=ConsoleReporter(console), log=_log)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()
     if "alpha" in summary:
@@ -127,7 +133,7 @@ def evaluate(
     try:
         cfg = command_config(EvalConfig, config, overrides, print_config=print_config)
         run = run_eval(cfg, run_path=run_dir, log=_log)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()
     print_rows([_row_of(summary)])
@@ -152,7 +158,7 @@ def certify(
     try:
         cfg = command_config(CertifyConfig, config, overrides, print_config=print_config)
         run = run_certify(cfg, run_path=run_dir, log=_log)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     _log(f"certified-accuracy plot: {run.plots_dir / 'certified.png'}; run directory: {run.path}")
 
@@ -181,7 +187,7 @@ def demo(
         work = work or Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         started = time.perf_counter()
         report = run_pipeline(cfg, work, reporter=ConsoleReporter(console), log=_log)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_rows(report["rows"])
     for row in report["rows"]:

@@ -13,8 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trustvision.clikit import command_takes_resume, fail
-from trustvision.errors import TrustvisionError
+from trustvision.clikit import EXPECTED, command_takes_resume, fail
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -157,7 +156,7 @@ def run(
         except SweepInterrupted:
             interrupted = True
         report = write_report(out)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_report(report, spec, out)
     if interrupted:
@@ -176,7 +175,7 @@ def report(
     try:
         spec = read_saved_spec(out)
         result = write_report(out)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_report(result, spec, out)
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from trustvision.digests import sha256_file
-from trustvision.errors import TrustvisionError
+from trustvision.errors import TrustvisionError, environment_failure
 
 FORMAT = "trustvision-checkpoint/1"
 TENSORS = "state.safetensors"
@@ -66,12 +66,16 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     staging = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    tensors: dict[str, Tensor] = {}
-    tree = encode_tree(state, tensors)
-    save_file(tensors, staging / TENSORS)
-    meta = {"format": FORMAT, "sha256": sha256_file(staging / TENSORS), "tree": tree}
-    (staging / META).write_text(json.dumps(meta))
+    try:
+        staging.mkdir(parents=True)
+        tensors: dict[str, Tensor] = {}
+        tree = encode_tree(state, tensors)
+        save_file(tensors, staging / TENSORS)
+        meta = {"format": FORMAT, "sha256": sha256_file(staging / TENSORS), "tree": tree}
+        (staging / META).write_text(json.dumps(meta))
+    except OSError as err:  # a full disk: no half-written staging folder stays behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise environment_failure(err, doing=f"saving the checkpoint `{directory}`") from err
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(staging, directory)
