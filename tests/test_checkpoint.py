@@ -1,5 +1,9 @@
 """Checkpoints: safetensors + JSON round trips, atomic writes, corruption detected."""
 
+import hashlib
+import json
+import pickle
+
 import pytest
 import torch
 
@@ -93,3 +97,68 @@ def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_staging_fold
     assert "saving the checkpoint" in message and "No space left on device" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]
     assert torch.equal(ckpt.load_checkpoint(first)["w"], torch.ones(3))
+
+
+def saved(tmp_path, *epochs):
+    return [
+        ckpt.save_checkpoint(tmp_path / f"epoch-{e:04d}", {"w": torch.full((3,), e)})
+        for e in epochs
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        ('{"format": "trustvision-checkpoint/1", "sha2', "truncated or not JSON"),
+        ("[1, 2]", "holds a list, not a record"),
+        ('{"format": "trustvision-checkpoint/1", "sha256": "00"}', "lacks tree"),
+        ('{"format": "other/9", "sha256": "00", "tree": {}}', "has format `other/9`"),
+    ],
+)
+def test_a_damaged_record_is_a_checkpoint_error_naming_it(tmp_path, record, said):
+    (path,) = saved(tmp_path, 1)
+    (path / ckpt.META).write_text(record)
+    with pytest.raises(ckpt.CheckpointError, match=said) as err:
+        ckpt.load_checkpoint(path)
+    assert str(path / ckpt.META) in str(err.value)
+
+
+def test_a_pickle_in_place_of_the_tensors_is_refused_even_with_a_matching_hash(tmp_path):
+    (path,) = saved(tmp_path, 1)
+    payload = pickle.dumps({"w": [1, 2, 3]})  # never unpickled: safetensors reads a header
+    (path / ckpt.TENSORS).write_bytes(payload)
+    meta = json.loads((path / ckpt.META).read_text())
+    meta["sha256"] = hashlib.sha256(payload).hexdigest()
+    (path / ckpt.META).write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match="cannot be read as a checkpoint"):
+        ckpt.load_checkpoint(path)
+    (tmp_path / "weights.safetensors").write_bytes(payload)
+    with pytest.raises(ckpt.CheckpointError, match="is not a safetensors weights file"):
+        ckpt.load_weights(tmp_path / "weights.safetensors")
+
+
+def test_a_checkpoint_without_its_tensors_is_not_taken_as_the_newest(tmp_path):
+    saved(tmp_path, 1, 2)
+    (tmp_path / "epoch-0002" / ckpt.TENSORS).unlink()
+    assert ckpt.latest_checkpoint(tmp_path).name == "epoch-0001"
+
+
+def test_resuming_skips_a_bad_newest_checkpoint_with_a_warning_naming_it(tmp_path, caplog):
+    _, newest = saved(tmp_path, 1, 2)
+    (newest / ckpt.TENSORS).write_bytes(b"\0" * 64)
+    path, state = ckpt.load_resumable(tmp_path)
+    assert path.name == "epoch-0001" and torch.equal(state["w"], torch.full((3,), 1))
+    assert f"skipping checkpoint `{newest}`" in caplog.text and "corrupt" in caplog.text
+
+
+def test_a_checkpoint_chosen_by_name_is_loaded_or_the_names_are_listed(tmp_path):
+    saved(tmp_path, 1, 2)
+    path, state = ckpt.load_resumable(tmp_path, name="epoch-0001")
+    assert path.name == "epoch-0001" and int(state["w"][0]) == 1
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"no checkpoint `epoch-0009` .*`epoch-0001`, `epoch-0002`"
+    ):
+        ckpt.load_resumable(tmp_path, name="epoch-0009")
+    (tmp_path / "epoch-0001" / ckpt.META).write_text("[]")
+    with pytest.raises(ckpt.CheckpointError, match="holds a list"):
+        ckpt.load_resumable(tmp_path, name="epoch-0001")  # a named one is never skipped

@@ -63,3 +63,10 @@ def test_a_runs_dir_that_cannot_be_made_is_an_environment_failure(words, overrid
     message = said(result)
     assert "error: creating a run directory under `runs_dir=/proc/trustvision-runs`" in message
     assert "No such file or directory" in message and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("words", [["train"], ["robust", "train"]])
+def test_checkpoint_without_resume_is_refused(words):
+    result = RUNNER.invoke(app, [*words, "epochs=1", "--checkpoint", "epoch-0001"])
+    assert result.exit_code == 2
+    assert "`--checkpoint` chooses where `--resume RUN_DIR` starts: give both" in said(result)

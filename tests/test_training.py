@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,3 +180,32 @@ def test_run_files_are_strict_json(tmp_path):
     run.write_summary({"status": "finished", "few": float("-inf")})
     assert _strict(run.metrics_path.read_text()) == {"epoch": 1, "few": None}
     assert _strict(run.summary_path.read_text())["few"] is None
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_path):
+    from typer.testing import CliRunner
+
+    from trustvision.cli import app
+
+    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=512", "data.test_subset=200")
+    reference = train_model(cfg)
+    weights = load_file(reference.path / "model.safetensors")
+    for how in ("fallback", "named"):
+        run_dir = tmp_path / how
+        shutil.copytree(reference.path, run_dir)
+        (run_dir / "summary.json").unlink()  # as if killed after the last checkpoint
+        (run_dir / "model.safetensors").unlink()
+        args = ["train", "--resume", str(run_dir)]
+        if how == "fallback":
+            (run_dir / "checkpoints/epoch-0002" / ckpt.TENSORS).write_bytes(b"\0" * 64)
+        else:
+            args += ["--checkpoint", "epoch-0001"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        # epoch 2 was trained again from epoch 1 and ends exactly where the first run did
+        records = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["epoch"] for r in records] == [1, 2]
+        again = load_file(run_dir / "model.safetensors")
+        assert all(torch.equal(weights[k], again[k]) for k in weights)

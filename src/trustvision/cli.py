@@ -12,6 +12,7 @@ from rich.table import Table
 import trustvision
 from trustvision.clikit import (
     EXPECTED,
+    CheckpointOpt,
     PrintConfigOpt,
     ResumeOpt,
     command_config,
@@ -74,6 +75,7 @@ def train(
         list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
     ] = None,
     resume: ResumeOpt = None,
+    checkpoint: CheckpointOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train one model on one data set (centralised) and write a run directory.
@@ -86,13 +88,20 @@ def train(
 
     try:
         cfg = command_config(
-            TrainConfig, config, overrides, resume=resume, print_config=print_config
+            TrainConfig,
+            config,
+            overrides,
+            resume=resume,
+            checkpoint=checkpoint,
+            print_config=print_config,
         )
         from trustvision.report.console import ConsoleReporter
         from trustvision.train.centralized import train_model
 
         console.print(f"training `{cfg.model.name}` on `{cfg.data.name}` for {cfg.epochs} epoch(s)")
-        run = train_model(cfg, resume_dir=resume, reporter=ConsoleReporter(console))
+        run = train_model(
+            cfg, resume_dir=resume, checkpoint=checkpoint, reporter=ConsoleReporter(console)
+        )
     except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()

@@ -28,7 +28,14 @@ PrintConfigOpt = Annotated[
     ),
 ]
 ResumeOpt = Annotated[
-    Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    Path | None, typer.Option(help="Continue this run directory from its newest good checkpoint.")
+]
+CheckpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --resume: the checkpoint to start from, by name (e.g. epoch-0002; the run's "
+        "checkpoints/ lists them). Default: the newest that passes its checks."
+    ),
 ]
 
 
@@ -43,17 +50,21 @@ def command_config(
     overrides: list[str] | None,
     *,
     resume: Path | None = None,
+    checkpoint: str | None = None,
     print_config: bool = False,
     required: str | None = None,
 ) -> ConfigT:
     """The typed config a command runs with: CONFIG plus overrides (a first argument holding
     `=` that is no file is an override: `robust eval model=runs/x`), or with `resume` the run's
     own config.yaml (then CONFIG and overrides are refused). `required` (a hint where to find
-    one) makes a CONFIG file or overrides mandatory. `print_config` prints it and exits."""
+    one) makes a CONFIG file or overrides mandatory; `checkpoint` is refused without `resume`.
+    `print_config` prints it and exits."""
     from trustvision.config import dump_config, load_config
 
     if config is not None and "=" in str(config) and not config.exists():
         config, overrides = None, [str(config), *(overrides or [])]
+    if checkpoint is not None and resume is None:
+        raise ConfigError("`--checkpoint` chooses where `--resume RUN_DIR` starts: give both")
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError(

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from trustvision.clikit import (
     EXPECTED,
+    CheckpointOpt,
     PrintConfigOpt,
     ResumeOpt,
     command_config,
@@ -49,6 +50,7 @@ def train(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
     resume: ResumeOpt = None,
+    checkpoint: CheckpointOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train a base model: standard, PGD-AT, TRADES, FGSM-RS (fast AT) or Gaussian noise.
@@ -63,6 +65,7 @@ def train(
             config,
             overrides,
             resume=resume,
+            checkpoint=checkpoint,
             print_config=print_config,
             required="see configs/robust/",
         )
@@ -70,7 +73,9 @@ def train(
         from trustvision.robust.commands.train import train_robust
 
         _log(f"training `{cfg.model.name}` on `{cfg.data.name}` with `{cfg.attack.method}`")
-        run = train_robust(cfg, run_path=resume, reporter=ConsoleReporter(console))
+        run = train_robust(
+            cfg, run_path=resume, checkpoint=checkpoint, reporter=ConsoleReporter(console)
+        )
     except EXPECTED as err:
         raise fail(err) from None
     summary = run.read_summary()

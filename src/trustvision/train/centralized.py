@@ -23,9 +23,14 @@ RESUME = "trustvision train --resume"
 
 
 def train_model(
-    cfg: TrainConfig, *, resume_dir: str | Path | None = None, reporter: Reporter | None = None
+    cfg: TrainConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    checkpoint: str | None = None,
+    reporter: Reporter | None = None,
 ) -> RunDir:
-    """Train `cfg.model` on `cfg.data`; with `resume_dir`, continue that run from its last checkpoint."""
+    """Train `cfg.model` on `cfg.data`; with `resume_dir`, continue that run from its newest
+    good checkpoint (or the one named `checkpoint`)."""
     with run_settings(cfg) as device:
         accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
         dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
@@ -47,6 +52,7 @@ def train_model(
             accel=accel,
             num_classes=dataset.num_classes,
             reporter=reporter,
+            checkpoint=checkpoint,
         )
         summary |= {
             "data": {

@@ -8,12 +8,14 @@ either the previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -23,6 +25,7 @@ from trustvision.errors import TrustvisionError, environment_failure
 FORMAT = "trustvision-checkpoint/1"
 TENSORS = "state.safetensors"
 META = "state.json"
+LOG = logging.getLogger(__name__)
 
 
 class CheckpointError(TrustvisionError):
@@ -82,41 +85,88 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     return directory
 
 
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """`state.json`, checked to be a record of this format (a CheckpointError otherwise)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"`{meta_path}` is truncated or not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"`{meta_path}` holds a {type(meta).__name__}, not a record")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"`{meta_path}` has format `{meta.get('format')}`, expected `{FORMAT}`"
+        )
+    missing = [key for key in ("sha256", "tree") if key not in meta]
+    if missing or not isinstance(meta["sha256"], str):
+        raise CheckpointError(f"`{meta_path}` lacks {', '.join(missing) or 'a valid sha256'}")
+    return meta
+
+
 def load_checkpoint(directory: Path, *, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, checking the tensors against their hash."""
+    """Read a checkpoint written by `save_checkpoint`, checking the tensors against their hash.
+
+    Anything wrong with it (a missing file, a damaged record, tensors that do not match their
+    hash or cannot be read as safetensors, a record naming tensors the file lacks) is a
+    CheckpointError naming the file."""
     directory = Path(directory)
     meta_path, tensor_path = directory / META, directory / TENSORS
     if not meta_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(
             f"`{directory}` is not a complete checkpoint (needs {META} and {TENSORS})"
         )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"`{meta_path}` has format `{meta.get('format')}`, expected `{FORMAT}`"
-        )
+    meta = _read_meta(meta_path)
     actual = sha256_file(tensor_path)
     if actual != meta["sha256"]:
         raise CheckpointError(
-            f"`{tensor_path}` is corrupt: SHA-256 {actual}, its record says {meta['sha256']}; "
-            "resume from an earlier checkpoint or start the run again"
+            f"`{tensor_path}` is corrupt: SHA-256 {actual}, its record says {meta['sha256']}"
         )
-    return decode_tree(meta["tree"], load_file(tensor_path, device=str(device)))
+    try:
+        return decode_tree(meta["tree"], load_file(tensor_path, device=str(device)))
+    except (SafetensorError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"`{directory}` cannot be read as a checkpoint ({err!r})") from None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (tags sort by name)."""
+    """Checkpoints under `root` with both of their files, oldest first (tags sort by name)."""
     if not Path(root).is_dir():
         return []
     return sorted(
-        p for p in Path(root).iterdir() if (p / META).is_file() and not p.name.startswith(".")
+        p
+        for p in Path(root).iterdir()
+        if (p / META).is_file() and (p / TENSORS).is_file() and not p.name.startswith(".")
     )
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root`, or None."""
+    """The newest checkpoint under `root` with both of its files, or None."""
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def load_resumable(
+    root: Path, *, name: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a run resumes from, loaded: `name` if given (it must pass its checks),
+    else the newest that passes them; a newer one that fails is skipped with a warning that
+    names it and why. None when there is no checkpoint yet."""
+    found = list_checkpoints(root)
+    if name is not None:
+        chosen = [p for p in found if p.name == name]
+        if not chosen:
+            have = ", ".join(f"`{p.name}`" for p in found) or "none"
+            raise CheckpointError(f"`{root}` has no checkpoint `{name}` (it has {have})")
+        return chosen[0], load_checkpoint(chosen[0], device=device)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, device=device)
+        except CheckpointError as err:
+            LOG.warning("skipping checkpoint `%s`: %s; trying the one before", path, err)
+    if found:
+        raise CheckpointError(
+            f"no checkpoint under `{root}` passes its checks: start the run again"
+        )
+    return None
 
 
 def prune_checkpoints(root: Path, *, keep: int) -> None:
@@ -136,7 +186,10 @@ def save_weights(
 
 
 def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """Weights written by `save_weights`."""
+    """Weights written by `save_weights` (a file that is no safetensors is a CheckpointError)."""
     if not Path(path).is_file():
         raise CheckpointError(f"weights file `{path}` does not exist")
-    return load_file(path, device=str(device))
+    try:
+        return load_file(path, device=str(device))
+    except SafetensorError as err:
+        raise CheckpointError(f"`{path}` is not a safetensors weights file ({err})") from None

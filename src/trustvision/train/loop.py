@@ -305,6 +305,7 @@ def fit(
     reporter: Reporter | None = None,
     before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[int], dict[str, Any]] | None = None,
+    checkpoint: str | None = None,
 ) -> FitResult:
     """Train for `epochs`, evaluating, logging and checkpointing after each; resumable.
 
@@ -315,13 +316,14 @@ def fit(
     sets `requires_grad` there). With `batches.val`, every epoch is evaluated on the
     validation hold-out too (`val_acc`), the number a choice between runs or epochs may read.
     `after_epoch(epoch)` runs after the evaluation; what it returns joins the epoch's record.
+    `checkpoint` names the checkpoint a resumed run starts from (default: the newest good one).
     """
     training = _Training(
         model, batches, optimizer, scheduler, objective, accel, num_classes, seed, run,
         grad_clip, reporter or SilentReporter(),
     )  # fmt: skip
     start_epoch, elapsed, history = (
-        restore(run, model=model, optimizer=optimizer, scheduler=scheduler)
+        restore(run, model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint)
         if resume
         else (0, 0.0, [])
     )
@@ -352,18 +354,27 @@ def restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    checkpoint: str | None = None,
 ) -> tuple[int, float, list[dict[str, Any]]]:
-    """Load the newest checkpoint of `run`; metrics.jsonl is cut back to match it."""
-    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
-    if latest is None:
-        return 0, 0.0, []
+    """Load the checkpoint `run` resumes from (`checkpoint` by name, else the newest that
+    passes its checks); metrics.jsonl is cut back to match it."""
     device = next(model.parameters()).device
-    state = ckpt.load_checkpoint(latest, device=device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    run.rewrite_metrics(state["history"])
-    return state["epoch"], state["elapsed"], state["history"]
+    found = ckpt.load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
+    if found is None:
+        return 0, 0.0, []
+    path, state = found
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, elapsed, history = state["epoch"], state["elapsed"], state["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ckpt.CheckpointError(
+            f"`{path}` does not fit this run's model or optimiser ({err}): resume with the "
+            "config it was written with"
+        ) from None
+    run.rewrite_metrics(history)
+    return epoch, elapsed, history
 
 
 def non_finite(model: nn.Module, record: dict[str, Any]) -> str | None:

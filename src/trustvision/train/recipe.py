@@ -103,9 +103,11 @@ def train_into_run(
     after_epoch: Callable[[int], dict[str, Any]] | None = None,
     weights: str | None = WEIGHTS,
     weights_meta: dict[str, str] | None = None,
+    checkpoint: str | None = None,
 ) -> FitResult:
     """Train `model` (or only `groups` of it) with the core loop into `run`, resuming its last
-    checkpoint when `resume`; the final weights go to `run/<weights>` (None: not saved)."""
+    checkpoint when `resume` (or `checkpoint`, by name); the final weights go to
+    `run/<weights>` (None: not saved)."""
     optimizer = build_optimizer(optim, parameter_groups(groups or [model], lr_scales=lr_scales))
     steps = len(batches.train)
     scheduler = build_scheduler(optimizer, optim, total_steps=epochs * steps, steps_per_epoch=steps)
@@ -126,6 +128,7 @@ def train_into_run(
         reporter=reporter,
         before_epoch=before_epoch,
         after_epoch=after_epoch,
+        checkpoint=checkpoint,
     )
     if weights is not None:
         ckpt.save_weights(run.path / weights, model.state_dict(), weights_meta)

@@ -89,9 +89,11 @@ def train_robust(
     cfg: RobustTrainConfig,
     *,
     run_path: str | Path | None = None,
+    checkpoint: str | None = None,
     reporter: Reporter | None = None,
 ) -> RunDir:
-    """Train `cfg.model` with `cfg.attack`; a given `run_path` that exists is resumed."""
+    """Train `cfg.model` with `cfg.attack`; a given `run_path` that exists is resumed (from
+    its newest good checkpoint, or the one named `checkpoint`)."""
     with run_settings(cfg) as device:
         accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
         dataset, loaders = load_with_loaders(
@@ -119,6 +121,7 @@ def train_robust(
             reporter=reporter,
             groups=[model.net],
             before_epoch=ramp.start_epoch,
+            checkpoint=checkpoint,
         )
         summary |= base_record(cfg, model, dataset, loaders)
         run.write_summary(summary)
