@@ -128,3 +128,16 @@ def test_models_refuses_zero_classes():
 
     result = CliRunner().invoke(app, ["models", "--num-classes", "0"])
     assert result.exit_code == 2 and "num-classes" in result.output
+
+
+@pytest.mark.parametrize(
+    "override", ["epochs=true", "optim.lr=false", "data.augment.crop_padding=true", "seed=true"]
+)
+def test_a_boolean_is_never_taken_for_a_number(override):
+    with pytest.raises(ConfigError, match=r"is a boolean, not a number"):
+        load_config(TrainConfig, None, [override])
+
+
+def test_booleans_still_set_boolean_settings():
+    cfg = load_config(TrainConfig, None, ["amp=false", "data.augment.hflip=true"])
+    assert cfg.amp is False and cfg.data.augment.hflip is True

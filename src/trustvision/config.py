@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from trustvision.errors import ConfigError
 
@@ -27,10 +27,33 @@ RunName = Annotated[
 ]
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (bool itself, Any, or a union holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_takes_bool(arg) for arg in get_args(annotation))
+
+
 class StrictModel(BaseModel):
     """Base of every config: unknown keys are errors and a loaded config never changes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would read `epochs=true` as 1 epoch: a boolean is never a count or a rate
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
+            raise ValueError(
+                f"`{str(value).lower()}` is a boolean, not a {_kind(field.annotation)}"
+            )
+        return value
+
+
+def _kind(annotation: Any) -> str:
+    names = {int: "number", float: "number", str: "string"}
+    return next((names[t] for t in (annotation, *get_args(annotation)) if t in names), "value")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -158,10 +181,8 @@ def dump_config(config: BaseModel) -> str:
 # The sections every training command shares. Systems (federated, compact, robust) embed them.
 
 
-class AugmentConfig(BaseModel):
+class AugmentConfig(StrictModel):
     """Which augmentations a training batch gets; all off by default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     crop_padding: int = Field(
         default=0, ge=0, description="zero padding (pixels) before a random crop"
