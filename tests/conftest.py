@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules."""
 
+import sys
+
 import pytest
 import torch
 
@@ -11,3 +13,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The hostile-input suite's tally (tests/test_hostile.py), when it ran."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("test_hostile") and module.TALLY["tried"]:
+            terminalreporter.write_line(module.tally_line())

@@ -157,14 +157,17 @@ def load_resumable(
             have = ", ".join(f"`{p.name}`" for p in found) or "none"
             raise CheckpointError(f"`{root}` has no checkpoint `{name}` (it has {have})")
         return chosen[0], load_checkpoint(chosen[0], device=device)
+    failures = []
     for path in reversed(found):
         try:
             return path, load_checkpoint(path, device=device)
         except CheckpointError as err:
             LOG.warning("skipping checkpoint `%s`: %s; trying the one before", path, err)
-    if found:
+            failures.append(str(err))
+    if failures:
         raise CheckpointError(
-            f"no checkpoint under `{root}` passes its checks: start the run again"
+            f"no checkpoint under `{root}` passes its checks (the newest: {failures[0]}): "
+            "start the run again"
         )
     return None
 
