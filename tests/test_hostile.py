@@ -8,6 +8,7 @@ tally (probes tried, tracebacks, silent wrong results) is printed at the end of 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from typer.testing import CliRunner
 
 from trustvision.cli import app
@@ -70,6 +72,12 @@ def png(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+def real_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (width * 10, height * 10, 0)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def zip_with(path: Path, members: dict[str, bytes]) -> None:
@@ -283,7 +291,7 @@ PROBES: dict[str, Probe] = {
         ["bomb.png", "decompression bomb"],
         setup=lambda folder: zip_with(
             folder / "bomb.zip",
-            {"train/a/bomb.png": png(20000, 20000), "test/a/ok.png": png(2, 2)},
+            {"train/a/bomb.png": png(20000, 20000), "test/a/ok.png": real_png(2, 2)},
         ),
         env={"TRUSTVISION_DATA": "{tmp}/cache"},
     ),
@@ -292,7 +300,8 @@ PROBES: dict[str, Probe] = {
         2,
         ["../../evil.png", "outside the archive"],
         setup=lambda folder: zip_with(
-            folder / "escape.zip", {"train/a/ok.png": png(2, 2), "../../evil.png": png(2, 2)}
+            folder / "escape.zip",
+            {"train/a/ok.png": real_png(2, 2), "../../evil.png": real_png(2, 2)},
         ),
         env={"TRUSTVISION_DATA": "{tmp}/cache"},
     ),
@@ -391,3 +400,26 @@ def test_every_config_named_in_a_help_text_exists():
         for name in {w.strip(".,;:`()") for w in text.split() if w.startswith("configs/")}:
             if name.endswith(".yaml"):
                 assert (ROOT / name).is_file(), f"`{' '.join(words)} --help` names {name}"
+
+
+def test_the_hint_for_images_of_two_sizes_can_be_followed(tmp_path, monkeypatch):
+    TALLY["tried"] += 1
+    monkeypatch.setenv("TRUSTVISION_DATA", str(tmp_path / "cache"))
+    zip_with(
+        tmp_path / "mixed.zip",
+        {
+            "train/a/x.png": real_png(4, 4),
+            "train/a/y.png": real_png(6, 8),
+            "test/a/z.png": real_png(4, 4),
+        },
+    )
+    refused = RUNNER.invoke(
+        app, ["data", "fetch", "image-folder", "--from", str(tmp_path / "mixed.zip")]
+    )
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "--image-size" in said, said
+    hint = said.split("with `", 1)[1].split("`", 1)[0].replace("PATH", str(tmp_path / "mixed.zip"))
+    followed = RUNNER.invoke(app, hint.split()[1:])  # the hint, as the user would type it
+    assert followed.exit_code == 0, followed.output
+    cfg = load_config(TrainConfig, None, ["data.name=image-folder", "data.image_size=4"])
+    assert cfg.data.image_size == 4

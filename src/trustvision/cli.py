@@ -43,6 +43,10 @@ console = Console()
 
 OVERRIDES_HELP = overrides_help("optim.lr=0.05 data.batch_size=64")
 FROM_HELP = "Read the data set from this local file or folder (IDX files, a CIFAR python archive, an image-folder zip)."
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="image-folder only: resize every image to this square size (pixels)."),
+]
 
 
 def version_callback(value: bool) -> None:
@@ -116,12 +120,13 @@ def data_fetch(
         str, typer.Argument(help="mnist, fashion-mnist, cifar10, cifar100 or image-folder.")
     ],
     source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Fetch NAME into the cache ($TRUSTVISION_DATA, default ~/.cache/trustvision), verifying every file."""
     from trustvision.data.sources import fetch
 
     try:
-        path = fetch(name, from_path=source)
+        path = fetch(name, from_path=source, image_size=image_size)
     except EXPECTED as err:
         raise fail(err) from None
     console.print(f"`{name}` is in the cache at {path}")
@@ -131,12 +136,13 @@ def data_fetch(
 def data_info(
     name: Annotated[str, typer.Argument(help="A data set name from the catalog.")],
     source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Print image shape, source, and image counts per split and class."""
     from trustvision.data.dataset import dataset_summary, load_dataset
 
     try:
-        summary = dataset_summary(load_dataset(name, from_path=source))
+        summary = dataset_summary(load_dataset(name, from_path=source, image_size=image_size))
     except EXPECTED as err:
         raise fail(err) from None
     console.print(

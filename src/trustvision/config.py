@@ -59,6 +59,7 @@ def _kind(annotation: Any) -> str:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and a YAML-typed value (`0.1` is a float)."""
     key, sep, raw = text.partition("=")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # one line in messages
     if not sep or not key.strip():
         raise ConfigError(
             f"override `{text}` is not of the form `key=value` (e.g. `optim.lr=0.05`)"
@@ -110,7 +111,7 @@ def parse_yaml(text: str, *, origin: str) -> Any:
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: safe types only
     except yaml.YAMLError as err:
-        raise ConfigError(f"{origin} is not valid YAML: {err}") from err
+        raise ConfigError(f"{origin} is not valid YAML: {' '.join(str(err).split())}") from err
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -203,6 +204,7 @@ class DataConfig(StrictModel):
 
     name: str = "mnist"
     source: str | None = None  # a local file or folder to read the data set from (`--from`)
+    image_size: int | None = Field(default=None, gt=0)  # image folders: resize to this square
     train_subset: int | None = Field(default=None, gt=0)  # a seeded random subset of train
     test_subset: int | None = Field(default=None, gt=0)  # the first N test images
     # The fraction of the (long-tailed) training images held out for validation: stratified

@@ -73,7 +73,7 @@ def load_data(cfg: DataConfig, *, source: str | Path | None = None) -> Dataset:
     The validation hold-out (`cfg.validation`) depends on the run's seed and, for a
     federation, on the client split: the loaders apply it (data/loader.py, federated/data.py).
     """
-    return load_dataset(cfg.name, from_path=source or cfg.source)
+    return load_dataset(cfg.name, from_path=source or cfg.source, image_size=cfg.image_size)
 
 
 def open_cached(folder: Path) -> Dataset:

@@ -109,7 +109,8 @@ def _check_size(first: tuple[str, tuple[int, ...]], name: str, shape: tuple[int,
         (h1, w1), (h2, w2) = first[1][:2], shape[:2]
         raise DataError(
             f"images differ in size: `{first[0]}` is {w1}x{h1} but `{name}` is {w2}x{h2}; "
-            f"pass `image_size` (e.g. `image_size={h1}`) to resize them all to one square size"
+            f"resize them all to one square size with `trustvision data fetch image-folder --from "
+            f"PATH --image-size {h1}` (in a config: `data.image_size={h1}`)"
         )
 
 
