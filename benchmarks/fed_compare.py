@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import CIFAR_ZIP, mean_std
+from common import CIFAR_ZIP, ROOT, mean_std, write_results
 
-ROOT = Path(__file__).parents[1]
+from trustvision.runs import RunDir
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist-cnn": {
         "config": ROOT / "configs/fed/fmnist_lt_cpu.yaml",
@@ -100,10 +101,10 @@ def trustvision() -> list[str]:
 
 def finished_run(directory: Path) -> Path | None:
     """The finished run under `directory`, if any."""
-    for path in sorted(directory.glob("*/summary.json")):
-        if json.loads(path.read_text()).get("status") == "finished":
-            return path.parent
-    return None
+    return next(
+        (p.parent for p in sorted(directory.glob("*/config.yaml")) if RunDir(p.parent).finished),
+        None,
+    )
 
 
 def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path] | None:
@@ -429,11 +430,8 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - started,
         "missing": [job for job in jobs if job not in runs],
     }
-    (args.out / "federated.md").write_text(markdown(results, meta))
-    (args.out / "federated.json").write_text(
-        json.dumps({"meta": meta, "results": results, "runs": raw}, indent=2) + "\n"
-    )
-    print((args.out / "federated.md").read_text())
+    body = {"meta": meta, "results": results, "runs": raw}
+    print(write_results("federated", markdown(results, meta), body, out=args.out).read_text())
 
 
 if __name__ == "__main__":

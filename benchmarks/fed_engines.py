@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+from common import ROOT, write_results
+
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 MODES = ("floor", "inprocess", "flower-sim-1", "flower-sim-2", "flower-deploy")
 ALGORITHMS = ("fedavg", "fedloge")
@@ -234,7 +235,6 @@ def write_report(rows: list[dict], *, machine: str, rounds: int, tiny: bool, out
         "summary": summary,
         "runs": rows,
     }
-    (out / "federated-engines.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Federated engines: seconds per round and peak memory",
         "",
@@ -268,7 +268,7 @@ def write_report(rows: list[dict], *, machine: str, rounds: int, tiny: bool, out
             f"| {', '.join(f'{x:.3f}' for x in r['vs_floor_each'])} |"
         )
     lines.append("")
-    (out / "federated-engines.md").write_text("\n".join(lines))
+    write_results("federated-engines", "\n".join(lines), payload, out=out)
 
 
 def main() -> None:

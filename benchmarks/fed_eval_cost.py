@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).parents[1]
+from common import ROOT, write_results
+
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 BACKBONES = {"mnist_cnn": [], "gap_cnn": ["model.name=gap_cnn", "model.kwargs={}"]}
 ALGORITHMS = ["fedavg", "fedloge"]
@@ -101,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((args.out / "fed-eval-cost.json").read_text())
-        (args.out / "fed-eval-cost.md").write_text(markdown(saved["rows"], saved["meta"]))
+        write_results("fed-eval-cost", markdown(saved["rows"], saved["meta"]), saved, out=args.out)
         return
     load = f"{os.getloadavg()[0]:.2f}"
     rows = [run(a, b, args.runs) for b in BACKBONES for a in ALGORITHMS]
@@ -111,12 +112,8 @@ def main() -> None:
         "machine": machine_summary(),
         "load": load,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fed-eval-cost.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    )
-    (args.out / "fed-eval-cost.md").write_text(markdown(rows, meta))
-    print((args.out / "fed-eval-cost.md").read_text())
+    body = {"meta": meta, "rows": rows}
+    print(write_results("fed-eval-cost", markdown(rows, meta), body, out=args.out).read_text())
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import torch
+from common import CIFAR_ZIP, ROOT, write_results
 
 from trustvision.config import load_config
 from trustvision.data.dataset import load_dataset
@@ -25,8 +25,6 @@ from trustvision.federated.runner import build_session
 from trustvision.federated.session import RoundResult
 from trustvision.models import create_model
 
-ROOT = Path(__file__).parents[1]
-CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 INIT = [
     ("cifar10", "resnet18", {}),
     ("cifar10", "resnet8", {}),
@@ -102,11 +100,13 @@ def main() -> None:
         "|---|---|---:|---:|---:|",
     ]
     norms = [initial_norm(*row) for row in INIT]
+    body: dict = {"initial_norms": [], "runs": {}}
     reference = norms[0]  # ResNet-18: the authors' backbone
     for (dataset, model, kwargs), norm in zip(INIT, norms, strict=True):
         dim = create_model(model, num_classes=10, in_channels=1, **kwargs).feature_dim
         name = model + (" (feature_norm)" if kwargs else "")
         lines.append(f"| {dataset} | {name} | {dim} | {norm:.1f} | {0.1 * reference / norm:.2f} |")
+        body["initial_norms"].append({"data": dataset, "model": name, "dim": dim, "norm": norm})
     lines += [
         "",
         f"The authors' SSE-C norm 0.1 on ResNet-18 starts the logits at 0.1 x {reference:.1f} = "
@@ -116,6 +116,7 @@ def main() -> None:
     ]
     for label, overrides in RUNS:
         rows, final = diagnose(overrides)
+        body["runs"][label] = {"overrides": overrides, "rounds": rows, "final": final}
         lines += ["", f"### {label}", "", "| round | summed train loss | mean feature norm |"]
         lines.append("|---:|---:|---:|")
         lines += [
@@ -128,9 +129,7 @@ def main() -> None:
         ]
         print("\n".join(lines[-4:]), flush=True)
     lines += ["", f"Took {(time.perf_counter() - started) / 60:.1f} min."]
-    out = ROOT / "docs/results/fed-feature-scale.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results('fed-feature-scale', chr(10).join(lines), body)}")
 
 
 if __name__ == "__main__":

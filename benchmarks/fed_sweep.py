@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import ROOT, write_results
 
-ROOT = Path(__file__).parents[1]
 SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist-cnn": {
         "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), mnist_cnn",
@@ -361,11 +361,8 @@ def main() -> None:
         "selected_by": "validation",
     }
     meta["plots"] = norm_plot(results, args.out)
-    (args.out / "fed-sweep.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-    )
-    (args.out / "fed-sweep.md").write_text(markdown(results, meta))
-    print(f"wrote {args.out / 'fed-sweep.md'}")
+    body = {"meta": meta, "results": results}
+    print(f"wrote {write_results('fed-sweep', markdown(results, meta), body, out=args.out)}")
 
 
 if __name__ == "__main__":

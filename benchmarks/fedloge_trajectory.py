@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import RESULTS, ROOT, write_results
 
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
@@ -35,7 +36,6 @@ from trustvision.federated.runner import build_session
 from trustvision.federated.session import RoundResult, Session
 from trustvision.federated.tensors import State
 
-ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--every", type=int, default=5, help="rounds between measurements")
     parser.add_argument("--rounds", type=int, help="fewer rounds than the config's (a smoke run)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/results/fedloge-trajectory.md")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the .md and .json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -160,8 +160,8 @@ def main() -> None:
         cells = [f"{100 * ours[k]:.1f}" if k in percent else f"{ours[k]:.3f}" for k in SHOWN]
         cells += [f"{100 * ref['generic_acc']:.1f}", f"{100 * ref['local_acc_masked']:.1f}"]
         lines.append(f"| {ours['round']} | " + " | ".join(cells) + " |")
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    body = {"every": args.every, "rounds": args.rounds, "fedloge": fedloge, "fedavg": fedavg}
+    print(f"wrote {write_results('fedloge-trajectory', chr(10).join(lines), body, out=args.out)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ COMMANDS = [
     (["train"], "epochs=3", False),
     (["robust", "train"], "epochs=3", True),
     (["compact", "train"], "dual.epochs=3", True),
+    (["fed", "run"], "rounds=3", True),
 ]
 
 
@@ -65,7 +66,7 @@ def test_a_runs_dir_that_cannot_be_made_is_an_environment_failure(words, overrid
     assert "No such file or directory" in message and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("words", [["train"], ["robust", "train"]])
+@pytest.mark.parametrize("words", [["train"], ["robust", "train"], ["fed", "run"]])
 def test_checkpoint_without_resume_is_refused(words):
     result = RUNNER.invoke(app, [*words, "epochs=1", "--checkpoint", "epoch-0001"])
     assert result.exit_code == 2

@@ -9,11 +9,11 @@ from trustvision.config import load_config
 from trustvision.federated.algorithm import list_algorithms
 from trustvision.federated.client import client_context
 from trustvision.federated.config import FedConfig
-from trustvision.federated.etf import one_thread
 from trustvision.federated.evaluate import generic_evaluation
 from trustvision.federated.runner import build_session, run_federated
 from trustvision.federated.session import sample_clients
 from trustvision.federated.tensors import matches
+from trustvision.train.recipe import torch_threads
 
 # Per-algorithm cuts so each runs in a second or two (the defaults are the papers').
 QUICK = {
@@ -33,7 +33,7 @@ PERSONAL = ["fedper", "fedrep", "fedloge", "fedrod", "ditto"]
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

@@ -7,8 +7,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from trustvision.federated.algorithm import ClientContext, Setup, algorithm_class, list_algorithms
-from trustvision.federated.etf import one_thread
 from trustvision.models import create_model
+from trustvision.train.recipe import torch_threads
 
 QUICK_OPTIONS = {"fedloge": {"ssec_steps": 10}}
 
@@ -16,7 +16,7 @@ QUICK_OPTIONS = {"fedloge": {"ssec_steps": 10}}
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

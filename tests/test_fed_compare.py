@@ -12,13 +12,13 @@ from trustvision.errors import ConfigError
 from trustvision.federated import cli
 from trustvision.federated.cli import fed_app
 from trustvision.federated.compare import comparison, finished_runs
-from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import run_federated
+from trustvision.train.recipe import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def single_thread():
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

@@ -11,7 +11,7 @@ from trustvision.errors import ConfigError
 from trustvision.federated.algorithm import list_algorithms
 from trustvision.federated.cli import fed_app
 from trustvision.federated.config import FedConfig
-from trustvision.federated.etf import one_thread
+from trustvision.train.recipe import torch_threads
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs/fed").glob("*.yaml"))
@@ -20,7 +20,7 @@ CONFIGS = sorted((ROOT / "configs/fed").glob("*.yaml"))
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

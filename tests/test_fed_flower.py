@@ -30,12 +30,12 @@ from trustvision.federated.engines.flower import (
     server_app,
     to_record,
 )
-from trustvision.federated.etf import one_thread
 from trustvision.federated.flower_harness import LocalDeployment
 from trustvision.federated.runner import build_session, evaluate_run, run_federated
 from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
 from trustvision.runs import RunDir
+from trustvision.train.recipe import torch_threads
 
 # 3 clients, 2 a round: round 1 trains [1, 2], round 2 [0, 1], round 3 [0, 2] (seed 0).
 FAULT = "faults=[{client: 1, round: 2}]"
@@ -46,7 +46,7 @@ FAULTS = "faults=[{client: 1, round: 2}, {client: 2, round: 3, stage: evaluate}]
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

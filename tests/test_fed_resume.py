@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +15,17 @@ from safetensors.torch import load_file
 from trustvision.config import dump_config, load_config
 from trustvision.errors import DivergenceError
 from trustvision.federated.config import FedConfig
-from trustvision.federated.etf import one_thread
 from trustvision.federated.runner import resume_federated, run_federated
 from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
 from trustvision.train import checkpoint as ckpt
+from trustvision.train.recipe import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 
@@ -159,3 +160,25 @@ def test_divergence_stops_with_the_fix_and_a_summary(tmp_path):
     assert "round 1" in message and "optim.lr" in message
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path):
+    reference = run_federated(resumable_config(tmp_path / "ref"))
+    newest = ckpt.latest_checkpoint(reference.checkpoints_dir)
+    assert [p.name for p in ckpt.list_checkpoints(reference.checkpoints_dir)] == [
+        "round-00002",
+        "round-00004",
+    ]
+    for how in ("fallback", "named"):
+        run_dir = tmp_path / how
+        shutil.copytree(reference.path, run_dir)
+        (run_dir / "summary.json").unlink()
+        if how == "fallback":
+            (run_dir / "checkpoints" / newest.name / ckpt.TENSORS).write_bytes(b"\0" * 64)
+            resumed = resume_federated(run_dir)
+        else:
+            resumed = resume_federated(run_dir, checkpoint="round-00002")
+        assert json.dumps(comparable(resumed)) == json.dumps(comparable(reference))
+        assert states_equal(
+            final_checkpoint(resumed)["global"], final_checkpoint(reference)["global"]
+        )

@@ -8,16 +8,17 @@ import torch
 import trustvision.federated.client as client_module
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
-from trustvision.federated.etf import etf_geometry, one_thread, simplex_etf, sparse_etf
+from trustvision.federated.etf import etf_geometry, simplex_etf, sparse_etf
 from trustvision.federated.runner import build_session, run_federated
 from trustvision.federated.tensors import state_hash
 from trustvision.train import checkpoint as ckpt
+from trustvision.train.recipe import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models train as fast on one thread, and far faster when other jobs share the CPU."""
-    with one_thread():
+    with torch_threads(1):
         yield
 
 

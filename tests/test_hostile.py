@@ -279,7 +279,10 @@ PROBES: dict[str, Probe] = {
     "fed fault for a client that does not exist": Probe(
         ["fed", "run", FED, "faults=[{client: 99, round: 1}]", "runs_dir={tmp}/runs"], 2, ["99"]
     ),
-    "fed run without a config": Probe(["fed", "run"], 2, ["CONFIG"]),
+    "fed run without a config": Probe(["fed", "run"], 2, ["configs/fed/"]),
+    "fed runs_dir under /proc": Probe(
+        ["fed", "run", FED, "runs_dir=/proc/trustvision-x"], 3, ["runs_dir=/proc/trustvision-x"]
+    ),
     "robust train without a config": Probe(["robust", "train"], 2, ["configs/robust/"]),
     "compact train without a config": Probe(["compact", "train"], 2, ["configs/compact/"]),
     "resume of a folder that is no run": Probe(

@@ -186,7 +186,7 @@ def test_local_validation_is_the_mean_over_clients() -> None:
 
 
 def test_the_reported_round_is_chosen_on_validation_never_on_test() -> None:
-    from trustvision.federated.runner import select_round
+    from trustvision.federated.rundir import select_round
 
     # test accuracy falls as validation accuracy rises: the choice must follow validation
     history = [

@@ -9,8 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import fail
-from trustvision.errors import TrustvisionError
+from trustvision.clikit import (
+    EXPECTED,
+    CheckpointOpt,
+    PrintConfigOpt,
+    ResumeOpt,
+    command_config,
+    fail,
+    overrides_help,
+)
 
 fed_app = typer.Typer(
     help="Federated learning on long-tailed, non-IID client data (FedLoGe and baselines).",
@@ -20,9 +27,7 @@ fed_app = typer.Typer(
 )
 console = Console()
 
-OVERRIDES_HELP = (
-    "Config overrides as `key=value`: `rounds=20 algorithm.name=fedprox algorithm.options.mu=0.01`."
-)
+OVERRIDES_HELP = overrides_help("rounds=20 algorithm.name=fedprox algorithm.options.mu=0.01")
 
 
 def format_round(record: dict[str, Any]) -> str:
@@ -72,38 +77,36 @@ def run(
     overrides: Annotated[
         list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
     ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")
-    ] = None,
+    resume: ResumeOpt = None,
+    checkpoint: CheckpointOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train one federated algorithm and write a run directory.
 
     Example: trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm.name=fedavg rounds=10
     """
-    from trustvision.config import load_config
     from trustvision.federated.config import FedConfig
-    from trustvision.federated.runner import resume_federated, run_federated
 
-    reporter = RoundReporter(console)
     try:
-        if resume is not None:
-            if config is not None or overrides:
-                raise TrustvisionError(
-                    "`--resume` continues a run with its own config.yaml: give no CONFIG or overrides"
-                )
-            run_dir = resume_federated(resume, reporter=reporter)
-        else:
-            if config is None:
-                raise TrustvisionError(
-                    "give a CONFIG file (see configs/fed/) or `--resume RUN_DIR`"
-                )
-            cfg = load_config(FedConfig, config, overrides)
-            console.print(
-                f"`{cfg.algorithm.name}` on `{cfg.data.name}`: {cfg.num_clients} clients, "
-                f"{cfg.clients_per_round} a round, {cfg.rounds} rounds"
-            )
-            run_dir = run_federated(cfg, reporter=reporter)
-    except TrustvisionError as err:
+        cfg = command_config(
+            FedConfig,
+            config,
+            overrides,
+            resume=resume,
+            checkpoint=checkpoint,
+            print_config=print_config,
+            required="see configs/fed/",
+        )
+        from trustvision.federated.runner import run_federated
+
+        console.print(
+            f"`{cfg.algorithm.name}` on `{cfg.data.name}`: {cfg.num_clients} clients, "
+            f"{cfg.clients_per_round} a round, {cfg.rounds} rounds"
+        )
+        run_dir = run_federated(
+            cfg, resume_dir=resume, checkpoint=checkpoint, reporter=RoundReporter(console)
+        )
+    except EXPECTED as err:
         raise fail(err) from None
     print_headline(run_dir.read_summary().get("headline", {}))
     console.print(f"run directory: {run_dir.path}")
@@ -120,7 +123,7 @@ def evaluate(
 
     try:
         result = evaluate_run(run_dir)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     print_headline(result["headline"], title=f"round {result['round']}")
 
@@ -155,7 +158,7 @@ def compare(
 
     try:
         runs = finished_runs(paths)
-    except TrustvisionError as err:
+    except EXPECTED as err:
         raise fail(err) from None
     for table in comparison_tables(comparison(runs)):
         console.print(table)

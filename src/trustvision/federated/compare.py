@@ -57,7 +57,7 @@ def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
         newest: dict[str, RunDir] = {}
         for config in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
             run = RunDir.open(config.parent)
-            if _status(run) == "finished":
+            if run.finished:
                 newest[run.read_summary()["algorithm"]] = run  # oldest first: the newest wins
         if not newest:
             raise ConfigError(f"`{path}` holds no finished federated run")

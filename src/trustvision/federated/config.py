@@ -18,7 +18,7 @@ from trustvision.config import (
     ModelConfig,
     OptimConfig,
     RunName,
-    Seed,
+    RunSettings,
     StrictModel,
 )
 from trustvision.errors import ConfigError
@@ -113,15 +113,12 @@ class Fault(StrictModel):
     stage: Literal["fit", "evaluate"] = "fit"
 
 
-class FedConfig(StrictModel):
+class FedConfig(RunSettings):
     """`trustvision fed run`: one algorithm on a long-tailed, Dirichlet-partitioned data set."""
 
     name: RunName = "fed"
-    seed: Seed = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only
-    runs_dir: str = "runs"
     engine: Literal["inprocess", "flower"] = "inprocess"
     num_clients: int = Field(default=40, ge=1)
     participation: float = Field(default=0.3, gt=0, le=1)  # fraction of clients each round

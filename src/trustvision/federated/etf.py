@@ -6,14 +6,13 @@ weights on every machine and device.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from trustvision.errors import ConfigError
+from trustvision.train.recipe import torch_threads
 
 ANGLE_EPS = 1e-5  # clamp of the nearest cosine before arccos, as the authors' code
 
@@ -54,21 +53,6 @@ def sse_c_loss(weight: Tensor, *, norm_target: float) -> Tensor:
     return (norms - norm_target).pow(2).sum() - angle.mean()
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run tiny-tensor loops on one intra-op thread (restored after).
-
-    On a busy machine, thread hand-offs cost more than the (d x C) ops they split: 1,000
-    SSE-C steps took 17 s with two threads and 0.6 s with one on a loaded 2-core box.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def sparse_etf(
     dim: int,
     num_classes: int,
@@ -90,7 +74,9 @@ def sparse_etf(
         )
     weight = (etf * mask).requires_grad_(True)
     optimizer = torch.optim.Adam([weight], lr=lr)
-    with one_thread():
+    # Tiny (d x C) ops: on a busy machine thread hand-offs cost more than they split (1,000
+    # SSE-C steps took 17 s with two threads and 0.6 s with one on a loaded 2-core box).
+    with torch_threads(1):
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=False)
             sse_c_loss(weight, norm_target=norm_target).backward()

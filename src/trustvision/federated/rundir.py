@@ -75,14 +75,17 @@ def train_federated(
     make_engine: EngineFactory,
     *,
     resume: bool = False,
+    checkpoint: str | None = None,
     stop_after: int | None = None,
     reporter: Reporter | None = None,
 ) -> RunDir:
     """The round loop with engines from `make_engine`, recorded in `run`; with `resume`, from
-    its newest checkpoint. `stop_after` ends after that many rounds without a summary, as a
+    its newest good checkpoint (or the one named `checkpoint`). `stop_after` ends after that many rounds without a summary, as a
     kill after the checkpoint of that round would (for tests and for splitting long runs)."""
     session = open_session(cfg, make_engine=make_engine, reporter=reporter or SilentReporter())
-    start, state, history, elapsed = restore_round(run, session) if resume else (0, None, [], 0.0)
+    start, state, history, elapsed = (
+        restore_round(run, session, checkpoint=checkpoint) if resume else (0, None, [], 0.0)
+    )
     if state is None:
         state = session.initial_state()
     recorder = Recorder(run, session, history=history, elapsed=elapsed, next_round=start)
@@ -135,28 +138,37 @@ def save_round(
     ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
 
 
-def restore_round(run: RunDir, session: Session) -> tuple[int, State | None, list, float]:
-    """Continue from the newest checkpoint: metrics.jsonl is cut back to its history."""
-    if ckpt.latest_checkpoint(run.checkpoints_dir) is None:
+def restore_round(
+    run: RunDir, session: Session, *, checkpoint: str | None = None
+) -> tuple[int, State | None, list, float]:
+    """Continue from the newest good checkpoint (or the one named `checkpoint`): metrics.jsonl
+    is cut back to its history."""
+    if checkpoint is None and ckpt.latest_checkpoint(run.checkpoints_dir) is None:
         return 0, None, [], 0.0
-    restored = load_round(run, session)
+    restored = load_round(run, session, checkpoint=checkpoint)
     run.rewrite_metrics(restored[2])
     return restored
 
 
-def load_round(run: RunDir, session: Session) -> tuple[int, State, list, float]:
-    """The newest checkpoint's round count, global state, history and elapsed seconds.
-
-    Personal states go back to the engine. A run without checkpoints is a ConfigError.
-    """
-    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
-    if latest is None:
+def load_round(
+    run: RunDir, session: Session, *, checkpoint: str | None = None
+) -> tuple[int, State, list, float]:
+    """The round count, global state, history and elapsed seconds of the newest checkpoint
+    that passes its checks (a newer one that fails is skipped with a warning), or of the one
+    named `checkpoint`. Personal states go back to the engine. No checkpoint is a ConfigError."""
+    found = ckpt.load_resumable(run.checkpoints_dir, name=checkpoint, device=session.accel.device)
+    if found is None:
         raise ConfigError(
             f"run `{run.path}` has no checkpoint yet: train it first (`trustvision fed run`)"
         )
-    state = ckpt.load_checkpoint(latest, device=session.accel.device)
-    session.engine.restore(state["personal"])
-    return state["round"], state["global"], state["history"], state["elapsed"]
+    path, state = found
+    try:
+        session.engine.restore(state["personal"])
+        return state["round"], state["global"], state["history"], state["elapsed"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ckpt.CheckpointError(
+            f"`{path}` does not fit this run ({err!r}): resume with the config it was written with"
+        ) from None
 
 
 def select_round(history: list[dict], metric: str) -> dict[str, Any] | None:

@@ -18,17 +18,17 @@ from trustvision.federated.config import FedConfig
 from trustvision.federated.engines import engine_class
 from trustvision.federated.engines.inprocess import InProcessEngine
 from trustvision.federated.evaluate import flat_metrics
-from trustvision.federated.rundir import load_round, select_round, train_federated
+from trustvision.federated.rundir import load_round, train_federated
 from trustvision.federated.session import EngineFactory, Session, open_session
 from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
+from trustvision.train.recipe import run_settings
 
 __all__ = [
     "build_session",
     "evaluate_run",
     "resume_federated",
     "run_federated",
-    "select_round",
 ]
 
 
@@ -46,41 +46,53 @@ def run_federated(
     cfg: FedConfig,
     *,
     resume_dir: str | Path | None = None,
+    checkpoint: str | None = None,
     stop_after: int | None = None,
     reporter: Reporter | None = None,
 ) -> RunDir:
-    """Train `cfg.algorithm` for `cfg.rounds` rounds on `cfg.engine`; with `resume_dir`, continue.
+    """Train `cfg.algorithm` for `cfg.rounds` rounds on `cfg.engine`; with `resume_dir`, continue
+    from its newest good checkpoint (or the one named `checkpoint`).
 
     `stop_after` ends the process after that many rounds without a summary, as a kill
     after the checkpoint of that round would (for tests and for splitting long runs).
     """
-    run = (
-        RunDir.open(resume_dir)
-        if resume_dir
-        else RunDir.create(root=cfg.runs_dir, name=f"{cfg.name}-{cfg.algorithm.name}", config=cfg)
-    )
-
-    def train(make_engine: EngineFactory) -> RunDir:
-        return train_federated(
-            cfg,
-            run,
-            make_engine,
-            resume=resume_dir is not None,
-            stop_after=stop_after,
-            reporter=reporter,
+    with run_settings(cfg):
+        run, existed = RunDir.open_or_create(
+            resume_dir,
+            root=cfg.runs_dir,
+            name=f"{cfg.name}-{cfg.algorithm.name}",
+            config=cfg,
+            resume_hint="trustvision fed run --resume",
         )
 
-    result: RunDir = engine_class(cfg.engine).host(cfg, run.path, train)
+        def train(make_engine: EngineFactory) -> RunDir:
+            return train_federated(
+                cfg,
+                run,
+                make_engine,
+                resume=existed,
+                checkpoint=checkpoint,
+                stop_after=stop_after,
+                reporter=reporter,
+            )
+
+        result: RunDir = engine_class(cfg.engine).host(cfg, run.path, train)
     return result
 
 
 def resume_federated(
-    run_dir: str | Path, *, stop_after: int | None = None, reporter: Reporter | None = None
+    run_dir: str | Path,
+    *,
+    checkpoint: str | None = None,
+    stop_after: int | None = None,
+    reporter: Reporter | None = None,
 ) -> RunDir:
     """Continue a killed run with the config it was started with."""
     run = RunDir.open(run_dir)
     cfg = load_config(FedConfig, run.config_path)
-    return run_federated(cfg, resume_dir=run.path, stop_after=stop_after, reporter=reporter)
+    return run_federated(
+        cfg, resume_dir=run.path, checkpoint=checkpoint, stop_after=stop_after, reporter=reporter
+    )
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
