@@ -16,6 +16,7 @@ from trustvision.clikit import (
     PrintConfigOpt,
     ResumeOpt,
     command_config,
+    command_group,
     fail,
     overrides_help,
 )
@@ -24,16 +25,11 @@ from trustvision.federated.cli import fed_app
 from trustvision.robust.cli import robust_app
 from trustvision.sweep.cli import sweep_app
 
-app = typer.Typer(
+app = command_group(
     help="Image classifiers that survive the real world: federated long-tailed learning, "
-    "lightweight CNNs and adaptive smoothing, on one training core.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    "lightweight CNNs and adaptive smoothing, on one training core."
 )
-data_app = typer.Typer(
-    help="Fetch, inspect and verify data sets in the local cache.", no_args_is_help=True
-)
+data_app = command_group(help="Fetch, inspect and verify data sets in the local cache.")
 app.add_typer(data_app, name="data")
 app.add_typer(fed_app, name="fed")
 app.add_typer(compact_app, name="compact")

@@ -39,6 +39,14 @@ CheckpointOpt = Annotated[
 ]
 
 
+def command_group(help: str) -> typer.Typer:
+    """A command group as every trustvision CLI makes one: help when called bare, errors as
+    one line (no pretty tracebacks), no shell-completion options."""
+    return typer.Typer(
+        help=help, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+    )
+
+
 def overrides_help(example: str) -> str:
     """The help of a command's `key=value` arguments, with an example of its own keys."""
     return f"Config overrides as `key=value`, nested keys with dots: `{example}`."

@@ -9,14 +9,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustvision.clikit import EXPECTED, PrintConfigOpt, command_config, fail, overrides_help
+from trustvision.clikit import (
+    EXPECTED,
+    PrintConfigOpt,
+    command_config,
+    command_group,
+    fail,
+    overrides_help,
+)
 
-compact_app = typer.Typer(
+compact_app = command_group(
     help="Lightweight CNNs: dual-input-output training, progressive unfreezing, ONNX/int8 "
-    "export and latency.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    "export and latency."
 )
 console = Console()
 

@@ -15,15 +15,13 @@ from trustvision.clikit import (
     PrintConfigOpt,
     ResumeOpt,
     command_config,
+    command_group,
     fail,
     overrides_help,
 )
 
-fed_app = typer.Typer(
-    help="Federated learning on long-tailed, non-IID client data (FedLoGe and baselines).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+fed_app = command_group(
+    help="Federated learning on long-tailed, non-IID client data (FedLoGe and baselines)."
 )
 console = Console()
 

@@ -27,7 +27,7 @@ from trustvision.federated.session import (
 from trustvision.federated.tensors import State, select, state_hash
 from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
-from trustvision.train.loop import Reporter, SilentReporter
+from trustvision.train.loop import Reporter, SilentReporter, diverged
 
 # What a choice of round reads: each kind of accuracy is chosen by its own validation metric.
 SELECTION_METRICS = {"generic": "generic_val_acc", "local": "local_val_acc"}
@@ -93,7 +93,7 @@ def train_federated(
     try:
         state = session.run(state, start=start, stop=end, on_round=recorder)
     except DivergenceError as err:
-        raise diverged(run, recorder.next_round, err) from None
+        raise diverged(run, err, unit="round", number=recorder.next_round + 1) from None
     except FederationError as err:
         summary = {"status": "too few clients", "error": str(err), "round": recorder.next_round + 1}
         run.write_summary(summary)
@@ -107,18 +107,6 @@ def train_federated(
         run, session, global_state=state, history=history, final=final, wall=recorder.elapsed()
     )
     return run
-
-
-def diverged(run: RunDir, round: int, err: DivergenceError) -> DivergenceError:
-    """Record a diverged run and say which checkpoint survives and what to try."""
-    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
-    kept = f"the last good checkpoint is `{latest}`" if latest else "no checkpoint was written yet"
-    message = (
-        f"training diverged in round {round + 1}, {err}; {kept}. "
-        "Lower `optim.lr` or set `optim.grad_clip` and start again."
-    )
-    run.write_summary({"status": "diverged", "error": message, "round": round + 1})
-    return DivergenceError(message)
 
 
 def save_round(

@@ -20,15 +20,13 @@ from trustvision.clikit import (
     PrintConfigOpt,
     ResumeOpt,
     command_config,
+    command_group,
     fail,
     overrides_help,
 )
 
-robust_app = typer.Typer(
-    help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+robust_app = command_group(
+    help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates."
 )
 console = Console()
 

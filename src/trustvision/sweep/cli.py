@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trustvision.clikit import EXPECTED, command_takes_resume, fail
+from trustvision.clikit import EXPECTED, command_group, command_takes_resume, fail
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -35,13 +35,10 @@ test_metric: test.top1      # recorded, reported, never read by the choice
 prune: {metric: val_acc, step: epoch, warmup: 2}  # optional: median pruner
 seed: 0                     # the sampler's seed"""
 
-sweep_app = typer.Typer(
+sweep_app = command_group(
     help="Hyperparameter search with Optuna: every trial a real trustvision command, chosen on "
     "validation, resumable after a kill.\n\n"
-    "A spec (configs/sweep/mnist_lr.yaml):\n\n" + escape(EXAMPLE_SPEC),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    "A spec (configs/sweep/mnist_lr.yaml):\n\n" + escape(EXAMPLE_SPEC)
 )
 console = Console()
 

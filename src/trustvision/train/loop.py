@@ -252,7 +252,7 @@ class _Training:
                 reporter=self.reporter,
             )
         except DivergenceError as err:
-            raise diverged(self.run, epoch, err) from None
+            raise diverged(self.run, err, unit="epoch", number=epoch + 1) from None
         record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **record}
         for prefix, loader in (("val", self.batches.val), ("test", self.batches.test)):
             if loader is not None:
@@ -260,7 +260,7 @@ class _Training:
                 record.update({f"{prefix}_loss": scores["loss"], f"{prefix}_acc": scores["top1"]})
         problem = non_finite(self.model, record)
         if problem is not None:
-            raise diverged(self.run, epoch, DivergenceError(problem))
+            raise diverged(self.run, DivergenceError(problem), unit="epoch", number=epoch + 1)
         return record
 
     def evaluate(self, loader: BatchLoader, counts: np.ndarray | None = None) -> dict[str, Any]:
@@ -392,13 +392,14 @@ def non_finite(model: nn.Module, record: dict[str, Any]) -> str | None:
     return None
 
 
-def diverged(run: RunDir, epoch: int, err: DivergenceError) -> DivergenceError:
-    """Record a diverged run and say which checkpoint survives and what to try."""
+def diverged(run: RunDir, err: DivergenceError, *, unit: str, number: int) -> DivergenceError:
+    """Record a run that diverged in `unit` `number` (epoch 3, round 7) and say which
+    checkpoint survives and what to try."""
     latest = ckpt.latest_checkpoint(run.checkpoints_dir)
     kept = f"the last good checkpoint is `{latest}`" if latest else "no checkpoint was written yet"
     message = (
-        f"training diverged in epoch {epoch + 1}: {err}; {kept}. "
+        f"training diverged in {unit} {number}: {err}; {kept}. "
         "Lower `optim.lr` or set `optim.grad_clip` and start again."
     )
-    run.write_summary({"status": "diverged", "error": message, "epoch": epoch + 1})
+    run.write_summary({"status": "diverged", "error": message, unit: number})
     return DivergenceError(message)
