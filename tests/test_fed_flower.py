@@ -6,8 +6,11 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import fed_tiny
 import pytest
@@ -313,3 +316,53 @@ def test_the_round_line_names_failed_clients():
     assert "failed" not in format_round(record)
     assert "failed: clients 1, 4" in format_round(failed)
     assert "not evaluated: client 3" in format_round(unevaluated)
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int) -> set[int]:
+    table, found, todo = process_table(), set(), [root]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_a_simulation_killed_with_sigkill_leaves_no_ray_process_behind(tmp_path):
+    args = [sys.executable, "-m", "trustvision", "fed", "run", "engine=flower", "rounds=50"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*args, *fed_tiny.tiny_args(tmp_path / "runs")], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "round 1 " not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        ray = descendants(proc.pid)
+        assert len(ray) >= 3  # the raylet, the GCS, the agents, the workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10  # Ray's orphaned agents outlive this without the reaper
+        while left := [p for p in ray if process_table().get(p, (0, "Z"))[1] != "Z"]:
+            assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

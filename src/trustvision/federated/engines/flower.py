@@ -54,6 +54,7 @@ from trustvision.federated.engines.flower_wire import (
     validation_from,
 )
 from trustvision.federated.messages import ClientFailure, EvalResult, FitResult
+from trustvision.federated.reaper import reaped_descendants
 from trustvision.federated.tensors import State
 from trustvision.train.loop import Accel, select_device
 
@@ -182,7 +183,7 @@ class FlowerEngine:
         def main(grid: Grid, context: Context) -> None:
             results.append(train(partial(cls, grid=grid)))
 
-        with flower_environment(run_dir / "flower"):
+        with flower_environment(run_dir / "flower"), reaped_descendants():
             try:
                 run_simulation(
                     server_app=app,
