@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 from common import CIFAR_ZIP, ROOT, mean_std, write_results
+from fed_compare_report import COLUMNS, markdown, plots
 
 from trustvision.runs import RunDir
 
@@ -70,27 +71,7 @@ ALGORITHMS = [
     "fedlc",
     "fedloge",
 ]
-COLUMNS = [
-    ("generic_acc", "generic"),
-    ("selected_generic", "generic @ val round"),
-    ("generic_val_acc", "generic val"),
-    ("universal_acc", "universal (SSE-C)"),
-    ("local_acc_masked", "local (masked)"),
-    ("selected_local", "local @ val round"),
-    ("local_val_acc", "local val"),
-    ("local_acc_unmasked", "local (unmasked)"),
-    ("generic_head", "head"),
-    ("generic_middle", "middle"),
-    ("generic_tail", "tail"),
-]
-# The authors' run logs, CIFAR-10-LT a=0.5 IF=100, ResNet-18, 500 rounds (METHODS.md, sec. 1).
-AUTHORS = {
-    "fedavg": (72.1, 86.6),
-    "fedprox": (71.9, 86.3),
-    "ditto": (71.8, 89.2),
-    "fedetf": (68.9, 71.7),
-    "fedloge": (73.1, 89.4),
-}
+Job = tuple[str, str, int]  # (setting, algorithm, seed)
 
 
 def trustvision() -> list[str]:
@@ -211,163 +192,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def cell(stat: dict[str, float], *, scale: float = 100.0, digits: int = 1) -> str:
-    if stat["n"] == 0:
-        return "-"
-    text = f"{scale * stat['mean']:.{digits}f}"
-    return text + (f" ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
-
-
-def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = [
-        "# Federated long-tailed learning: FedLoGe and its baselines",
-        "",
-        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}. "
-        f"This invocation took {meta['wall_seconds'] / 60:.0f} min (finished runs are reused).",
-        "",
-        "Accuracy in %, mean ± std over seeds, on test images. **selected_by: validation**: "
-        "each method's config is the one benchmarks/fed_sweep.py chose on the clients' "
-        "held-out images (docs/results/fed-sweep.md; `tuned` says so, `defaults` marks a "
-        "method not swept yet), and the `@ val round` columns give the test accuracy of the "
-        "round whose validation accuracy was highest (generic and local chosen apart); the "
-        "other columns are the final round's. No number is chosen on test. `generic val` / "
-        "`local val`: the final round's validation accuracy (class-balanced over all clients' "
-        "held-out images / mean over clients). Generic: the global model on the "
-        "balanced test set (FedLoGe: psi_hat; `universal` is its SSE-C). Local: unweighted mean "
-        "over clients of their local test sets, personalised where the method personalises; "
-        "masked = classes a client never trained on get -inf logits, for every method alike. "
-        "Head/middle/tail: generic per-class accuracy grouped by cumulative training frequency "
-        "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
-        "process, one torch thread (the first runs had two), evaluation excluded; other jobs "
-        "may have shared the machine, so compare engines with results/federated-engines.md, "
-        "not with this column).",
-    ]
-    for setting, block in results.items():
-        spec = SETTINGS[setting]
-        lines += [
-            "",
-            f"## {spec['title']}",
-            "",
-            f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}. "
-            + trained_on(block["algorithms"]),
-            "",
-            "| algorithm | config | seeds | "
-            + " | ".join(label for _, label in COLUMNS)
-            + " | s/round |",
-            "|---" * (len(COLUMNS) + 4) + "|",
-        ]
-        for algorithm, row in block["algorithms"].items():
-            cells = [cell(row[key]) for key, _ in COLUMNS]
-            seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
-            seeds = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
-            tuned = "tuned" if row["selected_by"] == "validation" else "defaults"
-            lines.append(
-                f"| {algorithm} | {tuned} | {seeds} | " + " | ".join(cells) + f" | {seconds} |"
-            )
-        lines += ["", *verdict(block["algorithms"])]
-        lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
-        for plot in block["plots"]:
-            lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
-    if meta["missing"]:
-        lines += ["", "## Not run yet", ""]
-        for setting in dict.fromkeys(setting for setting, _, _ in meta["missing"]):
-            runs = [f"{a} seed {s}" for name, a, s in meta["missing"] if name == setting]
-            lines.append(f"- {SETTINGS[setting]['title']}: {', '.join(runs)}")
-    lines += [
-        "",
-        "## The authors' numbers",
-        "",
-        "CIFAR-10-LT, alpha 0.5, IF 100, ResNet-18, 40 clients, batch 8, 5 local epochs, "
-        "500 rounds, best round of their logs on the test set (generic / local, %). Our "
-        "settings differ: 2 local epochs and 60 rounds, small CNNs (Fashion-MNIST) or ResNet-8 "
-        "(CIFAR-10) instead of ResNet-18, and the final or validation-chosen round instead of "
-        "the best on test.",
-        "",
-        "| algorithm | generic | local |",
-        "|---|---:|---:|",
-        *(f"| {a} | {g} | {loc} |" for a, (g, loc) in AUTHORS.items()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def trained_on(rows: dict[str, Any]) -> str:
-    """Which machine trained which methods (the s/round column depends on it)."""
-    machines = sorted({m for row in rows.values() for m in row["machines"]})
-    parts = [
-        f"{m} ({', '.join(a for a, row in rows.items() if m in row['machines'])})" for m in machines
-    ]
-    return "Trained on: " + "; ".join(parts) + "."
-
-
-def verdict(rows: dict[str, Any]) -> list[str]:
-    """Does FedLoGe beat FedAvg (generic) and FedAvg/FedPer/FedRep (local) beyond the spread?"""
-    if "fedloge" not in rows:
-        return []
-    ours = rows["fedloge"]
-    out = []
-    for key, rivals in (
-        ("generic_acc", ["fedavg"]),
-        ("selected_generic", ["fedavg"]),
-        ("local_acc_masked", ["fedavg", "fedper", "fedrep"]),
-        ("selected_local", ["fedavg", "fedper", "fedrep"]),
-    ):
-        for rival in (r for r in rivals if r in rows):
-            gap = ours[key]["mean"] - rows[rival][key]["mean"]
-            spread = max(ours[key]["std"], rows[rival][key]["std"])
-            beats = gap > spread if ours[key]["n"] > 1 else gap > 0
-            word = "beats" if beats else "does not beat"
-            what = dict(COLUMNS)[key]
-            out.append(
-                f"- FedLoGe {word} {rival} on {what}: "
-                f"{100 * gap:+.1f} points (largest seed std {100 * spread:.1f})."
-            )
-    if "fedavg" in rows:
-        out += ["", *goal(ours, rows["fedavg"])]
-    return out
-
-
-def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
-    """The issue's bar: generic above FedAvg's by more than the larger seed std, and local
-    accuracy not below FedAvg's; at the final round and at the validation-chosen round."""
-    lines = []
-    for generic, local, when in (
-        ("generic_acc", "local_acc_masked", "final round"),
-        ("selected_generic", "selected_local", "validation-chosen round"),
-    ):
-        gap = ours[generic]["mean"] - fedavg[generic]["mean"]
-        spread = max(ours[generic]["std"], fedavg[generic]["std"])
-        local_gap = ours[local]["mean"] - fedavg[local]["mean"]
-        met = gap > spread and local_gap >= 0
-        lines.append(
-            f"- Goal at the {when}: {'met' if met else 'not met'} (generic {100 * gap:+.1f} vs "
-            f"std {100 * spread:.1f}; local {100 * local_gap:+.1f})."
-        )
-    return lines
-
-
-def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
-    """Accuracy per round (seed 0 of every method) and per-class accuracy vs frequency."""
-    from trustvision.federated.plots import plot_class_frequency, plot_methods_per_round
-
-    rounds_png = plot_methods_per_round(
-        {algorithm: seeds[0]["history"] for algorithm, seeds in block.items()},
-        out / f"federated_{setting}_rounds.png",
-    )
-    first = next(iter(block.values()))[0]
-    has_generic = [a for a in block if block[a][0]["generic_per_class"] is not None]
-    chosen = [a for a in ("fedavg", "fedloge") if a in has_generic] or has_generic[:2]
-    per_class = plot_class_frequency(
-        {a: block[a][0]["generic_per_class"] for a in chosen},
-        counts=first["train_counts"],
-        classes=[str(c) for c in range(len(first["train_counts"]))],
-        path=out / f"federated_{setting}_per_class.png",
-    )
-    return [str(rounds_png), str(per_class)]
-
-
-def main() -> None:
-    from trustvision.runs import machine_summary
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -391,7 +216,35 @@ def main() -> None:
         help="train nothing: report the finished runs and list the missing ones",
     )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
+    """The finished run of every job that has one: found (--report-only) or trained first."""
+    if args.report_only:
+        found = {job: find(*job, args.runs, args.sweeps) for job in jobs}
+        return {job: run for job, run in found.items() if run is not None}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            job: pool.submit(train, *job, args.runs, args.overrides, args.sweeps) for job in jobs
+        }
+        return {job: future.result() for job, future in futures.items()}
+
+
+def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Each run's numbers, by setting and algorithm, one row per seed."""
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for (setting, a, _), run in runs.items():
+        row = numbers(run)
+        row["tuned"] = chosen_config(sweeps, setting, a) is not None
+        raw.setdefault(setting, {}).setdefault(a, []).append(row)
+    return raw
+
+
+def main() -> None:
+    from trustvision.runs import machine_summary
+
+    args = parse_args()
     started = time.perf_counter()
     jobs = [
         (setting, a, s)
@@ -399,21 +252,8 @@ def main() -> None:
         for a in args.algorithms
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
-    if args.report_only:
-        found = {job: find(*job, args.runs, args.sweeps) for job in jobs}
-        runs = {job: run for job, run in found.items() if run is not None}
-    else:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {
-                job: pool.submit(train, *job, args.runs, args.overrides, args.sweeps)
-                for job in jobs
-            }
-            runs = {job: future.result() for job, future in futures.items()}
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for (setting, a, _), run in runs.items():
-        row = numbers(run)
-        row["tuned"] = chosen_config(args.sweeps, setting, a) is not None
-        raw.setdefault(setting, {}).setdefault(a, []).append(row)
+    runs = finished_runs(jobs, args)
+    raw = per_seed(runs, args.sweeps)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
         setting: {
@@ -431,7 +271,8 @@ def main() -> None:
         "missing": [job for job in jobs if job not in runs],
     }
     body = {"meta": meta, "results": results, "runs": raw}
-    print(write_results("federated", markdown(results, meta), body, out=args.out).read_text())
+    text = markdown(results, meta, SETTINGS)
+    print(write_results("federated", text, body, out=args.out).read_text())
 
 
 if __name__ == "__main__":

@@ -217,7 +217,21 @@ def pct(value: float | None) -> str:
 
 
 def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [
+    lines = intro_lines(meta)
+    for setting, block in results.items():
+        lines += ["", f"## {SETTINGS[setting]['title']}", ""]
+        lines += choice_table(block)
+        for algorithm, report in block.items():
+            lines += trial_table(algorithm, report)
+        if "plot" in meta.get("plots", {}).get(setting, {}):
+            plot = Path(meta["plots"][setting]["plot"]).name
+            lines += ["", f"![FedLoGe norm target, {setting}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def intro_lines(meta: dict[str, Any]) -> list[str]:
+    """The title and how every method was tuned."""
+    return [
         "# Federated methods tuned on validation, each on its own knob, with equal budgets",
         "",
         f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
@@ -232,56 +246,55 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
         "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
     ]
-    for setting, block in results.items():
-        lines += ["", f"## {SETTINGS[setting]['title']}", ""]
-        lines += [
-            "| algorithm | knob | values tried | chosen | val (chosen) | generic test | local test "
-            "| rounds (generic / local) | trials done |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for algorithm, report in block.items():
-            key, _ = KNOBS[algorithm]
-            chosen = report.get("chosen")
-            done = sum(t["state"] == "COMPLETE" for t in report["trials"])
-            tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
-            if chosen is None:
-                lines.append(f"| {algorithm} | `{key}` | {tried} | - | - | - | - | - | {done} |")
-                continue
-            sel = chosen["numbers"]["selected"]
-            rounds = " / ".join(
-                str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local")
-            )
-            lines.append(
-                f"| {algorithm} | `{key}` | {tried} | {chosen['params'][key]} | "
-                f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
-                f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} |"
-            )
-        for algorithm, report in block.items():
-            key, _ = KNOBS[algorithm]
-            lines += ["", f"### {algorithm}: every trial", ""]
-            lines += [
-                "| " + key + " | generic val | generic test | local val | local test "
-                "| final generic test | final local test | state |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for t in sorted(report["trials"], key=lambda t: t["params"].get(key, 0)):
-                n = t.get("numbers", {"selected": {}, "final": {}})
-                sel, fin = n["selected"], n["final"]
-                mark = (
-                    " **(chosen)**"
-                    if report.get("chosen") and t["id"] == report["chosen"]["id"]
-                    else ""
-                )
-                lines.append(
-                    f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "
-                    f"{pct(sel.get('generic', {}).get('test'))} | {pct(sel.get('local', {}).get('val'))} | "
-                    f"{pct(sel.get('local', {}).get('test'))} | {pct(fin.get('generic_acc'))} | "
-                    f"{pct(fin.get('local_acc'))} | {t['state']} |"
-                )
-        if "plot" in meta.get("plots", {}).get(setting, {}):
-            plot = Path(meta["plots"][setting]["plot"]).name
-            lines += ["", f"![FedLoGe norm target, {setting}]({plot})"]
-    return "\n".join(lines) + "\n"
+
+
+def choice_table(block: dict[str, Any]) -> list[str]:
+    """One row per method of a setting: its knob, the values tried and the one chosen."""
+    lines = [
+        "| algorithm | knob | values tried | chosen | val (chosen) | generic test | local test "
+        "| rounds (generic / local) | trials done |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for algorithm, report in block.items():
+        key, _ = KNOBS[algorithm]
+        chosen = report.get("chosen")
+        done = sum(t["state"] == "COMPLETE" for t in report["trials"])
+        tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
+        if chosen is None:
+            lines.append(f"| {algorithm} | `{key}` | {tried} | - | - | - | - | - | {done} |")
+            continue
+        sel = chosen["numbers"]["selected"]
+        rounds = " / ".join(str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local"))
+        lines.append(
+            f"| {algorithm} | `{key}` | {tried} | {chosen['params'][key]} | "
+            f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
+            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} |"
+        )
+    return lines
+
+
+def trial_table(algorithm: str, report: dict[str, Any]) -> list[str]:
+    """Every trial of one method, in the order of its knob's value."""
+    key, _ = KNOBS[algorithm]
+    lines = [
+        "",
+        f"### {algorithm}: every trial",
+        "",
+        "| " + key + " | generic val | generic test | local val | local test "
+        "| final generic test | final local test | state |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in sorted(report["trials"], key=lambda t: t["params"].get(key, 0)):
+        n = t.get("numbers", {"selected": {}, "final": {}})
+        sel, fin = n["selected"], n["final"]
+        mark = " **(chosen)**" if report.get("chosen") and t["id"] == report["chosen"]["id"] else ""
+        lines.append(
+            f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "
+            f"{pct(sel.get('generic', {}).get('test'))} | {pct(sel.get('local', {}).get('val'))} | "
+            f"{pct(sel.get('local', {}).get('test'))} | {pct(fin.get('generic_acc'))} | "
+            f"{pct(fin.get('local_acc'))} | {t['state']} |"
+        )
+    return lines
 
 
 def norm_plot(results: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, str]]:

@@ -86,21 +86,31 @@ def mixes_without_test_images(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "run_mix", run_mix)
 
 
-def benchmark():
-    """benchmarks/robust.py as a module (it writes docs/results; here only its tables)."""
+def benchmark_report():
+    """benchmarks/robust_report.py, the tables of benchmarks/robust.py, as a module."""
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.insert(0, str(ROOT / "benchmarks"))  # its `common`, as when run as a script
-    spec = importlib.util.spec_from_file_location("bench_robust", ROOT / "benchmarks/robust.py")
+    path = ROOT / "benchmarks/robust_report.py"
+    spec = importlib.util.spec_from_file_location("bench_robust_report", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, one_thread):
+    """One run of the whole pipeline, whose mixes cannot read a test image, shared by the tests
+    below: (its runs folder, its work directory, its report)."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     work = tmp_path / "work"
-    mixes_without_test_images(monkeypatch)
-    report = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        mixes_without_test_images(monkeypatch)
+        report = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    return tmp_path, work, report
 
+
+def test_pipeline_chooses_every_knob_on_validation_images(finished):
+    _, work, report = finished
     assert [r["model"] for r in report["rows"]] == [
         "standard",
         "robust",
@@ -124,9 +134,13 @@ def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path,
     assert fixed["validation_images"]["images_attacked"] == 12
     assert report["adaptive"]["mixnet_train_images"] == 128
     assert "val_acc" in report["adaptive"]["history"][0]
-    text = "\n".join(benchmark().dataset_section("mnist", report, {"tradeoff": "t.png"}))
+    text = "\n".join(benchmark_report().dataset_section("mnist", report, {"tradeoff": "t.png"}))
     assert f"| alpha | {report['alpha']:g} | validation | 0, 0.5, 1 |" in text
     assert "| gamma_bias |" in text and "Test images were not read" in text
+
+
+def test_pipeline_writes_every_result(finished):
+    _, work, report = finished
     assert set(report["goal"]) == {"fixed mix", "adaptive mix"}
     for row in report["rows"]:
         assert row["n_autoattack"] == 12 and 0 <= row["autoattack_acc"] <= row["clean_acc"] + 1
@@ -146,7 +160,10 @@ def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path,
     assert isinstance(load_model(work / "adaptive-mix")(torch.rand(2, 1, 28, 28)), torch.Tensor)
     assert json.loads((work / "report.json").read_text())["alpha"] == report["alpha"]
 
-    # the Lipschitz route of `robust certify`, with a (made-up) known bound
+
+def test_certify_takes_the_lipschitz_route_with_a_known_bound(finished):
+    """`robust certify` by a (made-up) known Lipschitz bound, on the pipeline's bases."""
+    tmp_path, work, _ = finished
     lipschitz = CertifyConfig(
         standard=str(work / "standard"),
         robust=str(work / "robust"),
@@ -158,7 +175,11 @@ def test_pipeline_writes_every_result_and_resumes_without_redoing_work(tmp_path,
     assert summary["method"] == "lipschitz" and set(summary["curves"]) == {"1", "0.9"}
     assert summary["curves"]["1"]["tight"][0] >= summary["curves"]["0.9"]["tight"][0]
 
-    # a second run finds every stage finished and recomputes nothing but the report
+
+def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
+    """It finds every stage finished and recomputes nothing but the report."""
+    tmp_path, work, report = finished
+
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 

@@ -1,0 +1,210 @@
+"""The report of benchmarks/fed_compare.py: docs/results/federated.md, one function per section,
+and its plots. The columns it shows are the numbers fed_compare.py gathers from each run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common import ROOT
+
+COLUMNS = [
+    ("generic_acc", "generic"),
+    ("selected_generic", "generic @ val round"),
+    ("generic_val_acc", "generic val"),
+    ("universal_acc", "universal (SSE-C)"),
+    ("local_acc_masked", "local (masked)"),
+    ("selected_local", "local @ val round"),
+    ("local_val_acc", "local val"),
+    ("local_acc_unmasked", "local (unmasked)"),
+    ("generic_head", "head"),
+    ("generic_middle", "middle"),
+    ("generic_tail", "tail"),
+]
+# The authors' run logs, CIFAR-10-LT a=0.5 IF=100, ResNet-18, 500 rounds (METHODS.md, sec. 1).
+AUTHORS = {
+    "fedavg": (72.1, 86.6),
+    "fedprox": (71.9, 86.3),
+    "ditto": (71.8, 89.2),
+    "fedetf": (68.9, 71.7),
+    "fedloge": (73.1, 89.4),
+}
+
+
+def cell(stat: dict[str, float], *, scale: float = 100.0, digits: int = 1) -> str:
+    if stat["n"] == 0:
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text + (f" ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def markdown(
+    results: dict[str, Any], meta: dict[str, Any], settings: dict[str, dict[str, Any]]
+) -> str:
+    """The report for people; `settings` gives each setting's title and config."""
+    lines = intro_lines(meta)
+    for setting, block in results.items():
+        lines += setting_lines(settings[setting], block)
+    lines += missing_lines(meta["missing"], settings)
+    lines += authors_lines()
+    return "\n".join(lines) + "\n"
+
+
+def intro_lines(meta: dict[str, Any]) -> list[str]:
+    """The title, how the numbers were made and what each column means."""
+    return [
+        "# Federated long-tailed learning: FedLoGe and its baselines",
+        "",
+        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}. "
+        f"This invocation took {meta['wall_seconds'] / 60:.0f} min (finished runs are reused).",
+        "",
+        "Accuracy in %, mean ± std over seeds, on test images. **selected_by: validation**: "
+        "each method's config is the one benchmarks/fed_sweep.py chose on the clients' "
+        "held-out images (docs/results/fed-sweep.md; `tuned` says so, `defaults` marks a "
+        "method not swept yet), and the `@ val round` columns give the test accuracy of the "
+        "round whose validation accuracy was highest (generic and local chosen apart); the "
+        "other columns are the final round's. No number is chosen on test. `generic val` / "
+        "`local val`: the final round's validation accuracy (class-balanced over all clients' "
+        "held-out images / mean over clients). Generic: the global model on the "
+        "balanced test set (FedLoGe: psi_hat; `universal` is its SSE-C). Local: unweighted mean "
+        "over clients of their local test sets, personalised where the method personalises; "
+        "masked = classes a client never trained on get -inf logits, for every method alike. "
+        "Head/middle/tail: generic per-class accuracy grouped by cumulative training frequency "
+        "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
+        "process, one torch thread (the first runs had two), evaluation excluded; other jobs "
+        "may have shared the machine, so compare engines with results/federated-engines.md, "
+        "not with this column).",
+    ]
+
+
+def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
+    """One setting's section: every method's row, the verdicts and the plots."""
+    lines = [
+        "",
+        f"## {spec['title']}",
+        "",
+        f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}. "
+        + trained_on(block["algorithms"]),
+        "",
+        "| algorithm | config | seeds | "
+        + " | ".join(label for _, label in COLUMNS)
+        + " | s/round |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
+    for algorithm, row in block["algorithms"].items():
+        cells = [cell(row[key]) for key, _ in COLUMNS]
+        seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
+        seeds = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
+        tuned = "tuned" if row["selected_by"] == "validation" else "defaults"
+        lines.append(
+            f"| {algorithm} | {tuned} | {seeds} | " + " | ".join(cells) + f" | {seconds} |"
+        )
+    lines += ["", *verdict(block["algorithms"])]
+    lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
+    for plot in block["plots"]:
+        lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
+    return lines
+
+
+def missing_lines(missing: list[Any], settings: dict[str, dict[str, Any]]) -> list[str]:
+    """The (setting, algorithm, seed) jobs without a finished run, per setting."""
+    if not missing:
+        return []
+    lines = ["", "## Not run yet", ""]
+    for setting in dict.fromkeys(setting for setting, _, _ in missing):
+        runs = [f"{a} seed {s}" for name, a, s in missing if name == setting]
+        lines.append(f"- {settings[setting]['title']}: {', '.join(runs)}")
+    return lines
+
+
+def authors_lines() -> list[str]:
+    """The authors' own numbers and how our settings differ from theirs."""
+    return [
+        "",
+        "## The authors' numbers",
+        "",
+        "CIFAR-10-LT, alpha 0.5, IF 100, ResNet-18, 40 clients, batch 8, 5 local epochs, "
+        "500 rounds, best round of their logs on the test set (generic / local, %). Our "
+        "settings differ: 2 local epochs and 60 rounds, small CNNs (Fashion-MNIST) or ResNet-8 "
+        "(CIFAR-10) instead of ResNet-18, and the final or validation-chosen round instead of "
+        "the best on test.",
+        "",
+        "| algorithm | generic | local |",
+        "|---|---:|---:|",
+        *(f"| {a} | {g} | {loc} |" for a, (g, loc) in AUTHORS.items()),
+    ]
+
+
+def trained_on(rows: dict[str, Any]) -> str:
+    """Which machine trained which methods (the s/round column depends on it)."""
+    machines = sorted({m for row in rows.values() for m in row["machines"]})
+    parts = [
+        f"{m} ({', '.join(a for a, row in rows.items() if m in row['machines'])})" for m in machines
+    ]
+    return "Trained on: " + "; ".join(parts) + "."
+
+
+def verdict(rows: dict[str, Any]) -> list[str]:
+    """Does FedLoGe beat FedAvg (generic) and FedAvg/FedPer/FedRep (local) beyond the spread?"""
+    if "fedloge" not in rows:
+        return []
+    ours = rows["fedloge"]
+    out = []
+    for key, rivals in (
+        ("generic_acc", ["fedavg"]),
+        ("selected_generic", ["fedavg"]),
+        ("local_acc_masked", ["fedavg", "fedper", "fedrep"]),
+        ("selected_local", ["fedavg", "fedper", "fedrep"]),
+    ):
+        for rival in (r for r in rivals if r in rows):
+            gap = ours[key]["mean"] - rows[rival][key]["mean"]
+            spread = max(ours[key]["std"], rows[rival][key]["std"])
+            beats = gap > spread if ours[key]["n"] > 1 else gap > 0
+            word = "beats" if beats else "does not beat"
+            what = dict(COLUMNS)[key]
+            out.append(
+                f"- FedLoGe {word} {rival} on {what}: "
+                f"{100 * gap:+.1f} points (largest seed std {100 * spread:.1f})."
+            )
+    if "fedavg" in rows:
+        out += ["", *goal(ours, rows["fedavg"])]
+    return out
+
+
+def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
+    """The issue's bar: generic above FedAvg's by more than the larger seed std, and local
+    accuracy not below FedAvg's; at the final round and at the validation-chosen round."""
+    lines = []
+    for generic, local, when in (
+        ("generic_acc", "local_acc_masked", "final round"),
+        ("selected_generic", "selected_local", "validation-chosen round"),
+    ):
+        gap = ours[generic]["mean"] - fedavg[generic]["mean"]
+        spread = max(ours[generic]["std"], fedavg[generic]["std"])
+        local_gap = ours[local]["mean"] - fedavg[local]["mean"]
+        met = gap > spread and local_gap >= 0
+        lines.append(
+            f"- Goal at the {when}: {'met' if met else 'not met'} (generic {100 * gap:+.1f} vs "
+            f"std {100 * spread:.1f}; local {100 * local_gap:+.1f})."
+        )
+    return lines
+
+
+def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    """Accuracy per round (seed 0 of every method) and per-class accuracy vs frequency."""
+    from trustvision.federated.plots import plot_class_frequency, plot_methods_per_round
+
+    rounds_png = plot_methods_per_round(
+        {algorithm: seeds[0]["history"] for algorithm, seeds in block.items()},
+        out / f"federated_{setting}_rounds.png",
+    )
+    first = next(iter(block.values()))[0]
+    has_generic = [a for a in block if block[a][0]["generic_per_class"] is not None]
+    chosen = [a for a in ("fedavg", "fedloge") if a in has_generic] or has_generic[:2]
+    per_class = plot_class_frequency(
+        {a: block[a][0]["generic_per_class"] for a in chosen},
+        counts=first["train_counts"],
+        classes=[str(c) for c in range(len(first["train_counts"]))],
+        path=out / f"federated_{setting}_per_class.png",
+    )
+    return [str(rounds_png), str(per_class)]

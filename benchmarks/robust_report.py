@@ -1,0 +1,379 @@
+"""The report of benchmarks/robust.py: docs/results/robust.md, one function per table or
+section, built from the pipeline's report.json of each data set."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from common import pct
+
+
+def intro_lines(
+    command: str, env: dict[str, Any], threads: int, seconds: float | None
+) -> list[str]:
+    """The title, the invocation and the protocol; `seconds` is None for --report-only."""
+    return [
+        "# Adaptive smoothing: clean vs AutoAttack accuracy",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')}; machine: {env['machine']}, "
+        f"torch {env['torch']}, {threads} thread(s) (other jobs shared the 2 cores). "
+        + (
+            "Tables rebuilt from the reports of earlier runs (wall time per stage below)."
+            if seconds is None
+            else f"This invocation took {seconds / 60:.0f} min (finished stages of earlier runs were reused)."
+        ),
+        "",
+        "Every knob (the fixed mix's alpha, s_g, s_h; the adaptive mix's gamma bias, s_g, s_h) "
+        "was chosen on validation images: training images both bases held out and neither they "
+        "nor the mixing network trained on (`selected_by` in robust.json, with the grid and its "
+        "validation numbers). Test images give the final numbers only: clean accuracy on the full "
+        "test set; AutoAttack accuracy (l_inf, per-point worst case) on "
+        "the first n test images, the same images for every model, with a Clopper-Pearson 95% "
+        "interval. `standard` AutoAttack = APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 "
+        "queries), 100 iterations each (pyautoattack 0.2.0); the adaptive mix additionally faces "
+        "APGD-CE and APGD-T whose loss adds w BCE(gamma, 1) (w = 0.3), gradients through the "
+        "mixing network. **Scale**: see n in each table; the goal (adaptive mix within 3 points "
+        "of the robust model's AutoAttack accuracy while closing half the clean gap) is only "
+        "claimed where it says met, at that n.",
+        "",
+    ]
+
+
+def missing_lines(missing: list[str]) -> list[str]:
+    """The data sets without a report yet, and the command that makes them."""
+    if not missing:
+        return []
+    return [
+        "## Not measured",
+        "",
+        f"No report under the validation protocol yet for: {', '.join(missing)} "
+        "(configs in configs/robust/; run "
+        f"`python benchmarks/robust.py --datasets {' '.join(missing)}`).",
+        "",
+    ]
+
+
+def model_table(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | architecture | clean acc (%) | AutoAttack acc (%) [95% CI] | n | PGD-20 acc (%) | "
+        "seconds per attack | AutoAttack images/s | masking checks |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in report["rows"]:
+        low, high = r["autoattack_ci95"]
+        seconds = ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
+        checks = "; ".join(
+            f"{c['name']} {'pass' if c['passed'] else 'FAIL' if c['passed'] is False else 'not run'}"
+            for c in r["checks"]
+        )
+        lines.append(
+            f"| {r['model']} | {r['architecture']} | {pct(r['clean_acc'])} (n={r['n_test']}) | "
+            f"{pct(r['autoattack_acc'], 1)} [{pct(low, 1)}, {pct(high, 1)}] | {r['n_autoattack']} | "
+            f"{pct(r['pgd_acc'], 1)} | {seconds} | {r['images_per_s']:.3f} | {checks} |"
+        )
+    return lines
+
+
+def goal_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for mix, g in report["goal"].items():
+        if g is None:
+            continue
+        verdict = "**met**" if g["met"] else "**not met**"
+        lines.append(
+            f"- {mix}: closes {pct(g['gap_closed'], 0)}% of the clean gap of "
+            f"{pct(g['clean_gap'])} points (goal >= 50%), loses {pct(g['autoattack_loss'], 1)} "
+            f"points of AutoAttack accuracy (goal <= 3): {verdict}."
+        )
+    return lines
+
+
+def _t(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _is_chosen(point: dict[str, Any], chosen: dict[str, Any]) -> bool:
+    return all(point.get(k) == v for k, v in chosen.items())
+
+
+def validation_line(selection: dict[str, Any]) -> str:
+    images = selection.get("validation_images")
+    if not images:
+        return "No validation sweep: the configured values were kept."
+    split = images["split"]
+    return (
+        f"Validation images: {images['images_clean']} for clean accuracy, the first "
+        f"{images['images_attacked']} of them attacked, out of {images['held_out']} held out "
+        f"(`data.validation={split['validation']}`, seed {split['seed']}): "
+        f"{images['drawn']}. Test images were not read."
+    )
+
+
+def _knob(value: Any) -> str:
+    """A knob's value: a number, a range [low, high], or - (unused)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return _t(value)
+
+
+def knob_lines(selection: dict[str, Any]) -> list[str]:
+    lines = ["| knob | chosen | selected_by | grid |", "|---|---:|---|---|"]
+    for knob, k in selection["knobs"].items():
+        grid = ", ".join(_knob(v) for v in k["grid"])
+        lines.append(f"| {knob} | {_knob(k['value'])} | {k['selected_by']} | {grid} |")
+    return lines
+
+
+def sweep_table(report: dict[str, Any]) -> list[str]:
+    selection = report["selection"]["fixed mix"]
+    chosen = selection["chosen"]
+    lines = [
+        f"Sweep attack: {report['sweep_attack']}. Chosen by the rule: {selection['rule']} "
+        f"(the most robust point: {pct(selection['reference_robust_acc'], 1)}%).",
+        "",
+        validation_line(selection),
+        "",
+        *knob_lines(selection),
+        "",
+        "| alpha | s_g | s_h | validation clean acc (%) | validation robust acc (%) | seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in report["sweep"]:
+        mark = "**" if _is_chosen(p, chosen) else ""
+        lines.append(
+            f"| {mark}{p['alpha']:g}{mark} | {_t(p['temperature_std'])} | {_t(p['temperature_rob'])} "
+            f"| {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {p['seconds']:.0f} |"
+        )
+    lines += ["", "(- : a temperature unused at that alpha; bold: the chosen point.)"]
+    return lines
+
+
+def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
+    """Clean accuracy of the fixed mix at a given sweep robust accuracy: linear interpolation
+    along each (s_g, s_h) curve of the sweep, the best curve's."""
+    best = None
+    for curve in curves(sweep):
+        points = sorted((p["robust_acc"], p["clean_acc"]) for p in curve)
+        for (r0, c0), (r1, c1) in itertools.pairwise(points):
+            if r0 <= robust_acc <= r1:
+                clean = c0 if r1 == r0 else c0 + (c1 - c0) * (robust_acc - r0) / (r1 - r0)
+                best = clean if best is None else max(best, clean)
+    return best
+
+
+def curves(sweep: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The alpha curves of a sweep, one per (s_g, s_h); alpha 0 and 1 belong to every curve."""
+    combos = dict.fromkeys(
+        (p.get("temperature_std"), p.get("temperature_rob"))
+        for p in sweep
+        if p.get("temperature_std") is not None and p.get("temperature_rob") is not None
+    )
+    if not combos:
+        return [sweep]
+    return [
+        [
+            p
+            for p in sweep
+            if p.get("temperature_std") in (None, s_g) and p.get("temperature_rob") in (None, s_h)
+        ]
+        for s_g, s_h in combos
+    ]
+
+
+def _alpha(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def gate_lines(report: dict[str, Any]) -> list[str]:
+    """The gate's mean alpha on clean and on attacked images: while training, on validation
+    images after training, and on the test images AutoAttack used."""
+    last = (report["adaptive"].get("history") or [{}])[-1]
+    test = next((r.get("gate") for r in report["rows"] if r["model"] == "adaptive mix"), None)
+    lines = [
+        "The gate's mean alpha (the robust base's weight) on clean images, under an attack "
+        "blind to the gate (as all of AutoAttack's are) and under one that also pushes the gate "
+        "towards the standard base (adaptive):",
+        "",
+        "| where | clean | attacked | adaptive | attacked - clean |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    rows = [
+        (
+            "training batches, last epoch (training mode: clamp, batch statistics)",
+            last.get("train_alpha_clean"),
+            None,
+            last.get("train_alpha_attacked"),
+        ),
+        (
+            "validation images after training (PGD on the mix)",
+            last.get("val_alpha_clean"),
+            last.get("val_alpha_attacked"),
+            last.get("val_alpha_adaptive"),
+        ),
+    ]
+    if test:
+        rows.append(
+            (
+                f"test images ({test['n']}; {test['attacks']['attacked']} / "
+                f"{test['attacks']['adaptive']})",
+                test["alpha_clean"],
+                test["alpha_attacked"],
+                test["alpha_adaptive"],
+            )
+        )
+    for label, clean, attacked, adaptive in rows:
+        diff = None if clean is None or attacked is None else attacked - clean
+        lines.append(
+            f"| {label} | {_alpha(clean)} | {_alpha(attacked)} | {_alpha(adaptive)} | "
+            f"{_alpha(diff)} |"
+        )
+    if "gate_bn_updates" in last:
+        lines += [
+            "",
+            "Raw gamma before the gate on those validation images (mean +- std): clean "
+            f"{last['val_raw_gamma_mean_clean']:.3g} +- {last['val_raw_gamma_std_clean']:.3g}, "
+            f"attacked {last['val_raw_gamma_mean_attacked']:.3g} +- "
+            f"{last['val_raw_gamma_std_attacked']:.3g}; the gate's BatchNorm after "
+            f"{last['gate_bn_updates']} updates: running mean {last['gate_bn_running_mean']:.3g}, "
+            f"running variance {last['gate_bn_running_var']:.3g}.",
+        ]
+    return lines
+
+
+def adaptive_lines(report: dict[str, Any]) -> list[str]:
+    adaptive = report.get("adaptive")
+    if not adaptive:
+        return []
+    selection = adaptive["selection"]
+    lines = [
+        f"Mixing network: trained {adaptive['train_seconds']:.0f} s on "
+        f"{adaptive.get('mixnet_train_images', 'n/a')} training images both bases trained on "
+        f"(no validation image); gamma bias {adaptive['gamma_bias']:g}, scale "
+        f"{adaptive.get('gamma_scale', 1.0):g}, alpha in [{adaptive.get('alpha_low', 0.0):g}, "
+        f"{adaptive.get('alpha_high', 1.0):g}], s_g {adaptive['temperature_std']:g}, s_h "
+        f"{adaptive['temperature_rob']:g}, chosen by the "
+        f"rule: {selection['rule']} (the robust base: "
+        f"{pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares with "
+        "the best fixed mix at the same validation robust accuracy (interpolated on the alpha "
+        "sweep's curves): positive means the mixing network buys clean accuracy a constant "
+        "alpha cannot. Points are attacked in order of clean accuracy; once one is admitted, "
+        "the less accurate ones could not be chosen and are not attacked.",
+        "",
+        *gate_lines(report),
+        "",
+        validation_line(selection),
+        "",
+        *knob_lines(selection),
+    ]
+    if adaptive.get("bias_sweep"):
+        lines += [
+            "",
+            "| gamma bias | scale | alpha range | s_g | s_h | validation clean acc (%) | "
+            "mean alpha, clean | validation robust acc (%) | vs fixed mix (points) |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in adaptive["bias_sweep"]:
+            attacked = p["robust_acc"] is not None
+            fixed = fixed_clean_at(report["sweep"], p["robust_acc"]) if attacked else None
+            delta = "n/a" if fixed is None else f"{100 * (p['clean_acc'] - fixed):+.2f}"
+            mark = "**" if _is_chosen(p, selection["chosen"]) else ""
+            alpha_range = _knob((p.get("alpha_low", 0.0), p.get("alpha_high", 1.0)))
+            mean_alpha = p.get("mean_alpha_clean")
+            lines.append(
+                f"| {mark}{p['gamma_bias']:g}{mark} | {p.get('gamma_scale', 1.0):g} | "
+                f"{alpha_range} | {p['temperature_std']:g} | {p['temperature_rob']:g} | "
+                f"{pct(p['clean_acc'])} | {'n/a' if mean_alpha is None else f'{mean_alpha:.3f}'} | "
+                f"{pct(p['robust_acc'], 1) if attacked else 'not attacked'} | {delta} |"
+            )
+    return lines
+
+
+def certify_lines(report: dict[str, Any], plot: str | None) -> list[str]:
+    cert = report.get("certify")
+    if not cert:
+        return []
+    grid = cert["grid"]
+    picks = sorted({round(k * (len(grid) - 1) / 5) for k in range(6)})  # six radii, evenly spaced
+    header = " | ".join(f"r={grid[i]:.2f}" for i in picks)
+    lines = [
+        f"Gaussian-noise base (sigma {cert['sigma']}, clean acc {pct(cert['smoothing_clean_acc'])}%), "
+        f"{cert['n']} test images, Monte Carlo n={report['config']['certify']['n']} "
+        f"(confidence {1 - report['config']['certify']['confidence']:.3f}). Certified accuracy (%), "
+        "smoothing bound (Lipschitz bound in brackets):",
+        "",
+        f"| alpha | clean acc of the mix (%) | {header} |",
+        "|---:|---:|" + "---:|" * len(picks),
+    ]
+    for alpha, curve in cert["curves"].items():
+        cells = " | ".join(
+            f"{pct(curve['tight'][i], 1)} ({pct(curve['lipschitz'][i], 1)})" for i in picks
+        )
+        lines.append(f"| {alpha} | {pct(cert['mix_clean_acc'][alpha], 1)} | {cells} |")
+    check = cert["attack_check"]
+    lines += [
+        "",
+        f"Attack inside the radii (l2 PGD, 10 steps, on the mix at alpha {check['alpha']:g}): "
+        f"{check['flips']} prediction changes in {check['attacked']} certified images.",
+    ]
+    if plot:
+        lines += ["", f"![certified accuracy]({plot})"]
+    return lines
+
+
+def masking_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in report["rows"]:
+        sweep = ", ".join(
+            f"{e:.3g}: {pct(a, 0)}%"
+            for e, a in zip(r["eps_sweep"]["eps"], r["eps_sweep"]["acc"], strict=True)
+        )
+        flags = "; ".join(r["autoattack_flags"]) or "none"
+        lines.append(
+            f"- {r['model']}: PGD accuracy by eps {sweep}. AutoAttack's own flags: {flags}."
+        )
+    return lines
+
+
+def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    data = report["data"]
+    train = report["training"]
+    std, rob = train["standard"], train["robust"]
+    note = " (the JPEG copy of CIFAR-10, cifar10-jpeg.zip)" if data.get("variant") == "jpeg" else ""
+    lines = [
+        f"## {name}{note}, l_inf eps = {report['eps']:.4g}",
+        "",
+        f"Bases: standard {std['architecture']} ({std['epochs']} epochs, "
+        f"{std['wall_seconds']:.0f} s); robust {rob['architecture']} "
+        f"({rob['method']}, {rob['epochs']} epochs, {rob['wall_seconds']:.0f} s); each trained on "
+        f"{std['train_images']} images, holding out {std.get('validation_images')} "
+        f"(validation accuracy {pct(std.get('validation_acc'))}% and "
+        f"{pct(rob.get('validation_acc'))}%).",
+        "",
+        *model_table(report),
+        "",
+        *goal_lines(report),
+        "",
+        "### Fixed mix: validation sweep of alpha, s_g and s_h",
+        "",
+        *sweep_table(report),
+        "",
+        f"![trade-off]({plots['tradeoff']})",
+        "",
+    ]
+    adaptive = adaptive_lines(report)
+    if adaptive:
+        lines += [
+            "### Adaptive mix: the gate, and the validation sweep of its knobs",
+            "",
+            *adaptive,
+            "",
+        ]
+        if "gate" in plots:
+            lines += [f"![the gate per epoch]({plots['gate']})", ""]
+    certify = certify_lines(report, plots.get("certified"))
+    if certify:
+        lines += ["### Certified robustness (l2)", "", *certify, ""]
+    lines += ["### Gradient-masking checks", "", *masking_lines(report), ""]
+    return lines
