@@ -1,0 +1,145 @@
+"""Data sets from archives and image folders: CIFAR-100's pickles, CIFAR-10's archive or JPEG
+copy, any image-folder zip; and checking a cached copy against its recorded hashes."""
+
+import io
+import json
+import pickle
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data_sources import empty_cache, files_under, sha, write_image_zip
+
+from trustvision.data import sources
+from trustvision.data.catalog import CATALOG
+from trustvision.data.dataset import load_dataset
+from trustvision.data.readers import channel_stats
+from trustvision.errors import ChecksumError, DataError
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder, named by TRUSTVISION_DATA."""
+    return empty_cache(tmp_path, monkeypatch)
+
+
+def cifar100_archive(path: Path, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder = "cifar-100-python"
+    split_data = {}
+    with tarfile.open(path, "w:gz") as archive:
+        for split, n in (("train", 9), ("test", 4)):
+            x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+            y = rng.integers(0, 100, n).tolist()
+            batch = {
+                b"data": x.reshape(n, -1),
+                b"fine_labels": y,
+                b"coarse_labels": [v // 5 for v in y],
+            }
+            split_data[split] = (x, np.array(y))
+            blobs = {split: pickle.dumps(batch, protocol=2)}
+            for name, data in blobs.items():
+                info = tarfile.TarInfo(f"{folder}/{name}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        names = [c.encode() for c in CATALOG["cifar100"].classes]
+        meta = pickle.dumps({b"fine_label_names": names, b"coarse_label_names": []}, protocol=2)
+        info = tarfile.TarInfo(f"{folder}/meta")
+        info.size = len(meta)
+        archive.addfile(info, io.BytesIO(meta))
+    return split_data["train"], split_data["test"]
+
+
+def test_cifar100_round_trip_with_fine_labels(cache, tmp_path, monkeypatch):
+    path = tmp_path / "cifar-100-python.tar.gz"
+    (train_x, train_y), (_, test_y) = cifar100_archive(path)
+    spec = CATALOG["cifar100"]
+    pinned = replace(spec.files[0], sha256=sha(path.read_bytes()))
+    monkeypatch.setitem(CATALOG, "cifar100", replace(spec, files=(pinned,)))
+    ds = load_dataset("cifar100", from_path=tmp_path)  # a folder holding the archive works too
+    np.testing.assert_array_equal(ds.train.images, train_x)
+    np.testing.assert_array_equal(ds.train.labels, train_y)
+    np.testing.assert_array_equal(ds.test.labels, test_y)
+    assert ds.classes == spec.classes and ds.mean == spec.mean and ds.variant == "original"
+    assert ds.source == f"file:{path}"
+
+
+def test_unpinned_cifar_archive_is_refused_naming_both_accepted_files(cache, tmp_path):
+    path = write_image_zip(
+        tmp_path / "other.zip", {"train/cat/0.png": np.zeros((32, 32, 3), np.uint8)}
+    )
+    with pytest.raises(ChecksumError) as err:
+        sources.fetch("cifar10", from_path=path)
+    message = str(err.value)
+    assert "`cifar-10-python.tar.gz`" in message and "`cifar10-jpeg.zip`" in message
+    assert sha(path.read_bytes()) in message and files_under(cache) == []
+
+
+def test_cifar10_from_an_image_folder_zip_records_the_variant(cache, tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    classes = CATALOG["cifar10"].classes
+    images = {
+        f"{split}/{cls}/{i:04d}.jpg": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        for split in ("train", "test")
+        for cls in classes
+        for i in range(2)
+    }
+    path = write_image_zip(tmp_path / "cifar10-jpeg.zip", images, fmt="JPEG")
+    spec = CATALOG["cifar10"]
+    variant = replace(
+        spec.variants[0], file=replace(spec.variants[0].file, sha256=sha(path.read_bytes()))
+    )
+    monkeypatch.setitem(CATALOG, "cifar10", replace(spec, variants=(variant,)))
+    ds = load_dataset("cifar10", from_path=path)
+    assert ds.variant == "jpeg" and ds.source == f"file:{path}"
+    assert (
+        ds.train.images.shape == (20, 3, 32, 32) and list(np.bincount(ds.test.labels)) == [2] * 10
+    )
+    meta = json.loads((cache / "cifar10" / "meta.json").read_text())
+    assert meta["variant"] == "jpeg" and "JPEG" in meta["note"]
+
+
+def test_image_folder_round_trip_keyed_by_its_hash(cache, tmp_path):
+    rng = np.random.default_rng(5)
+    images = {
+        f"{split}/{cls}/{i}.png": rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        for split, n in (("train", 3), ("test", 1))
+        for cls in ("dog", "cat")
+        for i in range(n)
+    }
+    path = write_image_zip(tmp_path / "pets.zip", images)
+    ds = load_dataset("image-folder", from_path=path)
+    key = f"image-folder-{sha(path.read_bytes())[:12]}"
+    assert (cache / key / "meta.json").is_file()
+    assert ds.classes == ("cat", "dog") and ds.train.images.shape == (6, 3, 6, 6)
+    np.testing.assert_array_equal(ds.train.images[0], images["train/cat/0.png"].transpose(2, 0, 1))
+    mean, std = channel_stats(np.asarray(ds.train.images))
+    assert ds.mean == pytest.approx(mean) and ds.std == pytest.approx(std)
+    assert ds.source == f"file:{path}"
+    assert load_dataset(key).classes == ds.classes  # by key, no source needed
+    assert load_dataset("image-folder").train.images.shape == (6, 3, 6, 6)  # the one cached
+    resized = load_dataset("image-folder", from_path=path, image_size=3)
+    assert resized.image_shape == (3, 3, 3) and (cache / f"{key}-3px").is_dir()
+
+
+def test_verify_cache_names_a_changed_file_and_both_hashes(cache, tmp_path):
+    images = {f"{s}/a/0.png": np.full((4, 4), 7, np.uint8) for s in ("train", "test")}
+    path = write_image_zip(tmp_path / "one.zip", images)
+    sources.fetch("image-folder", from_path=path)
+    assert len(sources.verify_cache("image-folder", from_path=path)) == 4
+    target = next(cache.glob("image-folder-*")) / "test_images.npy"
+    recorded = json.loads((target.parent / "meta.json").read_text())["files"]["test_images.npy"]
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError) as err:
+        sources.verify_cache(target.parent.name)
+    assert f"`{target}`" in str(err.value)
+    assert recorded["sha256"] in str(err.value) and sha(bytes(data)) in str(err.value)
+
+
+def test_image_folder_needs_a_source(cache):
+    with pytest.raises(DataError, match=r"needs its source.*--from PATH"):
+        sources.fetch("image-folder")
