@@ -1,9 +1,14 @@
 """Fixtures shared by several test modules."""
 
+import os
 import sys
 
 import pytest
 import torch
+
+# MLflow tracking (tracking.py) costs seconds per new store: off unless a test turns it on
+# (tests/test_tracking.py); subprocesses the tests start inherit it.
+os.environ.setdefault("TRUSTVISION_TRACKING", "off")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -245,13 +245,26 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(default=None, gt=0)  # max global gradient norm
 
 
+class TrackingConfig(StrictModel):
+    """Where a run is mirrored in MLflow (tracking.py). Off for every command with the
+    environment variable TRUSTVISION_TRACKING=off."""
+
+    enabled: bool = True
+    # None: $MLFLOW_TRACKING_URI, else a SQLite file in `runs_dir` (sqlite:///RUNS_DIR/mlflow.db)
+    uri: str | None = None
+    experiment: str | None = None  # None: the command's system (train, fed, compact, robust)
+
+
 class RunSettings(StrictModel):
     """Where and how any command runs: the settings every system's config starts with."""
+
+    experiment: ClassVar[str] = "train"  # the MLflow experiment of this kind of run
 
     seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
     runs_dir: str = "runs"
+    tracking: TrackingConfig = TrackingConfig()
 
 
 class TrainConfig(RunSettings):

@@ -10,6 +10,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,11 +23,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 import trustvision
 from trustvision.config import dump_config
 from trustvision.errors import ConfigError, environment_failure
+from trustvision.tracking import Tracker, start_tracking
 
 # What `RunDir.open_or_create` does with a directory that holds a run of a different config.
 # "refuse": an error naming the keys that differ (training: its checkpoints were made under the
@@ -34,7 +36,7 @@ from trustvision.errors import ConfigError, environment_failure
 # (evaluation: every saved part carries its own signature and only matching parts are reused).
 ConfigPolicy = Literal["refuse", "update"]
 # Settings that change how fast a run goes, never what it computes: they may differ on resume.
-SPEED_ONLY = frozenset({"threads", "runs_dir"})
+SPEED_ONLY = frozenset({"threads", "runs_dir", "tracking"})
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -54,10 +56,12 @@ def strict_json(value: Any, *, indent: int | None = None) -> str:
 
 
 class RunDir:
-    """Paths and writers of one run directory."""
+    """Paths and writers of one run directory; one opened by `create` or `open_or_create`
+    is mirrored in MLflow as it is written (tracking.py)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.tracker: Tracker | None = None
 
     @classmethod
     def create(cls, *, root: str | Path, name: str, config: BaseModel) -> RunDir:
@@ -76,6 +80,7 @@ class RunDir:
         except OSError as err:
             doing = f"creating a run directory under `runs_dir={root}`"
             raise environment_failure(err, doing=doing) from err
+        run.tracker = start_tracking(run.path, config)
         return run
 
     @classmethod
@@ -111,17 +116,22 @@ class RunDir:
         run.checkpoints_dir.mkdir(exist_ok=True)
         if not existed or policy == "update":
             run.config_path.write_text(dump_config(config))
+        run.tracker = start_tracking(run.path, config)
         return run, existed
 
     def config_differences(self, config: BaseModel) -> list[str]:
         """The keys (dotted, as overrides name them) whose value in this run's config.yaml
-        differs from `config`'s; settings in `SPEED_ONLY` are ignored."""
+        differs from `config`'s; settings in `SPEED_ONLY` are ignored. The saved config is
+        read through `config`'s model first, so a key added since with its default is no
+        difference; a saved config that no longer loads differs in every key."""
         try:
             saved = yaml.safe_load(self.config_path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"`{self.config_path}` cannot be read: {err}") from err
         if not isinstance(saved, dict):
             raise ConfigError(f"`{self.config_path}` is not a config (a YAML mapping)")
+        with contextlib.suppress(ValidationError):
+            saved = type(config).model_validate(saved).model_dump(mode="json")
         old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
         return [
             key
@@ -158,9 +168,11 @@ class RunDir:
         return self.path / "checkpoints"
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl."""
+        """Append one record to metrics.jsonl (and to MLflow, at its epoch or round)."""
         with self.metrics_path.open("a") as stream:
             stream.write(strict_json(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.metrics(record, step=int(record.get("epoch", record.get("round", 0))))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -174,9 +186,13 @@ class RunDir:
         os.replace(tmp, self.metrics_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json, the last file of a run; a tracked run ends its MLflow run."""
         tmp = self.summary_path.with_suffix(".tmp")
         tmp.write_text(strict_json(summary, indent=2) + "\n")
         os.replace(tmp, self.summary_path)
+        if self.tracker is not None:
+            self.tracker.finish(summary)
+            self.tracker = None
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}

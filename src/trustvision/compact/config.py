@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -89,6 +89,8 @@ class BenchConfig(StrictModel):
 
 class CompactConfig(RunSettings):
     """`trustvision compact train`: dual-input-output training, unification, unfreezing, baselines."""
+
+    experiment: ClassVar[str] = "compact"
 
     name: RunName = "compact"
     device: str = "cpu"  # tiny nets: the CPU is the deployment target

@@ -8,7 +8,7 @@ optimiser's schedule runs over rounds: the learning rate of round r is
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -115,6 +115,8 @@ class Fault(StrictModel):
 
 class FedConfig(RunSettings):
     """`trustvision fed run`: one algorithm on a long-tailed, Dirichlet-partitioned data set."""
+
+    experiment: ClassVar[str] = "fed"
 
     name: RunName = "fed"
     amp: bool = True  # bfloat16 autocast, on CUDA only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from trustvision.federated.algorithm import reported_modes
 from trustvision.report.figures import plt, save_figure
@@ -112,13 +113,15 @@ def plot_class_frequency(
     return save_figure(fig, path)
 
 
-def plot_federated_run(run: RunDir, *, classes: Sequence[str]) -> list[Path]:
-    """Every standard plot of a finished federated run."""
+def plot_federated_run(
+    run: RunDir, *, classes: Sequence[str], summary: dict[str, Any]
+) -> list[Path]:
+    """Every standard plot of a federated run, from its metrics and the `summary` it is about
+    to write (plots come first, so the summary is the last file a finished run gets)."""
     made = []
     history = run.read_metrics()
     if history:
         made.append(plot_rounds(history, run.plots_dir / "accuracy_per_round.png"))
-    summary = run.read_summary()
     final, counts = summary.get("final", {}), summary.get("data", {}).get("train_counts")
     series = {k: v["per_class"] for k, v in final.get("generic", {}).items()}
     local = final.get("local", {}).get("masked", {})

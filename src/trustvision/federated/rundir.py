@@ -210,5 +210,5 @@ def finish_run(
     ckpt.save_weights(
         run.path / "global.safetensors", global_state, {"algorithm": cfg.algorithm.name}
     )
+    plot_federated_run(run, classes=session.federation.classes, summary=summary)
     run.write_summary(summary)
-    plot_federated_run(run, classes=session.federation.classes)

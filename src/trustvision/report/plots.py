@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
@@ -51,13 +52,13 @@ def plot_per_class(
     return save_figure(fig, path)
 
 
-def plot_run(run: RunDir, *, class_names: Sequence[str]) -> list[Path]:
-    """Every standard plot of a finished centralised run."""
+def plot_run(run: RunDir, *, class_names: Sequence[str], summary: dict[str, Any]) -> list[Path]:
+    """Every standard plot of a centralised run, from its metrics and the `summary` it is
+    about to write (plots come first, so the summary is the last file a finished run gets)."""
     made = []
     history = run.read_metrics()
     if history:
         made.append(plot_curves(history, run.plots_dir / "curves.png"))
-    summary = run.read_summary()
     test = summary.get("test", {})
     if "per_class" in test:
         counts = summary.get("data", {}).get("train_class_counts")

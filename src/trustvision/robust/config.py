@@ -7,7 +7,7 @@ sections and fills in the run directories as it goes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,6 +52,8 @@ class AttackConfig(StrictModel):
 
 class RobustTrainConfig(TrainConfig):
     """`trustvision robust train`: one base model, standard or adversarially trained."""
+
+    experiment: ClassVar[str] = "robust"
 
     name: RunName = "robust-train"
     model: ModelConfig = ModelConfig(name="smallcnn")
@@ -267,6 +269,8 @@ class CertifySettings(StrictModel):
 class MixConfig(RunSettings):
     """`trustvision robust mix`: a fixed mix (alpha sweep) or an adaptive mix (mixing network)."""
 
+    experiment: ClassVar[str] = "robust"
+
     name: RunName = "robust-mix"
     standard: str  # run directory of the standard base model
     robust: str  # run directory of the robust base model
@@ -284,6 +288,8 @@ class MixConfig(RunSettings):
 class EvalConfig(RunSettings):
     """`trustvision robust eval`: AutoAttack and the masking checks on one model."""
 
+    experiment: ClassVar[str] = "robust"
+
     name: RunName = "robust-eval"
     model: str  # run directory of a base model (`robust train`) or a mix (`robust mix`)
     eval: EvalSettings = EvalSettings()
@@ -291,6 +297,8 @@ class EvalConfig(RunSettings):
 
 class CertifyConfig(RunSettings):
     """`trustvision robust certify`: certified accuracy against radius for several alphas."""
+
+    experiment: ClassVar[str] = "robust"
 
     name: RunName = "robust-certify"
     standard: str
@@ -311,6 +319,8 @@ class PipelineConfig(RunSettings):
     The pipeline's `seed`, `device` and `threads` apply to every stage, the base models'
     training included; a base config that sets one of them to something else is an error
     (set it once, at the top)."""
+
+    experiment: ClassVar[str] = "robust"
 
     name: RunName = "robust-demo"
     standard: RobustTrainConfig

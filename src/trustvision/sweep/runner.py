@@ -13,6 +13,7 @@ import fcntl
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,7 @@ from trustvision.sweep.trial import (
     stop_process,
     trial_argv,
 )
+from trustvision.tracking import sweep_tracker, trial_env
 
 LOCK_FILE = ".lock"
 
@@ -267,6 +269,14 @@ def run_sweep(
         runner = TrialRunner(
             spec, out, jobs=jobs, resumable=resumable, reporter=reporter, poll_seconds=poll_seconds
         )
+        tracker = sweep_tracker(out, spec)
+        runner.env.update(trial_env(tracker))  # the trials' MLflow runs nest under the sweep's
+
+        def finished(trial: FrozenTrial) -> None:
+            reporter.trial_finished(trial)
+            if tracker is not None and trial.value is not None:
+                tracker.metrics({"objective": trial.value}, step=trial.number)
+
         reporter.start(done=done, total=spec.planned_trials, retried=retried)
         try:
             if done < spec.planned_trials:
@@ -276,12 +286,16 @@ def run_sweep(
                         n_trials=spec.planned_trials - done,
                         n_jobs=jobs,
                         catch=(TrialFailed,),
-                        callbacks=[lambda _, trial: reporter.trial_finished(trial)],
+                        callbacks=[lambda _, trial: finished(trial)],
                     )
         finally:
             reporter.finish()
+            if tracker is not None and (runner.stop.is_set() or sys.exc_info()[0] is not None):
+                tracker.close()  # an interrupted sweep continues its MLflow run when resumed
         if runner.stop.is_set():
             raise SweepInterrupted
+    if tracker is not None:
+        tracker.finish({"status": "finished", "trials": len(study.trials)})
     return study
 
 

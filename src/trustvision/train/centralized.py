@@ -63,8 +63,8 @@ def train_model(
                 "validation_images": loaders.val.num_samples if loaders.val else 0,
             },
         }
+        plot_run(run, class_names=dataset.classes, summary=summary)
         run.write_summary(summary)
-        plot_run(run, class_names=dataset.classes)
     return run
 
 

@@ -124,6 +124,6 @@ def train_robust(
             checkpoint=checkpoint,
         )
         summary |= base_record(cfg, model, dataset, loaders)
+        plot_run(run, class_names=dataset.classes, summary=summary)
         run.write_summary(summary)
-        plot_run(run, class_names=dataset.classes)
     return run

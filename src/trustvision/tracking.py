@@ -1,0 +1,239 @@
+"""Experiment tracking: every run directory mirrored as an MLflow run.
+
+A run directory (runs.py) stays the record; MLflow gets a copy for the dashboards users
+already have: the resolved config as params, each metrics.jsonl record as metrics at its
+epoch or round, the summary's numbers as metrics, and config.yaml, summary.json and plots/
+as artifacts. The store is a SQLite file in `runs_dir` unless the config's `tracking.uri` or
+`$MLFLOW_TRACKING_URI` names another; `tracking.enabled=false` (or TRUSTVISION_TRACKING=off)
+turns it off. A resumed run continues its MLflow run (its id is kept in `mlflow.json`); a
+sweep's trials nest under the sweep's run (TRUSTVISION_MLFLOW_PARENT, set by the sweep).
+
+Tracking never stops or slows training: MLflow (seconds to import, seconds to create a
+store) runs on a worker thread fed by a queue, and the first failure (a server down, a
+locked file) is one warning, after which the run's tracking is dropped. MLflow's client API
+is used, not its fluent one, so that nothing depends on a process-wide active run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from trustvision.config import TrackingConfig
+
+OFF_ENV = "TRUSTVISION_TRACKING"  # "off": no command tracks (tests, quick checks)
+PARENT_ENV = "TRUSTVISION_MLFLOW_PARENT"  # an MLflow run id: new runs nest under it
+RUN_FILE = "mlflow.json"  # in the run directory: where its MLflow run is
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+BATCH = 100  # params or metrics per MLflow call
+CLOSE_SECONDS = 60.0  # how long the end of a run waits for its tracking to be written
+
+Call = Callable[[Any, str], None]  # (MlflowClient, run id) -> None
+
+
+class TrackingWarning(UserWarning):
+    """Tracking failed for a run; the run itself goes on."""
+
+
+def store_uri(settings: TrackingConfig, runs_dir: str | Path) -> str:
+    """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else sqlite in `runs_dir`."""
+    if settings.uri:
+        return settings.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b.c": value}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a (nested) record, by dotted key: what MLflow can plot."""
+    return {
+        key: float(value)
+        for key, value in flatten(record).items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+class Tracker:
+    """One run directory's MLflow run, written by a worker thread in call order."""
+
+    def __init__(self, *, uri: str, experiment: str, run_dir: Path, name: str) -> None:
+        self.uri, self.experiment, self.run_dir, self.name = uri, experiment, run_dir, name
+        self.calls: queue.Queue[Call | None] = queue.Queue()
+        self.failed = False
+        self.resumed = False  # a resumed run keeps the params it was begun with
+        self.run_id: str | None = None
+        self.ready = threading.Event()  # set once the MLflow run is open (or has failed)
+        self.worker = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
+        self.worker.start()
+
+    def _work(self) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.uri)
+            run_id = self.run_id = self._open(client)
+        except Exception as err:  # any failure of the store: say it once, then drop the run
+            self._fail(err)
+            client, run_id = None, ""
+        self.ready.set()
+        while (call := self.calls.get()) is not None:
+            if client is not None and not self.failed:
+                try:
+                    call(client, run_id)
+                except Exception as err:
+                    self._fail(err)
+
+    def _fail(self, err: Exception) -> None:
+        self.failed = True
+        warnings.warn(
+            f"MLflow tracking of `{self.run_dir}` at {self.uri} stopped ({err!r}); the run goes "
+            f"on and its directory keeps every number (set tracking.enabled=false or "
+            f"{OFF_ENV}=off to silence this)",
+            TrackingWarning,
+            stacklevel=1,
+        )
+
+    def _open(self, client: Any) -> str:
+        """The run's MLflow run: the one `mlflow.json` names (a resume), else a new one."""
+        record = self.run_dir / RUN_FILE
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("uri") == self.uri:
+                client.update_run(saved["run_id"], status="RUNNING")
+                self.resumed = True
+                return str(saved["run_id"])
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            try:
+                experiment_id = client.create_experiment(self.experiment)
+            except Exception:  # another process created it first
+                experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {"trustvision.run_dir": str(self.run_dir.resolve())}
+        if os.environ.get(PARENT_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+        run = client.create_run(experiment_id, run_name=self.name, tags=tags)
+        record.write_text(json.dumps({"uri": self.uri, "run_id": run.info.run_id}) + "\n")
+        return str(run.info.run_id)
+
+    def params(self, config: BaseModel) -> None:
+        """The resolved config, every key, as params."""
+        flat = flatten(config.model_dump(mode="json"))
+        items = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flat.items()]
+
+        def call(client: Any, run_id: str) -> None:
+            from mlflow.entities import Param
+
+            if self.resumed:
+                return
+            params = [Param(k, v[:MAX_PARAM]) for k, v in items]
+            for start in range(0, len(params), BATCH):
+                client.log_batch(run_id, params=params[start : start + BATCH])
+
+        self.calls.put(call)
+
+    def metrics(self, record: dict[str, Any], *, step: int = 0, prefix: str = "") -> None:
+        """A record's numbers as metrics at `step` (an epoch or a round)."""
+        values = {f"{prefix}{k}": v for k, v in numbers(record).items()}
+        stamp = int(time.time() * 1000)
+
+        def call(client: Any, run_id: str) -> None:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(k, v, stamp, step) for k, v in values.items()]
+            for start in range(0, len(metrics), BATCH):
+                client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+
+        if values:
+            self.calls.put(call)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The summary's numbers, the run's files as artifacts, and the run's end status;
+        waits (at most CLOSE_SECONDS) for everything to be written."""
+        self.metrics(summary, prefix="summary.")
+        status = "FINISHED" if summary.get("status") == "finished" else "FAILED"
+        run_dir = self.run_dir
+
+        def call(client: Any, run_id: str) -> None:
+            for name in ("config.yaml", "summary.json"):
+                if (run_dir / name).is_file():
+                    client.log_artifact(run_id, str(run_dir / name))
+            plots = run_dir / "plots"
+            if plots.is_dir() and any(plots.iterdir()):
+                client.log_artifacts(run_id, str(plots), "plots")
+            client.set_terminated(run_id, status=status)
+
+        if self.worker.is_alive():
+            self.calls.put(call)
+        self.close()
+
+    def close(self) -> None:
+        """Write what is queued and stop the worker (the MLflow run stays open: a resume
+        continues it). Closing twice is harmless."""
+        if self.worker.is_alive():
+            self.calls.put(None)
+            self.worker.join(timeout=CLOSE_SECONDS)
+
+
+def tracking_off() -> bool:
+    """Whether TRUSTVISION_TRACKING turns tracking off for every command."""
+    return os.environ.get(OFF_ENV, "").lower() in {"off", "0", "false", "no"}
+
+
+def sweep_tracker(out: Path, spec: BaseModel) -> Tracker | None:
+    """The MLflow run of a sweep (experiment "sweep", its spec as params), in
+    $MLFLOW_TRACKING_URI or a SQLite file in the sweep directory; its trials nest under it
+    when their environment carries `trial_env`. Blocks until the run is open."""
+    if tracking_off():
+        return None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    tracker = Tracker(uri=uri, experiment="sweep", run_dir=out, name=out.name)
+    tracker.params(spec)
+    tracker.ready.wait(timeout=CLOSE_SECONDS)
+    return tracker
+
+
+def trial_env(tracker: Tracker | None) -> dict[str, str]:
+    """What a sweep's trial processes need in their environment to nest under its run."""
+    if tracker is None or tracker.run_id is None or tracker.failed:
+        return {}
+    return {PARENT_ENV: tracker.run_id, "MLFLOW_TRACKING_URI": tracker.uri}
+
+
+def start_tracking(run_dir: Path, config: BaseModel) -> Tracker | None:
+    """A tracker for `run_dir` when its config asks for one (and TRUSTVISION_TRACKING is not
+    off); None for configs without tracking settings."""
+    settings = getattr(config, "tracking", None)
+    if not isinstance(settings, TrackingConfig) or not settings.enabled:
+        return None
+    if tracking_off():
+        return None
+    tracker = Tracker(
+        uri=store_uri(settings, getattr(config, "runs_dir", "runs")),
+        experiment=settings.experiment or str(getattr(config, "experiment", "trustvision")),
+        run_dir=Path(run_dir),
+        name=Path(run_dir).name,
+    )
+    tracker.params(config)
+    return tracker
