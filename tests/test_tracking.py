@@ -64,6 +64,8 @@ def test_every_command_mirrors_its_run_in_the_local_store(tmp_path):
         assert {"config.yaml", "summary.json", "plots"} <= artifacts
     (compact,) = runs_of(store, "compact")
     assert compact.info.status == "FINISHED" and "summary.rows.full.top1" in compact.data.metrics
+    stage_two = client.get_metric_history(compact.info.run_id, "full/test_acc")
+    assert [m.step for m in stage_two] == [1, 2]  # each stage's epochs, under its name
 
 
 @pytest.mark.usefixtures("tracking_on")

@@ -62,6 +62,15 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.tracker: Tracker | None = None
+        self.metric_prefix = ""  # a part's metrics, in its whole run's MLflow run (`part`)
+        self.owns_tracker = True  # whether its summary ends the MLflow run
+
+    def part(self, name: str) -> RunDir:
+        """A sub-directory with a run's files of its own (a stage of a compact run), whose
+        metrics go to this run's MLflow run as `<name>/<metric>`."""
+        sub = RunDir(self.path / name)
+        sub.tracker, sub.metric_prefix, sub.owns_tracker = self.tracker, f"{name}/", False
+        return sub
 
     @classmethod
     def create(cls, *, root: str | Path, name: str, config: BaseModel) -> RunDir:
@@ -172,7 +181,8 @@ class RunDir:
         with self.metrics_path.open("a") as stream:
             stream.write(strict_json(record) + "\n")
         if self.tracker is not None:
-            self.tracker.metrics(record, step=int(record.get("epoch", record.get("round", 0))))
+            step = int(record.get("epoch", record.get("round", 0)))
+            self.tracker.metrics(record, step=step, prefix=self.metric_prefix)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -190,7 +200,7 @@ class RunDir:
         tmp = self.summary_path.with_suffix(".tmp")
         tmp.write_text(strict_json(summary, indent=2) + "\n")
         os.replace(tmp, self.summary_path)
-        if self.tracker is not None:
+        if self.tracker is not None and self.owns_tracker:
             self.tracker.finish(summary)
             self.tracker = None
 

@@ -109,7 +109,7 @@ def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
 
 def sub_run(run: RunDir, name: str) -> RunDir:
     """The directory of one row (or stage 1) inside the run."""
-    sub = RunDir(run.path / name)
+    sub = run.part(name)
     sub.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     if ckpt.latest_checkpoint(sub.checkpoints_dir) is None:
         sub.metrics_path.unlink(missing_ok=True)  # records of an epoch that never finished
