@@ -29,5 +29,11 @@ fi
 if command -v apt-get >/dev/null && ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq; fi
 fi
+# `trustvision report` is tested in a real browser: headless Chromium from Debian (root only;
+# elsewhere that one test says it was skipped and why, and CI, where CI is set, fails it).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium (headless, for the HTML report's browser test)"
+  apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/trustvision data fetch mnist
 .venv/bin/trustvision data fetch fashion-mnist

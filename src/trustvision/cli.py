@@ -169,6 +169,33 @@ def data_verify(
 
 
 @app.command()
+def report(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories, sweep directories (trustvision sweep) or folders of runs "
+            "(e.g. runs/demo-fed for a comparison).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
+) -> None:
+    """One self-contained HTML page (figures inlined, no network requests) for runs, a
+    comparison or a sweep: headline numbers, curves, per-class accuracy, config and machine.
+
+    Example: trustvision report runs/demo-fed --out fed-report.html
+    """
+    from trustvision.report.html import write_report
+
+    try:
+        path = write_report(runs, out, title=title)
+    except EXPECTED as err:
+        raise fail(err) from None
+    console.print(f"report: {path}")
+
+
+@app.command()
 def models(
     num_classes: Annotated[int, typer.Option(min=1, help="Classes of the head.")] = 10,
     in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
