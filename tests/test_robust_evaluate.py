@@ -21,6 +21,7 @@ from trustvision.robust.evaluate import (
     check_eps_growth,
     check_square,
     clean_correct,
+    eps_text,
     model_info,
 )
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
@@ -99,21 +100,21 @@ def test_the_gate_under_attack_reads_every_images_highest_loss_point():
         gate_under_attack(build_attackers(base(0), eps=0.3, version="custom", custom=FAST), x, y)
 
 
-def test_model_info_has_robustbench_fields():
+def test_model_info_has_exactly_robustbench_fields_in_its_formats():
     info = model_info(
-        name="mnist fixed mix",
-        dataset="mnist",
-        architecture="smallcnn + smallcnn",
-        eps=0.3,
+        name="cifar10 fixed mix",
+        dataset="cifar10",
+        architecture="resnet8 + resnet8",
+        eps=8 / 255,
         clean_acc=0.99123,
         autoattack_acc=0.87,
-        n_autoattack=500,
-        attacks=["apgd-ce", "apgd-t", "fab-t", "square"],
+        forward_passes=2,
     )
-    assert set(MODEL_INFO_FIELDS) <= set(info)
-    assert info["clean_acc"] == 0.9912 and info["autoattack_acc"] == 0.87
-    assert info["eps"] == 0.3 and info["n_autoattack"] == 500
-    assert info["threat_model"] == "Linf" and info["additional_data"] is False
+    assert list(info) == list(MODEL_INFO_FIELDS)
+    assert info["clean_acc"] == "99.12" and info["autoattack_acc"] == "87.00"
+    assert info["eps"] == "8/255" and info["number_forward_passes"] == 2
+    assert info["additional_data"] is False and info["unreliable"] is False
+    assert eps_text(0.3) == "0.3" and eps_text(0.1) == "0.1" and eps_text(4 / 255) == "4/255"
 
 
 class Masked(nn.Module):

@@ -153,7 +153,8 @@ def test_pipeline_writes_every_result(finished):
     assert "adaptive-apgd-ce" in adaptive_attacks and "adaptive-apgd-t" in adaptive_attacks
     for name in ("standard", "robust", "fixed-mix", "adaptive-mix"):
         info = json.loads((work / f"eval-{name}" / "model_info.json").read_text())
-        assert set(MODEL_INFO_FIELDS) <= set(info) and info["eps"] == 0.3
+        assert list(info) == list(MODEL_INFO_FIELDS) and info["eps"] == "0.3"
+        assert info["number_forward_passes"] == (2 if "mix" in name else 1)
     assert (work / "tradeoff.png").is_file()
     assert (work / "certify" / "plots" / "certified.png").is_file()
     assert report["certify"]["attack_check"]["flips"] == 0

@@ -341,6 +341,8 @@ def attack_report(
     }
 
 
+# RobustBench's model-info schema (its model_info/<dataset>/<threat>/<model>.json), field
+# for field and in its formats: accuracies as percentage strings, eps as "8/255".
 MODEL_INFO_FIELDS = (
     "link",
     "name",
@@ -354,8 +356,16 @@ MODEL_INFO_FIELDS = (
     "clean_acc",
     "reported",
     "autoattack_acc",
+    "external",
     "footnote",
+    "unreliable",
 )
+
+
+def eps_text(eps: float) -> str:
+    """An l_inf budget as RobustBench writes it: "8/255" when it is one, else the number."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 and steps >= 1 else f"{eps:g}"
 
 
 def model_info(
@@ -366,34 +376,30 @@ def model_info(
     eps: float,
     clean_acc: float,
     autoattack_acc: float,
-    n_autoattack: int,
-    attacks: Sequence[str],
-    threat_model: str = "Linf",
+    forward_passes: int = 1,
     footnote: str | None = None,
-    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A RobustBench-style model card: RobustBench's keys first, then how it was measured.
+    """A model card in RobustBench's schema, exactly its fields (`MODEL_INFO_FIELDS`).
 
-    Accuracies are fractions (RobustBench writes 0.8521). `clean_acc` is on the full test
-    set; `autoattack_acc` on the first `n_autoattack` test images.
+    `clean_acc` and `autoattack_acc` are fractions here and percentage strings there, as
+    RobustBench writes them ("85.21"). How they were measured (images attacked, attacks, a
+    confidence interval) stays in the evaluation's summary.json, not in the card. A mixed
+    classifier runs both its bases: `forward_passes=2`, as RobustBench counts MixedNUTS.
     """
-    info: dict[str, Any] = {
+    return {
         "link": None,
         "name": name,
         "authors": "trustvision",
         "additional_data": False,
-        "number_forward_passes": 1,
+        "number_forward_passes": forward_passes,
         "dataset": dataset,
         "venue": None,
         "architecture": architecture,
-        "eps": eps,
-        "clean_acc": round(clean_acc, 4),
+        "eps": eps_text(eps),
+        "clean_acc": f"{100 * clean_acc:.2f}",
         "reported": None,
-        "autoattack_acc": round(autoattack_acc, 4),
+        "autoattack_acc": f"{100 * autoattack_acc:.2f}",
+        "external": None,
         "footnote": footnote,
-        "threat_model": threat_model,
-        "n_autoattack": n_autoattack,
-        "attacks": list(attacks),
+        "unreliable": False,
     }
-    info.update(extra or {})
-    return info

@@ -79,10 +79,8 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
             eps=eps,
             clean_acc=clean_acc,
             autoattack_acc=report["autoattack"]["robust_acc"],
-            n_autoattack=report["autoattack"]["n"],
-            attacks=order,
-            footnote=_footnote(data, settings.version),
-            extra={"autoattack_ci95": report["autoattack"]["ci95"], "model_dir": str(cfg.model)},
+            forward_passes=2 if about["kind"].endswith("mix") else 1,
+            footnote=_footnote(data, settings.version, n=report["autoattack"]["n"]),
         )
         (run.path / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
         run.write_summary(
@@ -157,12 +155,12 @@ def _attack(
     return report, gate, list(attackers.order)
 
 
-def _footnote(data: dict[str, Any], version: str) -> str | None:
-    notes = []
+def _footnote(data: dict[str, Any], version: str, *, n: int) -> str:
+    notes = [f"AutoAttack accuracy on the first {n} test images"]
     if data.get("variant") == "jpeg":
         notes.append(
             "CIFAR-10 read from a JPEG re-encoding (cifar10-jpeg.zip), not the original files"
         )
     if version != "standard":
         notes.append("reduced AutoAttack (custom attacks/iterations), not the standard version")
-    return "; ".join(notes) or None
+    return "; ".join(notes)
