@@ -94,3 +94,18 @@ def _factory(variant: str) -> Callable[..., ImageClassifier]:
 
 for _variant in VARIANTS:
     register_model(_variant)(_factory(_variant))
+
+
+@register_model("wrn")
+def wrn(
+    *, num_classes: int, in_channels: int, depth: int = 16, widen: int = 4, drop_rate: float = 0.0
+) -> ImageClassifier:
+    """WRN-depth-widen of any depth 6n + 4 and width (pre-activation, optional dropout): the
+    family of RobustBench's WideResNets (`trustvision robust import`)."""
+    return build_wrn(
+        depth=depth,
+        widen=widen,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        drop_rate=drop_rate,
+    )

@@ -80,6 +80,37 @@ def train(
     _log(f"clean test accuracy {summary['test']['top1']:.2%}; run directory: {run.path}")
 
 
+@robust_app.command("import")
+def import_model(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A RobustBench model-zoo checkpoint you downloaded (.pt).")
+    ],
+    dataset: Annotated[str, typer.Option(help="Its data set: cifar10, cifar100, ...")],
+    like: Annotated[
+        Path | None,
+        typer.Option(
+            help="A base run whose validation hold-out the imported run records (the standard "
+            "base you will mix it with)."
+        ),
+    ] = None,
+    eps: Annotated[float | None, typer.Option(help="The l_inf budget it was trained for.")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Where the run directory goes.")] = "runs",
+) -> None:
+    """Import a RobustBench WideResNet (read with torch.load(weights_only=True), every tensor
+    mapped onto our `wrn`) as a base run, saved as safetensors: a base for `robust mix`.
+
+    Example: trustvision robust import Carmon2019Unlabeled.pt --dataset cifar10 --like runs/std-...
+    """
+    from trustvision.robust.commands.import_model import import_zoo
+
+    try:
+        run = import_zoo(checkpoint, dataset=dataset, eps=eps, like=like, runs_dir=runs_dir)
+    except EXPECTED as err:
+        raise fail(err) from None
+    summary = run.read_summary()
+    _log(f"{summary['zoo']['architecture']}, {summary['parameters']:,} parameters; run: {run.path}")
+
+
 @robust_app.command("mix")
 def mix(
     config: ConfigArg = None,
