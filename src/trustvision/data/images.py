@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,6 +88,66 @@ def folder_layout(
     return classes, {s: [(n, index[c]) for n, c in e] for s, e in by_split.items()}
 
 
+TRAIN_LIST = re.compile(r"^(?:.*_)?train\.txt$")  # ImageNet_LT_train.txt, iNaturalist18_train.txt
+TEST_LIST = re.compile(r"^(?:.*_)?(?:test|val)\.txt$")  # a test list, else the val list
+
+
+def list_files(names: list[str]) -> tuple[str, str] | None:
+    """The (train, test) image lists at the root of a folder, when it has them: the
+    long-tailed benchmarks' `path label` format (ImageNet-LT, iNaturalist)."""
+    root = [n for n in names if "/" not in n]
+    train = [n for n in root if TRAIN_LIST.match(n)]
+    test = sorted((n for n in root if TEST_LIST.match(n)), key=lambda n: "val" in n)
+    if not train and not test:
+        return None
+    if len(train) != 1 or not test:
+        raise DataError(
+            f"image lists need exactly one `*train.txt` and a `*test.txt` (or `*val.txt`) at the "
+            f"root; found {sorted(train + test)}"
+        )
+    return train[0], test[0]
+
+
+def list_layout(
+    names: list[str], lists: tuple[str, str], read: Callable[[str], bytes], *, source: Path
+) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+    """Classes and per-split (file, label) pairs from `path label` lists, in list order. A
+    class is named by the folder of its first training image (its label where they differ)."""
+    present = set(names)
+    layout: dict[str, list[tuple[str, int]]] = {}
+    for split, list_name in zip(SPLITS, lists, strict=True):
+        entries = []
+        for number, line in enumerate(read(list_name).decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise DataError(
+                    f"`{source}:{list_name}` line {number} is not `path label`: {line[:80]!r}"
+                )
+            path = parts[0].removeprefix("./")
+            if is_unsafe_member(path) or path not in present:
+                raise DataError(
+                    f"`{source}:{list_name}` line {number} names `{path}`, which is not in the "
+                    "folder (paths are relative to the folder holding the lists)"
+                )
+            entries.append((path, int(parts[1])))
+        if not entries:
+            raise DataError(f"`{source}:{list_name}` lists no image")
+        layout[split] = entries
+    count = 1 + max(label for entries in layout.values() for _, label in entries)
+    folders: dict[int, set[str]] = {}
+    for path, label in layout["train"]:
+        folders.setdefault(label, set()).add(posixpath.basename(posixpath.dirname(path)))
+    missing = sorted(set(range(count)) - set(folders))
+    if missing:
+        raise DataError(f"`{source}`: labels {missing[:8]} have no training image in the list")
+    classes = tuple(
+        next(iter(folders[i])) if len(folders[i]) == 1 else str(i) for i in range(count)
+    )
+    return classes, layout
+
+
 def decode_image(handle: IO[bytes], *, name: str, image_size: int | None) -> np.ndarray:
     """One image as uint8 (H, W) grey or (H, W, 3) RGB, resized bilinearly to a square size."""
     try:
@@ -125,9 +186,19 @@ def to_nchw(images: list[np.ndarray]) -> np.ndarray:
 def read_image_folder(
     path: Path, *, image_size: int | None = None, progress: Progress | None = None
 ) -> Decoded:
-    """Decode every image of a `split/class/file` folder or zip, with optional progress."""
+    """Decode every image of a `split/class/file` folder or zip, or of the images its
+    `*train.txt` / `*test.txt` lists name (`path label` per line), with optional progress."""
     with open_folder(path) as (names, open_member):
-        classes, layout = folder_layout(names, source=path)
+        lists = list_files(names)
+        if lists is None:
+            classes, layout = folder_layout(names, source=path)
+        else:
+
+            def read(name: str) -> bytes:
+                with open_member(name) as handle:
+                    return handle.read()
+
+            classes, layout = list_layout(names, lists, read, source=path)
         total = sum(len(entries) for entries in layout.values())
         pixels: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
         first: tuple[str, tuple[int, ...]] | None = None
