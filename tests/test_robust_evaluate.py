@@ -13,16 +13,14 @@ from trustvision.robust.autoattack import (
     build_attackers,
     gate_under_attack,
 )
+from trustvision.robust.card import MODEL_INFO_FIELDS, eps_text, model_info
 from trustvision.robust.config import APGDSettings, EvalSettings
 from trustvision.robust.evaluate import (
-    MODEL_INFO_FIELDS,
     attack_report,
     check_autoattack_vs_pgd,
     check_eps_growth,
     check_square,
     clean_correct,
-    eps_text,
-    model_info,
 )
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
 from trustvision.robust.pixels import Normalized

@@ -17,10 +17,10 @@ import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
+from trustvision.robust.card import MODEL_INFO_FIELDS
 from trustvision.robust.cli import robust_app
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.config import CertifyConfig, PipelineConfig
-from trustvision.robust.evaluate import MODEL_INFO_FIELDS
 from trustvision.robust.runs import load_model
 
 ROOT = Path(__file__).parents[1]

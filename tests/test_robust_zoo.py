@@ -12,11 +12,11 @@ from trustvision.cli import app
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
+from trustvision.robust.card import MODEL_INFO_FIELDS
 from trustvision.robust.commands.eval import run_eval
 from trustvision.robust.commands.import_model import import_zoo
 from trustvision.robust.commands.mix import run_mix
 from trustvision.robust.config import EvalConfig, MixConfig
-from trustvision.robust.evaluate import MODEL_INFO_FIELDS
 from trustvision.robust.runs import load_base
 
 ROOT = Path(__file__).parents[1]

@@ -27,7 +27,8 @@ from trustvision.federated.session import (
 from trustvision.federated.tensors import State, select, state_hash
 from trustvision.runs import RunDir, environment_info
 from trustvision.train import checkpoint as ckpt
-from trustvision.train.loop import Reporter, SilentReporter, diverged
+from trustvision.train.divergence import diverged
+from trustvision.train.loop import Reporter, SilentReporter
 
 # What a choice of round reads: each kind of accuracy is chosen by its own validation metric.
 SELECTION_METRICS = {"generic": "generic_val_acc", "local": "local_val_acc"}

@@ -24,6 +24,7 @@ from trustvision.errors import ConfigError, DivergenceError
 from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
+from trustvision.train.divergence import diverged, non_finite
 from trustvision.train.metrics import summarize
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -375,31 +376,3 @@ def restore(
         ) from None
     run.rewrite_metrics(history)
     return epoch, elapsed, history
-
-
-def non_finite(model: nn.Module, record: dict[str, Any]) -> str | None:
-    """What is not finite after an epoch, a weight or the loss of an evaluation, else None.
-
-    The training loss is checked before every step; a step can still leave infinite weights,
-    and weights that overflow only in evaluation give NaN losses there."""
-    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return f"the weights `{name}` are no longer finite"
-    for key in ("val_loss", "test_loss"):
-        value = record.get(key)
-        if value is not None and not np.isfinite(value):
-            return f"the {key.replace('_', ' ')} is {value}"
-    return None
-
-
-def diverged(run: RunDir, err: DivergenceError, *, unit: str, number: int) -> DivergenceError:
-    """Record a run that diverged in `unit` `number` (epoch 3, round 7) and say which
-    checkpoint survives and what to try."""
-    latest = ckpt.latest_checkpoint(run.checkpoints_dir)
-    kept = f"the last good checkpoint is `{latest}`" if latest else "no checkpoint was written yet"
-    message = (
-        f"training diverged in {unit} {number}: {err}; {kept}. "
-        "Lower `optim.lr` or set `optim.grad_clip` and start again."
-    )
-    run.write_summary({"status": "diverged", "error": message, unit: number})
-    return DivergenceError(message)

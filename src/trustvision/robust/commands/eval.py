@@ -20,12 +20,12 @@ from trustvision.robust.autoattack import (
     build_attackers,
     gate_under_attack,
 )
+from trustvision.robust.card import model_info
 from trustvision.robust.commands.common import Log, describe, eps_for, quiet
 from trustvision.robust.config import EvalConfig
 from trustvision.robust.evaluate import (
     attack_report,
     clean_correct,
-    model_info,
     recorded_dataset,
     test_pixels,
 )

@@ -53,18 +53,8 @@ def import_zoo(
             f"{data.num_classes} classes of {data.image_shape[0]} channel(s)"
         )
     split = _split_like(like, dataset)
-    cfg = RobustTrainConfig(
-        name=name or f"zoo-{checkpoint.stem}",
-        seed=split["seed"],
-        runs_dir=runs_dir,
-        device="cpu",
-        model=ModelConfig(name="wrn", kwargs={"depth": depth, "widen": widen}),
-        data=DataConfig(
-            name=dataset,
-            validation=split["validation"],
-            train_subset=split["train_subset"],
-            imbalance_factor=split["imbalance_factor"],
-        ),
+    cfg = _config(
+        checkpoint, dataset, split, depth=depth, widen=widen, runs_dir=runs_dir, name=name
     )
     identity = ((0.0,) * data.image_shape[0], (1.0,) * data.image_shape[0])
     model = build_pixel_model(
@@ -96,6 +86,32 @@ def import_zoo(
         }
     )
     return run
+
+
+def _config(
+    checkpoint: Path,
+    dataset: str,
+    split: dict[str, Any],
+    *,
+    depth: int,
+    widen: int,
+    runs_dir: str,
+    name: str | None,
+) -> RobustTrainConfig:
+    """The run's config: our `wrn` of the zoo model's shape, the hold-out of `split`."""
+    return RobustTrainConfig(
+        name=name or f"zoo-{checkpoint.stem}",
+        seed=split["seed"],
+        runs_dir=runs_dir,
+        device="cpu",
+        model=ModelConfig(name="wrn", kwargs={"depth": depth, "widen": widen}),
+        data=DataConfig(
+            name=dataset,
+            validation=split["validation"],
+            train_subset=split["train_subset"],
+            imbalance_factor=split["imbalance_factor"],
+        ),
+    )
 
 
 def _split_like(like: Path | None, dataset: str) -> dict[str, Any]:
