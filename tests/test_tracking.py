@@ -62,6 +62,8 @@ def test_every_command_mirrors_its_run_in_the_local_store(tmp_path):
         assert [m.step for m in history] == steps[name]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "summary.json", "plots"} <= artifacts
+    artifacts_at = Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
+    assert artifacts_at.is_relative_to(runs_dir.resolve() / "mlflow-artifacts")  # beside the store
     (compact,) = runs_of(store, "compact")
     assert compact.info.status == "FINISHED" and "summary.rows.full.top1" in compact.data.metrics
     stage_two = client.get_metric_history(compact.info.run_id, "full/test_acc")

@@ -45,6 +45,14 @@ class TrackingWarning(UserWarning):
     """Tracking failed for a run; the run itself goes on."""
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (MLflow's default,
+    ./mlruns, would land in whatever folder the command ran from); a server decides itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlflow-artifacts").as_uri()
+
+
 def store_uri(settings: TrackingConfig, runs_dir: str | Path) -> str:
     """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else sqlite in `runs_dir`."""
     if settings.uri:
@@ -125,7 +133,9 @@ class Tracker:
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(self.experiment)
+                experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=artifact_location(self.uri)
+                )
             except Exception:  # another process created it first
                 experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
         else:
