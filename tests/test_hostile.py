@@ -162,7 +162,7 @@ PROBES: dict[str, Probe] = {
     "cache under a file": Probe(
         ["data", "fetch", "mnist"],
         3,
-        ["{tmp}/file", "is not a folder", "TRUSTVISION_DATA"],
+        ["error: cannot write the cache at `{tmp}/file/cache/mnist`", "is not a folder"],
         setup=write("file", "not a folder"),
         env={"TRUSTVISION_DATA": "{tmp}/file/cache"},
     ),

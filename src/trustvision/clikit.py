@@ -97,7 +97,7 @@ EXPECTED = (TrustvisionError, OSError)
 def fail(err: TrustvisionError | OSError) -> typer.Exit:
     """Print an expected failure in red as one line and return the exit to raise (README,
     "Exit codes": 2 bad input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
-    if isinstance(err, OSError):
+    if not isinstance(err, TrustvisionError):  # an OSError no layer below has explained
         err = environment_failure(err)
     err_console.print(f"[bold red]error:[/] {err}", highlight=False)
     return typer.Exit(exit_code(err))
