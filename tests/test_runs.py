@@ -9,6 +9,8 @@ from trustvision.compact.config import CompactConfig
 from trustvision.compact.train import train_compact
 from trustvision.config import TrainConfig, dump_config, load_config
 from trustvision.errors import ConfigError
+from trustvision.federated.config import FedConfig
+from trustvision.federated.runner import run_federated
 from trustvision.robust.commands.train import train_robust
 from trustvision.robust.config import RobustTrainConfig
 from trustvision.runs import RunDir
@@ -67,6 +69,10 @@ def compact_train(cfg, path):
     return train_compact(cfg, run_dir=path)
 
 
+def fed_run(cfg, path):
+    return run_federated(cfg, resume_dir=path)
+
+
 SYSTEMS = {
     "train": (
         TrainConfig,
@@ -86,6 +92,12 @@ SYSTEMS = {
         compact_train,
         "trustvision compact train --resume",
     ),
+    "fed run": (
+        FedConfig,
+        ROOT / "configs/fed/fmnist_lt_cpu.yaml",
+        fed_run,
+        "trustvision fed run --resume",
+    ),
 }
 
 
@@ -95,6 +107,8 @@ def test_every_system_refuses_a_run_begun_with_another_config_the_same_way(tmp_p
     overrides = [f"runs_dir={tmp_path}", "device=cpu", "seed=1"]
     if system == "compact train":
         overrides += ["data.train_subset=256", "data.test_subset=100", "data.batch_size=64"]
+    elif system == "fed run":
+        overrides += ["rounds=1", "data.train_subset=256", "num_clients=3"]
     else:
         overrides += SMALL
     begun = load_config(model, path, overrides)

@@ -95,9 +95,13 @@ def test_a_sweeps_trials_are_nested_runs_of_the_sweep(tmp_path):
 
 
 @pytest.mark.usefixtures("tracking_on")
-def test_a_store_that_fails_warns_once_and_the_run_finishes(tmp_path):
+@pytest.mark.parametrize("store", ["a file", "a server that is down"])
+def test_a_store_that_fails_warns_once_and_the_run_finishes(tmp_path, store):
     (tmp_path / "file").write_text("not a folder")
-    broken = f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}"
+    broken = {
+        "a file": f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}",
+        "a server that is down": "tracking.uri=http://127.0.0.1:9",  # the discard port: closed
+    }[store]
     args = [*COMMANDS["train"], f"runs_dir={tmp_path / 'runs'}", broken]
     with pytest.warns(TrackingWarning, match=r"MLflow tracking of .* stopped") as caught:
         result = CliRunner().invoke(app, args)

@@ -39,6 +39,13 @@ BATCH = 100  # params or metrics per MLflow call
 CLOSE_SECONDS = 60.0  # how long the end of a run waits for its tracking to be written
 
 Call = Callable[[Any, str], None]  # (MlflowClient, run id) -> None
+# MLflow retries a request to a server 7 times over minutes by default; a run's tracking gives
+# up after one retry and 10 s a request (unless these are set), then drops with one warning.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 class TrackingWarning(UserWarning):
@@ -95,6 +102,9 @@ class Tracker:
         self.worker.start()
 
     def _work(self) -> None:
+        if self.uri.startswith(("http://", "https://")):  # a server that is down: give up soon
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)
         try:
             from mlflow.tracking import MlflowClient
 
