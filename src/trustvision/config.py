@@ -68,6 +68,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [part.strip() for part in key.split(".")], value
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as {"a.b.c": value}, the dotted keys overrides use."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `tree` with every `key=value` override set (nested keys by dots)."""
     result = _deep_copy(tree)

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import trustvision
-from trustvision.config import dump_config
+from trustvision.config import dump_config, flatten
 from trustvision.errors import ConfigError, environment_failure
 from trustvision.tracking import Tracker, start_tracking
 
@@ -141,7 +141,7 @@ class RunDir:
             raise ConfigError(f"`{self.config_path}` is not a config (a YAML mapping)")
         with contextlib.suppress(ValidationError):
             saved = type(config).model_validate(saved).model_dump(mode="json")
-        old, new = _flatten(saved), _flatten(config.model_dump(mode="json"))
+        old, new = flatten(saved), flatten(config.model_dump(mode="json"))
         return [
             key
             for key in sorted(old.keys() | new.keys())
@@ -211,15 +211,6 @@ class RunDir:
     def finished(self) -> bool:
         """Whether the run's summary says it finished (the one test every system uses)."""
         return self.summary_path.is_file() and self.read_summary().get("status") == "finished"
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return {k.removesuffix("."): v for k, v in flat.items()}
 
 
 def git_commit() -> str | None:

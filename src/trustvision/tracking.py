@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trustvision.config import TrackingConfig
+from trustvision.config import TrackingConfig, flatten
 
 OFF_ENV = "TRUSTVISION_TRACKING"  # "off": no command tracks (tests, quick checks)
 PARENT_ENV = "TRUSTVISION_MLFLOW_PARENT"  # an MLflow run id: new runs nest under it
@@ -67,16 +67,6 @@ def store_uri(settings: TrackingConfig, runs_dir: str | Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as {"a.b.c": value}."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}{key}."))
-    return {k.removesuffix("."): v for k, v in flat.items()}
 
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from trustvision.config import flatten
 from trustvision.errors import ConfigError
 from trustvision.runs import RunDir
 
@@ -73,15 +74,6 @@ class RunView:
     environment: list[tuple[str, str]] = field(default_factory=list)
     config: str = ""
     table: Table | None = None
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}{key}."))
-    return {k.removesuffix("."): v for k, v in flat.items()}
 
 
 def is_number(value: Any) -> bool:
