@@ -15,6 +15,9 @@ from trustvision.train.recipe import torch_threads
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs/fed").glob("*.yaml"))
+# The paper-scale settings on image lists (ImageNet-LT, iNaturalist-160): long-tailed already.
+LIST_CONFIGS = [p for p in CONFIGS if p.stem in ("imagenet_lt", "inaturalist160")]
+CONFIGS = [p for p in CONFIGS if p not in LIST_CONFIGS]
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +87,14 @@ def test_shipped_configs_load(path):
     assert cfg.algorithm.name == "fedloge" and cfg.data.imbalance_factor in (50, 100)
     assert (cfg.num_clients, cfg.participation, cfg.data.batch_size) == (40, 0.3, 8)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.5, 0.0)
+
+
+@pytest.mark.parametrize("path", LIST_CONFIGS, ids=lambda p: p.stem)
+def test_image_list_configs_load(path):
+    cfg = load_config(FedConfig, path)
+    assert cfg.algorithm.name == "fedloge" and cfg.data.name == "image-folder"
+    assert cfg.data.imbalance_factor is None and cfg.data.image_size == 64
+    assert (cfg.num_clients, cfg.alpha) == (20, 0.5)
 
 
 def test_cli_runs_and_evaluates(tmp_path):
