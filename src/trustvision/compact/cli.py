@@ -168,6 +168,27 @@ def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
     print_bench(result)
 
 
+@compact_app.command("export-c")
+def export_c(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
+    """The deployed model as one C99 file and a header (float32, static buffers, no malloc).
+
+    Writes RUN_DIR/c/tv_model.c and tv_model.h: `tv_predict(pixels, logits)` takes C x H x W
+    uint8 pixels. Example: trustvision compact export-c runs/compact-mnist-demo-...
+    """
+    from trustvision.compact.c_export import export_c as write_c
+    from trustvision.runs import RunDir
+
+    try:
+        record = write_c(RunDir.open(run_dir))
+    except EXPECTED as err:
+        raise fail(err) from None
+    console.print(
+        f"C in {record['dir']}: {record['weights']:,} const floats, "
+        f"{2 * record['activation_floats']:,} floats of static buffers; operators "
+        f"{', '.join(dict.fromkeys(record['operators']))}"
+    )
+
+
 @compact_app.command("run")
 def run_all(
     config: Annotated[Path | None, typer.Argument(help=CONFIG_HELP)] = None,
