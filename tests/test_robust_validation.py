@@ -17,6 +17,7 @@ from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import split_train_indices
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
+from trustvision.robust.commands.common import PointStore
 from trustvision.robust.config import PipelineConfig, SweepSettings
 from trustvision.robust.mixing import build_adaptive
 from trustvision.robust.pixels import Normalized
@@ -256,3 +257,36 @@ def test_an_unfinished_base_begun_with_another_hold_out_is_retired(tmp_path):
     # the other hold-out may have trained on today's validation images: it starts again
     assert not (work / "standard").exists()
     assert (work / "robust" / "checkpoints").is_dir()  # same hold-out: it resumes
+
+
+def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, monkeypatch):
+    x = torch.rand(30, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    y = base(0)(x).argmax(1)
+    attacked = []
+
+    def fake_robust_accuracy(model, *args, **kwargs):
+        attacked.append(1)
+        return round(0.3 + float(model.alpha) / 2, 3), 1.0
+
+    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    settings = SweepSettings(subset=10, alphas=(0.0, 0.5, 0.8, 1.0), temperatures_rob=(1.0, 2.0))
+    signature = {"sweep": settings.model_dump(mode="json"), "eps": 0.1}
+    store = PointStore(tmp_path / "points.json", signature)
+    killed_after = 3
+
+    def record_then_stop(point):
+        store.record(point)
+        if len(store.done) == killed_after:
+            raise KeyboardInterrupt  # as a stop would
+
+    sweep_args = {"images": (x, y), "eps": 0.1, "settings": settings}
+    with pytest.raises(KeyboardInterrupt):
+        sweep.alpha_sweep(base(0), base(1), **sweep_args, on_point=record_then_stop)
+    attacked.clear()
+    again = PointStore(tmp_path / "points.json", signature)
+    resumed = sweep.alpha_sweep(base(0), base(1), **sweep_args, done=again.done)
+    full = sweep.alpha_sweep(base(0), base(1), **sweep_args)
+    assert len(attacked) == 2 * len(full) - killed_after  # the resumed sweep skipped 3
+    assert resumed == full
+    changed = PointStore(tmp_path / "points.json", {**signature, "eps": 0.2})
+    assert changed.done == {}  # other settings: every point is attacked again

@@ -17,9 +17,10 @@ The images are whatever the caller passes: the commands pass validation images
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,6 +48,7 @@ ADAPTIVE_KNOBS = (
     "temperature_rob",
 )
 GATE_KNOBS = ("gamma_bias", "gamma_scale", "alpha_low", "alpha_high")
+KNOB_NAMES = frozenset(FIXED_KNOBS + ADAPTIVE_KNOBS)
 OnPoint = Callable[[dict[str, Any]], None]
 
 
@@ -106,6 +108,12 @@ def temperatures(point: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def point_key(point: Mapping[str, Any]) -> str:
+    """A grid point's knobs (alpha, gate, temperatures) as one key, for a resumed sweep."""
+    knobs = {k: v for k, v in point.items() if k in KNOB_NAMES}
+    return json.dumps(knobs, sort_keys=True)
+
+
 def alpha_sweep(
     standard: nn.Module,
     robust: nn.Module,
@@ -115,9 +123,11 @@ def alpha_sweep(
     settings: SweepSettings,
     seed: int = 0,
     on_point: OnPoint | None = None,
+    done: Mapping[str, tuple[float, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per (alpha, s_g, s_h): clean accuracy on all of `images`, robust accuracy on
-    their first `settings.subset`."""
+    their first `settings.subset`. A point in `done` (by `point_key`: robust accuracy and
+    seconds, from an interrupted sweep of the same settings) is not attacked again."""
     x, y = images
     logits_std, logits_rob = logits_of(standard, x), logits_of(robust, x)
     x_sub, y_sub = x[: settings.subset], y[: settings.subset]
@@ -126,7 +136,9 @@ def alpha_sweep(
         point: dict[str, Any] = {"alpha": alpha, "temperature_std": s_g, "temperature_rob": s_h}
         temps = temperatures(point)
         mix = MixedClassifier(standard, robust, alpha=alpha, **temps)
-        rob_acc, seconds = robust_accuracy(mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed)
+        rob_acc, seconds = (done or {}).get(point_key(point)) or robust_accuracy(
+            mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
+        )
         point.update(
             clean_acc=clean_accuracy_at(logits_std, logits_rob, y.cpu(), alpha=alpha, **temps),
             robust_acc=rob_acc,
@@ -217,6 +229,7 @@ def bias_sweep(
     reference: float | None = None,
     seed: int = 0,
     on_point: OnPoint | None = None,
+    done: Mapping[str, tuple[float, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per knob setting of `grid` (`gate_grid`) of a trained adaptive mix in
     evaluation mode: clean accuracy on all of `images`, robust accuracy on their first
@@ -226,7 +239,8 @@ def bias_sweep(
     robust accuracy is within `settings.tolerance` of it and takes the most accurate admitted
     one; so the points are attacked in order of clean accuracy, and once one is admitted only
     those as accurate as it are attacked too: the rest could not be chosen. Their
-    `robust_acc` is None. The choice is the one the whole grid's attacks would give.
+    `robust_acc` is None. The choice is the one the whole grid's attacks would give. A point
+    in `done` (see `alpha_sweep`) is not attacked again.
     """
     x, y = images
     logits_std, logits_rob = logits_of(mix.standard, x), logits_of(mix.robust, x)
@@ -256,7 +270,7 @@ def bias_sweep(
             point.update(robust_acc=None, seconds=0.0)
             continue
         with _knobs(mix, point):
-            rob_acc, seconds = robust_accuracy(
+            rob_acc, seconds = (done or {}).get(point_key(point)) or robust_accuracy(
                 mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
             )
         point.update(robust_acc=rob_acc, seconds=seconds)

@@ -4,6 +4,7 @@ scale x alpha range) and the temperatures s_g, s_h on validation images."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -14,12 +15,15 @@ from trustvision.config import DataConfig, OptimConfig
 from trustvision.data.dataset import ArraySplit
 from trustvision.data.loader import BatchLoader, build_loaders, to_tensor
 from trustvision.robust.commands.common import (
+    POINTS,
     Log,
     MixInputs,
+    PointStore,
     attack_label,
     data_name,
     mix_spec,
     selection_record,
+    sweep_signature,
 )
 from trustvision.robust.config import MixConfig
 from trustvision.robust.evaluate import mixnet_train_indices, validation_indices
@@ -194,7 +198,7 @@ def adaptive_mix(
         "train_seconds": result.wall_seconds,
         "mixnet_train_images": train_images,
     }
-    record.update(choose_gate(cfg, mix, inputs, log=log))
+    record.update(choose_gate(cfg, mix, inputs, run=run, log=log))
     chosen = record["chosen"]
     gate = {k: chosen[k] for k in GATE_KNOBS}
     spec = mix_spec(
@@ -242,8 +246,27 @@ def _configured_gate(cfg: MixConfig, mix: AdaptiveMixedClassifier) -> dict[str, 
     }
 
 
+def state_sha256(mix: AdaptiveMixedClassifier) -> str:
+    """The trained mixing network, as one hash: the points of its gate sweep hold for it only."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(mix.mixing_state().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gate_line(p: dict[str, Any]) -> str:
+    """One line of the gate sweep's log."""
+    return (
+        f"gamma bias {p['gamma_bias']:+.2f}, scale {p['gamma_scale']:g}, alpha in "
+        f"[{p['alpha_low']:g}, {p['alpha_high']:g}], s_g {p['temperature_std']:g}, "
+        f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  "
+        f"robust {p['robust_acc']:.2%}  (mean alpha on clean {p['mean_alpha_clean']:.3f})"
+    )
+
+
 def choose_gate(
-    cfg: MixConfig, mix: AdaptiveMixedClassifier, inputs: MixInputs, *, log: Log
+    cfg: MixConfig, mix: AdaptiveMixedClassifier, inputs: MixInputs, *, run: RunDir, log: Log
 ) -> dict[str, Any]:
     """Judge every gamma bias x scale x alpha range x s_g x s_h on validation images like a
     fixed alpha and keep the best by the sweep's rule, the robust base's validation accuracy
@@ -258,6 +281,12 @@ def choose_gate(
         inputs.robust, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed
     )
     log(f"robust base on validation images: {reference:.2%}")
+    store = PointStore(run.path / POINTS, sweep_signature(cfg, eps, mixnet=state_sha256(mix)))
+
+    def on_point(p: dict[str, Any]) -> None:
+        store.record(p)
+        log(gate_line(p))
+
     points = bias_sweep(
         mix,
         images=inputs.images,
@@ -266,12 +295,8 @@ def choose_gate(
         settings=cfg.sweep,
         reference=reference,
         seed=cfg.seed,
-        on_point=lambda p: log(
-            f"gamma bias {p['gamma_bias']:+.2f}, scale {p['gamma_scale']:g}, alpha in "
-            f"[{p['alpha_low']:g}, {p['alpha_high']:g}], s_g {p['temperature_std']:g}, "
-            f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  "
-            f"robust {p['robust_acc']:.2%}  (mean alpha on clean {p['mean_alpha_clean']:.3f})"
-        ),
+        on_point=on_point,
+        done=store.done,
     )
     chosen = choose(points, tolerance=cfg.sweep.tolerance, reference=reference, key=ADAPTIVE_KNOBS)
     set_knobs(mix, chosen)

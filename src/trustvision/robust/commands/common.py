@@ -3,6 +3,8 @@ mix's summary records the choice of its knobs."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from trustvision.robust.config import DEFAULT_EPS, MixConfig, RobustTrainConfig,
 from trustvision.robust.evaluate import recorded_dataset, validation_indices, validation_pixels
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import data_of, load_base, read_finished
+from trustvision.robust.sweep import point_key
 
 Log = Callable[[str], None]
 
@@ -180,3 +183,42 @@ def mix_inputs(cfg: MixConfig, device: torch.device) -> MixInputs:
             RobustTrainConfig, Path(cfg.robust) / "config.yaml"
         ).data.eval_batch_size,
     )
+
+
+POINTS = "sweep-points.json"
+
+
+class PointStore:
+    """A sweep's attacked points, kept in its run directory as they come (robust accuracy and
+    seconds by `sweep.point_key`), so that an interrupted sweep of the same `signature` attacks
+    none of them again. Attacks are seeded: a kept point is the one the attack would give."""
+
+    def __init__(self, path: Path, signature: dict[str, Any]) -> None:
+        self.path, self.signature = path, signature
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError):  # a damaged file: the sweep starts again
+            saved = {}
+        points = saved.get("points", {}) if saved.get("signature") == signature else {}
+        self.done: dict[str, tuple[float, float]] = {k: (v[0], v[1]) for k, v in points.items()}
+
+    def record(self, point: dict[str, Any]) -> None:
+        if point.get("robust_acc") is None:  # not attacked (the lazy gate sweep)
+            return
+        self.done[point_key(point)] = (point["robust_acc"], point["seconds"])
+        body = {"signature": self.signature, "points": {k: list(v) for k, v in self.done.items()}}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.path)
+
+
+def sweep_signature(cfg: MixConfig, eps: float, **extra: Any) -> dict[str, Any]:
+    """What makes a sweep's attacked points valid again: bases, eps, seed, sweep settings."""
+    return {
+        "standard": cfg.standard,
+        "robust": cfg.robust,
+        "eps": eps,
+        "seed": cfg.seed,
+        "sweep": cfg.sweep.model_dump(mode="json"),
+        **extra,
+    }

@@ -15,14 +15,17 @@ import torch
 
 from trustvision.robust.commands.adaptive import adaptive_mix
 from trustvision.robust.commands.common import (
+    POINTS,
     Log,
     MixInputs,
+    PointStore,
     attack_label,
     data_name,
     mix_inputs,
     mix_spec,
     quiet,
     selection_record,
+    sweep_signature,
 )
 from trustvision.robust.config import MixConfig
 from trustvision.robust.plots import plot_tradeoff
@@ -78,6 +81,16 @@ def run_mix(
 
 def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> dict[str, Any]:
     """Sweep alpha x s_g x s_h on validation images, keep the point the sweep's rule picks."""
+    store = PointStore(run.path / POINTS, sweep_signature(cfg, inputs.eps))
+
+    def on_point(p: dict[str, Any]) -> None:
+        store.record(p)
+        log(
+            f"alpha {p['alpha']:.2f}, s_g {_temp(p['temperature_std'])}, "
+            f"s_h {_temp(p['temperature_rob'])}: validation clean {p['clean_acc']:.2%}  "
+            f"robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
+        )
+
     points = alpha_sweep(
         inputs.standard,
         inputs.robust,
@@ -85,11 +98,8 @@ def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> di
         eps=inputs.eps,
         settings=cfg.sweep,
         seed=cfg.seed,
-        on_point=lambda p: log(
-            f"alpha {p['alpha']:.2f}, s_g {_temp(p['temperature_std'])}, "
-            f"s_h {_temp(p['temperature_rob'])}: validation clean {p['clean_acc']:.2%}  "
-            f"robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
-        ),
+        on_point=on_point,
+        done=store.done,
     )
     chosen = choose(points, tolerance=cfg.sweep.tolerance, key=FIXED_KNOBS)
     temps = temperatures(chosen)
