@@ -18,6 +18,7 @@ from PIL import Image
 
 from trustvision.data import cache as cache_module
 from trustvision.data import sources
+from trustvision.data.cache import CacheWriteError
 from trustvision.data.catalog import CATALOG, get_spec
 from trustvision.data.dataset import dataset_summary, load_dataset
 from trustvision.errors import ChecksumError, DataError
@@ -235,6 +236,6 @@ def test_a_failed_write_leaves_nothing_behind(cache, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_module, "write_atomic", disk_full)
-    with pytest.raises(OSError, match=r"No space"):
+    with pytest.raises(CacheWriteError, match=r"No space"):
         sources.fetch("mnist", from_path=folder)
     assert files_under(cache) == []

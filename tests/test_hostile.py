@@ -12,9 +12,7 @@ import io
 import json
 import pickle
 import shutil
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 from hostile_tally import TALLY
 from PIL import Image
+from test_data_hostile import png_header
 from typer.testing import CliRunner
 
 from trustvision.cli import app
@@ -44,23 +43,6 @@ class Probe:
     names: list[str]
     setup: Callable[[Path], None] | None = None  # writes the hostile files under the folder
     env: dict[str, str] = field(default_factory=dict)  # `{tmp}` is the probe's folder
-
-
-def png(width: int, height: int) -> bytes:
-    """A PNG header claiming `width` x `height` pixels (a decompression bomb when huge)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def real_png(width: int, height: int) -> bytes:
@@ -283,7 +265,7 @@ PROBES: dict[str, Probe] = {
         ["bomb.png", "decompression bomb"],
         setup=lambda folder: zip_with(
             folder / "bomb.zip",
-            {"train/a/bomb.png": png(20000, 20000), "test/a/ok.png": real_png(2, 2)},
+            {"train/a/bomb.png": png_header(20000, 20000), "test/a/ok.png": real_png(2, 2)},
         ),
         env={"TRUSTVISION_DATA": "{tmp}/cache"},
     ),

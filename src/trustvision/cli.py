@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 import trustvision
+from trustvision import distributed
 from trustvision.clikit import (
     EXPECTED,
     CheckpointOpt,
@@ -61,6 +64,8 @@ def main(
     ] = False,
 ) -> None:
     """Image classifiers that survive the real world."""
+    if distributed.launched() and os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life) rank 0 reports
 
 
 @app.command()

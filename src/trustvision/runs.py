@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import trustvision
+from trustvision import distributed
 from trustvision.config import dump_config, flatten
 from trustvision.errors import ConfigError, environment_failure
 from trustvision.tracking import Tracker, start_tracking
@@ -106,9 +107,25 @@ class RunDir:
         """A fresh `root/<name>-<time>/` (no `path`), or the run directory at `path`: created if
         it is new, continued if it holds a run of the same config. Returns the run and whether
         it existed. A run of a different config is refused or updated as `policy` says; the
-        refusal names `resume_hint`, the command that continues a run with its own config."""
+        refusal names `resume_hint`, the command that continues a run with its own config.
+
+        Under torchrun every rank but 0 gets a private copy of the directory as it was before
+        rank 0 touched it (distributed.py), so only rank 0 writes the real one."""
+        private = None
+        if distributed.active():
+            if not distributed.is_main():
+                private = distributed.private_run_dir(None if path is None else Path(path))
+            distributed.barrier()
+        if private is not None:
+            return cls._open_or_create(private, config, resume_hint, policy, track=False)
         if path is None:
             return cls.create(root=root, name=name, config=config), False
+        return cls._open_or_create(Path(path), config, resume_hint, policy, track=True)
+
+    @classmethod
+    def _open_or_create(
+        cls, path: Path, config: BaseModel, resume_hint: str, policy: ConfigPolicy, *, track: bool
+    ) -> tuple[RunDir, bool]:
         run = cls(path)
         existed = run.config_path.is_file()
         if existed and policy == "refuse":
@@ -125,7 +142,8 @@ class RunDir:
         run.checkpoints_dir.mkdir(exist_ok=True)
         if not existed or policy == "update":
             run.config_path.write_text(dump_config(config))
-        run.tracker = start_tracking(run.path, config)
+        if track:
+            run.tracker = start_tracking(run.path, config)
         return run, existed
 
     def config_differences(self, config: BaseModel) -> list[str]:

@@ -33,13 +33,13 @@ class DualModel(nn.Module):
         self.original = original
         self.augmented = augmented
 
-    def pair(self, x_original: Tensor, x_augmented: Tensor) -> tuple[Tensor, Tensor]:
-        """The two outputs: each branch's logits on its own input."""
-        return self.original(x_original), self.augmented(x_augmented)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Both branches on the same images, logits averaged (stage-1 test accuracy)."""
-        return (self.original(x) + self.augmented(x)) / 2
+    def forward(self, x: Tensor, x_augmented: Tensor | None = None) -> Tensor:
+        """Both branches on the same images, logits averaged (stage-1 test accuracy); given
+        `x_augmented`, the training pair: each branch's logits on its own images, stacked
+        (one call, as DistributedDataParallel needs)."""
+        if x_augmented is None:
+            return (self.original(x) + self.augmented(x)) / 2
+        return torch.stack([self.original(x), self.augmented(x_augmented)])
 
     def branches(self) -> dict[str, ImageClassifier]:
         """The branches by name."""
@@ -58,9 +58,8 @@ def dual_objective(
     w_original, w_augmented = weights
 
     def objective(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        assert isinstance(model, DualModel), "the dual objective trains a DualModel"
         x_original, x_augmented = x.chunk(2)
-        logits_o, logits_a = model.pair(x_original, x_augmented)
+        logits_o, logits_a = model(x_original, x_augmented)
         loss = w_original * F.cross_entropy(logits_o, y, label_smoothing=label_smoothing)
         loss = loss + w_augmented * F.cross_entropy(logits_a, y, label_smoothing=label_smoothing)
         return loss, (logits_o.detach() + logits_a.detach()) / 2

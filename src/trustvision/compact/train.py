@@ -62,9 +62,8 @@ from trustvision.train.loop import (
     Reporter,
     cross_entropy,
     evaluate,
-    select_device,
 )
-from trustvision.train.recipe import WEIGHTS, load_with_loaders, torch_threads, train_into_run
+from trustvision.train.recipe import WEIGHTS, load_with_loaders, run_settings, train_into_run
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
 
@@ -94,9 +93,8 @@ class Setup:
         return AugmentedBatches(self.train, mode=mode, prob=prob, seed=self.cfg.seed)
 
 
-def prepare(cfg: CompactConfig, reporter: Reporter | None) -> Setup:
+def prepare(cfg: CompactConfig, reporter: Reporter | None, device: torch.device) -> Setup:
     """Load the data, build the loaders and check the budget (before any training)."""
-    device = select_device(cfg.device)
     dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
     check_budget(
         build_model(cfg, num_classes=dataset.num_classes, image_shape=dataset.image_shape),
@@ -276,8 +274,8 @@ def train_compact(
     cfg: CompactConfig, *, run_dir: Path | None = None, reporter: Reporter | None = None
 ) -> RunDir:
     """Train every row of `cfg.rows` into one run directory; the `full` model is deployed."""
-    with torch_threads(cfg.threads):
-        setup = prepare(cfg, reporter)
+    with run_settings(cfg, data_parallel=True) as device:
+        setup = prepare(cfg, reporter, device)
         run, _ = RunDir.open_or_create(
             run_dir, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
         )
@@ -321,8 +319,8 @@ def unify_variant(
             f"`trustvision compact train --resume {run.path}`"
         )
     cfg = cfg.model_copy(update={"unify": cfg.unify.model_copy(update={"mode": mode})})
-    with torch_threads(cfg.threads):
-        setup = prepare(cfg, reporter)
+    with run_settings(cfg, data_parallel=True) as device:
+        setup = prepare(cfg, reporter, device)
         dual, _ = stage_one(setup, run)  # finished: loads the branches
         summary = stage_two(setup, run, dual, row=FULL, directory=f"{FULL}-unify-{mode}")
     return {k: v for k, v in summary.items() if k != "model"}

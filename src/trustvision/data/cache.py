@@ -45,11 +45,8 @@ FILE_FIELDS = {"sha256": str, "dtype": str, "shape": list}
 WRITABLE_HINT = "point `TRUSTVISION_DATA` (or `cache_dir=`) at a writable folder and fetch again"
 
 
-class CacheWriteError(EnvironmentFailure, OSError):
-    """The cache cannot be written (read-only folder, missing parent, full disk).
-
-    An OSError too, so code that caught the OSError this used to be still catches it.
-    """
+class CacheWriteError(EnvironmentFailure):
+    """The cache cannot be written (read-only folder, missing parent, full disk)."""
 
 
 def default_cache_dir() -> Path:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trustvision.distributed import unwrap
 from trustvision.robust.attacks import cross_entropy_loss, fgsm_rs, kl_to_clean, pgd
 from trustvision.robust.config import AttackConfig
 from trustvision.train.loop import Objective
@@ -65,11 +66,11 @@ def pgd_at(cfg: AttackConfig, ramp: Ramp) -> Objective:
     """Madry et al.: cross-entropy on PGD examples (the reported logits are adversarial)."""
 
     def objective(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        scale = ramp.next()
+        scale, net = ramp.next(), unwrap(model)
         x_adv = _craft(
-            model,
+            net,
             lambda: pgd(
-                cross_entropy_loss(model),
+                cross_entropy_loss(net),
                 x,
                 y,
                 eps=cfg.eps * scale,
@@ -88,11 +89,11 @@ def fast_at(cfg: AttackConfig, ramp: Ramp) -> Objective:
     """Wong et al. 2020: cross-entropy on FGSM examples from a random start (step 1.25 eps)."""
 
     def objective(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        scale = ramp.next()
+        scale, net = ramp.next(), unwrap(model)
         x_adv = _craft(
-            model,
+            net,
             lambda: fgsm_rs(
-                cross_entropy_loss(model),
+                cross_entropy_loss(net),
                 x,
                 y,
                 eps=cfg.eps * scale,
@@ -109,14 +110,14 @@ def trades(cfg: AttackConfig, ramp: Ramp) -> Objective:
     """Zhang et al. 2019: CE(f(x), y) + beta KL(p(x) || p(x_adv)), x_adv maximising the KL."""
 
     def objective(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        scale = ramp.next()
+        scale, net = ramp.next(), unwrap(model)  # one forward through DDP: `logits` below
 
         def attack() -> Tensor:
             with torch.no_grad():
-                clean = F.log_softmax(model(x), dim=1)
+                clean = F.log_softmax(net(x), dim=1)
             start = (x + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
             return pgd(
-                kl_to_clean(model, clean),
+                kl_to_clean(net, clean),
                 x,
                 y,
                 eps=cfg.eps * scale,
@@ -126,10 +127,10 @@ def trades(cfg: AttackConfig, ramp: Ramp) -> Objective:
                 start=start,
             )
 
-        x_adv = _craft(model, attack)
+        x_adv = _craft(net, attack)
         logits = model(x)
         kl = F.kl_div(
-            F.log_softmax(model(x_adv), dim=1),
+            F.log_softmax(net(x_adv), dim=1),
             F.log_softmax(logits, dim=1),
             reduction="batchmean",
             log_target=True,

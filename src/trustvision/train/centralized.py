@@ -31,7 +31,7 @@ def train_model(
 ) -> RunDir:
     """Train `cfg.model` on `cfg.data`; with `resume_dir`, continue that run from its newest
     good checkpoint (or the one named `checkpoint`)."""
-    with run_settings(cfg) as device:
+    with run_settings(cfg, data_parallel=True) as device:
         accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
         dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
         torch.manual_seed(derive_seed(cfg.seed, "init"))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trustvision import distributed
 from trustvision.data.loader import BatchLoader
 from trustvision.errors import ConfigError, DivergenceError
 from trustvision.runs import RunDir
@@ -156,9 +157,14 @@ def train_epoch(
         if reporter is not None:
             reporter.advance()
     seconds = time.perf_counter() - start
+    count = torch.tensor(float(seen), dtype=torch.float64, device=accel.device)
+    totals = distributed.sum_over_ranks(
+        torch.stack([loss_sum.double(), correct.double(), count])
+    ).tolist()
+    loss_total, correct_total, seen = totals[0], totals[1], int(totals[2])
     return {
-        "train_loss": loss_sum.item() / max(seen, 1),
-        "train_acc": correct.item() / max(seen, 1),
+        "train_loss": loss_total / max(seen, 1),
+        "train_acc": correct_total / max(seen, 1),
         "train_images": seen,
         "train_seconds": seconds,
         "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
@@ -243,8 +249,8 @@ class _Training:
         self.reporter.start(f"epoch {epoch + 1}/{epochs}", len(self.batches.train))
         try:
             record = train_epoch(
-                self.model,
-                self.batches.train.epoch(epoch),
+                distributed.wrap(self.model),
+                distributed.shares(self.batches.train.epoch(epoch)),
                 optimizer=self.optimizer,
                 objective=self.objective,
                 accel=self.accel,
@@ -319,9 +325,10 @@ def fit(
     `after_epoch(epoch)` runs after the evaluation; what it returns joins the epoch's record.
     `checkpoint` names the checkpoint a resumed run starts from (default: the newest good one).
     """
+    shown = reporter if reporter is not None and distributed.is_main() else SilentReporter()
     training = _Training(
         model, batches, optimizer, scheduler, objective, accel, num_classes, seed, run,
-        grad_clip, reporter or SilentReporter(),
+        grad_clip, shown,
     )  # fmt: skip
     start_epoch, elapsed, history = (
         restore(run, model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint)

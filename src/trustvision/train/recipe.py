@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trustvision import distributed
 from trustvision.config import DataConfig, OptimConfig, RunSettings, TrainConfig
 from trustvision.data.dataset import Dataset, load_data
 from trustvision.data.loader import BatchLoader, Loaders, build_loaders
@@ -51,10 +52,23 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+DATA_PARALLEL = "`trustvision train`, `robust train` and `compact train`/`run`"
+
+
 @contextmanager
-def run_settings(settings: RunSettings) -> Iterator[torch.device]:
-    """The block's device, with the settings' CPU threads for its duration."""
+def run_settings(settings: RunSettings, *, data_parallel: bool = False) -> Iterator[torch.device]:
+    """The block's device, with the settings' CPU threads for its duration. Under torchrun a
+    `data_parallel` block joins the process group and gets this process's device
+    (distributed.py); any other block is refused there, as every process would repeat it."""
+    if distributed.launched() and not data_parallel:
+        raise ConfigError(
+            "this command runs in one process: launch it without torchrun (under torchrun, "
+            f"{DATA_PARALLEL} train data-parallel; the federated system scales out through "
+            "Flower's SuperNodes instead)"
+        )
     device = select_device(settings.device)
+    if data_parallel:
+        device = distributed.start(device)
     with torch_threads(settings.threads):
         yield device
 

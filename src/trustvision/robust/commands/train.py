@@ -94,7 +94,7 @@ def train_robust(
 ) -> RunDir:
     """Train `cfg.model` with `cfg.attack`; a given `run_path` that exists is resumed (from
     its newest good checkpoint, or the one named `checkpoint`)."""
-    with run_settings(cfg) as device:
+    with run_settings(cfg, data_parallel=True) as device:
         accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
         dataset, loaders = load_with_loaders(
             cfg.data, seed=cfg.seed, device=device, normalize=False
