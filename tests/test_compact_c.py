@@ -1,5 +1,6 @@
-"""`trustvision compact export-c`: the deployed model as C99, compiled with the system compiler
-(-Wall -Wextra -Werror) and run on the test set against the PyTorch model it came from."""
+"""`trustvision compact export-c`: the deployed model as C99 (float32 and int8), compiled with
+the system compiler (-std=c99 -Wall -Wextra -Werror -O2) and run on the whole test set against
+onnxruntime's fp32 and int8 models of the same run (and the fp32 one against PyTorch too)."""
 
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from trustvision.cli import app
-from trustvision.compact.c_export import compile_command, harness, plan
+from trustvision.compact.c_export import PREFIXES, compile_command, harness, plan
+from trustvision.compact.export import INPUT, session
 from trustvision.compact.model import load_deployed
 from trustvision.data.dataset import load_dataset
 from trustvision.errors import ConfigError
@@ -21,7 +23,6 @@ from trustvision.runs import RunDir
 
 ROOT = Path(__file__).parents[1]
 RUNNER = CliRunner()
-TEST_IMAGES = 2000
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,44 +32,74 @@ def compact_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("c") / "runs"
     args = [
         "compact", "train", str(ROOT / "configs/compact/mnist_demo.yaml"), f"runs_dir={runs}",
-        "model.name=compact_tiny", "budget=1000", "data.train_subset=1024", "data.batch_size=64",
-        "dual.epochs=1", "finetune.epochs=1", "unify.bn_batches=2",
+        "model.name=compact_tiny", "budget=1000", "data.train_subset=4096", "data.batch_size=64",
+        "dual.epochs=2", "finetune.epochs=1", "unify.bn_batches=2",
     ]  # fmt: skip
     result = RUNNER.invoke(app, args)
     assert result.exit_code == 0, result.output
     (run,) = runs.iterdir()
+    result = RUNNER.invoke(app, ["compact", "export", str(run)])
+    assert result.exit_code == 0, result.output
     return run
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
-def test_the_c_model_computes_the_pytorch_logits_on_the_test_set(compact_run, tmp_path):
-    result = RUNNER.invoke(app, ["compact", "export-c", str(compact_run)])
+def c_logits(run: Path, variant: str, tmp_path: Path, images: np.ndarray) -> np.ndarray:
+    """Export `variant`, compile it with its harness and run it on `images` (uint8)."""
+    result = RUNNER.invoke(app, ["compact", "export-c", str(run), "--variant", variant])
     assert result.exit_code == 0, result.output
-    folder = compact_run / "c"
-    source = (folder / "tv_model.c").read_text()
+    folder, prefix = run / "c", PREFIXES[variant]
+    source = (folder / f"{prefix}_model.c").read_text()
     assert "malloc" not in source and "#include <stdio.h>" not in source
     assert {line for line in source.splitlines() if line.startswith("#include")} == {
-        '#include "tv_model.h"',
+        f'#include "{prefix}_model.h"',
         "#include <stdint.h>",
         "#include <string.h>",
     }
-    (folder / "harness.c").write_text(harness())
-    binary = tmp_path / "model"
-    subprocess.run(compile_command(folder, binary), check=True, capture_output=True, timeout=120)
+    (folder / "harness.c").write_text(harness(prefix))
+    binary = tmp_path / prefix
+    build = compile_command(folder, binary, prefix)
+    subprocess.run(build, check=True, capture_output=True, timeout=120)
+    out = subprocess.run([str(binary)], input=images.tobytes(), capture_output=True, check=True)
+    return np.frombuffer(out.stdout, dtype=np.float32).reshape(len(images), -1)
 
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    sess = session(path)
+    pixels = images.astype(np.float32) / 255
+    return np.concatenate(
+        [sess.run(None, {INPUT: pixels[i : i + 1000]})[0] for i in range(0, len(pixels), 1000)]
+    )
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_the_fp32_c_model_computes_the_onnx_and_pytorch_logits(compact_run, tmp_path):
     _, model, summary = load_deployed(RunDir.open(compact_run))
     dataset = load_dataset(summary["data"]["name"])
-    images = np.ascontiguousarray(dataset.test.images[:TEST_IMAGES])
-    run = subprocess.run([str(binary)], input=images.tobytes(), capture_output=True, check=True)
-    c_logits = np.frombuffer(run.stdout, dtype=np.float32).reshape(len(images), -1)
+    images = np.ascontiguousarray(dataset.test.images)
+    logits = c_logits(compact_run, "fp32", tmp_path, images)
 
+    reference = onnx_logits(compact_run / "export/model.onnx", images)
+    assert np.abs(logits - reference).max() <= 1e-4
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.999
     mean = torch.tensor(summary["data"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(summary["data"]["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
-        torch_logits = model((torch.from_numpy(images).float() / 255 - mean) / std).numpy()
-    assert np.abs(c_logits - torch_logits).max() <= 1e-4
-    agree = (c_logits.argmax(1) == torch_logits.argmax(1)).mean()
-    assert agree >= 0.999
+        torch_logits = model((torch.tensor(images).float() / 255 - mean) / std).numpy()
+    assert np.abs(logits - torch_logits).max() <= 1e-4
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_the_int8_c_model_matches_onnxruntimes_int8_model(compact_run, tmp_path):
+    dataset = load_dataset("mnist")
+    images, labels = np.ascontiguousarray(dataset.test.images), dataset.test.labels
+    logits = c_logits(compact_run, "int8", tmp_path, images)
+    source = (compact_run / "c" / "tv_int8_model.c").read_text()
+    assert "float" not in source.split("void tv_int8_predict")[0]  # integer kernels only
+
+    reference = onnx_logits(compact_run / "export/model.int8.onnx", images)
+    c_top1, onnx_top1 = (logits.argmax(1) == labels).mean(), (reference.argmax(1) == labels).mean()
+    assert abs(c_top1 - onnx_top1) <= 0.002
+    assert c_top1 > 0.2  # compact_tiny (438 parameters) after 3 short epochs: above chance
 
 
 def test_an_operator_the_compact_models_do_not_use_is_refused_by_name():

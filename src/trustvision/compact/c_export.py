@@ -7,26 +7,30 @@ compact models (models/compact.py): 'same' 3x3 or 1x1 convolutions (plain or dep
 BatchNorm2d after a convolution, ReLU, 2x2 max-pool, global average pooling, flatten and the
 linear head; anything else is refused with the module it met. No tool we know of writes this
 kind of C for a PyTorch model without a runtime library (TFLite Micro, CMSIS-NN need theirs),
-hence this small generator. This is the float32 variant; an int8 variant is not written yet.
+hence this small generator. This is the float32 variant; c_int8.py writes the int8 one from
+the run's quantised ONNX model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from trustvision.compact.c_int8 import QdqGraph, input_table, int8_source, int_ops
+from trustvision.compact.deploy import EXPORT_DIR, INT8
 from trustvision.compact.model import load_deployed
 from trustvision.errors import ConfigError
 from trustvision.models import ImageClassifier
 from trustvision.runs import RunDir
 
 C_DIR = "c"
-PREFIX = "tv"
+PREFIXES = {"fp32": "tv", "int8": "tv_int8"}  # each variant's file and function names
+Variant = Literal["fp32", "int8"]
 
 
 @dataclass
@@ -198,10 +202,12 @@ def c_source(
     input_shape: tuple[int, int, int],
     mean: list[float],
     std: list[float],
+    prefix: str = PREFIXES["fp32"],
 ) -> str:
-    """The C file: const weights, two static activation buffers, the kernels and tv_predict."""
+    """The C file: const weights, two static activation buffers, the kernels and
+    `<prefix>_predict`."""
     c, h, w = input_shape
-    lines = [f'#include "{PREFIX}_model.h"', "#include <stdint.h>", "#include <string.h>", ""]
+    lines = [f'#include "{prefix}_model.h"', "#include <stdint.h>", "#include <string.h>", ""]
     lines += [c_array(name, values) for name, values in arrays.items()]
     lines += [f"static float buf_a[{largest}];", f"static float buf_b[{largest}];", KERNELS]
     scale = ", ".join(f"{1.0 / (255.0 * s):.9e}f" for s in std)
@@ -210,7 +216,7 @@ def c_source(
         f"static const float in_scale[{c}] = {{{scale}}};",
         f"static const float in_shift[{c}] = {{{shift}}};",
         "",
-        f"void {PREFIX}_predict(const uint8_t *pixels, float *logits) {{",
+        f"void {prefix}_predict(const uint8_t *pixels, float *logits) {{",
         "    float *src = buf_a, *dst = buf_b, *tmp;",
         f"    for (int ch = 0; ch < {c}; ch++)",
         f"        for (int i = 0; i < {h * w}; i++)",
@@ -228,57 +234,88 @@ def c_source(
     return "\n".join(lines)
 
 
-def c_header(input_shape: tuple[int, int, int], classes: int) -> str:
+def c_header(input_shape: tuple[int, int, int], classes: int, prefix: str) -> str:
     c, h, w = input_shape
-    guard = f"{PREFIX.upper()}_MODEL_H"
+    up = prefix.upper()
     return (
-        f"#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n\n"
-        f"#define {PREFIX.upper()}_INPUT_C {c}\n#define {PREFIX.upper()}_INPUT_H {h}\n"
-        f"#define {PREFIX.upper()}_INPUT_W {w}\n#define {PREFIX.upper()}_CLASSES {classes}\n\n"
+        f"#ifndef {up}_MODEL_H\n#define {up}_MODEL_H\n#include <stdint.h>\n\n"
+        f"#define {up}_INPUT_C {c}\n#define {up}_INPUT_H {h}\n"
+        f"#define {up}_INPUT_W {w}\n#define {up}_CLASSES {classes}\n\n"
         "/* Logits of one image: `pixels` are C x H x W uint8 values (channel-major). */\n"
-        f"void {PREFIX}_predict(const uint8_t *pixels, float *logits);\n\n#endif\n"
+        f"void {prefix}_predict(const uint8_t *pixels, float *logits);\n\n#endif\n"
     )
 
 
-def export_c(run: RunDir) -> dict[str, Any]:
-    """Write `RUN/c/tv_model.c` and `tv_model.h` for the run's deployed model (float32)."""
+def export_c(run: RunDir, variant: Variant = "fp32") -> dict[str, Any]:
+    """Write `RUN/c/<prefix>_model.c` and `.h` for the run's deployed model: float32 from its
+    weights, or int8 from its quantised ONNX model (`trustvision compact export` first)."""
     _, model, summary = load_deployed(run)
-    c, h, w = (int(v) for v in summary["input_shape"])
-    shape = (c, h, w)
-    ops, arrays, largest = plan(model, shape)
+    shape = tuple(int(v) for v in summary["input_shape"])
+    assert len(shape) == 3
+    prefix = PREFIXES[variant]
+    if variant == "fp32":
+        ops, arrays, largest = plan(model, shape)
+        data = summary["data"]
+        source = c_source(
+            ops, arrays, largest, input_shape=shape, mean=data["mean"], std=data["std"]
+        )
+        operators, constants = [op.kind for op in ops], int(sum(a.size for a in arrays.values()))
+    else:
+        source, operators, constants, largest = int8_c(run, shape, prefix)
     out = run.path / C_DIR
     out.mkdir(exist_ok=True)
-    data = summary["data"]
-    (out / f"{PREFIX}_model.c").write_text(
-        c_source(ops, arrays, largest, input_shape=shape, mean=data["mean"], std=data["std"])
-    )
-    (out / f"{PREFIX}_model.h").write_text(c_header(shape, int(summary["num_classes"])))
+    (out / f"{prefix}_model.c").write_text(source)
+    (out / f"{prefix}_model.h").write_text(c_header(shape, int(summary["num_classes"]), prefix))
     return {
         "dir": str(out),
-        "operators": [op.kind for op in ops],
-        "weights": int(sum(a.size for a in arrays.values())),
-        "activation_floats": largest,
+        "variant": variant,
+        "prefix": prefix,
+        "operators": operators,
+        "constants": constants,
+        "activation_values": largest,
     }
 
 
-def harness() -> str:
+def int8_c(
+    run: RunDir, shape: tuple[int, int, int], prefix: str
+) -> tuple[str, list[str], int, int]:
+    """The int8 C of the run's export/model.int8.onnx: source, operators, constants, largest."""
+    import onnx
+
+    path = run.path / EXPORT_DIR / INT8
+    if not path.is_file():
+        raise ConfigError(
+            f"`{run.path}` has no int8 ONNX model ({path}): run `trustvision compact export "
+            f"{run.path}` first"
+        )
+    graph = QdqGraph(onnx.load(str(path)))
+    table, _ = input_table(graph, shape[0])
+    ops, logits, largest = int_ops(graph, shape)
+    if not ops or ops[-1].kind != "qlinear":
+        raise ConfigError("export-c int8 expects the model to end with its linear head")
+    source = int8_source(ops, table, logits, largest, input_shape=shape, prefix=prefix)
+    constants = table.size + sum(a.size for op in ops for a in op.arrays.values())
+    return source, [op.kind for op in ops], int(constants), largest
+
+
+def harness(prefix: str = PREFIXES["fp32"]) -> str:
     """A C main for tests and benchmarks: N images on stdin (uint8), N x classes floats out."""
+    up = prefix.upper()
     return (
-        f'#include "{PREFIX}_model.h"\n#include <stdio.h>\n\n'
+        f'#include "{prefix}_model.h"\n#include <stdio.h>\n\n'
         "int main(void) {\n"
-        f"    static uint8_t image[{PREFIX.upper()}_INPUT_C * {PREFIX.upper()}_INPUT_H * "
-        f"{PREFIX.upper()}_INPUT_W];\n"
-        f"    float logits[{PREFIX.upper()}_CLASSES];\n"
+        f"    static uint8_t image[{up}_INPUT_C * {up}_INPUT_H * {up}_INPUT_W];\n"
+        f"    float logits[{up}_CLASSES];\n"
         "    while (fread(image, sizeof image, 1, stdin) == 1) {\n"
-        f"        {PREFIX}_predict(image, logits);\n"
+        f"        {prefix}_predict(image, logits);\n"
         "        fwrite(logits, sizeof logits, 1, stdout);\n"
         "    }\n    return 0;\n}\n"
     )
 
 
-def compile_command(folder: Path, binary: Path) -> list[str]:
-    """How the test and the benchmark build the model with its harness."""
+def compile_command(folder: Path, binary: Path, prefix: str = PREFIXES["fp32"]) -> list[str]:
+    """How the test and the benchmark build the model with its harness (harness.c)."""
     return [
         "cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
-        str(folder / f"{PREFIX}_model.c"), str(folder / "harness.c"), "-o", str(binary), "-lm",
+        str(folder / f"{prefix}_model.c"), str(folder / "harness.c"), "-o", str(binary), "-lm",
     ]  # fmt: skip

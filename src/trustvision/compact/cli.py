@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -169,23 +170,36 @@ def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
 
 
 @compact_app.command("export-c")
-def export_c(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
-    """The deployed model as one C99 file and a header (float32, static buffers, no malloc).
+def export_c(
+    run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)],
+    variant: Annotated[
+        str,
+        typer.Option(
+            "--variant",
+            click_type=click.Choice(["fp32", "int8"]),
+            help="fp32: from the weights; int8: from export/model.int8.onnx (integer arithmetic).",
+        ),
+    ] = "fp32",
+) -> None:
+    """The deployed model as one C99 file and a header (static buffers, no malloc).
 
-    Writes RUN_DIR/c/tv_model.c and tv_model.h: `tv_predict(pixels, logits)` takes C x H x W
-    uint8 pixels. Example: trustvision compact export-c runs/compact-mnist-demo-...
+    Writes RUN_DIR/c/tv_model.c and .h (fp32), or tv_int8_model.c and .h (int8, after
+    `trustvision compact export RUN_DIR`): `tv_predict(pixels, logits)` or
+    `tv_int8_predict(...)` takes C x H x W uint8 pixels and writes float logits.
+    Example: trustvision compact export-c runs/compact-mnist-demo-... --variant int8
     """
     from trustvision.compact.c_export import export_c as write_c
     from trustvision.runs import RunDir
 
     try:
-        record = write_c(RunDir.open(run_dir))
+        record = write_c(RunDir.open(run_dir), variant)  # type: ignore[arg-type]
     except EXPECTED as err:
         raise fail(err) from None
+    width = 4 if variant == "fp32" else 1
     console.print(
-        f"C in {record['dir']}: {record['weights']:,} const floats, "
-        f"{2 * record['activation_floats']:,} floats of static buffers; operators "
-        f"{', '.join(dict.fromkeys(record['operators']))}"
+        f"{variant} C in {record['dir']} ({record['prefix']}_model.c): "
+        f"{record['constants']:,} const values, {2 * width * record['activation_values']:,} B "
+        f"of static buffers; operators {', '.join(dict.fromkeys(record['operators']))}"
     )
 
 
