@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from trustvision.cli import app
 from trustvision.compact.c_export import PREFIXES, compile_command, harness, plan
+from trustvision.compact.c_int8 import fixed_point
 from trustvision.compact.export import INPUT, session
 from trustvision.compact.model import load_deployed
 from trustvision.data.dataset import load_dataset
@@ -110,3 +111,19 @@ def test_an_operator_the_compact_models_do_not_use_is_refused_by_name():
     wide = create_model("mnist_cnn", num_classes=10, in_channels=1)
     with pytest.raises(ConfigError, match=r"export-c"):
         plan(wide, (1, 28, 28))
+
+
+@pytest.mark.parametrize("multiplier", [1e-6, 0.0123, 0.5, 0.999999, 1.0, 3.7])
+def test_a_requantisation_multiplier_becomes_an_int32_mantissa_and_a_shift(multiplier):
+    m, shift = fixed_point(multiplier)
+    assert 1 << 30 <= m < 1 << 31
+    assert m * 2.0**-shift == pytest.approx(multiplier, rel=2**-30)
+
+
+def test_the_int8_variant_asks_for_the_quantised_model_first(compact_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(compact_run, copy)
+    shutil.rmtree(copy / "export")
+    result = RUNNER.invoke(app, ["compact", "export-c", str(copy), "--variant", "int8"])
+    assert result.exit_code == 2
+    assert "trustvision compact export" in result.output and "no int8 ONNX model" in result.output
