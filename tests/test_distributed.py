@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killing import kill_at
 from safetensors.torch import load_file
 
 from trustvision import distributed
@@ -96,18 +95,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, two_proce
     reference, _ = two_process_run
     runs = tmp_path / "runs"
     proc = launch(tmp_path, "train", str(TRAIN), f"runs_dir={runs}", *SMALL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list(runs.glob("*/checkpoints/epoch-0001/state.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_at(proc, runs, "*/checkpoints/epoch-0001/state.json", group=True)
     killed = only_run(runs)
     assert not (killed / "summary.json").exists()
 

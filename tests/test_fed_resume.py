@@ -3,13 +3,12 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from killing import kill_at
 from safetensors.torch import load_file
 
 from trustvision.config import dump_config, load_config
@@ -129,18 +128,7 @@ def test_a_killed_process_resumes_to_identical_metrics(tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list(runs.glob("*/checkpoints/round-00002/state.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_at(proc, runs, "*/checkpoints/round-00002/state.json")
     (run_dir,) = runs.iterdir()
     assert not (run_dir / "summary.json").exists()
 

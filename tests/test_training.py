@@ -1,16 +1,14 @@
 """The training core on real MNIST: determinism, resume after a real kill, divergence stop."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killing import kill_at
 from safetensors.torch import load_file
 
 from trustvision.config import TrainConfig, load_config
@@ -81,18 +79,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list(runs.glob("*/checkpoints/epoch-0001/state.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_at(proc, runs, "*/checkpoints/epoch-0001/state.json")
     (run_dir,) = runs.iterdir()
     assert ckpt.latest_checkpoint(run_dir / "checkpoints").name in {"epoch-0001", "epoch-0002"}
     assert not (run_dir / "summary.json").exists()
