@@ -64,7 +64,14 @@ def start(device: torch.device) -> torch.device:
     if not launched():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:
+            raise ConfigError(
+                f"torchrun started process {local} on a machine with {gpus} GPU(s): start at "
+                f"most {gpus} per machine (`--nproc_per_node={gpus}`), or train on the CPU "
+                "with `device=cpu`"
+            )
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
