@@ -150,6 +150,15 @@ def sweep_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def robust_cell(point: dict[str, Any]) -> str:
+    """A gate-sweep point's validation robust accuracy: "not attacked", a number, or "<= n"
+    where its attacks stopped once it could no longer be admitted (an upper bound)."""
+    if point["robust_acc"] is None:
+        return "not attacked"
+    bound = "" if point.get("robust_complete", True) else "<= "
+    return f"{bound}{pct(point['robust_acc'], 1)}"
+
+
 def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
     """Clean accuracy of the fixed mix at a given sweep robust accuracy: linear interpolation
     along each (s_g, s_h) curve of the sweep, the best curve's."""
@@ -275,8 +284,8 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in adaptive["bias_sweep"]:
-            attacked = p["robust_acc"] is not None
-            fixed = fixed_clean_at(report["sweep"], p["robust_acc"]) if attacked else None
+            exact = p["robust_acc"] is not None and p.get("robust_complete", True)
+            fixed = fixed_clean_at(report["sweep"], p["robust_acc"]) if exact else None
             delta = "n/a" if fixed is None else f"{100 * (p['clean_acc'] - fixed):+.2f}"
             mark = "**" if _is_chosen(p, selection["chosen"]) else ""
             alpha_range = _knob((p.get("alpha_low", 0.0), p.get("alpha_high", 1.0)))
@@ -285,7 +294,7 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
                 f"| {mark}{p['gamma_bias']:g}{mark} | {p.get('gamma_scale', 1.0):g} | "
                 f"{alpha_range} | {p['temperature_std']:g} | {p['temperature_rob']:g} | "
                 f"{pct(p['clean_acc'])} | {'n/a' if mean_alpha is None else f'{mean_alpha:.3f}'} | "
-                f"{pct(p['robust_acc'], 1) if attacked else 'not attacked'} | {delta} |"
+                f"{robust_cell(p)} | {delta} |"
             )
     return lines
 

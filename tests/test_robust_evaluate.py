@@ -59,6 +59,18 @@ def test_autoattack_runs_on_a_mix_that_returns_one_tensor():
     assert set(result.seconds) == {"apgd-ce", "apgd-t"}
 
 
+def test_attacks_stop_once_too_few_points_are_left_and_the_count_is_an_upper_bound():
+    mix = MixedClassifier(base(0), base(1), alpha=0.6).eval()
+    x, y = labelled(mix)
+    attackers = build_attackers(mix, eps=0.3, version="custom", custom=FAST)
+    full = attack_chunk(attackers, x, y, batch_size=50)
+    short = attack_chunk(attackers, x, y, batch_size=50, stop_below=len(y))
+    assert "apgd-ce" in short.seconds and short.skipped == ["apgd-t"]
+    assert "apgd-t" not in short.seconds and full.skipped == []
+    robust = sum(f is None for f in full.fooled_by)
+    assert sum(f is None for f in short.fooled_by) >= robust
+
+
 def test_standard_version_has_autoattacks_settings():
     attackers = build_attackers(base(0), eps=8 / 255, version="standard")
     assert attackers.order == ["apgd-ce", "apgd-t", "fab-t", "square"]

@@ -185,7 +185,7 @@ def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):
     x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     y = mix(x).argmax(1)
     y[::3] = (y[::3] + 1) % 10  # some wrong labels so that accuracies differ
-    monkeypatch.setattr(sweep, "robust_accuracy", lambda *a, **k: (0.5, 0.0))  # no attack
+    monkeypatch.setattr(sweep, "robust_accuracy", lambda *a, **k: sweep.Robustness(0.5, 0.0))
     settings = SweepSettings(subset=10, temperatures_std=(1.0, 3.0), temperatures_rob=(0.3, 1.0))
     grid = sweep.gate_grid((-2.0, 2.0), (0.5, 1.0), ((0.0, 1.0), (0.1, 0.9)), settings)
     points = sweep.bias_sweep(mix, images=(x, y), grid=grid, eps=0.1, settings=settings)
@@ -203,9 +203,12 @@ def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatc
     y = mix.standard(x).argmax(1)  # clean accuracy falls as alpha grows, robustness rises
     attacked = []
 
-    def fake_robust_accuracy(model, *args, **kwargs):  # more robust as alpha grows
-        attacked.append(1)
-        return round(float(model.gamma_bias) / 10 + 0.5, 3), 0.0
+    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):  # alpha up: robust
+        attacked.append(give_up_below)
+        acc = round(float(model.gamma_bias) / 10 + 0.5, 3)
+        if give_up_below is not None and acc < give_up_below:  # stopped early: a bound
+            return sweep.Robustness(acc + 0.001, 0.0, complete=False)
+        return sweep.Robustness(acc, 0.0)
 
     monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
     settings = SweepSettings(subset=10, temperatures_rob=(0.5, 1.0), tolerance=0.05)
@@ -215,6 +218,8 @@ def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatc
         mix, images=(x, y), grid=grid, eps=0.1, settings=settings, reference=0.65
     )
     assert len(attacked) < 2 * len(grid)  # the lazy sweep skipped some points
+    assert attacked[-1] == pytest.approx(0.6)  # its attacks may stop below 0.65 - 0.05
+    assert any(p.get("robust_complete") is False for p in lazy)
     keys = sweep.ADAPTIVE_KNOBS
     expected = sweep.choose(full, tolerance=0.05, reference=0.65, key=keys)
     assert sweep.choose(lazy, tolerance=0.05, reference=0.65, key=keys) == expected
@@ -266,7 +271,7 @@ def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, mo
 
     def fake_robust_accuracy(model, *args, **kwargs):
         attacked.append(1)
-        return round(0.3 + float(model.alpha) / 2, 3), 1.0
+        return sweep.Robustness(round(0.3 + float(model.alpha) / 2, 3), 1.0)
 
     monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
     settings = SweepSettings(subset=10, alphas=(0.0, 0.5, 0.8, 1.0), temperatures_rob=(1.0, 2.0))

@@ -228,6 +228,7 @@ class ChunkResult:
     fooled_by: list[str | None]  # "clean" (misclassified), an attack name, or None (robust)
     seconds: dict[str, float] = field(default_factory=dict)
     attacked: dict[str, int] = field(default_factory=dict)  # images each attack ran on
+    skipped: list[str] = field(default_factory=list)  # attacks not run (`stop_below`)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +236,7 @@ class ChunkResult:
             "fooled_by": self.fooled_by,
             "seconds": self.seconds,
             "attacked": self.attacked,
+            "skipped": self.skipped,
         }
 
 
@@ -245,15 +247,20 @@ def predict_labels(model: nn.Module, x: Tensor, *, batch_size: int) -> Tensor:
 
 
 def attack_chunk(
-    attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250
+    attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250, stop_below: float = 0
 ) -> ChunkResult:
-    """Every attack in order on the points still robust: AutoAttack's worst case, per point."""
+    """Every attack in order on the points still robust: AutoAttack's worst case, per point.
+    Once fewer than `stop_below` points are still robust, the remaining attacks are skipped
+    (`skipped`): they could only fool more, so the count left is an upper bound."""
     model = attackers.model
     correct = predict_labels(model, x, batch_size=batch_size) == y
     fooled_by: list[str | None] = [None if ok else "clean" for ok in correct.tolist()]
     result = ChunkResult(clean_correct=correct.tolist(), fooled_by=fooled_by)
     robust = correct.clone()
-    for name in attackers.order:
+    for position, name in enumerate(attackers.order):
+        if int(robust.sum()) < stop_below:
+            result.skipped = attackers.order[position:]
+            break
         index = robust.nonzero().flatten()
         start = time.perf_counter()
         for part in index.split(batch_size) if len(index) else ():

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -74,15 +74,34 @@ def clean_accuracy_at(
     return float((out.argmax(1) == y).float().mean())
 
 
+class Robustness(NamedTuple):
+    """A point's robust accuracy under the sweep's attacks, the seconds they took, and whether
+    all of them ran (False: the attacks stopped once the point could not be admitted, and
+    `acc` is an upper bound below the admission threshold)."""
+
+    acc: float
+    seconds: float
+    complete: bool = True
+
+
 def robust_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, settings: SweepSettings, seed: int = 0
-) -> tuple[float, float]:
-    """Accuracy under the sweep's AutoAttack attacks (worst case per point) and seconds taken."""
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    settings: SweepSettings,
+    seed: int = 0,
+    give_up_below: float | None = None,
+) -> Robustness:
+    """Accuracy under the sweep's AutoAttack attacks (worst case per point). With
+    `give_up_below`, the attacks stop as soon as the accuracy is sure to end below it."""
     attackers = build_attackers(model, eps=eps, version="custom", custom=settings.attack, seed=seed)
     start = time.perf_counter()
-    result = attack_chunk(attackers, x, y, batch_size=settings.attack.batch_size)
+    floor = 0.0 if give_up_below is None else give_up_below * len(y)
+    result = attack_chunk(attackers, x, y, batch_size=settings.attack.batch_size, stop_below=floor)
     robust = sum(f is None for f in result.fooled_by) / max(len(y), 1)
-    return robust, time.perf_counter() - start
+    return Robustness(robust, time.perf_counter() - start, not result.skipped)
 
 
 def _unique(values: Sequence[float]) -> list[float]:
@@ -123,7 +142,7 @@ def alpha_sweep(
     settings: SweepSettings,
     seed: int = 0,
     on_point: OnPoint | None = None,
-    done: Mapping[str, tuple[float, float]] | None = None,
+    done: Mapping[str, Robustness] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per (alpha, s_g, s_h): clean accuracy on all of `images`, robust accuracy on
     their first `settings.subset`. A point in `done` (by `point_key`: robust accuracy and
@@ -136,7 +155,7 @@ def alpha_sweep(
         point: dict[str, Any] = {"alpha": alpha, "temperature_std": s_g, "temperature_rob": s_h}
         temps = temperatures(point)
         mix = MixedClassifier(standard, robust, alpha=alpha, **temps)
-        rob_acc, seconds = (done or {}).get(point_key(point)) or robust_accuracy(
+        rob_acc, seconds, _ = (done or {}).get(point_key(point)) or robust_accuracy(
             mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
         )
         point.update(
@@ -229,7 +248,7 @@ def bias_sweep(
     reference: float | None = None,
     seed: int = 0,
     on_point: OnPoint | None = None,
-    done: Mapping[str, tuple[float, float]] | None = None,
+    done: Mapping[str, Robustness] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per knob setting of `grid` (`gate_grid`) of a trained adaptive mix in
     evaluation mode: clean accuracy on all of `images`, robust accuracy on their first
@@ -239,8 +258,10 @@ def bias_sweep(
     robust accuracy is within `settings.tolerance` of it and takes the most accurate admitted
     one; so the points are attacked in order of clean accuracy, and once one is admitted only
     those as accurate as it are attacked too: the rest could not be chosen. Their
-    `robust_acc` is None. The choice is the one the whole grid's attacks would give. A point
-    in `done` (see `alpha_sweep`) is not attacked again.
+    `robust_acc` is None. A point's attacks stop once it cannot be admitted any more (its
+    `robust_acc` is then an upper bound, `robust_complete` False). The choice is the one the
+    whole grid's attacks would give. A point in `done` (see `alpha_sweep`) is not attacked
+    again.
     """
     x, y = images
     logits_std, logits_rob = logits_of(mix.standard, x), logits_of(mix.robust, x)
@@ -264,17 +285,18 @@ def bias_sweep(
         clean = float((out.argmax(1) == y.cpu()).float().mean())
         points.append({**knobs, "clean_acc": clean, "mean_alpha_clean": float(log_a.exp().mean())})
     order = sorted(points, key=lambda p: -p["clean_acc"]) if reference is not None else points
+    floor = None if reference is None else reference - settings.tolerance
     admitted_at: float | None = None
     for point in order:
         if admitted_at is not None and point["clean_acc"] < admitted_at:
             point.update(robust_acc=None, seconds=0.0)
             continue
         with _knobs(mix, point):
-            rob_acc, seconds = (done or {}).get(point_key(point)) or robust_accuracy(
-                mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
+            rob_acc, seconds, complete = (done or {}).get(point_key(point)) or robust_accuracy(
+                mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed, give_up_below=floor
             )
-        point.update(robust_acc=rob_acc, seconds=seconds)
-        if reference is not None and rob_acc >= reference - settings.tolerance:
+        point.update(robust_acc=rob_acc, seconds=seconds, robust_complete=complete)
+        if floor is not None and rob_acc >= floor:
             admitted_at = point["clean_acc"] if admitted_at is None else admitted_at
         if on_point is not None:
             on_point(point)

@@ -277,9 +277,9 @@ def choose_gate(
     grids = gate_grids(cfg)
     x, y = inputs.images
     n, eps = cfg.sweep.subset, inputs.eps
-    reference, _ = robust_accuracy(
+    reference = robust_accuracy(
         inputs.robust, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed
-    )
+    ).acc
     log(f"robust base on validation images: {reference:.2%}")
     store = PointStore(run.path / POINTS, sweep_signature(cfg, eps, mixnet=state_sha256(mix)))
 

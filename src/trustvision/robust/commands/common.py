@@ -20,7 +20,7 @@ from trustvision.robust.config import DEFAULT_EPS, MixConfig, RobustTrainConfig,
 from trustvision.robust.evaluate import recorded_dataset, validation_indices, validation_pixels
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import data_of, load_base, read_finished
-from trustvision.robust.sweep import point_key
+from trustvision.robust.sweep import Robustness, point_key
 
 Log = Callable[[str], None]
 
@@ -200,12 +200,14 @@ class PointStore:
         except (OSError, json.JSONDecodeError):  # a damaged file: the sweep starts again
             saved = {}
         points = saved.get("points", {}) if saved.get("signature") == signature else {}
-        self.done: dict[str, tuple[float, float]] = {k: (v[0], v[1]) for k, v in points.items()}
+        self.done: dict[str, Robustness] = {k: Robustness(*v) for k, v in points.items()}
 
     def record(self, point: dict[str, Any]) -> None:
         if point.get("robust_acc") is None:  # not attacked (the lazy gate sweep)
             return
-        self.done[point_key(point)] = (point["robust_acc"], point["seconds"])
+        self.done[point_key(point)] = Robustness(
+            point["robust_acc"], point["seconds"], point.get("robust_complete", True)
+        )
         body = {"signature": self.signature, "points": {k: list(v) for k, v in self.done.items()}}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body))
