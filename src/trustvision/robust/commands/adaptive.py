@@ -260,8 +260,9 @@ def gate_line(p: dict[str, Any]) -> str:
     return (
         f"gamma bias {p['gamma_bias']:+.2f}, scale {p['gamma_scale']:g}, alpha in "
         f"[{p['alpha_low']:g}, {p['alpha_high']:g}], s_g {p['temperature_std']:g}, "
-        f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  "
-        f"robust {p['robust_acc']:.2%}  (mean alpha on clean {p['mean_alpha_clean']:.3f})"
+        f"s_h {p['temperature_rob']:g}: validation clean {p['clean_acc']:.2%}  robust "
+        f"{'' if p.get('robust_complete', True) else '<= '}{p['robust_acc']:.2%}  "
+        f"(mean alpha on clean {p['mean_alpha_clean']:.3f})"
     )
 
 
