@@ -105,12 +105,22 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, two_proce
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_command_that_cannot_run_data_parallel_is_refused(tmp_path):
-    proc = launch(tmp_path, "fed", "run", "configs/fed/fmnist_lt_cpu.yaml", f"runs_dir={tmp_path}")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fed", "run", "configs/fed/fmnist_lt_cpu.yaml"],
+        ["sweep", "run", "configs/sweep/mnist_lr.yaml", "--out"],
+    ],
+    ids=["fed run", "sweep run"],
+)
+def test_a_command_that_cannot_run_data_parallel_is_refused(tmp_path, command):
+    out_dir = tmp_path / "out"
+    where = [str(out_dir)] if command[-1] == "--out" else [f"runs_dir={out_dir}"]
+    proc = launch(tmp_path, *command, *where)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "this command runs in one process: launch it without torchrun" in out
-    assert not list(tmp_path.glob("fmnist*"))
+    assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
 def test_a_batch_is_shared_view_by_view(monkeypatch):

@@ -50,6 +50,7 @@ from trustvision.sweep.trial import (
     trial_argv,
 )
 from trustvision.tracking import sweep_tracker, trial_env
+from trustvision.train.recipe import one_process_only
 
 LOCK_FILE = ".lock"
 
@@ -256,6 +257,7 @@ def run_sweep(
     `jobs` trials run at once, the cores shared between them. SIGINT or SIGTERM stops the
     running trials and raises SweepInterrupted; the same call later goes on from there.
     """
+    one_process_only()  # every process would run the whole study
     reporter = reporter or SilentSweepReporter()
     with _exclusive(out), quiet_optuna():
         prepare_out(spec, out)

@@ -55,17 +55,23 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 DATA_PARALLEL = "`trustvision train`, `robust train` and `compact train`/`run`"
 
 
-@contextmanager
-def run_settings(settings: RunSettings, *, data_parallel: bool = False) -> Iterator[torch.device]:
-    """The block's device, with the settings' CPU threads for its duration. Under torchrun a
-    `data_parallel` block joins the process group and gets this process's device
-    (distributed.py); any other block is refused there, as every process would repeat it."""
-    if distributed.launched() and not data_parallel:
+def one_process_only() -> None:
+    """Refuse to start under torchrun: every process would repeat the whole command."""
+    if distributed.launched():
         raise ConfigError(
             "this command runs in one process: launch it without torchrun (under torchrun, "
             f"{DATA_PARALLEL} train data-parallel; the federated system scales out through "
             "Flower's SuperNodes instead)"
         )
+
+
+@contextmanager
+def run_settings(settings: RunSettings, *, data_parallel: bool = False) -> Iterator[torch.device]:
+    """The block's device, with the settings' CPU threads for its duration. Under torchrun a
+    `data_parallel` block joins the process group and gets this process's device
+    (distributed.py); any other block is refused there (`one_process_only`)."""
+    if not data_parallel:
+        one_process_only()
     device = select_device(settings.device)
     if data_parallel:
         device = distributed.start(device)

@@ -44,6 +44,7 @@ from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
+from trustvision.train.recipe import one_process_only
 
 MIXES = {"fixed": "fixed-mix", "adaptive": "adaptive-mix"}
 # Everything built on the two bases, by stage directory.
@@ -184,6 +185,7 @@ def run_pipeline(
     cfg: PipelineConfig, work: str | Path, *, reporter: Reporter | None = None, log: Log = print
 ) -> dict[str, Any]:
     """Run (or finish) every stage in `work`; returns and writes the report."""
+    one_process_only()  # its mixes and evaluations would be repeated by every process
     check_same_holdout(cfg)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
