@@ -15,6 +15,12 @@ from killing import kill_at
 from safetensors.torch import load_file
 
 from trustvision import distributed
+from trustvision.config import load_config
+from trustvision.errors import ConfigError
+from trustvision.robust.commands.demo import run_pipeline
+from trustvision.robust.config import PipelineConfig
+from trustvision.sweep.runner import run_sweep
+from trustvision.sweep.spec import load_spec
 
 ROOT = Path(__file__).parents[1]
 TRAIN = ROOT / "configs/train/mnist_cnn.yaml"
@@ -105,22 +111,21 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, two_proce
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["fed", "run", "configs/fed/fmnist_lt_cpu.yaml"],
-        ["sweep", "run", "configs/sweep/mnist_lr.yaml", "--out"],
-    ],
-    ids=["fed run", "sweep run"],
-)
-def test_a_command_that_cannot_run_data_parallel_is_refused(tmp_path, command):
-    out_dir = tmp_path / "out"
-    where = [str(out_dir)] if command[-1] == "--out" else [f"runs_dir={out_dir}"]
-    proc = launch(tmp_path, *command, *where)
+def test_a_command_that_cannot_run_data_parallel_is_refused(tmp_path):
+    proc = launch(tmp_path, "fed", "run", "configs/fed/fmnist_lt_cpu.yaml", f"runs_dir={tmp_path}")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "this command runs in one process: launch it without torchrun" in out
-    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert not list(tmp_path.glob("fmnist*"))
+
+
+def test_a_sweep_and_the_robust_pipeline_refuse_to_start_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    with pytest.raises(ConfigError, match="runs in one process"):
+        run_sweep(load_spec(ROOT / "configs/sweep/mnist_lr.yaml"), tmp_path / "sweep")
+    with pytest.raises(ConfigError, match="runs in one process"):
+        run_pipeline(load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml"), tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_batch_is_shared_view_by_view(monkeypatch):
