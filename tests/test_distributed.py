@@ -111,6 +111,15 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, two_proce
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_diverging_two_process_run_stops_on_every_rank_and_records_it(tmp_path):
+    proc = launch(tmp_path, "train", str(TRAIN), f"runs_dir={tmp_path / 'runs'}", *SMALL,
+                  "optim.name=sgd", "optim.lr=1e12")  # fmt: skip
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "diverged in epoch 1" in out
+    summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
 def test_a_command_that_cannot_run_data_parallel_is_refused(tmp_path):
     proc = launch(tmp_path, "fed", "run", "configs/fed/fmnist_lt_cpu.yaml", f"runs_dir={tmp_path}")
     out, _ = proc.communicate(timeout=120)

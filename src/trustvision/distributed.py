@@ -11,8 +11,10 @@ process's own (DDP's default; running statistics come from rank 0).
 Only rank 0 writes the run directory. Every other rank works in a private copy of it
 (`private_run_dir`), made before rank 0 changes anything and removed at exit: it reads the
 same checkpoints and summaries (so a resumed run takes the same path on every process), and
-its writes, which repeat rank 0's, go nowhere anyone reads. Evaluation runs whole on every
-process: all of them then hold the same records and take the same decisions.
+its writes, which repeat rank 0's, go nowhere anyone reads. After each epoch every process
+takes rank 0's buffers (BatchNorm statistics), and evaluation runs whole on every process: all
+of them then hold the same records and take the same decisions. A loss that is not finite on
+one process stops all of them.
 """
 
 from __future__ import annotations
@@ -91,14 +93,40 @@ def barrier() -> None:
         dist.barrier()
 
 
+# What a rank's private copy leaves out: files no training step reads back.
+NOT_COPIED = shutil.ignore_patterns("plots", "export", "c", "*.onnx", "*.png")
+
+
+def run_dir_state(path: Path | None) -> list[str]:
+    """What decides where a run resumes: its config and checkpoints, by relative path."""
+    if path is None or not Path(path).exists():
+        return []
+    root = Path(path)
+    found = [*root.rglob("config.yaml"), *root.rglob("summary.json"), *root.rglob("state.json")]
+    return sorted(str(f.relative_to(root)) for f in found)
+
+
+def check_same_run_dir(path: Path | None) -> None:
+    """Every process must see the same run directory (on several machines: a shared folder),
+    or they would resume from different epochs and wait for each other forever."""
+    states: list[list[str]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(states, run_dir_state(path))
+    if any(state != states[0] for state in states):
+        raise ConfigError(
+            f"the processes see different contents in the run directory `{path}`: on several "
+            "machines it must be a folder every machine reads (a shared file system)"
+        )
+
+
 def private_run_dir(path: Path | None) -> Path:
     """A rank's private copy of the run directory at `path` (an empty folder for a fresh
-    run), removed at exit. Called on every rank but 0 before `barrier` lets rank 0 write."""
+    run) without plots and exports, removed at exit. Called on every rank but 0 before
+    `barrier` lets rank 0 write."""
     root = Path(tempfile.mkdtemp(prefix=f"trustvision-rank{rank()}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     if path is None or not Path(path).exists():
         return root / "run"
-    return Path(shutil.copytree(path, root / "run", symlinks=True))
+    return Path(shutil.copytree(path, root / "run", symlinks=True, ignore=NOT_COPIED))
 
 
 def wrap(model: nn.Module) -> nn.Module:
@@ -138,6 +166,23 @@ def shares(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, T
     """`share` of every batch."""
     for x, y in batches:
         yield share(x, y)
+
+
+def finite_everywhere(loss: Tensor) -> bool:
+    """Whether `loss` is finite on every process: all of them stop together when one
+    diverges, instead of the others waiting for its gradients."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if active():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every process, so that they
+    evaluate and checkpoint the same model after an epoch."""
+    if active():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def sum_over_ranks(values: Tensor) -> Tensor:

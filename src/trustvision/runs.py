@@ -113,6 +113,7 @@ class RunDir:
         rank 0 touched it (distributed.py), so only rank 0 writes the real one."""
         private = None
         if distributed.active():
+            distributed.check_same_run_dir(None if path is None else Path(path))
             if not distributed.is_main():
                 private = distributed.private_run_dir(None if path is None else Path(path))
             distributed.barrier()

@@ -14,8 +14,10 @@ same float32 interface as the float variant.
 
 The graph pattern is what onnxruntime writes for our compact models: Sub and Div (the
 normalisation), then DequantizeLinear -> {Conv, MaxPool, ReduceMean, GlobalAveragePool, Gemm}
--> [Relu] [Reshape/Flatten] -> QuantizeLinear for each layer. Any other operator is refused by
-name. No tool we know of turns a QDQ model into dependency-free C (TFLite Micro and CMSIS-NN
+-> [Relu] [Reshape/Flatten] -> QuantizeLinear for each layer, one chain, each layer reading
+the previous one's quantised output. Any other operator is refused by name, and so is any
+other wiring, attribute (strides, padding, dilation, Gemm transposes, pooled axes) or
+quantisation (non-zero weight zero points, a bias scale other than input x weight scale). No tool we know of turns a QDQ model into dependency-free C (TFLite Micro and CMSIS-NN
 bring their runtimes), hence this generator, beside the float one (c_export.py).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -93,27 +96,48 @@ class QdqGraph:
             raise ConfigError(f"export-c int8 expects uint8 activations, got {zero.dtype}")
         return Quant(float(scale), int(zero))
 
-    def dequantized(self, name: str) -> tuple[np.ndarray, np.ndarray] | Quant:
-        """What a compute node reads: (int values, scale) of a constant, or an activation's
-        Quant (the DequantizeLinear of a QuantizeLinear's output)."""
+    def dequantize_node(self, name: str) -> Any:
         dq = self.producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":
             raise ConfigError(f"export-c int8 expects `{name}` to come from a DequantizeLinear")
-        source = dq.input[0]
-        if source in self.consts:
-            return self.consts[source], self.consts[dq.input[1]]
-        return self.quant(self.producer[source])
+        return dq
 
-    def quantized_output(self, node: Any) -> tuple[Quant, bool]:
+    def constant(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(int values, per-output-channel scale) of a dequantised constant (weights, bias):
+        zero points 0, a per-channel scale along axis 0 only."""
+        dq = self.dequantize_node(name)
+        if dq.input[0] not in self.consts:
+            raise ConfigError(f"export-c int8 expects `{name}` to be a constant")
+        values, scale = self.consts[dq.input[0]], self.consts[dq.input[1]]
+        zero = self.consts[dq.input[2]] if len(dq.input) > 2 else np.zeros(1)
+        axis = {a.name: a.i for a in dq.attribute}.get("axis", 1)
+        if np.any(zero != 0) or (np.size(scale) > 1 and axis != 0):
+            raise ConfigError(f"`{name}`: export-c int8 expects symmetric per-channel constants")
+        return values, scale
+
+    def activation(self, name: str) -> tuple[Quant, str]:
+        """The Quant of an activation a compute node reads, and the QuantizeLinear output it
+        dequantises (so that the chain of layers can be checked)."""
+        source = self.dequantize_node(name).input[0]
+        q_node = self.producer.get(source)
+        if q_node is None or q_node.op_type != "QuantizeLinear":
+            raise ConfigError(f"export-c int8 expects `{name}` to be a quantised activation")
+        return self.quant(q_node), source
+
+    def quantized_output(self, node: Any) -> tuple[Quant, bool, str]:
         """The QuantizeLinear a compute node's output reaches (through Reshape, Flatten or
-        Relu) and whether a Relu lies on the way."""
+        Relu), whether a Relu lies on the way, and that QuantizeLinear's output."""
         name, relu = node.output[0], False
         while True:
-            (nxt,) = self.consumers.get(name, [None])
-            if nxt is None:
-                raise ConfigError(f"`{node.op_type}` output `{name}` is never quantised")
+            users = self.consumers.get(name, [])
+            if len(users) != 1:
+                raise ConfigError(
+                    f"`{node.op_type}` output `{name}` has {len(users)} readers: export-c int8 "
+                    "expects a chain of layers, each read once"
+                )
+            nxt = users[0]
             if nxt.op_type == "QuantizeLinear":
-                return self.quant(nxt), relu
+                return self.quant(nxt), relu, nxt.output[0]
             if nxt.op_type not in PASS_THROUGH:
                 raise ConfigError(f"export-c int8 does not support `{nxt.op_type}` after a layer")
             relu = relu or nxt.op_type == "Relu"
@@ -129,8 +153,10 @@ def input_table(graph: QdqGraph, channels: int) -> tuple[np.ndarray, Quant]:
         raise ConfigError("export-c int8 expects one Sub and one Div (the normalisation)")
     mean = graph.consts[subs[0].input[1]].astype(np.float32).reshape(-1)
     std = graph.consts[divs[0].input[1]].astype(np.float32).reshape(-1)
-    (q_node,) = graph.consumers[divs[0].output[0]]
-    quant = graph.quant(q_node)
+    users = graph.consumers.get(divs[0].output[0], [])
+    if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+        raise ConfigError("export-c int8 expects the normalised input to be quantised once")
+    quant = graph.quant(users[0])
     pixels = np.arange(256, dtype=np.float32) / np.float32(255.0)
     rows = []
     for ch in range(channels):
@@ -141,17 +167,37 @@ def input_table(graph: QdqGraph, channels: int) -> tuple[np.ndarray, Quant]:
 
 
 def _weights(graph: QdqGraph, node: Any, source: Quant, out: Quant) -> dict[str, np.ndarray]:
-    weight = graph.dequantized(node.input[1])
-    bias = graph.dequantized(node.input[2]) if len(node.input) > 2 else None
-    if isinstance(weight, Quant) or isinstance(bias, Quant):
-        raise ConfigError(f"`{node.name}`: export-c int8 expects constant weights and bias")
-    values, w_scale = weight
+    """int8 weights, int32 bias and per-channel multipliers of a Conv or Gemm; the bias must
+    be quantised with scale input scale x weight scale, as the int32 accumulator is."""
+    values, w_scale = graph.constant(node.input[1])
     if values.dtype != np.int8:
         raise ConfigError(f"export-c int8 expects int8 weights, got {values.dtype}")
-    arrays = {"w": values.astype(np.int8)}
-    arrays["b"] = bias[0].astype(np.int32) if bias is not None else np.zeros(len(values), np.int32)
-    scales = np.broadcast_to(np.asarray(w_scale, np.float64), (len(values),))
+    scales = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (len(values),))
+    bias = np.zeros(len(values), np.int32)
+    if len(node.input) > 2 and node.input[2]:
+        bias_values, bias_scale = graph.constant(node.input[2])
+        expected = source.scale * scales
+        if bias_values.dtype != np.int32 or not np.allclose(bias_scale, expected, rtol=1e-5):
+            raise ConfigError(
+                f"`{node.name}`: export-c int8 expects an int32 bias at scale input scale x "
+                "weight scale"
+            )
+        bias = bias_values.astype(np.int32)
+    arrays: dict[str, np.ndarray] = {"w": values.astype(np.int8), "b": bias}
     return arrays | multipliers(source.scale * scales / out.scale)
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _check(node: Any, ok: bool, what: str) -> None:
+    if not ok:
+        raise ConfigError(
+            f"export-c int8 supports {what}, not `{node.op_type}` {_attributes(node)}"
+        )
 
 
 def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[IntOp], Quant, int]:
@@ -159,6 +205,8 @@ def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[In
     c, h, w = input_shape
     ops: list[IntOp] = []
     largest, out = c * h * w, Quant(1.0, 0)
+    normalised = next(n for n in graph.nodes if n.op_type == "Div").output[0]
+    previous = graph.consumers[normalised][0].output[0]  # the quantised input
     for node in graph.nodes:
         if node.op_type in {"DequantizeLinear", "QuantizeLinear", "Sub", "Div"} | PASS_THROUGH:
             continue
@@ -167,22 +215,50 @@ def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[In
                 f"export-c int8 does not support `{node.op_type}` (node `{node.name}`): it "
                 "writes C for the operators of the compact models only"
             )
-        source = graph.dequantized(node.input[0])
-        assert isinstance(source, Quant)
-        out, relu = graph.quantized_output(node)
+        source, reads = graph.activation(node.input[0])
+        if reads != previous:
+            raise ConfigError(
+                f"`{node.op_type}` (node `{node.name}`) does not read the previous layer's "
+                "quantised output: export-c int8 expects one chain of quantised layers"
+            )
+        out, relu, previous = graph.quantized_output(node)
         low = out.zero if relu else 0
+        attrs = _attributes(node)
         if node.op_type == "Conv":
             op, c = _conv(graph, node, source, out, (c, h, w), low)
         elif node.op_type == "MaxPool":
+            _check(
+                node,
+                list(attrs.get("kernel_shape", [])) == [2, 2]
+                and list(attrs.get("strides", [])) == [2, 2]
+                and not any(attrs.get("pads", [0]))
+                and not attrs.get("ceil_mode", 0)
+                and list(attrs.get("dilations", [1, 1])) == [1, 1],
+                "2x2 max-pooling of stride 2",
+            )
             if source != out:
                 raise ConfigError("export-c int8 expects max-pooling to keep its input's scale")
             op = IntOp("qmaxpool2", (c, h, w))
             h, w = h // 2, w // 2
         elif node.op_type == "Gemm":
+            _check(
+                node,
+                attrs.get("transA", 0) == 0
+                and attrs.get("transB", 0) == 1
+                and attrs.get("alpha", 1.0) == 1.0
+                and attrs.get("beta", 1.0) == 1.0,
+                "Gemm with transB=1, alpha=beta=1",
+            )
             arrays = _weights(graph, node, source, out)
             op = IntOp("qlinear", (c * h * w, len(arrays["w"]), source.zero, out.zero, low), arrays)
             c, h, w = len(arrays["w"]), 1, 1
         else:  # ReduceMean / GlobalAveragePool over the spatial axes
+            if node.op_type == "ReduceMean":
+                axes = attrs.get("axes")
+                if axes is None and len(node.input) > 1:
+                    axes = graph.consts.get(node.input[1])
+                spatial = axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
+                _check(node, spatial, "a mean over the two spatial axes")
             arrays = multipliers(np.array([source.scale / (h * w * out.scale)]))
             op = IntOp("qavgpool", (c, h, w, source.zero, out.zero, low), arrays)
             h = w = 1
@@ -201,83 +277,19 @@ def _conv(
     group = attrs["group"].i if "group" in attrs else 1
     strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
     pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
-    if k not in (1, 3) or strides != [1, 1] or pads != [k // 2] * 4 or group not in (1, c):
+    dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
+    if k not in (1, 3) or strides != [1, 1] or pads != [k // 2] * 4 or dilations != [1, 1]:
         raise ConfigError(f"export-c int8 supports 'same' 3x3 and 1x1 convolutions, not {node}")
+    if not (group == 1 or (group == c and oc == c)):  # plain, or one filter per channel
+        raise ConfigError(f"export-c int8 supports plain or depthwise convolutions, not {node}")
     depthwise = int(group == c and c > 1)
     return IntOp("qconv", (c, h, w, oc, k, depthwise, source.zero, out.zero, low), arrays), oc
 
 
-INT_KERNELS = r"""
-static int32_t requantize(int32_t acc, int32_t m, int shift) {
-    int64_t p = (int64_t)acc * m, half = (int64_t)1 << (shift - 1);
-    return (int32_t)(p >= 0 ? (p + half) >> shift : -((-p + half) >> shift));
-}
+def int_kernels() -> str:
+    """The integer kernels (kernels/int8.c, package data), as pasted into every int8 file."""
+    return (resources.files("trustvision.compact") / "kernels" / "int8.c").read_text()
 
-static uint8_t saturate(int32_t v, int32_t low) {
-    return (uint8_t)(v < low ? low : (v > 255 ? 255 : v));
-}
-
-static void qconv(const uint8_t *in, uint8_t *out, int c, int h, int w, int oc, int k, int dw,
-                  int32_t zin, int32_t zout, int32_t low, const int8_t *wt, const int32_t *b,
-                  const int32_t *m, const int8_t *sh) {
-    int p = k / 2;
-    for (int o = 0; o < oc; o++) {
-        int first = dw ? o : 0, count = dw ? 1 : c;
-        for (int y = 0; y < h; y++) {
-            for (int x = 0; x < w; x++) {
-                int32_t acc = b[o];
-                for (int i = 0; i < count; i++) {
-                    const uint8_t *plane = in + (first + i) * h * w;
-                    const int8_t *kern = wt + ((o * count) + i) * k * k;
-                    for (int dy = 0; dy < k; dy++) {
-                        int yy = y + dy - p;
-                        if (yy < 0 || yy >= h) continue;
-                        for (int dx = 0; dx < k; dx++) {
-                            int xx = x + dx - p;
-                            if (xx < 0 || xx >= w) continue;
-                            acc += ((int32_t)plane[yy * w + xx] - zin) * kern[dy * k + dx];
-                        }
-                    }
-                }
-                out[(o * h + y) * w + x] = saturate(requantize(acc, m[o], sh[o]) + zout, low);
-            }
-        }
-    }
-}
-
-static void qmaxpool2(const uint8_t *in, uint8_t *out, int c, int h, int w) {
-    int oh = h / 2, ow = w / 2;
-    for (int ch = 0; ch < c; ch++)
-        for (int y = 0; y < oh; y++)
-            for (int x = 0; x < ow; x++) {
-                const uint8_t *p = in + (ch * h + 2 * y) * w + 2 * x;
-                uint8_t v = p[0];
-                if (p[1] > v) v = p[1];
-                if (p[w] > v) v = p[w];
-                if (p[w + 1] > v) v = p[w + 1];
-                out[(ch * oh + y) * ow + x] = v;
-            }
-}
-
-static void qavgpool(const uint8_t *in, uint8_t *out, int c, int h, int w, int32_t zin,
-                     int32_t zout, int32_t low, const int32_t *m, const int8_t *sh) {
-    for (int ch = 0; ch < c; ch++) {
-        int32_t acc = 0;
-        for (int i = 0; i < h * w; i++) acc += (int32_t)in[ch * h * w + i] - zin;
-        out[ch] = saturate(requantize(acc, m[0], sh[0]) + zout, low);
-    }
-}
-
-static void qlinear(const uint8_t *in, uint8_t *out, int n, int mo, int32_t zin, int32_t zout,
-                    int32_t low, const int8_t *wt, const int32_t *b, const int32_t *m,
-                    const int8_t *sh) {
-    for (int o = 0; o < mo; o++) {
-        int32_t acc = b[o];
-        for (int i = 0; i < n; i++) acc += ((int32_t)in[i] - zin) * wt[o * n + i];
-        out[o] = saturate(requantize(acc, m[o], sh[o]) + zout, low);
-    }
-}
-"""
 
 C_TYPES = {
     np.dtype(np.int8): "int8_t",
@@ -309,7 +321,7 @@ def int8_source(
     for n, op in enumerate(ops):
         lines += [int_array(f"{key}{n}", values) for key, values in op.arrays.items()]
     lines += [f"static uint8_t buf_a[{largest}];", f"static uint8_t buf_b[{largest}];"]
-    lines += [INT_KERNELS]
+    lines += [int_kernels()]
     lines += [
         f"void {prefix}_predict(const uint8_t *pixels, float *logits) {{",
         "    uint8_t *src = buf_a, *dst = buf_b, *tmp;",

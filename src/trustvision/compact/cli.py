@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustvision import distributed
 from trustvision.clikit import (
     EXPECTED,
     PrintConfigOpt,
@@ -227,6 +228,8 @@ def run_all(
             required="see configs/compact/",
         )
         run = train_rows(cfg, None)
+        if not distributed.is_main():  # under torchrun: rank 0 alone exports and times
+            return
         print_rows(run.read_summary())
         record = export_run(run)
         print_export(record)

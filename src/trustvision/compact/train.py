@@ -319,7 +319,7 @@ def unify_variant(
             f"`trustvision compact train --resume {run.path}`"
         )
     cfg = cfg.model_copy(update={"unify": cfg.unify.model_copy(update={"mode": mode})})
-    with run_settings(cfg, data_parallel=True) as device:
+    with run_settings(cfg) as device:  # writes into `run` directly: one process only
         setup = prepare(cfg, reporter, device)
         dual, _ = stage_one(setup, run)  # finished: loads the branches
         summary = stage_two(setup, run, dual, row=FULL, directory=f"{FULL}-unify-{mode}")

@@ -119,8 +119,9 @@ def train_step(
     """One optimiser step; returns the detached loss and logits. Raises on a non-finite loss."""
     with accel.autocast():
         loss, logits = objective(model, accel.prepare_batch(x), y)
-    if not torch.isfinite(loss):
-        raise DivergenceError(f"the loss became {loss.item()}")
+    if not distributed.finite_everywhere(loss):
+        where = " (on this or another process)" if distributed.world_size() > 1 else ""
+        raise DivergenceError(f"the loss became {loss.item()}{where}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
@@ -245,7 +246,8 @@ class _Training:
 
     def epoch(self, epoch: int, epochs: int) -> dict[str, Any]:
         """Train one epoch (reseeded from (seed, epoch)) and evaluate; its record."""
-        torch.manual_seed(derive_seed(self.seed, "torch", epoch))
+        rank = () if distributed.world_size() == 1 else (distributed.rank(),)
+        torch.manual_seed(derive_seed(self.seed, "torch", epoch, *rank))  # own draws per rank
         self.reporter.start(f"epoch {epoch + 1}/{epochs}", len(self.batches.train))
         try:
             record = train_epoch(
@@ -260,6 +262,7 @@ class _Training:
             )
         except DivergenceError as err:
             raise diverged(self.run, err, unit="epoch", number=epoch + 1) from None
+        distributed.sync_buffers(self.model)
         record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **record}
         for prefix, loader in (("val", self.batches.val), ("test", self.batches.test)):
             if loader is not None:
