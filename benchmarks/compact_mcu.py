@@ -96,7 +96,8 @@ def measure(run_dir: Path, variant: Variant, *, latency_images: int) -> dict[str
     run = RunDir.open(run_dir)
     record = export_c(run, variant)
     _, _, summary = load_deployed(run)
-    images = np.ascontiguousarray(load_dataset(summary["data"]["name"]).test.images)
+    test = load_dataset(summary["data"]["name"]).test
+    images, labels = np.ascontiguousarray(test.images), np.asarray(test.labels)
     with tempfile.TemporaryDirectory() as tmp:
         logits_bin, timer_bin, size = build(Path(record["dir"]), Path(tmp), record["prefix"])
         c_out = subprocess.run([str(logits_bin)], input=images.tobytes(), capture_output=True)
@@ -110,7 +111,6 @@ def measure(run_dir: Path, variant: Variant, *, latency_images: int) -> dict[str
         [sess.run([OUTPUT], {INPUT: pixels[i : i + 500]})[0] for i in range(0, len(pixels), 500)]
     )
     ort_us = ort_latency_us(sess, pixels[:latency_images])
-    labels = load_labels(summary)
     return {
         "run": str(run_dir),
         "variant": variant,
@@ -129,10 +129,6 @@ def measure(run_dir: Path, variant: Variant, *, latency_images: int) -> dict[str
         "onnxruntime_us_p50": statistics.median(ort_us),
         "latency_images": latency_images,
     }
-
-
-def load_labels(summary: dict[str, Any]) -> np.ndarray:
-    return np.asarray(load_dataset(summary["data"]["name"]).test.labels)
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -270,14 +270,14 @@ def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[In
 def _conv(
     graph: QdqGraph, node: Any, source: Quant, out: Quant, shape: tuple[int, int, int], low: int
 ) -> tuple[IntOp, int]:
-    attrs = {a.name: a for a in node.attribute}
+    attrs = _attributes(node)
     c, h, w = shape
     arrays = _weights(graph, node, source, out)
     oc, _, k, _ = arrays["w"].shape
-    group = attrs["group"].i if "group" in attrs else 1
-    strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
-    pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
-    dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
+    group = attrs.get("group", 1)
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    dilations = list(attrs.get("dilations", [1, 1]))
     if k not in (1, 3) or strides != [1, 1] or pads != [k // 2] * 4 or dilations != [1, 1]:
         raise ConfigError(f"export-c int8 supports 'same' 3x3 and 1x1 convolutions, not {node}")
     if not (group == 1 or (group == c and oc == c)):  # plain, or one filter per channel
