@@ -131,7 +131,9 @@ def sweep_table(report: dict[str, Any]) -> list[str]:
     chosen = selection["chosen"]
     lines = [
         f"Sweep attack: {report['sweep_attack']}. Chosen by the rule: {selection['rule']} "
-        f"(the most robust point: {pct(selection['reference_robust_acc'], 1)}%).",
+        f"(the robust base: {pct(selection['reference_robust_acc'], 1)}%). Points are attacked "
+        "in order of clean accuracy; once one is admitted, the less accurate ones could not be "
+        "chosen and are not attacked.",
         "",
         validation_line(selection),
         "",
@@ -144,14 +146,14 @@ def sweep_table(report: dict[str, Any]) -> list[str]:
         mark = "**" if _is_chosen(p, chosen) else ""
         lines.append(
             f"| {mark}{p['alpha']:g}{mark} | {_t(p['temperature_std'])} | {_t(p['temperature_rob'])} "
-            f"| {pct(p['clean_acc'])} | {pct(p['robust_acc'], 1)} | {p['seconds']:.0f} |"
+            f"| {pct(p['clean_acc'])} | {robust_cell(p)} | {p['seconds']:.0f} |"
         )
     lines += ["", "(- : a temperature unused at that alpha; bold: the chosen point.)"]
     return lines
 
 
 def robust_cell(point: dict[str, Any]) -> str:
-    """A gate-sweep point's validation robust accuracy: "not attacked", a number, or "<= n"
+    """A sweep point's validation robust accuracy: "not attacked", a number, or "<= n"
     where its attacks stopped once it could no longer be admitted (an upper bound)."""
     if point["robust_acc"] is None:
         return "not attacked"
@@ -161,9 +163,10 @@ def robust_cell(point: dict[str, Any]) -> str:
 
 def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
     """Clean accuracy of the fixed mix at a given sweep robust accuracy: linear interpolation
-    along each (s_g, s_h) curve of the sweep, the best curve's."""
+    along each (s_g, s_h) curve of the sweep's exactly measured points, the best curve's."""
+    exact = [p for p in sweep if p["robust_acc"] is not None and p.get("robust_complete", True)]
     best = None
-    for curve in curves(sweep):
+    for curve in curves(exact):
         points = sorted((p["robust_acc"], p["clean_acc"]) for p in curve)
         for (r0, c0), (r1, c1) in itertools.pairwise(points):
             if r0 <= robust_acc <= r1:

@@ -166,7 +166,7 @@ def test_choose_breaks_ties_towards_temperatures_of_one():
     ]
     for p in points:
         p.update(clean_acc=0.9, robust_acc=0.7)
-    chosen = sweep.choose(points, tolerance=0.03, key=sweep.FIXED_KNOBS)
+    chosen = sweep.choose(points, tolerance=0.03, reference=0.7, key=sweep.FIXED_KNOBS)
     assert chosen["temperature_std"] == 1.0 and chosen["temperature_rob"] == 1.0
 
 
@@ -223,6 +223,43 @@ def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatc
     keys = sweep.ADAPTIVE_KNOBS
     expected = sweep.choose(full, tolerance=0.05, reference=0.65, key=keys)
     assert sweep.choose(lazy, tolerance=0.05, reference=0.65, key=keys) == expected
+    skipped = [p for p in lazy if p["robust_acc"] is None]
+    assert skipped and all(p["clean_acc"] < expected["clean_acc"] for p in skipped)
+
+
+def test_the_lazy_fixed_sweep_chooses_what_attacking_every_point_would(monkeypatch):
+    x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    y = torch.zeros(40, dtype=torch.long)
+    attacked = []
+
+    def fake_clean_accuracy(*args, alpha, temperature_std, temperature_rob):
+        return round(0.95 - 0.1 * alpha - 0.01 * temperature_rob, 4)  # alpha up: less accurate
+
+    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):  # alpha up: robust
+        attacked.append(give_up_below)
+        acc = round(0.2 + 0.5 * float(model.alpha) - 0.01 * model.temperature_rob, 3)
+        if give_up_below is not None and acc < give_up_below:
+            return sweep.Robustness(acc + 0.001, 0.0, complete=False)
+        return sweep.Robustness(acc, 0.0)
+
+    monkeypatch.setattr(sweep, "clean_accuracy_at", fake_clean_accuracy)
+    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    settings = SweepSettings(
+        subset=10,
+        alphas=(0.0, 0.5, 0.7, 0.8, 0.9, 1.0),
+        temperatures_rob=(0.5, 1.0),
+        tolerance=0.05,
+    )
+    args = {"images": (x, y), "eps": 0.1, "settings": settings}
+    full = sweep.alpha_sweep(base(0), base(1), **args)
+    attacked.clear()
+    lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.69)
+    assert len(attacked) < len(full) and attacked[0] == pytest.approx(0.64)
+    assert any(p["robust_complete"] is False for p in lazy)
+    keys = sweep.FIXED_KNOBS
+    expected = sweep.choose(full, tolerance=0.05, reference=0.69, key=keys)
+    assert (expected["alpha"], expected["temperature_rob"]) == (0.9, 0.5)  # 0.645 >= 0.64
+    assert sweep.choose(lazy, tolerance=0.05, reference=0.69, key=keys) == expected
     skipped = [p for p in lazy if p["robust_acc"] is None]
     assert skipped and all(p["clean_acc"] < expected["clean_acc"] for p in skipped)
 

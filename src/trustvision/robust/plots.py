@@ -61,11 +61,16 @@ def plot_tradeoff(
     final: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Clean against attacked accuracy. Left, the validation sweep the knobs were chosen on:
-    the fixed mix at every alpha (one curve per pair of temperatures), the chosen point
-    starred, and the adaptive mix's gamma-bias sweep points. Right, when `final` is given,
-    each model's final test numbers, {"label", "clean_acc", "robust_acc"} under AutoAttack:
-    other images and another attack, so the panels never share axes.
+    the fixed mix at every attacked alpha (one curve per pair of temperatures), the chosen
+    point starred, and the adaptive mix's attacked gate points; a point whose attacks stopped
+    early (`robust_complete` False: its robust accuracy is an upper bound) is ringed. Points
+    the lazy sweep never attacked are left out. Right, when `final` is given, each model's
+    final test numbers, {"label", "clean_acc", "robust_acc"} under AutoAttack: other images
+    and another attack, so the panels never share axes.
     """
+    points = [p for p in points if p["robust_acc"] is not None]
+    adaptive = [p for p in adaptive if p["robust_acc"] is not None]
+    bounds = [p for p in [*points, *adaptive] if p.get("robust_complete") is False]
     panels = 2 if final else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
@@ -86,6 +91,16 @@ def plot_tradeoff(
             color="black",
             markersize=7,
             label="adaptive mix (gamma bias, s_g, s_h)",
+        )
+    if bounds:
+        ax.plot(
+            [100 * p["robust_acc"] for p in bounds],
+            [100 * p["clean_acc"] for p in bounds],
+            "o",
+            markerfacecolor="none",
+            markeredgecolor="grey",
+            markersize=11,
+            label="upper bound (attacks stopped early)",
         )
     if chosen is not None:
         ax.plot(

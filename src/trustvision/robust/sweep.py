@@ -140,12 +140,14 @@ def alpha_sweep(
     images: tuple[Tensor, Tensor],
     eps: float,
     settings: SweepSettings,
+    reference: float | None = None,
     seed: int = 0,
     on_point: OnPoint | None = None,
     done: Mapping[str, Robustness] | None = None,
 ) -> list[dict[str, Any]]:
     """One point per (alpha, s_g, s_h): clean accuracy on all of `images`, robust accuracy on
-    their first `settings.subset`. A point in `done` (by `point_key`: robust accuracy and
+    their first `settings.subset`, attacked as `attack_in_order` says (lazily, given the
+    robust base's `reference`). A point in `done` (by `point_key`: robust accuracy and
     seconds, from an interrupted sweep of the same settings) is not attacked again."""
     x, y = images
     logits_std, logits_rob = logits_of(standard, x), logits_of(robust, x)
@@ -154,19 +156,51 @@ def alpha_sweep(
     for alpha, s_g, s_h in fixed_grid(settings):
         point: dict[str, Any] = {"alpha": alpha, "temperature_std": s_g, "temperature_rob": s_h}
         temps = temperatures(point)
-        mix = MixedClassifier(standard, robust, alpha=alpha, **temps)
-        rob_acc, seconds, _ = (done or {}).get(point_key(point)) or robust_accuracy(
-            mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed
+        clean = clean_accuracy_at(logits_std, logits_rob, y.cpu(), alpha=alpha, **temps)
+        points.append({**point, "clean_acc": clean})
+
+    def attack(point: dict[str, Any], give_up_below: float | None) -> Robustness:
+        mix = MixedClassifier(standard, robust, alpha=point["alpha"], **temperatures(point))
+        return robust_accuracy(
+            mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed, give_up_below=give_up_below
         )
-        point.update(
-            clean_acc=clean_accuracy_at(logits_std, logits_rob, y.cpu(), alpha=alpha, **temps),
-            robust_acc=rob_acc,
-            seconds=seconds,
-        )
-        points.append(point)
+
+    floor = None if reference is None else reference - settings.tolerance
+    attack_in_order(points, attack, floor=floor, on_point=on_point, done=done)
+    return points
+
+
+def attack_in_order(
+    points: Sequence[dict[str, Any]],
+    attack: Callable[[dict[str, Any], float | None], Robustness],
+    *,
+    floor: float | None,
+    on_point: OnPoint | None = None,
+    done: Mapping[str, Robustness] | None = None,
+) -> None:
+    """Give each point its `robust_acc`, `seconds` and `robust_complete` from `attack` (or
+    from `done`, by `point_key`).
+
+    Without a `floor` every point is attacked, in order. With one, `choose` admits a point
+    whose robust accuracy reaches it and takes the most accurate admitted one; so the points
+    are attacked in order of clean accuracy, and once one is admitted only those as accurate
+    as it are attacked too: the rest could not be chosen (their `robust_acc` is None). A
+    point's attacks stop once it cannot reach the floor any more (its `robust_acc` is then an
+    upper bound, `robust_complete` False). The choice is the one attacking every point fully
+    would give.
+    """
+    order = sorted(points, key=lambda p: -p["clean_acc"]) if floor is not None else points
+    admitted_at: float | None = None
+    for point in order:
+        if admitted_at is not None and point["clean_acc"] < admitted_at:
+            point.update(robust_acc=None, seconds=0.0)
+            continue
+        rob_acc, seconds, complete = (done or {}).get(point_key(point)) or attack(point, floor)
+        point.update(robust_acc=rob_acc, seconds=seconds, robust_complete=complete)
+        if floor is not None and rob_acc >= floor and admitted_at is None:
+            admitted_at = point["clean_acc"]
         if on_point is not None:
             on_point(point)
-    return points
 
 
 @torch.no_grad()
@@ -254,14 +288,9 @@ def bias_sweep(
     evaluation mode: clean accuracy on all of `images`, robust accuracy on their first
     `settings.subset`. The mix's own knobs are restored afterwards.
 
-    With a `reference` robust accuracy (the robust base's), `choose` admits a point when its
-    robust accuracy is within `settings.tolerance` of it and takes the most accurate admitted
-    one; so the points are attacked in order of clean accuracy, and once one is admitted only
-    those as accurate as it are attacked too: the rest could not be chosen. Their
-    `robust_acc` is None. A point's attacks stop once it cannot be admitted any more (its
-    `robust_acc` is then an upper bound, `robust_complete` False). The choice is the one the
-    whole grid's attacks would give. A point in `done` (see `alpha_sweep`) is not attacked
-    again.
+    Attacked as `attack_in_order` says: lazily, given the robust base's `reference`
+    (admission: within `settings.tolerance` of it). A point in `done` (see `alpha_sweep`) is
+    not attacked again.
     """
     x, y = images
     logits_std, logits_rob = logits_of(mix.standard, x), logits_of(mix.robust, x)
@@ -284,22 +313,21 @@ def bias_sweep(
         )
         clean = float((out.argmax(1) == y.cpu()).float().mean())
         points.append({**knobs, "clean_acc": clean, "mean_alpha_clean": float(log_a.exp().mean())})
-    order = sorted(points, key=lambda p: -p["clean_acc"]) if reference is not None else points
-    floor = None if reference is None else reference - settings.tolerance
-    admitted_at: float | None = None
-    for point in order:
-        if admitted_at is not None and point["clean_acc"] < admitted_at:
-            point.update(robust_acc=None, seconds=0.0)
-            continue
+
+    def attack(point: dict[str, Any], give_up_below: float | None) -> Robustness:
         with _knobs(mix, point):
-            rob_acc, seconds, complete = (done or {}).get(point_key(point)) or robust_accuracy(
-                mix, x_sub, y_sub, eps=eps, settings=settings, seed=seed, give_up_below=floor
+            return robust_accuracy(
+                mix,
+                x_sub,
+                y_sub,
+                eps=eps,
+                settings=settings,
+                seed=seed,
+                give_up_below=give_up_below,
             )
-        point.update(robust_acc=rob_acc, seconds=seconds, robust_complete=complete)
-        if floor is not None and rob_acc >= floor:
-            admitted_at = point["clean_acc"] if admitted_at is None else admitted_at
-        if on_point is not None:
-            on_point(point)
+
+    floor = None if reference is None else reference - settings.tolerance
+    attack_in_order(points, attack, floor=floor, on_point=on_point, done=done)
     return points
 
 
@@ -314,19 +342,18 @@ def choose(
     points: Sequence[dict[str, Any]],
     *,
     tolerance: float,
-    reference: float | None = None,
+    reference: float,
     key: str | tuple[str, ...] = "alpha",
 ) -> dict[str, Any]:
-    """The most accurate point whose robust accuracy is within `tolerance` of `reference`
-    (default: the most robust point's); with none that close, the most robust point.
+    """The most accurate point whose robust accuracy is within `tolerance` of `reference` (the
+    robust base's); with none that close, the most robust point.
 
     `key` names the knobs (the first one breaks ties first; see `_preference`).
     """
     keys = (key,) if isinstance(key, str) else key
     points = [p for p in points if p["robust_acc"] is not None]  # not attacked: not a candidate
     best = max(points, key=lambda p: (p["robust_acc"], p["clean_acc"], *_preference(p, keys)))
-    target = best["robust_acc"] if reference is None else reference
-    allowed = [p for p in points if p["robust_acc"] >= target - tolerance]
+    allowed = [p for p in points if p["robust_acc"] >= reference - tolerance]
     if not allowed:
         return best
     return max(allowed, key=lambda p: (p["clean_acc"], p["robust_acc"], *_preference(p, keys)))

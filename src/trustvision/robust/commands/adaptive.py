@@ -22,6 +22,7 @@ from trustvision.robust.commands.common import (
     attack_label,
     data_name,
     mix_spec,
+    reference_robustness,
     selection_record,
     sweep_signature,
 )
@@ -43,7 +44,6 @@ from trustvision.robust.sweep import (
     choose,
     gate_grid,
     knob_values,
-    robust_accuracy,
     set_knobs,
 )
 from trustvision.runs import RunDir
@@ -276,12 +276,8 @@ def choose_gate(
     if not cfg.mixnet.bias_sweep:
         return _configured_gate(cfg, mix)
     grids = gate_grids(cfg)
-    x, y = inputs.images
-    n, eps = cfg.sweep.subset, inputs.eps
-    reference = robust_accuracy(
-        inputs.robust, x[:n], y[:n], eps=eps, settings=cfg.sweep, seed=cfg.seed
-    ).acc
-    log(f"robust base on validation images: {reference:.2%}")
+    eps = inputs.eps
+    reference = reference_robustness(cfg, inputs, log=log)
     store = PointStore(run.path / POINTS, sweep_signature(cfg, eps, mixnet=state_sha256(mix)))
 
     def on_point(p: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from trustvision.robust.config import DEFAULT_EPS, MixConfig, RobustTrainConfig,
 from trustvision.robust.evaluate import recorded_dataset, validation_indices, validation_pixels
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import data_of, load_base, read_finished
-from trustvision.robust.sweep import Robustness, point_key
+from trustvision.robust.sweep import Robustness, point_key, robust_accuracy
 
 Log = Callable[[str], None]
 
@@ -212,6 +212,18 @@ class PointStore:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.path)
+
+
+def reference_robustness(cfg: MixConfig, inputs: MixInputs, *, log: Log) -> float:
+    """The robust base's accuracy under the sweep's attack on the sweep's validation images:
+    the reference both mixes are admitted against."""
+    x, y = inputs.images
+    n = cfg.sweep.subset
+    reference = robust_accuracy(
+        inputs.robust, x[:n], y[:n], eps=inputs.eps, settings=cfg.sweep, seed=cfg.seed
+    ).acc
+    log(f"robust base on validation images: {reference:.2%}")
+    return reference
 
 
 def sweep_signature(cfg: MixConfig, eps: float, **extra: Any) -> dict[str, Any]:

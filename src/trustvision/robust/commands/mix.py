@@ -24,6 +24,7 @@ from trustvision.robust.commands.common import (
     mix_inputs,
     mix_spec,
     quiet,
+    reference_robustness,
     selection_record,
     sweep_signature,
 )
@@ -81,14 +82,16 @@ def run_mix(
 
 def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> dict[str, Any]:
     """Sweep alpha x s_g x s_h on validation images, keep the point the sweep's rule picks."""
+    reference = reference_robustness(cfg, inputs, log=log)
     store = PointStore(run.path / POINTS, sweep_signature(cfg, inputs.eps))
 
     def on_point(p: dict[str, Any]) -> None:
         store.record(p)
+        bound = "" if p.get("robust_complete", True) else "<= "
         log(
             f"alpha {p['alpha']:.2f}, s_g {_temp(p['temperature_std'])}, "
             f"s_h {_temp(p['temperature_rob'])}: validation clean {p['clean_acc']:.2%}  "
-            f"robust {p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
+            f"robust {bound}{p['robust_acc']:.2%}  ({p['seconds']:.0f} s)"
         )
 
     points = alpha_sweep(
@@ -97,11 +100,12 @@ def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> di
         images=inputs.images,
         eps=inputs.eps,
         settings=cfg.sweep,
+        reference=reference,
         seed=cfg.seed,
         on_point=on_point,
         done=store.done,
     )
-    chosen = choose(points, tolerance=cfg.sweep.tolerance, key=FIXED_KNOBS)
+    chosen = choose(points, tolerance=cfg.sweep.tolerance, reference=reference, key=FIXED_KNOBS)
     temps = temperatures(chosen)
     write_mix(run, mix_spec(cfg, alpha=chosen["alpha"], **temps))
     attack = attack_label(cfg.sweep, inputs.info["images_attacked"])
@@ -121,10 +125,10 @@ def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> di
             "temperature_rob": cfg.sweep.temperatures_rob,
         },
         rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
-        f"accuracy is within {cfg.sweep.tolerance:g} of the most robust grid point's",
+        f"accuracy is within {cfg.sweep.tolerance:g} of the robust base's on the same images",
         validation=inputs.info,
         attack=attack,
-        reference=max(p["robust_acc"] for p in points),
+        reference=reference,
     )
     return {
         "sweep": points,

@@ -81,7 +81,7 @@ def pipeline_report(
         title=f"{fixed['data']['name']}: clean vs robust accuracy",
         attack=fixed["sweep_attack"],
         chosen=fixed["chosen"],
-        adaptive=[p for p in (adaptive or {}).get("bias_sweep", []) if p["robust_acc"] is not None],
+        adaptive=(adaptive or {}).get("bias_sweep", []),
         final=final,
     )
     selection = {"fixed mix": fixed["selection"]}
