@@ -215,6 +215,21 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
     )
 
 
+def test_a_damaged_chunk_file_is_reported_and_its_chunks_attacked_again(tmp_path):
+    work = tmp_path / "work"
+    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    eval_dir = work / "eval-robust"
+    first = json.loads((eval_dir / "summary.json").read_text())
+    (eval_dir / "summary.json").unlink()
+    (eval_dir / eval_command.STATE).write_text('{"signature": {"model": ')  # cut off mid-write
+    lines: list[str] = []
+    pipeline.run_pipeline(cfg, work, log=lines.append)
+    assert any("is damaged" in line and "attacked again" in line for line in lines)
+    second = json.loads((eval_dir / "summary.json").read_text())
+    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]  # seeded
+
+
 def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
     runner = CliRunner()
     shown = runner.invoke(robust_app, ["train", "--print-config", "attack.method=trades"])

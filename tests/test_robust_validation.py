@@ -19,8 +19,9 @@ from trustvision.errors import ConfigError
 from trustvision.models import create_model
 from trustvision.robust.commands.common import PointStore
 from trustvision.robust.config import PipelineConfig, SweepSettings
-from trustvision.robust.mixing import build_adaptive
+from trustvision.robust.mixing import MixedClassifier, build_adaptive
 from trustvision.robust.pixels import Normalized
+from trustvision.robust.runs import model_sha256
 
 ROOT = Path(__file__).parents[1]
 N_TRAIN = 1000
@@ -177,6 +178,17 @@ def base(seed: int) -> Normalized:
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.3)
     return Normalized(net, (0.5,), (0.25,))
+
+
+def test_a_models_hash_changes_with_its_weights_and_its_mix_knobs():
+    def mix(alpha=0.5, s_h=1.0, seed=1):
+        return MixedClassifier(base(0), base(seed), alpha=alpha, temperature_rob=s_h)
+
+    same = model_sha256(mix())
+    assert model_sha256(mix()) == same
+    assert len({same, model_sha256(mix(alpha=0.6)), model_sha256(mix(s_h=2.0))}) == 3
+    assert model_sha256(mix(seed=2)) != same
+    assert model_sha256(base(0)) != model_sha256(base(1))
 
 
 def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):

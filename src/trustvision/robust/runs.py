@@ -7,7 +7,9 @@ an adaptive mix `mixnet.safetensors`. Loading never unpickles anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,25 @@ def data_of(path: str | Path) -> dict[str, Any]:
     if summary.get("kind") == "mix":
         return data_of(summary["robust"])
     return summary["data"]
+
+
+# A mix's knobs that are plain attributes, not tensors of its state dict.
+MIX_ATTRIBUTES = ("alpha", "temperature_std", "temperature_rob")
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor], **numbers: float) -> str:
+    """One hash of named tensors (their values, in name order) and named numbers."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(tensors.items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(numbers, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def model_sha256(model: nn.Module) -> str:
+    """What a loaded model computes, as one hash: every parameter and buffer, and a mix's
+    alpha and temperatures. Kept attack results hold for this hash only."""
+    values = {name: getattr(model, name, None) for name in MIX_ATTRIBUTES}
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+    return tensors_sha256(model.state_dict(), **numbers)

@@ -4,7 +4,6 @@ scale x alpha range) and the temperatures s_g, s_h on validation images."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -36,7 +35,7 @@ from trustvision.robust.mixtrain import (
     mixing_objective,
 )
 from trustvision.robust.plots import plot_gate
-from trustvision.robust.runs import write_mix
+from trustvision.robust.runs import tensors_sha256, write_mix
 from trustvision.robust.sweep import (
     ADAPTIVE_KNOBS,
     GATE_KNOBS,
@@ -248,11 +247,7 @@ def _configured_gate(cfg: MixConfig, mix: AdaptiveMixedClassifier) -> dict[str, 
 
 def state_sha256(mix: AdaptiveMixedClassifier) -> str:
     """The trained mixing network, as one hash: the points of its gate sweep hold for it only."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(mix.mixing_state().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_sha256(mix.mixing_state())
 
 
 def gate_line(p: dict[str, Any]) -> str:

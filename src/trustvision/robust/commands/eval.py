@@ -29,20 +29,26 @@ from trustvision.robust.evaluate import (
     recorded_dataset,
     test_pixels,
 )
-from trustvision.robust.runs import data_of, load_model
+from trustvision.robust.runs import data_of, load_model, model_sha256
 from trustvision.runs import RunDir, environment_info
 from trustvision.train.recipe import run_settings
 
 STATE = "autoattack-chunks.json"
 
 
-def _load_chunks(path: Path, signature: dict[str, Any]) -> dict[int, ChunkResult]:
+def _load_chunks(path: Path, signature: dict[str, Any], log: Log) -> dict[int, ChunkResult]:
+    """The kept chunks of an evaluation with this signature (none for another model or other
+    settings; a damaged file is reported and its chunks attacked again)."""
     if not path.is_file():
         return {}
-    state = json.loads(path.read_text())
-    if state.get("signature") != signature:
+    try:
+        state = json.loads(path.read_text())
+        if state.get("signature") != signature:
+            return {}
+        return {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as err:
+        log(f"{path} is damaged ({err}); its chunks are attacked again")
         return {}
-    return {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
 
 
 def _save_chunks(path: Path, signature: dict[str, Any], chunks: dict[int, ChunkResult]) -> None:
@@ -129,9 +135,15 @@ def _attack(
     )
     # Chunk i always holds the same images, so a larger `subset` reuses every finished chunk.
     keep = settings.model_dump(mode="json", exclude={"subset", "test_subset"})
-    signature = {"model": str(cfg.model), "eps": eps, "order": attackers.order, "settings": keep}
+    signature = {
+        "model": str(cfg.model),
+        "model_sha256": model_sha256(model),
+        "eps": eps,
+        "order": attackers.order,
+        "settings": keep,
+    }
     state_path = run.path / STATE
-    chunks = _load_chunks(state_path, signature)
+    chunks = _load_chunks(state_path, signature, log)
 
     def save(index: int, chunk: ChunkResult) -> None:
         chunks[index] = chunk
