@@ -95,7 +95,9 @@ def _t(value: float | None) -> str:
 
 
 def _is_chosen(point: dict[str, Any], chosen: dict[str, Any]) -> bool:
-    return all(point.get(k) == v for k, v in chosen.items())
+    """Whether a sweep point has the chosen knobs (`alpha_range`, a summary of alpha_low and
+    alpha_high, is not a key of the points)."""
+    return all(point.get(k) == v for k, v in chosen.items() if k != "alpha_range")
 
 
 def validation_line(selection: dict[str, Any]) -> str:
@@ -254,6 +256,27 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def chosen_lines(report: dict[str, Any]) -> list[str]:
+    """The two chosen mixes side by side on validation images (admitted by the same rule)."""
+    picks = []
+    for points, selection in (
+        (report["sweep"], report["selection"]["fixed mix"]),
+        (report["adaptive"].get("bias_sweep") or [], report["adaptive"]["selection"]),
+    ):
+        picks.append(next((p for p in points if _is_chosen(p, selection["chosen"])), None))
+    fixed, adaptive = picks
+    if fixed is None or adaptive is None or adaptive.get("robust_acc") is None:
+        return []
+    return [
+        "On validation images, both admitted by the same rule: the adaptive mix "
+        f"{pct(adaptive['clean_acc'])}% clean / {pct(adaptive['robust_acc'], 1)}% robust, the "
+        f"fixed mix {pct(fixed['clean_acc'])}% / {pct(fixed['robust_acc'], 1)}%: "
+        f"{100 * (adaptive['clean_acc'] - fixed['clean_acc']):+.2f} points of clean accuracy "
+        "for the mixing network.",
+        "",
+    ]
+
+
 def adaptive_lines(report: dict[str, Any]) -> list[str]:
     adaptive = report.get("adaptive")
     if not adaptive:
@@ -269,10 +292,12 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
         f"rule: {selection['rule']} (the robust base: "
         f"{pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares with "
         "the best fixed mix at the same validation robust accuracy (interpolated on the alpha "
-        "sweep's curves): positive means the mixing network buys clean accuracy a constant "
-        "alpha cannot. Points are attacked in order of clean accuracy; once one is admitted, "
-        "the less accurate ones could not be chosen and are not attacked.",
+        "sweep's exactly measured points; n/a where none bracket it): positive means the mixing "
+        "network buys clean accuracy a constant alpha cannot. Points are attacked in order of "
+        "clean accuracy; once one is admitted, the less accurate ones could not be chosen and "
+        "are not attacked.",
         "",
+        *chosen_lines(report),
         *gate_lines(report),
         "",
         validation_line(selection),
