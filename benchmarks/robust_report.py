@@ -257,22 +257,32 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
 
 
 def chosen_lines(report: dict[str, Any]) -> list[str]:
-    """The two chosen mixes side by side on validation images (admitted by the same rule)."""
-    picks = []
-    for points, selection in (
-        (report["sweep"], report["selection"]["fixed mix"]),
-        (report["adaptive"].get("bias_sweep") or [], report["adaptive"]["selection"]),
+    """The two chosen mixes side by side on validation images, and whether the rule admitted
+    each (within the tolerance of the robust base) or fell back to the most robust point."""
+    adaptive = report["adaptive"]
+    reference = adaptive.get("bias_reference_robust_acc")
+    tolerance = report["config"]["sweep"]["tolerance"]
+    picks = {}
+    for label, points, selection in (
+        ("fixed", report["sweep"], report["selection"]["fixed mix"]),
+        ("adaptive", adaptive.get("bias_sweep") or [], adaptive["selection"]),
     ):
-        picks.append(next((p for p in points if _is_chosen(p, selection["chosen"])), None))
-    fixed, adaptive = picks
-    if fixed is None or adaptive is None or adaptive.get("robust_acc") is None:
+        picks[label] = next((p for p in points if _is_chosen(p, selection["chosen"])), None)
+    if reference is None or any(p is None or p["robust_acc"] is None for p in picks.values()):
         return []
+
+    def admitted(p: dict[str, Any]) -> str:
+        ok = p.get("robust_complete", True) and p["robust_acc"] >= reference - tolerance - 1e-9
+        return "admitted" if ok else "not admitted: the most robust point"
+
+    fixed, gate = picks["fixed"], picks["adaptive"]
     return [
-        "On validation images, both admitted by the same rule: the adaptive mix "
-        f"{pct(adaptive['clean_acc'])}% clean / {pct(adaptive['robust_acc'], 1)}% robust, the "
-        f"fixed mix {pct(fixed['clean_acc'])}% / {pct(fixed['robust_acc'], 1)}%: "
-        f"{100 * (adaptive['clean_acc'] - fixed['clean_acc']):+.2f} points of clean accuracy "
-        "for the mixing network.",
+        f"On validation images (the robust base: {pct(reference, 1)}%, tolerance "
+        f"{100 * tolerance:g} points): the adaptive mix {pct(gate['clean_acc'])}% clean / "
+        f"{robust_cell(gate)}% robust ({admitted(gate)}), the fixed mix "
+        f"{pct(fixed['clean_acc'])}% / {robust_cell(fixed)}% ({admitted(fixed)}): "
+        f"{100 * (gate['clean_acc'] - fixed['clean_acc']):+.2f} points of clean accuracy for "
+        "the mixing network.",
         "",
     ]
 

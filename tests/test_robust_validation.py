@@ -276,6 +276,55 @@ def test_the_lazy_fixed_sweep_chooses_what_attacking_every_point_would(monkeypat
     assert skipped and all(p["clean_acc"] < expected["clean_acc"] for p in skipped)
 
 
+def test_with_no_point_admitted_the_lazy_sweep_still_finds_the_most_robust(monkeypatch):
+    x = torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    y = torch.zeros(20, dtype=torch.long)
+
+    def fake_clean_accuracy(*args, alpha, temperature_std, temperature_rob):
+        return round(0.95 - 0.1 * alpha, 4)
+
+    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):
+        acc = round(0.2 + 0.3 * float(model.alpha), 3)  # far below any floor here
+        if give_up_below is not None:  # stopped early: bounds that rank the points backwards
+            return sweep.Robustness(give_up_below - 0.01 * float(model.alpha), 0.0, False)
+        return sweep.Robustness(acc, 0.0)
+
+    monkeypatch.setattr(sweep, "clean_accuracy_at", fake_clean_accuracy)
+    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    settings = SweepSettings(subset=10, alphas=(0.0, 0.5, 0.8, 1.0), tolerance=0.05)
+    args = {"images": (x, y), "eps": 0.1, "settings": settings}
+    full = sweep.alpha_sweep(base(0), base(1), **args)
+    lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.9)
+    keys = sweep.FIXED_KNOBS
+    expected = sweep.choose(full, tolerance=0.05, reference=0.9, key=keys)
+    assert expected["alpha"] == 1.0  # nothing within 0.05 of 0.9: the most robust point
+    chosen = sweep.choose(lazy, tolerance=0.05, reference=0.9, key=keys)
+    assert chosen == expected and chosen["robust_complete"] is True
+
+
+def test_a_sweeps_store_keeps_the_reference_and_a_bound_below_a_new_floor_is_attacked_again(
+    tmp_path,
+):
+    store = PointStore(tmp_path / "points.json", {"eps": 0.1})
+    store.record_reference(0.72)
+    store.record({"alpha": 0.9, "robust_acc": 0.66, "seconds": 1.0, "robust_complete": False})
+    again = PointStore(tmp_path / "points.json", {"eps": 0.1})
+    assert again.reference == 0.72 and next(iter(again.done.values())).complete is False
+    assert PointStore(tmp_path / "points.json", {"eps": 0.2}).reference is None
+
+    attacked = []
+
+    def attack(point, floor):  # fully attacked (floor None): exact; else stopped, a bound
+        attacked.append(floor)
+        return sweep.Robustness(0.61, 2.0, complete=floor is None)
+
+    sweep.attack_in_order([{"alpha": 0.9, "clean_acc": 0.9}], attack, floor=0.7, done=again.done)
+    assert attacked == [None]  # the kept bound stays below 0.7; none admitted: settled fully
+    attacked.clear()
+    sweep.attack_in_order([{"alpha": 0.9, "clean_acc": 0.9}], attack, floor=0.65, done=again.done)
+    assert attacked[0] == 0.65  # a bound of 0.66 could reach 0.65: attacked again
+
+
 def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):
     cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [])
     work = tmp_path / "work"

@@ -97,9 +97,10 @@ class SweepSettings(StrictModel):
 
     Every grid point is judged on validation images, training images both bases held out
     (`data.validation`): clean accuracy on the first `clean_subset` of them, robust accuracy
-    under `attack` on the first `subset`. Test images are never read. Each grid point costs one
-    attack on `subset` images (at alpha 0 and 1 one temperature is unused, so those points are
-    attacked once per value of the other).
+    under `attack` on the first `subset`. Test images are never read. A grid point costs at
+    most one attack on `subset` images, and much less when it cannot be chosen (the attacks run
+    in order of clean accuracy and stop early: `sweep.attack_in_order`); at alpha 0 and 1 one
+    temperature is unused, so those points are attacked once per value of the other.
     """
 
     alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)

@@ -61,16 +61,17 @@ def plot_tradeoff(
     final: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Clean against attacked accuracy. Left, the validation sweep the knobs were chosen on:
-    the fixed mix at every attacked alpha (one curve per pair of temperatures), the chosen
-    point starred, and the adaptive mix's attacked gate points; a point whose attacks stopped
-    early (`robust_complete` False: its robust accuracy is an upper bound) is ringed. Points
-    the lazy sweep never attacked are left out. Right, when `final` is given, each model's
-    final test numbers, {"label", "clean_acc", "robust_acc"} under AutoAttack: other images
-    and another attack, so the panels never share axes.
+    the fixed mix at every fully attacked alpha (one curve per pair of temperatures), the
+    chosen point starred, and the adaptive mix's fully attacked gate points; a point whose
+    attacks stopped early (`robust_complete` False: its robust accuracy is an upper bound) is a
+    grey ring, on no curve. Points the lazy sweep never attacked are left out. Right, when
+    `final` is given, each model's final test numbers, {"label", "clean_acc", "robust_acc"}
+    under AutoAttack: other images and another attack, so the panels never share axes.
     """
-    points = [p for p in points if p["robust_acc"] is not None]
-    adaptive = [p for p in adaptive if p["robust_acc"] is not None]
-    bounds = [p for p in [*points, *adaptive] if p.get("robust_complete") is False]
+    attacked = [p for p in [*points, *adaptive] if p["robust_acc"] is not None]
+    bounds = [p for p in attacked if p.get("robust_complete") is False]
+    points = [p for p in points if p in attacked and p not in bounds]
+    adaptive = [p for p in adaptive if p in attacked and p not in bounds]
     panels = 2 if final else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     ax = axes[0][0]

@@ -119,7 +119,8 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor], **numbers: float) -> str
     for key, tensor in sorted(tensors.items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps(numbers, sort_keys=True).encode())
+    if numbers:  # (none: the hash of the tensors alone, as kept gate sweeps were signed)
+        digest.update(json.dumps(numbers, sort_keys=True).encode())
     return digest.hexdigest()
 
 

@@ -2,10 +2,10 @@
 
 Fixed mix: a grid over alpha x s_g x s_h. Clean accuracy at every point comes from one pass
 of each base over the validation images (a constant mix is a closed-form function of the two
-sets of logits); robust accuracy needs an attack per point, on the first `subset` validation
-images, with AutoAttack's APGD. At alpha 0 the mix is g alone and s_h is unused, at alpha 1 it
-is h alone and s_g is unused: those points are attacked once per value of the temperature in
-use, and the unused one is recorded as None.
+sets of logits); robust accuracy needs attacks (`SweepSettings.attack`, AutoAttack's) on the
+first `subset` validation images, point by point as `attack_in_order` says. At alpha 0 the mix
+is g alone and s_h is unused, at alpha 1 it is h alone and s_g is unused: those points are
+attacked once per value of the temperature in use, and the unused one is recorded as None.
 
 Adaptive mix: a grid over the gate's knobs (gamma bias x scale x alpha range) x s_g x s_h once
 the mixing network has trained; clean accuracy again from cached base logits and the mixing
@@ -147,8 +147,8 @@ def alpha_sweep(
 ) -> list[dict[str, Any]]:
     """One point per (alpha, s_g, s_h): clean accuracy on all of `images`, robust accuracy on
     their first `settings.subset`, attacked as `attack_in_order` says (lazily, given the
-    robust base's `reference`). A point in `done` (by `point_key`: robust accuracy and
-    seconds, from an interrupted sweep of the same settings) is not attacked again."""
+    robust base's `reference`). A point in `done` (by `point_key`: its `Robustness`, from an
+    interrupted sweep of the same settings) is not attacked again."""
     x, y = images
     logits_std, logits_rob = logits_of(standard, x), logits_of(robust, x)
     x_sub, y_sub = x[: settings.subset], y[: settings.subset]
@@ -186,8 +186,10 @@ def attack_in_order(
     are attacked in order of clean accuracy, and once one is admitted only those as accurate
     as it are attacked too: the rest could not be chosen (their `robust_acc` is None). A
     point's attacks stop once it cannot reach the floor any more (its `robust_acc` is then an
-    upper bound, `robust_complete` False). The choice is the one attacking every point fully
-    would give.
+    upper bound, `robust_complete` False); only a fully attacked point is admitted. If none
+    is, `choose` takes the most robust point, so the stopped points are then attacked fully,
+    highest bound first, until no bound left can beat the best exact value. Either way the
+    choice is the one attacking every point fully would give.
     """
     order = sorted(points, key=lambda p: -p["clean_acc"]) if floor is not None else points
     admitted_at: float | None = None
@@ -195,10 +197,39 @@ def attack_in_order(
         if admitted_at is not None and point["clean_acc"] < admitted_at:
             point.update(robust_acc=None, seconds=0.0)
             continue
-        rob_acc, seconds, complete = (done or {}).get(point_key(point)) or attack(point, floor)
-        point.update(robust_acc=rob_acc, seconds=seconds, robust_complete=complete)
-        if floor is not None and rob_acc >= floor and admitted_at is None:
+        kept = (done or {}).get(point_key(point))
+        if kept is None or (floor is not None and not kept.complete and kept.acc >= floor):
+            kept = attack(point, floor)  # (a bound kept from a sweep with a lower floor: again)
+        point.update(robust_acc=kept.acc, seconds=kept.seconds, robust_complete=kept.complete)
+        if floor is not None and kept.complete and kept.acc >= floor and admitted_at is None:
             admitted_at = point["clean_acc"]
+        if on_point is not None:
+            on_point(point)
+    if floor is not None and admitted_at is None:
+        _settle_most_robust(points, attack, on_point=on_point, done=done)
+
+
+def _settle_most_robust(
+    points: Sequence[dict[str, Any]],
+    attack: Callable[[dict[str, Any], float | None], Robustness],
+    *,
+    on_point: OnPoint | None,
+    done: Mapping[str, Robustness] | None,
+) -> None:
+    """Attack stopped points fully, highest upper bound first, until the best exact robust
+    accuracy is above every bound left (ties are attacked: `choose` breaks them by knobs)."""
+    stopped = sorted(
+        (p for p in points if p["robust_complete"] is False), key=lambda p: -p["robust_acc"]
+    )
+    best = max((p["robust_acc"] for p in points if p["robust_complete"]), default=-1.0)
+    for point in stopped:
+        if point["robust_acc"] < best:
+            break
+        kept = (done or {}).get(point_key(point))
+        if kept is None or not kept.complete:
+            kept = attack(point, None)
+        point.update(robust_acc=kept.acc, seconds=kept.seconds, robust_complete=kept.complete)
+        best = max(best, kept.acc)
         if on_point is not None:
             on_point(point)
 

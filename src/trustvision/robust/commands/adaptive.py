@@ -18,6 +18,7 @@ from trustvision.robust.commands.common import (
     Log,
     MixInputs,
     PointStore,
+    admission_rule,
     attack_label,
     data_name,
     mix_spec,
@@ -272,8 +273,8 @@ def choose_gate(
         return _configured_gate(cfg, mix)
     grids = gate_grids(cfg)
     eps = inputs.eps
-    reference = reference_robustness(cfg, inputs, log=log)
     store = PointStore(run.path / POINTS, sweep_signature(cfg, eps, mixnet=state_sha256(mix)))
+    reference = reference_robustness(cfg, inputs, store, log=log)
 
     def on_point(p: dict[str, Any]) -> None:
         store.record(p)
@@ -300,8 +301,7 @@ def choose_gate(
             "alpha_range": (chosen["alpha_low"], chosen["alpha_high"]),
         },
         grids=grids,
-        rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
-        f"accuracy is within {cfg.sweep.tolerance:g} of the robust base's on the same images",
+        rule=admission_rule(cfg.sweep.tolerance),
         validation=inputs.info,
         attack=attack,
         reference=reference,

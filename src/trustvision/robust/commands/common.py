@@ -16,7 +16,13 @@ from torch import Tensor
 from trustvision.config import load_config
 from trustvision.data.dataset import Dataset
 from trustvision.errors import ConfigError
-from trustvision.robust.config import DEFAULT_EPS, MixConfig, RobustTrainConfig, SweepSettings
+from trustvision.robust.config import (
+    DEFAULT_EPS,
+    APGDSettings,
+    MixConfig,
+    RobustTrainConfig,
+    SweepSettings,
+)
 from trustvision.robust.evaluate import recorded_dataset, validation_indices, validation_pixels
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import data_of, load_base, read_finished
@@ -140,8 +146,15 @@ def data_name(cfg: MixConfig) -> str:
 
 def attack_label(sweep: SweepSettings, images: int) -> str:
     """How a sweep attacked its validation images, for plots and summaries."""
-    attacks = " + ".join(a.upper() for a in sweep.attack.attacks)
-    return f"{attacks} ({sweep.attack.n_iter} it.) on {images} validation images"
+    parts = [_attack_part(name, sweep.attack) for name in sweep.attack.attacks]
+    return f"{' + '.join(parts)} on {images} validation images"
+
+
+def _attack_part(name: str, attack: APGDSettings) -> str:
+    if name == "square":
+        return f"SQUARE ({attack.square_queries} queries)"
+    targets = f", {attack.n_target_classes} targets" if name in ("apgd-t", "fab-t") else ""
+    return f"{name.upper()} ({attack.n_iter} it.{targets})"
 
 
 @dataclass(frozen=True)
@@ -189,9 +202,10 @@ POINTS = "sweep-points.json"
 
 
 class PointStore:
-    """A sweep's attacked points, kept in its run directory as they come (robust accuracy and
-    seconds by `sweep.point_key`), so that an interrupted sweep of the same `signature` attacks
-    none of them again. Attacks are seeded: a kept point is the one the attack would give."""
+    """A sweep's attacked points (its `Robustness` by `sweep.point_key`) and the robust base's
+    reference accuracy, kept in its run directory as they come, so that an interrupted sweep
+    of the same `signature` attacks none of them again. Attacks are seeded: a kept point is
+    the one the attack would give."""
 
     def __init__(self, path: Path, signature: dict[str, Any]) -> None:
         self.path, self.signature = path, signature
@@ -199,31 +213,59 @@ class PointStore:
             saved = json.loads(path.read_text()) if path.is_file() else {}
         except (OSError, json.JSONDecodeError):  # a damaged file: the sweep starts again
             saved = {}
-        points = saved.get("points", {}) if saved.get("signature") == signature else {}
+        if saved.get("signature") != signature:
+            saved = {}
+        points = saved.get("points", {})
         self.done: dict[str, Robustness] = {k: Robustness(*v) for k, v in points.items()}
+        self.reference: float | None = saved.get("reference")
 
     def record(self, point: dict[str, Any]) -> None:
-        if point.get("robust_acc") is None:  # not attacked (the lazy gate sweep)
+        if point.get("robust_acc") is None:  # not attacked (the lazy sweep)
             return
         self.done[point_key(point)] = Robustness(
             point["robust_acc"], point["seconds"], point.get("robust_complete", True)
         )
-        body = {"signature": self.signature, "points": {k: list(v) for k, v in self.done.items()}}
+        self._save()
+
+    def record_reference(self, reference: float) -> None:
+        self.reference = reference
+        self._save()
+
+    def _save(self) -> None:
+        body = {
+            "signature": self.signature,
+            "reference": self.reference,
+            "points": {k: list(v) for k, v in self.done.items()},
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.path)
 
 
-def reference_robustness(cfg: MixConfig, inputs: MixInputs, *, log: Log) -> float:
-    """The robust base's accuracy under the sweep's attack on the sweep's validation images:
-    the reference both mixes are admitted against."""
-    x, y = inputs.images
-    n = cfg.sweep.subset
-    reference = robust_accuracy(
-        inputs.robust, x[:n], y[:n], eps=inputs.eps, settings=cfg.sweep, seed=cfg.seed
-    ).acc
-    log(f"robust base on validation images: {reference:.2%}")
-    return reference
+def reference_robustness(
+    cfg: MixConfig, inputs: MixInputs, store: PointStore, *, log: Log
+) -> float:
+    """The robust base's accuracy under the sweep's attack on the sweep's validation images,
+    the reference both mixes are admitted against: measured once, then kept in `store`."""
+    if store.reference is None:
+        x, y = inputs.images
+        n = cfg.sweep.subset
+        store.record_reference(
+            robust_accuracy(
+                inputs.robust, x[:n], y[:n], eps=inputs.eps, settings=cfg.sweep, seed=cfg.seed
+            ).acc
+        )
+    assert store.reference is not None
+    log(f"robust base on validation images: {store.reference:.2%}")
+    return store.reference
+
+
+def admission_rule(tolerance: float) -> str:
+    """The rule both mixes are chosen by, as their summaries state it."""
+    return (
+        "the most accurate grid point (validation clean accuracy) whose validation robust "
+        f"accuracy is within {tolerance:g} of the robust base's on the same images"
+    )
 
 
 def sweep_signature(cfg: MixConfig, eps: float, **extra: Any) -> dict[str, Any]:

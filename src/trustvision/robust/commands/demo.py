@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
 from trustvision.robust.commands.certify import run_certify
-from trustvision.robust.commands.common import Log
+from trustvision.robust.commands.common import Log, admission_rule
 from trustvision.robust.commands.eval import run_eval
 from trustvision.robust.commands.mix import run_mix
 from trustvision.robust.commands.report import BASES, pipeline_report
@@ -118,9 +118,10 @@ def config_changes(path: Path, config: BaseModel) -> list[str]:
 
 def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
     settings = summary.get("settings", {})
-    current = summary.get("selection") is not None and settings.get(
-        "sweep"
-    ) == cfg.sweep.model_dump(mode="json")
+    selection: dict[str, Any] = summary.get("selection") or {}
+    current = bool(selection) and settings.get("sweep") == cfg.sweep.model_dump(mode="json")
+    if kind == "fixed":  # before the robust base became its reference it had another rule
+        current = current and selection.get("rule") == admission_rule(cfg.sweep.tolerance)
     if kind == "adaptive":
         current = current and settings.get("mixnet") == cfg.mixnet.model_dump(mode="json")
     return current

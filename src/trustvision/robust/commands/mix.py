@@ -19,6 +19,7 @@ from trustvision.robust.commands.common import (
     Log,
     MixInputs,
     PointStore,
+    admission_rule,
     attack_label,
     data_name,
     mix_inputs,
@@ -82,8 +83,8 @@ def run_mix(
 
 def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> dict[str, Any]:
     """Sweep alpha x s_g x s_h on validation images, keep the point the sweep's rule picks."""
-    reference = reference_robustness(cfg, inputs, log=log)
     store = PointStore(run.path / POINTS, sweep_signature(cfg, inputs.eps))
+    reference = reference_robustness(cfg, inputs, store, log=log)
 
     def on_point(p: dict[str, Any]) -> None:
         store.record(p)
@@ -124,8 +125,7 @@ def fixed_mix(cfg: MixConfig, run: RunDir, inputs: MixInputs, *, log: Log) -> di
             "temperature_std": cfg.sweep.temperatures_std,
             "temperature_rob": cfg.sweep.temperatures_rob,
         },
-        rule=f"the most accurate grid point (validation clean accuracy) whose validation robust "
-        f"accuracy is within {cfg.sweep.tolerance:g} of the robust base's on the same images",
+        rule=admission_rule(cfg.sweep.tolerance),
         validation=inputs.info,
         attack=attack,
         reference=reference,
