@@ -50,6 +50,13 @@ def _final_panel(ax: Any, final: Sequence[dict[str, Any]]) -> None:
     ax.legend(fontsize=7)
 
 
+def _scatter(ax: Any, points: Sequence[dict[str, Any]], marker: str, **style: Any) -> None:
+    """Sweep points as markers at (robust, clean) accuracy in %, if there are any."""
+    if points:
+        xs = [100 * p["robust_acc"] for p in points]
+        ax.plot(xs, [100 * p["clean_acc"] for p in points], marker, **style)
+
+
 def plot_tradeoff(
     points: Sequence[dict[str, Any]],
     path: Path,
@@ -84,25 +91,16 @@ def plot_tradeoff(
                 ax.annotate(
                     f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
                 )
-    if adaptive:
-        ax.plot(
-            [100 * p["robust_acc"] for p in adaptive],
-            [100 * p["clean_acc"] for p in adaptive],
-            "x",
-            color="black",
-            markersize=7,
-            label="adaptive mix (gamma bias, s_g, s_h)",
-        )
-    if bounds:
-        ax.plot(
-            [100 * p["robust_acc"] for p in bounds],
-            [100 * p["clean_acc"] for p in bounds],
-            "o",
-            markerfacecolor="none",
-            markeredgecolor="grey",
-            markersize=11,
-            label="upper bound (attacks stopped early)",
-        )
+    _scatter(ax, adaptive, "x", color="black", markersize=7, label="adaptive mix (gate, s_g, s_h)")
+    _scatter(
+        ax,
+        bounds,
+        "o",
+        markerfacecolor="none",
+        markeredgecolor="grey",
+        markersize=11,
+        label="upper bound (attacks stopped early)",
+    )
     if chosen is not None:
         ax.plot(
             100 * chosen["robust_acc"],
