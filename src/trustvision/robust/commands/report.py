@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trustvision.robust.commands.common import describe
+from trustvision.robust.commands.common import attack_label, describe
 from trustvision.robust.config import PipelineConfig
 from trustvision.robust.plots import plot_tradeoff
 from trustvision.robust.runs import is_finished, read_finished
@@ -75,11 +75,13 @@ def pipeline_report(
     trained = {label: _training_record(work / label) for label in BASES}
     adaptive_dir = work / "adaptive-mix"
     adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
+    # (the stage is current, so its attack is the config's; labelled as this version labels it)
+    attack = attack_label(cfg.sweep, fixed["selection"]["validation_images"]["images_attacked"])
     plot = plot_tradeoff(
         fixed["sweep"],
         work / "tradeoff.png",
         title=f"{fixed['data']['name']}: clean vs robust accuracy",
-        attack=fixed["sweep_attack"],
+        attack=attack,
         chosen=fixed["chosen"],
         adaptive=(adaptive or {}).get("bias_sweep", []),
         final=final,
@@ -91,7 +93,7 @@ def pipeline_report(
         "data": fixed["data"],
         "eps": fixed["eps"],
         "sweep": fixed["sweep"],
-        "sweep_attack": fixed["sweep_attack"],
+        "sweep_attack": attack,
         "alpha": fixed["alpha"],
         "temperature_std": fixed["temperature_std"],
         "temperature_rob": fixed["temperature_rob"],
