@@ -65,11 +65,13 @@ def plot_tradeoff(
     attack: str,
     chosen: dict[str, Any] | None = None,
     adaptive: Sequence[dict[str, Any]] = (),
+    adaptive_chosen: dict[str, Any] | None = None,
     final: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Clean against attacked accuracy. Left, the validation sweep the knobs were chosen on:
     the fixed mix at every fully attacked alpha (one curve per pair of temperatures), the
-    chosen point starred, and the adaptive mix's fully attacked gate points; a point whose
+    chosen point starred, and the adaptive mix's fully attacked gate points (the chosen one a
+    red star); a point whose
     attacks stopped early (`robust_complete` False: its robust accuracy is an upper bound) is a
     grey ring, on no curve. Points the lazy sweep never attacked are left out. Right, when
     `final` is given, each model's final test numbers, {"label", "clean_acc", "robust_acc"}
@@ -110,11 +112,21 @@ def plot_tradeoff(
             markersize=13,
             label=f"chosen fixed mix: alpha {chosen['alpha']:g}",
         )
+    if adaptive_chosen is not None and adaptive_chosen.get("robust_acc") is not None:
+        ax.plot(
+            100 * adaptive_chosen["robust_acc"],
+            100 * adaptive_chosen["clean_acc"],
+            "*",
+            color="tab:red",
+            markersize=13,
+            label="chosen adaptive mix",
+        )
     ax.set(
-        xlabel=f"robust accuracy (%), {attack}",
+        xlabel=f"robust accuracy (%)\n{attack}",
         ylabel="clean accuracy (%)",
         title=f"{title}\nvalidation images: how the knobs were chosen",
     )
+    ax.xaxis.label.set_fontsize(8)  # the attack's description is long
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if final:

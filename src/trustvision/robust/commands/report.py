@@ -84,6 +84,7 @@ def pipeline_report(
         attack=attack,
         chosen=fixed["chosen"],
         adaptive=(adaptive or {}).get("bias_sweep", []),
+        adaptive_chosen=(adaptive or {}).get("chosen"),
         final=final,
     )
     selection = {"fixed mix": fixed["selection"]}
@@ -130,6 +131,7 @@ def _adaptive_record(path: Path) -> dict[str, Any]:
         *ADAPTIVE_KNOBS,
         "bias_sweep",
         "bias_reference_robust_acc",
+        "chosen",
         "selection",
         "mixnet_train_images",
         "train_seconds",
