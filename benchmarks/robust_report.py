@@ -205,6 +205,9 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     images after training, and on the test images AutoAttack used."""
     last = (report["adaptive"].get("history") or [{}])[-1]
     test = next((r.get("gate") for r in report["rows"] if r["model"] == "adaptive mix"), None)
+    net, chosen = report["config"]["mixnet"], report["adaptive"]
+    trained_gate = f"training gate: scale {net['gamma_scale']:g}, bias {net['gamma_bias']:g}"
+    chosen_gate = f"chosen gate: scale {chosen['gamma_scale']:g}, bias {chosen['gamma_bias']:g}"
     lines = [
         "The gate's mean alpha (the robust base's weight) on clean images, under an attack "
         "blind to the gate (as all of AutoAttack's are) and under one that also pushes the gate "
@@ -221,7 +224,7 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
             last.get("train_alpha_attacked"),
         ),
         (
-            "validation images after training (PGD on the mix)",
+            f"validation images after training (PGD on the mix; {trained_gate})",
             last.get("val_alpha_clean"),
             last.get("val_alpha_attacked"),
             last.get("val_alpha_adaptive"),
@@ -231,7 +234,7 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
         rows.append(
             (
                 f"test images ({test['n']}; {test['attacks']['attacked']} / "
-                f"{test['attacks']['adaptive']})",
+                f"{test['attacks']['adaptive']}; {chosen_gate})",
                 test["alpha_clean"],
                 test["alpha_attacked"],
                 test["alpha_adaptive"],
