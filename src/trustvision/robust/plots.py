@@ -104,23 +104,11 @@ def plot_tradeoff(
         label="upper bound (attacks stopped early)",
     )
     if chosen is not None:
-        ax.plot(
-            100 * chosen["robust_acc"],
-            100 * chosen["clean_acc"],
-            "*",
-            color="black",
-            markersize=13,
-            label=f"chosen fixed mix: alpha {chosen['alpha']:g}",
-        )
+        label = f"chosen fixed mix: alpha {chosen['alpha']:g}"
+        _scatter(ax, [chosen], "*", color="black", markersize=13, label=label)
     if adaptive_chosen is not None and adaptive_chosen.get("robust_acc") is not None:
-        ax.plot(
-            100 * adaptive_chosen["robust_acc"],
-            100 * adaptive_chosen["clean_acc"],
-            "*",
-            color="tab:red",
-            markersize=13,
-            label="chosen adaptive mix",
-        )
+        label = "chosen adaptive mix"
+        _scatter(ax, [adaptive_chosen], "*", color="tab:red", markersize=13, label=label)
     ax.set(
         xlabel=f"robust accuracy (%)\n{attack}",
         ylabel="clean accuracy (%)",
