@@ -77,6 +77,8 @@ def spec(setting: str, algorithm: str) -> dict[str, Any]:
     key, grid = KNOBS[algorithm]
     metric, test = objective(algorithm)
     choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
+    if choice and key.startswith("algorithm."):  # a knob of its own: a section, not a name
+        choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
     return {
         "name": f"{setting}-{algorithm}",
         "command": "fed run",
