@@ -1,0 +1,44 @@
+"""benchmarks/fed_sweep.py's sweep specs load as configs, for every method, setting and value."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from trustvision.config import load_config
+from trustvision.federated.config import FedConfig
+
+ROOT = Path(__file__).parents[1]
+
+
+def fed_sweep() -> ModuleType:
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # its `common`, as when run as a script
+    spec = importlib.util.spec_from_file_location(
+        "bench_fed_sweep", ROOT / "benchmarks/fed_sweep.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("algorithm", sorted(fed_sweep().KNOBS))
+def test_every_trial_of_a_methods_sweep_is_a_valid_config_of_that_method(algorithm):
+    bench = fed_sweep()
+    key, grid = bench.KNOBS[algorithm]
+    for setting in bench.SETTINGS:
+        tree = bench.spec(setting, algorithm)
+        for value in grid:
+            cfg = load_config(
+                FedConfig, ROOT / tree["config"], [*tree["overrides"], f"{key}={value}"]
+            )
+            assert cfg.algorithm.name == algorithm
+            section, _, name = key.rpartition(".")
+            holder = cfg.algorithm.options if section == "algorithm.options" else None
+            if holder is not None:
+                assert holder[name] == value
