@@ -239,30 +239,46 @@ def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatc
     assert skipped and all(p["clean_acc"] < expected["clean_acc"] for p in skipped)
 
 
+def fake_fixed_sweep(monkeypatch, *, clean, robust, n=40, attacked=None):
+    """Replace the fixed sweep's two measurements by `clean(alpha, s_h)` and
+    `robust(alpha, s_h, give_up_below)`; returns the sweep's images."""
+
+    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):
+        if attacked is not None:
+            attacked.append(give_up_below)
+        return robust(float(model.alpha), model.temperature_rob, give_up_below)
+
+    monkeypatch.setattr(
+        sweep,
+        "clean_accuracy_at",
+        lambda *args, alpha, temperature_std, temperature_rob: clean(alpha, temperature_rob),
+    )
+    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    x = torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(n))
+    return x, torch.zeros(n, dtype=torch.long)
+
+
 def test_the_lazy_fixed_sweep_chooses_what_attacking_every_point_would(monkeypatch):
-    x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(6))
-    y = torch.zeros(40, dtype=torch.long)
-    attacked = []
-
-    def fake_clean_accuracy(*args, alpha, temperature_std, temperature_rob):
-        return round(0.95 - 0.1 * alpha - 0.01 * temperature_rob, 4)  # alpha up: less accurate
-
-    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):  # alpha up: robust
-        attacked.append(give_up_below)
-        acc = round(0.2 + 0.5 * float(model.alpha) - 0.01 * model.temperature_rob, 3)
+    def robust(alpha, s_h, give_up_below):  # alpha up: robust
+        acc = round(0.2 + 0.5 * alpha - 0.01 * s_h, 3)
         if give_up_below is not None and acc < give_up_below:
             return sweep.Robustness(acc + 0.001, 0.0, complete=False)
         return sweep.Robustness(acc, 0.0)
 
-    monkeypatch.setattr(sweep, "clean_accuracy_at", fake_clean_accuracy)
-    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    attacked: list = []
+    images = fake_fixed_sweep(
+        monkeypatch,
+        clean=lambda alpha, s_h: round(0.95 - 0.1 * alpha - 0.01 * s_h, 4),  # alpha up: less
+        robust=robust,
+        attacked=attacked,
+    )
     settings = SweepSettings(
         subset=10,
         alphas=(0.0, 0.5, 0.7, 0.8, 0.9, 1.0),
         temperatures_rob=(0.5, 1.0),
         tolerance=0.05,
     )
-    args = {"images": (x, y), "eps": 0.1, "settings": settings}
+    args = {"images": images, "eps": 0.1, "settings": settings}
     full = sweep.alpha_sweep(base(0), base(1), **args)
     attacked.clear()
     lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.69)
@@ -277,22 +293,16 @@ def test_the_lazy_fixed_sweep_chooses_what_attacking_every_point_would(monkeypat
 
 
 def test_with_no_point_admitted_the_lazy_sweep_still_finds_the_most_robust(monkeypatch):
-    x = torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(7))
-    y = torch.zeros(20, dtype=torch.long)
-
-    def fake_clean_accuracy(*args, alpha, temperature_std, temperature_rob):
-        return round(0.95 - 0.1 * alpha, 4)
-
-    def fake_robust_accuracy(model, *args, give_up_below=None, **kwargs):
-        acc = round(0.2 + 0.3 * float(model.alpha), 3)  # far below any floor here
+    def robust(alpha, s_h, give_up_below):
         if give_up_below is not None:  # stopped early: bounds that rank the points backwards
-            return sweep.Robustness(give_up_below - 0.01 * float(model.alpha), 0.0, False)
-        return sweep.Robustness(acc, 0.0)
+            return sweep.Robustness(give_up_below - 0.01 * alpha, 0.0, False)
+        return sweep.Robustness(round(0.2 + 0.3 * alpha, 3), 0.0)  # far below any floor here
 
-    monkeypatch.setattr(sweep, "clean_accuracy_at", fake_clean_accuracy)
-    monkeypatch.setattr(sweep, "robust_accuracy", fake_robust_accuracy)
+    images = fake_fixed_sweep(
+        monkeypatch, clean=lambda alpha, s_h: round(0.95 - 0.1 * alpha, 4), robust=robust, n=20
+    )
     settings = SweepSettings(subset=10, alphas=(0.0, 0.5, 0.8, 1.0), tolerance=0.05)
-    args = {"images": (x, y), "eps": 0.1, "settings": settings}
+    args = {"images": images, "eps": 0.1, "settings": settings}
     full = sweep.alpha_sweep(base(0), base(1), **args)
     lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.9)
     keys = sweep.FIXED_KNOBS

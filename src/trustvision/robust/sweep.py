@@ -197,14 +197,9 @@ def attack_in_order(
         if admitted_at is not None and point["clean_acc"] < admitted_at:
             point.update(robust_acc=None, seconds=0.0)
             continue
-        kept = (done or {}).get(point_key(point))
-        if kept is None or (floor is not None and not kept.complete and kept.acc >= floor):
-            kept = attack(point, floor)  # (a bound kept from a sweep with a lower floor: again)
-        point.update(robust_acc=kept.acc, seconds=kept.seconds, robust_complete=kept.complete)
+        kept = _measure(point, attack, floor=floor, on_point=on_point, done=done)
         if floor is not None and kept.complete and kept.acc >= floor and admitted_at is None:
             admitted_at = point["clean_acc"]
-        if on_point is not None:
-            on_point(point)
     if floor is not None and admitted_at is None:
         _settle_most_robust(points, attack, on_point=on_point, done=done)
 
@@ -225,13 +220,26 @@ def _settle_most_robust(
     for point in stopped:
         if point["robust_acc"] < best:
             break
-        kept = (done or {}).get(point_key(point))
-        if kept is None or not kept.complete:
-            kept = attack(point, None)
-        point.update(robust_acc=kept.acc, seconds=kept.seconds, robust_complete=kept.complete)
-        best = max(best, kept.acc)
-        if on_point is not None:
-            on_point(point)
+        best = max(best, _measure(point, attack, floor=None, on_point=on_point, done=done).acc)
+
+
+def _measure(
+    point: dict[str, Any],
+    attack: Callable[[dict[str, Any], float | None], Robustness],
+    *,
+    floor: float | None,
+    on_point: OnPoint | None,
+    done: Mapping[str, Robustness] | None,
+) -> Robustness:
+    """Give `point` its robustness: the kept one, unless it is missing or an upper bound that
+    could still reach `floor` (every bound, without a floor), which is attacked again."""
+    kept = (done or {}).get(point_key(point))
+    if kept is None or (not kept.complete and (floor is None or kept.acc >= floor)):
+        kept = attack(point, floor)
+    point.update(robust_acc=kept.acc, seconds=kept.seconds, robust_complete=kept.complete)
+    if on_point is not None:
+        on_point(point)
+    return kept
 
 
 @torch.no_grad()
