@@ -34,31 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import CIFAR_ZIP, ROOT, mean_std, write_results
+from common import FED_SETTINGS as SETTINGS
+from common import ROOT, mean_std, write_results
 from fed_compare_report import COLUMNS, markdown, plots
 
 from trustvision.runs import RunDir
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "fmnist-cnn": {
-        "config": ROOT / "configs/fed/fmnist_lt_cpu.yaml",
-        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), mnist_cnn",
-        "overrides": [],
-        "seeds": [0, 1, 2],
-    },
-    "fmnist-gap": {
-        "config": ROOT / "configs/fed/fmnist_lt_cpu.yaml",
-        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), gap_cnn (conv-BN-ReLU stages, GAP)",
-        "overrides": ["model.name=gap_cnn", "model.kwargs={}"],
-        "seeds": [0, 1, 2],
-    },
-    "cifar10": {
-        "config": ROOT / "configs/fed/cifar10_lt_cpu.yaml",
-        "title": "CIFAR-10-LT (IF 100, alpha 0.5)",
-        "overrides": [f"data.source={CIFAR_ZIP}"],
-        "seeds": [0],
-    },
-}
 ALGORITHMS = [
     "fedavg",
     "fedprox",
@@ -123,7 +104,11 @@ def train(
     else:
         spec = SETTINGS[setting]
         choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
-        config = [str(chosen[0])] if chosen else [str(spec["config"]), *spec["overrides"], *choice]
+        config = (
+            [str(chosen[0])]
+            if chosen
+            else [str(ROOT / spec["config"]), *spec["overrides"], *choice]
+        )
         command = [
             *trustvision(),
             "fed",

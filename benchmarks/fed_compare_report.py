@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import ROOT
-
 COLUMNS = [
     ("generic_acc", "generic"),
     ("selected_generic", "generic @ val round"),
@@ -83,8 +81,7 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
         "",
         f"## {spec['title']}",
         "",
-        f"Config `{Path(spec['config']).relative_to(ROOT)}`; seeds {block['seeds']}. "
-        + trained_on(block["algorithms"]),
+        f"Config `{spec['config']}`; seeds {block['seeds']}. " + trained_on(block["algorithms"]),
         "",
         "| algorithm | config | seeds | "
         + " | ".join(label for _, label in COLUMNS)

@@ -31,20 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "fmnist-cnn": {
-        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), mnist_cnn",
-        "config": "configs/fed/fmnist_lt_cpu.yaml",
-        "overrides": [],
-    },
-    "fmnist-gap": {
-        "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), gap_cnn (conv-BN-ReLU stages, GAP)",
-        "config": "configs/fed/fmnist_lt_cpu.yaml",
-        "overrides": ["model.name=gap_cnn", "model.kwargs={}"],
-    },
-}
 # Each method's own most important knob (the learning rate where it has none), 7 values each.
 LR = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
 KNOBS: dict[str, tuple[str, list[float]]] = {
