@@ -5,7 +5,9 @@ For each setting (data set x backbone) and algorithm this writes a sweep spec an
 length): one trial per grid value, every method the same number of trials. Then a second
 stage of two more trials for every method (`<algorithm>-stage2/`): beyond the grid's edge
 where the best value sat at one, else halfway (geometrically) to each neighbour of the best;
-the choice is the best validation score over both stages. A trial's score
+the choice is the best validation score over both stages. FedLoGe then has its learning
+rate swept the same way at the norm target chosen (`<algorithm>-lr/`, FOLLOW_UP), and its
+config to compare is the best of both sweeps. A trial's score
 is the validation accuracy of the round that validation picks: generic (class-balanced, on
 the clients' held-out images) for a method with a global model, local (mean over clients)
 for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
@@ -33,6 +35,7 @@ from typing import Any
 import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
+from fed_sweep_report import markdown, norm_plot
 
 # Each method's own most important knob (the learning rate where it has none), 7 values each.
 LR = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
@@ -48,11 +51,11 @@ KNOBS: dict[str, tuple[str, list[float]]] = {
     "fedlc": ("algorithm.options.tau", [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
     "fedloge": ("algorithm.options.norm_target", [0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 4.0]),
 }
+# Then the learning rate, at the value validation chose for the method's own knob (one step of
+# coordinate descent; the method then has had twice FedAvg's trials, which its reports say):
+# FedAvg's rate moved from the config's 0.03 to 0.2 and 0.8, FedLoGe's stayed there.
+FOLLOW_UP: dict[str, tuple[str, list[float]]] = {"fedloge": ("optim.lr", LR)}
 NO_GENERIC = {"fedper", "fedrep"}
-# The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
-# round global accuracy, %), as read in shared METHODS.md.
-AUTHORS_NORM = {0.01: 34.6, 0.02: 41.2, 0.06: 41.8, 0.08: 42.4, 0.1: 42.8, 0.2: 41.2, 0.4: 40.1}
-AUTHORS_NORM |= {1.0: 38.0, 2.0: 36.2}
 
 
 def objective(algorithm: str) -> tuple[str, str]:
@@ -61,15 +64,28 @@ def objective(algorithm: str) -> tuple[str, str]:
     return f"selected.{kind}.{kind}_val_acc", f"selected.{kind}.{kind}_acc"
 
 
-def spec(setting: str, algorithm: str) -> dict[str, Any]:
-    """The sweep spec of one (setting, algorithm)."""
-    key, grid = KNOBS[algorithm]
+def follow_up_name(algorithm: str) -> str:
+    """The directory and report name of a method's learning-rate follow-up sweep."""
+    return f"{algorithm}-lr"
+
+
+def knob(name: str) -> tuple[str, list[float]]:
+    """The knob and first grid of a sweep, by name (a method or its follow-up)."""
+    base = name.removesuffix("-lr")
+    return FOLLOW_UP[base] if name != base else KNOBS[name]
+
+
+def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sweep spec of one (setting, algorithm); with `fixed` (the values validation chose
+    for its own knob), the spec of its follow-up sweep."""
+    key, grid = FOLLOW_UP[algorithm] if fixed else KNOBS[algorithm]
     metric, test = objective(algorithm)
     choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
     if choice and key.startswith("algorithm."):  # a knob of its own: a section, not a name
         choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
+    choice += [f"{k}={v}" for k, v in (fixed or {}).items()]
     return {
-        "name": f"{setting}-{algorithm}",
+        "name": f"{setting}-{follow_up_name(algorithm) if fixed else algorithm}",
         "command": "fed run",
         "config": SETTINGS[setting]["config"],  # relative: sweeps run from ROOT, any checkout
         "overrides": [*SETTINGS[setting]["overrides"], *choice, "seed=0", "device=cpu"],
@@ -109,28 +125,49 @@ def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
     return runs / setting / (algorithm if stage == 1 else f"{algorithm}-stage2")
 
 
-def sweep(setting: str, algorithm: str, runs: Path) -> list[Path]:
-    """Run (or continue, or just find) both stages of a method's sweep; their directories."""
-    first = run_stage(setting, algorithm, runs, stage=1, grid=KNOBS[algorithm][1])
+def sweep(setting: str, algorithm: str, runs: Path) -> None:
+    """Run (or continue, or just find) both stages of a method's sweep, then those of its
+    follow-up at the value chosen over the first two."""
+    stages(setting, algorithm, runs)
+    if algorithm in FOLLOW_UP:
+        report = collect(runs, setting, algorithm)
+        if report is not None and report["chosen"] is not None:
+            stages(setting, algorithm, runs, fixed=report["chosen"]["params"])
+    collect_method(runs, setting, algorithm)
+
+
+def stages(
+    setting: str, algorithm: str, runs: Path, *, fixed: dict[str, Any] | None = None
+) -> None:
+    """The grid stage and, where it chose a value, the refining stage of one sweep."""
+    name = follow_up_name(algorithm) if fixed else algorithm
+    key, grid = knob(name)
+    first = run_stage(setting, algorithm, runs, stage=1, grid=grid, fixed=fixed)
     chosen = json.loads((first / "sweep.json").read_text())["chosen"]
-    if chosen is None:
-        return [first]
-    best = chosen["params"][KNOBS[algorithm][0]]
-    grid = second_stage(KNOBS[algorithm][1], best)
-    return [first, run_stage(setting, algorithm, runs, stage=2, grid=grid)] if grid else [first]
+    if chosen is not None and (refined := second_stage(grid, chosen["params"][key])):
+        run_stage(setting, algorithm, runs, stage=2, grid=refined, fixed=fixed)
 
 
-def run_stage(setting: str, algorithm: str, runs: Path, *, stage: int, grid: list[float]) -> Path:
+def run_stage(
+    setting: str,
+    algorithm: str,
+    runs: Path,
+    *,
+    stage: int,
+    grid: list[float],
+    fixed: dict[str, Any] | None = None,
+) -> Path:
     """One stage's sweep over `grid`; returns its directory."""
-    out = stage_dir(runs, setting, algorithm, stage)
+    name = follow_up_name(algorithm) if fixed else algorithm
+    out = stage_dir(runs, setting, name, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tree = spec(setting, algorithm)
-    tree["params"] = {KNOBS[algorithm][0]: {"grid": grid}}
+    tree = spec(setting, algorithm, fixed=fixed)
+    tree["params"] = {knob(name)[0]: {"grid": grid}}
     if stage == 2:
         tree["name"] += "-stage2"
     path = out.parent / f"{out.name}.yaml"  # beside the sweep: its directory is its own
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {algorithm} stage {stage}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {stage}", flush=True)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
@@ -160,18 +197,20 @@ def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def collect(runs: Path, setting: str, algorithm: str) -> dict[str, Any] | None:
-    """A method's trials over both stages, each with its numbers, and the choice among them
+def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
+    """A sweep's trials over both stages, each with its numbers, and the choice among them
     (the best validation score, by the sweep's own choice function)."""
     from trustvision.sweep.choose import choose_trial
 
     trials = []
+    tag = "lr." if name in {follow_up_name(a) for a in FOLLOW_UP} else ""
     for stage in (1, 2):
-        out = stage_dir(runs, setting, algorithm, stage)
+        out = stage_dir(runs, setting, name, stage)
         if not (out / "sweep.json").is_file():
             continue
         for trial in json.loads((out / "sweep.json").read_text())["trials"]:
-            trial = {**trial, "stage": stage, "id": f"{stage}.{trial['number']}", "sweep": str(out)}
+            trial = {**trial, "stage": stage, "id": f"{tag}{stage}.{trial['number']}"}
+            trial["sweep"] = str(out)
             if trial["state"] == "COMPLETE":
                 trial["numbers"] = trial_numbers(out, trial)
             trials.append(trial)
@@ -180,9 +219,29 @@ def collect(runs: Path, setting: str, algorithm: str) -> dict[str, Any] | None:
     scored = [(i, t["validation"]) for i, t in enumerate(trials) if t["state"] == "COMPLETE"]
     pick = choose_trial(scored, "maximize")
     chosen = None if pick is None else trials[pick]
-    if chosen is not None:
-        write_choice(runs / setting, algorithm, chosen)
     return {"trials": trials, "chosen": chosen, "selected_by": "validation"}
+
+
+def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[str, Any]]:
+    """A method's sweep and its follow-up's, by name; writes the method's choice, the best
+    validation score over both (`final` marks the sweep it came from)."""
+    from trustvision.sweep.choose import choose_trial
+
+    reports: dict[str, dict[str, Any]] = {}
+    first = collect(runs, setting, algorithm)
+    if first is None:
+        return reports
+    reports[algorithm] = first
+    follow = collect(runs, setting, follow_up_name(algorithm)) if algorithm in FOLLOW_UP else None
+    if follow is not None and first["chosen"] is not None:
+        reports[follow_up_name(algorithm)] = {**follow, "fixed": first["chosen"]["params"]}
+    done = [r for r in reports.values() if r["chosen"] is not None]
+    pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
+    for i, report in enumerate(done):
+        report["final"] = i == pick
+    if pick is not None:
+        write_choice(runs / setting, algorithm, done[pick]["chosen"])
+    return reports
 
 
 def write_choice(folder: Path, algorithm: str, chosen: dict[str, Any]) -> None:
@@ -201,137 +260,6 @@ def write_choice(folder: Path, algorithm: str, chosen: dict[str, Any]) -> None:
         "id": chosen["id"],
     }
     (folder / f"{algorithm}.chosen.json").write_text(json.dumps(run, indent=2) + "\n")
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.1f}"
-
-
-def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = intro_lines(meta)
-    for setting, block in results.items():
-        lines += ["", f"## {SETTINGS[setting]['title']}", ""]
-        lines += choice_table(block)
-        for algorithm, report in block.items():
-            lines += trial_table(algorithm, report)
-        if "plot" in meta.get("plots", {}).get(setting, {}):
-            plot = Path(meta["plots"][setting]["plot"]).name
-            lines += ["", f"![FedLoGe norm target, {setting}]({plot})"]
-    return "\n".join(lines) + "\n"
-
-
-def intro_lines(meta: dict[str, Any]) -> list[str]:
-    """The title and how every method was tuned."""
-    return [
-        "# Federated methods tuned on validation, each on its own knob, with equal budgets",
-        "",
-        f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
-        "",
-        "Every method: 7 trials (one per grid value) and 2 more in a second stage (beyond the "
-        "grid's edge where the best sat at one, else between the best and its neighbours), "
-        "seed 0, the setting's config otherwise "
-        "(60 rounds, 2 local epochs, evaluation every 5 rounds). Each client holds out 10% of "
-        "its images (stratified) and never trains on them. A trial's score (**selected_by: "
-        "validation**) is the validation accuracy of the round that validation picks: "
-        "generic (class-balanced over all clients' held-out images, from per-class counts) "
-        "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
-        "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
-    ]
-
-
-def choice_table(block: dict[str, Any]) -> list[str]:
-    """One row per method of a setting: its knob, the values tried and the one chosen."""
-    lines = [
-        "| algorithm | knob | values tried | chosen | val (chosen) | generic test | local test "
-        "| rounds (generic / local) | trials done |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for algorithm, report in block.items():
-        key, _ = KNOBS[algorithm]
-        chosen = report.get("chosen")
-        done = sum(t["state"] == "COMPLETE" for t in report["trials"])
-        tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
-        if chosen is None:
-            lines.append(f"| {algorithm} | `{key}` | {tried} | - | - | - | - | - | {done} |")
-            continue
-        sel = chosen["numbers"]["selected"]
-        rounds = " / ".join(str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local"))
-        lines.append(
-            f"| {algorithm} | `{key}` | {tried} | {chosen['params'][key]} | "
-            f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
-            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} |"
-        )
-    return lines
-
-
-def trial_table(algorithm: str, report: dict[str, Any]) -> list[str]:
-    """Every trial of one method, in the order of its knob's value."""
-    key, _ = KNOBS[algorithm]
-    lines = [
-        "",
-        f"### {algorithm}: every trial",
-        "",
-        "| " + key + " | generic val | generic test | local val | local test "
-        "| final generic test | final local test | state |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for t in sorted(report["trials"], key=lambda t: t["params"].get(key, 0)):
-        n = t.get("numbers", {"selected": {}, "final": {}})
-        sel, fin = n["selected"], n["final"]
-        mark = " **(chosen)**" if report.get("chosen") and t["id"] == report["chosen"]["id"] else ""
-        lines.append(
-            f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "
-            f"{pct(sel.get('generic', {}).get('test'))} | {pct(sel.get('local', {}).get('val'))} | "
-            f"{pct(sel.get('local', {}).get('test'))} | {pct(fin.get('generic_acc'))} | "
-            f"{pct(fin.get('local_acc'))} | {t['state']} |"
-        )
-    return lines
-
-
-def norm_plot(results: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, str]]:
-    """FedLoGe's norm target against validation and test accuracy, per setting, beside the
-    authors' sweep (another data set and backbone: its shape, not its level, compares)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made: dict[str, dict[str, str]] = {}
-    for setting, block in results.items():
-        report = block.get("fedloge")
-        if report is None:
-            continue
-        key = KNOBS["fedloge"][0]
-        done = sorted(
-            (t for t in report["trials"] if t["state"] == "COMPLETE"),
-            key=lambda t: t["params"][key],
-        )
-        if not done:
-            continue
-        fig, (ax, authors) = plt.subplots(1, 2, figsize=(11, 4))
-        x = [t["params"][key] for t in done]
-        for kind, style in (("generic", "-"), ("local", "--")):
-            for part, marker in (("val", "o"), ("test", "s")):
-                y = [
-                    100 * t["numbers"]["selected"].get(kind, {}).get(part, float("nan"))
-                    for t in done
-                ]
-                ax.plot(x, y, style, marker=marker, label=f"{kind} {part}")
-        chosen = report.get("chosen")
-        if chosen is not None:
-            ax.axvline(chosen["params"][key], color="grey", linestyle=":", label="chosen (val)")
-        ax.set(xscale="log", xlabel="SSE-C norm target", ylabel="top-1 % (round chosen on val)")
-        ax.set_title(SETTINGS[setting]["title"], fontsize=9)
-        ax.legend(fontsize=8)
-        authors.plot(list(AUTHORS_NORM), list(AUTHORS_NORM.values()), "k-o")
-        authors.set(xscale="log", xlabel="SSE-C norm target", ylabel="global top-1 % (final round)")
-        authors.set_title("authors' logs: CIFAR-100-LT, ResNet-34", fontsize=9)
-        fig.tight_layout()
-        path = out / f"fed_sweep_{setting}_fedloge_norm.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made[setting] = {"plot": str(path)}
-    return made
 
 
 def main() -> None:
@@ -353,18 +281,18 @@ def main() -> None:
             list(pool.map(lambda job: sweep(*job, args.runs), jobs))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
-        report = collect(args.runs, setting, algorithm)
-        if report is not None:
-            results.setdefault(setting, {})[algorithm] = report
+        for name, report in collect_method(args.runs, setting, algorithm).items():
+            results.setdefault(setting, {})[name] = report
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/fed_sweep.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "knobs": {a: {"key": k, "grid": g} for a, (k, g) in KNOBS.items()},
+        "follow_ups": {follow_up_name(a): {"key": k, "grid": g} for a, (k, g) in FOLLOW_UP.items()},
         "selected_by": "validation",
     }
-    meta["plots"] = norm_plot(results, args.out)
+    meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
     body = {"meta": meta, "results": results}
     print(f"wrote {write_results('fed-sweep', markdown(results, meta), body, out=args.out)}")
 

@@ -42,3 +42,22 @@ def test_every_trial_of_a_methods_sweep_is_a_valid_config_of_that_method(algorit
             holder = cfg.algorithm.options if section == "algorithm.options" else None
             if holder is not None:
                 assert holder[name] == value
+
+
+@pytest.mark.parametrize("algorithm", sorted(fed_sweep().FOLLOW_UP))
+def test_a_follow_up_sweep_holds_the_first_knobs_chosen_value_and_varies_its_own(algorithm):
+    bench = fed_sweep()
+    first, _ = bench.KNOBS[algorithm]
+    key, grid = bench.FOLLOW_UP[algorithm]
+    tree = bench.spec("fmnist-gap", algorithm, fixed={first: 4.0})
+    assert (
+        tree["name"]
+        == f"fmnist-gap-{bench.follow_up_name(algorithm)}"
+        != bench.spec("fmnist-gap", algorithm)["name"]
+    )
+    assert list(tree["params"]) == [key]
+    for value in grid:
+        cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], f"{key}={value}"])
+        assert cfg.algorithm.name == algorithm and cfg.model.name == "gap_cnn"
+        assert cfg.algorithm.options[first.rpartition(".")[2]] == 4.0
+        assert cfg.optim.lr == value
