@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
@@ -61,3 +63,42 @@ def test_a_follow_up_sweep_holds_the_first_knobs_chosen_value_and_varies_its_own
         assert cfg.algorithm.name == algorithm and cfg.model.name == "gap_cnn"
         assert cfg.algorithm.options[first.rpartition(".")[2]] == 4.0
         assert cfg.optim.lr == value
+
+
+def fake_sweep(folder: Path, scores: dict[float, float], key: str) -> None:
+    """A finished sweep's sweep.json and, for each trial, the run files fed_sweep.py reads."""
+    trials = []
+    for number, (value, val) in enumerate(scores.items()):
+        run = folder / f"trials/trial-{number}/run"
+        run.mkdir(parents=True)
+        # a test number of 0 everywhere: the choice never reads it
+        pick = {"selected_by": "validation", "round": 60, "generic_val_acc": val, "generic_acc": 0}
+        summary = {"headline": {"generic_acc": 0.0}, "selected": {"generic": pick}}
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "config.yaml").write_text(yaml.safe_dump({"optim": {"lr": value}}))
+        trials.append(
+            {
+                "number": number,
+                "state": "COMPLETE",
+                "params": {key: value},
+                "validation": val,
+                "run_dir": f"trials/trial-{number}/run",
+            }
+        )
+    (folder / "sweep.json").write_text(json.dumps({"trials": trials}))
+
+
+@pytest.mark.parametrize(("follow_up_best", "compared"), [(0.80, "fedloge-lr"), (0.70, "fedloge")])
+def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_follow_up(
+    tmp_path, follow_up_best, compared
+):
+    bench = fed_sweep()
+    norm, lr = bench.KNOBS["fedloge"][0], bench.FOLLOW_UP["fedloge"][0]
+    fake_sweep(tmp_path / "s/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
+    fake_sweep(tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: follow_up_best}, lr)
+    reports = bench.collect_method(tmp_path, "s", "fedloge")
+    assert reports["fedloge-lr"]["fixed"] == {norm: 4.0}
+    assert [name for name, r in reports.items() if r["final"]] == [compared]
+    chosen = json.loads((tmp_path / "s/fedloge.chosen.json").read_text())
+    assert chosen["id"] == reports[compared]["chosen"]["id"]
+    assert chosen["id"].startswith("lr.") == (compared == "fedloge-lr")
