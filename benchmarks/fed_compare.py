@@ -61,12 +61,25 @@ def trustvision() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "trustvision"]
 
 
-def finished_run(directory: Path) -> Path | None:
-    """The finished run under `directory`, if any."""
-    return next(
-        (p.parent for p in sorted(directory.glob("*/config.yaml")) if RunDir(p.parent).finished),
-        None,
-    )
+def runs_of(directory: Path, config: Path | None) -> list[Path]:
+    """The runs under `directory`, oldest first; with `config`, only those begun with it (but
+    for their seed and runs folder): a seed trained for an earlier choice is not this one's."""
+    runs = [p.parent for p in sorted(directory.glob("*/config.yaml"))]
+    return runs if config is None else [r for r in runs if same_config(r / "config.yaml", config)]
+
+
+def same_config(a: Path, b: Path) -> bool:
+    """Whether two run configs are equal but for their seed and runs folder."""
+    trees = [yaml.safe_load(path.read_text()) for path in (a, b)]
+    for tree in trees:
+        tree.pop("seed", None)
+        tree.pop("runs_dir", None)
+    return trees[0] == trees[1]
+
+
+def finished_run(directory: Path, config: Path | None = None) -> Path | None:
+    """The finished run under `directory` (begun with `config`, where given), if any."""
+    return next((run for run in runs_of(directory, config) if RunDir(run).finished), None)
 
 
 def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path] | None:
@@ -83,7 +96,7 @@ def find(setting: str, algorithm: str, seed: int, runs: Path, sweeps: Path) -> P
     chosen = chosen_config(sweeps, setting, algorithm)
     if chosen is not None and seed == 0:
         return chosen[1]
-    return finished_run(runs / setting / algorithm / f"seed{seed}")
+    return finished_run(runs / setting / algorithm / f"seed{seed}", chosen[0] if chosen else None)
 
 
 def train(
@@ -94,10 +107,10 @@ def train(
     if chosen is not None and seed == 0 and not extra:
         return chosen[1]  # the sweep's chosen trial is this very run: seed 0, same config
     directory = runs / setting / algorithm / f"seed{seed}"
-    done = finished_run(directory)
+    done = finished_run(directory, chosen[0] if chosen else None)
     if done is not None:
         return done
-    started = sorted(p.parent for p in directory.glob("*/config.yaml"))
+    started = runs_of(directory, chosen[0] if chosen else None)
     checkpoints = started[-1] / "checkpoints" if started else None
     if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
         command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
@@ -124,7 +137,7 @@ def train(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if subprocess.run(command, stdout=subprocess.DEVNULL, env=env).returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed (its error is above)")
-    done = finished_run(directory)
+    done = finished_run(directory, chosen[0] if chosen else None)
     if done is None:
         raise SystemExit(f"{directory}: `{' '.join(command)}` ended without a finished run")
     return done

@@ -37,6 +37,8 @@ from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
 from fed_sweep_report import markdown, norm_plot
 
+from trustvision.sweep.trial import format_override
+
 # Each method's own most important knob (the learning rate where it has none), 7 values each.
 LR = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
 KNOBS: dict[str, tuple[str, list[float]]] = {
@@ -71,8 +73,8 @@ def follow_up_name(algorithm: str) -> str:
 
 def knob(name: str) -> tuple[str, list[float]]:
     """The knob and first grid of a sweep, by name (a method or its follow-up)."""
-    base = name.removesuffix("-lr")
-    return FOLLOW_UP[base] if name != base else KNOBS[name]
+    follow_ups = {follow_up_name(a): knob for a, knob in FOLLOW_UP.items()}
+    return follow_ups[name] if name in follow_ups else KNOBS[name]
 
 
 def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -81,13 +83,14 @@ def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -
     key, grid = FOLLOW_UP[algorithm] if fixed else KNOBS[algorithm]
     metric, test = objective(algorithm)
     choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
-    if choice and key.startswith("algorithm."):  # a knob of its own: a section, not a name
+    if choice and KNOBS[algorithm][0].startswith("algorithm."):  # a section, not a name
         choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
-    choice += [f"{k}={v}" for k, v in (fixed or {}).items()]
+    choice += [format_override(k, v) for k, v in (fixed or {}).items()]
     return {
         "name": f"{setting}-{follow_up_name(algorithm) if fixed else algorithm}",
         "command": "fed run",
-        "config": SETTINGS[setting]["config"],  # relative: sweeps run from ROOT, any checkout
+        # relative, so that a sweep continues from any checkout (CIFAR-10's data source is not)
+        "config": SETTINGS[setting]["config"],
         "overrides": [*SETTINGS[setting]["overrides"], *choice, "seed=0", "device=cpu"],
         "params": {key: {"grid": grid}},
         "objective": {"metric": metric, "direction": "maximize"},
@@ -233,30 +236,43 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
         return reports
     reports[algorithm] = first
     follow = collect(runs, setting, follow_up_name(algorithm)) if algorithm in FOLLOW_UP else None
-    if follow is not None and first["chosen"] is not None:
-        reports[follow_up_name(algorithm)] = {**follow, "fixed": first["chosen"]["params"]}
+    if follow is not None:
+        reports[follow_up_name(algorithm)] = {**follow, "fixed": fixed_values(follow, algorithm)}
     done = [r for r in reports.values() if r["chosen"] is not None]
     pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
     for i, report in enumerate(done):
         report["final"] = i == pick
     if pick is not None:
-        write_choice(runs / setting, algorithm, done[pick]["chosen"])
+        write_choice(runs / setting, algorithm, done[pick])
     return reports
 
 
-def write_choice(folder: Path, algorithm: str, chosen: dict[str, Any]) -> None:
+def fixed_values(follow_up: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """The value of the method's own knob its follow-up sweep ran at, from that sweep's spec."""
+    key = KNOBS[algorithm][0]
+    spec_file = Path(follow_up["trials"][0]["sweep"]) / "spec.yaml"
+    overrides = yaml.safe_load(spec_file.read_text())["overrides"]
+    values = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.startswith(f"{key}=")]
+    return {key: values[-1]} if values else {}
+
+
+def write_choice(folder: Path, algorithm: str, report: dict[str, Any]) -> None:
     """`<algorithm>.chosen.yaml` (the chosen trial's config, to train again) and `.json` (its
-    run), which benchmarks/fed_compare.py reads."""
+    run and every knob validation set), which benchmarks/fed_compare.py reads."""
+    chosen = report["chosen"]
     sweep = Path(chosen["sweep"])
     config = yaml.safe_load((sweep / chosen["run_dir"] / "config.yaml").read_text())
     config["runs_dir"] = "runs"
-    header = f"# {algorithm}: trial {chosen['id']} (stage.trial) of {sweep}, chosen on validation\n"
+    header = (
+        f"# {algorithm}: trial {chosen['id']} ([lr.]stage.trial: the learning-rate follow-up's "
+        f"trials begin with lr.) of {sweep}, chosen on validation\n"
+    )
     (folder / f"{algorithm}.chosen.yaml").write_text(
         header + yaml.safe_dump(config, sort_keys=False)
     )
     run = {
         "run_dir": str(sweep / chosen["run_dir"]),
-        "params": chosen["params"],
+        "params": {**report.get("fixed", {}), **chosen["params"]},
         "id": chosen["id"],
     }
     (folder / f"{algorithm}.chosen.json").write_text(json.dumps(run, indent=2) + "\n")
@@ -293,6 +309,9 @@ def main() -> None:
         "selected_by": "validation",
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
+    meta["follow_ups_run"] = any(
+        n in block for block in results.values() for n in meta["follow_ups"]
+    )
     body = {"meta": meta, "results": results}
     print(f"wrote {write_results('fed-sweep', markdown(results, meta), body, out=args.out)}")
 

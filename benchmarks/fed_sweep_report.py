@@ -35,7 +35,7 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def intro_lines(meta: dict[str, Any]) -> list[str]:
     """The title and how every method was tuned."""
-    return [
+    lines = [
         "# Federated methods tuned on validation, each on its own knob, with equal budgets",
         "",
         f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
@@ -49,6 +49,11 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "generic (class-balanced over all clients' held-out images, from per-class counts) "
         "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
         "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
+    ]
+    if not meta.get("follow_ups_run"):
+        return lines
+    return [
+        *lines,
         "",
         "FedLoGe's learning rate stayed at the config's 0.03 while FedAvg's (its only knob) "
         "moved to 0.2-0.8, so FedLoGe then has its learning rate swept the same way (grid "

@@ -65,8 +65,11 @@ def test_a_follow_up_sweep_holds_the_first_knobs_chosen_value_and_varies_its_own
         assert cfg.optim.lr == value
 
 
-def fake_sweep(folder: Path, scores: dict[float, float], key: str) -> None:
-    """A finished sweep's sweep.json and, for each trial, the run files fed_sweep.py reads."""
+def fake_sweep(folder: Path, scores: dict[float, float], key: str, overrides=()) -> None:
+    """A finished sweep's sweep.json and spec.yaml and, for each trial, the run files
+    fed_sweep.py reads."""
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump({"overrides": ["seed=0", *overrides]}))
     trials = []
     for number, (value, val) in enumerate(scores.items()):
         run = folder / f"trials/trial-{number}/run"
@@ -95,10 +98,35 @@ def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_
     bench = fed_sweep()
     norm, lr = bench.KNOBS["fedloge"][0], bench.FOLLOW_UP["fedloge"][0]
     fake_sweep(tmp_path / "s/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
-    fake_sweep(tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: follow_up_best}, lr)
+    fake_sweep(tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: follow_up_best}, lr, [f"{norm}=4.0"])
     reports = bench.collect_method(tmp_path, "s", "fedloge")
-    assert reports["fedloge-lr"]["fixed"] == {norm: 4.0}
+    assert reports["fedloge-lr"]["fixed"] == {norm: 4.0}  # what it ran at, from its spec
     assert [name for name, r in reports.items() if r["final"]] == [compared]
     chosen = json.loads((tmp_path / "s/fedloge.chosen.json").read_text())
     assert chosen["id"] == reports[compared]["chosen"]["id"]
     assert chosen["id"].startswith("lr.") == (compared == "fedloge-lr")
+    assert chosen["params"] == ({norm: 4.0, lr: 0.2} if compared == "fedloge-lr" else {norm: 4.0})
+
+
+def fed_compare() -> ModuleType:
+    fed_sweep()  # puts benchmarks/ on the path
+    spec = importlib.util.spec_from_file_location(
+        "bench_fed_compare", ROOT / "benchmarks/fed_compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_seed_trained_for_an_earlier_choice_is_not_reused_for_a_new_one(tmp_path):
+    bench = fed_compare()
+    chosen = tmp_path / "fedloge.chosen.yaml"
+    chosen.write_text("# chosen\nseed: 0\nruns_dir: runs\noptim: {lr: 0.2}\n")
+    for name, lr in (("a-old", 0.03), ("b-new", 0.2)):
+        run = tmp_path / "seed1" / name
+        run.mkdir(parents=True)
+        config = {"seed": 1, "runs_dir": str(tmp_path / "seed1"), "optim": {"lr": lr}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert [r.name for r in bench.runs_of(tmp_path / "seed1", None)] == ["a-old", "b-new"]
+    assert [r.name for r in bench.runs_of(tmp_path / "seed1", chosen)] == ["b-new"]

@@ -333,6 +333,10 @@ def test_a_sweeps_store_keeps_the_reference_and_a_bound_below_a_new_floor_is_att
     attacked.clear()
     sweep.attack_in_order([{"alpha": 0.9, "clean_acc": 0.9}], attack, floor=0.65, done=again.done)
     assert attacked[0] == 0.65  # a bound of 0.66 could reach 0.65: attacked again
+    attacked.clear()
+    points = [{"alpha": 0.9, "clean_acc": 0.9}]
+    sweep.attack_in_order(points, attack, floor=None, done=again.done)
+    assert attacked == [None] and points[0]["robust_complete"]  # no floor: no bound is kept
 
 
 def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):
