@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
-from fed_sweep_report import markdown, norm_plot
+from fed_sweep_report import lr_plot, markdown, norm_plot
 
 from trustvision.sweep.trial import format_override
 
@@ -309,6 +309,8 @@ def main() -> None:
         "selected_by": "validation",
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
+    for setting, made in lr_plot(results, args.out, FOLLOW_UP["fedloge"][0]).items():
+        meta["plots"].setdefault(setting, {}).update(made)
     meta["follow_ups_run"] = any(
         n in block for block in results.values() for n in meta["follow_ups"]
     )

@@ -27,9 +27,16 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += choice_table(block, keys)
         for name, report in block.items():
             lines += trial_table(name, report, keys[name])
-        if "plot" in meta.get("plots", {}).get(setting, {}):
-            plot = Path(meta["plots"][setting]["plot"]).name
-            lines += ["", f"![FedLoGe norm target, {setting}]({plot})"]
+        plots = meta.get("plots", {}).get(setting, {})
+        if "plot" in plots:
+            lines += ["", f"![FedLoGe norm target, {setting}]({Path(plots['plot']).name})"]
+        if "lr_plot" in plots:
+            lines += [
+                "",
+                "FedAvg's learning-rate sweep beside FedLoGe's (at its chosen norm target):",
+                "",
+                f"![learning rate, {setting}]({Path(plots['lr_plot']).name})",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -125,22 +132,12 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
     made: dict[str, dict[str, str]] = {}
     for setting, block in results.items():
         report = block.get("fedloge")
-        if report is None:
-            continue
-        done = sorted(
-            (t for t in report["trials"] if t["state"] == "COMPLETE"),
-            key=lambda t: t["params"][key],
-        )
-        if not done:
+        if report is None or not (done := completed(report, key)):
             continue
         fig, (ax, authors) = plt.subplots(1, 2, figsize=(11, 4))
-        x = [t["params"][key] for t in done]
         for kind, style in (("generic", "-"), ("local", "--")):
             for part, marker in (("val", "o"), ("test", "s")):
-                y = [
-                    100 * t["numbers"]["selected"].get(kind, {}).get(part, float("nan"))
-                    for t in done
-                ]
+                x, y = curve(done, key, kind, part)
                 ax.plot(x, y, style, marker=marker, label=f"{kind} {part}")
         chosen = report.get("chosen")
         if chosen is not None:
@@ -156,4 +153,50 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
         fig.savefig(path, dpi=110)
         plt.close(fig)
         made[setting] = {"plot": str(path)}
+    return made
+
+
+def completed(report: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """A sweep's finished trials in the order of their `key`."""
+    done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    return sorted(done, key=lambda t: t["params"][key])
+
+
+def curve(done: list[dict[str, Any]], key: str, kind: str, part: str) -> tuple[list, list]:
+    """(knob values, % accuracy) of `kind` ("generic", "local") on `part` ("val", "test") at
+    the round validation picked."""
+    nan = float("nan")
+    y = [100 * t["numbers"]["selected"].get(kind, {}).get(part, nan) for t in done]
+    return [t["params"][key] for t in done], y
+
+
+def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str, dict[str, str]]:
+    """FedAvg's learning-rate sweep and FedLoGe's follow-up on one axis, per setting where both
+    ran: generic accuracy on validation (what chose) and on test (never read)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, dict[str, str]] = {}
+    for setting, block in results.items():
+        sweeps = {"FedAvg": block.get("fedavg"), "FedLoGe": block.get("fedloge-lr")}
+        if any(report is None or not completed(report, key) for report in sweeps.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for (label, report), color in zip(sweeps.items(), ("tab:blue", "tab:red"), strict=True):
+            assert report is not None
+            for part, style, marker in (("val", "-", "o"), ("test", "--", "s")):
+                x, y = curve(completed(report, key), key, "generic", part)
+                ax.plot(x, y, style, marker=marker, color=color, label=f"{label} generic {part}")
+            if report.get("chosen") is not None:
+                ax.axvline(report["chosen"]["params"][key], color=color, linestyle=":")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
+        ax.set_title(f"{SETTINGS[setting]['title']}; dotted: chosen on val", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"fed_sweep_{setting}_lr.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made[setting] = {"lr_plot": str(path)}
     return made

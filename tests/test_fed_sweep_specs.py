@@ -130,3 +130,19 @@ def test_a_seed_trained_for_an_earlier_choice_is_not_reused_for_a_new_one(tmp_pa
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert [r.name for r in bench.runs_of(tmp_path / "seed1", None)] == ["a-old", "b-new"]
     assert [r.name for r in bench.runs_of(tmp_path / "seed1", chosen)] == ["b-new"]
+
+
+def test_the_learning_rate_plot_is_drawn_only_where_fedavg_and_fedloges_follow_up_both_ran(
+    tmp_path,
+):
+    bench = fed_sweep()
+    lr = bench.FOLLOW_UP["fedloge"][0]
+    fake_sweep(tmp_path / "s/fedavg", {0.03: 0.70, 0.2: 0.75}, lr)
+    fake_sweep(tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: 0.71}, lr)
+    both = {"fedavg": bench.collect(tmp_path, "s", "fedavg")}
+    both["fedloge-lr"] = bench.collect(tmp_path, "s", "fedloge-lr")
+    made = bench.lr_plot(
+        {"fmnist-cnn": both, "fmnist-gap": {"fedavg": both["fedavg"]}}, tmp_path, lr
+    )
+    assert list(made) == ["fmnist-cnn"]
+    assert Path(made["fmnist-cnn"]["lr_plot"]).stat().st_size > 10_000
