@@ -148,11 +148,7 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
         authors.plot(list(AUTHORS_NORM), list(AUTHORS_NORM.values()), "k-o")
         authors.set(xscale="log", xlabel="SSE-C norm target", ylabel="global top-1 % (final round)")
         authors.set_title("authors' logs: CIFAR-100-LT, ResNet-34", fontsize=9)
-        fig.tight_layout()
-        path = out / f"fed_sweep_{setting}_fedloge_norm.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made[setting] = {"plot": str(path)}
+        made[setting] = {"plot": save(fig, out / f"fed_sweep_{setting}_fedloge_norm.png")}
     return made
 
 
@@ -194,9 +190,15 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
         ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
         ax.set_title(f"{SETTINGS[setting]['title']}; dotted: chosen on val", fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"fed_sweep_{setting}_lr.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made[setting] = {"lr_plot": str(path)}
+        made[setting] = {"lr_plot": save(fig, out / f"fed_sweep_{setting}_lr.png")}
     return made
+
+
+def save(fig: Any, path: Path) -> str:
+    """Write a figure as a PNG and close it; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

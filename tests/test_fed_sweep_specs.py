@@ -17,16 +17,19 @@ from trustvision.federated.config import FedConfig
 ROOT = Path(__file__).parents[1]
 
 
-def fed_sweep() -> ModuleType:
+def benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py, imported as when run as a script (its `common` on the path)."""
     if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))  # its `common`, as when run as a script
-    spec = importlib.util.spec_from_file_location(
-        "bench_fed_sweep", ROOT / "benchmarks/fed_sweep.py"
-    )
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"benchmarks/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fed_sweep() -> ModuleType:
+    return benchmark("fed_sweep")
 
 
 @pytest.mark.parametrize("algorithm", sorted(fed_sweep().KNOBS))
@@ -108,19 +111,8 @@ def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_
     assert chosen["params"] == ({norm: 4.0, lr: 0.2} if compared == "fedloge-lr" else {norm: 4.0})
 
 
-def fed_compare() -> ModuleType:
-    fed_sweep()  # puts benchmarks/ on the path
-    spec = importlib.util.spec_from_file_location(
-        "bench_fed_compare", ROOT / "benchmarks/fed_compare.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_seed_trained_for_an_earlier_choice_is_not_reused_for_a_new_one(tmp_path):
-    bench = fed_compare()
+    bench = benchmark("fed_compare")
     chosen = tmp_path / "fedloge.chosen.yaml"
     chosen.write_text("# chosen\nseed: 0\nruns_dir: runs\noptim: {lr: 0.2}\n")
     for name, lr in (("a-old", 0.03), ("b-new", 0.2)):
