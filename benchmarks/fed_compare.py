@@ -13,7 +13,7 @@ them, and two plots per setting (accuracy per round, per-class accuracy against 
 frequency). No number is chosen by test accuracy.
 
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
-    .venv/bin/python benchmarks/fed_compare.py --settings fmnist --seeds 0 \\
+    .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 0 \\
         --algorithms fedavg fedloge
     .venv/bin/python benchmarks/fed_compare.py --jobs 4     # four runs at once (four cores)
     .venv/bin/python benchmarks/fed_compare.py --report-only  # rewrite the docs, train nothing

@@ -32,7 +32,7 @@ params:                     # searched keys, dotted as in key=value overrides
 trials: 3                   # for a grid: default and maximum = grid size
 objective: {metric: validation.top1, direction: maximize}  # in summary.json
 test_metric: test.top1      # recorded, reported, never read by the choice
-prune: {metric: val_acc, step: epoch, warmup: 2}  # optional: median pruner
+prune: {metric: val_acc, step: epoch, warmup: 2, startup_trials: 2}  # optional: median pruner
 seed: 0                     # the sampler's seed"""
 
 sweep_app = command_group(
@@ -117,7 +117,11 @@ def run(
         typer.Option(help="The sweep directory \\[default: sweeps/<name>]. Run again to continue."),
     ] = None,
     jobs: Annotated[
-        int, typer.Option(min=1, help="Trials at once; each gets cores / jobs threads.")
+        int,
+        typer.Option(
+            min=1,
+            help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set).",
+        ),
     ] = 1,
 ) -> None:
     """Run a sweep; run it again with the same spec and --out to continue after a kill.
