@@ -32,8 +32,8 @@ params:                     # searched keys, dotted as in key=value overrides
 trials: 3                   # for a grid: default and maximum = grid size
 objective: {metric: validation.top1, direction: maximize}  # in summary.json
 test_metric: test.top1      # recorded, reported, never read by the choice
-prune: {metric: val_acc, step: epoch, warmup: 2, startup_trials: 2}  # optional
-seed: 0                     # the sampler's seed"""
+prune: {metric: val_acc, step: epoch, warmup: 2, startup_trials: 2}
+seed: 0                     # the sampler's seed; prune above is optional"""
 
 sweep_app = command_group(
     help="Hyperparameter search with Optuna: every trial a real trustvision command, chosen on "
