@@ -186,9 +186,10 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
                 x, y = curve(completed(report, key), key, "generic", part)
                 ax.plot(x, y, style, marker=marker, color=color, label=f"{label} generic {part}")
             if report.get("chosen") is not None:
-                ax.axvline(report["chosen"]["params"][key], color=color, linestyle=":")
+                chosen = report["chosen"]["params"][key]
+                ax.axvline(chosen, color=color, linestyle=":", label=f"{label} chosen on val")
         ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
-        ax.set_title(f"{SETTINGS[setting]['title']}; dotted: chosen on val", fontsize=9)
+        ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
         made[setting] = {"lr_plot": save(fig, out / f"fed_sweep_{setting}_lr.png")}
     return made
