@@ -111,11 +111,12 @@ def trial_table(algorithm: str, report: dict[str, Any], key: str) -> list[str]:
         n = t.get("numbers", {"selected": {}, "final": {}})
         sel, fin = n["selected"], n["final"]
         mark = " **(chosen)**" if report.get("chosen") and t["id"] == report["chosen"]["id"] else ""
+        note = f" ({t['note']})" if t.get("note") else ""  # e.g. a killed trial, run again
         lines.append(
             f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "
             f"{pct(sel.get('generic', {}).get('test'))} | {pct(sel.get('local', {}).get('val'))} | "
             f"{pct(sel.get('local', {}).get('test'))} | {pct(fin.get('generic_acc'))} | "
-            f"{pct(fin.get('local_acc'))} | {t['state']} |"
+            f"{pct(fin.get('local_acc'))} | {t['state']}{note} |"
         )
     return lines
 
