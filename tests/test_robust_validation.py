@@ -22,6 +22,7 @@ from trustvision.robust.config import PipelineConfig, SweepSettings
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import model_sha256
+from trustvision.runs import held_alone
 
 ROOT = Path(__file__).parents[1]
 N_TRAIN = 1000
@@ -143,6 +144,19 @@ def test_pipeline_refuses_bases_with_different_hold_outs_before_training(tmp_pat
     with pytest.raises(ConfigError, match="same training images"):
         pipeline.run_pipeline(cfg, tmp_path / "work", log=lambda _: None)
     assert not (tmp_path / "work").exists()
+
+
+def test_a_second_pipeline_on_one_work_directory_is_refused_and_touches_nothing(tmp_path):
+    cfg = load_config(
+        PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [f"runs_dir={tmp_path}"]
+    )
+    work = tmp_path / "work"
+    with (
+        held_alone(work, refusal="first"),  # as a running pipeline holds it
+        pytest.raises(ConfigError, match="another pipeline is working in"),
+    ):
+        pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    assert [p.name for p in work.iterdir()] == [".lock"]
 
 
 def test_fixed_grid_attacks_each_mix_once():

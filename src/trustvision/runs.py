@@ -11,12 +11,14 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +232,22 @@ class RunDir:
     def finished(self) -> bool:
         """Whether the run's summary says it finished (the one test every system uses)."""
         return self.summary_path.is_file() and self.read_summary().get("status") == "finished"
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def held_alone(folder: Path, *, refusal: str) -> Iterator[None]:
+    """Hold `folder` for this process only, through a lock on `folder/.lock` that the kernel
+    drops when the process dies; another holder gets a ConfigError saying `refusal`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(refusal) from None
+        yield
 
 
 def git_commit() -> str | None:

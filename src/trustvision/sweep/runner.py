@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from trustvision.errors import ConfigError
+from trustvision.runs import LOCK_FILE, held_alone
 from trustvision.sweep.spec import SweepSpec
 from trustvision.sweep.study import (
     SPEC_FILE,
@@ -51,8 +51,6 @@ from trustvision.sweep.trial import (
 )
 from trustvision.tracking import sweep_tracker, trial_env
 from trustvision.train.recipe import one_process_only
-
-LOCK_FILE = ".lock"
 
 
 class TrialFailed(Exception):
@@ -309,15 +307,11 @@ def _exclusive(out: Path) -> Iterator[None]:
         raise ConfigError(
             f"`{out}` is not empty and holds no sweep ({SPEC_FILE}): give another `--out`"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / LOCK_FILE).open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"another `trustvision sweep run` is working in `{out}`: wait for it to end, "
-                "or give another `--out`"
-            ) from None
+    refusal = (
+        f"another `trustvision sweep run` is working in `{out}`: wait for it to end, "
+        "or give another `--out`"
+    )
+    with held_alone(out, refusal=refusal):
         yield
 
 

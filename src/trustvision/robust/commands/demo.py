@@ -42,7 +42,7 @@ from trustvision.robust.config import (
 )
 from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.runs import is_finished, read_finished
-from trustvision.runs import RunDir
+from trustvision.runs import RunDir, held_alone
 from trustvision.train.loop import Reporter
 from trustvision.train.recipe import one_process_only
 
@@ -189,7 +189,14 @@ def run_pipeline(
     one_process_only()  # its mixes and evaluations would be repeated by every process
     check_same_holdout(cfg)
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    refusal = f"another pipeline is working in `{work}`: wait for it to end, or give another"
+    with held_alone(work, refusal=refusal + " work directory"):
+        return _run_stages(cfg, work, reporter=reporter, log=log)
+
+
+def _run_stages(
+    cfg: PipelineConfig, work: Path, *, reporter: Reporter | None, log: Log
+) -> dict[str, Any]:
     _retire_stale(cfg, work, log=log)
     std_dir, rob_dir = work / "standard", work / "robust"
     _train(cfg, cfg.standard, std_dir, reporter=reporter, log=log)
