@@ -107,10 +107,11 @@ def train(
     if chosen is not None and seed == 0 and not extra:
         return chosen[1]  # the sweep's chosen trial is this very run: seed 0, same config
     directory = runs / setting / algorithm / f"seed{seed}"
-    done = finished_run(directory, chosen[0] if chosen else None)
+    chosen_yaml = chosen[0] if chosen else None  # seed runs of an earlier choice: not reused
+    done = finished_run(directory, chosen_yaml)
     if done is not None:
         return done
-    started = runs_of(directory, chosen[0] if chosen else None)
+    started = runs_of(directory, chosen_yaml)
     checkpoints = started[-1] / "checkpoints" if started else None
     if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
         command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
@@ -137,7 +138,7 @@ def train(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if subprocess.run(command, stdout=subprocess.DEVNULL, env=env).returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed (its error is above)")
-    done = finished_run(directory, chosen[0] if chosen else None)
+    done = finished_run(directory, chosen_yaml)
     if done is None:
         raise SystemExit(f"{directory}: `{' '.join(command)}` ended without a finished run")
     return done

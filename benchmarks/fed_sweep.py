@@ -71,6 +71,11 @@ def follow_up_name(algorithm: str) -> str:
     return f"{algorithm}-lr"
 
 
+def sweep_name(algorithm: str, fixed: dict[str, Any] | None) -> str:
+    """A method's own sweep, or with `fixed` (its own knob's chosen value) its follow-up."""
+    return follow_up_name(algorithm) if fixed else algorithm
+
+
 def knob(name: str) -> tuple[str, list[float]]:
     """The knob and first grid of a sweep, by name (a method or its follow-up)."""
     follow_ups = {follow_up_name(a): knob for a, knob in FOLLOW_UP.items()}
@@ -87,7 +92,7 @@ def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -
         choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
     choice += [format_override(k, v) for k, v in (fixed or {}).items()]
     return {
-        "name": f"{setting}-{follow_up_name(algorithm) if fixed else algorithm}",
+        "name": f"{setting}-{sweep_name(algorithm, fixed)}",
         "command": "fed run",
         # relative, so that a sweep continues from any checkout (CIFAR-10's data source is not)
         "config": SETTINGS[setting]["config"],
@@ -136,14 +141,13 @@ def sweep(setting: str, algorithm: str, runs: Path) -> None:
         report = collect(runs, setting, algorithm)
         if report is not None and report["chosen"] is not None:
             stages(setting, algorithm, runs, fixed=report["chosen"]["params"])
-    collect_method(runs, setting, algorithm)
 
 
 def stages(
     setting: str, algorithm: str, runs: Path, *, fixed: dict[str, Any] | None = None
 ) -> None:
     """The grid stage and, where it chose a value, the refining stage of one sweep."""
-    name = follow_up_name(algorithm) if fixed else algorithm
+    name = sweep_name(algorithm, fixed)
     key, grid = knob(name)
     first = run_stage(setting, algorithm, runs, stage=1, grid=grid, fixed=fixed)
     chosen = json.loads((first / "sweep.json").read_text())["chosen"]
@@ -161,7 +165,7 @@ def run_stage(
     fixed: dict[str, Any] | None = None,
 ) -> Path:
     """One stage's sweep over `grid`; returns its directory."""
-    name = follow_up_name(algorithm) if fixed else algorithm
+    name = sweep_name(algorithm, fixed)
     out = stage_dir(runs, setting, name, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     tree = spec(setting, algorithm, fixed=fixed)
