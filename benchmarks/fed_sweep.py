@@ -7,8 +7,9 @@ stage of two more trials for every method (`<algorithm>-stage2/`): beyond the gr
 where the best value sat at one, else halfway (geometrically) to each neighbour of the best;
 the choice is the best validation score over both stages. FedLoGe then has its learning
 rate swept the same way at the norm target chosen (`<algorithm>-lr/`, FOLLOW_UP), and its
-config to compare is the best of both sweeps. A trial's score
-is the validation accuracy of the round that validation picks: generic (class-balanced, on
+config to compare is the best of both sweeps. A method whose own knob is not the learning
+rate (INHERITS_LR) trains at the rate FedAvg's sweep chose on the same setting, which is
+therefore swept first. A trial's score is the validation accuracy of the round that validation picks: generic (class-balanced, on
 the clients' held-out images) for a method with a global model, local (mean over clients)
 for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
 A killed invocation continues where it stopped (the sweeps resume). Then writes
@@ -57,6 +58,10 @@ KNOBS: dict[str, tuple[str, list[float]]] = {
 # coordinate descent; the method then has had twice FedAvg's trials, which its reports say):
 # FedAvg's rate moved from the config's 0.03 to 0.2 and 0.8, FedLoGe's stayed there.
 FOLLOW_UP: dict[str, tuple[str, list[float]]] = {"fedloge": ("optim.lr", LR)}
+# A method whose own knob is not the learning rate trains at the rate validation chose for
+# FedAvg on the same setting (each trains locally with FedAvg's SGD): at the config's 0.03
+# FedAvg's validation accuracy was 10 points below its chosen rate's on `gap_cnn`.
+INHERITS_LR = {a for a, (key, _) in KNOBS.items() if key != "optim.lr" and a not in FOLLOW_UP}
 NO_GENERIC = {"fedper", "fedrep"}
 
 
@@ -82,15 +87,22 @@ def knob(name: str) -> tuple[str, list[float]]:
     return follow_ups[name] if name in follow_ups else KNOBS[name]
 
 
-def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The sweep spec of one (setting, algorithm); with `fixed` (the values validation chose
-    for its own knob), the spec of its follow-up sweep."""
+def spec(
+    setting: str,
+    algorithm: str,
+    *,
+    fixed: dict[str, Any] | None = None,
+    inherited: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The sweep spec of one (setting, algorithm), at the `inherited` values (FedAvg's chosen
+    learning rate, `inherited_lr`); with `fixed` (the values validation chose for its own
+    knob), the spec of its follow-up sweep."""
     key, grid = FOLLOW_UP[algorithm] if fixed else KNOBS[algorithm]
     metric, test = objective(algorithm)
     choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
     if choice and KNOBS[algorithm][0].startswith("algorithm."):  # a section, not a name
         choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
-    choice += [format_override(k, v) for k, v in (fixed or {}).items()]
+    choice += [format_override(k, v) for k, v in {**(inherited or {}), **(fixed or {})}.items()]
     return {
         "name": f"{setting}-{sweep_name(algorithm, fixed)}",
         "command": "fed run",
@@ -102,6 +114,20 @@ def spec(setting: str, algorithm: str, *, fixed: dict[str, Any] | None = None) -
         "test_metric": test,
         "seed": 0,
     }
+
+
+def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
+    """`{"optim.lr": rate}`, the rate FedAvg's finished sweep chose on `setting`, for a method
+    in INHERITS_LR; nothing for any other."""
+    if algorithm not in INHERITS_LR:
+        return {}
+    report = collect(runs, setting, "fedavg")
+    if report is None or report["chosen"] is None:
+        raise SystemExit(
+            f"{algorithm} trains at the learning rate FedAvg's sweep chooses on {setting}, "
+            f"and {runs / setting / 'fedavg'} holds no finished trial: sweep fedavg first"
+        )
+    return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
 
 
 def second_stage(grid: list[float], best: float) -> list[float]:
@@ -168,7 +194,7 @@ def run_stage(
     name = sweep_name(algorithm, fixed)
     out = stage_dir(runs, setting, name, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tree = spec(setting, algorithm, fixed=fixed)
+    tree = spec(setting, algorithm, fixed=fixed, inherited=inherited_lr(runs, setting, algorithm))
     tree["params"] = {knob(name)[0]: {"grid": grid}}
     if stage == 2:
         tree["name"] += "-stage2"
@@ -239,9 +265,14 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
     if first is None:
         return reports
     reports[algorithm] = first
+    if algorithm in INHERITS_LR:
+        first["fixed"] = ran_at(first, "optim.lr")
     follow = collect(runs, setting, follow_up_name(algorithm)) if algorithm in FOLLOW_UP else None
     if follow is not None:
-        reports[follow_up_name(algorithm)] = {**follow, "fixed": fixed_values(follow, algorithm)}
+        reports[follow_up_name(algorithm)] = {
+            **follow,
+            "fixed": ran_at(follow, KNOBS[algorithm][0]),
+        }
     done = [r for r in reports.values() if r["chosen"] is not None]
     pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
     for i, report in enumerate(done):
@@ -251,10 +282,10 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
     return reports
 
 
-def fixed_values(follow_up: dict[str, Any], algorithm: str) -> dict[str, Any]:
-    """The value of the method's own knob its follow-up sweep ran at, from that sweep's spec."""
-    key = KNOBS[algorithm][0]
-    spec_file = Path(follow_up["trials"][0]["sweep"]) / "spec.yaml"
+def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:
+    """`{key: value}`, the value a sweep held `key` at (a follow-up its method's own knob, a
+    method in INHERITS_LR FedAvg's learning rate), from that sweep's spec."""
+    spec_file = Path(report["trials"][0]["sweep"]) / "spec.yaml"
     overrides = yaml.safe_load(spec_file.read_text())["overrides"]
     values = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.startswith(f"{key}=")]
     return {key: values[-1]} if values else {}
@@ -297,6 +328,8 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(s, a) for s in args.settings for a in args.algorithms]
     if not args.report_only:
+        for setting in dict.fromkeys(s for s, a in jobs if a in INHERITS_LR):
+            sweep(setting, "fedavg", args.runs)  # the rate they inherit; found if finished
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             list(pool.map(lambda job: sweep(*job, args.runs), jobs))
     results: dict[str, dict[str, Any]] = {}
@@ -310,6 +343,7 @@ def main() -> None:
         "machine": machine_summary(),
         "knobs": {a: {"key": k, "grid": g} for a, (k, g) in KNOBS.items()},
         "follow_ups": {follow_up_name(a): {"key": k, "grid": g} for a, (k, g) in FOLLOW_UP.items()},
+        "inherit_lr": [a for a in args.algorithms if a in INHERITS_LR],
         "selected_by": "validation",
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])

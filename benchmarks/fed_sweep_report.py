@@ -57,6 +57,13 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
         "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
     ]
+    if meta.get("inherit_lr"):
+        lines += [
+            "",
+            f"{', '.join(meta['inherit_lr'])}: their own knob is not the learning rate, so "
+            "they train at the rate validation chose for FedAvg on the same setting (`at "
+            "optim.lr=...` below), not at the config's 0.03.",
+        ]
     if not meta.get("follow_ups_run"):
         return lines
     return [

@@ -111,6 +111,28 @@ def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_
     assert chosen["params"] == ({norm: 4.0, lr: 0.2} if compared == "fedloge-lr" else {norm: 4.0})
 
 
+def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rate(tmp_path):
+    bench = fed_sweep()
+    assert {"fedprox", "fedrep", "fedbabu", "fedetf", "ditto", "fedlc"} == bench.INHERITS_LR
+    with pytest.raises(SystemExit, match="sweep fedavg first"):
+        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+    fake_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
+    assert bench.inherited_lr(tmp_path, "fmnist-gap", "fedrod") == {}  # its knob is the rate
+    inherited = bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+    assert inherited == {"optim.lr": 0.8}
+    tree = bench.spec("fmnist-gap", "fedprox", inherited=inherited)
+    mu = "algorithm.options.mu"
+    cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], f"{mu}=0.1"])
+    assert cfg.optim.lr == 0.8 and cfg.algorithm.options["mu"] == 0.1
+    assert tree["name"] == bench.spec("fmnist-gap", "fedprox")["name"]  # not a follow-up
+
+    fake_sweep(tmp_path / "fmnist-gap/fedprox", {0.01: 0.80, 0.1: 0.78}, mu, ["optim.lr=0.8"])
+    report = bench.collect_method(tmp_path, "fmnist-gap", "fedprox")["fedprox"]
+    assert report["fixed"] == {"optim.lr": 0.8}
+    chosen = json.loads((tmp_path / "fmnist-gap/fedprox.chosen.json").read_text())
+    assert chosen["params"] == {"optim.lr": 0.8, mu: 0.01}
+
+
 def test_a_seed_trained_for_an_earlier_choice_is_not_reused_for_a_new_one(tmp_path):
     bench = benchmark("fed_compare")
     chosen = tmp_path / "fedloge.chosen.yaml"
