@@ -15,6 +15,7 @@ import trustvision.robust.commands.common as common
 import trustvision.robust.commands.demo as pipeline
 import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
+import trustvision.train.loop as loop
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.card import MODEL_INFO_FIELDS
@@ -193,6 +194,36 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
         monkeypatch.setattr(target, name, forbidden)
     again = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     assert again["rows"] == report["rows"]
+
+
+def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_points(
+    finished, monkeypatch
+):
+    """The last test on `finished`: it widens the adaptive mix's gate grid. The mix chooses
+    its gate again from the network it trained, the points already attacked are kept, and of
+    the other stages only the adaptive mix's evaluation is redone."""
+    tmp_path, work, _ = finished
+    stage = work / "adaptive-mix"
+    before = json.loads((stage / "summary.json").read_text())
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a base or the mixing network trained again")
+
+    monkeypatch.setattr(pipeline, "train_robust", forbidden)
+    monkeypatch.setattr(loop, "train_epoch", forbidden)
+    cfg = tiny(tmp_path)
+    ranges = ((0.0, 1.0), (0.5, 1.0))
+    cfg = cfg.model_copy(update={"mixnet": cfg.mixnet.model_copy(update={"alpha_ranges": ranges})})
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+
+    after = json.loads((stage / "summary.json").read_text())
+    assert after["history"] == before["history"]
+    assert after["selection"]["knobs"]["alpha_range"]["grid"] == [list(r) for r in ranges]
+    old = {tuple(sorted(p.items())) for p in before["bias_sweep"] if p["robust_acc"] is not None}
+    assert old <= {tuple(sorted(p.items())) for p in after["bias_sweep"]}  # not attacked again
+    retired = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
+    assert retired == {"eval-adaptive-mix"}
+    assert (work / "eval-adaptive-mix" / "summary.json").is_file()
 
 
 def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ scale x alpha range) and the temperatures s_g, s_h on validation images."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from trustvision.robust.commands.common import (
     selection_record,
     sweep_signature,
 )
-from trustvision.robust.config import MixConfig
+from trustvision.robust.config import MixConfig, MixNetSettings
 from trustvision.robust.evaluate import mixnet_train_indices, validation_indices
 from trustvision.robust.mixing import AdaptiveMixedClassifier, build_adaptive
 from trustvision.robust.mixtrain import (
@@ -51,6 +52,29 @@ from trustvision.train.loop import Accel, Batches, FitResult, Reporter
 from trustvision.train.recipe import train_into_run
 
 MONITOR_IMAGES = 2000  # validation images the mixing network's every epoch is evaluated on
+# The gate's candidates, chosen after the mixing network has trained: a mix that differs from
+# its config only in these (and in the `sweep` settings) keeps its trained network.
+GATE_CHOICE_KEYS = ("bias_sweep", "scale_sweep", "alpha_ranges")
+
+
+def same_training(trained: dict[str, Any], mixnet: MixNetSettings) -> bool:
+    """Whether a mixing network trained with the settings `trained` (a summary's `mixnet`) is
+    the one `mixnet` trains: they may differ in GATE_CHOICE_KEYS only."""
+    wanted = mixnet.model_dump(mode="json")
+    return all(trained.get(k) == v for k, v in wanted.items() if k not in GATE_CHOICE_KEYS)
+
+
+def chooses_gate_again(run_path: str | Path | None, cfg: MixConfig) -> bool:
+    """Whether `run_path` holds an adaptive mix begun with a config that differs from `cfg` only
+    in what is chosen after training (GATE_CHOICE_KEYS, the `sweep` settings): its trained
+    network is then kept and its gate chosen again."""
+    if run_path is None or not RunDir(run_path).config_path.is_file():
+        return False
+    differing = RunDir(run_path).config_differences(cfg)
+    return bool(differing) and all(
+        key.startswith("sweep.") or key.removeprefix("mixnet.") in GATE_CHOICE_KEYS
+        for key in differing
+    )
 
 
 def mixnet_batches(

@@ -11,7 +11,9 @@ A finished stage is not redone while it is current, and an evaluation keeps its 
 chunks of images, so an interrupted pipeline continues where it stopped. A stage that is no
 longer current (a base trained without the configured validation hold-out, a mix whose knobs
 were not chosen on validation images or whose sweep settings changed) is moved to
-work/retired/ together with every stage built on it, and redone. `robust demo` and
+work/retired/ together with every stage built on it, and redone; an adaptive mix whose
+network trained as configured keeps it and only chooses its gate again (and keeps the sweep
+points already attacked, where the sweep settings are the same). `robust demo` and
 benchmarks/robust.py both run this.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
+from trustvision.robust.commands.adaptive import same_training
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.commands.common import Log, admission_rule
 from trustvision.robust.commands.eval import run_eval
@@ -153,8 +156,14 @@ def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
             retire(work, ON_BASES, why=f"`{name}` is trained anew", log=log)
     for kind, stage in MIXES.items():
         path = work / stage
-        if is_finished(path) and not _mix_current(cfg, kind, read_finished(path)):
-            why = "its knobs were not chosen on these validation settings"
+        if not is_finished(path) or _mix_current(cfg, kind, read_finished(path)):
+            continue
+        why = "its knobs were not chosen on these validation settings"
+        trained = read_finished(path).get("settings", {}).get("mixnet", {})
+        if kind == "adaptive" and same_training(trained, cfg.mixnet):
+            why += "; the mix keeps its trained network and chooses its gate again"
+            retire(work, [f"eval-{stage}"], why=why, log=log)
+        else:
             retire(work, [stage, f"eval-{stage}"], why=why, log=log)
 
 
@@ -207,7 +216,6 @@ def _run_stages(
         "robust": str(rob_dir),
         "eps": cfg.eval.eps,
         "sweep": cfg.sweep,
-        "mixnet": cfg.mixnet,
     }
     fixed_cfg = MixConfig(name="fixed-mix", kind="fixed", **mix_common)
     fixed = _stage(
@@ -219,7 +227,9 @@ def _run_stages(
     )
     models = {"standard": std_dir, "robust": rob_dir, "fixed mix": work / "fixed-mix"}
     if cfg.adaptive:
-        adaptive_cfg = MixConfig(name="adaptive-mix", kind="adaptive", **mix_common)
+        adaptive_cfg = MixConfig(
+            name="adaptive-mix", kind="adaptive", mixnet=cfg.mixnet, **mix_common
+        )
         _stage(
             work / "adaptive-mix",
             lambda: run_mix(
@@ -228,6 +238,7 @@ def _run_stages(
             log=log,
             title="training the mixing network",
             config=adaptive_cfg,
+            current=lambda summary: _mix_current(cfg, "adaptive", summary),
         )
         models["adaptive mix"] = work / "adaptive-mix"
     evals = {label: _evaluate(cfg, label, path, work, log=log) for label, path in models.items()}

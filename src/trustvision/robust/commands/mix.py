@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trustvision.robust.commands.adaptive import adaptive_mix
+from trustvision.robust.commands.adaptive import adaptive_mix, chooses_gate_again
 from trustvision.robust.commands.common import (
     POINTS,
     Log,
@@ -51,8 +51,16 @@ def run_mix(
     """Build a fixed mix (validation sweep, trade-off plot) or train an adaptive one."""
     with run_settings(cfg) as device:
         inputs = mix_inputs(cfg, device)
+        again = cfg.kind == "adaptive" and chooses_gate_again(run_path, cfg)
+        if again:
+            log("the trained mixing network is kept; its gate is chosen again on the new grid")
         run, _ = RunDir.open_or_create(
-            run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
+            run_path,
+            root=cfg.runs_dir,
+            name=cfg.name,
+            config=cfg,
+            resume_hint=RESUME,
+            policy="update" if again else "refuse",
         )
         started = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, "mix"))
