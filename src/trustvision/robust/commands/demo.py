@@ -236,7 +236,7 @@ def _run_stages(
                 adaptive_cfg, run_path=work / "adaptive-mix", reporter=reporter, log=log
             ),
             log=log,
-            title="the mixing network: training (or its last checkpoint), then its gate on validation images",
+            title="the mixing network (trained or resumed), then its gate on validation images",
             config=adaptive_cfg,
             current=lambda summary: _mix_current(cfg, "adaptive", summary),
         )
