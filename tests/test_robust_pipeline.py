@@ -20,6 +20,7 @@ from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.card import MODEL_INFO_FIELDS
 from trustvision.robust.cli import robust_app
+from trustvision.robust.commands.adaptive import chooses_gate_again
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.config import CertifyConfig, PipelineConfig
 from trustvision.robust.runs import load_model
@@ -71,9 +72,10 @@ class NoTestImages:
         raise AssertionError("a mix read the test split (len)")
 
 
-def mixes_without_test_images(monkeypatch) -> None:
-    """Make every `run_mix` of the pipeline see a data set whose test split cannot be read."""
-    real = pipeline.run_mix
+def mixes_without_test_images(monkeypatch, caller=pipeline) -> None:
+    """Make every `run_mix` of `caller` (a module: the pipeline) see a data set whose test
+    split cannot be read."""
+    real = caller.run_mix
 
     def run_mix(*args, **kwargs):
         with monkeypatch.context() as patch:
@@ -84,18 +86,22 @@ def mixes_without_test_images(monkeypatch) -> None:
             )
             return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "run_mix", run_mix)
+    monkeypatch.setattr(caller, "run_mix", run_mix)
+
+
+def benchmark(name: str):
+    """benchmarks/<name>.py as a module, imported as when run as a script (its `common`)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def benchmark_report():
     """benchmarks/robust_report.py, the tables of benchmarks/robust.py, as a module."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))  # its `common`, as when run as a script
-    path = ROOT / "benchmarks/robust_report.py"
-    spec = importlib.util.spec_from_file_location("bench_robust_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("robust_report")
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +200,35 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
         monkeypatch.setattr(target, name, forbidden)
     again = pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     assert again["rows"] == report["rows"]
+
+
+def test_the_gate_check_chooses_the_weight_that_separates_most_and_its_network_can_be_kept(
+    finished, monkeypatch
+):
+    """benchmarks/robust_gate_check.py on the pipeline's bases: a network per candidate, read
+    on validation images only; each differs from the pipeline's mix only in what is chosen
+    after training (and its weight), so an adopted one is kept."""
+    tmp_path, work, _ = finished
+    gate_check = benchmark("robust_gate_check")
+    mixes_without_test_images(monkeypatch, caller=gate_check)
+    cfg = tiny(tmp_path)
+    record = gate_check.check("mnist", cfg, work, [0.0, 0.4], adopt_chosen=False)
+
+    rows = record["candidates"]
+    assert [r["bce_weight_max"] for r in rows] == [0.0, 0.4]
+    for row in rows:
+        assert row["separation"] == row["alpha_attacked"] - row["alpha_clean"]
+        weighted = cfg.model_copy(
+            update={
+                "mixnet": cfg.mixnet.model_copy(update={"bce_weight_max": row["bce_weight_max"]})
+            }
+        )
+        assert chooses_gate_again(row["run"], pipeline.mix_config(weighted, work, "adaptive"))
+    assert record["chosen"] == max(rows, key=lambda r: r["separation"])["bce_weight_max"]
+    other = tmp_path / "other-work"
+    assert gate_check.adopt(other, Path(rows[0]["run"]), cfg, 0.0)
+    assert (other / "adaptive-mix" / "summary.json").is_file()
+    assert not gate_check.adopt(other, Path(rows[1]["run"]), cfg, 0.4)  # never replaced
 
 
 def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_points(

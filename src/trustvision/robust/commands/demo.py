@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -203,6 +203,20 @@ def run_pipeline(
         return _run_stages(cfg, work, reporter=reporter, log=log)
 
 
+def mix_config(cfg: PipelineConfig, work: Path, kind: Literal["fixed", "adaptive"]) -> MixConfig:
+    """The config of the pipeline's fixed or adaptive mix of the bases in `work`."""
+    mix = MixConfig(
+        name=MIXES[kind],
+        kind=kind,
+        **_common(cfg),
+        standard=str(work / "standard"),
+        robust=str(work / "robust"),
+        eps=cfg.eval.eps,
+        sweep=cfg.sweep,
+    )
+    return mix.model_copy(update={"mixnet": cfg.mixnet}) if kind == "adaptive" else mix
+
+
 def _run_stages(
     cfg: PipelineConfig, work: Path, *, reporter: Reporter | None, log: Log
 ) -> dict[str, Any]:
@@ -210,14 +224,7 @@ def _run_stages(
     std_dir, rob_dir = work / "standard", work / "robust"
     _train(cfg, cfg.standard, std_dir, reporter=reporter, log=log)
     _train(cfg, cfg.robust, rob_dir, reporter=reporter, log=log)
-    mix_common = {
-        **_common(cfg),
-        "standard": str(std_dir),
-        "robust": str(rob_dir),
-        "eps": cfg.eval.eps,
-        "sweep": cfg.sweep,
-    }
-    fixed_cfg = MixConfig(name="fixed-mix", kind="fixed", **mix_common)
+    fixed_cfg = mix_config(cfg, work, "fixed")
     fixed = _stage(
         work / "fixed-mix",
         lambda: run_mix(fixed_cfg, run_path=work / "fixed-mix", log=log),
@@ -227,9 +234,7 @@ def _run_stages(
     )
     models = {"standard": std_dir, "robust": rob_dir, "fixed mix": work / "fixed-mix"}
     if cfg.adaptive:
-        adaptive_cfg = MixConfig(
-            name="adaptive-mix", kind="adaptive", mixnet=cfg.mixnet, **mix_common
-        )
+        adaptive_cfg = mix_config(cfg, work, "adaptive")
         _stage(
             work / "adaptive-mix",
             lambda: run_mix(

@@ -1,0 +1,184 @@
+"""The gate check: which training-attack loss weight lets the mixing network tell clean from
+attacked validation images, at this CPU's training budget.
+
+Each of the authors' training attacks maximises (1 - w) L + w BCE(gamma', 1) with
+w ~ U(0, `mixnet.bce_weight_max`) (their 0.4), so it also learns to fool the gate; with a few
+hundred optimiser steps that left the Fashion-MNIST gate unable to tell clean from attacked
+images (docs/robust.md). For each candidate value this trains the mixing network of
+configs/robust/bench_<data>.yaml on the benchmark's finished bases (its config otherwise, the
+configured gate: no gate sweep) into <work>/<data>/gate-check/bce-<w>/, and reads after the
+last epoch, in evaluation mode on the monitor's validation images (`mixnet.monitor_images`;
+never a test image), the mean alpha on the clean images, under PGD on the mix's loss (blind to
+the gate, as AutoAttack's attacks are) and under PGD that also pushes the gate down. The
+choice: the largest separation, attacked minus clean. `--adopt` copies the chosen network's
+run to <work>/<data>/adaptive-mix (when there is none): a pipeline whose config holds the
+chosen value then keeps that network and only chooses its gate (robust/commands/demo.py).
+
+    .venv/bin/python benchmarks/robust_gate_check.py --datasets cifar10 --candidates 0 0.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, ROOT, write_results
+from rich.console import Console
+
+from trustvision.config import load_config
+from trustvision.report.console import ConsoleReporter
+from trustvision.robust.commands.demo import mix_config
+from trustvision.robust.commands.mix import run_mix
+from trustvision.robust.config import MixConfig, PipelineConfig
+from trustvision.robust.runs import is_finished, read_finished
+from trustvision.runs import held_alone, machine_summary
+
+CONFIGS = {
+    name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml"
+    for name in ("mnist", "fashion-mnist", "cifar10")
+}
+KINDS = ("clean", "attacked", "adaptive")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=list(CONFIGS), default=["cifar10"])
+    parser.add_argument("--candidates", nargs="+", type=float, default=[0.0, 0.4])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/robust-bench")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--adopt", action="store_true", help="copy the chosen network's run")
+    return parser.parse_args(argv)
+
+
+def candidate_config(cfg: PipelineConfig, work: Path, weight: float) -> MixConfig:
+    """The pipeline's adaptive mix with `bce_weight_max=weight` and no gate sweep: it differs
+    from the pipeline's own only in what is chosen after training (and in the weight)."""
+    mixnet = cfg.mixnet.model_copy(update={"bce_weight_max": weight, "bias_sweep": ()})
+    return mix_config(cfg, work, "adaptive").model_copy(update={"mixnet": mixnet})
+
+
+def check(
+    name: str, cfg: PipelineConfig, work: Path, candidates: list[float], *, adopt_chosen: bool
+) -> dict[str, Any]:
+    """Train (or find) every candidate's network on the bases in `work` and choose one."""
+    missing = [b for b in ("standard", "robust") if not is_finished(work / b)]
+    if missing:
+        raise SystemExit(
+            f"{name}: the bases {missing} are not trained in {work}: run "
+            f"`benchmarks/robust.py --datasets {name} --no-adaptive` first"
+        )
+    rows = []
+    with held_alone(work / "gate-check", refusal=f"another gate check is working in {work}"):
+        for weight in candidates:
+            path = work / "gate-check" / f"bce-{weight:g}"
+            if not is_finished(path):
+                print(f"== {name}: mixing network with bce_weight_max {weight:g}", flush=True)
+                run_mix(
+                    candidate_config(cfg, work, weight),
+                    run_path=path,
+                    reporter=ConsoleReporter(Console()),
+                    log=lambda s: print(s, flush=True),
+                )
+            rows.append(candidate_row(weight, path))
+    chosen = max(rows, key=lambda row: row["separation"])
+    record = {
+        "configured": cfg.mixnet.bce_weight_max,
+        "images": cfg.mixnet.monitor_images,
+        "candidates": rows,
+        "chosen": chosen["bce_weight_max"],
+        "selected_by": "validation",
+    }
+    if adopt_chosen:
+        record["adopted"] = adopt(work, Path(chosen["run"]), cfg, chosen["bce_weight_max"])
+    return record
+
+
+def candidate_row(weight: float, path: Path) -> dict[str, Any]:
+    """A trained candidate's gate after its last epoch, on validation images."""
+    summary = read_finished(path)
+    last = summary["history"][-1]
+    alphas = {kind: last[f"val_alpha_{kind}"] for kind in KINDS}
+    return {
+        "bce_weight_max": weight,
+        "run": str(path),
+        **{f"alpha_{kind}": value for kind, value in alphas.items()},
+        "separation": alphas["attacked"] - alphas["clean"],
+        "separation_adaptive": alphas["adaptive"] - alphas["clean"],
+        "val_acc": last["val_acc"],
+        "train_seconds": summary["train_seconds"],
+        "plot": str(path / "plots" / "gate.png"),
+    }
+
+
+def adopt(work: Path, run: Path, cfg: PipelineConfig, weight: float) -> bool:
+    """Copy the chosen network's run to the pipeline's adaptive mix, if it has none."""
+    target = work / "adaptive-mix"
+    if target.exists():
+        print(f"{target} exists: not replaced")
+        return False
+    shutil.copytree(run, target)
+    if cfg.mixnet.bce_weight_max != weight:
+        print(
+            f"copied to {target}; the pipeline keeps it only once its config holds "
+            f"mixnet.bce_weight_max: {weight:g} (now {cfg.mixnet.bce_weight_max:g})"
+        )
+    return True
+
+
+def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
+    lines = [
+        "# The gate check: the training attacks' loss weight, chosen on validation images",
+        "",
+        f"Written by `{command}`; machine: {machine_summary()}.",
+        "",
+        "Each candidate `mixnet.bce_weight_max` trains the benchmark's mixing network (its "
+        "config otherwise) on the same bases. Mean alpha in evaluation mode after the last "
+        "epoch on the first validation images: clean, under PGD on the mix's loss "
+        "(`attacked`, blind to the gate, as AutoAttack's attacks are) and under PGD that also "
+        "pushes the gate down (`adaptive`). The choice (**bold**) is the largest separation, "
+        "attacked minus clean; no test image is read.",
+    ]
+    for name, record in records.items():
+        lines += [
+            "",
+            f"## {name} ({record['images']} validation images; the config holds "
+            f"{record['configured']:g})",
+            "",
+            "| bce_weight_max | alpha clean | alpha attacked | alpha adaptive | separation "
+            "| separation (adaptive) | val acc | training (s) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in record["candidates"]:
+            mark = "**" if row["bce_weight_max"] == record["chosen"] else ""
+            lines.append(
+                f"| {mark}{row['bce_weight_max']:g}{mark} | {row['alpha_clean']:.3f} "
+                f"| {row['alpha_attacked']:.3f} | {row['alpha_adaptive']:.3f} "
+                f"| {row['separation']:+.3f} | {row['separation_adaptive']:+.3f} "
+                f"| {100 * row['val_acc']:.1f}% | {row['train_seconds']:.0f} |"
+            )
+        for row in record["candidates"]:
+            plot = f"robust_gatecheck_{name.replace('-', '')}_bce{row['bce_weight_max']:g}.png"
+            if Path(row["plot"]).is_file():
+                shutil.copyfile(row["plot"], RESULTS / plot)
+                lines += ["", f"![gate, bce_weight_max {row['bce_weight_max']:g}]({plot})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    previous = RESULTS / "robust-gate-check.json"  # other data sets' checks stay in the report
+    records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    for name in args.datasets:
+        cfg = load_config(PipelineConfig, CONFIGS[name], [f"threads={args.threads}"])
+        records[name] = check(name, cfg, args.work / name, args.candidates, adopt_chosen=args.adopt)
+    command = "python benchmarks/robust_gate_check.py " + " ".join(sys.argv[1:])
+    body = {"command": command.strip(), "machine": machine_summary(), "datasets": records}
+    print(f"wrote {write_results('robust-gate-check', markdown(records, command.strip()), body)}")
+
+
+if __name__ == "__main__":
+    main()
