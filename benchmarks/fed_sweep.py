@@ -9,9 +9,9 @@ the choice is the best validation score over both stages. FedLoGe then has its l
 rate swept the same way at the norm target chosen (`<algorithm>-lr/`, FOLLOW_UP), and its
 config to compare is the best of both sweeps. A method whose own knob is not the learning
 rate (INHERITS_LR) trains at the rate FedAvg's sweep chose on the same setting, which is
-therefore swept first. A trial's score is the validation accuracy of the round that validation picks: generic (class-balanced, on
-the clients' held-out images) for a method with a global model, local (mean over clients)
-for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
+therefore swept first. A trial's score is the validation accuracy of the round that
+validation picks: generic (class-balanced, on the clients' held-out images) for a method
+with a global model, local (mean over clients) for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
 A killed invocation continues where it stopped (the sweeps resume). Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
 `benchmarks/fed_compare.py` trains the chosen configs over more seeds.
@@ -285,7 +285,8 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
 def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:
     """`{key: value}`, the value a sweep held `key` at (a follow-up its method's own knob, a
     method in INHERITS_LR FedAvg's learning rate), from that sweep's spec."""
-    spec_file = Path(report["trials"][0]["sweep"]) / "spec.yaml"
+    sweep_dir = (report["chosen"] or report["trials"][0])["sweep"]  # where the choice ran
+    spec_file = Path(sweep_dir) / "spec.yaml"
     overrides = yaml.safe_load(spec_file.read_text())["overrides"]
     values = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.startswith(f"{key}=")]
     return {key: values[-1]} if values else {}
@@ -328,10 +329,12 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(s, a) for s in args.settings for a in args.algorithms]
     if not args.report_only:
-        for setting in dict.fromkeys(s for s, a in jobs if a in INHERITS_LR):
-            sweep(setting, "fedavg", args.runs)  # the rate they inherit; found if finished
+        first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
+        for setting in first:  # the rate they inherit (found, if finished): before the rest
+            sweep(setting, "fedavg", args.runs)
+        rest = [(s, a) for s, a in jobs if not (a == "fedavg" and s in first)]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            list(pool.map(lambda job: sweep(*job, args.runs), jobs))
+            list(pool.map(lambda job: sweep(*job, args.runs), rest))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():
@@ -343,7 +346,11 @@ def main() -> None:
         "machine": machine_summary(),
         "knobs": {a: {"key": k, "grid": g} for a, (k, g) in KNOBS.items()},
         "follow_ups": {follow_up_name(a): {"key": k, "grid": g} for a, (k, g) in FOLLOW_UP.items()},
-        "inherit_lr": [a for a in args.algorithms if a in INHERITS_LR],
+        "inherit_lr": [
+            a
+            for a in args.algorithms
+            if a in INHERITS_LR and any(a in block for block in results.values())
+        ],
         "selected_by": "validation",
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])

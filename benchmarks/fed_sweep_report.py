@@ -62,7 +62,8 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
             "",
             f"{', '.join(meta['inherit_lr'])}: their own knob is not the learning rate, so "
             "they train at the rate validation chose for FedAvg on the same setting (`at "
-            "optim.lr=...` below), not at the config's 0.03.",
+            "optim.lr=...` below), not at the config's 0.03: their 9 trials start from "
+            "FedAvg's 9.",
         ]
     if not meta.get("follow_ups_run"):
         return lines

@@ -10,9 +10,11 @@ configured gate: no gate sweep) into <work>/<data>/gate-check/bce-<w>/, and read
 last epoch, in evaluation mode on the monitor's validation images (`mixnet.monitor_images`;
 never a test image), the mean alpha on the clean images, under PGD on the mix's loss (blind to
 the gate, as AutoAttack's attacks are) and under PGD that also pushes the gate down. The
-choice: the largest separation, attacked minus clean. `--adopt` copies the chosen network's
-run to <work>/<data>/adaptive-mix (when there is none): a pipeline whose config holds the
-chosen value then keeps that network and only chooses its gate (robust/commands/demo.py).
+choice: the largest separation, attacked minus clean. A candidate begun with another config is
+retired and trained again; one on bases the pipeline has since retrained was retired by it.
+Once the config holds the chosen value, `--adopt` copies the chosen network's run to
+<work>/<data>/adaptive-mix (when there is none and no pipeline is working there): the
+pipeline then keeps that network and only chooses its gate (robust/commands/demo.py).
 
     .venv/bin/python benchmarks/robust_gate_check.py --datasets cifar10 --candidates 0 0.4
 """
@@ -31,11 +33,11 @@ from rich.console import Console
 
 from trustvision.config import load_config
 from trustvision.report.console import ConsoleReporter
-from trustvision.robust.commands.demo import mix_config
+from trustvision.robust.commands.demo import mix_config, retire
 from trustvision.robust.commands.mix import run_mix
 from trustvision.robust.config import MixConfig, PipelineConfig
 from trustvision.robust.runs import is_finished, read_finished
-from trustvision.runs import held_alone, machine_summary
+from trustvision.runs import LOCK_FILE, RunDir, held_alone, machine_summary
 
 CONFIGS = {
     name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml"
@@ -75,10 +77,14 @@ def check(
     with held_alone(work / "gate-check", refusal=f"another gate check is working in {work}"):
         for weight in candidates:
             path = work / "gate-check" / f"bce-{weight:g}"
+            candidate = candidate_config(cfg, work, weight)
+            if RunDir(path).config_path.is_file() and RunDir(path).config_differences(candidate):
+                why = "begun with another config"
+                retire(work / "gate-check", [path.name], why=why, log=print)
             if not is_finished(path):
                 print(f"== {name}: mixing network with bce_weight_max {weight:g}", flush=True)
                 run_mix(
-                    candidate_config(cfg, work, weight),
+                    candidate,
                     run_path=path,
                     reporter=ConsoleReporter(Console()),
                     log=lambda s: print(s, flush=True),
@@ -115,17 +121,22 @@ def candidate_row(weight: float, path: Path) -> dict[str, Any]:
 
 
 def adopt(work: Path, run: Path, cfg: PipelineConfig, weight: float) -> bool:
-    """Copy the chosen network's run to the pipeline's adaptive mix, if it has none."""
+    """Copy the chosen network's run to the pipeline's adaptive mix, if it has none and the
+    config holds the chosen weight (else the pipeline would train a network of its own)."""
     target = work / "adaptive-mix"
-    if target.exists():
-        print(f"{target} exists: not replaced")
-        return False
-    shutil.copytree(run, target)
     if cfg.mixnet.bce_weight_max != weight:
         print(
-            f"copied to {target}; the pipeline keeps it only once its config holds "
-            f"mixnet.bce_weight_max: {weight:g} (now {cfg.mixnet.bce_weight_max:g})"
+            f"not adopted: set mixnet.bce_weight_max: {weight:g} in the config (it holds "
+            f"{cfg.mixnet.bce_weight_max:g}), then run this again with --adopt"
         )
+        return False
+    refusal = f"a pipeline is working in {work}: run this again with --adopt when it ends"
+    with held_alone(work, refusal=refusal):
+        if target.exists():
+            print(f"{target} exists: not replaced")
+            return False
+        shutil.copytree(run, target, ignore=shutil.ignore_patterns(LOCK_FILE, "mlflow.json"))
+    print(f"adopted: {target} is the {weight:g} network; the pipeline only chooses its gate")
     return True
 
 
@@ -145,7 +156,7 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
     for name, record in records.items():
         lines += [
             "",
-            f"## {name} ({record['images']} validation images; the config holds "
+            f"## {name} (up to {record['images']} validation images; the config holds "
             f"{record['configured']:g})",
             "",
             "| bce_weight_max | alpha clean | alpha attacked | alpha adaptive | separation "

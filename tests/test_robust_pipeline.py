@@ -226,9 +226,14 @@ def test_the_gate_check_chooses_the_weight_that_separates_most_and_its_network_c
         assert chooses_gate_again(row["run"], pipeline.mix_config(weighted, work, "adaptive"))
     assert record["chosen"] == max(rows, key=lambda r: r["separation"])["bce_weight_max"]
     other = tmp_path / "other-work"
-    assert gate_check.adopt(other, Path(rows[0]["run"]), cfg, 0.0)
+    configured = cfg.mixnet.bce_weight_max
+    run = {r["bce_weight_max"]: Path(r["run"]) for r in rows}
+    unset = 0.0 if configured == 0.4 else 0.4
+    assert not gate_check.adopt(other, run[unset], cfg, unset)  # the config holds another
+    assert not (other / "adaptive-mix").exists()
+    assert gate_check.adopt(other, run[configured], cfg, configured)
     assert (other / "adaptive-mix" / "summary.json").is_file()
-    assert not gate_check.adopt(other, Path(rows[1]["run"]), cfg, 0.4)  # never replaced
+    assert not gate_check.adopt(other, run[configured], cfg, configured)  # never replaced
 
 
 def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_points(
@@ -240,6 +245,7 @@ def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_point
     tmp_path, work, _ = finished
     stage = work / "adaptive-mix"
     before = json.loads((stage / "summary.json").read_text())
+    attacked_before = json.loads((stage / common.POINTS).read_text())["points"]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a base or the mixing network trained again")
@@ -254,8 +260,9 @@ def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_point
     after = json.loads((stage / "summary.json").read_text())
     assert after["history"] == before["history"]
     assert after["selection"]["knobs"]["alpha_range"]["grid"] == [list(r) for r in ranges]
-    old = {tuple(sorted(p.items())) for p in before["bias_sweep"] if p["robust_acc"] is not None}
-    assert old <= {tuple(sorted(p.items())) for p in after["bias_sweep"]}  # not attacked again
+    attacked_after = json.loads((stage / common.POINTS).read_text())["points"]
+    assert attacked_before  # kept, each with its measured seconds: none was attacked again
+    assert {k: attacked_after[k] for k in attacked_before} == attacked_before
     retired = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
     assert retired == {"eval-adaptive-mix"}
     assert (work / "eval-adaptive-mix" / "summary.json").is_file()

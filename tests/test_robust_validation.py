@@ -373,6 +373,45 @@ def test_stale_stages_are_retired_with_everything_built_on_them(tmp_path):
     assert retired == set(stages) - {"robust"}
 
 
+@pytest.mark.parametrize(
+    ("change", "retired"),
+    [
+        ({}, {"eval-adaptive-mix"}),  # the gate grid only: the trained network is kept
+        ({"eps": 0.2}, {"adaptive-mix", "eval-adaptive-mix"}),  # and the budget: trained anew
+    ],
+)
+def test_a_changed_gate_grid_keeps_the_mixing_network_only_if_nothing_else_changed(
+    tmp_path, change, retired
+):
+    cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", ["adaptive=true"])
+    work = tmp_path / "work"
+    for name in ("standard", "robust"):
+        (work / name).mkdir(parents=True)
+        summary = {"status": "finished", "data": pipeline.split_settings(cfg.standard)}
+        (work / name / "summary.json").write_text(json.dumps(summary))
+    mix = pipeline.mix_config(cfg, work, "adaptive")
+    stage = work / "adaptive-mix"
+    stage.mkdir()
+    (stage / "config.yaml").write_text(json.dumps(mix.model_dump(mode="json")))
+    settings = {"sweep": cfg.sweep.model_dump(mode="json"), "mixnet": {}}  # grid since changed
+    summary = {"status": "finished", "eps": mix.eps, "selection": {"rule": "r"}}
+    (stage / "summary.json").write_text(json.dumps({**summary, "settings": settings}))
+    (work / "eval-adaptive-mix").mkdir()
+
+    eval_settings = cfg.eval.model_copy(update=change)
+    ranges = ((0.0, 1.0), (0.9, 1.0))
+    new = cfg.model_copy(
+        update={
+            "mixnet": cfg.mixnet.model_copy(update={"alpha_ranges": ranges}),
+            "eval": eval_settings,
+        }
+    )
+    pipeline._retire_stale(new, work, log=lambda _: None)
+
+    moved = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
+    assert moved == retired
+
+
 def test_an_unfinished_base_begun_with_another_hold_out_is_retired(tmp_path):
     cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [])
     work = tmp_path / "work"

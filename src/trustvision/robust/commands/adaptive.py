@@ -27,7 +27,7 @@ from trustvision.robust.commands.common import (
     selection_record,
     sweep_signature,
 )
-from trustvision.robust.config import MixConfig, MixNetSettings
+from trustvision.robust.config import MixConfig
 from trustvision.robust.evaluate import mixnet_train_indices, validation_indices
 from trustvision.robust.mixing import AdaptiveMixedClassifier, build_adaptive
 from trustvision.robust.mixtrain import (
@@ -57,24 +57,24 @@ MONITOR_IMAGES = 2000  # validation images the mixing network's every epoch is e
 GATE_CHOICE_KEYS = ("bias_sweep", "scale_sweep", "alpha_ranges")
 
 
-def same_training(trained: dict[str, Any], mixnet: MixNetSettings) -> bool:
-    """Whether a mixing network trained with the settings `trained` (a summary's `mixnet`) is
-    the one `mixnet` trains: they may differ in GATE_CHOICE_KEYS only."""
-    wanted = mixnet.model_dump(mode="json")
-    return all(trained.get(k) == v for k, v in wanted.items() if k not in GATE_CHOICE_KEYS)
-
-
-def chooses_gate_again(run_path: str | Path | None, cfg: MixConfig) -> bool:
-    """Whether `run_path` holds an adaptive mix begun with a config that differs from `cfg` only
-    in what is chosen after training (GATE_CHOICE_KEYS, the `sweep` settings): its trained
-    network is then kept and its gate chosen again."""
+def gate_choice_differences(run_path: str | Path | None, cfg: MixConfig) -> list[str] | None:
+    """The keys in which the adaptive mix begun at `run_path` differs from `cfg`, if they are
+    all chosen after training (GATE_CHOICE_KEYS, the `sweep` settings), so that its trained
+    network holds for `cfg`; None if another key differs or there is no such run."""
     if run_path is None or not RunDir(run_path).config_path.is_file():
-        return False
+        return None
     differing = RunDir(run_path).config_differences(cfg)
-    return bool(differing) and all(
+    gate_only = all(
         key.startswith("sweep.") or key.removeprefix("mixnet.") in GATE_CHOICE_KEYS
         for key in differing
     )
+    return differing if gate_only else None
+
+
+def chooses_gate_again(run_path: str | Path | None, cfg: MixConfig) -> bool:
+    """Whether the adaptive mix at `run_path` keeps its trained network but not its gate:
+    begun with a config that differs from `cfg` in what is chosen after training only."""
+    return bool(gate_choice_differences(run_path, cfg))
 
 
 def mixnet_batches(

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
-from trustvision.robust.commands.adaptive import same_training
+from trustvision.robust.commands.adaptive import gate_choice_differences
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.commands.common import Log, admission_rule
 from trustvision.robust.commands.eval import run_eval
@@ -54,6 +54,7 @@ MIXES = {"fixed": "fixed-mix", "adaptive": "adaptive-mix"}
 ON_BASES = (
     "fixed-mix",
     "adaptive-mix",
+    "gate-check",  # benchmarks/robust_gate_check.py's mixing networks
     "eval-standard",
     "eval-robust",
     "eval-fixed-mix",
@@ -123,6 +124,7 @@ def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> boo
     settings = summary.get("settings", {})
     selection: dict[str, Any] = summary.get("selection") or {}
     current = bool(selection) and settings.get("sweep") == cfg.sweep.model_dump(mode="json")
+    current = current and (cfg.eval.eps is None or summary.get("eps") == cfg.eval.eps)
     if kind == "fixed":  # before the robust base became its reference it had another rule
         current = current and selection.get("rule") == admission_rule(cfg.sweep.tolerance)
     if kind == "adaptive":
@@ -159,8 +161,8 @@ def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
         if not is_finished(path) or _mix_current(cfg, kind, read_finished(path)):
             continue
         why = "its knobs were not chosen on these validation settings"
-        trained = read_finished(path).get("settings", {}).get("mixnet", {})
-        if kind == "adaptive" and same_training(trained, cfg.mixnet):
+        adaptive = mix_config(cfg, work, "adaptive")
+        if kind == "adaptive" and gate_choice_differences(path, adaptive) is not None:
             why += "; the mix keeps its trained network and chooses its gate again"
             retire(work, [f"eval-{stage}"], why=why, log=log)
         else:

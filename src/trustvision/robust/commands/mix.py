@@ -80,7 +80,11 @@ def run_mix(
                 **record,
                 "settings": {
                     "sweep": cfg.sweep.model_dump(mode="json"),
-                    "mixnet": cfg.mixnet.model_dump(mode="json"),
+                    **(
+                        {"mixnet": cfg.mixnet.model_dump(mode="json")}
+                        if cfg.kind == "adaptive"
+                        else {}
+                    ),
                 },
                 "wall_seconds": time.perf_counter() - started,
                 "environment": environment_info(device),
