@@ -43,7 +43,9 @@ CONFIGS = {name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml" for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--subset", type=int, default=500, help="test images attacked per model")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/robust-bench")

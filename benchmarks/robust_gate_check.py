@@ -47,12 +47,31 @@ KINDS = ("clean", "attacked", "adaptive")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(CONFIGS), default=["cifar10"])
-    parser.add_argument("--candidates", nargs="+", type=float, default=[0.0, 0.4])
-    parser.add_argument("--work", type=Path, default=ROOT / "runs/robust-bench")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.4],
+        help="values of mixnet.bce_weight_max to train (default: 0 and the authors' 0.4)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs/robust-bench",
+        help="benchmarks/robust.py's work directory, whose <data>/standard and robust bases "
+        "must be trained",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--adopt", action="store_true", help="copy the chosen network's run")
+    parser.add_argument(
+        "--adopt",
+        action="store_true",
+        help="hand the chosen network to the pipeline (<work>/<data>/adaptive-mix), once the "
+        "config holds the chosen value",
+    )
     return parser.parse_args(argv)
 
 
