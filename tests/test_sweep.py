@@ -310,6 +310,8 @@ def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
             proc.wait()
     first = find_run_dir(out / "trials/trial-0")
     before = snapshot(out / "trials/trial-0", first)
+    at_kill = read_json(out / "sweep.json")  # rewritten after every finished trial
+    assert [t["state"] for t in at_kill["trials"] if t["number"] == 0] == ["COMPLETE"]
     # the trial runs in its own session: killing the sweep alone leaves it running
     orphan = optuna.load_study(study_name="lr", storage=f"sqlite:///{out / 'study.db'}")
     pid = next(t for t in orphan.get_trials() if t.number == killed).user_attrs["pid"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,17 @@ def write_report(out: Path) -> dict[str, Any]:
     report = build_report(spec, study.get_trials(deepcopy=False), study.user_attrs)
     if report["chosen"] is not None:
         report["chosen"]["config"] = str(write_chosen_config(out, spec, report["chosen"]))
-    (out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "sweep.md").write_text(render_markdown(report, spec, out))
+    # whole files or none: a running sweep rewrites them after every trial while others read
+    _replace(out / "sweep.json", json.dumps(report, indent=2) + "\n")
+    _replace(out / "sweep.md", render_markdown(report, spec, out))
     plot_sweep(report, spec, out / "sweep.png")
     return report
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_chosen_config(out: Path, spec: SweepSpec, chosen: dict[str, Any]) -> Path:

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 
 from trustvision.errors import ConfigError
 from trustvision.runs import LOCK_FILE, held_alone
+from trustvision.sweep.report import write_report
 from trustvision.sweep.spec import SweepSpec
 from trustvision.sweep.study import (
     SPEC_FILE,
@@ -272,10 +273,14 @@ def run_sweep(
         tracker = sweep_tracker(out, spec)
         runner.env.update(trial_env(tracker))  # the trials' MLflow runs nest under the sweep's
 
+        reported = threading.Lock()
+
         def finished(trial: FrozenTrial) -> None:
             reporter.trial_finished(trial)
             if tracker is not None and trial.value is not None:
                 tracker.metrics({"objective": trial.value}, step=trial.number)
+            with reported:  # sweep.json and .md say where a running (or killed) sweep stands
+                write_report(out)
 
         reporter.start(done=done, total=spec.planned_trials, retried=retried)
         try:
