@@ -30,6 +30,7 @@ from typing import Any
 
 from common import RESULTS, ROOT, write_results
 from rich.console import Console
+from robust import CONFIGS
 
 from trustvision.config import load_config
 from trustvision.report.console import ConsoleReporter
@@ -39,10 +40,6 @@ from trustvision.robust.config import MixConfig, PipelineConfig
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import LOCK_FILE, RunDir, held_alone, machine_summary
 
-CONFIGS = {
-    name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml"
-    for name in ("mnist", "fashion-mnist", "cifar10")
-}
 KINDS = ("clean", "attacked", "adaptive")
 
 

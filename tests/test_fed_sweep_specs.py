@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
+from benchmark_scripts import benchmark
 
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
 
 ROOT = Path(__file__).parents[1]
-
-
-def benchmark(name: str) -> ModuleType:
-    """benchmarks/<name>.py, imported as when run as a script (its `common` on the path)."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"benchmarks/{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fed_sweep() -> ModuleType:

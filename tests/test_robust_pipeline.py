@@ -1,6 +1,5 @@
 """The whole robust pipeline on a sliver of MNIST: every stage, every file, and resuming."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import benchmark
 from typer.testing import CliRunner
 
 import trustvision.robust.commands.common as common
@@ -87,16 +87,6 @@ def mixes_without_test_images(monkeypatch, caller=pipeline) -> None:
             return real(*args, **kwargs)
 
     monkeypatch.setattr(caller, "run_mix", run_mix)
-
-
-def benchmark(name: str):
-    """benchmarks/<name>.py as a module, imported as when run as a script (its `common`)."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"benchmarks/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def benchmark_report():

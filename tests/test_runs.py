@@ -1,5 +1,7 @@
 """The run directory's policy for a config that differs from the one a run was begun with."""
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from trustvision.config import TrainConfig, dump_config, load_config
 from trustvision.errors import ConfigError
 from trustvision.federated.config import FedConfig
 from trustvision.federated.runner import run_federated
+from trustvision.files import write_atomic
 from trustvision.robust.commands.train import train_robust
 from trustvision.robust.config import RobustTrainConfig
 from trustvision.runs import RunDir
@@ -128,3 +131,24 @@ def test_the_recipe_restores_torch_threads():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_summary_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_summary({"accuracy": 0.5})
+    before = run.summary_path.read_text()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run.write_summary({"accuracy": 0.9})
+    assert run.summary_path.read_text() == before
+    assert [p.name for p in run.path.iterdir()] == ["summary.json"]  # no temporary file left
+
+
+def test_text_is_written_as_utf8(tmp_path):
+    write_atomic(tmp_path / "note.md", "alpha ∈ [0.8, 1]\n")
+    assert (tmp_path / "note.md").read_bytes() == "alpha ∈ [0.8, 1]\n".encode()

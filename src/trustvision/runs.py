@@ -31,6 +31,7 @@ import trustvision
 from trustvision import distributed
 from trustvision.config import dump_config, flatten
 from trustvision.errors import ConfigError, environment_failure
+from trustvision.files import write_atomic
 from trustvision.tracking import Tracker, start_tracking
 
 # What `RunDir.open_or_create` does with a directory that holds a run of a different config.
@@ -212,15 +213,11 @@ class RunDir:
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl (on resume: the history saved with the checkpoint)."""
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(strict_json(r) + "\n" for r in records))
-        os.replace(tmp, self.metrics_path)
+        write_atomic(self.metrics_path, "".join(strict_json(r) + "\n" for r in records))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json, the last file of a run; a tracked run ends its MLflow run."""
-        tmp = self.summary_path.with_suffix(".tmp")
-        tmp.write_text(strict_json(summary, indent=2) + "\n")
-        os.replace(tmp, self.summary_path)
+        write_atomic(self.summary_path, strict_json(summary, indent=2) + "\n")
         if self.tracker is not None and self.owns_tracker:
             self.tracker.finish(summary)
             self.tracker = None

@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from trustvision.data import readers
 from trustvision.data.catalog import CATALOG, DatasetSpec
 from trustvision.data.readers import Decoded
 from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
+from trustvision.files import temporary_name, write_atomic
 
 META_NAME = "meta.json"
 FORMAT_VERSION = 1
@@ -326,11 +326,6 @@ def cache_arrays(decoded: Decoded) -> dict[str, np.ndarray]:
     }
 
 
-def temporary_name(path: Path) -> Path:
-    """A unique hidden temporary name beside `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
 def save_array(path: Path, array: np.ndarray) -> dict:
     """`np.save` under a temporary name, fsync, rename; returns its hash, size, dtype and shape."""
     tmp = temporary_name(path)
@@ -347,19 +342,6 @@ def save_array(path: Path, array: np.ndarray) -> dict:
         }
         os.replace(tmp, path)
         return info
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name and rename it into place."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

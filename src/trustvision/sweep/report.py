@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trustvision.config import read_yaml
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.report.figures import plt, save_figure
 from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.spec import SweepSpec, dump_spec
@@ -98,16 +98,10 @@ def write_report(out: Path) -> dict[str, Any]:
     if report["chosen"] is not None:
         report["chosen"]["config"] = str(write_chosen_config(out, spec, report["chosen"]))
     # whole files or none: a running sweep rewrites them after every trial while others read
-    _replace(out / "sweep.json", json.dumps(report, indent=2) + "\n")
-    _replace(out / "sweep.md", render_markdown(report, spec, out))
+    write_atomic(out / "sweep.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "sweep.md", render_markdown(report, spec, out))
     plot_sweep(report, spec, out / "sweep.png")
     return report
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_chosen_config(out: Path, spec: SweepSpec, chosen: dict[str, Any]) -> Path:

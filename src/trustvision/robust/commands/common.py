@@ -4,7 +4,6 @@ mix's summary records the choice of its knobs."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor
 from trustvision.config import load_config
 from trustvision.data.dataset import Dataset
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.robust.config import (
     DEFAULT_EPS,
     APGDSettings,
@@ -237,9 +237,7 @@ class PointStore:
             "reference": self.reference,
             "points": {k: list(v) for k, v in self.done.items()},
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(body))
 
 
 def reference_robustness(

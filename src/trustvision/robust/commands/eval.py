@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trustvision.files import write_atomic
 from trustvision.robust.autoattack import (
     ChunkResult,
     autoattack_flags,
@@ -52,10 +53,8 @@ def _load_chunks(path: Path, signature: dict[str, Any], log: Log) -> dict[int, C
 
 
 def _save_chunks(path: Path, signature: dict[str, Any], chunks: dict[int, ChunkResult]) -> None:
-    tmp = path.with_suffix(".tmp")
     body = {"signature": signature, "chunks": {str(k): c.to_json() for k, c in chunks.items()}}
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(body))
 
 
 def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = quiet) -> RunDir:
