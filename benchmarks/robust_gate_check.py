@@ -1,22 +1,28 @@
-"""The gate check: which training-attack loss weight lets the mixing network tell clean from
-attacked validation images, at this CPU's training budget.
+"""The gate check: which training recipe lets the mixing network tell clean from attacked
+validation images, at this CPU's training budget.
 
-Each of the authors' training attacks maximises (1 - w) L + w BCE(gamma', 1) with
-w ~ U(0, `mixnet.bce_weight_max`) (their 0.4), so it also learns to fool the gate; with a few
-hundred optimiser steps that left the Fashion-MNIST gate unable to tell clean from attacked
-images (docs/robust.md). For each candidate value this trains the mixing network of
-configs/robust/bench_<data>.yaml on the benchmark's finished bases (its config otherwise, the
-configured gate: no gate sweep) into <work>/<data>/gate-check/bce-<w>/, and reads after the
-last epoch, in evaluation mode on the monitor's validation images (`mixnet.monitor_images`;
-never a test image), the mean alpha on the clean images, under PGD on the mix's loss (blind to
-the gate, as AutoAttack's attacks are) and under PGD that also pushes the gate down. The
-choice: the largest separation, attacked minus clean. A candidate begun with another config is
-retired and trained again; one on bases the pipeline has since retrained was retired by it.
-Once the config holds the chosen value, `--adopt` copies the chosen network's run to
-<work>/<data>/adaptive-mix (when there is none and no pipeline is working there): the
-pipeline then keeps that network and only chooses its gate (robust/commands/demo.py).
+A candidate is a set of `mixnet` settings (`--candidate KEY=VALUE ...`). The first question
+was the training attacks' loss weight: each of the authors' attacks maximises
+(1 - w) L + w BCE(gamma', 1) with w ~ U(0, `mixnet.bce_weight_max`) (their 0.4), so it also
+learns to fool the gate; with a few hundred optimiser steps that left the Fashion-MNIST gate
+unable to tell clean from attacked images (docs/robust.md). The second is the length the CPU
+cut (`epochs`, `train_subset`). For each candidate this trains the mixing network of
+configs/robust/bench_<data>.yaml with those settings on the benchmark's finished bases (its
+config otherwise, the configured gate: no gate sweep) into
+<work>/<data>/gate-check/<settings>/, and reads after the last epoch, in evaluation mode on
+the monitor's validation images (`mixnet.monitor_images`; never a test image), the mean alpha
+on the clean images, under PGD on the mix's loss (blind to the gate, as AutoAttack's attacks
+are) and under PGD that also pushes the gate down. The choice: the largest separation,
+attacked minus clean. A candidate begun with another config is retired and trained again; one
+on bases the pipeline has since retrained was retired by it. Once the config holds the chosen
+settings, `--adopt` copies the chosen network's run to <work>/<data>/adaptive-mix (when there
+is none and no pipeline is working there): the pipeline then keeps that network and only
+chooses its gate (robust/commands/demo.py).
 
-    .venv/bin/python benchmarks/robust_gate_check.py --datasets cifar10 --candidates 0 0.4
+    .venv/bin/python benchmarks/robust_gate_check.py --datasets cifar10 \\
+        --candidate bce_weight_max=0 --candidate bce_weight_max=0.4
+    .venv/bin/python benchmarks/robust_gate_check.py --datasets fashion-mnist \\
+        --candidate bce_weight_max=0 --candidate bce_weight_max=0 epochs=5 train_subset=null
 """
 
 from __future__ import annotations
@@ -32,15 +38,17 @@ from common import RESULTS, ROOT, write_results
 from rich.console import Console
 from robust import CONFIGS
 
-from trustvision.config import load_config
+from trustvision.config import apply_overrides, build_config, load_config
 from trustvision.report.console import ConsoleReporter
+from trustvision.robust.commands.adaptive import GATE_CHOICE_KEYS
 from trustvision.robust.commands.demo import mix_config, retire
 from trustvision.robust.commands.mix import run_mix
-from trustvision.robust.config import MixConfig, PipelineConfig
+from trustvision.robust.config import MixConfig, MixNetSettings, PipelineConfig
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import LOCK_FILE, RunDir, held_alone, machine_summary
 
 KINDS = ("clean", "attacked", "adaptive")
+DEFAULT_CANDIDATES = [["bce_weight_max=0"], ["bce_weight_max=0.4"]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,11 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--datasets", nargs="+", choices=list(CONFIGS), default=["cifar10"])
     parser.add_argument(
-        "--candidates",
+        "--candidate",
+        dest="candidates",
+        action="append",
         nargs="+",
-        type=float,
-        default=[0.0, 0.4],
-        help="values of mixnet.bce_weight_max to train (default: 0 and the authors' 0.4)",
+        metavar="KEY=VALUE",
+        help="one candidate's `mixnet` settings; repeat for each candidate (default: "
+        "bce_weight_max=0, then the authors' bce_weight_max=0.4)",
     )
     parser.add_argument(
         "--work",
@@ -67,20 +77,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--adopt",
         action="store_true",
         help="hand the chosen network to the pipeline (<work>/<data>/adaptive-mix), once the "
-        "config holds the chosen value",
+        "config holds the chosen settings",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.candidates = args.candidates or DEFAULT_CANDIDATES
+    return args
 
 
-def candidate_config(cfg: PipelineConfig, work: Path, weight: float) -> MixConfig:
-    """The pipeline's adaptive mix with `bce_weight_max=weight` and no gate sweep: it differs
-    from the pipeline's own only in what is chosen after training (and in the weight)."""
-    mixnet = cfg.mixnet.model_copy(update={"bce_weight_max": weight, "bias_sweep": ()})
+def label(candidate: list[str]) -> str:
+    """A candidate's settings as one name, also its run directory's."""
+    return "+".join(candidate)
+
+
+def candidate_mixnet(cfg: PipelineConfig, candidate: list[str]) -> MixNetSettings:
+    """The pipeline's mixing network with the candidate's settings and no gate sweep."""
+    tree = apply_overrides(cfg.mixnet.model_dump(mode="json"), [*candidate, "bias_sweep=[]"])
+    return build_config(MixNetSettings, tree, origin=f"candidate `{' '.join(candidate)}`")
+
+
+def candidate_config(cfg: PipelineConfig, work: Path, candidate: list[str]) -> MixConfig:
+    """The pipeline's adaptive mix with the candidate's settings and no gate sweep: it differs
+    from the pipeline's own only in what is chosen after training (and in those settings)."""
+    mixnet = candidate_mixnet(cfg, candidate)
     return mix_config(cfg, work, "adaptive").model_copy(update={"mixnet": mixnet})
 
 
+def configured(cfg: PipelineConfig, candidate: list[str]) -> bool:
+    """Whether the config's mixing network is the candidate's but for the gate's choice."""
+    gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
+    return candidate_mixnet(cfg, candidate).model_copy(update=gate) == cfg.mixnet
+
+
 def check(
-    name: str, cfg: PipelineConfig, work: Path, candidates: list[float], *, adopt_chosen: bool
+    name: str,
+    cfg: PipelineConfig,
+    work: Path,
+    candidates: list[list[str]],
+    *,
+    adopt_chosen: bool,
 ) -> dict[str, Any]:
     """Train (or find) every candidate's network on the bases in `work` and choose one."""
     missing = [b for b in ("standard", "robust") if not is_finished(work / b)]
@@ -91,41 +125,42 @@ def check(
         )
     rows = []
     with held_alone(work / "gate-check", refusal=f"another gate check is working in {work}"):
-        for weight in candidates:
-            path = work / "gate-check" / f"bce-{weight:g}"
-            candidate = candidate_config(cfg, work, weight)
-            if RunDir(path).config_path.is_file() and RunDir(path).config_differences(candidate):
+        for candidate in candidates:
+            path = work / "gate-check" / label(candidate)
+            mix = candidate_config(cfg, work, candidate)
+            if RunDir(path).config_path.is_file() and RunDir(path).config_differences(mix):
                 why = "begun with another config"
                 retire(work / "gate-check", [path.name], why=why, log=print)
             if not is_finished(path):
-                print(f"== {name}: mixing network with bce_weight_max {weight:g}", flush=True)
+                print(f"== {name}: mixing network with {' '.join(candidate)}", flush=True)
                 run_mix(
-                    candidate,
+                    mix,
                     run_path=path,
                     reporter=ConsoleReporter(Console()),
                     log=lambda s: print(s, flush=True),
                 )
-            rows.append(candidate_row(weight, path))
+            rows.append(candidate_row(cfg, candidate, path))
     chosen = max(rows, key=lambda row: row["separation"])
     record = {
-        "configured": cfg.mixnet.bce_weight_max,
         "images": cfg.mixnet.monitor_images,
         "candidates": rows,
-        "chosen": chosen["bce_weight_max"],
+        "chosen": chosen["candidate"],
         "selected_by": "validation",
     }
     if adopt_chosen:
-        record["adopted"] = adopt(work, Path(chosen["run"]), cfg, chosen["bce_weight_max"])
+        record["adopted"] = adopt(work, Path(chosen["run"]), cfg, chosen["settings"])
     return record
 
 
-def candidate_row(weight: float, path: Path) -> dict[str, Any]:
+def candidate_row(cfg: PipelineConfig, candidate: list[str], path: Path) -> dict[str, Any]:
     """A trained candidate's gate after its last epoch, on validation images."""
     summary = read_finished(path)
     last = summary["history"][-1]
     alphas = {kind: last[f"val_alpha_{kind}"] for kind in KINDS}
     return {
-        "bce_weight_max": weight,
+        "candidate": label(candidate),
+        "settings": candidate,
+        "configured": configured(cfg, candidate),
         "run": str(path),
         **{f"alpha_{kind}": value for kind, value in alphas.items()},
         "separation": alphas["attacked"] - alphas["clean"],
@@ -136,14 +171,14 @@ def candidate_row(weight: float, path: Path) -> dict[str, Any]:
     }
 
 
-def adopt(work: Path, run: Path, cfg: PipelineConfig, weight: float) -> bool:
+def adopt(work: Path, run: Path, cfg: PipelineConfig, candidate: list[str]) -> bool:
     """Copy the chosen network's run to the pipeline's adaptive mix, if it has none and the
-    config holds the chosen weight (else the pipeline would train a network of its own)."""
+    config holds the chosen settings (else the pipeline would train a network of its own)."""
     target = work / "adaptive-mix"
-    if cfg.mixnet.bce_weight_max != weight:
+    if not configured(cfg, candidate):
         print(
-            f"not adopted: set mixnet.bce_weight_max: {weight:g} in the config (it holds "
-            f"{cfg.mixnet.bce_weight_max:g}), then run this again with --adopt"
+            f"not adopted: set {', '.join(candidate)} under `mixnet` in the config (it holds "
+            "other settings), then run this again with --adopt"
         )
         return False
     refusal = f"a pipeline is working in {work}: run this again with --adopt when it ends"
@@ -152,17 +187,19 @@ def adopt(work: Path, run: Path, cfg: PipelineConfig, weight: float) -> bool:
             print(f"{target} exists: not replaced")
             return False
         shutil.copytree(run, target, ignore=shutil.ignore_patterns(LOCK_FILE, "mlflow.json"))
-    print(f"adopted: {target} is the {weight:g} network; the pipeline only chooses its gate")
+    print(
+        f"adopted: {target} is the {label(candidate)} network; the pipeline only chooses its gate"
+    )
     return True
 
 
 def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
     lines = [
-        "# The gate check: the training attacks' loss weight, chosen on validation images",
+        "# The gate check: the mixing network's training recipe, chosen on validation images",
         "",
         f"Written by `{command}`; machine: {machine_summary()}.",
         "",
-        "Each candidate `mixnet.bce_weight_max` trains the benchmark's mixing network (its "
+        "Each candidate's `mixnet` settings train the benchmark's mixing network (its "
         "config otherwise) on the same bases. Mean alpha in evaluation mode after the last "
         "epoch on the first validation images: clean, under PGD on the mix's loss "
         "(`attacked`, blind to the gate, as AutoAttack's attacks are) and under PGD that also "
@@ -172,26 +209,27 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
     for name, record in records.items():
         lines += [
             "",
-            f"## {name} (up to {record['images']} validation images; the config holds "
-            f"{record['configured']:g})",
+            f"## {name} (up to {record['images']} validation images)",
             "",
-            "| bce_weight_max | alpha clean | alpha attacked | alpha adaptive | separation "
-            "| separation (adaptive) | val acc | training (s) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| candidate (`mixnet`) | in the config | alpha clean | alpha attacked "
+            "| alpha adaptive | separation | separation (adaptive) | val acc | training (s) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in record["candidates"]:
-            mark = "**" if row["bce_weight_max"] == record["chosen"] else ""
+            mark = "**" if row["candidate"] == record["chosen"] else ""
             lines.append(
-                f"| {mark}{row['bce_weight_max']:g}{mark} | {row['alpha_clean']:.3f} "
+                f"| {mark}{' '.join(row['settings'])}{mark} "
+                f"| {'yes' if row['configured'] else 'no'} | {row['alpha_clean']:.3f} "
                 f"| {row['alpha_attacked']:.3f} | {row['alpha_adaptive']:.3f} "
                 f"| {row['separation']:+.3f} | {row['separation_adaptive']:+.3f} "
                 f"| {100 * row['val_acc']:.1f}% | {row['train_seconds']:.0f} |"
             )
         for row in record["candidates"]:
-            plot = f"robust_gatecheck_{name.replace('-', '')}_bce{row['bce_weight_max']:g}.png"
+            slug = row["candidate"].replace("=", "-").replace("+", "_")
+            plot = f"robust_gatecheck_{name.replace('-', '')}_{slug}.png"
             if Path(row["plot"]).is_file():
                 shutil.copyfile(row["plot"], RESULTS / plot)
-                lines += ["", f"![gate, bce_weight_max {row['bce_weight_max']:g}]({plot})"]
+                lines += ["", f"![gate, {' '.join(row['settings'])}]({plot})"]
     return "\n".join(lines)
 
 

@@ -192,38 +192,53 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
     assert again["rows"] == report["rows"]
 
 
-def test_the_gate_check_chooses_the_weight_that_separates_most_and_its_network_can_be_kept(
+def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_can_be_kept(
     finished, monkeypatch
 ):
     """benchmarks/robust_gate_check.py on the pipeline's bases: a network per candidate, read
     on validation images only; each differs from the pipeline's mix only in what is chosen
-    after training (and its weight), so an adopted one is kept."""
+    after training (and its settings), so an adopted one is kept."""
     tmp_path, work, _ = finished
     gate_check = benchmark("robust_gate_check")
     mixes_without_test_images(monkeypatch, caller=gate_check)
     cfg = tiny(tmp_path)
-    record = gate_check.check("mnist", cfg, work, [0.0, 0.4], adopt_chosen=False)
+    configured = f"bce_weight_max={cfg.mixnet.bce_weight_max:g}"
+    candidates = [[configured], ["bce_weight_max=0.9", f"epochs={cfg.mixnet.epochs + 1}"]]
+    record = gate_check.check("mnist", cfg, work, candidates, adopt_chosen=False)
 
     rows = record["candidates"]
-    assert [r["bce_weight_max"] for r in rows] == [0.0, 0.4]
-    for row in rows:
+    assert [r["settings"] for r in rows] == candidates
+    assert [r["configured"] for r in rows] == [True, False]
+    assert [Path(r["run"]).name for r in rows] == [
+        configured,
+        f"bce_weight_max=0.9+epochs={cfg.mixnet.epochs + 1}",
+    ]
+    for row, candidate in zip(rows, candidates, strict=True):
         assert row["separation"] == row["alpha_attacked"] - row["alpha_clean"]
-        weighted = cfg.model_copy(
+        recipe = cfg.model_copy(
             update={
-                "mixnet": cfg.mixnet.model_copy(update={"bce_weight_max": row["bce_weight_max"]})
+                "mixnet": gate_check.candidate_mixnet(cfg, candidate).model_copy(
+                    update={"bias_sweep": cfg.mixnet.bias_sweep}
+                )
             }
         )
-        assert chooses_gate_again(row["run"], pipeline.mix_config(weighted, work, "adaptive"))
-    assert record["chosen"] == max(rows, key=lambda r: r["separation"])["bce_weight_max"]
+        assert chooses_gate_again(row["run"], pipeline.mix_config(recipe, work, "adaptive"))
+    history = json.loads((Path(rows[1]["run"]) / "summary.json").read_text())["history"]
+    assert len(history) == cfg.mixnet.epochs + 1  # it trained with its own settings
+    assert record["chosen"] == max(rows, key=lambda r: r["separation"])["candidate"]
     other = tmp_path / "other-work"
-    configured = cfg.mixnet.bce_weight_max
-    run = {r["bce_weight_max"]: Path(r["run"]) for r in rows}
-    unset = 0.0 if configured == 0.4 else 0.4
-    assert not gate_check.adopt(other, run[unset], cfg, unset)  # the config holds another
+    run = [Path(r["run"]) for r in rows]
+    assert not gate_check.adopt(other, run[1], cfg, candidates[1])  # the config holds another
     assert not (other / "adaptive-mix").exists()
-    assert gate_check.adopt(other, run[configured], cfg, configured)
+    assert gate_check.adopt(other, run[0], cfg, candidates[0])
     assert (other / "adaptive-mix" / "summary.json").is_file()
-    assert not gate_check.adopt(other, run[configured], cfg, configured)  # never replaced
+    assert not gate_check.adopt(other, run[0], cfg, candidates[0])  # never replaced
+
+
+def test_a_gate_check_candidate_with_an_unknown_setting_is_a_clear_error(tmp_path):
+    gate_check = benchmark("robust_gate_check")
+    with pytest.raises(ConfigError, match=r"`epoch`: unknown key"):
+        gate_check.candidate_mixnet(tiny(tmp_path), ["epoch=5"])
 
 
 def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_points(
