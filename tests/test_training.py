@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from trustvision.config import TrainConfig, load_config
 from trustvision.errors import DivergenceError
+from trustvision.report.console import format_record
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.centralized import resume_training, train_model
 
@@ -196,3 +197,8 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_pa
         assert [r["epoch"] for r in records] == [1, 2]
         again = load_file(run_dir / "model.safetensors")
         assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_an_epoch_line_shows_validation_before_test():
+    line = format_record({"epoch": 3, "train_acc": 0.5, "val_acc": 0.61, "test_acc": 0.6})
+    assert line == "epoch 3  train 50.00%  val 61.00%  test 60.00%"

@@ -10,12 +10,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """One line for an epoch (or round) record: the numbers a person watches."""
+    """One line for an epoch (or round) record: the numbers a person watches (validation, the
+    one a choice may read, before test)."""
     unit = "round" if "round" in record else "epoch"
     parts = [f"{unit} {record.get(unit, '?')}"]
     for key, fmt in (
         ("train_loss", "loss {:.4f}"),
         ("train_acc", "train {:.2%}"),
+        ("val_acc", "val {:.2%}"),
         ("test_acc", "test {:.2%}"),
         ("lr", "lr {:.3g}"),
         ("train_images_per_s", "{:.0f} img/s"),
