@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from robust_toys import toy_base
 from torch import nn
 
-from trustvision.models import create_model
 from trustvision.robust.autoattack import (
     AdaptiveAPGD,
     attack_chunk,
@@ -29,12 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base(seed: int) -> Normalized:
-    torch.manual_seed(seed)
-    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
-    for m in net.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.3)
-    return Normalized(net, (0.5,), (0.25,)).eval()
+    return toy_base(seed).eval()
 
 
 def labelled(model: nn.Module, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from robust_toys import toy_base
 
-from trustvision.models import create_model
 from trustvision.robust.config import MixNetSettings
 from trustvision.robust.mixing import (
     MixedClassifier,
@@ -22,19 +21,9 @@ from trustvision.robust.mixtrain import (
     mixing_objective,
     ranked_targets,
 )
-from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def base(seed: int) -> Normalized:
-    torch.manual_seed(seed)
-    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
-    for m in net.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.3)
-    return Normalized(net, (0.5,), (0.25,))
 
 
 def images(n: int = 8) -> torch.Tensor:
@@ -43,7 +32,7 @@ def images(n: int = 8) -> torch.Tensor:
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.75, 1.0])
 def test_mix_is_the_log_of_the_convex_mix_of_softmaxes(alpha):
-    g, h, x = base(0), base(1), images()
+    g, h, x = toy_base(0), toy_base(1), images()
     mix = MixedClassifier(g, h, alpha=alpha, temperature_std=2.0, temperature_rob=0.5)
     with torch.no_grad():
         expected = (1 - alpha) * F.softmax(2.0 * g(x), 1) + alpha * F.softmax(0.5 * h(x), 1)
@@ -55,7 +44,7 @@ def test_mix_is_the_log_of_the_convex_mix_of_softmaxes(alpha):
 
 
 def test_mix_reduces_to_each_base_at_alpha_0_and_1():
-    g, h, x = base(0), base(1), images()
+    g, h, x = toy_base(0), toy_base(1), images()
     with torch.no_grad():
         at0 = MixedClassifier(g, h, alpha=0.0)(x)
         at1 = MixedClassifier(g, h, alpha=1.0)(x)
@@ -72,7 +61,7 @@ def test_mix_log_probs_is_exact_where_probabilities_underflow():
 
 
 def test_input_gradient_is_finite_at_the_ends():
-    g, h = base(0), base(1)
+    g, h = toy_base(0), toy_base(1)
     for alpha in (0.0, 1.0, 0.5):
         x = images().requires_grad_(True)
         MixedClassifier(g, h, alpha=alpha)(x).sum().backward()
@@ -80,14 +69,14 @@ def test_input_gradient_is_finite_at_the_ends():
 
 
 def test_bases_are_frozen_and_stay_in_eval_mode():
-    mix = MixedClassifier(base(0), base(1), alpha=0.5)
+    mix = MixedClassifier(toy_base(0), toy_base(1), alpha=0.5)
     mix.train()
     assert not mix.standard.training and not mix.robust.training
     assert not any(p.requires_grad for p in mix.parameters())
 
 
 def adaptive_mix():
-    return build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8)
+    return build_adaptive(toy_base(0), toy_base(1), input_shape=(1, 16, 16), width=8)
 
 
 def test_adaptive_mix_returns_one_tensor_and_gamma():
@@ -130,7 +119,9 @@ def test_a_gate_trained_on_separable_inputs_tells_them_apart_in_evaluation_mode(
     BatchNorm updated once per mixed part), evaluation mode must give the noisy ones a much
     larger alpha, on images it never trained on."""
     torch.manual_seed(0)
-    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8, gamma_clamp=0.6)
+    mix = build_adaptive(
+        toy_base(0), toy_base(1), input_shape=(1, 16, 16), width=8, gamma_clamp=0.6
+    )
     optimizer = torch.optim.AdamW(mix.mixnet.parameters(), lr=1e-2)
 
     def smooth(n: int) -> torch.Tensor:

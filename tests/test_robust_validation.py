@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from robust_toys import toy_base
 from torch import nn
 
 import trustvision.robust.commands.demo as pipeline
@@ -16,11 +17,9 @@ from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import split_train_indices
 from trustvision.errors import ConfigError
-from trustvision.models import create_model
 from trustvision.robust.commands.common import PointStore
 from trustvision.robust.config import PipelineConfig, SweepSettings
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
-from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import model_sha256
 from trustvision.runs import held_alone
 
@@ -185,28 +184,19 @@ def test_choose_breaks_ties_towards_temperatures_of_one():
     assert chosen["temperature_std"] == 1.0 and chosen["temperature_rob"] == 1.0
 
 
-def base(seed: int) -> Normalized:
-    torch.manual_seed(seed)
-    net = create_model("smallcnn", num_classes=10, in_channels=1, image_size=16)
-    for m in net.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.3)
-    return Normalized(net, (0.5,), (0.25,))
-
-
 def test_a_models_hash_changes_with_its_weights_and_its_mix_knobs():
     def mix(alpha=0.5, s_h=1.0, seed=1):
-        return MixedClassifier(base(0), base(seed), alpha=alpha, temperature_rob=s_h)
+        return MixedClassifier(toy_base(0), toy_base(seed), alpha=alpha, temperature_rob=s_h)
 
     same = model_sha256(mix())
     assert model_sha256(mix()) == same
     assert len({same, model_sha256(mix(alpha=0.6)), model_sha256(mix(s_h=2.0))}) == 3
     assert model_sha256(mix(seed=2)) != same
-    assert model_sha256(base(0)) != model_sha256(base(1))
+    assert model_sha256(toy_base(0)) != model_sha256(toy_base(1))
 
 
 def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):
-    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8, gamma_bias=0.3)
+    mix = build_adaptive(toy_base(0), toy_base(1), input_shape=(1, 16, 16), width=8, gamma_bias=0.3)
     mix.eval()
     x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     y = mix(x).argmax(1)
@@ -223,7 +213,7 @@ def test_bias_sweep_clean_accuracy_matches_the_mix_itself(monkeypatch):
 
 
 def test_the_lazy_gate_sweep_chooses_what_attacking_every_point_would(monkeypatch):
-    mix = build_adaptive(base(0), base(1), input_shape=(1, 16, 16), width=8).eval()
+    mix = build_adaptive(toy_base(0), toy_base(1), input_shape=(1, 16, 16), width=8).eval()
     nn.init.normal_(mix.mixnet.linear.weight, std=30.0, generator=torch.Generator().manual_seed(0))
     x = torch.rand(60, 1, 16, 16, generator=torch.Generator().manual_seed(4))
     y = mix.standard(x).argmax(1)  # clean accuracy falls as alpha grows, robustness rises
@@ -293,9 +283,9 @@ def test_the_lazy_fixed_sweep_chooses_what_attacking_every_point_would(monkeypat
         tolerance=0.05,
     )
     args = {"images": images, "eps": 0.1, "settings": settings}
-    full = sweep.alpha_sweep(base(0), base(1), **args)
+    full = sweep.alpha_sweep(toy_base(0), toy_base(1), **args)
     attacked.clear()
-    lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.69)
+    lazy = sweep.alpha_sweep(toy_base(0), toy_base(1), **args, reference=0.69)
     assert len(attacked) < len(full) and attacked[0] == pytest.approx(0.64)
     assert any(p["robust_complete"] is False for p in lazy)
     keys = sweep.FIXED_KNOBS
@@ -317,8 +307,8 @@ def test_with_no_point_admitted_the_lazy_sweep_still_finds_the_most_robust(monke
     )
     settings = SweepSettings(subset=10, alphas=(0.0, 0.5, 0.8, 1.0), tolerance=0.05)
     args = {"images": images, "eps": 0.1, "settings": settings}
-    full = sweep.alpha_sweep(base(0), base(1), **args)
-    lazy = sweep.alpha_sweep(base(0), base(1), **args, reference=0.9)
+    full = sweep.alpha_sweep(toy_base(0), toy_base(1), **args)
+    lazy = sweep.alpha_sweep(toy_base(0), toy_base(1), **args, reference=0.9)
     keys = sweep.FIXED_KNOBS
     expected = sweep.choose(full, tolerance=0.05, reference=0.9, key=keys)
     assert expected["alpha"] == 1.0  # nothing within 0.05 of 0.9: the most robust point
@@ -431,7 +421,7 @@ def test_an_unfinished_base_begun_with_another_hold_out_is_retired(tmp_path):
 
 def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, monkeypatch):
     x = torch.rand(30, 1, 16, 16, generator=torch.Generator().manual_seed(5))
-    y = base(0)(x).argmax(1)
+    y = toy_base(0)(x).argmax(1)
     attacked = []
 
     def fake_robust_accuracy(model, *args, **kwargs):
@@ -451,11 +441,11 @@ def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, mo
 
     sweep_args = {"images": (x, y), "eps": 0.1, "settings": settings}
     with pytest.raises(KeyboardInterrupt):
-        sweep.alpha_sweep(base(0), base(1), **sweep_args, on_point=record_then_stop)
+        sweep.alpha_sweep(toy_base(0), toy_base(1), **sweep_args, on_point=record_then_stop)
     attacked.clear()
     again = PointStore(tmp_path / "points.json", signature)
-    resumed = sweep.alpha_sweep(base(0), base(1), **sweep_args, done=again.done)
-    full = sweep.alpha_sweep(base(0), base(1), **sweep_args)
+    resumed = sweep.alpha_sweep(toy_base(0), toy_base(1), **sweep_args, done=again.done)
+    full = sweep.alpha_sweep(toy_base(0), toy_base(1), **sweep_args)
     assert len(attacked) == 2 * len(full) - killed_after  # the resumed sweep skipped 3
     assert resumed == full
     changed = PointStore(tmp_path / "points.json", {**signature, "eps": 0.2})
