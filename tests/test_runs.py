@@ -2,6 +2,8 @@
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from trustvision.federated.runner import run_federated
 from trustvision.files import write_atomic
 from trustvision.robust.commands.train import train_robust
 from trustvision.robust.config import RobustTrainConfig
-from trustvision.runs import RunDir
+from trustvision.runs import LOCK_FILE, RunDir
 from trustvision.train.centralized import train_model
 from trustvision.train.recipe import torch_threads
 
@@ -152,3 +154,43 @@ def test_a_summary_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_text_is_written_as_utf8(tmp_path):
     write_atomic(tmp_path / "note.md", "alpha ∈ [0.8, 1]\n")
     assert (tmp_path / "note.md").read_bytes() == "alpha ∈ [0.8, 1]\n".encode()
+
+
+def test_a_run_another_process_trains_is_refused_until_that_process_ends(tmp_path):
+    path = tmp_path / "run"
+    holder = (
+        "import sys, time\n"
+        "from trustvision.config import TrainConfig\n"
+        "from trustvision.runs import RunDir\n"
+        f"RunDir.open_or_create({str(path)!r}, root='.', name='x', config=TrainConfig())\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "TRUSTVISION_TRACKING": "off"}
+    with subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, env=env) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"holding"
+            with pytest.raises(ConfigError, match="is in use: another process is training"):
+                RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig())
+        finally:
+            proc.kill()
+    _, existed = RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig())
+    assert existed  # the kernel dropped the dead process's lock
+
+
+def test_a_run_is_held_until_its_summary_and_this_process_may_open_it_again(tmp_path):
+    path = tmp_path / "run"
+    RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig())
+    again, existed = RunDir.open_or_create(path, root=tmp_path, name="x", config=TrainConfig())
+    assert existed
+    probe = (
+        "import fcntl, sys\n"
+        f"handle = open({str(path / LOCK_FILE)!r}, 'w')\n"
+        "try:\n"
+        "    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n"
+        "    sys.exit(1)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 1
+    again.write_summary({"status": "finished"})
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

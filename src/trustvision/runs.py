@@ -10,6 +10,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -20,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -41,6 +42,19 @@ from trustvision.tracking import Tracker, start_tracking
 ConfigPolicy = Literal["refuse", "update"]
 # Settings that change how fast a run goes, never what it computes: they may differ on resume.
 SPEED_ONLY = frozenset({"threads", "runs_dir", "tracking"})
+LOCK_FILE = ".lock"
+# The run directories this process trains in, each held through a lock on its LOCK_FILE that
+# the kernel drops when the process dies, until the run's summary is written: a second process
+# (the same `--resume` started twice) is refused instead of writing the same checkpoints.
+_HELD: dict[Path, IO[str]] = {}
+
+
+@atexit.register
+def _let_go() -> None:
+    """Close the locks of runs that end with the process unsummarised (a failed run)."""
+    for handle in _HELD.values():
+        handle.close()
+    _HELD.clear()
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -89,6 +103,7 @@ class RunDir:
         try:
             run.plots_dir.mkdir(parents=True)
             run.checkpoints_dir.mkdir()
+            run.hold()
             run.config_path.write_text(dump_config(config))
         except OSError as err:
             doing = f"creating a run directory under `runs_dir={root}`"
@@ -144,6 +159,7 @@ class RunDir:
                 )
         run.plots_dir.mkdir(parents=True, exist_ok=True)
         run.checkpoints_dir.mkdir(exist_ok=True)
+        run.hold()
         if not existed or policy == "update":
             run.config_path.write_text(dump_config(config))
         if track:
@@ -216,11 +232,37 @@ class RunDir:
         write_atomic(self.metrics_path, "".join(strict_json(r) + "\n" for r in records))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write summary.json, the last file of a run; a tracked run ends its MLflow run."""
+        """Write summary.json, the last file of a run; a tracked run ends its MLflow run, and
+        the directory is no longer held."""
         write_atomic(self.summary_path, strict_json(summary, indent=2) + "\n")
         if self.tracker is not None and self.owns_tracker:
             self.tracker.finish(summary)
             self.tracker = None
+        handle = _HELD.pop(self.path.resolve(), None)
+        if handle is not None:
+            handle.close()
+
+    def hold(self) -> None:
+        """Hold this directory for this process (again: a no-op) until the summary is written;
+        a ConfigError if another process holds it."""
+        key = self.path.resolve()
+        if key in _HELD:
+            return
+        try:
+            handle = (self.path / LOCK_FILE).open("w")
+        except OSError as err:
+            raise environment_failure(
+                err, doing=f"holding the run directory `{self.path}`"
+            ) from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(
+                f"`{self.path}` is in use: another process is training this run (the same "
+                "command started twice?); wait for it to end, or stop it first"
+            ) from None
+        _HELD[key] = handle
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
@@ -229,9 +271,6 @@ class RunDir:
     def finished(self) -> bool:
         """Whether the run's summary says it finished (the one test every system uses)."""
         return self.summary_path.is_file() and self.read_summary().get("status") == "finished"
-
-
-LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
