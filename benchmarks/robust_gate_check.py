@@ -13,8 +13,10 @@ config otherwise, the configured gate: no gate sweep) into
 the monitor's validation images (`mixnet.monitor_images`; never a test image), the mean alpha
 on the clean images, under PGD on the mix's loss (blind to the gate, as AutoAttack's attacks
 are) and under PGD that also pushes the gate down. The choice: the largest separation,
-attacked minus clean. A candidate begun with another config is retired and trained again; one
-on bases the pipeline has since retrained was retired by it. Once the config holds the chosen
+attacked minus clean. A candidate's settings apply to the config as it is now, and a candidate
+begun with another config is retired and trained again: once the config holds a chosen recipe,
+name the other candidates by every setting in which they differ from it. One on bases the
+pipeline has since retrained was retired by it. Once the config holds the chosen
 settings, `--adopt` copies the chosen network's run to <work>/<data>/adaptive-mix (when there
 is none and no pipeline is working there): the pipeline then keeps that network and only
 chooses its gate (robust/commands/demo.py).
