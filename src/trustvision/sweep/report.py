@@ -120,7 +120,7 @@ def write_chosen_config(out: Path, spec: SweepSpec, chosen: dict[str, Any]) -> P
         f"(`{spec.objective.metric}`, {spec.objective.direction}).\n"
         f"# Train it again: trustvision {spec.command} {path} seed=1\n"
     )
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 
