@@ -19,7 +19,9 @@ name the other candidates by every setting in which they differ from it. One on 
 pipeline has since retrained was retired by it. Once the config holds the chosen
 settings, `--adopt` copies the chosen network's run to <work>/<data>/adaptive-mix (when there
 is none and no pipeline is working there): the pipeline then keeps that network and only
-chooses its gate (robust/commands/demo.py).
+chooses its gate (robust/commands/demo.py). One process trains a candidate at a time, so
+checks of different candidates can run side by side (one per core); the report keeps the rows
+of candidates checked earlier, whose runs may be gone.
 
     .venv/bin/python benchmarks/robust_gate_check.py --datasets cifar10 \\
         --candidate bce_weight_max=0 --candidate bce_weight_max=0.4
@@ -111,14 +113,10 @@ def configured(cfg: PipelineConfig, candidate: list[str]) -> bool:
 
 
 def check(
-    name: str,
-    cfg: PipelineConfig,
-    work: Path,
-    candidates: list[list[str]],
-    *,
-    adopt_chosen: bool,
-) -> dict[str, Any]:
-    """Train (or find) every candidate's network on the bases in `work` and choose one."""
+    name: str, cfg: PipelineConfig, work: Path, candidates: list[list[str]]
+) -> list[dict[str, Any]]:
+    """Train (or find) every candidate's network on the bases in `work`; their rows. Each
+    candidate is held by one process, so checks of different candidates can run side by side."""
     missing = [b for b in ("standard", "robust") if not is_finished(work / b)]
     if missing:
         raise SystemExit(
@@ -126,9 +124,10 @@ def check(
             f"`benchmarks/robust.py --datasets {name} --no-adaptive` first"
         )
     rows = []
-    with held_alone(work / "gate-check", refusal=f"another gate check is working in {work}"):
-        for candidate in candidates:
-            path = work / "gate-check" / label(candidate)
+    for candidate in candidates:
+        path = work / "gate-check" / label(candidate)
+        refusal = f"another gate check is training {label(candidate)} in {work}"
+        with held_alone(work / "gate-check" / "held" / label(candidate), refusal=refusal):
             mix = candidate_config(cfg, work, candidate)
             if RunDir(path).config_path.is_file() and RunDir(path).config_differences(mix):
                 why = "begun with another config"
@@ -141,17 +140,25 @@ def check(
                     reporter=ConsoleReporter(Console()),
                     log=lambda s: print(s, flush=True),
                 )
-            rows.append(candidate_row(cfg, candidate, path))
-    chosen = max(rows, key=lambda row: row["separation"])
-    record = {
-        "images": cfg.mixnet.monitor_images,
-        "candidates": rows,
+        rows.append(candidate_row(cfg, candidate, path))
+    return rows
+
+
+def merged(previous: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A data set's record: this check's rows, then the earlier rows of other candidates (their
+    runs may be gone; their numbers stay), and the largest separation among them all chosen."""
+    named = {row["candidate"] for row in rows}
+    earlier = [
+        row for row in (previous or {}).get("candidates", []) if row["candidate"] not in named
+    ]
+    every = rows + earlier
+    chosen = max(every, key=lambda row: row["separation"])
+    return {
+        "images": rows[0]["images"],
+        "candidates": every,
         "chosen": chosen["candidate"],
         "selected_by": "validation",
     }
-    if adopt_chosen:
-        record["adopted"] = adopt(work, Path(chosen["run"]), cfg, chosen["settings"])
-    return record
 
 
 def candidate_row(cfg: PipelineConfig, candidate: list[str], path: Path) -> dict[str, Any]:
@@ -162,6 +169,7 @@ def candidate_row(cfg: PipelineConfig, candidate: list[str], path: Path) -> dict
     return {
         "candidate": label(candidate),
         "settings": candidate,
+        "images": cfg.mixnet.monitor_images,
         "configured": configured(cfg, candidate),
         "run": str(path),
         **{f"alpha_{kind}": value for kind, value in alphas.items()},
@@ -206,7 +214,8 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
         "epoch on the first validation images: clean, under PGD on the mix's loss "
         "(`attacked`, blind to the gate, as AutoAttack's attacks are) and under PGD that also "
         "pushes the gate down (`adaptive`). The choice (**bold**) is the largest separation, "
-        "attacked minus clean; no test image is read.",
+        "attacked minus clean; no test image is read. A check names its candidates; the "
+        "rows of candidates checked earlier stay (their runs may be gone).",
     ]
     for name, record in records.items():
         lines += [
@@ -231,17 +240,29 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
             plot = f"robust_gatecheck_{name.replace('-', '')}_{slug}.png"
             if Path(row["plot"]).is_file():
                 shutil.copyfile(row["plot"], RESULTS / plot)
+            if (RESULTS / plot).is_file():  # also for an earlier row whose run is gone
                 lines += ["", f"![gate, {' '.join(row['settings'])}]({plot})"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    previous = RESULTS / "robust-gate-check.json"  # other data sets' checks stay in the report
-    records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    checked = {}
     for name in args.datasets:
         cfg = load_config(PipelineConfig, CONFIGS[name], [f"threads={args.threads}"])
-        records[name] = check(name, cfg, args.work / name, args.candidates, adopt_chosen=args.adopt)
+        checked[name] = (cfg, check(name, cfg, args.work / name, args.candidates))
+    # read only now: a check of other candidates running beside this one may have written it
+    previous = RESULTS / "robust-gate-check.json"
+    records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    for name, (cfg, rows) in checked.items():
+        records[name] = merged(records.get(name), rows)
+        if args.adopt:
+            chosen = next(
+                r for r in records[name]["candidates"] if r["candidate"] == records[name]["chosen"]
+            )
+            records[name]["adopted"] = adopt(
+                args.work / name, Path(chosen["run"]), cfg, chosen["settings"]
+            )
     command = "python benchmarks/robust_gate_check.py " + " ".join(sys.argv[1:])
     body = {"command": command.strip(), "machine": machine_summary(), "datasets": records}
     print(f"wrote {write_results('robust-gate-check', markdown(records, command.strip()), body)}")

@@ -204,9 +204,7 @@ def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_c
     cfg = tiny(tmp_path)
     configured = f"bce_weight_max={cfg.mixnet.bce_weight_max:g}"
     candidates = [[configured], ["bce_weight_max=0.9", f"epochs={cfg.mixnet.epochs + 1}"]]
-    record = gate_check.check("mnist", cfg, work, candidates, adopt_chosen=False)
-
-    rows = record["candidates"]
+    rows = gate_check.check("mnist", cfg, work, candidates)
     assert [r["settings"] for r in rows] == candidates
     assert [r["configured"] for r in rows] == [True, False]
     assert [Path(r["run"]).name for r in rows] == [
@@ -225,7 +223,14 @@ def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_c
         assert chooses_gate_again(row["run"], pipeline.mix_config(recipe, work, "adaptive"))
     history = json.loads((Path(rows[1]["run"]) / "summary.json").read_text())["history"]
     assert len(history) == cfg.mixnet.epochs + 1  # it trained with its own settings
-    assert record["chosen"] == max(rows, key=lambda r: r["separation"])["candidate"]
+    earlier = {"candidate": "steps_df=5", "separation": 2.0}  # checked before; its run is gone
+    record = gate_check.merged({"candidates": [earlier, {**rows[0], "separation": -1.0}]}, rows)
+    assert record["candidates"] == [*rows, earlier]  # this check's rows replace their old ones
+    assert record["chosen"] == "steps_df=5"
+    assert (
+        gate_check.merged(None, rows)["chosen"]
+        == max(rows, key=lambda r: r["separation"])["candidate"]
+    )
     other = tmp_path / "other-work"
     run = [Path(r["run"]) for r in rows]
     assert not gate_check.adopt(other, run[1], cfg, candidates[1])  # the config holds another
