@@ -104,7 +104,7 @@ class RunDir:
             run.plots_dir.mkdir(parents=True)
             run.checkpoints_dir.mkdir()
             run.hold()
-            run.config_path.write_text(dump_config(config))
+            write_atomic(run.config_path, dump_config(config))
         except OSError as err:
             doing = f"creating a run directory under `runs_dir={root}`"
             raise environment_failure(err, doing=doing) from err
@@ -161,7 +161,7 @@ class RunDir:
         run.checkpoints_dir.mkdir(exist_ok=True)
         run.hold()
         if not existed or policy == "update":
-            run.config_path.write_text(dump_config(config))
+            write_atomic(run.config_path, dump_config(config))
         if track:
             run.tracker = start_tracking(run.path, config)
         return run, existed

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from trustvision.config import TrackingConfig, flatten
+from trustvision.files import write_atomic
 
 OFF_ENV = "TRUSTVISION_TRACKING"  # "off": no command tracks (tests, quick checks)
 PARENT_ENV = "TRUSTVISION_MLFLOW_PARENT"  # an MLflow run id: new runs nest under it
@@ -144,7 +145,7 @@ class Tracker:
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         run = client.create_run(experiment_id, run_name=self.name, tags=tags)
-        record.write_text(json.dumps({"uri": self.uri, "run_id": run.info.run_id}) + "\n")
+        write_atomic(record, json.dumps({"uri": self.uri, "run_id": run.info.run_id}) + "\n")
         return str(run.info.run_id)
 
     def params(self, config: BaseModel) -> None:

@@ -25,6 +25,7 @@ from trustvision.compact.c_int8 import QdqGraph, input_table, int8_source, int_o
 from trustvision.compact.deploy import EXPORT_DIR, INT8
 from trustvision.compact.model import load_deployed
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.models import ImageClassifier
 from trustvision.runs import RunDir
 
@@ -264,8 +265,8 @@ def export_c(run: RunDir, variant: Variant = "fp32") -> dict[str, Any]:
         source, operators, constants, largest = int8_c(run, shape, prefix)
     out = run.path / C_DIR
     out.mkdir(exist_ok=True)
-    (out / f"{prefix}_model.c").write_text(source)
-    (out / f"{prefix}_model.h").write_text(c_header(shape, int(summary["num_classes"]), prefix))
+    write_atomic((out / f"{prefix}_model.c"), source)
+    write_atomic((out / f"{prefix}_model.h"), c_header(shape, int(summary["num_classes"]), prefix))
     return {
         "dir": str(out),
         "variant": variant,

@@ -27,6 +27,7 @@ from trustvision.compact.export import (
 )
 from trustvision.compact.model import count_macs, load_deployed
 from trustvision.data.dataset import Dataset, load_data
+from trustvision.files import write_atomic
 from trustvision.runs import RunDir, cpu_name
 from trustvision.seeds import derive_seed
 from trustvision.train.recipe import WEIGHTS
@@ -86,7 +87,7 @@ def export_run(run: RunDir) -> dict[str, Any]:
         "onnx_int8": file_size(int8),
     }
     record["opset"] = cfg.export.opset
-    (out / EXPORT_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic((out / EXPORT_JSON), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -168,5 +169,5 @@ def bench_run(run: RunDir) -> dict[str, Any]:
         "load_average_1min": os.getloadavg()[0],
         "data": summary["data"]["name"],
     }
-    (run.path / BENCH_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic((run.path / BENCH_JSON), json.dumps(result, indent=2) + "\n")
     return result

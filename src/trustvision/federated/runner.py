@@ -20,6 +20,7 @@ from trustvision.federated.engines.inprocess import InProcessEngine
 from trustvision.federated.evaluate import flat_metrics
 from trustvision.federated.rundir import load_round, train_federated
 from trustvision.federated.session import EngineFactory, Session, open_session
+from trustvision.files import write_atomic
 from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
 from trustvision.train.recipe import run_settings
@@ -110,5 +111,5 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     rounds, global_state, _, _ = load_round(run, session)
     result = session.evaluate(global_state, round=rounds - 1)
     out = {"round": rounds, "headline": flat_metrics(result, mask_unseen=cfg.mask_unseen), **result}
-    (run.path / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_atomic((run.path / "eval.json"), json.dumps(out, indent=2) + "\n")
     return out

@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from trustvision.config import flatten
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.runs import RunDir
 
 # (label, dotted summary key): the numbers a run's headline shows when it has them.
@@ -252,5 +253,5 @@ def write_report(paths: list[Path], out: Path, *, title: str | None = None) -> P
         views.append(view)
     title = title or (views[0].title if len(views) == 1 else f"{len(views)} runs compared")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(views, title=title))
+    write_atomic(out, render(views, title=title))
     return out

@@ -18,6 +18,7 @@ from torch import nn
 
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.robust.pixels import Normalized, build_pixel_model
 from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
@@ -73,7 +74,7 @@ def write_mix(run: RunDir, spec: dict[str, Any], mix: nn.Module | None = None) -
     """Write a mix's description (and an adaptive mix's own tensors) into its run directory."""
     if mix is not None:
         ckpt.save_weights(run.path / MIXNET, mix.mixing_state())  # type: ignore[operator]
-    (run.path / MIX).write_text(json.dumps(spec, indent=2) + "\n")
+    write_atomic((run.path / MIX), json.dumps(spec, indent=2) + "\n")
 
 
 def load_mix(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:

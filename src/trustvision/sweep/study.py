@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trustvision.config import build_config, read_yaml
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
 from trustvision.sweep.trial import find_run_dir, stop_orphan
 
@@ -115,7 +116,7 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
                 f"to continue it, or start fresh with another `--out` (or delete `{out}`)"
             )
     else:
-        path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(path, yaml.safe_dump(resolved, sort_keys=False))
     digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
     recorded = out / CONFIG_DIGEST_FILE
     if recorded.is_file() and recorded.read_text().strip() != digest:
@@ -124,7 +125,7 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
             f"one in {recorded}): the finished trials ran the old file. Restore it to continue "
             f"the sweep, or start fresh with another `--out` (or delete `{out}`)"
         )
-    recorded.write_text(digest + "\n")
+    write_atomic(recorded, digest + "\n")
 
 
 def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:

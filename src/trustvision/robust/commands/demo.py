@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
+from trustvision.files import write_atomic
 from trustvision.robust.commands.adaptive import gate_choice_differences
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.commands.common import Log, admission_rule
@@ -252,7 +253,7 @@ def _run_stages(
     report = pipeline_report(cfg, work, fixed=fixed, evals=evals)
     if cfg.smoothing is not None:
         report["certify"] = _certify(cfg, work, reporter=reporter, log=log)
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic((work / "report.json"), json.dumps(report, indent=2) + "\n")
     return report
 
 

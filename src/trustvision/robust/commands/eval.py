@@ -87,7 +87,7 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
             forward_passes=2 if about["kind"].endswith("mix") else 1,
             footnote=_footnote(data, settings.version, n=report["autoattack"]["n"]),
         )
-        (run.path / "model_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_atomic((run.path / "model_info.json"), json.dumps(info, indent=2) + "\n")
         run.write_summary(
             {
                 "status": "finished",
