@@ -223,6 +223,8 @@ def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_c
         assert chooses_gate_again(row["run"], pipeline.mix_config(recipe, work, "adaptive"))
     history = json.loads((Path(rows[1]["run"]) / "summary.json").read_text())["history"]
     assert len(history) == cfg.mixnet.epochs + 1  # it trained with its own settings
+    logged = (Path(rows[1]["run"]) / "metrics.jsonl").read_text()
+    assert "val_acc" in history[-1] and "test_" not in logged  # it never read a test image
     earlier = {"candidate": "steps_df=5", "separation": 2.0}  # checked before; its run is gone
     record = gate_check.merged({"candidates": [earlier, {**rows[0], "separation": -1.0}]}, rows)
     assert record["candidates"] == [*rows, earlier]  # this check's rows replace their old ones

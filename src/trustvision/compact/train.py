@@ -66,6 +66,7 @@ from trustvision.train.loop import (
 from trustvision.train.recipe import WEIGHTS, load_with_loaders, run_settings, train_into_run
 
 DUAL, FULL, NO_UNFREEZE, PLAIN = "stage1-dual", "full", "no_unfreeze", "plain"
+FINAL_KEYS = ("top1", "loss", "per_class")  # what a sub-run's summary keeps of its test scores
 
 
 @dataclass
@@ -154,7 +155,7 @@ def train_stage(
         "epochs": epochs,
         "wall_seconds": result.wall_seconds,
         "train_images": images,
-        "test": {k: result.final[k] for k in ("top1", "loss", "per_class")},
+        "test": None if result.final is None else {k: result.final[k] for k in FINAL_KEYS},
     }
     if result.validation is not None:
         summary["validation"] = {k: result.validation[k] for k in ("top1", "loss")}

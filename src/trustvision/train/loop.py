@@ -211,7 +211,7 @@ def evaluate(
 class FitResult:
     """What `fit` returns: the final evaluations and the per-epoch history."""
 
-    final: dict[str, Any]  # on the test set
+    final: dict[str, Any] | None  # on the test set, when the run has one
     history: list[dict[str, Any]]
     wall_seconds: float
     validation: dict[str, Any] | None = None  # on the validation hold-out, when there is one
@@ -219,11 +219,12 @@ class FitResult:
 
 @dataclass(frozen=True)
 class Batches:
-    """The loaders one training reads: `test` is evaluated every epoch (the mixing network
-    puts validation images there), `val` too when the run holds some out."""
+    """The loaders one training reads: `val` (when the run holds images out) and `test` (when
+    it reports on them; the mixing network, which never reads a test image, has none) are
+    evaluated every epoch."""
 
     train: BatchLoader
-    test: BatchLoader
+    test: BatchLoader | None
     val: BatchLoader | None = None
     train_counts: np.ndarray | None = None  # per-class training images, for the final metrics
 
@@ -352,7 +353,7 @@ def fit(
             training.checkpoint(epoch, elapsed=time.perf_counter() - began, history=history)
     counts = batches.train_counts
     return FitResult(
-        final=training.evaluate(batches.test, counts),
+        final=None if batches.test is None else training.evaluate(batches.test, counts),
         history=history,
         wall_seconds=time.perf_counter() - began,
         validation=None if batches.val is None else training.evaluate(batches.val, counts),

@@ -116,14 +116,6 @@ def mixnet_batches(
     return loaders.train, val
 
 
-def _as_validation(record: dict[str, Any]) -> dict[str, Any]:
-    """A history record of the mixing network's training, whose "test" loader held validation
-    images: its `test_*` entries renamed `val_*`."""
-    return {
-        k.replace("test_", "val_", 1) if k.startswith("test_") else k: v for k, v in record.items()
-    }
-
-
 def build_mix(cfg: MixConfig, inputs: MixInputs) -> AdaptiveMixedClassifier:
     """The two bases with a fresh mixing network, its gate as configured for training."""
     net = cfg.mixnet
@@ -170,12 +162,10 @@ def train_mixnet(
         warmup_fraction=net.warmup_fraction,
         grad_clip=net.grad_clip,
     )
-    # The core loop evaluates every epoch on its `test` loader: here validation images, so that
-    # making the mix never reads a test image (metrics.jsonl names them test_*, the summary val_*).
     result = train_into_run(
         mix,
         run,
-        batches=Batches(train, val),
+        batches=Batches(train, test=None, val=val),  # making the mix never reads a test image
         objective=mixing_objective(net, eps=inputs.eps, monitor=monitor),
         optim=optim,
         epochs=net.epochs,
@@ -206,7 +196,7 @@ def adaptive_mix(
     """Train the mixing network, choose its gate on validation images, write the mix."""
     mix = build_mix(cfg, inputs)
     result, train_images = train_mixnet(cfg, run, mix, inputs, device=device, reporter=reporter)
-    history = [_as_validation(r) for r in result.history]
+    history = result.history
     last = history[-1]
     log(
         "gate, mean alpha after training: training mode clean "
