@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from trustvision.files import write_atomic
 from trustvision.runs import strict_json
 
 ROOT = Path(__file__).parents[1]
@@ -56,7 +57,7 @@ def pct(value: float | None, digits: int = 2) -> str:
 def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path = RESULTS) -> Path:
     """Write `out/<stem>.md` and `out/<stem>.json` (strict JSON: NaN as null); the .md path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(strict_json(body, indent=2) + "\n")
+    write_atomic(out / f"{stem}.json", strict_json(body, indent=2) + "\n")
     path = out / f"{stem}.md"
-    path.write_text(markdown.rstrip("\n") + "\n")
+    write_atomic(path, markdown.rstrip("\n") + "\n")
     return path

@@ -38,6 +38,7 @@ from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
 from fed_sweep_report import lr_plot, markdown, norm_plot
 
+from trustvision.files import write_atomic
 from trustvision.sweep.trial import format_override
 
 # Each method's own most important knob (the learning rate where it has none), 7 values each.
@@ -303,15 +304,15 @@ def write_choice(folder: Path, algorithm: str, report: dict[str, Any]) -> None:
         f"# {algorithm}: trial {chosen['id']} ([lr.]stage.trial: the learning-rate follow-up's "
         f"trials begin with lr.) of {sweep}, chosen on validation\n"
     )
-    (folder / f"{algorithm}.chosen.yaml").write_text(
-        header + yaml.safe_dump(config, sort_keys=False)
+    write_atomic(
+        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
     )
     run = {
         "run_dir": str(sweep / chosen["run_dir"]),
         "params": {**report.get("fixed", {}), **chosen["params"]},
         "id": chosen["id"],
     }
-    (folder / f"{algorithm}.chosen.json").write_text(json.dumps(run, indent=2) + "\n")
+    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
 
 
 def main() -> None:

@@ -242,6 +242,40 @@ def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_c
     assert not gate_check.adopt(other, run[0], cfg, candidates[0])  # never replaced
 
 
+def test_the_gate_probe_trains_a_detector_on_the_bases_maps_of_validation_images_only(
+    finished, monkeypatch
+):
+    """benchmarks/robust_gate_probe.py: attacked copies, and a detector per stage pair scored
+    every epoch on validation images; the test split cannot be read."""
+    _, work, _ = finished
+    probe = benchmark("robust_gate_probe")
+    monkeypatch.setattr(
+        common,
+        "recorded_dataset",
+        lambda data: replace(evaluate.recorded_dataset(data), test=NoTestImages()),
+    )
+    argv = ["--train-images", "64", "--val-images", "32", "--steps", "3", "--epochs", "2"]
+    record = probe.probe(
+        "mnist", tiny(work.parent), work, probe.parse_args([*argv, "--stages", "0,1"])
+    )
+    acc = record["mix_accuracy"]
+    assert acc["train"]["images"] == 64 and acc["validation"]["images"] == 32
+    assert acc["validation"]["attacked"] <= acc["validation"]["clean"]  # (untrained tiny bases)
+    (detector,) = record["detectors"]
+    assert detector["stages"] == [0, 1] and len(detector["history"]) == 2
+    assert all(0.0 <= row["auc"] <= 1.0 for row in detector["history"])
+    assert any(row["auc"] != 0.5 for row in detector["history"])  # attacked maps differ
+    assert detector["best"]["auc"] == max(row["auc"] for row in detector["history"])
+
+
+def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
+    auc = benchmark("robust_gate_probe").auc
+    assert auc(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
+    assert auc(torch.tensor([0.8, 0.9]), torch.tensor([0.1, 0.2])) == 0.0
+    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5  # ties count half
+    assert auc(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.75
+
+
 def test_a_gate_check_candidate_with_an_unknown_setting_is_a_clear_error(tmp_path):
     gate_check = benchmark("robust_gate_check")
     with pytest.raises(ConfigError, match=r"`epoch`: unknown key"):
