@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from robust_toys import toy_base
 
+import trustvision.robust.runs as robust_runs
+from trustvision.errors import ConfigError
+from trustvision.models import create_model
 from trustvision.robust.config import MixNetSettings
 from trustvision.robust.mixing import (
     MixedClassifier,
@@ -21,7 +24,9 @@ from trustvision.robust.mixtrain import (
     mixing_objective,
     ranked_targets,
 )
+from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
+from trustvision.runs import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,3 +233,34 @@ def test_choose_takes_the_most_accurate_point_close_enough_to_the_robust_base():
     assert choose(points, tolerance=0.01, reference=0.72)["alpha"] == 1.0
     # nothing within reach of an outside reference: the most robust point, never the least
     assert choose(points, tolerance=0.03, reference=0.9)["alpha"] == 1.0
+
+
+def resnet_toy(seed: int) -> Normalized:
+    torch.manual_seed(seed)
+    net = create_model("resnet20", num_classes=10, in_channels=3)
+    return Normalized(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_the_mixing_network_reads_the_stages_it_is_given_and_a_saved_mix_keeps_them(
+    tmp_path, monkeypatch
+):
+    bases = {"std": resnet_toy(0), "rob": resnet_toy(1)}  # ResNet-20: 16, 32, 64 channels
+    mix = build_adaptive(
+        bases["std"], bases["rob"], input_shape=(3, 16, 16), width=8, stages=(1, 2)
+    ).eval()
+    assert mix.mixnet.low.conv1.in_channels == 64 and mix.mixnet.high.in_channels == 128
+    x = torch.rand(4, 3, 16, 16)
+    _, gamma = mix.forward_with_gamma(x)
+    with pytest.raises(ConfigError, match=r"stages \[1, 3\].*3 and 3 stages"):
+        build_adaptive(bases["std"], bases["rob"], input_shape=(3, 16, 16), width=8, stages=(1, 3))
+    with pytest.raises(ValueError, match="earlier < later"):
+        MixNetSettings(stages=(1, 0))
+
+    monkeypatch.setattr(robust_runs, "load_base", lambda path, device: bases[path])
+    monkeypatch.setattr(robust_runs, "data_of", lambda path: {"image_shape": [3, 16, 16]})
+    spec = {"kind": "adaptive", "standard": "std", "robust": "rob", "width": 8, "stages": [1, 2]}
+    robust_runs.write_mix(
+        RunDir(tmp_path), spec | {"temperature_std": 1, "temperature_rob": 1}, mix
+    )
+    loaded = robust_runs.load_mix(tmp_path)
+    torch.testing.assert_close(loaded.forward_with_gamma(x)[1], gamma)

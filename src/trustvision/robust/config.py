@@ -145,6 +145,8 @@ class MixNetSettings(StrictModel):
     costliest numbers sized for a CPU where the defaults say so (robust/mixtrain.py)."""
 
     width: int = Field(default=64, ge=4)  # channels of the mixing network's blocks
+    # The bases' stages whose feature maps it reads: (earlier, later); the authors', (0, 1).
+    stages: tuple[int, int] = (0, 1)
     epochs: int = Field(default=2, ge=1)
     train_subset: int | None = Field(default=10000, gt=0)  # None: every image both bases trained on
     batch_size: int = Field(default=128, gt=1)  # clean images per optimiser step
@@ -225,6 +227,11 @@ class MixNetSettings(StrictModel):
             )
         if any(v <= 0 for v in self.scale_sweep):
             raise ValueError(f"`scale_sweep` values must be > 0, got {list(self.scale_sweep)}")
+        if not 0 <= self.stages[0] < self.stages[1]:
+            raise ValueError(
+                f"`stages` must be [earlier, later] with 0 <= earlier < later, got "
+                f"{list(self.stages)}"
+            )
         return self
 
     @property

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trustvision.errors import ConfigError
 from trustvision.robust.pixels import Normalized, device_of, freeze
 
 
@@ -279,13 +280,22 @@ def build_adaptive(
     gamma_scale: float = 1.0,
     gamma_bias: float = 0.0,
     gamma_clamp: float | None = None,
+    stages: tuple[int, int] = (0, 1),
 ) -> AdaptiveMixedClassifier:
-    """An adaptive mix with a fresh mixing network sized to the bases' first two stages."""
+    """An adaptive mix with a fresh mixing network sized to the bases' `stages` (earlier,
+    later; by default their first two)."""
     std_ch, rob_ch = stage_channels(standard, input_shape), stage_channels(robust, input_shape)
-    if min(len(std_ch), len(rob_ch)) < 2:
-        raise ValueError("the mixing network reads two stages: both bases need at least two")
+    low, high = stages
+    if not 0 <= low < high or min(len(std_ch), len(rob_ch)) <= high:
+        raise ConfigError(
+            f"the mixing network reads the bases' stages {list(stages)}, but they have "
+            f"{len(std_ch)} and {len(rob_ch)} stages (numbered from 0): choose `mixnet.stages` "
+            "among them, the earlier first"
+        )
     mixnet = MixingNetwork(
-        low_channels=std_ch[0] + rob_ch[0], high_channels=std_ch[1] + rob_ch[1], width=width
+        low_channels=std_ch[low] + rob_ch[low],
+        high_channels=std_ch[high] + rob_ch[high],
+        width=width,
     )
     device = device_of(robust)
     return AdaptiveMixedClassifier(
@@ -297,4 +307,5 @@ def build_adaptive(
         gamma_scale=gamma_scale,
         gamma_bias=gamma_bias,
         gamma_clamp=gamma_clamp,
+        stages=stages,
     )

@@ -92,6 +92,7 @@ def load_mix(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Modu
         robust,
         input_shape=tuple(data_of(spec["robust"])["image_shape"]),
         width=spec["width"],
+        stages=tuple(spec.get("stages", (0, 1))),  # mixes written before the knob read (0, 1)
         **temps,
     )
     state = ckpt.load_weights(Path(path) / MIXNET, device="cpu")

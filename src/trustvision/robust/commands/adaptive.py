@@ -129,6 +129,7 @@ def build_mix(cfg: MixConfig, inputs: MixInputs) -> AdaptiveMixedClassifier:
         gamma_scale=net.gamma_scale,
         gamma_bias=net.gamma_bias,
         gamma_clamp=net.gamma_clamp,
+        stages=net.stages,
     )
 
 
@@ -220,6 +221,7 @@ def adaptive_mix(
         temperature_std=chosen["temperature_std"],
         temperature_rob=chosen["temperature_rob"],
         width=cfg.mixnet.width,
+        stages=list(cfg.mixnet.stages),
         **gate,
     )
     write_mix(run, spec, mix)

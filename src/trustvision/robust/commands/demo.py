@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
@@ -41,6 +41,7 @@ from trustvision.robust.config import (
     CertifyConfig,
     EvalConfig,
     MixConfig,
+    MixNetSettings,
     PipelineConfig,
     RobustTrainConfig,
 )
@@ -129,8 +130,17 @@ def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> boo
     if kind == "fixed":  # before the robust base became its reference it had another rule
         current = current and selection.get("rule") == admission_rule(cfg.sweep.tolerance)
     if kind == "adaptive":
-        current = current and settings.get("mixnet") == cfg.mixnet.model_dump(mode="json")
+        current = current and _same_mixnet(settings.get("mixnet"), cfg.mixnet)
     return current
+
+
+def _same_mixnet(saved: Any, mixnet: MixNetSettings) -> bool:
+    """Whether a mix's recorded `mixnet` settings are `mixnet`'s (read through the model, so a
+    setting added since, at its default, is no difference)."""
+    try:
+        return MixNetSettings.model_validate(saved) == mixnet
+    except ValidationError:
+        return False
 
 
 def retire(work: Path, stages: tuple[str, ...] | list[str], *, why: str, log: Log) -> None:
