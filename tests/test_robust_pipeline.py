@@ -263,7 +263,12 @@ def test_the_gate_probe_trains_a_detector_on_the_bases_maps_of_validation_images
     assert acc["validation"]["attacked"] <= acc["validation"]["clean"]  # (untrained tiny bases)
     (detector,) = record["detectors"]
     assert detector["stages"] == [0, 1] and len(detector["history"]) == 2
-    assert all(0.0 <= row["auc"] <= 1.0 for row in detector["history"])
+    assert all(
+        0.0 <= row["auc"] <= 1.0 and 0.0 <= row["youden"] <= 1.0 for row in detector["history"]
+    )
+    assert {"score_clean", "score_attacked", "score_noise", "auc_noise"} <= set(detector["final"])
+    table = probe.markdown({"mnist": record}, work.parent)
+    assert f"| 0,1 | {detector['final']['score_clean']:.3f} |" in table
     assert any(row["auc"] != 0.5 for row in detector["history"])  # attacked maps differ
     assert detector["best"]["auc"] == max(row["auc"] for row in detector["history"])
 
@@ -274,6 +279,17 @@ def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
     assert auc(torch.tensor([0.8, 0.9]), torch.tensor([0.1, 0.2])) == 0.0
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5  # ties count half
     assert auc(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.75
+    youden = benchmark("robust_gate_probe").youden
+    assert youden(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
+    assert youden(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.0
+    assert youden(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.5
+
+
+@pytest.mark.parametrize("stages", ["1,0", "0-1", "0,1,2"])
+def test_the_probe_refuses_a_bad_stage_pair_before_any_work(stages, capsys):
+    with pytest.raises(SystemExit):
+        benchmark("robust_gate_probe").parse_args(["--stages", stages])
+    assert "--stages" in capsys.readouterr().err
 
 
 def test_a_gate_check_candidate_with_an_unknown_setting_is_a_clear_error(tmp_path):
