@@ -32,6 +32,7 @@ of candidates checked earlier, whose runs may be gone.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -39,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, write_results
+from pydantic import ValidationError
 from rich.console import Console
 from robust import CONFIGS
 
 from trustvision.config import apply_overrides, build_config, load_config
+from trustvision.errors import ConfigError
 from trustvision.report.console import ConsoleReporter
 from trustvision.robust.commands.adaptive import GATE_CHOICE_KEYS
 from trustvision.robust.commands.demo import mix_config, retire
@@ -52,6 +55,7 @@ from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import LOCK_FILE, RunDir, held_alone, machine_summary
 
 KINDS = ("clean", "attacked", "adaptive")
+YES_NO = {True: "yes", False: "no"}  # None: an earlier row that recorded no full settings
 DEFAULT_CANDIDATES = [["bce_weight_max=0"], ["bce_weight_max=0.4"]]
 
 
@@ -106,6 +110,17 @@ def candidate_config(cfg: PipelineConfig, work: Path, candidate: list[str]) -> M
     return mix_config(cfg, work, "adaptive").model_copy(update={"mixnet": mixnet})
 
 
+def recorded_configured(cfg: PipelineConfig, mixnet: dict[str, Any] | None) -> bool | None:
+    """Whether recorded `mixnet` settings are the config's but for the gate's choice."""
+    if mixnet is None:
+        return None
+    gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
+    try:
+        return MixNetSettings.model_validate(mixnet).model_copy(update=gate) == cfg.mixnet
+    except ValidationError:
+        return False
+
+
 def configured(cfg: PipelineConfig, candidate: list[str]) -> bool:
     """Whether the config's mixing network is the candidate's but for the gate's choice."""
     gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
@@ -125,31 +140,45 @@ def check(
         )
     rows = []
     for candidate in candidates:
-        path = work / "gate-check" / label(candidate)
-        refusal = f"another gate check is training {label(candidate)} in {work}"
-        with held_alone(work / "gate-check" / "held" / label(candidate), refusal=refusal):
-            mix = candidate_config(cfg, work, candidate)
-            if RunDir(path).config_path.is_file() and RunDir(path).config_differences(mix):
-                why = "begun with another config"
-                retire(work / "gate-check", [path.name], why=why, log=print)
-            if not is_finished(path):
-                print(f"== {name}: mixing network with {' '.join(candidate)}", flush=True)
-                run_mix(
-                    mix,
-                    run_path=path,
-                    reporter=ConsoleReporter(Console()),
-                    log=lambda s: print(s, flush=True),
-                )
-        rows.append(candidate_row(cfg, candidate, path))
+        try:
+            rows.append(check_one(name, cfg, work, candidate))
+        except ConfigError as err:  # another process holds it: the others are still checked
+            print(f"skipped {label(candidate)}: {err}", flush=True)
     return rows
 
 
-def merged(previous: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def check_one(name: str, cfg: PipelineConfig, work: Path, candidate: list[str]) -> dict[str, Any]:
+    """Train (or find) one candidate's network, held by this process; its row."""
+    path = work / "gate-check" / label(candidate)
+    refusal = f"another gate check is training {label(candidate)} in {work}"
+    with held_alone(work / "gate-check" / "held" / label(candidate), refusal=refusal):
+        mix = candidate_config(cfg, work, candidate)
+        if RunDir(path).config_path.is_file() and RunDir(path).config_differences(mix):
+            why = "begun with another config"
+            retire(work / "gate-check", [path.name], why=why, log=print)
+        if not is_finished(path):
+            print(f"== {name}: mixing network with {' '.join(candidate)}", flush=True)
+            run_mix(
+                mix,
+                run_path=path,
+                reporter=ConsoleReporter(Console()),
+                log=lambda s: print(s, flush=True),
+            )
+        return candidate_row(cfg, candidate, path)
+
+
+def merged(
+    previous: dict[str, Any] | None, rows: list[dict[str, Any]], cfg: PipelineConfig
+) -> dict[str, Any]:
     """A data set's record: this check's rows, then the earlier rows of other candidates (their
-    runs may be gone; their numbers stay), and the largest separation among them all chosen."""
+    runs may be gone; their numbers stay), and the largest separation among them all chosen.
+    A label names settings relative to the config of its day, so whether an earlier row's
+    network is the config's is judged from the full settings it recorded (None: not recorded)."""
     named = {row["candidate"] for row in rows}
     earlier = [
-        row for row in (previous or {}).get("candidates", []) if row["candidate"] not in named
+        row | {"earlier": True, "configured": recorded_configured(cfg, row.get("mixnet"))}
+        for row in (previous or {}).get("candidates", [])
+        if row["candidate"] not in named
     ]
     every = rows + earlier
     chosen = max(every, key=lambda row: row["separation"])
@@ -171,6 +200,7 @@ def candidate_row(cfg: PipelineConfig, candidate: list[str], path: Path) -> dict
         "settings": candidate,
         "images": cfg.mixnet.monitor_images,
         "configured": configured(cfg, candidate),
+        "mixnet": candidate_mixnet(cfg, candidate).model_dump(mode="json"),
         "run": str(path),
         **{f"alpha_{kind}": value for kind, value in alphas.items()},
         "separation": alphas["attacked"] - alphas["clean"],
@@ -185,6 +215,10 @@ def adopt(work: Path, run: Path, cfg: PipelineConfig, candidate: list[str]) -> b
     """Copy the chosen network's run to the pipeline's adaptive mix, if it has none and the
     config holds the chosen settings (else the pipeline would train a network of its own)."""
     target = work / "adaptive-mix"
+    trained = candidate_config(cfg, run.parents[1], candidate)  # on its own work's bases
+    if not is_finished(run) or RunDir(run).config_differences(trained):
+        print(f"not adopted: {run} is gone or was trained with other settings; check it again")
+        return False
     if not configured(cfg, candidate):
         print(
             f"not adopted: set {', '.join(candidate)} under `mixnet` in the config (it holds "
@@ -230,7 +264,7 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
             mark = "**" if row["candidate"] == record["chosen"] else ""
             lines.append(
                 f"| {mark}{' '.join(row['settings'])}{mark} "
-                f"| {'yes' if row['configured'] else 'no'} | {row['alpha_clean']:.3f} "
+                f"| {YES_NO.get(row['configured'], '?')} | {row['alpha_clean']:.3f} "
                 f"| {row['alpha_attacked']:.3f} | {row['alpha_adaptive']:.3f} "
                 f"| {row['separation']:+.3f} | {row['separation_adaptive']:+.3f} "
                 f"| {100 * row['val_acc']:.1f}% | {row['train_seconds']:.0f} |"
@@ -251,11 +285,21 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         cfg = load_config(PipelineConfig, CONFIGS[name], [f"threads={args.threads}"])
         checked[name] = (cfg, check(name, cfg, args.work / name, args.candidates))
-    # read only now: a check of other candidates running beside this one may have written it
+    # A check of other candidates running beside this one may write the report too: one
+    # process at a time reads, merges and writes it.
+    args.work.mkdir(parents=True, exist_ok=True)
+    with (args.work / ".gate-check-report.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report(args, checked)
+
+
+def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
     previous = RESULTS / "robust-gate-check.json"
     records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
     for name, (cfg, rows) in checked.items():
-        records[name] = merged(records.get(name), rows)
+        if not rows:
+            continue
+        records[name] = merged(records.get(name), rows, cfg)
         if args.adopt:
             chosen = next(
                 r for r in records[name]["candidates"] if r["candidate"] == records[name]["chosen"]

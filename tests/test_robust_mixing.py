@@ -264,3 +264,17 @@ def test_the_mixing_network_reads_the_stages_it_is_given_and_a_saved_mix_keeps_t
     )
     loaded = robust_runs.load_mix(tmp_path)
     torch.testing.assert_close(loaded.forward_with_gamma(x)[1], gamma)
+
+
+def test_a_mixing_network_checkpoint_from_before_val_names_is_read_with_them():
+    from trustvision.robust.commands.adaptive import _validation_names
+
+    legacy = {"epoch": 1, "test_acc": 0.5, "test_loss": 1.0, "val_alpha_clean": 0.2}
+    assert _validation_names(legacy) == {
+        "epoch": 1,
+        "val_acc": 0.5,
+        "val_loss": 1.0,
+        "val_alpha_clean": 0.2,
+    }
+    current = {"epoch": 1, "val_acc": 0.5, "test_note": "kept"}
+    assert _validation_names(current) == current

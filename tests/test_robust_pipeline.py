@@ -226,13 +226,19 @@ def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_c
     logged = (Path(rows[1]["run"]) / "metrics.jsonl").read_text()
     assert "val_acc" in history[-1] and "test_" not in logged  # it never read a test image
     earlier = {"candidate": "steps_df=5", "separation": 2.0}  # checked before; its run is gone
-    record = gate_check.merged({"candidates": [earlier, {**rows[0], "separation": -1.0}]}, rows)
-    assert record["candidates"] == [*rows, earlier]  # this check's rows replace their old ones
+    previous = {"candidates": [earlier, {**rows[0], "separation": -1.0}]}
+    record = gate_check.merged(previous, rows, cfg)
+    # this check's rows replace their old ones; an earlier row without its full settings cannot
+    # say whether it is the config's network
+    assert record["candidates"] == [*rows, earlier | {"earlier": True, "configured": None}]
     assert record["chosen"] == "steps_df=5"
     assert (
-        gate_check.merged(None, rows)["chosen"]
+        gate_check.merged(None, rows, cfg)["chosen"]
         == max(rows, key=lambda r: r["separation"])["candidate"]
     )
+    renamed = gate_check.merged({"candidates": [rows[0] | {"candidate": "x"}]}, rows[1:], cfg)
+    assert renamed["candidates"][1]["configured"] is True  # judged by its recorded settings
+    assert not gate_check.adopt(tmp_path / "w", tmp_path / "gone/gate-check/x", cfg, candidates[0])
     other = tmp_path / "other-work"
     run = [Path(r["run"]) for r in rows]
     assert not gate_check.adopt(other, run[1], cfg, candidates[1])  # the config holds another

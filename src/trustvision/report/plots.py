@@ -59,7 +59,7 @@ def plot_run(run: RunDir, *, class_names: Sequence[str], summary: dict[str, Any]
     history = run.read_metrics()
     if history:
         made.append(plot_curves(history, run.plots_dir / "curves.png"))
-    test = summary.get("test", {})
+    test = summary.get("test") or {}  # None: the run had no test loader
     if "per_class" in test:
         counts = summary.get("data", {}).get("train_class_counts")
         path = run.plots_dir / "per_class.png"

@@ -116,6 +116,16 @@ def mixnet_batches(
     return loaders.train, val
 
 
+def _validation_names(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's record; one resumed from a checkpoint written before the mixing network's
+    validation images were named val_* has them as test_* and gets them renamed."""
+    if "val_acc" in record:
+        return record
+    return {
+        k.replace("test_", "val_", 1) if k.startswith("test_") else k: v for k, v in record.items()
+    }
+
+
 def build_mix(cfg: MixConfig, inputs: MixInputs) -> AdaptiveMixedClassifier:
     """The two bases with a fresh mixing network, its gate as configured for training."""
     net = cfg.mixnet
@@ -197,7 +207,7 @@ def adaptive_mix(
     """Train the mixing network, choose its gate on validation images, write the mix."""
     mix = build_mix(cfg, inputs)
     result, train_images = train_mixnet(cfg, run, mix, inputs, device=device, reporter=reporter)
-    history = result.history
+    history = [_validation_names(record) for record in result.history]
     last = history[-1]
     log(
         "gate, mean alpha after training: training mode clean "
