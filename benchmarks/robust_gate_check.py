@@ -249,7 +249,9 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
         "(`attacked`, blind to the gate, as AutoAttack's attacks are) and under PGD that also "
         "pushes the gate down (`adaptive`). The choice (**bold**) is the largest separation, "
         "attacked minus clean; no test image is read. A check names its candidates; the "
-        "rows of candidates checked earlier stay (their runs may be gone).",
+        "rows of candidates checked earlier stay (their runs may be gone); whether a row's network "
+        "is the config's is judged from the full settings it recorded (`?`: rows from before "
+        "rows recorded them; a label names settings relative to the config of its day).",
     ]
     for name, record in records.items():
         lines += [
@@ -296,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
     previous = RESULTS / "robust-gate-check.json"
     records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    for name in set(records) - {name for name, (_, rows) in checked.items() if rows}:
+        cfg = load_config(PipelineConfig, CONFIGS[name])  # not checked now: judged again
+        records[name]["candidates"] = [
+            row | {"configured": recorded_configured(cfg, row.get("mixnet"))}
+            for row in records[name]["candidates"]
+        ]
     for name, (cfg, rows) in checked.items():
         if not rows:
             continue
