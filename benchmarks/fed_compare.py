@@ -82,19 +82,20 @@ def finished_run(directory: Path, config: Path | None = None) -> Path | None:
     return next((run for run in runs_of(directory, config) if RunDir(run).finished), None)
 
 
-def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path] | None:
-    """The config benchmarks/fed_sweep.py chose on validation and its chosen trial's run."""
+def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path | None] | None:
+    """The config benchmarks/fed_sweep.py chose on validation and its chosen trial's finished
+    run (None where the sweep's runs are gone and the config was rebuilt from its report)."""
     config = sweeps / setting / f"{algorithm}.chosen.yaml"
     if not config.is_file():
         return None
-    choice = json.loads(config.with_suffix(".json").read_text())
-    return config, Path(choice["run_dir"])
+    run = json.loads(config.with_suffix(".json").read_text())["run_dir"]
+    return config, Path(run) if run is not None and RunDir(run).finished else None
 
 
 def find(setting: str, algorithm: str, seed: int, runs: Path, sweeps: Path) -> Path | None:
     """The finished run of a job, if there is one (training nothing)."""
     chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is not None and seed == 0:
+    if chosen is not None and seed == 0 and chosen[1] is not None:
         return chosen[1]
     return finished_run(runs / setting / algorithm / f"seed{seed}", chosen[0] if chosen else None)
 
@@ -104,7 +105,7 @@ def train(
 ) -> Path:
     """Train (or resume, or just find) one run; returns its directory."""
     chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is not None and seed == 0 and not extra:
+    if chosen is not None and seed == 0 and not extra and chosen[1] is not None:
         return chosen[1]  # the sweep's chosen trial is this very run: seed 0, same config
     directory = runs / setting / algorithm / f"seed{seed}"
     chosen_yaml = chosen[0] if chosen else None  # seed runs of an earlier choice: not reused

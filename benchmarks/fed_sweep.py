@@ -12,7 +12,9 @@ rate (INHERITS_LR) trains at the rate FedAvg's sweep chose on the same setting, 
 therefore swept first. A trial's score is the validation accuracy of the round that
 validation picks: generic (class-balanced, on the clients' held-out images) for a method
 with a global model, local (mean over clients) for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
-A killed invocation continues where it stopped (the sweeps resume). Then writes
+A killed invocation continues where it stopped (the sweeps resume). A sweep in the committed
+report whose runs are gone (a new machine) is kept from it rather than swept again, and its
+chosen config is rebuilt from its spec for fed_compare (delete the report to redo it). Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
 `benchmarks/fed_compare.py` trains the chosen configs over more seeds.
 
@@ -37,84 +39,22 @@ import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, write_results
 from fed_sweep_report import lr_plot, markdown, norm_plot
+from fed_sweep_specs import (
+    FOLLOW_UP,
+    INHERITS_LR,
+    KNOBS,
+    follow_up_name,
+    knob,
+    method_of,
+    spec,
+    sweep_name,
+)
 
 from trustvision.files import write_atomic
 from trustvision.sweep.trial import format_override
 
-# Each method's own most important knob (the learning rate where it has none), 7 values each.
-LR = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
-KNOBS: dict[str, tuple[str, list[float]]] = {
-    "fedavg": ("optim.lr", LR),
-    "fedprox": ("algorithm.options.mu", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]),
-    "fedper": ("optim.lr", LR),
-    "fedrep": ("algorithm.options.head_epochs", [1, 2, 3, 4, 6, 8, 10]),
-    "fedbabu": ("algorithm.options.finetune_epochs", [0, 1, 2, 3, 5, 8, 10]),
-    "fedrod": ("optim.lr", LR),
-    "fedetf": ("algorithm.options.temperature", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]),
-    "ditto": ("algorithm.options.lam", [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
-    "fedlc": ("algorithm.options.tau", [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
-    "fedloge": ("algorithm.options.norm_target", [0.05, 0.1, 0.2, 0.4, 1.0, 2.0, 4.0]),
-}
-# Then the learning rate, at the value validation chose for the method's own knob (one step of
-# coordinate descent; the method then has had twice FedAvg's trials, which its reports say):
-# FedAvg's rate moved from the config's 0.03 to 0.2 and 0.8, FedLoGe's stayed there.
-FOLLOW_UP: dict[str, tuple[str, list[float]]] = {"fedloge": ("optim.lr", LR)}
-# A method whose own knob is not the learning rate trains at the rate validation chose for
-# FedAvg on the same setting (each trains locally with FedAvg's SGD): at the config's 0.03
-# FedAvg's validation accuracy was 10 points below its chosen rate's on `gap_cnn`.
-INHERITS_LR = {a for a, (key, _) in KNOBS.items() if key != "optim.lr" and a not in FOLLOW_UP}
-NO_GENERIC = {"fedper", "fedrep"}
-
-
-def objective(algorithm: str) -> tuple[str, str]:
-    """The summary.json paths of a trial's validation score and of its test number."""
-    kind = "local" if algorithm in NO_GENERIC else "generic"
-    return f"selected.{kind}.{kind}_val_acc", f"selected.{kind}.{kind}_acc"
-
-
-def follow_up_name(algorithm: str) -> str:
-    """The directory and report name of a method's learning-rate follow-up sweep."""
-    return f"{algorithm}-lr"
-
-
-def sweep_name(algorithm: str, fixed: dict[str, Any] | None) -> str:
-    """A method's own sweep, or with `fixed` (its own knob's chosen value) its follow-up."""
-    return follow_up_name(algorithm) if fixed else algorithm
-
-
-def knob(name: str) -> tuple[str, list[float]]:
-    """The knob and first grid of a sweep, by name (a method or its follow-up)."""
-    follow_ups = {follow_up_name(a): knob for a, knob in FOLLOW_UP.items()}
-    return follow_ups[name] if name in follow_ups else KNOBS[name]
-
-
-def spec(
-    setting: str,
-    algorithm: str,
-    *,
-    fixed: dict[str, Any] | None = None,
-    inherited: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The sweep spec of one (setting, algorithm), at the `inherited` values (FedAvg's chosen
-    learning rate, `inherited_lr`); with `fixed` (the values validation chose for its own
-    knob), the spec of its follow-up sweep."""
-    key, grid = FOLLOW_UP[algorithm] if fixed else KNOBS[algorithm]
-    metric, test = objective(algorithm)
-    choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
-    if choice and KNOBS[algorithm][0].startswith("algorithm."):  # a section, not a name
-        choice = [f"algorithm.name={algorithm}", "algorithm.options={}"]
-    choice += [format_override(k, v) for k, v in {**(inherited or {}), **(fixed or {})}.items()]
-    return {
-        "name": f"{setting}-{sweep_name(algorithm, fixed)}",
-        "command": "fed run",
-        # relative, so that a sweep continues from any checkout (CIFAR-10's data source is not)
-        "config": SETTINGS[setting]["config"],
-        "overrides": [*SETTINGS[setting]["overrides"], *choice, "seed=0", "device=cpu"],
-        "params": {key: {"grid": grid}},
-        "objective": {"metric": metric, "direction": "maximize"},
-        "test_metric": test,
-        "seed": 0,
-    }
+# The report a sweep whose runs are gone is kept in (and FedAvg's chosen rate read from).
+KEPT = ROOT / "docs/results/fed-sweep.json"
 
 
 def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
@@ -122,11 +62,12 @@ def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
     in INHERITS_LR; nothing for any other."""
     if algorithm not in INHERITS_LR:
         return {}
-    report = collect(runs, setting, "fedavg")
+    report = collect(runs, setting, "fedavg") or kept_results(KEPT).get(setting, {}).get("fedavg")
     if report is None or report["chosen"] is None:
         raise SystemExit(
             f"{algorithm} trains at the learning rate FedAvg's sweep chooses on {setting}, "
-            f"and {runs / setting / 'fedavg'} holds no finished trial: sweep fedavg first"
+            f"and neither {runs / setting / 'fedavg'} nor {KEPT} holds a finished trial: sweep "
+            "fedavg first"
         )
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
 
@@ -283,6 +224,73 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
     return reports
 
 
+def kept_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The sweeps an earlier report holds, by setting and name (none if there is no report)."""
+    return json.loads(path.read_text())["results"] if path.is_file() else {}
+
+
+def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
+    """Whether a method's sweeps (its follow-up's too) are in the earlier report and their
+    runs are gone: it is reported from there, not swept again (delete the report to redo it)."""
+    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
+    done = all(name in kept.get(setting, {}) for name in names)
+    if done and not (runs / setting / algorithm).exists():
+        print(f"{setting} {algorithm}: kept from the earlier report (its runs are gone)")
+        return True
+    return False
+
+
+def with_kept(
+    results: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], runs: Path
+) -> dict[str, dict[str, Any]]:
+    """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
+    cleaned runs folder), marked `earlier`, so that a report never loses a finished sweep; the
+    compared choice of such a method is rebuilt from its spec for benchmarks/fed_compare.py."""
+    merged = {setting: dict(block) for setting, block in results.items()}
+    for setting, block in kept.items():
+        for name, report in block.items():
+            if name in merged.get(setting, {}):
+                continue
+            merged.setdefault(setting, {})[name] = {**report, "earlier": True}
+            if (
+                report.get("final")
+                and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
+            ):
+                rebuild_choice(runs / setting, setting, name, report)
+    return merged
+
+
+def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]) -> None:
+    """`<method>.chosen.yaml/.json` of a kept sweep whose runs are gone: its spec's config with
+    the chosen trial's values (the trial's own config, trained again; no run to reuse)."""
+    from trustvision.config import dump_config, load_config
+    from trustvision.federated.config import FedConfig
+
+    algorithm = method_of(name)
+    fixed = report.get("fixed") or {}
+    follow_up = name != algorithm
+    tree = spec(
+        setting,
+        algorithm,
+        fixed=fixed if follow_up else None,
+        inherited=None if follow_up else fixed,
+    )
+    chosen = report["chosen"]
+    values = [format_override(k, v) for k, v in chosen["params"].items()]
+    cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], *values])
+    config = yaml.safe_load(dump_config(cfg)) | {"runs_dir": "runs"}
+    header = (
+        f"# {algorithm}: trial {chosen['id']} of the {name} sweep, chosen on validation; rebuilt "
+        "from the kept docs/results/fed-sweep.json (the sweep's runs are gone)\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
+    )
+    run = {"run_dir": None, "params": {**fixed, **chosen["params"]}, "id": chosen["id"]}
+    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
+
+
 def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:
     """`{key: value}`, the value a sweep held `key` at (a follow-up its method's own knob, a
     method in INHERITS_LR FedAvg's learning rate), from that sweep's spec."""
@@ -329,17 +337,24 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
     args = parser.parse_args()
     jobs = [(s, a) for s in args.settings for a in args.algorithms]
+    kept = kept_results(args.out / "fed-sweep.json")
     if not args.report_only:
         first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
         for setting in first:  # the rate they inherit (found, if finished): before the rest
-            sweep(setting, "fedavg", args.runs)
-        rest = [(s, a) for s, a in jobs if not (a == "fedavg" and s in first)]
+            if not only_kept(kept, args.runs, setting, "fedavg"):
+                sweep(setting, "fedavg", args.runs)
+        rest = [
+            (s, a)
+            for s, a in jobs
+            if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
+        ]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             list(pool.map(lambda job: sweep(*job, args.runs), rest))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():
             results.setdefault(setting, {})[name] = report
+    results = with_kept(results, kept, args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/fed_sweep.py " + " ".join(sys.argv[1:]),

@@ -24,6 +24,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = intro_lines(meta)
     for setting, block in results.items():
         lines += ["", f"## {SETTINGS[setting]['title']}", ""]
+        if kept := [name for name, report in block.items() if report.get("earlier")]:
+            lines += [
+                f"Kept from the earlier report ({', '.join(kept)}): their runs are gone, their "
+                "numbers stay; fed_compare trains their chosen configs again, rebuilt from them.",
+                "",
+            ]
         lines += choice_table(block, keys)
         for name, report in block.items():
             lines += trial_table(name, report, keys[name])

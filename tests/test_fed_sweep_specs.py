@@ -99,9 +99,12 @@ def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_
     assert chosen["params"] == ({norm: 4.0, lr: 0.2} if compared == "fedloge-lr" else {norm: 4.0})
 
 
-def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rate(tmp_path):
+def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rate(
+    tmp_path, monkeypatch
+):
     bench = fed_sweep()
     assert {"fedprox", "fedrep", "fedbabu", "fedetf", "ditto", "fedlc"} == bench.INHERITS_LR
+    monkeypatch.setattr(bench, "KEPT", tmp_path / "no-report.json")
     with pytest.raises(SystemExit, match="sweep fedavg first"):
         bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
     fake_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
@@ -148,3 +151,37 @@ def test_the_learning_rate_plot_is_drawn_only_where_fedavg_and_fedloges_follow_u
     )
     assert list(made) == ["fmnist-cnn"]
     assert Path(made["fmnist-cnn"]["lr_plot"]).stat().st_size > 10_000
+
+
+def test_a_report_keeps_the_sweeps_whose_runs_are_gone_and_rebuilds_their_choices(
+    tmp_path, monkeypatch
+):
+    """After the runs folder is lost (a new machine), the committed report still reports every
+    sweep, FedAvg's chosen rate still reaches the methods that inherit it, nothing kept is
+    swept again, and fed_compare gets each compared config rebuilt (to train again)."""
+    bench = fed_sweep()
+    report = ROOT / "docs/results/fed-sweep.json"
+    kept = bench.kept_results(report)
+    runs = tmp_path / "runs"
+    results = bench.with_kept({}, kept, runs)
+    assert results.keys() == kept.keys()
+    assert set(results["fmnist-cnn"]) == {"fedloge", "fedloge-lr", "fedavg"}
+    assert all(r["earlier"] for block in results.values() for r in block.values())
+    for algorithm in ("fedloge", "fedavg"):
+        final = next(
+            r for n, r in kept["fmnist-cnn"].items() if r.get("final") and n.startswith(algorithm)
+        )
+        chosen = {**final.get("fixed", {}), **final["chosen"]["params"]}
+        path = runs / "fmnist-cnn" / f"{algorithm}.chosen.yaml"
+        cfg = load_config(FedConfig, path)
+        assert cfg.algorithm.name == algorithm and cfg.seed == 0
+        assert cfg.optim.lr == chosen["optim.lr"]
+        if algorithm == "fedloge":
+            assert cfg.algorithm.options["norm_target"] == chosen["algorithm.options.norm_target"]
+        assert json.loads(path.with_suffix(".json").read_text())["run_dir"] is None
+        assert benchmark("fed_compare").chosen_config(runs, "fmnist-cnn", algorithm) == (path, None)
+    assert bench.only_kept(kept, runs, "fmnist-cnn", "fedloge")
+    assert not bench.only_kept(kept, runs, "fmnist-cnn", "fedprox")
+    monkeypatch.setattr(bench, "KEPT", report)
+    rate = kept["fmnist-gap"]["fedavg"]["chosen"]["params"]["optim.lr"]
+    assert bench.inherited_lr(runs, "fmnist-gap", "fedprox") == {"optim.lr": rate}
