@@ -11,8 +11,8 @@ configs/robust/bench_<data>.yaml with those settings on the benchmark's finished
 config otherwise, the configured gate: no gate sweep) into
 <work>/<data>/gate-check/<settings>/, and reads after the last epoch, in evaluation mode on
 the monitor's validation images (`mixnet.monitor_images`; never a test image), the mean alpha
-on the clean images, under PGD on the mix's loss (blind to the gate, as AutoAttack's attacks
-are) and under PGD that also pushes the gate down. The choice: the largest separation,
+on the clean images, under PGD on the mix's loss (not aimed at the gate, though its gradient
+runs through it, as AutoAttack's attacks do) and under PGD that also pushes the gate down. The choice: the largest separation,
 attacked minus clean. A candidate's settings apply to the config as it is now, and a candidate
 begun with another config is retired and trained again: once the config holds a chosen recipe,
 name the other candidates by every setting in which they differ from it. One on bases the
@@ -246,7 +246,9 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
         "Each candidate's `mixnet` settings train the benchmark's mixing network (its "
         "config otherwise) on the same bases. Mean alpha in evaluation mode after the last "
         "epoch on the first validation images: clean, under PGD on the mix's loss "
-        "(`attacked`, blind to the gate, as AutoAttack's attacks are) and under PGD that also "
+        "(`attacked`: not aimed at the gate, though its gradient runs through the gate and "
+        "lowers alpha where the standard base is easier to fool, as AutoAttack's attacks do) "
+        "and under PGD that also "
         "pushes the gate down (`adaptive`). The choice (**bold**) is the largest separation, "
         "attacked minus clean; no test image is read. A check names its candidates; the "
         "rows of candidates checked earlier stay (their runs may be gone); whether a row's network "

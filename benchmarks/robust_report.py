@@ -210,7 +210,8 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     chosen_gate = f"chosen gate: scale {chosen['gamma_scale']:g}, bias {chosen['gamma_bias']:g}"
     lines = [
         "The gate's mean alpha (the robust base's weight) on clean images, under an attack "
-        "blind to the gate (as all of AutoAttack's are) and under one that also pushes the gate "
+        "not aimed at the gate (as none of AutoAttack's are, though their gradients run through "
+        "it) and under one that also pushes the gate "
         "towards the standard base (adaptive):",
         "",
         "| where | clean | attacked | adaptive | attacked - clean |",

@@ -195,8 +195,8 @@ def gate_under_attack(
     attackers: AttackerSet, x: Tensor, y: Tensor, *, batch_size: int = 250
 ) -> dict[str, Any]:
     """The adaptive mix's mean alpha (evaluation mode) on clean `x`, on every image's
-    highest-loss point under AutoAttack's APGD-CE (`attacked`: blind to the gate, as all of
-    AutoAttack's attacks are) and under the adaptive APGD-CE (`adaptive`: it also pushes the
+    highest-loss point under AutoAttack's APGD-CE (`attacked`: not aimed at the gate, though its
+    gradient runs through it, as all of AutoAttack's) and under the adaptive APGD-CE (`adaptive`: it also pushes the
     gate towards the standard base), whether or not that point fooled the mix (AutoAttack's own
     output keeps the clean image where no attack succeeded, which would mix the two)."""
     mix = attackers.model

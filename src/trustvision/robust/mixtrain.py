@@ -188,7 +188,8 @@ def gate_record(
     mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, steps: int
 ) -> dict[str, Any]:
     """The gate in evaluation mode on clean `x`, on `x` under PGD on the mix's cross-entropy
-    (`attacked`: an attack that ignores the gate, as AutoAttack's are) and under PGD that also
+    (`attacked`: it does not aim at the gate, but its gradient runs through it and lowers alpha
+    where the standard base is the easier one to fool, as AutoAttack's do) and under PGD that also
     pushes the gate towards the standard base (`adaptive`: cross-entropy plus 0.3 BCE(gamma',
     1)), full eps: the mean alpha (`val_alpha_<kind>`) and the raw gamma's mean and std before
     the BatchNorm, with the BatchNorm's running statistics and number of updates, so that a
