@@ -23,6 +23,7 @@ from trustvision.robust.mixtrain import (
     gate_record,
     mixing_objective,
     ranked_targets,
+    training_adversaries,
 )
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.sweep import choose
@@ -278,3 +279,26 @@ def test_a_mixing_network_checkpoint_from_before_val_names_is_read_with_them():
     }
     current = {"epoch": 1, "val_acc": 0.5, "test_note": "kept"}
     assert _validation_names(current) == current
+
+
+def test_blind_training_attacks_do_not_see_the_gate_and_the_others_do():
+    """Two mixes of the same bases with different mixing networks: attacks made blind (on the
+    bases' 50/50 mix) are the same for both; attacks on the composite differ."""
+    x, y = images(8), torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    cfg = MixNetSettings(steps_df=3.0, target_classes=1, bce_weight_max=0.4)
+    mixes = [adaptive_mix(), adaptive_mix()]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in mixes[1].mixnet.parameters():
+            p.add_(torch.randn_like(p))
+
+    def attacked(mix, blind):
+        torch.manual_seed(7)
+        return training_adversaries(mix, x, y, eps=0.3, cfg=cfg, blind=blind)
+
+    for blind_copy, other in zip(attacked(mixes[0], True), attacked(mixes[1], True), strict=True):
+        torch.testing.assert_close(blind_copy, other)
+    seeing = [attacked(mix, False) for mix in mixes]
+    assert not torch.allclose(seeing[0][0], seeing[1][0])
+    with pytest.raises(ValueError, match="must not exceed"):
+        MixNetSettings(epochs=2, blind_epochs=3)

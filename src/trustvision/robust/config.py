@@ -178,6 +178,10 @@ class MixNetSettings(StrictModel):
     step_factor: float = Field(default=1.8, gt=0)
     momentum_max: float = Field(default=0.9, ge=0, lt=1)  # momentum ~ U(0, momentum_max)
     bce_weight_max: float = Field(default=0.4, ge=0, le=1)
+    # Ours, not the authors': the first `blind_epochs` epochs make their attacks on the bases'
+    # 50/50 mix, which the gate does not steer (w = 0), so the gate first learns to detect
+    # attacks, then to hold against attacks that see it (docs/robust.md: the gate probe).
+    blind_epochs: int = Field(default=0, ge=0)
     # The gate (robust/mixing.py): in training the raw gamma is clamped to its mini-batch mean
     # +- gamma_clamp std before the BatchNorm (null: no clamp); gamma' = BN * scale + bias.
     gamma_clamp: float | None = Field(default=0.6, gt=0)
@@ -227,6 +231,10 @@ class MixNetSettings(StrictModel):
             )
         if any(v <= 0 for v in self.scale_sweep):
             raise ValueError(f"`scale_sweep` values must be > 0, got {list(self.scale_sweep)}")
+        if self.blind_epochs > self.epochs:
+            raise ValueError(
+                f"`blind_epochs` ({self.blind_epochs}) must not exceed `epochs` ({self.epochs})"
+            )
         if not 0 <= self.stages[0] < self.stages[1]:
             raise ValueError(
                 f"`stages` must be [earlier, later] with 0 <= earlier < later, got "

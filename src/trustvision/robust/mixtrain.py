@@ -20,6 +20,7 @@ recipe draws both per image. Evaluation attacks are AutoAttack's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from trustvision.robust.attacks import LossFn, dlr_targeted, pgd
 from trustvision.robust.config import MixNetSettings
-from trustvision.robust.mixing import AdaptiveMixedClassifier
+from trustvision.robust.mixing import AdaptiveMixedClassifier, MixedClassifier
 from trustvision.train.loop import Objective
 
 
@@ -55,7 +56,7 @@ def composite_loss(
     return loss
 
 
-def ranked_targets(mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, count: int) -> list[Tensor]:
+def ranked_targets(mix: torch.nn.Module, x: Tensor, y: Tensor, count: int) -> list[Tensor]:
     """Per image, the 2nd, 3rd, ... most likely class of the mix (`count` of them, at most all
     but one class, none under 4 classes: targeted DLR needs 4); where one is the label (the
     mix is wrong on the clean image), the most likely class replaces it."""
@@ -69,6 +70,31 @@ def ranked_targets(mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, count: in
     ]
 
 
+def fixed_mix(mix: AdaptiveMixedClassifier) -> MixedClassifier:
+    """The bases' 50/50 mix at the mix's temperatures: what a blind attack attacks."""
+    return MixedClassifier(
+        mix.standard,
+        mix.robust,
+        alpha=0.5,
+        temperature_std=mix.temperature_std,
+        temperature_rob=mix.temperature_rob,
+    )
+
+
+def blind_loss(mix: AdaptiveMixedClassifier, *, target: Tensor | None = None) -> LossFn:
+    """CE (or targeted DLR) of the bases' 50/50 mix: an attack on it does not see the gate, so
+    it cannot steer alpha."""
+    fixed = fixed_mix(mix)
+
+    def loss(x: Tensor, y: Tensor) -> Tensor:
+        out = fixed(x)
+        if target is None:
+            return F.cross_entropy(out, y, reduction="none")
+        return dlr_targeted(out, y, target)
+
+    return loss
+
+
 def random_attack(
     mix: AdaptiveMixedClassifier,
     x: Tensor,
@@ -77,14 +103,19 @@ def random_attack(
     eps: float,
     cfg: MixNetSettings,
     target: Tensor | None = None,
+    blind: bool = False,
 ) -> Tensor:
-    """One randomised PGD attack on the composite (see the module docstring)."""
+    """One randomised PGD attack on the composite (see the module docstring); `blind`: on the
+    bases' 50/50 mix instead, which the gate does not steer (w = 0)."""
     n = len(y)
     eps_i = eps * _uniform(n, cfg.eps_low, cfg.eps_high, x)
     draw = float(torch.distributions.Chi2(torch.tensor(cfg.steps_df)).sample()) + cfg.steps_const
     steps = max(1, round(draw))
+    weight = _uniform(n, 0.0, cfg.bce_weight_max, x)
     return pgd(
-        composite_loss(mix, weight=_uniform(n, 0.0, cfg.bce_weight_max, x), target=target),
+        blind_loss(mix, target=target)
+        if blind
+        else composite_loss(mix, weight=weight, target=target),
         x,
         y,
         eps=eps_i,
@@ -95,15 +126,24 @@ def random_attack(
 
 
 def training_adversaries(
-    mix: AdaptiveMixedClassifier, x: Tensor, y: Tensor, *, eps: float, cfg: MixNetSettings
+    mix: AdaptiveMixedClassifier,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    cfg: MixNetSettings,
+    blind: bool = False,
 ) -> list[Tensor]:
-    """The attacked copies of a clean batch: untargeted first, then one per ranked target."""
+    """The attacked copies of a clean batch: untargeted first, then one per ranked target
+    (`blind`: made on the bases' 50/50 mix, which the gate does not steer)."""
     was_training = mix.training
     mix.eval()
     try:
-        targets = ranked_targets(mix, x, y, cfg.target_classes)
+        ranking = fixed_mix(mix) if blind else mix
+        targets = ranked_targets(ranking, x, y, cfg.target_classes)
         return [
-            random_attack(mix, x, y, eps=eps, cfg=cfg, target=target) for target in (None, *targets)
+            random_attack(mix, x, y, eps=eps, cfg=cfg, target=target, blind=blind)
+            for target in (None, *targets)
         ]
     finally:
         mix.train(was_training)
@@ -145,14 +185,19 @@ class GateMonitor:
 
 
 def mixing_objective(
-    cfg: MixNetSettings, *, eps: float, monitor: GateMonitor | None = None
+    cfg: MixNetSettings,
+    *,
+    eps: float,
+    monitor: GateMonitor | None = None,
+    blind: Callable[[], bool] = lambda: False,
 ) -> Objective:
     """fit's objective for an AdaptiveMixedClassifier; the logits returned are those of the
-    untargeted attack's images, in the batch's order."""
+    untargeted attack's images, in the batch's order. While `blind()` holds (the first
+    `cfg.blind_epochs` epochs) the training attacks do not see the gate."""
 
     def objective(model: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         assert isinstance(model, AdaptiveMixedClassifier)
-        adversaries = training_adversaries(model, x, y, eps=eps, cfg=cfg)
+        adversaries = training_adversaries(model, x, y, eps=eps, cfg=cfg, blind=blind())
         images = torch.cat([x, *adversaries])
         labels = y.repeat(1 + len(adversaries))
         attacked = torch.ones(len(images), device=x.device)

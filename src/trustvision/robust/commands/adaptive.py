@@ -160,6 +160,13 @@ def train_mixnet(
     monitor = GateMonitor()
     x_gate, y_gate = (t[: net.monitor_images] for t in inputs.images)
 
+    blind = [False]  # whether this epoch's training attacks are made without the gate
+
+    def before_epoch(epoch: int) -> None:
+        blind[0] = epoch < net.blind_epochs
+        if epoch == net.epochs - 1:
+            average_gate_statistics(mix)
+
     def gate_stats(_epoch: int) -> dict[str, Any]:
         return monitor.epoch_record() | gate_record(
             mix, x_gate, y_gate, eps=inputs.eps, steps=net.monitor_steps
@@ -177,7 +184,7 @@ def train_mixnet(
         mix,
         run,
         batches=Batches(train, test=None, val=val),  # making the mix never reads a test image
-        objective=mixing_objective(net, eps=inputs.eps, monitor=monitor),
+        objective=mixing_objective(net, eps=inputs.eps, monitor=monitor, blind=lambda: blind[0]),
         optim=optim,
         epochs=net.epochs,
         seed=cfg.seed,
@@ -186,9 +193,7 @@ def train_mixnet(
         resume=any(run.checkpoints_dir.iterdir()),
         reporter=reporter,
         groups=[mix.mixnet],
-        before_epoch=lambda epoch: (
-            average_gate_statistics(mix) if epoch == net.epochs - 1 else None
-        ),
+        before_epoch=before_epoch,
         after_epoch=gate_stats,
         weights=None,  # mix.json and mixnet.safetensors hold the mix (runs.write_mix)
     )
