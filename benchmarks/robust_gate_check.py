@@ -110,21 +110,25 @@ def candidate_config(cfg: PipelineConfig, work: Path, candidate: list[str]) -> M
     return mix_config(cfg, work, "adaptive").model_copy(update={"mixnet": mixnet})
 
 
+def holds(cfg: PipelineConfig, mixnet: MixNetSettings) -> bool:
+    """Whether the config's mixing network is `mixnet` but for the gate's choice."""
+    gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
+    return mixnet.model_copy(update=gate) == cfg.mixnet
+
+
 def recorded_configured(cfg: PipelineConfig, mixnet: dict[str, Any] | None) -> bool | None:
     """Whether recorded `mixnet` settings are the config's but for the gate's choice."""
     if mixnet is None:
         return None
-    gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
     try:
-        return MixNetSettings.model_validate(mixnet).model_copy(update=gate) == cfg.mixnet
+        return holds(cfg, MixNetSettings.model_validate(mixnet))
     except ValidationError:
         return False
 
 
 def configured(cfg: PipelineConfig, candidate: list[str]) -> bool:
     """Whether the config's mixing network is the candidate's but for the gate's choice."""
-    gate = {key: getattr(cfg.mixnet, key) for key in GATE_CHOICE_KEYS}
-    return candidate_mixnet(cfg, candidate).model_copy(update=gate) == cfg.mixnet
+    return holds(cfg, candidate_mixnet(cfg, candidate))
 
 
 def check(

@@ -39,8 +39,9 @@ from robust import CONFIGS
 from torch import Tensor
 
 from trustvision.config import load_config
-from trustvision.data.loader import BatchLoader, to_tensor
+from trustvision.data.loader import BatchLoader
 from trustvision.robust.attacks import pgd
+from trustvision.robust.commands.adaptive import pixel_loader
 from trustvision.robust.commands.common import MixInputs, mix_inputs
 from trustvision.robust.commands.demo import mix_config
 from trustvision.robust.config import PipelineConfig
@@ -85,19 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
-
-
-def pixels(inputs: MixInputs, indices: Any, *, batch: int, device: torch.device) -> BatchLoader:
-    dataset = inputs.dataset
-    return BatchLoader(
-        to_tensor(dataset.train.images[indices]),
-        to_tensor(dataset.train.labels[indices]),
-        batch_size=batch,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        normalize=False,
-    )
 
 
 def attacked_maps(
@@ -254,7 +242,7 @@ def probe(name: str, cfg: PipelineConfig, work: Path, args: argparse.Namespace) 
     needed = {k for pair in args.stages for k in pair}
     maps, accuracy = {}, {}
     for split, idx in indices.items():
-        loader = pixels(inputs, idx, batch=cfg.mixnet.batch_size, device=device)
+        loader = pixel_loader(inputs.dataset, idx, batch_size=cfg.mixnet.batch_size, device=device)
         seed = derive_seed(cfg.seed, f"gate-probe-{split}")
         maps[split], acc = attacked_maps(inputs, loader, stages=needed, steps=args.steps, seed=seed)
         accuracy[split] = {"images": len(idx), **acc}

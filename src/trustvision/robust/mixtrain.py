@@ -81,10 +81,9 @@ def fixed_mix(mix: AdaptiveMixedClassifier) -> MixedClassifier:
     )
 
 
-def blind_loss(mix: AdaptiveMixedClassifier, *, target: Tensor | None = None) -> LossFn:
+def blind_loss(fixed: MixedClassifier, *, target: Tensor | None = None) -> LossFn:
     """CE (or targeted DLR) of the bases' 50/50 mix: an attack on it does not see the gate, so
     it cannot steer alpha."""
-    fixed = fixed_mix(mix)
 
     def loss(x: Tensor, y: Tensor) -> Tensor:
         out = fixed(x)
@@ -103,18 +102,18 @@ def random_attack(
     eps: float,
     cfg: MixNetSettings,
     target: Tensor | None = None,
-    blind: bool = False,
+    blind: MixedClassifier | None = None,
 ) -> Tensor:
-    """One randomised PGD attack on the composite (see the module docstring); `blind`: on the
-    bases' 50/50 mix instead, which the gate does not steer (w = 0)."""
+    """One randomised PGD attack on the composite (see the module docstring); `blind` (the
+    bases' 50/50 mix, which the gate does not steer): on it instead (w = 0)."""
     n = len(y)
     eps_i = eps * _uniform(n, cfg.eps_low, cfg.eps_high, x)
     draw = float(torch.distributions.Chi2(torch.tensor(cfg.steps_df)).sample()) + cfg.steps_const
     steps = max(1, round(draw))
     weight = _uniform(n, 0.0, cfg.bce_weight_max, x)
     return pgd(
-        blind_loss(mix, target=target)
-        if blind
+        blind_loss(blind, target=target)
+        if blind is not None
         else composite_loss(mix, weight=weight, target=target),
         x,
         y,
@@ -139,10 +138,10 @@ def training_adversaries(
     was_training = mix.training
     mix.eval()
     try:
-        ranking = fixed_mix(mix) if blind else mix
-        targets = ranked_targets(ranking, x, y, cfg.target_classes)
+        fixed = fixed_mix(mix) if blind else None
+        targets = ranked_targets(fixed or mix, x, y, cfg.target_classes)
         return [
-            random_attack(mix, x, y, eps=eps, cfg=cfg, target=target, blind=blind)
+            random_attack(mix, x, y, eps=eps, cfg=cfg, target=target, blind=fixed)
             for target in (None, *targets)
         ]
     finally:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trustvision.config import DataConfig, OptimConfig
-from trustvision.data.dataset import ArraySplit
+from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import BatchLoader, build_loaders, to_tensor
 from trustvision.robust.commands.common import (
     POINTS,
@@ -104,16 +104,23 @@ def mixnet_batches(
         normalize=False,
     )
     held = validation_indices(labels, bases)[:MONITOR_IMAGES]
-    val = BatchLoader(
-        to_tensor(dataset.train.images[held]),
-        to_tensor(labels[held]),
-        batch_size=eval_batch,
+    return loaders.train, pixel_loader(dataset, held, batch_size=eval_batch, device=device)
+
+
+def pixel_loader(
+    dataset: Dataset, indices: np.ndarray, *, batch_size: int, device: torch.device
+) -> BatchLoader:
+    """Unaugmented batches of the training images at `indices`, in pixel space (the bases
+    normalise their own inputs), in the order given."""
+    return BatchLoader(
+        to_tensor(dataset.train.images[indices]),
+        to_tensor(dataset.train.labels[indices]),
+        batch_size=batch_size,
         mean=dataset.mean,
         std=dataset.std,
         device=device,
         normalize=False,
     )
-    return loaders.train, val
 
 
 def _validation_names(record: dict[str, Any]) -> dict[str, Any]:
