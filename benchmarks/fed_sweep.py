@@ -364,7 +364,7 @@ def main() -> None:
         "follow_ups": {follow_up_name(a): {"key": k, "grid": g} for a, (k, g) in FOLLOW_UP.items()},
         "inherit_lr": [
             a
-            for a in args.algorithms
+            for a in KNOBS  # every reported method, the kept ones too
             if a in INHERITS_LR and any(a in block for block in results.values())
         ],
         "selected_by": "validation",

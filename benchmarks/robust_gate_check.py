@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, write_results
-from pydantic import ValidationError
 from rich.console import Console
 from robust import CONFIGS
 
@@ -120,10 +119,8 @@ def recorded_configured(cfg: PipelineConfig, mixnet: dict[str, Any] | None) -> b
     """Whether recorded `mixnet` settings are the config's but for the gate's choice."""
     if mixnet is None:
         return None
-    try:
-        return holds(cfg, MixNetSettings.model_validate(mixnet))
-    except ValidationError:
-        return False
+    recorded = MixNetSettings.recorded(mixnet)
+    return recorded is not None and holds(cfg, recorded)
 
 
 def configured(cfg: PipelineConfig, candidate: list[str]) -> bool:

@@ -17,7 +17,7 @@ from trustvision.config import DataConfig, load_config
 from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import split_train_indices
 from trustvision.errors import ConfigError
-from trustvision.robust.commands.common import PointStore
+from trustvision.robust.commands.common import PointStore, admission_rule
 from trustvision.robust.config import PipelineConfig, SweepSettings
 from trustvision.robust.mixing import MixedClassifier, build_adaptive
 from trustvision.robust.runs import model_sha256
@@ -400,6 +400,32 @@ def test_a_changed_gate_grid_keeps_the_mixing_network_only_if_nothing_else_chang
 
     moved = {p.name for batch in (work / "retired").iterdir() for p in batch.iterdir()}
     assert moved == retired
+
+
+@pytest.mark.parametrize(("recorded", "kept"), [("default", True), ("other", False)])
+def test_a_fixed_mix_is_kept_when_its_recorded_sweep_lacks_only_a_default(tmp_path, recorded, kept):
+    cfg = load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml", [])
+    work = tmp_path / "work"
+    for name in ("standard", "robust"):
+        (work / name).mkdir(parents=True)
+        summary = {"status": "finished", "data": pipeline.split_settings(cfg.standard)}
+        (work / name / "summary.json").write_text(json.dumps(summary))
+    sweep_settings = cfg.sweep.model_dump(mode="json")
+    del sweep_settings["clean_subset"]  # as if recorded before the setting existed
+    if recorded == "other":
+        sweep_settings["tolerance"] = cfg.sweep.tolerance + 0.01
+    summary = {
+        "status": "finished",
+        "eps": cfg.eval.eps,
+        "selection": {"rule": admission_rule(cfg.sweep.tolerance)},
+        "settings": {"sweep": sweep_settings},
+    }
+    (work / "fixed-mix").mkdir()
+    (work / "fixed-mix" / "summary.json").write_text(json.dumps(summary))
+
+    pipeline._retire_stale(cfg, work, log=lambda _: None)
+
+    assert (work / "fixed-mix").is_dir() == kept
 
 
 def test_an_unfinished_base_begun_with_another_hold_out_is_retired(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -49,6 +49,15 @@ class StrictModel(BaseModel):
                 f"`{str(value).lower()}` is a boolean, not a {_kind(field.annotation)}"
             )
         return value
+
+    @classmethod
+    def recorded(cls, saved: Any) -> Self | None:
+        """Settings an earlier run recorded, read through this model, so that a setting added
+        since (at its default) is no difference; None where they no longer validate."""
+        try:
+            return cls.model_validate(saved)
+        except ValidationError:
+            return None
 
 
 def _kind(annotation: Any) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
@@ -44,6 +44,7 @@ from trustvision.robust.config import (
     MixNetSettings,
     PipelineConfig,
     RobustTrainConfig,
+    SweepSettings,
 )
 from trustvision.robust.evaluate import SPLIT_KEYS
 from trustvision.robust.runs import is_finished, read_finished
@@ -125,22 +126,13 @@ def config_changes(path: Path, config: BaseModel) -> list[str]:
 def _mix_current(cfg: PipelineConfig, kind: str, summary: dict[str, Any]) -> bool:
     settings = summary.get("settings", {})
     selection: dict[str, Any] = summary.get("selection") or {}
-    current = bool(selection) and settings.get("sweep") == cfg.sweep.model_dump(mode="json")
+    current = bool(selection) and SweepSettings.recorded(settings.get("sweep")) == cfg.sweep
     current = current and (cfg.eval.eps is None or summary.get("eps") == cfg.eval.eps)
     if kind == "fixed":  # before the robust base became its reference it had another rule
         current = current and selection.get("rule") == admission_rule(cfg.sweep.tolerance)
     if kind == "adaptive":
-        current = current and _same_mixnet(settings.get("mixnet"), cfg.mixnet)
+        current = current and MixNetSettings.recorded(settings.get("mixnet")) == cfg.mixnet
     return current
-
-
-def _same_mixnet(saved: Any, mixnet: MixNetSettings) -> bool:
-    """Whether a mix's recorded `mixnet` settings are `mixnet`'s (read through the model, so a
-    setting added since, at its default, is no difference)."""
-    try:
-        return MixNetSettings.model_validate(saved) == mixnet
-    except ValidationError:
-        return False
 
 
 def retire(work: Path, stages: tuple[str, ...] | list[str], *, why: str, log: Log) -> None:
