@@ -32,7 +32,6 @@ of candidates checked earlier, whose runs may be gone.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import shutil
 import sys
@@ -51,7 +50,7 @@ from trustvision.robust.commands.demo import mix_config, retire
 from trustvision.robust.commands.mix import run_mix
 from trustvision.robust.config import MixConfig, MixNetSettings, PipelineConfig
 from trustvision.robust.runs import is_finished, read_finished
-from trustvision.runs import LOCK_FILE, RunDir, held_alone, machine_summary
+from trustvision.runs import LOCK_FILE, RunDir, held_alone, held_in_turn, machine_summary
 
 KINDS = ("clean", "attacked", "adaptive")
 YES_NO = {True: "yes", False: "no"}  # None: an earlier row that recorded no full settings
@@ -292,9 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         checked[name] = (cfg, check(name, cfg, args.work / name, args.candidates))
     # A check of other candidates running beside this one may write the report too: one
     # process at a time reads, merges and writes it.
-    args.work.mkdir(parents=True, exist_ok=True)
-    with (args.work / ".gate-check-report.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with held_in_turn(args.work / ".gate-check-report"):
         report(args, checked)
 
 

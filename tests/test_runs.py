@@ -2,6 +2,7 @@
 
 import errno
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,29 @@ def test_a_run_is_held_until_its_summary_and_this_process_may_open_it_again(tmp_
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 1
     again.write_summary({"status": "finished"})
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+def test_held_in_turn_waits_for_the_holder_instead_of_refusing(tmp_path):
+    hold = (
+        "import sys\n"
+        "from trustvision.runs import held_in_turn\n"
+        "print('ready', flush=True)\n"
+        f"with held_in_turn(__import__('pathlib').Path({str(tmp_path / 'report')!r})):\n"
+        "    print('holding', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    with subprocess.Popen([sys.executable, "-c", hold], **pipes) as first:
+        assert first.stdout is not None and first.stdout.read(14) == b"ready\nholding\n"
+        with subprocess.Popen([sys.executable, "-c", hold], **pipes) as second:
+            try:
+                assert second.stdout is not None and second.stdout.readline() == b"ready\n"
+                waiting, _, _ = select.select([second.stdout], [], [], 2.0)
+                assert not waiting  # no "holding" while the first holds it
+                assert first.stdin is not None and second.stdin is not None
+                first.communicate(b"done\n", timeout=30)
+                out, _ = second.communicate(b"done\n", timeout=30)
+                assert out.strip() == b"holding" and second.returncode == 0
+            finally:
+                first.kill()
+                second.kill()

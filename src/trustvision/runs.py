@@ -286,6 +286,16 @@ def held_alone(folder: Path, *, refusal: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def held_in_turn(folder: Path) -> Iterator[None]:
+    """Hold `folder` for this process only, as `held_alone` does, but wait while another
+    process holds it: for short work that each process must do, one at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def git_commit() -> str | None:
     """The commit of the source tree trustvision is imported from, if it is a git checkout."""
     try:
