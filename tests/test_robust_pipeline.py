@@ -401,3 +401,12 @@ def test_bases_on_different_data_sets_are_refused_before_any_training():
     cfg = load_config(PipelineConfig, demo, ["robust.data.name=fashion-mnist"])
     with pytest.raises(ConfigError, match=r"fashion-mnist.*must hold out the same.*`data.name`"):
         pipeline.check_same_holdout(cfg)
+
+
+def test_a_stage_the_bases_lack_is_refused_before_any_training(tmp_path):
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["adaptive=true", "mixnet.stages=[1,3]"])
+    with pytest.raises(ConfigError, match=r"stages \[1, 3\], but they have 2 and 2 stages"):
+        pipeline.run_pipeline(cfg, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    pipeline.check_mixnet_stages(cfg.model_copy(update={"adaptive": False}))  # no network: fine

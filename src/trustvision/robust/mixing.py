@@ -269,6 +269,18 @@ def stage_channels(model: Normalized, input_shape: tuple[int, ...]) -> list[int]
     return [m.shape[1] for m in maps]
 
 
+def check_stages(stages: tuple[int, int], counts: tuple[int, int]) -> None:
+    """The mixing network reads two `stages` (earlier, later) that both bases, with `counts`
+    stages each, have: a ConfigError otherwise."""
+    low, high = stages
+    if not 0 <= low < high or min(counts) <= high:
+        raise ConfigError(
+            f"the mixing network reads the bases' stages {list(stages)}, but they have "
+            f"{counts[0]} and {counts[1]} stages (numbered from 0): choose `mixnet.stages` "
+            "among them, the earlier first"
+        )
+
+
 def build_adaptive(
     standard: Normalized,
     robust: Normalized,
@@ -285,13 +297,8 @@ def build_adaptive(
     """An adaptive mix with a fresh mixing network sized to the bases' `stages` (earlier,
     later; by default their first two)."""
     std_ch, rob_ch = stage_channels(standard, input_shape), stage_channels(robust, input_shape)
+    check_stages(stages, (len(std_ch), len(rob_ch)))
     low, high = stages
-    if not 0 <= low < high or min(len(std_ch), len(rob_ch)) <= high:
-        raise ConfigError(
-            f"the mixing network reads the bases' stages {list(stages)}, but they have "
-            f"{len(std_ch)} and {len(rob_ch)} stages (numbered from 0): choose `mixnet.stages` "
-            "among them, the earlier first"
-        )
     mixnet = MixingNetwork(
         low_channels=std_ch[low] + rob_ch[low],
         high_channels=std_ch[high] + rob_ch[high],

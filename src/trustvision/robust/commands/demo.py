@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
+from trustvision.models.registry import create_model
 from trustvision.robust.commands.adaptive import gate_choice_differences
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.commands.common import Log, admission_rule
@@ -47,6 +48,7 @@ from trustvision.robust.config import (
     SweepSettings,
 )
 from trustvision.robust.evaluate import SPLIT_KEYS
+from trustvision.robust.mixing import check_stages
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import RunDir, held_alone
 from trustvision.train.loop import Reporter
@@ -107,6 +109,15 @@ def check_same_holdout(cfg: PipelineConfig) -> None:
             "for validation: give both the same `data.name`, `seed`, `data.validation` (> 0), "
             "`data.train_subset` and `data.imbalance_factor`"
         )
+
+
+def check_mixnet_stages(cfg: PipelineConfig) -> None:
+    """The stages the mixing network reads must exist in both bases: checked on untrained
+    copies before any training, not hours later when the adaptive mix is built."""
+    if cfg.adaptive:
+        bases = (cfg.standard.model, cfg.robust.model)
+        counts = [len(create_model(m.name, num_classes=2, **m.kwargs).stages) for m in bases]
+        check_stages(cfg.mixnet.stages, (counts[0], counts[1]))
 
 
 def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
@@ -202,6 +213,7 @@ def run_pipeline(
     """Run (or finish) every stage in `work`; returns and writes the report."""
     one_process_only()  # its mixes and evaluations would be repeated by every process
     check_same_holdout(cfg)
+    check_mixnet_stages(cfg)
     work = Path(work)
     refusal = f"another pipeline is working in `{work}`: wait for it to end, or give another"
     with held_alone(work, refusal=refusal + " work directory"):
