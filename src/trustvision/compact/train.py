@@ -150,12 +150,13 @@ def train_stage(
         before_epoch=before_epoch,
     )
     images = sum(r["train_images"] for r in result.history)
+    assert result.final is not None  # a compact stage always has its test loader
     summary = {
         "status": "finished",
         "epochs": epochs,
         "wall_seconds": result.wall_seconds,
         "train_images": images,
-        "test": None if result.final is None else {k: result.final[k] for k in FINAL_KEYS},
+        "test": {k: result.final[k] for k in FINAL_KEYS},
     }
     if result.validation is not None:
         summary["validation"] = {k: result.validation[k] for k in ("top1", "loss")}
