@@ -46,6 +46,7 @@ from fed_sweep_specs import (
     follow_up_name,
     knob,
     method_of,
+    second_stage,
     spec,
     sweep_name,
 )
@@ -70,30 +71,6 @@ def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
             "fedavg first"
         )
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
-
-
-def second_stage(grid: list[float], best: float) -> list[float]:
-    """Two more values: beyond the grid's edge where `best` sits at one (a step of the grid's
-    ratio there), else the geometric midpoints between `best` and its neighbours. Fewer where
-    whole numbers leave no new value (e.g. 1 epoch at the bottom of a grid of epochs)."""
-    values = sorted(grid)
-    i = values.index(best)
-    if i == len(values) - 1 and values[-2] > 0:
-        step = values[-1] / values[-2]
-        new = [best * step, best * step**2]
-    elif i == 0 and best > 0:
-        step = values[1] / values[0]
-        new = [best / step, best / step**2]
-    else:
-        neighbours = [values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]]
-        new = [(n * best) ** 0.5 if n > 0 and best > 0 else (n + best) / 2 for n in neighbours]
-    if all(isinstance(v, int) for v in values):  # counts: rounded, never below the grid's floor
-        new = [round(v) for v in new if round(v) >= min(values[0], 1)]
-    return [
-        v
-        for v in dict.fromkeys(float(f"{v:.4g}") if isinstance(v, float) else v for v in new)
-        if v not in values
-    ]
 
 
 def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
@@ -194,7 +171,26 @@ def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
     scored = [(i, t["validation"]) for i, t in enumerate(trials) if t["state"] == "COMPLETE"]
     pick = choose_trial(scored, "maximize")
     chosen = None if pick is None else trials[pick]
-    return {"trials": trials, "chosen": chosen, "selected_by": "validation"}
+    done = complete(runs, setting, name)
+    return {"trials": trials, "chosen": chosen, "selected_by": "validation", "complete": done}
+
+
+def complete(runs: Path, setting: str, name: str) -> bool:
+    """Whether a sweep ran every trial of its grid and, where the grid chose a value to refine,
+    of its second stage: only then may a report keep it in place of its runs."""
+
+    def sweep_report(stage: int) -> dict[str, Any] | None:
+        path = stage_dir(runs, setting, name, stage) / "sweep.json"
+        report = json.loads(path.read_text()) if path.is_file() else None
+        return report if report and report["trials_done"] >= report["trials_planned"] else None
+
+    first = sweep_report(1)
+    if first is None:
+        return False
+    key = knob(name)[0]
+    grid = [trial["params"][key] for trial in first["trials"]]
+    refine = first["chosen"] is not None and second_stage(grid, first["chosen"]["params"][key])
+    return not refine or sweep_report(2) is not None
 
 
 def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[str, Any]]:
@@ -230,10 +226,12 @@ def kept_results(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
-    """Whether a method's sweeps (its follow-up's too) are in the earlier report and their
-    runs are gone: it is reported from there, not swept again (delete the report to redo it)."""
+    """Whether a method's sweeps (its follow-up's too) are in the earlier report, complete, and
+    their runs are gone: it is reported from there, not swept again (delete the report to redo
+    it). An incomplete one is swept again from its start."""
     names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
-    done = all(name in kept.get(setting, {}) for name in names)
+    block = kept.get(setting, {})  # reports from before `complete` held finished sweeps only
+    done = all(name in block and block[name].get("complete", True) for name in names)
     if done and not (runs / setting / algorithm).exists():
         print(f"{setting} {algorithm}: kept from the earlier report (its runs are gone)")
         return True

@@ -96,6 +96,7 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
         label = f"`{key}`" + "".join(f" at {k}={v}" for k, v in report.get("fixed", {}).items())
         chosen = report.get("chosen")
         done = sum(t["state"] == "COMPLETE" for t in report["trials"])
+        done = f"{done}" if report.get("complete", True) else f"{done} (unfinished)"
         tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
         if chosen is None:
             lines.append(f"| {name} | {label} | {tried} | - | - | - | - | - | {done} | - |")

@@ -1,6 +1,6 @@
 """What benchmarks/fed_sweep.py sweeps: each federated method's own most important knob and
-its grid, the follow-up sweeps, which methods inherit FedAvg's chosen learning rate, and the
-sweep spec of one (setting, method), a `trustvision sweep` spec."""
+its grid, the follow-up sweeps, which methods inherit FedAvg's chosen learning rate, the
+sweep spec of one (setting, method), a `trustvision sweep` spec, and the second stage's grid."""
 
 from __future__ import annotations
 
@@ -89,3 +89,27 @@ def spec(
 def method_of(name: str) -> str:
     """The method a sweep belongs to (a follow-up's name ends in -lr)."""
     return next(a for a in FOLLOW_UP if name == follow_up_name(a)) if name not in KNOBS else name
+
+
+def second_stage(grid: list[float], best: float) -> list[float]:
+    """Two more values: beyond the grid's edge where `best` sits at one (a step of the grid's
+    ratio there), else the geometric midpoints between `best` and its neighbours. Fewer where
+    whole numbers leave no new value (e.g. 1 epoch at the bottom of a grid of epochs)."""
+    values = sorted(grid)
+    i = values.index(best)
+    if i == len(values) - 1 and values[-2] > 0:
+        step = values[-1] / values[-2]
+        new = [best * step, best * step**2]
+    elif i == 0 and best > 0:
+        step = values[1] / values[0]
+        new = [best / step, best / step**2]
+    else:
+        neighbours = [values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]]
+        new = [(n * best) ** 0.5 if n > 0 and best > 0 else (n + best) / 2 for n in neighbours]
+    if all(isinstance(v, int) for v in values):  # counts: rounded, never below the grid's floor
+        new = [round(v) for v in new if round(v) >= min(values[0], 1)]
+    return [
+        v
+        for v in dict.fromkeys(float(f"{v:.4g}") if isinstance(v, float) else v for v in new)
+        if v not in values
+    ]

@@ -79,7 +79,9 @@ def fake_sweep(folder: Path, scores: dict[float, float], key: str, overrides=())
                 "run_dir": f"trials/trial-{number}/run",
             }
         )
-    (folder / "sweep.json").write_text(json.dumps({"trials": trials}))
+    best = max(trials, key=lambda t: t["validation"])
+    done = {"trials_planned": len(trials), "trials_done": len(trials), "chosen": best}
+    (folder / "sweep.json").write_text(json.dumps({"trials": trials, **done}))
 
 
 @pytest.mark.parametrize(("follow_up_best", "compared"), [(0.80, "fedloge-lr"), (0.70, "fedloge")])
@@ -185,3 +187,31 @@ def test_a_report_keeps_the_sweeps_whose_runs_are_gone_and_rebuilds_their_choice
     monkeypatch.setattr(bench, "KEPT", report)
     rate = kept["fmnist-gap"]["fedavg"]["chosen"]["params"]["optim.lr"]
     assert bench.inherited_lr(runs, "fmnist-gap", "fedprox") == {"optim.lr": rate}
+
+
+def test_only_a_complete_sweep_is_kept_in_place_of_its_runs(tmp_path):
+    bench = fed_sweep()
+    runs = tmp_path / "runs"
+
+    def write(stage, done, chosen_lr):
+        out = bench.stage_dir(runs, "fmnist-cnn", "fedavg", stage)
+        out.mkdir(parents=True, exist_ok=True)
+        grid = bench.KNOBS["fedavg"][1] if stage == 1 else [0.04, 0.06]
+        trials = [{"params": {"optim.lr": lr}} for lr in grid[:done]]
+        chosen = {"params": {"optim.lr": chosen_lr}}
+        report = {"trials_planned": len(grid), "trials_done": done, "chosen": chosen}
+        report["trials"] = trials
+        (out / "sweep.json").write_text(json.dumps(report))
+
+    write(1, 6, 0.05)  # killed before its last trial
+    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+    write(1, 7, 0.05)  # an inner best: two values between it and its neighbours follow
+    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+    write(2, 2, 0.05)
+    assert bench.complete(runs, "fmnist-cnn", "fedavg")
+
+    kept = bench.kept_results(ROOT / "docs/results/fed-sweep.json")
+    gone = tmp_path / "gone"
+    assert bench.only_kept(kept, gone, "fmnist-cnn", "fedavg")
+    kept["fmnist-cnn"]["fedavg"]["complete"] = False
+    assert not bench.only_kept(kept, gone, "fmnist-cnn", "fedavg")  # swept again from its start
