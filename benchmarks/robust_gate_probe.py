@@ -13,8 +13,11 @@ is asked to read: (0, 1) is what the mix reads. After every epoch it scores held
 the bases never trained on (validation images): the mean of sigmoid(gamma) on clean, attacked
 and randomly perturbed copies (the control: +-eps noise), the accuracy at 0.5, the AUC and
 Youden's J, the largest clean-attacked difference in mean alpha any gate increasing in gamma
-could give. Training images come from the mixing network's own training subset (images both
-bases trained on); no test image is read.
+could give. Then it attacks the validation images again with the trained detector in the loop
+(attacks that see it, as the adaptive mix's adaptive APGD) and scores that. `--reads` trains
+detectors on one base's maps only, to see whose maps carry a difference an attack cannot
+steer. Training images come from the mixing network's own training subset (images both bases
+trained on); no test image is read.
 
     .venv/bin/python benchmarks/robust_gate_probe.py --datasets cifar10
 """
@@ -28,14 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from common import RESULTS, ROOT, write_results
 from robust import CONFIGS
+from robust_gate_probe_detect import (
+    READS,
+    Maps,
+    gammas,
+    seen_attack_scores,
+    train_detector,
+)
+from robust_gate_probe_report import markdown, plot
 from torch import Tensor
 
 from trustvision.config import load_config
@@ -46,12 +53,13 @@ from trustvision.robust.commands.common import MixInputs, mix_inputs
 from trustvision.robust.commands.demo import mix_config
 from trustvision.robust.config import PipelineConfig
 from trustvision.robust.evaluate import mixnet_train_indices, validation_indices
-from trustvision.robust.mixing import MixedClassifier, MixingNetwork, stage_channels
+from trustvision.robust.mixing import (
+    MixedClassifier,
+    stage_channels,
+)
 from trustvision.robust.runs import is_finished
 from trustvision.runs import machine_summary
 from trustvision.seeds import derive_seed
-
-Maps = dict[int, list[Tensor]]  # a batch's maps per stage: [standard base's, robust base's]
 
 
 def stage_pair(text: str) -> tuple[int, int]:
@@ -82,6 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[(0, 1), (1, 2)],
         help="pairs of base stages the detector reads, `low,high` (default: 0,1 1,2); 0,1 is "
         "what the mix reads",
+    )
+    parser.add_argument(
+        "--reads",
+        nargs="+",
+        choices=list(READS),
+        default=["both"],
+        help="whose maps a detector reads: both bases' (what the mix reads), or one base's",
+    )
+    parser.add_argument(
+        "--adaptive-weight",
+        type=float,
+        default=0.3,
+        help="w of the attacks that see the detector: (1 - w) CE of the detector-gated mix + "
+        "w BCE(gamma, 1), as the benchmark's adaptive APGD",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -125,99 +147,6 @@ def stage_maps(inputs: MixInputs, x: Tensor, stages: set[int]) -> Maps:
     return {k: [std[k], rob[k]] for k in stages}
 
 
-def auc(clean: Tensor, attacked: Tensor) -> float:
-    """P(score of an attacked image > score of a clean one), ties counting half."""
-    scores = torch.cat([clean, attacked])
-    ranks = scores.argsort().argsort().double() + 1
-    for value in scores.unique():  # average ranks over ties
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    n_clean, n_adv = len(clean), len(attacked)
-    return float((ranks[n_clean:].sum() - n_adv * (n_adv + 1) / 2) / (n_clean * n_adv))
-
-
-def youden(clean: Tensor, attacked: Tensor) -> float:
-    """max over thresholds t of P(attacked >= t) - P(clean >= t): the largest difference in
-    mean alpha between the two kinds that any gate increasing in this score can give."""
-    thresholds = torch.cat([clean, attacked]).unique()
-    above_adv = (attacked[None, :] >= thresholds[:, None]).double().mean(1)
-    above_clean = (clean[None, :] >= thresholds[:, None]).double().mean(1)
-    return float((above_adv - above_clean).max().clamp(min=0))
-
-
-def gammas(net: MixingNetwork, maps: list[Maps], low: int, high: int) -> Tensor:
-    """The detector's raw output (its logit) on every batch of `maps`, in evaluation mode."""
-    net.eval()
-    with torch.no_grad():
-        return torch.cat([net(m[low], m[high]) for m in maps])
-
-
-def scores(net: MixingNetwork, val: dict[str, list[Maps]], low: int, high: int) -> dict[str, float]:
-    """How the detector tells the validation copies apart; AUC and J on the raw logits (a
-    sigmoid rounds large ones to 1)."""
-    g = {kind: gammas(net, maps, low, high) for kind, maps in val.items()}
-    right = (g["clean"] < 0).sum() + (g["attacked"] >= 0).sum()
-    return {
-        **{f"score_{kind}": float(torch.sigmoid(v).mean()) for kind, v in g.items()},
-        "accuracy": float(right) / (len(g["clean"]) + len(g["attacked"])),
-        "auc": auc(g["clean"], g["attacked"]),
-        "youden": youden(g["clean"], g["attacked"]),
-        "auc_noise": auc(g["clean"], g["noise"]),
-    }
-
-
-def train_detector(
-    train: dict[str, list[Maps]],
-    val: dict[str, list[Maps]],
-    *,
-    stages: tuple[int, int],
-    width: int,
-    epochs: int,
-    seed: int,
-) -> list[dict[str, float]]:
-    """Train a fresh mixing network on (clean 0, attacked 1) maps, each clean batch with its
-    attacked copies; its validation scores per epoch."""
-    low, high = stages
-    torch.manual_seed(seed)
-    first = train["clean"][0]
-    net = MixingNetwork(
-        low_channels=sum(m.shape[1] for m in first[low]),
-        high_channels=sum(m.shape[1] for m in first[high]),
-        width=width,
-    ).to(first[low][0].device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    steps = len(train["clean"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
-    history = []
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(steps, generator=torch.Generator().manual_seed(seed + epoch))
-        for i in order.tolist():  # a batch's clean images with their attacked copies: the
-            clean, attacked = train["clean"][i], train["attacked"][i]  # BatchNorms see both
-            gamma = net(
-                [torch.cat([c, a]) for c, a in zip(clean[low], attacked[low], strict=True)],
-                [torch.cat([c, a]) for c, a in zip(clean[high], attacked[high], strict=True)],
-            )
-            n = len(clean[low][0])
-            target = torch.cat([gamma.new_zeros(n), gamma.new_ones(n)])
-            loss = F.binary_cross_entropy_with_logits(gamma, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        history.append({"epoch": epoch + 1, **scores(net, val, low, high)})
-        print(f"  stages {low},{high} epoch {epoch + 1}: {fmt(history[-1])}", flush=True)
-    return history
-
-
-def fmt(row: dict[str, float]) -> str:
-    return (
-        f"score clean {row['score_clean']:.3f} / attacked {row['score_attacked']:.3f} / noise "
-        f"{row['score_noise']:.3f}, accuracy {100 * row['accuracy']:.1f}%, AUC {row['auc']:.3f}, "
-        f"J {row['youden']:.3f}, noise AUC {row['auc_noise']:.3f}"
-    )
-
-
 def probe(name: str, cfg: PipelineConfig, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Attack, cache and train one detector per stage pair on the bases in `work`."""
     missing = [b for b in ("standard", "robust") if not is_finished(work / b)]
@@ -248,32 +177,21 @@ def probe(name: str, cfg: PipelineConfig, work: Path, args: argparse.Namespace) 
         accuracy[split] = {"images": len(idx), **acc}
         print(f"{name}: {len(idx)} {split} images; the 50/50 mix's accuracy {acc}", flush=True)
     attack_seconds = time.perf_counter() - started
-    detectors = []
-    for low, high in args.stages:
-        history = train_detector(
-            maps["train"],
-            maps["validation"],
-            stages=(low, high),
-            width=cfg.mixnet.width,
-            epochs=args.epochs,
-            seed=derive_seed(cfg.seed, f"gate-probe-{low},{high}"),
-        )
-        best = max(history, key=lambda row: row["auc"])
-        detectors.append(
-            {
-                "stages": [low, high],
-                "history": history,
-                "final": history[-1],
-                "best_epoch": best["epoch"],
-                "best": best,
-            }
-        )
+    val_loader = pixel_loader(
+        inputs.dataset, indices["validation"], batch_size=cfg.mixnet.batch_size, device=device
+    )
+    detectors = [
+        detector_record(inputs, maps, val_loader, cfg, args, stages=pair, reads=reads)
+        for pair in args.stages
+        for reads in args.reads
+    ]
     return {
         "command": command_line(),
         "work": str(work),
         "seed": cfg.seed,
         "eps": inputs.eps,
         "pgd_steps": args.steps,
+        "adaptive_weight": args.adaptive_weight,
         "width": cfg.mixnet.width,
         "epochs": args.epochs,
         "mix_accuracy": accuracy,
@@ -283,84 +201,53 @@ def probe(name: str, cfg: PipelineConfig, work: Path, args: argparse.Namespace) 
     }
 
 
+def detector_record(
+    inputs: MixInputs,
+    maps: dict[str, dict[str, list[Maps]]],
+    val_loader: BatchLoader,
+    cfg: PipelineConfig,
+    args: argparse.Namespace,
+    *,
+    stages: tuple[int, int],
+    reads: str,
+) -> dict[str, Any]:
+    """Train one detector; its history, and its separation under attacks that see it."""
+    low, high = stages
+    tag = f"{low},{high}" if reads == "both" else f"{low},{high}-{reads}"
+    detector, history = train_detector(
+        maps["train"],
+        maps["validation"],
+        stages=stages,
+        reads=reads,
+        width=cfg.mixnet.width,
+        epochs=args.epochs,
+        seed=derive_seed(cfg.seed, f"gate-probe-{tag}"),
+    )
+    clean = gammas(detector, maps["validation"]["clean"])
+    seen = seen_attack_scores(
+        inputs,
+        detector,
+        val_loader,
+        clean,
+        steps=args.steps,
+        weight=args.adaptive_weight,
+        seed=derive_seed(cfg.seed, f"gate-probe-seen-{tag}"),
+    )
+    print(f"  stages {low},{high} ({reads}) under attacks that see it: {seen}", flush=True)
+    best = max(history, key=lambda row: row["auc"])
+    return {
+        "stages": [low, high],
+        "reads": reads,
+        "history": history,
+        "final": history[-1],
+        "best_epoch": best["epoch"],
+        "best": best,
+        "seen": seen,
+    }
+
+
 def command_line() -> str:
     return ("python benchmarks/robust_gate_probe.py " + " ".join(sys.argv[1:])).strip()
-
-
-def plot(name: str, record: dict[str, Any], path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for det in record["detectors"]:
-        epochs = [row["epoch"] for row in det["history"]]
-        stages = ",".join(str(s) for s in det["stages"])
-        left.plot(epochs, [row["auc"] for row in det["history"]], marker="o", label=stages)
-        for kind, style in (("clean", "-"), ("attacked", "--"), ("noise", ":")):
-            values = [row[f"score_{kind}"] for row in det["history"]]
-            right.plot(epochs, values, style, label=f"{stages} {kind}")
-    left.axhline(0.5, color="grey", lw=0.8)
-    left.set(xlabel="epoch", ylabel="validation AUC", title=f"{name}: clean vs attacked")
-    right.set(xlabel="epoch", ylabel="mean sigmoid(gamma)", title="clean, attacked, noise")
-    left.legend(title="stages")
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-INTRO = (
-    "The mixing network's architecture trained as a plain detector (clean 0, attacked 1) on "
-    "both bases' feature maps of a fixed set of training images (images both bases trained on) "
-    "and their PGD-attacked copies (PGD on the cross-entropy of the bases' 50/50 mix), scored on "
-    "validation images the bases never trained on; no test image is read. Stages 0,1 are what "
-    "the mix reads. After the last epoch: `score`, the mean sigmoid of the detector's output on "
-    "clean, attacked and (a control) randomly perturbed copies (+-eps in every pixel); AUC, "
-    "attacked vs clean; J (Youden's), the largest difference in mean alpha between attacked and "
-    "clean images that any gate increasing in this output could give: a gate separating them by "
-    "0.2, as issue 16 asks, needs J well above 0.2. A noise AUC near the attacked one says the "
-    "detector sees perturbations, not attacks. The best epoch's AUC is chosen on the same "
-    "images, so it is optimistic."
-)
-
-
-def markdown(records: dict[str, dict[str, Any]], out: Path) -> str:
-    lines = [
-        "# The gate probe: do the mixing network's inputs tell clean from attacked images?",
-        "",
-        f"Written by benchmarks/robust_gate_probe.py; machine: {machine_summary()}.",
-        "",
-        INTRO,
-    ]
-    for name, rec in records.items():
-        acc = rec["mix_accuracy"]
-        lines += [
-            "",
-            f"## {name} (eps {rec['eps']:.4f}, PGD-{rec['pgd_steps']}, width {rec['width']}, "
-            f"{rec['epochs']} epochs)",
-            "",
-            f"`{rec['command']}` (bases in `{rec['work']}`, seed {rec['seed']}). The 50/50 mix's "
-            "accuracy, clean / attacked / noise: "
-            + "; ".join(
-                f"{split} images ({a['images']}) {100 * a['clean']:.1f}% / "
-                f"{100 * a['attacked']:.1f}% / {100 * a['noise']:.1f}%"
-                for split, a in acc.items()
-            )
-            + f". Attacks took {rec['attack_seconds']:.0f} s.",
-            "",
-            "| stages | score clean | score attacked | score noise | accuracy | AUC | J "
-            "| noise AUC | best AUC (epoch) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for det in rec["detectors"]:
-            f = det["final"]
-            lines.append(
-                f"| {','.join(str(s) for s in det['stages'])} | {f['score_clean']:.3f} "
-                f"| {f['score_attacked']:.3f} | {f['score_noise']:.3f} "
-                f"| {100 * f['accuracy']:.1f}% | {f['auc']:.3f} | {f['youden']:.3f} "
-                f"| {f['auc_noise']:.3f} | {det['best']['auc']:.3f} ({det['best_epoch']}) |"
-            )
-        image = f"robust_gateprobe_{name.replace('-', '')}.png"
-        if (out / image).is_file():
-            lines += ["", f"![{name} gate probe]({image})"]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -261,31 +261,36 @@ def test_the_gate_probe_trains_a_detector_on_the_bases_maps_of_validation_images
         lambda data: replace(evaluate.recorded_dataset(data), test=NoTestImages()),
     )
     argv = ["--train-images", "64", "--val-images", "32", "--steps", "3", "--epochs", "2"]
-    record = probe.probe(
-        "mnist", tiny(work.parent), work, probe.parse_args([*argv, "--stages", "0,1"])
-    )
+    args = probe.parse_args([*argv, "--stages", "0,1", "--reads", "both", "robust"])
+    record = probe.probe("mnist", tiny(work.parent), work, args)
     acc = record["mix_accuracy"]
     assert acc["train"]["images"] == 64 and acc["validation"]["images"] == 32
     assert acc["validation"]["attacked"] <= acc["validation"]["clean"]  # (untrained tiny bases)
-    (detector,) = record["detectors"]
+    detector, robust_only = record["detectors"]
     assert detector["stages"] == [0, 1] and len(detector["history"]) == 2
+    assert (detector["reads"], robust_only["reads"]) == ("both", "robust")
+    seen = detector["seen"]
+    assert 0.0 <= seen["auc"] <= 1.0 and 0.0 <= seen["gated_mix_attacked"] <= 1.0
+    # the clean images are the same; only the attacked copies differ from the blind ones
+    assert seen["score_clean"] == pytest.approx(detector["final"]["score_clean"])
     assert all(
         0.0 <= row["auc"] <= 1.0 and 0.0 <= row["youden"] <= 1.0 for row in detector["history"]
     )
     assert {"score_clean", "score_attacked", "score_noise", "auc_noise"} <= set(detector["final"])
     table = probe.markdown({"mnist": record}, work.parent)
-    assert f"| 0,1 | {detector['final']['score_clean']:.3f} |" in table
+    assert f"| 0,1 | both | {detector['final']['score_clean']:.3f} |" in table
+    assert f"| 0,1 | robust | {robust_only['final']['score_clean']:.3f} |" in table
     assert any(row["auc"] != 0.5 for row in detector["history"])  # attacked maps differ
     assert detector["best"]["auc"] == max(row["auc"] for row in detector["history"])
 
 
 def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
-    auc = benchmark("robust_gate_probe").auc
+    auc = benchmark("robust_gate_probe_detect").auc
     assert auc(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
     assert auc(torch.tensor([0.8, 0.9]), torch.tensor([0.1, 0.2])) == 0.0
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5  # ties count half
     assert auc(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.75
-    youden = benchmark("robust_gate_probe").youden
+    youden = benchmark("robust_gate_probe_detect").youden
     assert youden(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
     assert youden(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.0
     assert youden(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.5
