@@ -246,6 +246,23 @@ def detector_record(
     }
 
 
+SETUP = ("seed", "eps", "pgd_steps", "width", "epochs", "mix_accuracy")
+
+
+def with_earlier(record: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """`record` plus the detectors of an earlier probe of the same set-up (the same attacked
+    images: the attacks are seeded) that this one did not train again, marked `earlier`."""
+    if earlier is None or any(earlier.get(k) != record[k] for k in SETUP):
+        return record
+
+    def key(detector: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+        return tuple(detector["stages"]), detector.get("reads", "both")
+
+    trained = {key(d) for d in record["detectors"]}
+    kept = [d | {"earlier": True} for d in earlier["detectors"] if key(d) not in trained]
+    return record | {"detectors": record["detectors"] + kept}
+
+
 def command_line() -> str:
     return ("python benchmarks/robust_gate_probe.py " + " ".join(sys.argv[1:])).strip()
 
@@ -257,10 +274,10 @@ def main(argv: list[str] | None = None) -> None:
     stem = "robust-gate-probe"
     for name in args.datasets:
         cfg = load_config(PipelineConfig, CONFIGS[name], [f"threads={args.threads}"])
-        record = probe(name, cfg, args.work / name, args)
-        plot(name, record, args.out / f"robust_gateprobe_{name.replace('-', '')}.png")
         previous = args.out / f"{stem}.json"  # other data sets' probes stay in the report
         records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+        record = with_earlier(probe(name, cfg, args.work / name, args), records.get(name))
+        plot(name, record, args.out / f"robust_gateprobe_{name.replace('-', '')}.png")
         records[name] = record
         body = {"machine": machine_summary(), "datasets": records}
         print(f"wrote {write_results(stem, markdown(records, args.out), body, out=args.out)}")

@@ -50,8 +50,15 @@ INTRO = (
     "adaptive APGD the adaptive mix faces; its score, AUC and J on those attacked copies against "
     "the clean images, and the gated mix's accuracy on clean and on these attacked images. A "
     "detector trained only on attacks that ignore it need not hold against these: the gap "
-    "between the two AUCs is what the mixing network's adversarial training has to close."
+    "between the two AUCs is what the mixing network's adversarial training has to close. "
+    "`(earlier run)`: a detector from an earlier invocation with the same set-up (seed, eps, "
+    "steps, images: the same seeded attacks), kept in the report."
 )
+
+
+def earlier(detector: dict[str, Any]) -> str:
+    """The mark of a detector kept from an earlier probe of the same set-up."""
+    return " (earlier run)" if detector.get("earlier") else ""
 
 
 def markdown(records: dict[str, dict[str, Any]], out: Path) -> str:
@@ -93,7 +100,8 @@ def markdown(records: dict[str, dict[str, Any]], out: Path) -> str:
                 else "- | - | - | -"
             )
             lines.append(
-                f"| {','.join(str(s) for s in det['stages'])} | {det.get('reads', 'both')} "
+                f"| {','.join(str(s) for s in det['stages'])}{earlier(det)} "
+                f"| {det.get('reads', 'both')} "
                 f"| {f['score_clean']:.3f} "
                 f"| {f['score_attacked']:.3f} | {f['score_noise']:.3f} "
                 f"| {100 * f['accuracy']:.1f}% | {f['auc']:.3f} | {f['youden']:.3f} "

@@ -415,3 +415,16 @@ def test_a_stage_the_bases_lack_is_refused_before_any_training(tmp_path):
         pipeline.run_pipeline(cfg, tmp_path / "work")
     assert not (tmp_path / "work").exists()
     pipeline.check_mixnet_stages(cfg.model_copy(update={"adaptive": False}))  # no network: fine
+
+
+def test_a_probe_keeps_the_detectors_an_earlier_probe_of_the_same_set_up_trained():
+    with_earlier = benchmark("robust_gate_probe").with_earlier
+    setup = {"seed": 0, "eps": 0.03, "pgd_steps": 10, "width": 32, "epochs": 15}
+    setup["mix_accuracy"] = {"train": {"images": 4000}}
+    earlier = {**setup, "detectors": [{"stages": [0, 1]}, {"stages": [1, 2]}]}
+    now = {**setup, "detectors": [{"stages": [0, 1], "reads": "robust"}, {"stages": [0, 1]}]}
+    merged = with_earlier(now, earlier)
+    assert merged["detectors"][:2] == now["detectors"]  # trained again: the new one
+    assert merged["detectors"][2:] == [{"stages": [1, 2], "earlier": True}]
+    other = {**now, "pgd_steps": 20}  # other attacks: nothing earlier is comparable
+    assert with_earlier(other, earlier) == other
