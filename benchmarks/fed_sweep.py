@@ -11,10 +11,12 @@ config to compare is the best of both sweeps. A method whose own knob is not the
 rate (INHERITS_LR) trains at the rate FedAvg's sweep chose on the same setting, which is
 therefore swept first. A trial's score is the validation accuracy of the round that
 validation picks: generic (class-balanced, on the clients' held-out images) for a method
-with a global model, local (mean over clients) for one without (FedPer, FedRep). The test numbers are recorded beside it and never read.
-A killed invocation continues where it stopped (the sweeps resume). A sweep in the committed
-report whose runs are gone (a new machine) is kept from it rather than swept again, and its
-chosen config is rebuilt from its spec for fed_compare (delete the report to redo it). Then writes
+with a global model, local (mean over clients) for one without (FedPer, FedRep). The test
+numbers are recorded beside it and never read. A killed invocation continues where it
+stopped (the sweeps resume). A complete sweep in the committed report whose runs are gone (a
+new machine) is kept from it rather than swept again, and its chosen config is rebuilt from
+its spec for fed_compare (delete the report to redo it); an unfinished one is swept again,
+from its start. Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
 `benchmarks/fed_compare.py` trains the chosen configs over more seeds.
 
@@ -177,7 +179,8 @@ def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
 
 def complete(runs: Path, setting: str, name: str) -> bool:
     """Whether a sweep ran every trial of its grid and, where the grid chose a value to refine,
-    of its second stage: only then may a report keep it in place of its runs."""
+    of its second stage: only then may a report keep it in place of its runs. A trial that
+    failed counts as run (a killed one is run again by the sweep itself)."""
 
     def sweep_report(stage: int) -> dict[str, Any] | None:
         path = stage_dir(runs, setting, name, stage) / "sweep.json"
@@ -187,8 +190,7 @@ def complete(runs: Path, setting: str, name: str) -> bool:
     first = sweep_report(1)
     if first is None:
         return False
-    key = knob(name)[0]
-    grid = [trial["params"][key] for trial in first["trials"]]
+    key, grid = knob(name)  # the grid `stages` refines, whatever trials were run again
     refine = first["chosen"] is not None and second_stage(grid, first["chosen"]["params"][key])
     return not refine or sweep_report(2) is not None
 
@@ -228,7 +230,7 @@ def kept_results(path: Path) -> dict[str, dict[str, Any]]:
 def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
     """Whether a method's sweeps (its follow-up's too) are in the earlier report, complete, and
     their runs are gone: it is reported from there, not swept again (delete the report to redo
-    it). An incomplete one is swept again from its start."""
+    it). An unfinished one is swept again: from its start where its runs are gone."""
     names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
     block = kept.get(setting, {})  # reports from before `complete` held finished sweeps only
     done = all(name in block and block[name].get("complete", True) for name in names)
@@ -242,8 +244,9 @@ def with_kept(
     results: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], runs: Path
 ) -> dict[str, dict[str, Any]]:
     """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
-    cleaned runs folder), marked `earlier`, so that a report never loses a finished sweep; the
-    compared choice of such a method is rebuilt from its spec for benchmarks/fed_compare.py."""
+    cleaned runs folder), marked `earlier`, so that a report never loses a sweep; the compared
+    choice of such a method, if its sweep was complete, is rebuilt from its spec for
+    benchmarks/fed_compare.py (an unfinished one is swept again, `only_kept`)."""
     merged = {setting: dict(block) for setting, block in results.items()}
     for setting, block in kept.items():
         for name, report in block.items():
@@ -252,6 +255,7 @@ def with_kept(
             merged.setdefault(setting, {})[name] = {**report, "earlier": True}
             if (
                 report.get("final")
+                and report.get("complete", True)
                 and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
             ):
                 rebuild_choice(runs / setting, setting, name, report)

@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(PipelineConfig, CONFIGS[name], [f"threads={args.threads}"])
         checked[name] = (cfg, check(name, cfg, args.work / name, args.candidates))
     # A check of other candidates running beside this one may write the report too: one
-    # process at a time reads, merges and writes it.
-    with held_in_turn(args.work / ".gate-check-report"):
+    # process at a time reads, merges and writes it (one lock per checkout, as RESULTS is,
+    # whatever --work).
+    with held_in_turn(ROOT / "runs" / ".gate-check-report"):
         report(args, checked)
 
 

@@ -47,16 +47,14 @@ from torch import Tensor
 
 from trustvision.config import load_config
 from trustvision.data.loader import BatchLoader
+from trustvision.errors import ConfigError
 from trustvision.robust.attacks import pgd
 from trustvision.robust.commands.adaptive import pixel_loader
 from trustvision.robust.commands.common import MixInputs, mix_inputs
 from trustvision.robust.commands.demo import mix_config
 from trustvision.robust.config import PipelineConfig
 from trustvision.robust.evaluate import mixnet_train_indices, validation_indices
-from trustvision.robust.mixing import (
-    MixedClassifier,
-    stage_channels,
-)
+from trustvision.robust.mixing import MixedClassifier, check_stages, stage_channels
 from trustvision.robust.runs import is_finished
 from trustvision.runs import machine_summary
 from trustvision.seeds import derive_seed
@@ -157,9 +155,16 @@ def probe(name: str, cfg: PipelineConfig, work: Path, args: argparse.Namespace) 
         )
     device = torch.device("cpu")
     inputs = mix_inputs(mix_config(cfg, work, "adaptive"), device)
-    count = len(stage_channels(inputs.robust, inputs.dataset.image_shape))
-    if any(high >= count for _, high in args.stages):
-        raise SystemExit(f"{name}: the bases have {count} stages (0 to {count - 1})")
+    shape = inputs.dataset.image_shape
+    counts = (
+        len(stage_channels(inputs.standard, shape)),
+        len(stage_channels(inputs.robust, shape)),
+    )
+    for pair in args.stages:
+        try:
+            check_stages(pair, counts)
+        except ConfigError as error:
+            raise SystemExit(f"{name}: {error}") from None
     labels = inputs.dataset.train.labels
     indices = {
         "train": mixnet_train_indices(

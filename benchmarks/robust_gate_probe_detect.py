@@ -126,6 +126,7 @@ def seen_attack_scores(
                     attacked.append(gamma)
     total = len(loader.images)
     return {
+        "weight": weight,
         **separation(clean, torch.cat(attacked)),
         **{f"gated_mix_{kind}": count / total for kind, count in correct.items()},
     }

@@ -16,17 +16,19 @@ from trustvision.runs import machine_summary
 
 def plot(name: str, record: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for det in record["detectors"]:
+    for i, det in enumerate(record["detectors"]):
         epochs = [row["epoch"] for row in det["history"]]
         stages = ",".join(str(s) for s in det["stages"])
-        left.plot(epochs, [row["auc"] for row in det["history"]], marker="o", label=stages)
+        label = f"{stages} {det.get('reads', 'both')}{earlier(det)}"
+        colour = f"C{i}"
+        left.plot(epochs, [row["auc"] for row in det["history"]], "o-", color=colour, label=label)
         for kind, style in (("clean", "-"), ("attacked", "--"), ("noise", ":")):
             values = [row[f"score_{kind}"] for row in det["history"]]
-            right.plot(epochs, values, style, label=f"{stages} {kind}")
+            right.plot(epochs, values, style, color=colour, label=f"{label} {kind}")
     left.axhline(0.5, color="grey", lw=0.8)
     left.set(xlabel="epoch", ylabel="validation AUC", title=f"{name}: clean vs attacked")
     right.set(xlabel="epoch", ylabel="mean sigmoid(gamma)", title="clean, attacked, noise")
-    left.legend(title="stages")
+    left.legend(title="stages, reads")
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

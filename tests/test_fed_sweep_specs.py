@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -210,8 +211,28 @@ def test_only_a_complete_sweep_is_kept_in_place_of_its_runs(tmp_path):
     write(2, 2, 0.05)
     assert bench.complete(runs, "fmnist-cnn", "fedavg")
 
-    kept = bench.kept_results(ROOT / "docs/results/fed-sweep.json")
+    # a best at the grid's bottom, its trial killed and run again: stage 2 goes below it
+    shutil.rmtree(bench.stage_dir(runs, "fmnist-cnn", "fedavg", 2))
+    write(1, 7, bench.KNOBS["fedavg"][1][0])
+    out = bench.stage_dir(runs, "fmnist-cnn", "fedavg", 1)
+    report = json.loads((out / "sweep.json").read_text())
+    report["trials"].append(report["trials"][0])
+    (out / "sweep.json").write_text(json.dumps(report))
+    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+
+    kept = {"fmnist-cnn": {"fedavg": {"trials": [], "chosen": None}}}  # before `complete`
     gone = tmp_path / "gone"
     assert bench.only_kept(kept, gone, "fmnist-cnn", "fedavg")
     kept["fmnist-cnn"]["fedavg"]["complete"] = False
     assert not bench.only_kept(kept, gone, "fmnist-cnn", "fedavg")  # swept again from its start
+
+
+def test_an_unfinished_kept_sweep_gives_fed_compare_no_config(tmp_path):
+    bench = fed_sweep()
+    kept = bench.kept_results(ROOT / "docs/results/fed-sweep.json")
+    report = kept["fmnist-cnn"]["fedavg"]
+    runs = tmp_path / "runs"
+    bench.with_kept({}, {"fmnist-cnn": {"fedavg": {**report, "complete": False}}}, runs)
+    assert not (runs / "fmnist-cnn" / "fedavg.chosen.yaml").exists()
+    bench.with_kept({}, {"fmnist-cnn": {"fedavg": report}}, runs)
+    assert (runs / "fmnist-cnn" / "fedavg.chosen.yaml").is_file()

@@ -20,9 +20,10 @@ from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.card import MODEL_INFO_FIELDS
 from trustvision.robust.cli import robust_app
-from trustvision.robust.commands.adaptive import chooses_gate_again
+from trustvision.robust.commands.adaptive import chooses_gate_again, pixel_loader
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.config import CertifyConfig, PipelineConfig
+from trustvision.robust.mixing import MixingNetwork, stage_channels
 from trustvision.robust.runs import load_model
 
 ROOT = Path(__file__).parents[1]
@@ -428,3 +429,26 @@ def test_a_probe_keeps_the_detectors_an_earlier_probe_of_the_same_set_up_trained
     assert merged["detectors"][2:] == [{"stages": [1, 2], "earlier": True}]
     other = {**now, "pgd_steps": 20}  # other attacks: nothing earlier is comparable
     assert with_earlier(other, earlier) == other
+
+
+def test_the_probes_attack_that_sees_the_detector_drives_its_score_down(finished):
+    """With all weight on BCE(gamma, 1), the attack can only work through the detector: it
+    must lower the detector's output on the attacked copies."""
+    _, work, _ = finished
+    detect = benchmark("robust_gate_probe_detect")
+    inputs = common.mix_inputs(
+        pipeline.mix_config(tiny(work.parent), work, "adaptive"), torch.device("cpu")
+    )
+    shape = inputs.dataset.image_shape
+    std, rob = stage_channels(inputs.standard, shape), stage_channels(inputs.robust, shape)
+    torch.manual_seed(0)
+    net = MixingNetwork(low_channels=std[0] + rob[0], high_channels=std[1] + rob[1], width=8)
+    detector = detect.Detector(net, (0, 1), "both")
+    indices = evaluate.validation_indices(inputs.dataset.train.labels, inputs.bases)[:32]
+    loader = pixel_loader(inputs.dataset, indices, batch_size=16, device=torch.device("cpu"))
+    stage_maps = benchmark("robust_gate_probe").stage_maps
+    maps = [stage_maps(inputs, x, {0, 1}) for x, _ in loader.epoch(0)]
+    clean = detect.gammas(detector, maps)
+    seen = detect.seen_attack_scores(inputs, detector, loader, clean, steps=3, weight=1.0, seed=0)
+    assert seen["weight"] == 1.0
+    assert seen["score_attacked"] < seen["score_clean"] and seen["auc"] < 0.5

@@ -206,9 +206,11 @@ def test_held_in_turn_waits_for_the_holder_instead_of_refusing(tmp_path):
         "    print('holding', flush=True)\n"
         "    sys.stdin.readline()\n"
     )
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    # unbuffered: a buffered readline could take "holding" too, out of select's sight
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "bufsize": 0}
     with subprocess.Popen([sys.executable, "-c", hold], **pipes) as first:
-        assert first.stdout is not None and first.stdout.read(14) == b"ready\nholding\n"
+        assert first.stdout is not None and first.stdout.readline() == b"ready\n"
+        assert first.stdout.readline() == b"holding\n"
         with subprocess.Popen([sys.executable, "-c", hold], **pipes) as second:
             try:
                 assert second.stdout is not None and second.stdout.readline() == b"ready\n"
