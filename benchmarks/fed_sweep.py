@@ -190,7 +190,8 @@ def complete(runs: Path, setting: str, name: str) -> bool:
     first = sweep_report(1)
     if first is None:
         return False
-    key, grid = knob(name)  # the grid `stages` refines, whatever trials were run again
+    key = knob(name)[0]
+    grid = sorted({trial["params"][key] for trial in first["trials"]})  # once each, if rerun
     refine = first["chosen"] is not None and second_stage(grid, first["chosen"]["params"][key])
     return not refine or sweep_report(2) is not None
 
