@@ -14,7 +14,8 @@ is kept, so an interrupted run continues where it stopped.
     .venv/bin/python benchmarks/robust.py            # all data sets, 500 images each (hours)
 
 writes docs/results/robust.{md,json} and docs/results/robust_<data>_{tradeoff,certified}.png
-from every data set whose work directory holds a report.
+from every data set whose work directory holds a report; a data set the earlier robust.json
+holds and the work directory does not (a new machine) is kept from it, marked as such.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, default=500, help="test images attacked per model")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/robust-bench")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     parser.add_argument("--no-adaptive", action="store_true", help="skip the mixing network")
     parser.add_argument("--no-certify", action="store_true", help="skip the Gaussian base")
     parser.add_argument(
@@ -68,7 +70,9 @@ def config_for(name: str, args: argparse.Namespace) -> PipelineConfig:
     return load_config(PipelineConfig, CONFIGS[name], overrides)
 
 
-def copy_plots(name: str, work: Path, report: dict[str, Any]) -> dict[str, str]:
+def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict[str, str]:
+    """The data set's plots, copied from its work directory into `out` (a kept report's are
+    already there)."""
     plots = {}
     sources = {"tradeoff": Path(report["tradeoff_plot"])}
     if report.get("certify"):
@@ -76,11 +80,23 @@ def copy_plots(name: str, work: Path, report: dict[str, Any]) -> dict[str, str]:
     if report.get("adaptive"):
         sources["gate"] = work / "adaptive-mix" / "plots" / "gate.png"
     for kind, source in sources.items():
-        target = RESULTS / f"robust_{name.replace('-', '')}_{kind}.png"
-        if source.is_file():
+        target = out / f"robust_{name.replace('-', '')}_{kind}.png"
+        if source.is_file() and not report.get("earlier"):
             shutil.copyfile(source, target)
+        if target.is_file() and (source.is_file() or report.get("earlier")):
             plots[kind] = target.name
     return plots
+
+
+def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
+    """`reports` plus every data set of the earlier report at `path` whose work directory
+    holds no report now (a new machine, a cleaned runs folder), marked `earlier`, so that
+    rewriting the docs never loses a measured data set."""
+    record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
+    source = {"command": record.get("command"), **record.get("environment", {})}
+    earlier = {n: {"earlier": source, **r} for n, r in record["datasets"].items()}
+    merged = {**earlier, **reports}  # a report kept before keeps where it came from
+    return {name: merged[name] for name in DATASETS if name in merged}
 
 
 def write_report(
@@ -90,10 +106,11 @@ def write_report(
     command = "python benchmarks/robust.py " + " ".join(sys.argv[1:])
     lines = intro_lines(command.strip(), env, args.threads, None if args.report_only else seconds)
     for name, report in reports.items():
-        lines += dataset_section(name, report, copy_plots(name, args.work / name, report))
+        plots = copy_plots(name, args.work / name, report, args.out)
+        lines += dataset_section(name, report, plots)
     lines += missing_lines([d for d in DATASETS if d not in reports])
     body = {"environment": env, "command": command.strip(), "datasets": reports}
-    write_results("robust", "\n".join(lines), body)
+    write_results("robust", "\n".join(lines), body, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,9 +132,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ignoring {path}: written before knobs were chosen on validation images")
         elif report is not None:
             reports[name] = report
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    reports = with_kept(reports, args.out / "robust.json")
     write_report(reports, args, time.perf_counter() - started)
-    print(f"wrote {RESULTS / 'robust.md'}")
+    print(f"wrote {args.out / 'robust.md'}")
 
 
 if __name__ == "__main__":

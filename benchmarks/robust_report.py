@@ -145,6 +145,17 @@ def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) ->
     lines = [
         f"## {name}{note}, l_inf eps = {report['eps']:.4g}",
         "",
+        *(
+            [
+                "Kept from the earlier report: this machine's work directory holds no report "
+                "for this data set (its runs are gone), so these are the numbers of "
+                f"`{report['earlier']['command']}` (commit "
+                f"{str(report['earlier'].get('git_commit'))[:7]}).",
+                "",
+            ]
+            if report.get("earlier")
+            else []
+        ),
         f"Bases: standard {std['architecture']} ({std['epochs']} epochs, "
         f"{std['wall_seconds']:.0f} s); robust {rob['architecture']} "
         f"({rob['method']}, {rob['epochs']} epochs, {rob['wall_seconds']:.0f} s); each trained on "

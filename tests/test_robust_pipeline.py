@@ -452,3 +452,24 @@ def test_the_probes_attack_that_sees_the_detector_drives_its_score_down(finished
     seen = detect.seen_attack_scores(inputs, detector, loader, clean, steps=3, weight=1.0, seed=0)
     assert seen["weight"] == 1.0
     assert seen["score_attacked"] < seen["score_clean"] and seen["auc"] < 0.5
+
+
+def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_path):
+    """benchmarks/robust.py --report-only on a machine without the runs: the committed
+    Fashion-MNIST numbers stay, marked as kept, with their plots."""
+    out = tmp_path / "results"
+    out.mkdir()
+    for path in (ROOT / "docs/results").glob("robust*"):
+        if path.suffix in {".json", ".png"}:
+            (out / path.name).write_bytes(path.read_bytes())
+    committed = json.loads((out / "robust.json").read_text())["datasets"]
+    argv = ["--report-only", "--work", str(tmp_path / "no-runs"), "--out", str(out)]
+    benchmark("robust").main(argv)
+    kept = json.loads((out / "robust.json").read_text())["datasets"]
+    assert set(kept) == set(committed)
+    source = json.loads((ROOT / "docs/results/robust.json").read_text())["command"]
+    assert all(r["earlier"]["command"] == source for r in kept.values())
+    assert kept["fashion-mnist"]["rows"] == committed["fashion-mnist"]["rows"]
+    text = (out / "robust.md").read_text()
+    assert "Kept from the earlier report" in text
+    assert "](robust_fashionmnist_tradeoff.png)" in text
