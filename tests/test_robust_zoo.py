@@ -58,7 +58,9 @@ def test_every_tensor_arrives_and_the_model_computes_what_the_zoo_model_did(tmp_
     run = import_zoo(tmp_path / "zoo.pt", dataset="mnist", runs_dir=str(tmp_path / "runs"))
     imported = load_base(run.path)
     x = torch.rand(4, 1, 28, 28)
-    assert torch.equal(imported(x), original(x))  # identity normalisation: [0, 1] pixels in
+    # identity normalisation: [0, 1] pixels in; the imported copy runs channels-last, so its
+    # sums differ from the original's in the last bits only
+    torch.testing.assert_close(imported(x), original(x), rtol=1e-5, atol=1e-5)
     summary = run.read_summary()
     assert (
         summary["zoo"]["architecture"] == "WideResNet-10-2" and "authors" in summary["provenance"]

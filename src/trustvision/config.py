@@ -292,7 +292,7 @@ class TrainConfig(RunSettings):
     name: RunName = "train"
     epochs: int = Field(default=2, gt=0)
     amp: bool = True  # bfloat16 autocast, on CUDA only
-    channels_last: bool = True  # on CUDA only
+    channels_last: bool = True  # on every device: docs/results/memory-format.md
     checkpoint_every: int = Field(default=1, gt=0)  # epochs
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

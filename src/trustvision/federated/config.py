@@ -120,7 +120,7 @@ class FedConfig(RunSettings):
 
     name: RunName = "fed"
     amp: bool = True  # bfloat16 autocast, on CUDA only
-    channels_last: bool = True  # on CUDA only
+    channels_last: bool = True  # on every device: docs/results/memory-format.md
     engine: Literal["inprocess", "flower"] = "inprocess"
     num_clients: int = Field(default=40, ge=1)
     participation: float = Field(default=0.3, gt=0, le=1)  # fraction of clients each round

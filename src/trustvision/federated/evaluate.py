@@ -50,16 +50,6 @@ class GenericEvaluation:
     features: torch.Tensor  # (N, d) the global backbone's, on the device
 
 
-def evaluation_workspace(algorithm: FederatedAlgorithm, accel: Accel) -> Workspace:
-    """The server's modules for evaluation, in channels-last layout on every device (on the
-    CPU too, where the test pass of the small CNNs is faster so; evaluation's share of a run
-    is measured by benchmarks/fed_eval_cost.py). Only the server evaluates with it; clients
-    train in the layout they always had."""
-    workspace = Workspace(algorithm, accel)
-    workspace.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return workspace
-
-
 def generic_evaluation(
     algorithm: FederatedAlgorithm,
     workspace: Workspace,
@@ -74,7 +64,7 @@ def generic_evaluation(
     parts, all_labels = [], []
     with torch.no_grad(), accel.autocast():
         for x, y in federation.test_loader().epoch(0):
-            x = accel.prepare_batch(x).contiguous(memory_format=torch.channels_last)
+            x = accel.prepare_batch(x)
             parts.append(algorithm.features(net, x))
             all_labels.append(y.cpu())
         features = torch.cat(parts)

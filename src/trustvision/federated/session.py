@@ -34,7 +34,6 @@ from trustvision.federated.evaluate import (
     clients_to_evaluate,
     evals_from_generic,
     evaluation,
-    evaluation_workspace,
     flat_metrics,
     generic_evaluation,
 )
@@ -299,7 +298,7 @@ def open_session(
     accel, federation, algorithm = build_parts(cfg)
     on_client = reporter.advance if reporter is not None else None
     engine = make_engine(algorithm, federation, cfg=cfg, accel=accel, on_client=on_client)
-    server = evaluation_workspace(algorithm, accel)
+    server = Workspace(algorithm, accel)
     return Session(cfg, accel, federation, algorithm, engine, server, reporter or SilentReporter())
 
 
