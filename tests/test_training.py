@@ -202,3 +202,18 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_pa
 def test_an_epoch_line_shows_validation_before_test():
     line = format_record({"epoch": 3, "train_acc": 0.5, "val_acc": 0.61, "test_acc": 0.6})
     assert line == "epoch 3  train 50.00%  val 61.00%  test 60.00%"
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_layout_switch_holds_on_the_cpu_too(channels_last):
+    from trustvision.models import create_model
+    from trustvision.train.loop import Accel
+
+    accel = Accel(torch.device("cpu"), channels_last=channels_last)
+    model = accel.prepare_model(create_model("mnist_cnn", num_classes=10, in_channels=3))
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 64 x 32 x 3 x 3
+    x = accel.prepare_batch(torch.rand(2, 3, 28, 28))
+    for tensor in (conv.weight, x):  # more than one channel: the two layouts differ
+        assert tensor.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert tensor.is_contiguous() != channels_last
+    assert model(x).shape == (2, 10)
