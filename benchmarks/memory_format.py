@@ -17,11 +17,14 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from common import ROOT, write_results
+from torch import nn
 
 from trustvision.models import create_model
 from trustvision.runs import environment_info
@@ -39,7 +42,7 @@ LAYOUTS = {NCHW: torch.contiguous_format, LAST: torch.channels_last}
 KINDS = ("train_ms", "attack_ms", "infer_ms")
 
 
-def timed(run, steps: int) -> float:
+def timed(run: Callable[[], None], steps: int) -> float:
     """Milliseconds per call of `run`, over `steps` calls (CUDA work waited for)."""
     synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     synchronize()
@@ -50,7 +53,14 @@ def timed(run, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1000
 
 
-def runners(name, shape, batch, kwargs, layout, device):
+def runners(
+    name: str,
+    shape: tuple[int, int, int],
+    batch: int,
+    kwargs: dict[str, Any],
+    layout: torch.memory_format,
+    device: torch.device,
+) -> tuple[nn.Module, dict[str, Callable[[], None]]]:
     """A training step, an attack step and an inference pass of a fresh seeded model in
     `layout`."""
     torch.manual_seed(0)
@@ -79,7 +89,7 @@ def runners(name, shape, batch, kwargs, layout, device):
     return model, {"train_ms": train_step, "attack_ms": attack_step, "infer_ms": infer}
 
 
-def measure(workload, device: torch.device, rounds: int, budget_ms: float) -> dict:
+def measure(workload: tuple, device: torch.device, rounds: int, budget_ms: float) -> dict:
     system, name, shape, batch, kwargs = workload
     made = {
         label: runners(name, shape, batch, kwargs, fmt, device) for label, fmt in LAYOUTS.items()
