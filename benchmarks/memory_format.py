@@ -29,7 +29,7 @@ from torch import nn
 from trustvision.models import create_model
 from trustvision.runs import environment_info
 
-# (who trains it, model, input shape, batch size); the batch sizes are the configs'.
+# (who trains it, model, input shape, batch size, model arguments); batch sizes are the configs'.
 WORKLOADS = [
     ("federated, Fashion-MNIST-LT", "mnist_cnn", (1, 28, 28), 8, {"feature_norm": True}),
     ("federated, Fashion-MNIST-LT", "gap_cnn", (1, 28, 28), 8, {}),
