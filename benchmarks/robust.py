@@ -72,11 +72,12 @@ def config_for(name: str, args: argparse.Namespace) -> PipelineConfig:
 
 def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict[str, str]:
     """The data set's plots, copied from its work directory into `out` (a kept report's are
-    already there)."""
+    already there). They are found where the pipeline writes them inside `work`: the paths
+    the report records are relative to wherever that pipeline ran."""
     plots = {}
-    sources = {"tradeoff": Path(report["tradeoff_plot"])}
+    sources = {"tradeoff": work / "tradeoff.png"}
     if report.get("certify"):
-        sources["certified"] = Path(report["certify"]["plot"])
+        sources["certified"] = work / "certify" / "plots" / "certified.png"
     if report.get("adaptive"):
         sources["gate"] = work / "adaptive-mix" / "plots" / "gate.png"
     for kind, source in sources.items():

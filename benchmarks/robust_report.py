@@ -184,6 +184,12 @@ def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) ->
         ]
         if "gate" in plots:
             lines += [f"![the gate per epoch]({plots['gate']})", ""]
+    else:
+        lines += [
+            "No adaptive mix in this report: its pipeline ran without the mixing network "
+            "(`--no-adaptive`); the stage runs when `benchmarks/robust.py` runs again without it.",
+            "",
+        ]
     certify = certify_lines(report, plots.get("certified"))
     if certify:
         lines += ["### Certified robustness (l2)", "", *certify, ""]
