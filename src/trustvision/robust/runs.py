@@ -22,6 +22,7 @@ from trustvision.files import write_atomic
 from trustvision.robust.pixels import Normalized, build_pixel_model
 from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
+from trustvision.train.loop import Accel
 from trustvision.train.recipe import WEIGHTS
 
 MIX = "mix.json"
@@ -61,9 +62,8 @@ def load_base(path: str | Path, *, device: torch.device | str = "cpu") -> Normal
         std=data["std"],
     )
     model.load_state_dict(ckpt.load_weights(run.path / WEIGHTS, device="cpu"))
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return model.to(device).eval()
+    accel = Accel(torch.device(device), channels_last=cfg.channels_last)
+    return accel.prepare_model(model).eval()
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
