@@ -15,7 +15,11 @@ is kept, so an interrupted run continues where it stopped.
 
 writes docs/results/robust.{md,json} and docs/results/robust_<data>_{tradeoff,certified}.png
 from every data set whose work directory holds a report; a data set the earlier robust.json
-holds and the work directory does not (a new machine) is kept from it, marked as such.
+holds and the work directory does not (a new machine) is kept from it, marked as such. Each
+data set's report names the invocation that measured it (`measured_by`: command, commit,
+machine), written into its work directory when this script runs its pipeline; --report-only
+records none, so a report without one (or one predating validation selection) is not
+collected until this script's command for it runs again (finished stages are reused).
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from rich.console import Console
 from robust_report import dataset_section, intro_lines, missing_lines
 
 from trustvision.config import load_config
+from trustvision.files import write_atomic
 from trustvision.report.console import ConsoleReporter
 from trustvision.robust.commands.demo import run_pipeline
 from trustvision.robust.config import PipelineConfig
 from trustvision.runs import environment_info
+from trustvision.train.loop import select_device
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 CONFIGS = {name: ROOT / f"configs/robust/bench_{name.replace('-', '')}.yaml" for name in DATASETS}
@@ -82,21 +88,50 @@ def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict
         sources["gate"] = work / "adaptive-mix" / "plots" / "gate.png"
     for kind, source in sources.items():
         target = out / f"robust_{name.replace('-', '')}_{kind}.png"
-        if source.is_file() and not report.get("earlier"):
+        if source.is_file() and not report.get("kept"):
             shutil.copyfile(source, target)
-        if target.is_file() and (source.is_file() or report.get("earlier")):
+        if target.is_file() and (source.is_file() or report.get("kept")):
             plots[kind] = target.name
     return plots
 
 
+def invocation() -> str:
+    return ("python benchmarks/robust.py " + " ".join(sys.argv[1:])).strip()
+
+
+def stamp_measured_by(path: Path, env: dict[str, Any]) -> None:
+    """Record in the data set's report at `path` the invocation that just measured it."""
+    report = json.loads(path.read_text())
+    report["measured_by"] = {"command": invocation(), **env}
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
+
+
+def collected(work: Path) -> dict[str, dict[str, Any]]:
+    """The reports in `work` that say how they were measured: on validation-chosen knobs,
+    by a named invocation of this script."""
+    reports = {}
+    for name in DATASETS:
+        path = work / name / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else None
+        if report is not None and "selection" not in report:  # chosen on test images
+            print(f"ignoring {path}: written before knobs were chosen on validation images")
+        elif report is not None and "measured_by" not in report:
+            print(
+                f"ignoring {path}: it names no invocation that measured it; run this script's "
+                f"command for {name} again to record one (finished stages are reused)"
+            )
+        elif report is not None:
+            reports[name] = report
+    return reports
+
+
 def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
     """`reports` plus every data set of the earlier report at `path` whose work directory
-    holds no report now (a new machine, a cleaned runs folder), marked `earlier`, so that
+    holds no report now (a new machine, a cleaned runs folder), marked `kept`, so that
     rewriting the docs never loses a measured data set."""
     record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
-    source = {"command": record.get("command"), **record.get("environment", {})}
-    earlier = {n: {"earlier": source, **r} for n, r in record["datasets"].items()}
-    merged = {**earlier, **reports}  # a report kept before keeps where it came from
+    kept = {n: {**r, "kept": True} for n, r in record["datasets"].items()}
+    merged = {**kept, **reports}
     return {name: merged[name] for name in DATASETS if name in merged}
 
 
@@ -104,13 +139,13 @@ def write_report(
     reports: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float
 ) -> None:
     env = environment_info(torch.device("cpu"))
-    command = "python benchmarks/robust.py " + " ".join(sys.argv[1:])
-    lines = intro_lines(command.strip(), env, args.threads, None if args.report_only else seconds)
+    command = invocation()
+    lines = intro_lines(command, env, args.threads, None if args.report_only else seconds)
     for name, report in reports.items():
         plots = copy_plots(name, args.work / name, report, args.out)
         lines += dataset_section(name, report, plots)
     lines += missing_lines([d for d in DATASETS if d not in reports])
-    body = {"environment": env, "command": command.strip(), "datasets": reports}
+    body = {"environment": env, "command": command, "datasets": reports}
     write_results("robust", "\n".join(lines), body, out=args.out)
 
 
@@ -119,22 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for name in [] if args.report_only else args.datasets:
         print(f"== {name}", flush=True)
+        cfg = config_for(name, args)
         run_pipeline(
-            config_for(name, args),
+            cfg,
             args.work / name,
             reporter=ConsoleReporter(Console()),
             log=lambda s: print(s, flush=True),
         )
-    reports = {}
-    for name in DATASETS:
-        path = args.work / name / "report.json"
-        report = json.loads(path.read_text()) if path.is_file() else None
-        if report is not None and "selection" not in report:  # chosen on test images
-            print(f"ignoring {path}: written before knobs were chosen on validation images")
-        elif report is not None:
-            reports[name] = report
+        env = environment_info(select_device(cfg.device))
+        stamp_measured_by(args.work / name / "report.json", env)
     args.out.mkdir(parents=True, exist_ok=True)
-    reports = with_kept(reports, args.out / "robust.json")
+    reports = with_kept(collected(args.work), args.out / "robust.json")
     write_report(reports, args, time.perf_counter() - started)
     print(f"wrote {args.out / 'robust.md'}")
 

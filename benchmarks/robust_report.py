@@ -137,6 +137,18 @@ def masking_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def measured_line(report: dict[str, Any]) -> str:
+    """Which invocation measured the data set, and whether it is kept from the earlier report."""
+    source = report["measured_by"]
+    line = f"Measured by `{source['command']}` (commit {str(source.get('git_commit'))[:7]})."
+    if report.get("kept"):
+        line = (
+            "Kept from the earlier report: this machine's work directory holds no report for this "
+            "data set (its runs are gone). " + line
+        )
+    return line
+
+
 def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) -> list[str]:
     data = report["data"]
     train = report["training"]
@@ -145,17 +157,8 @@ def dataset_section(name: str, report: dict[str, Any], plots: dict[str, str]) ->
     lines = [
         f"## {name}{note}, l_inf eps = {report['eps']:.4g}",
         "",
-        *(
-            [
-                "Kept from the earlier report: this machine's work directory holds no report "
-                "for this data set (its runs are gone), so these are the numbers of "
-                f"`{report['earlier']['command']}` (commit "
-                f"{str(report['earlier'].get('git_commit'))[:7]}).",
-                "",
-            ]
-            if report.get("earlier")
-            else []
-        ),
+        measured_line(report),
+        "",
         f"Bases: standard {std['architecture']} ({std['epochs']} epochs, "
         f"{std['wall_seconds']:.0f} s); robust {rob['architecture']} "
         f"({rob['method']}, {rob['epochs']} epochs, {rob['wall_seconds']:.0f} s); each trained on "

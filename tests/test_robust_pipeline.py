@@ -1,6 +1,7 @@
 """The whole robust pipeline on a sliver of MNIST: every stage, every file, and resuming."""
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -467,11 +468,33 @@ def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_pa
     benchmark("robust").main(argv)
     kept = json.loads((out / "robust.json").read_text())["datasets"]
     assert set(kept) == set(committed)
-    command = json.loads((ROOT / "docs/results/robust.json").read_text())["command"]
     for name, report in kept.items():  # where it was measured, also if it was kept before
-        measured = committed[name].get("earlier", {"command": command})["command"]
-        assert report["earlier"]["command"] == measured and "--report-only" not in measured
+        measured = report["measured_by"]["command"]
+        assert report["kept"] and measured == committed[name]["measured_by"]["command"]
+        assert "--report-only" not in measured
     assert kept["fashion-mnist"]["rows"] == committed["fashion-mnist"]["rows"]
     text = (out / "robust.md").read_text()
     assert "Kept from the earlier report" in text
     assert "](robust_fashionmnist_tradeoff.png)" in text
+
+
+def test_the_robust_report_collects_only_reports_that_name_their_measuring_invocation(
+    finished, tmp_path, monkeypatch, capsys
+):
+    """A work directory's report is collected once benchmarks/robust.py recorded the command
+    that measured it, which the docs then cite; one without it is left out, and says why."""
+    _, work, report = finished
+    robust = benchmark("robust")
+    path = tmp_path / "work" / "mnist" / "report.json"
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(work / "report.json", path)
+    assert robust.collected(tmp_path / "work") == {}
+    assert "names no invocation that measured it" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["benchmarks/robust.py", "--datasets", "mnist"])
+    robust.stamp_measured_by(path, {"git_commit": "0123abc"})
+    collected = robust.collected(tmp_path / "work")["mnist"]
+    command = "python benchmarks/robust.py --datasets mnist"
+    assert collected["measured_by"] == {"command": command, "git_commit": "0123abc"}
+    assert collected["rows"] == report["rows"]
+    line = benchmark_report().measured_line(collected)
+    assert f"`{command}`" in line and "0123abc" in line and "Kept" not in line
