@@ -60,7 +60,9 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "its images (stratified) and never trains on them. A trial's score (**selected_by: "
         "validation**) is the validation accuracy of the round that validation picks: "
         "generic (class-balanced over all clients' held-out images, from per-class counts) "
-        "for methods with a global model, local (mean over clients) for FedPer and FedRep. "
+        "for methods with a global model, local (mean over clients) for FedPer and FedRep, "
+        "which have none, and for Ditto and FedBABU, whose knob acts only on the personal model "
+        "(their generic accuracy is the same at every value). "
         "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
     ]
     if meta.get("inherit_lr"):

@@ -32,12 +32,16 @@ FOLLOW_UP: dict[str, tuple[str, list[float]]] = {"fedloge": ("optim.lr", LR)}
 # FedAvg on the same setting (each trains locally with FedAvg's SGD): at the config's 0.03
 # FedAvg's validation accuracy was 10 points below its chosen rate's on `gap_cnn`.
 INHERITS_LR = {a for a, (key, _) in KNOBS.items() if key != "optim.lr" and a not in FOLLOW_UP}
-NO_GENERIC = {"fedper", "fedrep"}
+# Scored on local accuracy: FedPer and FedRep have no global model; Ditto's lambda and
+# FedBABU's fine-tuning epochs act only on the personal model (Ditto's global model is FedAvg's,
+# FedBABU's generic accuracy is measured before it fine-tunes), so their generic accuracy is
+# the same at every value and a generic score would choose by the tie-break alone.
+SCORED_LOCAL = {"fedper", "fedrep", "ditto", "fedbabu"}
 
 
 def objective(algorithm: str) -> tuple[str, str]:
     """The summary.json paths of a trial's validation score and of its test number."""
-    kind = "local" if algorithm in NO_GENERIC else "generic"
+    kind = "local" if algorithm in SCORED_LOCAL else "generic"
     return f"selected.{kind}.{kind}_val_acc", f"selected.{kind}.{kind}_acc"
 
 

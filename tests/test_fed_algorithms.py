@@ -4,6 +4,8 @@ global tensors; the server weights clients by their training images."""
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import benchmark
+from safetensors.torch import load_file
 
 from trustvision.config import load_config
 from trustvision.federated.algorithm import list_algorithms
@@ -239,3 +241,39 @@ def test_generic_validation_counts_equal_the_global_model_on_every_clients_image
     per_class = [np.mean(pred[label == c] == c) for c in np.unique(label)]
     assert counted["images"] == len(label) > 0
     assert counted["generic"] == pytest.approx(float(np.mean(per_class)))
+
+
+KNOB_ENDS = {  # each method's swept knob at two ends of its grid, small enough to run quickly
+    "fedprox": ("mu", 0.001, 1.0),
+    "fedrep": ("head_epochs", 1, 3),
+    "fedbabu": ("finetune_epochs", 0, 2),
+    "fedetf": ("temperature", 0.25, 16.0),
+    "ditto": ("lam", 0.01, 10.0),
+    "fedlc": ("tau", 0.1, 8.0),
+    "fedloge": ("norm_target", 0.05, 4.0),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(KNOB_ENDS))
+def test_a_sweep_scores_generic_accuracy_only_where_its_knob_moves_the_global_model(
+    tmp_path, algorithm
+):
+    """benchmarks/fed_sweep.py scores a method on generic validation accuracy only if it has a
+    global model its knob can change; otherwise every value would tie and the tie-break would
+    choose. Local accuracy, the other score, moves with every knob."""
+    specs = benchmark("fed_sweep_specs")
+    name, low, high = KNOB_ENDS[algorithm]
+    assert specs.KNOBS[algorithm][0] == f"algorithm.options.{name}"
+    runs = [
+        run_federated(
+            small_config(tmp_path / str(value), algorithm, f"algorithm.options.{name}={value}")
+        )
+        for value in (low, high)
+    ]
+    globals_ = [load_file(run.path / "global.safetensors") for run in runs]
+    moved = any(not torch.equal(globals_[0][k], globals_[1][k]) for k in globals_[0])
+    has_generic = "generic" in runs[0].read_summary()["selected"]
+    scored = specs.objective(algorithm)[0].split(".")[1]
+    assert scored == ("generic" if has_generic and moved else "local")
+    local = [run.read_summary()["selected"]["local"]["local_val_acc"] for run in runs]
+    assert local[0] != local[1]
