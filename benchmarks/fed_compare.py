@@ -4,8 +4,10 @@ Trains every (setting, algorithm, seed) with `trustvision fed run` into
 `<runs>/<setting>/<algorithm>/seed<k>/`; a finished run is read back, an interrupted one is
 resumed from its last checkpoint, so running the command again continues where it stopped.
 Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
-the run trains that validation-chosen config, and seed 0 is the sweep's chosen trial itself;
-otherwise the setting's config with the method's defaults (said in the report). Then writes
+the run trains that validation-chosen config, and seed 0 is the sweep's chosen trial itself
+(trained again where the sweep's runs are gone); otherwise the setting's config with the
+method's defaults (said when it starts and in the report). Overrides of a chosen config are
+refused: the result would be a config no sweep chose. Then writes
 docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
 final round and at the round validation picks, the validation accuracies, FedLoGe's
 universal SSE-C accuracy, head/middle/tail, seconds per round, the authors' numbers beside
@@ -133,7 +135,8 @@ def train(
             f"runs_dir={directory}",
             *extra,
         ]
-    print(f"[{time.strftime('%H:%M:%S')}] {setting} {algorithm} seed {seed}", flush=True)
+    how = "validation-chosen config" if chosen else f"defaults: no choice in {sweeps / setting}"
+    print(f"[{time.strftime('%H:%M:%S')}] {setting} {algorithm} seed {seed} ({how})", flush=True)
     # One torch thread: at batch 8 a second thread only waits, and with another job on the
     # machine its spinning slowed rounds twenty-fold here (5 s -> 90-150 s).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -231,14 +234,36 @@ def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
         return {job: future.result() for job, future in futures.items()}
 
 
+def trained_chosen(run: Path, chosen: tuple[Path, Path | None] | None) -> bool:
+    """Whether `run` trained the validation-chosen config (it is the chosen trial, or its config
+    equals the choice but for seed and runs folder): not a run of the defaults, or of an
+    earlier choice, found before a sweep finished."""
+    if chosen is None:
+        return False
+    return run == chosen[1] or same_config(run / "config.yaml", chosen[0])
+
+
 def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Each run's numbers, by setting and algorithm, one row per seed."""
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for (setting, a, _), run in runs.items():
         row = numbers(run)
-        row["tuned"] = chosen_config(sweeps, setting, a) is not None
+        row["tuned"] = trained_chosen(run, chosen_config(sweeps, setting, a))
         raw.setdefault(setting, {}).setdefault(a, []).append(row)
     return raw
+
+
+def refuse_overrides_of_choices(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Overrides would turn a validation-chosen config into one no sweep chose (and that the
+    report could not call tuned): refused before any training."""
+    tuned = sorted({(s, a) for s, a, _ in jobs if chosen_config(args.sweeps, s, a) is not None})
+    if args.overrides and tuned and not args.report_only:
+        names = ", ".join(f"{a} ({s})" for s, a in tuned)
+        raise SystemExit(
+            f"overrides {' '.join(args.overrides)} would change the configs chosen on validation "
+            f"for {names}: train those as chosen, or give --sweeps a folder without choices to "
+            "train every method's defaults with the overrides"
+        )
 
 
 def main() -> None:
@@ -252,6 +277,7 @@ def main() -> None:
         for a in args.algorithms
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
+    refuse_overrides_of_choices(jobs, args)
     runs = finished_runs(jobs, args)
     raw = per_seed(runs, args.sweeps)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -218,7 +218,12 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
     pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
     for i, report in enumerate(done):
         report["final"] = i == pick
-    if pick is not None:
+    # only a finished search is a choice: benchmarks/fed_compare.py reports what it finds here
+    # as tuned, so a sweep still running (or its follow-up not yet begun) writes none
+    finished = all(r["complete"] for r in reports.values()) and (
+        algorithm not in FOLLOW_UP or follow is not None
+    )
+    if pick is not None and finished:
         write_choice(runs / setting, algorithm, done[pick])
     return reports
 

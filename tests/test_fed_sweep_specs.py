@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -85,14 +86,26 @@ def fake_sweep(folder: Path, scores: dict[float, float], key: str, overrides=())
     (folder / "sweep.json").write_text(json.dumps({"trials": trials, **done}))
 
 
+def finished_sweep(folder: Path, scores: dict[float, float], key: str, overrides=()) -> None:
+    """fake_sweep's first stage and the second stage its best value calls for, whose trials
+    score below it: a finished search, the only kind that writes a choice."""
+    fake_sweep(folder, scores, key, overrides)
+    best = max(scores, key=lambda value: scores[value])
+    refined = fed_sweep().second_stage(sorted(scores), best)
+    low = min(scores.values()) - 0.01
+    fake_sweep(folder.parent / f"{folder.name}-stage2", dict.fromkeys(refined, low), key, overrides)
+
+
 @pytest.mark.parametrize(("follow_up_best", "compared"), [(0.80, "fedloge-lr"), (0.70, "fedloge")])
 def test_the_compared_config_is_the_best_validation_score_over_a_method_and_its_follow_up(
     tmp_path, follow_up_best, compared
 ):
     bench = fed_sweep()
     norm, lr = bench.KNOBS["fedloge"][0], bench.FOLLOW_UP["fedloge"][0]
-    fake_sweep(tmp_path / "s/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
-    fake_sweep(tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: follow_up_best}, lr, [f"{norm}=4.0"])
+    finished_sweep(tmp_path / "s/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
+    finished_sweep(
+        tmp_path / "s/fedloge-lr", {0.03: 0.72, 0.2: follow_up_best}, lr, [f"{norm}=4.0"]
+    )
     reports = bench.collect_method(tmp_path, "s", "fedloge")
     assert reports["fedloge-lr"]["fixed"] == {norm: 4.0}  # what it ran at, from its spec
     assert [name for name, r in reports.items() if r["final"]] == [compared]
@@ -120,7 +133,7 @@ def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rat
     assert cfg.optim.lr == 0.8 and cfg.algorithm.options["mu"] == 0.1
     assert tree["name"] == bench.spec("fmnist-gap", "fedprox")["name"]  # not a follow-up
 
-    fake_sweep(tmp_path / "fmnist-gap/fedprox", {0.01: 0.80, 0.1: 0.78}, mu, ["optim.lr=0.8"])
+    finished_sweep(tmp_path / "fmnist-gap/fedprox", {0.01: 0.80, 0.1: 0.78}, mu, ["optim.lr=0.8"])
     report = bench.collect_method(tmp_path, "fmnist-gap", "fedprox")["fedprox"]
     assert report["fixed"] == {"optim.lr": 0.8}
     chosen = json.loads((tmp_path / "fmnist-gap/fedprox.chosen.json").read_text())
@@ -237,3 +250,49 @@ def test_an_unfinished_kept_sweep_gives_fed_compare_no_config(tmp_path):
     assert not (runs / "fmnist-cnn" / "fedavg.chosen.yaml").exists()
     bench.with_kept({}, {"fmnist-cnn": {"fedavg": report}}, runs)
     assert (runs / "fmnist-cnn" / "fedavg.chosen.yaml").is_file()
+
+
+def test_a_sweep_still_searching_writes_no_choice_for_fed_compare(tmp_path):
+    """fed_compare reports what it finds as tuned: a first stage whose best value still calls
+    for a second stage is not yet a choice."""
+    bench = fed_sweep()
+    fake_sweep(tmp_path / "s/fedavg", {0.03: 0.70, 0.2: 0.75}, "optim.lr")
+    assert not bench.collect_method(tmp_path, "s", "fedavg")["fedavg"]["complete"]
+    assert not (tmp_path / "s/fedavg.chosen.yaml").exists()
+    finished_sweep(tmp_path / "t/fedavg", {0.03: 0.70, 0.2: 0.75}, "optim.lr")
+    bench.collect_method(tmp_path, "t", "fedavg")
+    assert (tmp_path / "t/fedavg.chosen.yaml").is_file()
+
+
+def test_a_run_counts_as_tuned_only_if_it_trained_the_chosen_config(tmp_path):
+    """A seed trained with the defaults before its method's sweep finished is not reported as
+    tuned once the choice exists."""
+    bench = benchmark("fed_compare")
+    chosen = tmp_path / "fedprox.chosen.yaml"
+    chosen.write_text("# chosen\nseed: 0\nruns_dir: runs\noptim: {lr: 0.2}\n")
+    runs = {}
+    for name, lr in (("defaults", 0.03), ("chosen", 0.2)):
+        runs[name] = tmp_path / "seed1" / name
+        runs[name].mkdir(parents=True)
+        config = {"seed": 1, "runs_dir": str(tmp_path / "seed1"), "optim": {"lr": lr}}
+        (runs[name] / "config.yaml").write_text(yaml.safe_dump(config))
+    assert bench.trained_chosen(runs["chosen"], (chosen, None))
+    assert not bench.trained_chosen(runs["defaults"], (chosen, None))
+    assert not bench.trained_chosen(runs["chosen"], None)
+    trial = tmp_path / "trial"  # the sweep's chosen trial itself, whatever its runs folder
+    assert bench.trained_chosen(trial, (chosen, trial))
+
+
+def test_overrides_of_a_validation_chosen_config_are_refused_before_any_training(
+    tmp_path, monkeypatch
+):
+    bench = benchmark("fed_compare")
+    (tmp_path / "fmnist-cnn").mkdir()
+    (tmp_path / "fmnist-cnn/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
+    (tmp_path / "fmnist-cnn/fedavg.chosen.json").write_text('{"run_dir": null}\n')
+    argv = ["fed_compare.py", "--settings", "fmnist-cnn", "--algorithms", "fedavg", "fedprox"]
+    argv += ["--sweeps", str(tmp_path), "--runs", str(tmp_path / "runs"), "rounds=2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"chosen on validation for fedavg \(fmnist-cnn\)"):
+        bench.main()
