@@ -107,7 +107,7 @@ def train(
 ) -> Path:
     """Train (or resume, or just find) one run; returns its directory."""
     chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is not None and seed == 0 and not extra and chosen[1] is not None:
+    if chosen is not None and seed == 0 and chosen[1] is not None:
         return chosen[1]  # the sweep's chosen trial is this very run: seed 0, same config
     directory = runs / setting / algorithm / f"seed{seed}"
     chosen_yaml = chosen[0] if chosen else None  # seed runs of an earlier choice: not reused

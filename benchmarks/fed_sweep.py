@@ -11,8 +11,9 @@ config to compare is the best of both sweeps. A method whose own knob is not the
 rate (INHERITS_LR) trains at the rate FedAvg's sweep chose on the same setting, which is
 therefore swept first. A trial's score is the validation accuracy of the round that
 validation picks: generic (class-balanced, on the clients' held-out images) for a method
-with a global model, local (mean over clients) for one without (FedPer, FedRep). The test
-numbers are recorded beside it and never read. A killed invocation continues where it
+with a global model its knob changes, local (mean over clients) for the others (FedPer and
+FedRep, without one; Ditto and FedBABU, whose knob acts on the personal model only). The test
+numbers are recorded beside it and never read. Only a finished search writes a choice. A killed invocation continues where it
 stopped (the sweeps resume). A complete sweep in the committed report whose runs are gone (a
 new machine) is kept from it rather than swept again, and its chosen config is rebuilt from
 its spec for fed_compare (delete the report to redo it); an unfinished one is swept again,
@@ -66,10 +67,10 @@ def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
     if algorithm not in INHERITS_LR:
         return {}
     report = collect(runs, setting, "fedavg") or kept_results(KEPT).get(setting, {}).get("fedavg")
-    if report is None or report["chosen"] is None:
+    if report is None or report["chosen"] is None or not report.get("complete", True):
         raise SystemExit(
             f"{algorithm} trains at the learning rate FedAvg's sweep chooses on {setting}, "
-            f"and neither {runs / setting / 'fedavg'} nor {KEPT} holds a finished trial: sweep "
+            f"and neither {runs / setting / 'fedavg'} nor {KEPT} holds a finished sweep: sweep "
             "fedavg first"
         )
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
@@ -218,14 +219,20 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
     pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
     for i, report in enumerate(done):
         report["final"] = i == pick
-    # only a finished search is a choice: benchmarks/fed_compare.py reports what it finds here
-    # as tuned, so a sweep still running (or its follow-up not yet begun) writes none
-    finished = all(r["complete"] for r in reports.values()) and (
-        algorithm not in FOLLOW_UP or follow is not None
-    )
-    if pick is not None and finished:
+    if pick is not None and search_finished(reports, algorithm):
         write_choice(runs / setting, algorithm, done[pick])
+    else:  # a choice of an earlier, restarted search is not this one's
+        for suffix in (".yaml", ".json"):
+            (runs / setting / f"{algorithm}.chosen{suffix}").unlink(missing_ok=True)
     return reports
+
+
+def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
+    """Whether a method's sweeps (by name) are all complete and its follow-up has run: only a
+    finished search is a choice, since benchmarks/fed_compare.py reports what it finds as
+    tuned."""
+    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
+    return all(name in reports and reports[name].get("complete", True) for name in names)
 
 
 def kept_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -261,7 +268,7 @@ def with_kept(
             merged.setdefault(setting, {})[name] = {**report, "earlier": True}
             if (
                 report.get("final")
-                and report.get("complete", True)
+                and search_finished(block, method_of(name))
                 and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
             ):
                 rebuild_choice(runs / setting, setting, name, report)

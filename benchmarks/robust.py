@@ -95,14 +95,31 @@ def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict
     return plots
 
 
-def invocation() -> str:
-    return ("python benchmarks/robust.py " + " ".join(sys.argv[1:])).strip()
+def invocation(argv: list[str] | None) -> str:
+    """This script's command line (`argv` as main got it; None: the process's own)."""
+    args = sys.argv[1:] if argv is None else argv
+    return ("python benchmarks/robust.py " + " ".join(args)).strip()
 
 
-def stamp_measured_by(path: Path, env: dict[str, Any]) -> None:
-    """Record in the data set's report at `path` the invocation that just measured it."""
+def stage_commits(work: Path) -> dict[str, str | None]:
+    """The commit each finished stage in `work` ran at (a rerun reuses finished stages, so the
+    report's own commit need not be theirs)."""
+    commits = {}
+    for summary in sorted(work.glob("*/summary.json")):
+        environment = json.loads(summary.read_text()).get("environment", {})
+        commits[summary.parent.name] = environment.get("git_commit")
+    return commits
+
+
+def stamp_measured_by(path: Path, env: dict[str, Any], argv: list[str] | None) -> None:
+    """Record in the data set's report at `path` the invocation that just wrote it, and the
+    commits its stages ran at."""
     report = json.loads(path.read_text())
-    report["measured_by"] = {"command": invocation(), **env}
+    report["measured_by"] = {
+        "command": invocation(argv),
+        **env,
+        "stage_commits": stage_commits(path.parent),
+    }
     write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
@@ -127,8 +144,8 @@ def collected(work: Path) -> dict[str, dict[str, Any]]:
 
 def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
     """`reports` plus every data set of the earlier report at `path` whose work directory
-    holds no report now (a new machine, a cleaned runs folder), marked `kept`, so that
-    rewriting the docs never loses a measured data set."""
+    holds no collected report now (a new machine, a cleaned runs folder), marked `kept`, so
+    that rewriting the docs never loses a measured data set."""
     record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
     kept = {n: {**r, "kept": True} for n, r in record["datasets"].items()}
     merged = {**kept, **reports}
@@ -136,10 +153,13 @@ def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[
 
 
 def write_report(
-    reports: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float
+    reports: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    seconds: float,
+    argv: list[str] | None,
 ) -> None:
     env = environment_info(torch.device("cpu"))
-    command = invocation()
+    command = invocation(argv)
     lines = intro_lines(command, env, args.threads, None if args.report_only else seconds)
     for name, report in reports.items():
         plots = copy_plots(name, args.work / name, report, args.out)
@@ -162,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
             log=lambda s: print(s, flush=True),
         )
         env = environment_info(select_device(cfg.device))
-        stamp_measured_by(args.work / name / "report.json", env)
+        stamp_measured_by(args.work / name / "report.json", env, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     reports = with_kept(collected(args.work), args.out / "robust.json")
-    write_report(reports, args, time.perf_counter() - started)
+    write_report(reports, args, time.perf_counter() - started, argv)
     print(f"wrote {args.out / 'robust.md'}")
 
 

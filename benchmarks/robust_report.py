@@ -140,11 +140,19 @@ def masking_lines(report: dict[str, Any]) -> list[str]:
 def measured_line(report: dict[str, Any]) -> str:
     """Which invocation measured the data set, and whether it is kept from the earlier report."""
     source = report["measured_by"]
-    line = f"Measured by `{source['command']}` (commit {str(source.get('git_commit'))[:7]})."
+    line = f"Measured by `{source['command']}` (report written at commit "
+    line += f"{str(source.get('git_commit'))[:7]}"
+    by_commit: dict[str, list[str]] = {}
+    for stage, commit in source.get("stage_commits", {}).items():
+        by_commit.setdefault(str(commit)[:7], []).append(stage)
+    if by_commit:
+        stages = "; ".join(f"{c}: {', '.join(names)}" for c, names in by_commit.items())
+        line += f"; its stages ran at {stages}"
+    line += ")."
     if report.get("kept"):
         line = (
-            "Kept from the earlier report: this machine's work directory holds no report for this "
-            "data set (its runs are gone). " + line
+            "Kept from the earlier report: this machine's work directory holds no collected "
+            "report for this data set. " + line
         )
     return line
 

@@ -244,14 +244,21 @@ def test_generic_validation_counts_equal_the_global_model_on_every_clients_image
 
 
 KNOB_ENDS = {  # each method's swept knob at two ends of its grid, small enough to run quickly
-    "fedprox": ("mu", 0.001, 1.0),
-    "fedrep": ("head_epochs", 1, 3),
-    "fedbabu": ("finetune_epochs", 0, 2),
-    "fedetf": ("temperature", 0.25, 16.0),
-    "ditto": ("lam", 0.01, 10.0),
-    "fedlc": ("tau", 0.1, 8.0),
-    "fedloge": ("norm_target", 0.05, 4.0),
+    "fedavg": (0.005, 0.2),
+    "fedper": (0.005, 0.2),
+    "fedrod": (0.005, 0.2),
+    "fedprox": (0.001, 1.0),
+    "fedrep": (1, 3),
+    "fedbabu": (0, 2),
+    "fedetf": (0.25, 16.0),
+    "ditto": (0.01, 10.0),
+    "fedlc": (0.1, 8.0),
+    "fedloge": (0.05, 4.0),
 }
+
+
+def test_the_knob_check_below_covers_every_method():
+    assert set(KNOB_ENDS) == set(list_algorithms()) == set(benchmark("fed_sweep_specs").KNOBS)
 
 
 @pytest.mark.parametrize("algorithm", sorted(KNOB_ENDS))
@@ -260,15 +267,15 @@ def test_a_sweep_scores_generic_accuracy_only_where_its_knob_moves_the_global_mo
 ):
     """benchmarks/fed_sweep.py scores a method on generic validation accuracy only if it has a
     global model its knob can change; otherwise every value would tie and the tie-break would
-    choose. Local accuracy, the other score, moves with every knob."""
+    choose. Local accuracy, the other score, moves with every knob. Every round is evaluated,
+    as evaluation (FedBABU's fine-tuning among it) must not move the global model either."""
     specs = benchmark("fed_sweep_specs")
-    name, low, high = KNOB_ENDS[algorithm]
-    assert specs.KNOBS[algorithm][0] == f"algorithm.options.{name}"
+    key = specs.KNOBS[algorithm][0]
     runs = [
         run_federated(
-            small_config(tmp_path / str(value), algorithm, f"algorithm.options.{name}={value}")
+            small_config(tmp_path / str(value), algorithm, f"{key}={value}", "eval_every=1")
         )
-        for value in (low, high)
+        for value in KNOB_ENDS[algorithm]
     ]
     globals_ = [load_file(run.path / "global.safetensors") for run in runs]
     moved = any(not torch.equal(globals_[0][k], globals_[1][k]) for k in globals_[0])

@@ -124,6 +124,10 @@ def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rat
     with pytest.raises(SystemExit, match="sweep fedavg first"):
         bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
     fake_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
+    with pytest.raises(SystemExit, match="holds a finished sweep"):  # its second stage to run
+        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+    shutil.rmtree(tmp_path / "fmnist-gap/fedavg")
+    finished_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
     assert bench.inherited_lr(tmp_path, "fmnist-gap", "fedrod") == {}  # its knob is the rate
     inherited = bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
     assert inherited == {"optim.lr": 0.8}
@@ -257,11 +261,16 @@ def test_a_sweep_still_searching_writes_no_choice_for_fed_compare(tmp_path):
     for a second stage is not yet a choice."""
     bench = fed_sweep()
     fake_sweep(tmp_path / "s/fedavg", {0.03: 0.70, 0.2: 0.75}, "optim.lr")
+    (tmp_path / "s/fedavg.chosen.yaml").write_text("# of an earlier search, restarted since\n")
     assert not bench.collect_method(tmp_path, "s", "fedavg")["fedavg"]["complete"]
     assert not (tmp_path / "s/fedavg.chosen.yaml").exists()
     finished_sweep(tmp_path / "t/fedavg", {0.03: 0.70, 0.2: 0.75}, "optim.lr")
     bench.collect_method(tmp_path, "t", "fedavg")
     assert (tmp_path / "t/fedavg.chosen.yaml").is_file()
+    norm = bench.KNOBS["fedloge"][0]  # its own sweep finished, its learning rate's not begun
+    finished_sweep(tmp_path / "t/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
+    assert bench.collect_method(tmp_path, "t", "fedloge")["fedloge"]["complete"]
+    assert not (tmp_path / "t/fedloge.chosen.yaml").exists()
 
 
 def test_a_run_counts_as_tuned_only_if_it_trained_the_chosen_config(tmp_path):

@@ -470,7 +470,7 @@ def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_pa
     assert set(kept) == set(committed)
     for name, report in kept.items():  # where it was measured, also if it was kept before
         measured = report["measured_by"]["command"]
-        assert report["kept"] and measured == committed[name]["measured_by"]["command"]
+        assert report["kept"] and f"--datasets {name}" in measured
         assert "--report-only" not in measured
     assert kept["fashion-mnist"]["rows"] == committed["fashion-mnist"]["rows"]
     text = (out / "robust.md").read_text()
@@ -479,22 +479,35 @@ def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_pa
 
 
 def test_the_robust_report_collects_only_reports_that_name_their_measuring_invocation(
-    finished, tmp_path, monkeypatch, capsys
+    finished, tmp_path, capsys
 ):
     """A work directory's report is collected once benchmarks/robust.py recorded the command
-    that measured it, which the docs then cite; one without it is left out, and says why."""
+    that wrote it and the commits its (perhaps reused) stages ran at, which the docs then
+    cite; one without them is left out, and says why."""
     _, work, report = finished
     robust = benchmark("robust")
     path = tmp_path / "work" / "mnist" / "report.json"
     path.parent.mkdir(parents=True)
     shutil.copyfile(work / "report.json", path)
+    for stage, commit in (
+        ("standard", "aaaaaaa1"),
+        ("robust", "aaaaaaa1"),
+        ("certify", "bbbbbbb2"),
+    ):
+        (path.parent / stage).mkdir()
+        summary = {"environment": {"git_commit": commit}}
+        (path.parent / stage / "summary.json").write_text(json.dumps(summary))
     assert robust.collected(tmp_path / "work") == {}
     assert "names no invocation that measured it" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["benchmarks/robust.py", "--datasets", "mnist"])
-    robust.stamp_measured_by(path, {"git_commit": "0123abc"})
+    robust.stamp_measured_by(path, {"git_commit": "0123abc"}, ["--datasets", "mnist"])
     collected = robust.collected(tmp_path / "work")["mnist"]
     command = "python benchmarks/robust.py --datasets mnist"
-    assert collected["measured_by"] == {"command": command, "git_commit": "0123abc"}
+    assert collected["measured_by"] == {
+        "command": command,
+        "git_commit": "0123abc",
+        "stage_commits": {"certify": "bbbbbbb2", "robust": "aaaaaaa1", "standard": "aaaaaaa1"},
+    }
     assert collected["rows"] == report["rows"]
     line = benchmark_report().measured_line(collected)
     assert f"`{command}`" in line and "0123abc" in line and "Kept" not in line
+    assert "bbbbbbb: certify" in line and "aaaaaaa: robust, standard" in line
