@@ -4,10 +4,11 @@ Trains every (setting, algorithm, seed) with `trustvision fed run` into
 `<runs>/<setting>/<algorithm>/seed<k>/`; a finished run is read back, an interrupted one is
 resumed from its last checkpoint, so running the command again continues where it stopped.
 Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
-the run trains that validation-chosen config, and seed 0 is the sweep's chosen trial itself
-(trained again where the sweep's runs are gone); otherwise the setting's config with the
-method's defaults (said when it starts and in the report). Overrides of a chosen config are
-refused: the result would be a config no sweep chose. Then writes
+the run trains that validation-chosen config; otherwise the setting's config with the
+method's defaults (said when it starts and in the report). The seeds compared are never the
+sweeps' seed 0: the chosen trial won on its validation images among 9 or 18 trials, so its
+test numbers would be optimistic, the more so the more trials a method had. Overrides of a
+chosen config are refused: the result would be a config no sweep chose. Then writes
 docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
 final round and at the round validation picks, the validation accuracies, FedLoGe's
 universal SSE-C accuracy, head/middle/tail, seconds per round, the authors' numbers beside
@@ -55,6 +56,7 @@ ALGORITHMS = [
     "fedloge",
 ]
 Job = tuple[str, str, int]  # (setting, algorithm, seed)
+SWEEP_SEED = 0  # the seed benchmarks/fed_sweep.py chooses on; never a compared one
 
 
 def trustvision() -> list[str]:
@@ -84,34 +86,25 @@ def finished_run(directory: Path, config: Path | None = None) -> Path | None:
     return next((run for run in runs_of(directory, config) if RunDir(run).finished), None)
 
 
-def chosen_config(sweeps: Path, setting: str, algorithm: str) -> tuple[Path, Path | None] | None:
-    """The config benchmarks/fed_sweep.py chose on validation and its chosen trial's finished
-    run (None where the sweep's runs are gone and the config was rebuilt from its report)."""
+def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
+    """The config benchmarks/fed_sweep.py chose on validation for `algorithm`, if any."""
     config = sweeps / setting / f"{algorithm}.chosen.yaml"
-    if not config.is_file():
-        return None
-    run = json.loads(config.with_suffix(".json").read_text())["run_dir"]
-    return config, Path(run) if run is not None and RunDir(run).finished else None
+    return config if config.is_file() else None
 
 
 def find(setting: str, algorithm: str, seed: int, runs: Path, sweeps: Path) -> Path | None:
     """The finished run of a job, if there is one (training nothing)."""
     chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is not None and seed == 0 and chosen[1] is not None:
-        return chosen[1]
-    return finished_run(runs / setting / algorithm / f"seed{seed}", chosen[0] if chosen else None)
+    return finished_run(runs / setting / algorithm / f"seed{seed}", chosen)
 
 
 def train(
     setting: str, algorithm: str, seed: int, runs: Path, extra: list[str], sweeps: Path
 ) -> Path:
     """Train (or resume, or just find) one run; returns its directory."""
-    chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is not None and seed == 0 and chosen[1] is not None:
-        return chosen[1]  # the sweep's chosen trial is this very run: seed 0, same config
+    chosen_yaml = chosen_config(sweeps, setting, algorithm)
     directory = runs / setting / algorithm / f"seed{seed}"
-    chosen_yaml = chosen[0] if chosen else None  # seed runs of an earlier choice: not reused
-    done = finished_run(directory, chosen_yaml)
+    done = finished_run(directory, chosen_yaml)  # seed runs of an earlier choice: not reused
     if done is not None:
         return done
     started = runs_of(directory, chosen_yaml)
@@ -122,8 +115,8 @@ def train(
         spec = SETTINGS[setting]
         choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
         config = (
-            [str(chosen[0])]
-            if chosen
+            [str(chosen_yaml)]
+            if chosen_yaml
             else [str(ROOT / spec["config"]), *spec["overrides"], *choice]
         )
         command = [
@@ -135,7 +128,9 @@ def train(
             f"runs_dir={directory}",
             *extra,
         ]
-    how = "validation-chosen config" if chosen else f"defaults: no choice in {sweeps / setting}"
+    how = (
+        "validation-chosen config" if chosen_yaml else f"defaults: no choice in {sweeps / setting}"
+    )
     print(f"[{time.strftime('%H:%M:%S')}] {setting} {algorithm} seed {seed} ({how})", flush=True)
     # One torch thread: at batch 8 a second thread only waits, and with another job on the
     # machine its spinning slowed rounds twenty-fold here (5 s -> 90-150 s).
@@ -234,13 +229,10 @@ def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
         return {job: future.result() for job, future in futures.items()}
 
 
-def trained_chosen(run: Path, chosen: tuple[Path, Path | None] | None) -> bool:
-    """Whether `run` trained the validation-chosen config (it is the chosen trial, or its config
-    equals the choice but for seed and runs folder): not a run of the defaults, or of an
-    earlier choice, found before a sweep finished."""
-    if chosen is None:
-        return False
-    return run == chosen[1] or same_config(run / "config.yaml", chosen[0])
+def trained_chosen(run: Path, chosen: Path | None) -> bool:
+    """Whether `run` trained the validation-chosen config (equal to it but for seed and runs
+    folder): not a run of the defaults, or of an earlier choice, found before a sweep finished."""
+    return chosen is not None and same_config(run / "config.yaml", chosen)
 
 
 def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -253,16 +245,22 @@ def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[di
     return raw
 
 
-def refuse_overrides_of_choices(jobs: list[Job], args: argparse.Namespace) -> None:
-    """Overrides would turn a validation-chosen config into one no sweep chose (and that the
-    report could not call tuned): refused before any training."""
+def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Refused before any training: overrides, which would turn a validation-chosen config into
+    one no sweep chose; and the sweeps' own seed, whose test numbers would carry the optimism
+    of a choice made on that seed's validation images among 9 or 18 trials."""
     tuned = sorted({(s, a) for s, a, _ in jobs if chosen_config(args.sweeps, s, a) is not None})
+    names = ", ".join(f"{a} ({s})" for s, a in tuned)
     if args.overrides and tuned and not args.report_only:
-        names = ", ".join(f"{a} ({s})" for s, a in tuned)
         raise SystemExit(
             f"overrides {' '.join(args.overrides)} would change the configs chosen on validation "
             f"for {names}: train those as chosen, or give --sweeps a folder without choices to "
             "train every method's defaults with the overrides"
+        )
+    if tuned and SWEEP_SEED in {seed for _, _, seed in jobs}:
+        raise SystemExit(
+            f"seed {SWEEP_SEED} is the seed the sweeps chose {names} on: its test numbers would "
+            "carry the choice's optimism; compare other seeds"
         )
 
 
@@ -277,7 +275,7 @@ def main() -> None:
         for a in args.algorithms
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
-    refuse_overrides_of_choices(jobs, args)
+    refuse_biased_jobs(jobs, args)
     runs = finished_runs(jobs, args)
     raw = per_seed(runs, args.sweeps)
     args.out.mkdir(parents=True, exist_ok=True)

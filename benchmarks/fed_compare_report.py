@@ -188,7 +188,7 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
 
 
 def plots(setting: str, block: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
-    """Accuracy per round (seed 0 of every method) and per-class accuracy vs frequency."""
+    """Accuracy per round (the first seed of every method) and per-class accuracy vs frequency."""
     from trustvision.federated.plots import plot_class_frequency, plot_methods_per_round
 
     rounds_png = plot_methods_per_round(

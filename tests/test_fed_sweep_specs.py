@@ -199,7 +199,7 @@ def test_a_report_keeps_the_sweeps_whose_runs_are_gone_and_rebuilds_their_choice
         if algorithm == "fedloge":
             assert cfg.algorithm.options["norm_target"] == chosen["algorithm.options.norm_target"]
         assert json.loads(path.with_suffix(".json").read_text())["run_dir"] is None
-        assert benchmark("fed_compare").chosen_config(runs, "fmnist-cnn", algorithm) == (path, None)
+        assert benchmark("fed_compare").chosen_config(runs, "fmnist-cnn", algorithm) == path
     assert bench.only_kept(kept, runs, "fmnist-cnn", "fedloge")
     without = {"fmnist-cnn": {n: r for n, r in kept["fmnist-cnn"].items() if n != "fedprox"}}
     assert not bench.only_kept(without, runs, "fmnist-cnn", "fedprox")  # never swept: swept
@@ -285,11 +285,9 @@ def test_a_run_counts_as_tuned_only_if_it_trained_the_chosen_config(tmp_path):
         runs[name].mkdir(parents=True)
         config = {"seed": 1, "runs_dir": str(tmp_path / "seed1"), "optim": {"lr": lr}}
         (runs[name] / "config.yaml").write_text(yaml.safe_dump(config))
-    assert bench.trained_chosen(runs["chosen"], (chosen, None))
-    assert not bench.trained_chosen(runs["defaults"], (chosen, None))
+    assert bench.trained_chosen(runs["chosen"], chosen)
+    assert not bench.trained_chosen(runs["defaults"], chosen)
     assert not bench.trained_chosen(runs["chosen"], None)
-    trial = tmp_path / "trial"  # the sweep's chosen trial itself, whatever its runs folder
-    assert bench.trained_chosen(trial, (chosen, trial))
 
 
 def test_overrides_of_a_validation_chosen_config_are_refused_before_any_training(
@@ -298,10 +296,28 @@ def test_overrides_of_a_validation_chosen_config_are_refused_before_any_training
     bench = benchmark("fed_compare")
     (tmp_path / "fmnist-cnn").mkdir()
     (tmp_path / "fmnist-cnn/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
-    (tmp_path / "fmnist-cnn/fedavg.chosen.json").write_text('{"run_dir": null}\n')
     argv = ["fed_compare.py", "--settings", "fmnist-cnn", "--algorithms", "fedavg", "fedprox"]
     argv += ["--sweeps", str(tmp_path), "--runs", str(tmp_path / "runs"), "rounds=2"]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
     with pytest.raises(SystemExit, match=r"chosen on validation for fedavg \(fmnist-cnn\)"):
+        bench.main()
+
+
+def test_the_seed_the_sweeps_chose_on_is_never_compared_for_a_tuned_method(tmp_path, monkeypatch):
+    """Seed 0's chosen trial won on validation among its sweep's trials: its test numbers
+    would be optimistic, so the comparison's seeds exclude it and asking for it is refused."""
+    bench = benchmark("fed_compare")
+    assert all(bench.SWEEP_SEED not in s["seeds"] for s in bench.SETTINGS.values())
+    assert all(
+        f"seed={bench.SWEEP_SEED}" in fed_sweep().spec(s, "fedavg")["overrides"]
+        for s in bench.SETTINGS
+    )
+    (tmp_path / "fmnist-cnn").mkdir()
+    (tmp_path / "fmnist-cnn/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
+    argv = ["fed_compare.py", "--settings", "fmnist-cnn", "--algorithms", "fedavg", "--seeds"]
+    argv += ["0", "1", "--sweeps", str(tmp_path), "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"seed 0 is the seed the sweeps chose fedavg"):
         bench.main()
