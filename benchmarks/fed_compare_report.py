@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fed_sweep_specs import KNOBS
+
 COLUMNS = [
     ("generic_acc", "generic"),
     ("selected_generic", "generic @ val round"),
@@ -59,7 +61,8 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "Accuracy in %, mean ± std over seeds, on test images. **selected_by: validation**: "
         "each method's config is the one benchmarks/fed_sweep.py chose on the clients' "
         "held-out images (docs/results/fed-sweep.md; `tuned` says so, `defaults` marks a "
-        "method not swept yet), and the `@ val round` columns give the test accuracy of the "
+        "method not swept yet; in brackets the learning rate and the method's own knob), and "
+        "the `@ val round` columns give the test accuracy of the "
         "round whose validation accuracy was highest (generic and local chosen apart); the "
         "other columns are the final round's. No number is chosen on test. `generic val` / "
         "`local val`: the final round's validation accuracy (class-balanced over all clients' "
@@ -73,6 +76,17 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "may have shared the machine, so compare engines with results/federated-engines.md, "
         "not with this column).",
     ]
+
+
+def config_cell(algorithm: str, row: dict[str, Any]) -> str:
+    """`tuned` or `defaults`, with the learning rate and the method's own swept knob."""
+    values = [f"lr {row['config']['optim.lr']:g}"]
+    key = KNOBS[algorithm][0]
+    if key.startswith("algorithm.options."):
+        name = key.rpartition(".")[2]
+        values.append(f"{name} {row['config']['options'][name]:g}")
+    label = "tuned" if row["selected_by"] == "validation" else "defaults"
+    return f"{label} ({', '.join(values)})"
 
 
 def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
@@ -92,9 +106,10 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
         cells = [cell(row[key]) for key, _ in COLUMNS]
         seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
         seeds = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
-        tuned = "tuned" if row["selected_by"] == "validation" else "defaults"
         lines.append(
-            f"| {algorithm} | {tuned} | {seeds} | " + " | ".join(cells) + f" | {seconds} |"
+            f"| {algorithm} | {config_cell(algorithm, row)} | {seeds} | "
+            + " | ".join(cells)
+            + f" | {seconds} |"
         )
     lines += ["", *verdict(block["algorithms"])]
     lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]

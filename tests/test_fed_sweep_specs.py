@@ -321,3 +321,11 @@ def test_the_seed_the_sweeps_chose_on_is_never_compared_for_a_tuned_method(tmp_p
     monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
     with pytest.raises(SystemExit, match=r"seed 0 is the seed the sweeps chose fedavg"):
         bench.main()
+
+
+def test_the_comparison_table_names_each_methods_learning_rate_and_own_knob():
+    cell = benchmark("fed_compare_report").config_cell
+    prox = {"config": {"optim.lr": 0.8, "options": {"mu": 0.000333}}, "selected_by": "validation"}
+    assert cell("fedprox", prox) == "tuned (lr 0.8, mu 0.000333)"
+    avg = {"config": {"optim.lr": 0.03, "options": {}}, "selected_by": "defaults"}
+    assert cell("fedavg", avg) == "defaults (lr 0.03)"
