@@ -182,6 +182,8 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in COLUMNS] + ["seconds_per_round"]
     stats: dict[str, Any] = {key: mean_std([row[key] for row in per_seed]) for key in keys}
     stats["machines"] = sorted({row["machine"] for row in per_seed})
+    stats["seeds"] = [row.get("seed") for row in per_seed]  # None: a row from before they were
+    stats["kept_from"] = sorted({row["reported_by"] for row in per_seed if row.get("kept")})
     first = per_seed[0]
     stats["config"] = {"optim.lr": first["lr"], "options": first["options"]}
     # Every number: the config chosen on validation (or the defaults, untuned), and the
@@ -238,11 +240,27 @@ def trained_chosen(run: Path, chosen: Path | None) -> bool:
 def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Each run's numbers, by setting and algorithm, one row per seed."""
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for (setting, a, _), run in runs.items():
+    for (setting, a, seed), run in runs.items():
         row = numbers(run)
         row["tuned"] = trained_chosen(run, chosen_config(sweeps, setting, a))
+        row["seed"] = seed
         raw.setdefault(setting, {}).setdefault(a, []).append(row)
     return raw
+
+
+def with_kept(raw: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> dict[str, Any]:
+    """`raw` plus every (setting, method) of the earlier report at `path` that this invocation
+    found no run of (a new machine, a cleaned runs folder, a setting not asked for), its rows
+    marked `kept`, so that rewriting the report never loses a measured method."""
+    earlier = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    merged = {setting: dict(block) for setting, block in raw.items()}
+    for setting, block in earlier["runs"].items():
+        for algorithm, rows in block.items():
+            if algorithm not in merged.get(setting, {}):
+                source = earlier["meta"]["command"]  # a row kept before keeps its own
+                kept = [{"reported_by": source, **row, "kept": True} for row in rows]
+                merged.setdefault(setting, {})[algorithm] = kept
+    return merged
 
 
 def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
@@ -277,15 +295,15 @@ def main() -> None:
     ]
     refuse_biased_jobs(jobs, args)
     runs = finished_runs(jobs, args)
-    raw = per_seed(runs, args.sweeps)
     args.out.mkdir(parents=True, exist_ok=True)
+    raw = with_kept(per_seed(runs, args.sweeps), args.out / "federated.json")
     results = {
         setting: {
-            "seeds": args.seeds or SETTINGS[setting]["seeds"],
-            "algorithms": {a: summarise(rows) for a, rows in block.items()},
+            "algorithms": {a: summarise(block[a]) for a in ALGORITHMS if a in block},
             "plots": plots(setting, block, args.out),
         }
         for setting, block in raw.items()
+        if setting in SETTINGS
     }
     meta = {
         "command": "python benchmarks/fed_compare.py " + " ".join(sys.argv[1:]),

@@ -78,6 +78,15 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def seeds_cell(row: dict[str, Any]) -> str:
+    """The seeds of a row (their count for rows from before seeds were recorded), and whether
+    it is kept from an earlier report."""
+    seeds = [s for s in row.get("seeds", []) if s is not None]
+    count = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
+    text = ", ".join(str(s) for s in seeds) if seeds else str(count)
+    return text + (" (kept)" if row.get("kept_from") else "")
+
+
 def config_cell(algorithm: str, row: dict[str, Any]) -> str:
     """`tuned` or `defaults`, with the learning rate and the method's own swept knob."""
     values = [f"lr {row['config']['optim.lr']:g}"]
@@ -95,7 +104,7 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
         "",
         f"## {spec['title']}",
         "",
-        f"Config `{spec['config']}`; seeds {block['seeds']}. " + trained_on(block["algorithms"]),
+        f"Config `{spec['config']}`. " + trained_on(block["algorithms"]),
         "",
         "| algorithm | config | seeds | "
         + " | ".join(label for _, label in COLUMNS)
@@ -105,12 +114,20 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
     for algorithm, row in block["algorithms"].items():
         cells = [cell(row[key]) for key, _ in COLUMNS]
         seconds = cell(row["seconds_per_round"], scale=1.0, digits=1)
-        seeds = row["generic_acc"]["n"] or row["local_acc_masked"]["n"]
+        seeds = seeds_cell(row)
         lines.append(
             f"| {algorithm} | {config_cell(algorithm, row)} | {seeds} | "
             + " | ".join(cells)
             + f" | {seconds} |"
         )
+    kept = sorted({c for row in block["algorithms"].values() for c in row.get("kept_from", [])})
+    if kept:
+        lines += [
+            "",
+            "`kept`: rows of an earlier report whose runs this machine does not hold, as "
+            + ", ".join(f"`{c}`" for c in kept)
+            + " reported them.",
+        ]
     lines += ["", *verdict(block["algorithms"])]
     lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
     for plot in block["plots"]:

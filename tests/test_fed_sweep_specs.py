@@ -329,3 +329,28 @@ def test_the_comparison_table_names_each_methods_learning_rate_and_own_knob():
     assert cell("fedprox", prox) == "tuned (lr 0.8, mu 0.000333)"
     avg = {"config": {"optim.lr": 0.03, "options": {}}, "selected_by": "defaults"}
     assert cell("fedavg", avg) == "defaults (lr 0.03)"
+
+
+def test_rewriting_the_federated_report_keeps_the_methods_whose_runs_are_gone(
+    tmp_path, monkeypatch
+):
+    """fed_compare.py --report-only on a machine without the runs: every committed method
+    stays, with its numbers, marked kept with the command that reported it."""
+    bench = benchmark("fed_compare")
+    out = tmp_path / "results"
+    out.mkdir()
+    committed = json.loads((ROOT / "docs/results/federated.json").read_text())
+    (out / "federated.json").write_text(json.dumps(committed))
+    argv = ["fed_compare.py", "--report-only", "--settings", "fmnist-cnn", "--algorithms"]
+    argv += ["fedavg", "--runs", str(tmp_path / "no-runs"), "--sweeps", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    bench.main()
+    rewritten = json.loads((out / "federated.json").read_text())
+    for setting, block in committed["results"].items():
+        for algorithm, row in block["algorithms"].items():
+            kept = rewritten["results"][setting]["algorithms"][algorithm]
+            assert kept["generic_acc"] == row["generic_acc"]
+            assert kept["kept_from"] == [committed["meta"]["command"]]
+    text = (out / "federated.md").read_text()
+    assert "(kept)" in text and f"`{committed['meta']['command']}` reported them" in text
+    assert (out / "federated_fmnist-gap_rounds.png").stat().st_size > 10_000
