@@ -13,7 +13,8 @@ docs/results/federated.{md,json}: generic and local accuracy (mean +- std over s
 final round and at the round validation picks, the validation accuracies, FedLoGe's
 universal SSE-C accuracy, head/middle/tail, seconds per round, the authors' numbers beside
 them, and two plots per setting (accuracy per round, per-class accuracy against training
-frequency). No number is chosen by test accuracy.
+frequency). No number is chosen by test accuracy. A method of the earlier report that this
+invocation finds no run of (a new machine, a setting not asked for) is kept from it, marked.
 
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
     .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 0 \\
