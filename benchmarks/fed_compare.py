@@ -66,25 +66,42 @@ def trustvision() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "trustvision"]
 
 
-def runs_of(directory: Path, config: Path | None) -> list[Path]:
-    """The runs under `directory`, oldest first; with `config`, only those begun with it (but
-    for their seed and runs folder): a seed trained for an earlier choice is not this one's."""
+def runs_of(directory: Path, expected: dict[str, Any]) -> list[Path]:
+    """The runs under `directory` begun with the `expected` config (but for their seed and runs
+    folder), oldest first: a seed trained for an earlier choice, or with other overrides, is
+    not this job's."""
     runs = [p.parent for p in sorted(directory.glob("*/config.yaml"))]
-    return runs if config is None else [r for r in runs if same_config(r / "config.yaml", config)]
+    return [
+        r for r in runs if same_config(yaml.safe_load((r / "config.yaml").read_text()), expected)
+    ]
 
 
-def same_config(a: Path, b: Path) -> bool:
+def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two run configs are equal but for their seed and runs folder."""
-    trees = [yaml.safe_load(path.read_text()) for path in (a, b)]
-    for tree in trees:
-        tree.pop("seed", None)
-        tree.pop("runs_dir", None)
-    return trees[0] == trees[1]
+    ignored = {"seed", "runs_dir"}
+    return {k: v for k, v in a.items() if k not in ignored} == {
+        k: v for k, v in b.items() if k not in ignored
+    }
 
 
-def finished_run(directory: Path, config: Path | None = None) -> Path | None:
-    """The finished run under `directory` (begun with `config`, where given), if any."""
-    return next((run for run in runs_of(directory, config) if RunDir(run).finished), None)
+def finished_run(directory: Path, expected: dict[str, Any]) -> Path | None:
+    """The finished run under `directory` begun with the `expected` config, if any."""
+    return next((run for run in runs_of(directory, expected) if RunDir(run).finished), None)
+
+
+def expected_config(setting: str, algorithm: str, sweeps: Path, extra: list[str]) -> dict[str, Any]:
+    """The config a job's run trains: the validation-chosen one, or the setting's config with
+    the method's defaults and the `extra` overrides (refused for a chosen one)."""
+    from trustvision.config import dump_config, load_config
+    from trustvision.federated.config import FedConfig
+
+    chosen = chosen_config(sweeps, setting, algorithm)
+    if chosen is not None:
+        return yaml.safe_load(chosen.read_text())
+    spec = SETTINGS[setting]
+    choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
+    overrides = [*spec["overrides"], *choice, *extra]
+    return yaml.safe_load(dump_config(load_config(FedConfig, ROOT / spec["config"], overrides)))
 
 
 def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
@@ -93,10 +110,12 @@ def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
     return config if config.is_file() else None
 
 
-def find(setting: str, algorithm: str, seed: int, runs: Path, sweeps: Path) -> Path | None:
+def find(
+    setting: str, algorithm: str, seed: int, runs: Path, extra: list[str], sweeps: Path
+) -> Path | None:
     """The finished run of a job, if there is one (training nothing)."""
-    chosen = chosen_config(sweeps, setting, algorithm)
-    return finished_run(runs / setting / algorithm / f"seed{seed}", chosen)
+    expected = expected_config(setting, algorithm, sweeps, extra)
+    return finished_run(runs / setting / algorithm / f"seed{seed}", expected)
 
 
 def train(
@@ -104,11 +123,12 @@ def train(
 ) -> Path:
     """Train (or resume, or just find) one run; returns its directory."""
     chosen_yaml = chosen_config(sweeps, setting, algorithm)
+    expected = expected_config(setting, algorithm, sweeps, extra)
     directory = runs / setting / algorithm / f"seed{seed}"
-    done = finished_run(directory, chosen_yaml)  # seed runs of an earlier choice: not reused
+    done = finished_run(directory, expected)
     if done is not None:
         return done
-    started = runs_of(directory, chosen_yaml)
+    started = runs_of(directory, expected)
     checkpoints = started[-1] / "checkpoints" if started else None
     if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
         command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
@@ -138,7 +158,7 @@ def train(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if subprocess.run(command, stdout=subprocess.DEVNULL, env=env).returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed (its error is above)")
-    done = finished_run(directory, chosen_yaml)
+    done = finished_run(directory, expected)
     if done is None:
         raise SystemExit(f"{directory}: `{' '.join(command)}` ended without a finished run")
     return done
@@ -223,7 +243,7 @@ def parse_args() -> argparse.Namespace:
 def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
     """The finished run of every job that has one: found (--report-only) or trained first."""
     if args.report_only:
-        found = {job: find(*job, args.runs, args.sweeps) for job in jobs}
+        found = {job: find(*job, args.runs, args.overrides, args.sweeps) for job in jobs}
         return {job: run for job, run in found.items() if run is not None}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -235,7 +255,10 @@ def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
 def trained_chosen(run: Path, chosen: Path | None) -> bool:
     """Whether `run` trained the validation-chosen config (equal to it but for seed and runs
     folder): not a run of the defaults, or of an earlier choice, found before a sweep finished."""
-    return chosen is not None and same_config(run / "config.yaml", chosen)
+    if chosen is None:
+        return False
+    configs = [yaml.safe_load(path.read_text()) for path in (run / "config.yaml", chosen)]
+    return same_config(*configs)
 
 
 def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:

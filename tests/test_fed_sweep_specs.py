@@ -144,17 +144,23 @@ def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rat
     assert chosen["params"] == {"optim.lr": 0.8, mu: 0.01}
 
 
-def test_a_seed_trained_for_an_earlier_choice_is_not_reused_for_a_new_one(tmp_path):
+def test_a_seed_trained_for_an_earlier_choice_or_other_overrides_is_not_this_jobs_run(tmp_path):
     bench = benchmark("fed_compare")
-    chosen = tmp_path / "fedloge.chosen.yaml"
+    chosen = tmp_path / "sweeps/fmnist-cnn/fedloge.chosen.yaml"
+    chosen.parent.mkdir(parents=True)
     chosen.write_text("# chosen\nseed: 0\nruns_dir: runs\noptim: {lr: 0.2}\n")
     for name, lr in (("a-old", 0.03), ("b-new", 0.2)):
         run = tmp_path / "seed1" / name
         run.mkdir(parents=True)
         config = {"seed": 1, "runs_dir": str(tmp_path / "seed1"), "optim": {"lr": lr}}
         (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert [r.name for r in bench.runs_of(tmp_path / "seed1", None)] == ["a-old", "b-new"]
-    assert [r.name for r in bench.runs_of(tmp_path / "seed1", chosen)] == ["b-new"]
+    expected = bench.expected_config("fmnist-cnn", "fedloge", tmp_path / "sweeps", [])
+    assert [r.name for r in bench.runs_of(tmp_path / "seed1", expected)] == ["b-new"]
+    # without a choice: the setting's config with the method's defaults, and the overrides
+    defaults = bench.expected_config("fmnist-gap", "fedprox", tmp_path / "none", ["rounds=7"])
+    assert defaults["algorithm"]["name"] == "fedprox" and defaults["model"]["name"] == "gap_cnn"
+    assert defaults["rounds"] == 7 and defaults["optim"]["lr"] == 0.03
+    assert bench.runs_of(tmp_path / "seed1", defaults) == []
 
 
 def test_the_learning_rate_plot_is_drawn_only_where_fedavg_and_fedloges_follow_up_both_ran(
@@ -350,7 +356,9 @@ def test_rewriting_the_federated_report_keeps_the_methods_whose_runs_are_gone(
         for algorithm, row in block["algorithms"].items():
             kept = rewritten["results"][setting]["algorithms"][algorithm]
             assert kept["generic_acc"] == row["generic_acc"]
-            assert kept["kept_from"] == [committed["meta"]["command"]]
+            # where it was measured, also where the committed report had kept it already
+            assert kept["kept_from"] == (row.get("kept_from") or [committed["meta"]["command"]])
+            assert not any("--report-only" in command for command in kept["kept_from"])
     text = (out / "federated.md").read_text()
-    assert "(kept)" in text and f"`{committed['meta']['command']}` reported them" in text
+    assert "(kept)" in text and f"`{kept['kept_from'][0]}` reported them" in text
     assert (out / "federated_fmnist-gap_rounds.png").stat().st_size > 10_000
