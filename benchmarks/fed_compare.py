@@ -5,8 +5,8 @@ Trains every (setting, algorithm, seed) with `trustvision fed run` into
 resumed from its last checkpoint, so running the command again continues where it stopped.
 Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
 the run trains that validation-chosen config; otherwise the setting's config with the
-method's defaults (said when it starts and in the report). The seeds compared are never the
-sweeps' seed 0: the chosen trial won on its validation images among 9 or 18 trials, so its
+method's defaults (said when it starts and in the report). The default seeds are never the
+sweeps' seed 0 (`--seeds 0` is refused where a method is tuned): the chosen trial won on its validation images among 9 or 18 trials, so its
 test numbers would be optimistic, the more so the more trials a method had. Overrides of a
 chosen config are refused: the result would be a config no sweep chose. Then writes
 docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
@@ -17,7 +17,7 @@ frequency). No number is chosen by test accuracy. A method of the earlier report
 invocation finds no run of (a new machine, a setting not asked for) is kept from it, marked.
 
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
-    .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 0 \\
+    .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 1 \\
         --algorithms fedavg fedloge
     .venv/bin/python benchmarks/fed_compare.py --jobs 4     # four runs at once (four cores)
     .venv/bin/python benchmarks/fed_compare.py --report-only  # rewrite the docs, train nothing

@@ -13,13 +13,15 @@ therefore swept first. A trial's score is the validation accuracy of the round t
 validation picks: generic (class-balanced, on the clients' held-out images) for a method
 with a global model its knob changes, local (mean over clients) for the others (FedPer and
 FedRep, without one; Ditto and FedBABU, whose knob acts on the personal model only). The test
-numbers are recorded beside it and never read. Only a finished search writes a choice. A killed invocation continues where it
+numbers are recorded beside it and never read. Only a finished search writes a choice (a
+restarted search's old choice is removed). A killed invocation continues where it
 stopped (the sweeps resume). A complete sweep in the committed report whose runs are gone (a
-new machine) is kept from it rather than swept again, and its chosen config is rebuilt from
-its spec for fed_compare (delete the report to redo it); an unfinished one is swept again,
-from its start. Then writes
+new machine) is kept from it rather than swept again, and once all of the method's sweeps
+(its follow-up's too) are complete its chosen config is rebuilt from its spec for fed_compare
+(delete the report to redo it); an unfinished one is swept again, from its start. Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
-`benchmarks/fed_compare.py` trains the chosen configs over more seeds.
+`benchmarks/fed_compare.py` trains the chosen configs over seeds 1-3, never seed 0, on which
+they were chosen.
 
     .venv/bin/python benchmarks/fed_sweep.py --settings fmnist-cnn --algorithms fedloge fedavg
     .venv/bin/python benchmarks/fed_sweep.py --parallel 2     # two sweeps at once, a core each

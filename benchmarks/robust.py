@@ -14,12 +14,14 @@ is kept, so an interrupted run continues where it stopped.
     .venv/bin/python benchmarks/robust.py            # all data sets, 500 images each (hours)
 
 writes docs/results/robust.{md,json} and docs/results/robust_<data>_{tradeoff,certified}.png
-from every data set whose work directory holds a report; a data set the earlier robust.json
-holds and the work directory does not (a new machine) is kept from it, marked as such. Each
-data set's report names the invocation that measured it (`measured_by`: command, commit,
-machine), written into its work directory when this script runs its pipeline; --report-only
-records none, so a report without one (or one predating validation selection) is not
-collected until this script's command for it runs again (finished stages are reused).
+from every data set whose work directory holds a collected report (validation-selected and
+stamped with `measured_by`); a data set the earlier robust.json holds and the work directory
+does not (a new machine) is kept from it, marked as such. Each data set's report names the
+invocation that measured it (`measured_by`: command, commit, machine, and `stage_commits`,
+the commit each reused stage ran at), written into its work directory when this script runs
+its pipeline; --report-only records none, so a report without one (or one predating
+validation selection) is not collected until this script's command for it runs again
+(finished stages are reused).
 """
 
 from __future__ import annotations
