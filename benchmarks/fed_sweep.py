@@ -366,7 +366,7 @@ def main() -> None:
             if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
         ]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            list(pool.map(lambda job: sweep(*job, args.runs), rest))
+            list(pool.map(lambda job: sweep(job[0], job[1], args.runs), rest))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():

@@ -199,6 +199,7 @@ def chosen_lines(report: dict[str, Any]) -> list[str]:
         return "admitted" if ok else "not admitted: the most robust point"
 
     fixed, gate = picks["fixed"], picks["adaptive"]
+    assert fixed is not None and gate is not None  # checked above, for the type checker
     return [
         f"On validation images (the robust base: {pct(reference, 1)}%, tolerance "
         f"{100 * tolerance:g} points): the adaptive mix {pct(gate['clean_acc'])}% clean / "
