@@ -98,10 +98,15 @@ def expected_config(setting: str, algorithm: str, sweeps: Path, extra: list[str]
     chosen = chosen_config(sweeps, setting, algorithm)
     if chosen is not None:
         return yaml.safe_load(chosen.read_text())
+    config, *overrides = defaults_args(setting, algorithm)
+    return yaml.safe_load(dump_config(load_config(FedConfig, config, [*overrides, *extra])))
+
+
+def defaults_args(setting: str, algorithm: str) -> list[str]:
+    """`fed run`'s arguments for the setting's config with the method's defaults."""
     spec = SETTINGS[setting]
     choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
-    overrides = [*spec["overrides"], *choice, *extra]
-    return yaml.safe_load(dump_config(load_config(FedConfig, ROOT / spec["config"], overrides)))
+    return [str(ROOT / spec["config"]), *spec["overrides"], *choice]
 
 
 def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
@@ -133,13 +138,7 @@ def train(
     if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
         command = [*trustvision(), "fed", "run", "--resume", str(started[-1])]
     else:
-        spec = SETTINGS[setting]
-        choice = [] if algorithm == "fedloge" else [f"algorithm={algorithm}"]
-        config = (
-            [str(chosen_yaml)]
-            if chosen_yaml
-            else [str(ROOT / spec["config"]), *spec["overrides"], *choice]
-        )
+        config = [str(chosen_yaml)] if chosen_yaml else defaults_args(setting, algorithm)
         command = [
             *trustvision(),
             "fed",
