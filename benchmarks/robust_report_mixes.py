@@ -83,11 +83,13 @@ def robust_cell(point: dict[str, Any]) -> str:
 
 
 def fixed_clean_at(sweep: list[dict[str, Any]], robust_acc: float) -> float | None:
-    """Clean accuracy of the fixed mix at a given sweep robust accuracy: linear interpolation
-    along each (s_g, s_h) curve of the sweep's exactly measured points, the best curve's."""
-    exact = [p for p in sweep if p["robust_acc"] is not None and p.get("robust_complete", True)]
+    """The most clean accuracy the fixed mix can have at a given sweep robust accuracy: linear
+    interpolation (a coin flip between two mixes reaches it) along each (s_g, s_h) curve, the
+    best curve's. A point whose attacks stopped early enters at its bound, the most robust it
+    can be, so that a mixing network's gain over this curve is the least it gains."""
+    attacked = [p for p in sweep if p["robust_acc"] is not None]
     best = None
-    for curve in curves(exact):
+    for curve in curves(attacked):
         points = sorted((p["robust_acc"], p["clean_acc"]) for p in curve)
         for (r0, c0), (r1, c1) in itertools.pairwise(points):
             if r0 <= robust_acc <= r1:
@@ -226,8 +228,10 @@ def adaptive_lines(report: dict[str, Any]) -> list[str]:
         f"rule: {selection['rule']} (the robust base: "
         f"{pct(adaptive.get('bias_reference_robust_acc'), 1)}%). The last column compares with "
         "the best fixed mix at the same validation robust accuracy (interpolated on the alpha "
-        "sweep's exactly measured points; n/a where none bracket it): positive means the mixing "
-        "network buys clean accuracy a constant alpha cannot. Points are attacked in order of "
+        "sweep's attacked points, those whose attacks stopped early at their bound, which "
+        "favours the fixed mix; n/a where none bracket it): positive means the mixing "
+        "network buys at least that much clean accuracy a constant alpha cannot. Points are "
+        "attacked in order of "
         "clean accuracy; once one is admitted, the less accurate ones could not be chosen and "
         "are not attacked.",
         "",

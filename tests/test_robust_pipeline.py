@@ -300,6 +300,26 @@ def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
     assert youden(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.5
 
 
+def test_the_fixed_curve_a_gate_is_compared_with_takes_stopped_points_at_their_bound():
+    fixed_clean_at = benchmark("robust_report_mixes").fixed_clean_at
+
+    def point(alpha, clean, robust, complete=True):
+        return {
+            "alpha": alpha,
+            "clean_acc": clean,
+            "robust_acc": robust,
+            "robust_complete": complete,
+        }
+
+    ends = [point(0.0, 0.85, 0.0), point(1.0, 0.70, 0.30)]
+    sweep = [*ends, point(0.95, 0.73, 0.275), point(0.9, 0.77, 0.26, complete=False)]
+    # Two thirds of the way from the 0.9 point, at its bound (0.26), to the 0.95 point.
+    assert fixed_clean_at(sweep, 0.27) == pytest.approx(0.77 - 0.04 * 2 / 3)
+    # Without the stopped point the only bracket is alpha 0 to 0.95, a lower curve.
+    assert fixed_clean_at([*ends, sweep[2]], 0.27) == pytest.approx(0.85 - 0.12 * 0.27 / 0.275)
+    assert fixed_clean_at([*ends, point(0.95, 0.73, None)], 0.31) is None
+
+
 @pytest.mark.parametrize("stages", ["1,0", "0-1", "0,1,2"])
 def test_the_probe_refuses_a_bad_stage_pair_before_any_work(stages, capsys):
     with pytest.raises(SystemExit):
