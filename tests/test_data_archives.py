@@ -101,6 +101,42 @@ def test_cifar10_from_an_image_folder_zip_records_the_variant(cache, tmp_path, m
     assert meta["variant"] == "jpeg" and "JPEG" in meta["note"]
 
 
+def test_an_image_folders_test_split_is_shuffled_so_its_first_images_span_the_classes(
+    cache, tmp_path
+):
+    images = {
+        f"{split}/{cls}/{i:02d}.png": np.full((4, 4), 10 * c + i % 10, np.uint8)
+        for split, n in (("train", 3), ("test", 20))
+        for c, cls in enumerate(("ant", "bee", "cat", "dog", "eel"))
+        for i in range(n)
+    }
+    ds = load_dataset("image-folder", from_path=write_image_zip(tmp_path / "five.zip", images))
+    first = np.asarray(ds.test.labels[:20])
+    assert len(set(first.tolist())) >= 4  # in file order they would all be `ant`
+    assert sorted(np.asarray(ds.test.labels).tolist()) == sorted([0, 1, 2, 3, 4] * 20)
+    # each image keeps its label: pixel 10 c + i belongs to class c
+    assert (np.asarray(ds.test.images)[:, 0, 0, 0] // 10 == np.asarray(ds.test.labels)).all()
+    assert np.asarray(ds.train.labels).tolist() == sorted([0, 1, 2, 3, 4] * 3)  # file order
+
+
+def test_a_cache_written_by_an_older_format_is_decoded_again(cache, tmp_path):
+    images = {
+        f"{s}/{c}/{i}.png": np.full((4, 4), i, np.uint8)
+        for s in ("train", "test")
+        for c in ("a", "b")
+        for i in range(6)
+    }
+    path = write_image_zip(tmp_path / "two.zip", images)
+    sources.fetch("image-folder", from_path=path)
+    folder = next(cache.glob("image-folder-*"))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(DataError, match=r"written by an older trustvision.*--from PATH"):
+        sources.fetch(folder.name)  # by key there is nothing to decode again from
+    sources.fetch("image-folder", from_path=path)
+    assert json.loads((folder / "meta.json").read_text())["format_version"] == 2
+
+
 def test_image_folder_round_trip_keyed_by_its_hash(cache, tmp_path):
     rng = np.random.default_rng(5)
     images = {

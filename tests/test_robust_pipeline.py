@@ -196,6 +196,29 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
     assert again["rows"] == report["rows"]
 
 
+def test_evaluations_made_on_another_order_of_the_test_images_are_made_again(finished, monkeypatch):
+    """An older data cache held CIFAR-10's test split class by class, so "the first 500 test
+    images" were all airplanes: an evaluation or certificate made on another order is redone."""
+    tmp_path, work, _ = finished
+    for name in ("train_robust", "run_mix"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a base or mix redone"))
+    redone = []
+    for name in ("run_eval", "run_certify"):
+        real = getattr(pipeline, name)
+        monkeypatch.setattr(
+            pipeline, name, lambda *a, real=real, **k: redone.append(a[0].name) or real(*a, **k)
+        )
+    true_order = evaluate.test_split_sha256
+    monkeypatch.setattr(pipeline, "test_split_sha256", lambda dataset: "another order")
+    pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    stages = ["eval-standard", "eval-robust", "eval-fixed-mix", "eval-adaptive-mix", "certify"]
+    assert redone == stages
+    monkeypatch.setattr(pipeline, "test_split_sha256", true_order)
+    redone.clear()
+    pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    assert redone == []  # the evaluations just made recorded the true order
+
+
 def test_the_gate_check_chooses_the_recipe_that_separates_most_and_its_network_can_be_kept(
     finished, monkeypatch
 ):

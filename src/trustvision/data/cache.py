@@ -29,7 +29,8 @@ from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
 from trustvision.files import temporary_name, write_atomic
 
 META_NAME = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an image folder's test split in a fixed random order (data/images.py)
+FOLDER_VARIANTS = ("jpeg", "image-folder")  # variants decoded from image folders
 STALE_TEMP_S = 3600.0  # a temporary file this old belongs to no live writer
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
 IMAGE_FOLDER_PREFIX = "image-folder-"
@@ -102,6 +103,19 @@ def read_meta(folder: Path) -> dict:
     if problem is not None:
         raise damaged(path, f"{problem}, so it is damaged", folder=folder)
     return meta
+
+
+def decoded_by_an_older_format(folder: Path) -> bool:
+    """Whether a cached data set must be decoded again: format 1 stored an image folder's test
+    split in file order, class by class; its other data sets are the same in format 2. False
+    when `meta.json` cannot be read, which `read_meta` then reports."""
+    try:
+        meta = json.loads((folder / META_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("variant") not in FOLDER_VARIANTS:
+        return False
+    return meta.get("format_version", 0) < FORMAT_VERSION
 
 
 def json_kind(value: object) -> str:

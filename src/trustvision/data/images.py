@@ -28,6 +28,12 @@ IMAGE_SUFFIXES = frozenset(
 )
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # every other mode becomes RGB
 PROGRESS_EVERY = 256
+# Evaluations take the first N test images (RobustBench's convention, which assumes the
+# shuffled order of the original CIFAR and MNIST files), and a folder or a list names its
+# images class by class, so its first 500 test images would all be of one class. The test split
+# is therefore stored in this seed's fixed random order. The training split keeps its file
+# order: every use of it draws a seeded subset or a stratified hold-out, never its first images.
+TEST_ORDER_SEED = 0
 
 
 @contextmanager
@@ -219,4 +225,8 @@ def read_image_folder(
     def labels(split: str) -> np.ndarray:
         return np.array([label for _, label in layout[split]], dtype=np.int64)
 
-    return Decoded(classes, (merged[:n_train], labels("train")), (merged[n_train:], labels("test")))
+    test_images, test_labels = merged[n_train:], labels("test")
+    order = np.random.default_rng(TEST_ORDER_SEED).permutation(len(test_labels))
+    return Decoded(
+        classes, (merged[:n_train], labels("train")), (test_images[order], test_labels[order])
+    )

@@ -26,6 +26,7 @@ from trustvision.data.cache import (
     META_NAME,
     Fetched,
     check_writable,
+    decoded_by_an_older_format,
     default_cache_dir,
     verify_arrays,
     write_cache,
@@ -56,13 +57,14 @@ def fetch(
     spec, target, local, input_hash = resolve(
         name, cache_dir=cache_dir, from_path=from_path, image_size=image_size
     )
-    if (target / META_NAME).is_file():
+    meta = target / META_NAME
+    if meta.is_file() and not decoded_by_an_older_format(target):
         return target
     if spec is None:
-        raise DataError(
-            f"`{name}` is not in the cache at `{target}`: fetch it again with `--from PATH`"
-        )
+        why = "was written by an older trustvision" if meta.is_file() else "is not in the cache"
+        raise DataError(f"`{name}` {why} at `{target}`: fetch it again with `--from PATH`")
     check_writable(target)  # before minutes of downloading and decoding
+    meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched until done
     fetched = from_sources(
         spec,
         local=local,

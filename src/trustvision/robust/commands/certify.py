@@ -25,7 +25,7 @@ from trustvision.robust.certify import (
 )
 from trustvision.robust.commands.common import Log, quiet
 from trustvision.robust.config import CertifyConfig
-from trustvision.robust.evaluate import recorded_dataset, test_pixels
+from trustvision.robust.evaluate import recorded_dataset, test_pixels, test_split_sha256
 from trustvision.robust.plots import plot_certified
 from trustvision.robust.runs import data_of, load_base, read_finished
 from trustvision.runs import RunDir, environment_info
@@ -49,7 +49,8 @@ def run_certify(
         standard = load_base(cfg.standard, device=device)
         robust = load_base(cfg.robust, device=device)
         data = data_of(cfg.robust)
-        x, y = test_pixels(recorded_dataset(data), count=settings.subset)
+        dataset = recorded_dataset(data)
+        x, y = test_pixels(dataset, count=settings.subset)
         x, y = x.to(device), y.to(device)
         run, _ = RunDir.open_or_create(
             run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, resume_hint=RESUME
@@ -80,6 +81,7 @@ def run_certify(
                 "robust": cfg.robust,
                 "data": data,
                 "n": len(y),
+                "test_split_sha256": test_split_sha256(dataset),
                 "grid": grid,
                 "curves": curves,
                 **record,

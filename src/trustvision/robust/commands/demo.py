@@ -47,9 +47,9 @@ from trustvision.robust.config import (
     RobustTrainConfig,
     SweepSettings,
 )
-from trustvision.robust.evaluate import SPLIT_KEYS
+from trustvision.robust.evaluate import SPLIT_KEYS, recorded_dataset, test_split_sha256
 from trustvision.robust.mixing import check_stages
-from trustvision.robust.runs import is_finished, read_finished
+from trustvision.robust.runs import data_of, is_finished, read_finished
 from trustvision.runs import RunDir, held_alone
 from trustvision.train.loop import Reporter
 from trustvision.train.recipe import one_process_only
@@ -263,16 +263,20 @@ def _run_stages(
             current=lambda summary: _mix_current(cfg, "adaptive", summary),
         )
         models["adaptive mix"] = work / "adaptive-mix"
-    evals = {label: _evaluate(cfg, label, path, work, log=log) for label, path in models.items()}
+    test_split = test_split_sha256(recorded_dataset(data_of(rob_dir)))
+    evals = {
+        label: _evaluate(cfg, label, path, work, test_split=test_split, log=log)
+        for label, path in models.items()
+    }
     report = pipeline_report(cfg, work, fixed=fixed, evals=evals)
     if cfg.smoothing is not None:
-        report["certify"] = _certify(cfg, work, reporter=reporter, log=log)
+        report["certify"] = _certify(cfg, work, test_split=test_split, reporter=reporter, log=log)
     write_atomic((work / "report.json"), json.dumps(report, indent=2) + "\n")
     return report
 
 
 def _evaluate(
-    cfg: PipelineConfig, label: str, model: Path, work: Path, *, log: Log
+    cfg: PipelineConfig, label: str, model: Path, work: Path, *, test_split: str, log: Log
 ) -> dict[str, Any]:
     path = work / f"eval-{label.replace(' ', '-')}"
     eval_cfg = EvalConfig(name=path.name, model=str(model), eval=cfg.eval, **_common(cfg))
@@ -281,13 +285,17 @@ def _evaluate(
         lambda: run_eval(eval_cfg, run_path=path, log=lambda s: log(f"  {label}: {s}")),
         log=log,
         title=f"evaluating the {label} model",
-        # a different subset size re-runs the evaluation, keeping every finished chunk
-        current=lambda summary: summary["eval_subset"] == cfg.eval.subset,
+        # a different subset size re-runs the evaluation, keeping every finished chunk; test
+        # images in another order (an older data cache) re-run it from the first chunk
+        current=lambda summary: (
+            summary["eval_subset"] == cfg.eval.subset
+            and summary.get("test_split_sha256") == test_split
+        ),
     )
 
 
 def _certify(
-    cfg: PipelineConfig, work: Path, *, reporter: Reporter | None, log: Log
+    cfg: PipelineConfig, work: Path, *, test_split: str, reporter: Reporter | None, log: Log
 ) -> dict[str, Any]:
     assert cfg.smoothing is not None
     _train(cfg, cfg.smoothing, work / "smoothing", reporter=reporter, log=log)
@@ -304,6 +312,7 @@ def _certify(
         log=log,
         title="certifying the mix with a Gaussian-smoothing base",
         config=certify_cfg,
+        current=lambda summary: summary.get("test_split_sha256") == test_split,
     )
     keys = (
         "method",

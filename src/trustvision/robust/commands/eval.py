@@ -29,6 +29,7 @@ from trustvision.robust.evaluate import (
     clean_correct,
     recorded_dataset,
     test_pixels,
+    test_split_sha256,
 )
 from trustvision.robust.runs import data_of, load_model, model_sha256
 from trustvision.runs import RunDir, environment_info
@@ -69,13 +70,14 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
         run, _ = RunDir.open_or_create(
             run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, policy="update"
         )
+        test_split = test_split_sha256(dataset)
         x_all, y_all = test_pixels(dataset, count=settings.test_subset)
         clean_acc = float(clean_correct(model, x_all, y_all).float().mean())
         log(f"clean accuracy {clean_acc:.2%} on {len(y_all)} test images")
         x, y = (t.to(device) for t in test_pixels(dataset, count=settings.subset))
         adaptive = about["kind"] == "adaptive mix" and settings.adaptive
         report, gate, order = _attack(
-            cfg, model, x, y, eps=eps, adaptive=adaptive, run=run, log=log
+            cfg, model, x, y, eps=eps, adaptive=adaptive, test_split=test_split, run=run, log=log
         )
         info = model_info(
             name=f"{data['name']} {about['kind']} ({Path(cfg.model).name})",
@@ -98,6 +100,7 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
                 "data": data,
                 "clean_acc": clean_acc,
                 "n_test": len(y_all),
+                "test_split_sha256": test_split,
                 "version": settings.version,
                 "eval_subset": settings.subset,
                 **report,
@@ -118,6 +121,7 @@ def _attack(
     *,
     eps: float,
     adaptive: bool,
+    test_split: str,
     run: RunDir,
     log: Log,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
@@ -138,6 +142,7 @@ def _attack(
         "model": str(cfg.model),
         "model_sha256": model_sha256(model),
         "eps": eps,
+        "test_split_sha256": test_split,
         "order": attackers.order,
         "settings": keep,
     }
