@@ -74,6 +74,15 @@ def model_table(report: dict[str, Any]) -> list[str]:
             f"{pct(r['autoattack_acc'], 1)} [{pct(low, 1)}, {pct(high, 1)}] | {r['n_autoattack']} | "
             f"{pct(r['pgd_acc'], 1)} | {seconds} | {r['images_per_s']:.3f} | {checks} |"
         )
+    counts = next(
+        (r["attacked_per_class"] for r in report["rows"] if r.get("attacked_per_class")), None
+    )
+    if counts:
+        lines += [
+            "",
+            f"The {sum(counts)} attacked test images hold {min(counts)} to {max(counts)} images "
+            f"of each of the {len(counts)} classes.",
+        ]
     return lines
 
 

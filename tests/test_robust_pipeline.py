@@ -138,6 +138,11 @@ def test_pipeline_chooses_every_knob_on_validation_images(finished):
     text = "\n".join(sections)
     assert f"| alpha | {report['alpha']:g} | validation | 0, 0.5, 1 |" in text
     assert "| gamma_bias |" in text and "Test images were not read" in text
+    low, high = (
+        min(report["rows"][0]["attacked_per_class"]),
+        max(report["rows"][0]["attacked_per_class"]),
+    )
+    assert f"The 12 attacked test images hold {low} to {high} images of each of the 10" in text
 
 
 def test_pipeline_writes_every_result(finished):
@@ -145,6 +150,7 @@ def test_pipeline_writes_every_result(finished):
     assert set(report["goal"]) == {"fixed mix", "adaptive mix"}
     for row in report["rows"]:
         assert row["n_autoattack"] == 12 and 0 <= row["autoattack_acc"] <= row["clean_acc"] + 1
+        assert sum(row["attacked_per_class"]) == 12 and len(row["attacked_per_class"]) == 10
         assert {c["name"] for c in row["checks"]} == {
             "autoattack<=pgd",
             "eps->large",

@@ -103,6 +103,10 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
                 "test_split_sha256": test_split,
                 "version": settings.version,
                 "eval_subset": settings.subset,
+                # the attacked images per class: "the first n" is a sample only if it spans them
+                "attacked_per_class": torch.bincount(
+                    y.cpu(), minlength=dataset.num_classes
+                ).tolist(),
                 **report,
                 **({"gate": gate} if gate is not None else {}),
                 "autoattack_flags": autoattack_flags(model, x[:100], y[:100], attacks=order),

@@ -29,6 +29,7 @@ def row(label: str, summary: dict[str, Any]) -> dict[str, Any]:
         "autoattack_acc": aa["robust_acc"],
         "autoattack_ci95": aa["ci95"],
         "n_autoattack": aa["n"],
+        "attacked_per_class": summary.get("attacked_per_class"),  # absent before 2026-11-28
         "pgd_acc": summary["pgd"]["acc"],
         "acc_after": aa["acc_after"],
         "seconds": aa["seconds"],
