@@ -214,12 +214,16 @@ def test_evaluations_made_on_another_order_of_the_test_images_are_made_again(fin
         monkeypatch.setattr(
             pipeline, name, lambda *a, real=real, **k: redone.append(a[0].name) or real(*a, **k)
         )
-    true_order = evaluate.test_split_sha256
-    monkeypatch.setattr(pipeline, "test_split_sha256", lambda dataset: "another order")
+    true_dataset = pipeline.recorded_dataset
+    monkeypatch.setattr(
+        pipeline,
+        "recorded_dataset",
+        lambda data: replace(true_dataset(data), test_sha256="another order"),
+    )
     pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     stages = ["eval-standard", "eval-robust", "eval-fixed-mix", "eval-adaptive-mix", "certify"]
     assert redone == stages
-    monkeypatch.setattr(pipeline, "test_split_sha256", true_order)
+    monkeypatch.setattr(pipeline, "recorded_dataset", true_dataset)
     redone.clear()
     pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     assert redone == []  # the evaluations just made recorded the true order

@@ -30,7 +30,12 @@ from trustvision.files import temporary_name, write_atomic
 
 META_NAME = "meta.json"
 FORMAT_VERSION = 2  # 2: an image folder's test split in a fixed random order (data/images.py)
-FOLDER_VARIANTS = ("jpeg", "image-folder")  # variants decoded from image folders
+# what `meta.json` calls a data set decoded from an image folder: a catalog variant of that
+# format (CIFAR-10's `jpeg`) or the `image-folder` entry itself
+FOLDER_VARIANTS = frozenset(
+    {"image-folder"}
+    | {v.name for spec in CATALOG.values() for v in spec.variants if v.format == "image-folder"}
+)
 STALE_TEMP_S = 3600.0  # a temporary file this old belongs to no live writer
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
 IMAGE_FOLDER_PREFIX = "image-folder-"

