@@ -11,8 +11,9 @@ test numbers would be optimistic, the more so the more trials a method had. Over
 chosen config are refused: the result would be a config no sweep chose. Then writes
 docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
 final round and at the round validation picks, the validation accuracies, FedLoGe's
-universal SSE-C accuracy, head/middle/tail, seconds per round, the authors' numbers beside
-them, and two plots per setting (accuracy per round, per-class accuracy against training
+universal SSE-C accuracy, head/middle/tail, seconds per round, FedLoGe minus each rival seed
+by seed (one seed gives every method the same partition, client sampling and validation
+images), the authors' numbers beside them, and two plots per setting (accuracy per round, per-class accuracy against training
 frequency). No number is chosen by test accuracy. A method of the earlier report that this
 invocation finds no run of (a new machine, a setting not asked for) is kept from it, marked.
 
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, mean_std, write_results
-from fed_compare_report import COLUMNS, markdown, plots
+from fed_compare_report import COLUMNS, RIVALS, markdown, plots
 
 from trustvision.runs import RunDir
 
@@ -212,6 +213,31 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
+def paired(block: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """FedLoGe minus each rival (`RIVALS`) on the seeds both ran, seed by seed, with the
+    differences' mean and std; rivals sharing no seed with FedLoGe are left out."""
+    if "fedloge" not in block:
+        return {}
+
+    def by_seed(algorithm: str, key: str) -> dict[int, float]:
+        rows = [r for r in block[algorithm] if r.get("seed") is not None]
+        values = {r["seed"]: r.get(key) for r in rows}
+        return {s: float(v) for s, v in values.items() if isinstance(v, int | float)}
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, rivals in RIVALS:
+        ours = by_seed("fedloge", key)
+        for rival in (r for r in rivals if r in block):
+            theirs = by_seed(rival, key)
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            differences = [ours[s] - theirs[s] for s in seeds]
+            stats = mean_std(differences)
+            out.setdefault(rival, {})[key] = {"seeds": seeds, "differences": differences, **stats}
+    return out
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,6 +349,7 @@ def main() -> None:
     results = {
         setting: {
             "algorithms": {a: summarise(block[a]) for a in ALGORITHMS if a in block},
+            "paired": paired(block),
             "plots": plots(setting, block, args.out),
         }
         for setting, block in raw.items()

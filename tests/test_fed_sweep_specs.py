@@ -362,3 +362,31 @@ def test_rewriting_the_federated_report_keeps_the_methods_whose_runs_are_gone(
     text = (out / "federated.md").read_text()
     assert "(kept)" in text and f"`{kept['kept_from'][0]}` reported them" in text
     assert (out / "federated_fmnist-gap_rounds.png").stat().st_size > 10_000
+
+
+def test_fedloge_is_paired_with_each_rival_on_the_seeds_both_ran_only():
+    """Per-seed differences match FedLoGe's seed k with the rival's seed k; a seed one method
+    lacks, a row without a seed (kept from before seeds were recorded) and a missing value
+    are left out, and the report prints the differences."""
+    bench = benchmark("fed_compare")
+    report = benchmark("fed_compare_report")
+
+    def row(seed, generic, local):
+        keys = dict.fromkeys(("selected_generic", "selected_local"), None)
+        return {**keys, "seed": seed, "generic_acc": generic, "local_acc_masked": local}
+
+    block = {
+        "fedloge": [row(1, 0.85, 0.93), row(2, 0.79, 0.92), row(3, 0.80, 0.90)],
+        "fedavg": [row(2, 0.81, 0.91), row(1, 0.83, 0.92), row(None, 0.99, 0.99)],
+        "fedper": [row(3, None, 0.94)],
+    }
+    paired = bench.paired(block)
+    generic = paired["fedavg"]["generic_acc"]
+    assert generic["seeds"] == [1, 2]
+    assert generic["differences"] == pytest.approx([0.02, -0.02])
+    assert generic["mean"] == pytest.approx(0.0) and generic["n"] == 2
+    assert paired["fedper"]["local_acc_masked"]["differences"] == pytest.approx([-0.04])
+    assert "generic_acc" not in paired["fedper"] and "selected_generic" not in paired["fedavg"]
+    text = "\n".join(report.paired_lines(paired))
+    assert "FedLoGe minus fedavg on generic: +2.0, -2.0 (seeds 1, 2; mean +0.0 ± 2.8)" in text
+    assert bench.paired({"fedavg": block["fedavg"]}) == {}
