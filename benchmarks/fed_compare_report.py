@@ -82,7 +82,10 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "(75% / 95%). s/round: median training seconds of a round (all sampled clients, one "
         "process, one torch thread (the first runs had two), evaluation excluded; other jobs "
         "may have shared the machine, so compare engines with results/federated-engines.md, "
-        "not with this column).",
+        "not with this column). `Paired by seed`: FedLoGe minus a rival on each seed both "
+        "ran; a seed fixes the partition, the clients sampled each round and the validation "
+        "images for every method alike, so these differences are free of the spread that "
+        "partitions alone cause.",
     ]
 
 
