@@ -199,9 +199,19 @@ def where(environment: dict[str, Any]) -> str:
     return f"{environment['machine']}; {device}; torch {environment['torch']}"
 
 
+def summarise_per_class(per_seed: list[dict[str, Any]]) -> list[float] | None:
+    """Generic accuracy per class, mean over seeds; None for a method without a global model."""
+    per_class = [row.get("generic_per_class") for row in per_seed]
+    if not all(per_class):
+        return None
+    return [statistics.fmean(values) for values in zip(*per_class, strict=True)]
+
+
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in COLUMNS] + ["seconds_per_round"]
     stats: dict[str, Any] = {key: mean_std([row[key] for row in per_seed]) for key in keys}
+    stats["generic_per_class"] = summarise_per_class(per_seed)
+    stats["train_counts"] = per_seed[0].get("train_counts")
     stats["machines"] = sorted({row["machine"] for row in per_seed})
     stats["seeds"] = [row.get("seed") for row in per_seed]  # None: a row from before they were
     stats["kept_from"] = sorted({row["reported_by"] for row in per_seed if row.get("kept")})

@@ -140,9 +140,34 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
             + " reported them.",
         ]
     lines += ["", *verdict(block["algorithms"]), *paired_lines(block.get("paired", {}))]
+    lines += per_class_lines(block["algorithms"])
     lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
     for plot in block["plots"]:
         lines += ["", f"![{Path(plot).stem}]({Path(plot).name})"]
+    return lines
+
+
+def per_class_lines(rows: dict[str, Any]) -> list[str]:
+    """Generic accuracy per class, mean over seeds, for every method with a global model: where
+    a method's class-balanced mean comes from (the classes in index order, which is their
+    training frequency order in these long-tailed settings)."""
+    rows = {a: row for a, row in rows.items() if row.get("generic_per_class")}
+    if not rows:
+        return []
+    counts = next(iter(rows.values())).get("train_counts") or []
+    classes = len(next(iter(rows.values()))["generic_per_class"])
+    header = [f"{k} ({counts[k]})" if k < len(counts) else str(k) for k in range(classes)]
+    lines = [
+        "",
+        "Generic accuracy per class, mean over seeds (in brackets the class's training images, "
+        "first seed):",
+        "",
+        "| algorithm | " + " | ".join(header) + " |",
+        "|---" * (classes + 1) + "|",
+    ]
+    for algorithm, row in rows.items():
+        values = " | ".join(f"{100 * v:.1f}" for v in row["generic_per_class"])
+        lines.append(f"| {algorithm} | {values} |")
     return lines
 
 

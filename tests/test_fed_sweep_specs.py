@@ -391,3 +391,21 @@ def test_fedloge_is_paired_with_each_rival_on_the_seeds_both_ran_only():
     text = "\n".join(report.paired_lines(paired))
     assert "FedLoGe minus fedavg on generic: +2.0, -2.0 (seeds 1, 2; mean +0.0 ± 2.8)" in text
     assert bench.paired({"fedavg": block["fedavg"]}) == {}
+
+
+def test_the_report_gives_each_global_models_accuracy_per_class_averaged_over_seeds():
+    bench = benchmark("fed_compare")
+    report = benchmark("fed_compare_report")
+    rows = {
+        "fedavg": [{"generic_per_class": [0.9, 0.2]}, {"generic_per_class": [0.7, 0.4]}],
+        "fedper": [{"generic_per_class": None}, {"generic_per_class": None}],
+    }
+    means = {
+        a: {"generic_per_class": bench.summarise_per_class(r), "train_counts": [50, 5]}
+        for a, r in rows.items()
+    }
+    assert means["fedavg"]["generic_per_class"] == pytest.approx([0.8, 0.3])
+    assert means["fedper"]["generic_per_class"] is None
+    text = "\n".join(report.per_class_lines(means))
+    assert "| algorithm | 0 (50) | 1 (5) |" in text and "| fedavg | 80.0 | 30.0 |" in text
+    assert "fedper" not in text
