@@ -302,3 +302,30 @@ def test_blind_training_attacks_do_not_see_the_gate_and_the_others_do():
     assert not torch.allclose(seeing[0][0], seeing[1][0])
     with pytest.raises(ValueError, match="must not exceed"):
         MixNetSettings(epochs=2, blind_epochs=3)
+
+
+def test_a_mix_names_its_bases_by_absolute_path_and_an_older_relative_one_is_explained(
+    tmp_path, monkeypatch
+):
+    """A mix made with bases given relative to the working directory loads from any other
+    directory; a mix.json of before (relative paths) that does not resolve says why."""
+    from trustvision.robust.commands.common import mix_spec
+    from trustvision.robust.config import MixConfig
+
+    monkeypatch.chdir(tmp_path)
+    spec = mix_spec(
+        MixConfig(standard="work/standard", robust="work/robust"),
+        temperature_std=1.0,
+        temperature_rob=1.0,
+        alpha=0.9,
+    )
+    assert spec["standard"] == str(tmp_path / "work/standard")
+    assert spec["robust"] == str(tmp_path / "work/robust")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tmp_path / "old-mix").mkdir()
+    robust_runs.write_mix(RunDir(tmp_path / "old-mix"), spec | {"standard": "work/standard"})
+    with pytest.raises(ConfigError, match=r"standard base `work/standard`, a path relative"):
+        robust_runs.load_mix(tmp_path / "old-mix")

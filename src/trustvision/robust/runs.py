@@ -1,8 +1,8 @@
 """Run directories of the robust commands: whether one finished, and the model it holds.
 
 A base run (`robust train`) holds `model.safetensors` (a `Normalized` state dict); a mix run
-(`robust mix`) holds `mix.json` naming its two base runs, the temperatures and alpha, and for
-an adaptive mix `mixnet.safetensors`. Loading never unpickles anything.
+(`robust mix`) holds `mix.json` naming its two base runs (by absolute path), the temperatures
+and alpha, and for an adaptive mix `mixnet.safetensors`. Loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ def load_mix(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Modu
     from trustvision.robust.mixing import MixedClassifier, build_adaptive
 
     spec = json.loads((Path(path) / MIX).read_text())
-    standard = load_base(spec["standard"], device=device)
-    robust = load_base(spec["robust"], device=device)
+    standard, robust = (_mix_base(path, spec, role, device) for role in ("standard", "robust"))
     temps = {"temperature_std": spec["temperature_std"], "temperature_rob": spec["temperature_rob"]}
     if spec["kind"] == "fixed":
         return MixedClassifier(standard, robust, alpha=spec["alpha"], **temps).eval()
@@ -105,6 +104,24 @@ def load_mix(path: str | Path, *, device: torch.device | str = "cpu") -> nn.Modu
     if stray:
         raise ConfigError(f"`{Path(path) / MIXNET}` does not match its mix.json: keys {stray}")
     return mix.to(device).eval()
+
+
+def _mix_base(
+    path: str | Path, spec: dict[str, Any], role: str, device: torch.device | str
+) -> Normalized:
+    """One base of a mix; a mix.json of before bases were stored by absolute path names them
+    relative to the directory the mix was made from, which the error says."""
+    try:
+        return load_base(spec[role], device=device)
+    except ConfigError as error:
+        if Path(spec[role]).is_absolute():
+            raise
+        raise ConfigError(
+            f"`{Path(path) / MIX}` names its {role} base `{spec[role]}`, a path relative to the "
+            f"directory the mix was made from, and from {Path.cwd()} it is no finished run: run "
+            "from that directory, or write the base's absolute path into mix.json (mixes made "
+            "now store absolute paths)"
+        ) from error
 
 
 def data_of(path: str | Path) -> dict[str, Any]:

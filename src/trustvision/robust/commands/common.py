@@ -68,11 +68,12 @@ VALIDATION_DRAWN = (
 def mix_spec(
     cfg: MixConfig, *, temperature_std: float, temperature_rob: float, **extra: Any
 ) -> dict[str, Any]:
-    """A mix's mix.json: its kind, its two bases, its temperatures and its own knobs."""
+    """A mix's mix.json: its kind, its two bases (absolute paths, so that the mix loads from
+    any working directory), its temperatures and its own knobs."""
     return {
         "kind": cfg.kind,
-        "standard": cfg.standard,
-        "robust": cfg.robust,
+        "standard": str(Path(cfg.standard).resolve()),
+        "robust": str(Path(cfg.robust).resolve()),
         "temperature_std": temperature_std,
         "temperature_rob": temperature_rob,
         **extra,
