@@ -309,7 +309,7 @@ def test_a_mix_names_its_bases_by_absolute_path_and_an_older_relative_one_is_exp
 ):
     """A mix made with bases given relative to the working directory loads from any other
     directory; a mix.json of before (relative paths) that does not resolve says why."""
-    from trustvision.robust.commands.common import mix_spec
+    from trustvision.robust.commands.common import absolute, mix_spec
     from trustvision.robust.config import MixConfig
 
     monkeypatch.chdir(tmp_path)
@@ -321,6 +321,7 @@ def test_a_mix_names_its_bases_by_absolute_path_and_an_older_relative_one_is_exp
     )
     assert spec["standard"] == str(tmp_path / "work/standard")
     assert spec["robust"] == str(tmp_path / "work/robust")
+    assert absolute("work/robust") == spec["robust"]  # what the mix's summary records too
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

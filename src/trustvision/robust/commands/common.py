@@ -65,6 +65,12 @@ VALIDATION_DRAWN = (
 )
 
 
+def absolute(path: str | Path) -> str:
+    """A run directory as a mix records it: absolute, so that the mix's mix.json and summary
+    lead to its bases from any working directory."""
+    return str(Path(path).resolve())
+
+
 def mix_spec(
     cfg: MixConfig, *, temperature_std: float, temperature_rob: float, **extra: Any
 ) -> dict[str, Any]:
@@ -72,8 +78,8 @@ def mix_spec(
     any working directory), its temperatures and its own knobs."""
     return {
         "kind": cfg.kind,
-        "standard": str(Path(cfg.standard).resolve()),
-        "robust": str(Path(cfg.robust).resolve()),
+        "standard": absolute(cfg.standard),
+        "robust": absolute(cfg.robust),
         "temperature_std": temperature_std,
         "temperature_rob": temperature_rob,
         **extra,
