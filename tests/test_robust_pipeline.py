@@ -169,18 +169,21 @@ def test_pipeline_writes_every_result(finished):
     assert json.loads((work / "report.json").read_text())["alpha"] == report["alpha"]
 
 
-def test_certify_takes_the_lipschitz_route_with_a_known_bound(finished):
-    """`robust certify` by a (made-up) known Lipschitz bound, on the pipeline's bases."""
+def test_certify_takes_the_lipschitz_route_with_a_known_bound(finished, monkeypatch):
+    """`robust certify` by a (made-up) known Lipschitz bound, on the pipeline's bases, named
+    relative to the working directory."""
     tmp_path, work, _ = finished
+    monkeypatch.chdir(work)
     lipschitz = CertifyConfig(
-        standard=str(work / "standard"),
-        robust=str(work / "robust"),
+        standard="standard",
+        robust="robust",
         runs_dir=str(tmp_path),
         device="cpu",
         certify={"method": "lipschitz", "lipschitz": 0.5, "subset": 8, "alphas": (1.0, 0.9)},
     )
     summary = run_certify(lipschitz).read_summary()
     assert summary["method"] == "lipschitz" and set(summary["curves"]) == {"1", "0.9"}
+    assert summary["robust"] == str((work / "robust").resolve())  # loads from any directory
     assert summary["curves"]["1"]["tight"][0] >= summary["curves"]["0.9"]["tight"][0]
 
 

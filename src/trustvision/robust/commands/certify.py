@@ -23,7 +23,7 @@ from trustvision.robust.certify import (
     mixed_radii,
     probability_margin,
 )
-from trustvision.robust.commands.common import Log, quiet
+from trustvision.robust.commands.common import Log, absolute, quiet
 from trustvision.robust.config import CertifyConfig
 from trustvision.robust.evaluate import recorded_dataset, test_pixels
 from trustvision.robust.plots import plot_certified
@@ -77,8 +77,8 @@ def run_certify(
                 "status": "finished",
                 "kind": "certify",
                 "method": settings.method,
-                "standard": cfg.standard,
-                "robust": cfg.robust,
+                "standard": absolute(cfg.standard),
+                "robust": absolute(cfg.robust),
                 "data": data,
                 "n": len(y),
                 "test_split_sha256": dataset.test_sha256,
