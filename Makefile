@@ -13,12 +13,14 @@ demo: setup
 	.venv/bin/trustvision fed run configs/fed/fmnist_lt_cpu.yaml rounds=10 local_epochs=1 runs_dir=runs/demo-fed
 	.venv/bin/trustvision fed compare runs/demo-fed
 
+# pytest runs one worker per core (pytest-xdist); a test file stays on one worker, so its
+# module fixtures run once.
 test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n auto --dist loadfile
 
 lint:
 	.venv/bin/ruff check src tests benchmarks

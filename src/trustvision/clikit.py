@@ -99,7 +99,7 @@ def fail(err: TrustvisionError | OSError) -> typer.Exit:
     "Exit codes": 2 bad input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
     if not isinstance(err, TrustvisionError):  # an OSError no layer below has explained
         err = environment_failure(err)
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     return typer.Exit(exit_code(err))
 
 
