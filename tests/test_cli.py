@@ -66,6 +66,15 @@ def test_a_runs_dir_that_cannot_be_made_is_an_environment_failure(words, overrid
     assert "No such file or directory" in message and "Traceback" not in result.output
 
 
+def test_an_error_naming_a_long_path_is_one_unbroken_line(tmp_path):
+    """A path a user copies out of an error must not be cut by the terminal width."""
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 6)
+    result = RUNNER.invoke(app, ["train", "--resume", str(deep)])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and str(deep) in line
+
+
 @pytest.mark.parametrize("words", [["train"], ["robust", "train"], ["fed", "run"]])
 def test_checkpoint_without_resume_is_refused(words):
     result = RUNNER.invoke(app, [*words, "epochs=1", "--checkpoint", "epoch-0001"])
