@@ -284,7 +284,8 @@ def test_grid_sweep_end_to_end(grid_sweep):
 def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
     out, by_lr, output = grid_sweep
     report = read_json(out / "sweep.json")
-    assert by_lr[-1]["state"] == "FAIL" and "exited with status 2" in by_lr[-1]["note"]
+    assert by_lr[-1]["state"] == "FAIL" and "exited with status 2: " in by_lr[-1]["note"]
+    assert "greater than 0" in by_lr[-1]["note"]  # the cause, from the command's error line
     assert by_lr[-1]["validation"] is None
     assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 2, "FAIL": 1}
     assert report["chosen"]["number"] in {by_lr[0.01]["number"], by_lr[0.1]["number"]}

@@ -39,7 +39,7 @@ def trial_record(
     if rerun_as is not None:
         notes.append(f"killed; re-run as trial {rerun_as}")
     elif trial.state == TrialState.FAIL and trial.user_attrs.get("error"):
-        notes.append(str(trial.user_attrs["error"]))
+        notes.append(failure_note(trial.user_attrs))
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         step = max(trial.intermediate_values)
         notes.append(f"pruned after {spec.prune.step if spec.prune else 'step'} {step}")
@@ -53,6 +53,14 @@ def trial_record(
         "run_dir": trial.user_attrs.get("run_dir"),
         "note": "; ".join(notes),
     }
+
+
+def failure_note(attrs: dict[str, Any]) -> str:
+    """Why a trial failed: how its command exited and, where its log holds the one-line error
+    the command printed, that error's first clause (the cause, before the advice)."""
+    error = str(attrs["error"])
+    _, found, said = str(attrs.get("log_tail", "")).rpartition("error: ")
+    return f"{error}: {' '.join(said.split()).split('; ')[0]}" if found else error
 
 
 def _finite(value: Any) -> float | None:
