@@ -207,8 +207,12 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
 
 def test_evaluations_made_on_another_order_of_the_test_images_are_made_again(finished, monkeypatch):
     """An older data cache held CIFAR-10's test split class by class, so "the first 500 test
-    images" were all airplanes: an evaluation or certificate made on another order is redone."""
+    images" were all airplanes: an evaluation or certificate made on another order is redone,
+    also a certificate whose config named its bases otherwise (relative to where it ran)."""
     tmp_path, work, _ = finished
+    certify_config = work / "certify" / "config.yaml"
+    text = certify_config.read_text()
+    certify_config.write_text(text.replace(f"standard: {work}/", "standard: work/"))
     for name in ("train_robust", "run_mix"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("a base or mix redone"))
     redone = []
@@ -226,6 +230,9 @@ def test_evaluations_made_on_another_order_of_the_test_images_are_made_again(fin
     pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     stages = ["eval-standard", "eval-robust", "eval-fixed-mix", "eval-adaptive-mix", "certify"]
     assert redone == stages
+    (batch,) = (work / "retired").iterdir()
+    assert [p.name for p in batch.iterdir()] == ["certify"]  # the old one, kept aside
+    shutil.rmtree(work / "retired")  # `finished` as the tests below expect it
     monkeypatch.setattr(pipeline, "recorded_dataset", true_dataset)
     redone.clear()
     pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)

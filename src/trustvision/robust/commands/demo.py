@@ -306,13 +306,17 @@ def _certify(
         certify=cfg.certify,
         **_common(cfg),
     )
+    certified = work / "certify"
+    if is_finished(certified) and read_finished(certified).get("test_split_sha256") != test_split:
+        # certified on test images in another order (an older data cache): done again afresh,
+        # as `robust certify` continues no finished run, under whatever config it had
+        retire(work, ["certify"], why="it certified test images in another order", log=log)
     summary = _stage(
-        work / "certify",
-        lambda: run_certify(certify_cfg, run_path=work / "certify", log=log),
+        certified,
+        lambda: run_certify(certify_cfg, run_path=certified, log=log),
         log=log,
         title="certifying the mix with a Gaussian-smoothing base",
         config=certify_cfg,
-        current=lambda summary: summary.get("test_split_sha256") == test_split,
     )
     keys = (
         "method",
