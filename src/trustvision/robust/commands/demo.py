@@ -191,9 +191,14 @@ def _stage(
     title: str,
     config: BaseModel | None = None,
     current: Callable[[dict[str, Any]], bool] = lambda _: True,
+    stale: str | None = None,
 ) -> dict[str, Any]:
     """Run `make` unless `path` finished with a summary that is still `current`; an unfinished
-    stage begun with another `config` is retired first (its partial work is not continued)."""
+    stage begun with another `config` is retired first (its partial work is not continued).
+    With `stale` (why a finished stage that is not `current` is out of date), such a stage is
+    retired too and made afresh, for a command that continues no finished run."""
+    if stale is not None and is_finished(path) and not current(read_finished(path)):
+        retire(path.parent, [path.name], why=stale, log=log)
     if config is not None and (changed := config_changes(path, config)):
         retire(
             path.parent,
@@ -306,17 +311,14 @@ def _certify(
         certify=cfg.certify,
         **_common(cfg),
     )
-    certified = work / "certify"
-    if is_finished(certified) and read_finished(certified).get("test_split_sha256") != test_split:
-        # certified on test images in another order (an older data cache): done again afresh,
-        # as `robust certify` continues no finished run, under whatever config it had
-        retire(work, ["certify"], why="it certified test images in another order", log=log)
     summary = _stage(
-        certified,
-        lambda: run_certify(certify_cfg, run_path=certified, log=log),
+        work / "certify",
+        lambda: run_certify(certify_cfg, run_path=work / "certify", log=log),
         log=log,
         title="certifying the mix with a Gaussian-smoothing base",
         config=certify_cfg,
+        current=lambda summary: summary.get("test_split_sha256") == test_split,
+        stale="it certified test images in another order",
     )
     keys = (
         "method",
