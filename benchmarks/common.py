@@ -1,14 +1,17 @@
 """What the benchmark scripts share (imported as `common`: scripts run from this folder): where
 results go and how they are written (a .md for people and a strict .json for programs, always
-both), how numbers are formatted, and the data files of this machine."""
+both), how numbers are formatted, the data files of this machine, and how a script fails."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trustvision.clikit import EXPECTED, print_failure
 from trustvision.files import write_atomic
 from trustvision.runs import strict_json
 
@@ -62,3 +65,13 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
     path = out / f"{stem}.md"
     write_atomic(path, markdown.rstrip("\n") + "\n")
     return path
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a script's `main`; an expected failure (a bad config value, a file or folder the
+    machine refuses) ends it as the CLI's commands end, one red line and the README's exit code,
+    instead of a traceback."""
+    try:
+        main()
+    except EXPECTED as err:
+        sys.exit(print_failure(err))

@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import CIFAR_ZIP, mean_std, write_results
+from common import CIFAR_ZIP, mean_std, run_script, write_results
 from compact_report import markdown, plot, pm
 
 ROOT = Path(__file__).parents[1]
@@ -276,4 +276,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import write_results
+from common import run_script, write_results
 
 from trustvision.compact.c_export import Variant, compile_command, export_c, harness
 from trustvision.compact.export import INPUT, OUTPUT, session
@@ -185,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 from compact import CONFIGS, overrides, train_run
 
 VALIDATION = 0.1  # stratified, from the seed (data.validation)
@@ -168,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

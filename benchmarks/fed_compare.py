@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, mean_std, write_results
+from common import ROOT, mean_std, run_script, write_results
 from fed_compare_report import COLUMNS, RIVALS, markdown, plots
 
 from trustvision.runs import RunDir
@@ -378,4 +378,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 MODES = ("floor", "inprocess", "flower-sim-1", "flower-sim-2", "flower-deploy")
@@ -327,4 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

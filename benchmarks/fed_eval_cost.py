@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 BACKBONES = {"mnist_cnn": [], "gap_cnn": ["model.name=gap_cnn", "model.kwargs={}"]}
@@ -117,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

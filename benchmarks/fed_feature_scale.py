@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
 import torch
-from common import CIFAR_ZIP, ROOT, write_results
+from common import CIFAR_ZIP, ROOT, run_script, write_results
 
 from trustvision.config import load_config
 from trustvision.data.dataset import load_dataset
@@ -86,6 +87,9 @@ def diagnose(overrides: list[str]) -> tuple[list[dict], dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help explains, anything else is refused
     torch.set_num_threads(1)
     started = time.perf_counter()
     lines = [
@@ -133,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

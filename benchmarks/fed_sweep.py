@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 from fed_sweep_report import lr_plot, markdown, norm_plot
 from fed_sweep_specs import (
     FOLLOW_UP,
@@ -397,4 +397,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

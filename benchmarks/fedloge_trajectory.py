@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, ROOT, write_results
+from common import RESULTS, ROOT, run_script, write_results
 
 from trustvision.config import load_config
 from trustvision.federated.config import FedConfig
@@ -165,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 from torch import nn
 
 from trustvision.models import create_model
@@ -176,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, ROOT, write_results
+from common import RESULTS, ROOT, run_script, write_results
 from rich.console import Console
 from robust_report import dataset_section, intro_lines, missing_lines
 
@@ -192,4 +192,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, write_results
+from common import ROOT, run_script, write_results
 from pyautoattack.square import SquareAttack
 
 from trustvision.robust.attacks import cross_entropy_loss, pgd
@@ -178,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

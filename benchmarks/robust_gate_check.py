@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, write_results
+from common import RESULTS, ROOT, run_script, write_results
 from rich.console import Console
 from robust import CONFIGS
 
@@ -322,4 +322,4 @@ def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

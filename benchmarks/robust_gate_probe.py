@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, ROOT, write_results
+from common import RESULTS, ROOT, run_script, write_results
 from robust import CONFIGS
 from robust_gate_probe_detect import (
     READS,
@@ -289,4 +289,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import CIFAR_ZIP, ROOT, write_results
+from common import CIFAR_ZIP, ROOT, run_script, write_results
 
 from trustvision.config import AugmentConfig, DataConfig, OptimConfig
 from trustvision.data.dataset import load_dataset
@@ -200,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -94,13 +94,18 @@ def command_config(
 EXPECTED = (TrustvisionError, OSError)
 
 
-def fail(err: TrustvisionError | OSError) -> typer.Exit:
-    """Print an expected failure in red as one line and return the exit to raise (README,
-    "Exit codes": 2 bad input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
+def print_failure(err: TrustvisionError | OSError) -> int:
+    """Print an expected failure in red as one line; its exit code (README, "Exit codes": 2 bad
+    input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
     if not isinstance(err, TrustvisionError):  # an OSError no layer below has explained
         err = environment_failure(err)
     err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    return typer.Exit(exit_code(err))
+    return exit_code(err)
+
+
+def fail(err: TrustvisionError | OSError) -> typer.Exit:
+    """Print an expected failure (`print_failure`) and return the exit to raise."""
+    return typer.Exit(print_failure(err))
 
 
 def command_takes_resume(root: click.Command, command: str) -> bool:
