@@ -322,6 +322,18 @@ def with_kept(raw: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> di
     return merged
 
 
+def kept_jobs(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> set[Job]:
+    """The (setting, algorithm, seed) of every row `with_kept` carried over: reported, not
+    missing."""
+    return {
+        (setting, algorithm, row.get("seed"))
+        for setting, block in raw.items()
+        for algorithm, rows in block.items()
+        for row in rows
+        if row.get("kept")
+    }
+
+
 def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
     """Refused before any training: overrides, which would turn a validation-chosen config into
     one no sweep chose; and the sweeps' own seed, whose test numbers would carry the optimism
@@ -370,7 +382,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "wall_seconds": time.perf_counter() - started,
-        "missing": [job for job in jobs if job not in runs],
+        "missing": [job for job in jobs if job not in runs and job not in kept_jobs(raw)],
     }
     body = {"meta": meta, "results": results, "runs": raw}
     text = markdown(results, meta, SETTINGS)

@@ -360,8 +360,10 @@ def test_rewriting_the_federated_report_keeps_the_methods_whose_runs_are_gone(
             assert kept["kept_from"] == (row.get("kept_from") or [committed["meta"]["command"]])
             # never the rewriting command itself, which measured nothing
             assert not any("no-runs" in command for command in kept["kept_from"])
+    assert rewritten["meta"]["missing"] == []  # fedavg's seeds are kept, not missing
     text = (out / "federated.md").read_text()
     assert "(kept)" in text and f"`{kept['kept_from'][0]}` reported them" in text
+    assert "Not run yet" not in text
     assert (out / "federated_fmnist-gap_rounds.png").stat().st_size > 10_000
 
 
