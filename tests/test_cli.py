@@ -1,7 +1,11 @@
 """What every training command's line interface does the same way: overrides without a file,
 `--print-config`, `--resume` with its own config only, and a missing config named."""
 
+import re
+
+import click
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -80,3 +84,29 @@ def test_checkpoint_without_resume_is_refused(words):
     result = RUNNER.invoke(app, [*words, "epochs=1", "--checkpoint", "epoch-0001"])
     assert result.exit_code == 2
     assert "`--checkpoint` chooses where `--resume RUN_DIR` starts: give both" in said(result)
+
+
+def every_command(group: click.Group, words: list[str]):
+    """(words, command) for every sub-command under `group`, depth first."""
+    for name, command in group.commands.items():
+        yield [*words, name], command
+        if isinstance(command, click.Group):
+            yield from every_command(command, [*words, name])
+
+
+def test_help_prints_every_bracket_its_source_has():
+    """Rich reads `[word]` in a help text as markup and drops it, which once printed `--out`'s
+    help as "Where the plots go ." (its default in brackets was gone); every bracketed fragment
+    of a command's or an option's help must reach `--help`."""
+    runner = CliRunner(env={"COLUMNS": "4000"})
+    checked = 0
+    for words, command in every_command(typer.main.get_command(app), []):
+        texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+        fragments = [m for text in texts for m in re.findall(r"\[[^\]\[]+\]", text)]
+        if not fragments:
+            continue
+        shown = said(runner.invoke(app, [*words, "--help"]))
+        for fragment in fragments:
+            checked += 1
+            assert " ".join(fragment.split()) in shown, f"{' '.join(words)}: {fragment} lost"
+    assert checked >= 2  # fed compare's --out and the compact overrides' `rows=[full]`

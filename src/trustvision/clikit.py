@@ -14,6 +14,7 @@ import click
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from trustvision.errors import ConfigError, TrustvisionError, environment_failure, exit_code
 
@@ -49,7 +50,7 @@ def command_group(help: str) -> typer.Typer:
 
 def overrides_help(example: str) -> str:
     """The help of a command's `key=value` arguments, with an example of its own keys."""
-    return f"Config overrides as `key=value`, nested keys with dots: `{example}`."
+    return f"Config overrides as `key=value`, nested keys with dots: `{escape(example)}`."
 
 
 def command_config(

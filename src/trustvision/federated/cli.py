@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trustvision.clikit import (
@@ -138,7 +139,7 @@ def compare(
     ],
     out: Annotated[
         Path | None,
-        typer.Option(help="Where the plots go [default: compare/ beside the first run]."),
+        typer.Option(help=escape("Where the plots go [default: compare/ beside the first run].")),
     ] = None,
 ) -> None:
     """Compare finished runs: generic and local accuracy side by side, and two plots.
