@@ -152,6 +152,30 @@ def test_a_summary_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in run.path.iterdir()] == ["summary.json"]  # no temporary file left
 
 
+def test_a_plot_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A report's plot rewritten on a full disk keeps the old picture (save_figure renders in
+    memory and writes as write_atomic does), and a new one is a real PNG."""
+    from trustvision.report.figures import plt, save_figure
+
+    path = tmp_path / "plots/curve.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["curve.png"]  # no temporary file left
+
+
 def test_text_is_written_as_utf8(tmp_path):
     write_atomic(tmp_path / "note.md", "alpha ∈ [0.8, 1]\n")
     assert (tmp_path / "note.md").read_bytes() == "alpha ∈ [0.8, 1]\n".encode()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.report import build_report
 from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import SweepSpec, is_log_spaced, load_spec
-from trustvision.sweep.study import prepare_out
+from trustvision.sweep.study import prepare_out, recover_killed, storage_for
 from trustvision.sweep.trial import (
     find_run_dir,
     format_override,
@@ -332,6 +333,47 @@ def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
     retry = next(t for t in done if f"re-run of killed trial {killed}" in t["note"])
     assert retry["run_dir"].startswith(f"trials/trial-{killed}/")
     assert read_json(out / retry["run_dir"] / "summary.json")["status"] == "finished"
+
+
+def test_a_killed_sweeps_orphans_are_told_apart_by_their_own_arguments(tmp_path):
+    """recover_killed ends a killed trial's command even when it was a retry continuing another
+    trial's run (`--resume <trials/trial-5/run>`, no `runs_dir=` of its own), and leaves alone a
+    process that took a recorded pid over, though its `runs_dir=.../trial-10` starts with the
+    killed trial-1's folder name."""
+    out = tmp_path / "out"
+    out.mkdir()
+    resumed = out / "trials/trial-5/run-a"
+
+    def sleeper(*args: str) -> subprocess.Popen:
+        code = "import time; time.sleep(120)"
+        argv = [sys.executable, "-c", code, *args]
+        return subprocess.Popen(argv, start_new_session=True)
+
+    retry = sleeper("--resume", str(resumed.resolve()))
+    bystander = sleeper(f"runs_dir={(out / 'trials/trial-10').resolve()}")
+    # an orphan's parent is gone and init reaps it; here the test is its parent, so a thread
+    # reaps it, or its zombie would keep /proc/<pid> (which stop_orphan waits on) for 20 s
+    reaper = threading.Thread(target=retry.wait, daemon=True)
+    reaper.start()
+    try:
+        storage = storage_for(out)
+        study = optuna.create_study(study_name="s", storage=storage)
+        first, second = study.ask(), study.ask()  # trial 0 (the retry) and trial 1, RUNNING
+        first.set_user_attr("pid", retry.pid)
+        first.set_user_attr("run_dir", str(resumed.relative_to(out)))
+        second.set_user_attr("pid", bystander.pid)
+        time.sleep(0.5)  # both have exec'd python: /proc shows their arguments
+
+        assert recover_killed(study, storage, out) == [0, 1]
+
+        reaper.join(timeout=30)
+        assert retry.returncode == -signal.SIGTERM  # ended by its process group
+        assert bystander.poll() is None  # a stranger's process lives on
+    finally:
+        for proc in (retry, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def wait_for_second_trial_running(out, proc, log, timeout=120.0):

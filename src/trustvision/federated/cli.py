@@ -144,12 +144,9 @@ def compare(
 ) -> None:
     """Compare finished runs: generic and local accuracy side by side, and two plots.
 
-    Two tables: the final round's test accuracies, and the choice made on validation: the
-    final round's validation accuracies and the test accuracy of the round whose validation
-    accuracy was highest (generic and local chosen apart). No number is picked by test.
+    Two tables: the final round's test accuracies, and the choice made on validation: the final round's validation accuracies and the test accuracy of the round whose validation accuracy was highest (generic and local chosen apart). No number is picked by test.
 
-    The plots: accuracy per round (one line per run) and generic per-class accuracy against
-    training frequency.
+    The plots: accuracy per round (one line per run) and generic per-class accuracy against training frequency.
 
     Example: trustvision fed compare runs/demo-fed
     """

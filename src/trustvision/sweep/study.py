@@ -21,7 +21,7 @@ from trustvision.config import build_config, read_yaml
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
-from trustvision.sweep.trial import find_run_dir, stop_orphan
+from trustvision.sweep.trial import find_run_dir, stop_orphan, trial_marks
 
 SPEC_FILE = "spec.yaml"
 STUDY_FILE = "study.db"
@@ -162,7 +162,9 @@ def recover_killed(study: optuna.Study, storage: RDBStorage, out: Path) -> list[
     for trial in killed:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if "pid" in trial.user_attrs:
-            stop_orphan(int(trial.user_attrs["pid"]), trial_dir(out, trial.number))
+            resumed = trial.user_attrs.get("run_dir")  # a retry's: the run it continued
+            marks = trial_marks(trial_dir(out, trial.number), out / resumed if resumed else None)
+            stop_orphan(int(trial.user_attrs["pid"]), marks)
         run_dir = find_run_dir(trial_dir(out, trial.number))
         if run_dir is not None and not trial.user_attrs.get("run_dir"):
             storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(out)))

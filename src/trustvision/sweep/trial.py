@@ -128,14 +128,22 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def stop_orphan(pid: int, trial_dir: Path, *, grace_seconds: float = 10.0) -> bool:
+def trial_marks(trial_dir: Path, resumed: Path | None) -> set[str]:
+    """The arguments that tell a trial's command apart (`trial_argv`): its `runs_dir=`, or the
+    run directory a retry continues with `--resume`."""
+    marks = {f"runs_dir={trial_dir.resolve()}"}
+    return marks | {str(resumed.resolve())} if resumed is not None else marks
+
+
+def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bool:
     """End the process group of a trial a killed sweep left running (its leader `pid`, only
-    if that process still runs this trial's command); returns whether there was one."""
+    if that process's arguments still hold one of the trial's `marks`); returns whether there
+    was one."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False  # gone (or no /proc: nothing to check it against)
-    if f"runs_dir={trial_dir.resolve()}" not in cmdline and str(trial_dir) not in cmdline:
+    if not marks & set(cmdline.split("\0")):
         return False  # the pid was reused by another program
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
