@@ -190,11 +190,9 @@ def plot(table: dict[str, Any], path: Path) -> None:
     Our rows share one architecture, hence one parameter count: they are drawn a few pixels
     apart at that exact count, not at made-up counts.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.transforms import offset_copy
+
+    from trustvision.report.figures import plt, save_figure
 
     fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 4.6), squeeze=False)
     markers = {"plain": "o", "no_unfreeze": "s", "full": "D"}
@@ -231,7 +229,4 @@ def plot(table: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, rect=(0, 0.1, 1, 1))

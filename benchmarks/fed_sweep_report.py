@@ -142,10 +142,7 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
     """FedLoGe's norm target against validation and test accuracy, per setting, beside the
     authors' sweep (another data set and backbone: its shape, not its level, compares);
     `key` is the norm target's config key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trustvision.report.figures import plt
 
     made: dict[str, dict[str, str]] = {}
     for setting, block in results.items():
@@ -187,10 +184,7 @@ def curve(done: list[dict[str, Any]], key: str, kind: str, part: str) -> tuple[l
 def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str, dict[str, str]]:
     """FedAvg's learning-rate sweep and FedLoGe's follow-up on one axis, per setting where both
     ran: generic accuracy on validation (what chose) and on test (never read)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trustvision.report.figures import plt
 
     made: dict[str, dict[str, str]] = {}
     for setting, block in results.items():
@@ -215,9 +209,6 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
 
 def save(fig: Any, path: Path) -> str:
     """Write a figure as a PNG and close it; its path."""
-    import matplotlib.pyplot as plt
+    from trustvision.report.figures import save_figure
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))

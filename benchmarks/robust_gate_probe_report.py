@@ -6,11 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from trustvision.report.figures import plt, save_figure
 from trustvision.runs import machine_summary
 
 
@@ -30,9 +26,7 @@ def plot(name: str, record: dict[str, Any], path: Path) -> None:
     right.set(xlabel="epoch", ylabel="mean sigmoid(gamma)", title="clean, attacked, noise")
     left.legend(title="stages, reads")
     right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 INTRO = (
