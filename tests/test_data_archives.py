@@ -133,6 +133,9 @@ def test_a_cache_written_by_an_older_format_is_decoded_again(cache, tmp_path):
     (folder / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
     with pytest.raises(DataError, match=r"written by an older trustvision.*--from PATH"):
         sources.fetch(folder.name)  # by key there is nothing to decode again from
+    with pytest.raises(DataError, match=r"written by an older trustvision.*--from PATH"):
+        sources.fetch("image-folder")  # nor as the one cached image folder
+    assert (folder / "meta.json").is_file()  # and the refusal lost nothing
     sources.fetch("image-folder", from_path=path)
     assert json.loads((folder / "meta.json").read_text())["format_version"] == 2
 

@@ -60,7 +60,8 @@ def fetch(
     meta = target / META_NAME
     if meta.is_file() and not decoded_by_an_older_format(target):
         return target
-    if spec is None:
+    # an image folder named by its key, or the one cached: nothing to decode it again from
+    if spec is None or (spec.format == "image-folder" and local is None):
         why = "was written by an older trustvision" if meta.is_file() else "is not in the cache"
         raise DataError(f"`{name}` {why} at `{target}`: fetch it again with `--from PATH`")
     check_writable(target)  # before minutes of downloading and decoding
