@@ -2,98 +2,26 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from benchmark_scripts import benchmark
-from typer.testing import CliRunner
+from robust_pipeline_run import NoTestImages, benchmark_report, mixes_without_test_images, tiny
 
 import trustvision.robust.commands.common as common
 import trustvision.robust.commands.demo as pipeline
-import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
 import trustvision.train.loop as loop
-from trustvision.config import load_config
-from trustvision.errors import ConfigError
 from trustvision.robust.card import MODEL_INFO_FIELDS
-from trustvision.robust.cli import robust_app
 from trustvision.robust.commands.adaptive import chooses_gate_again, pixel_loader
 from trustvision.robust.commands.certify import run_certify
-from trustvision.robust.config import CertifyConfig, PipelineConfig
+from trustvision.robust.config import CertifyConfig
 from trustvision.robust.mixing import MixingNetwork, stage_channels
 from trustvision.robust.runs import load_model
 
-ROOT = Path(__file__).parents[1]
-DEMO = ROOT / "configs/robust/demo_mnist.yaml"
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-TINY_TRAIN = ["epochs=1", "data.train_subset=384", "data.test_subset=200", "data.batch_size=64"]
-
-
-def tiny(tmp_path: Path) -> PipelineConfig:
-    overrides = [f"{who}.{o}" for who in ("standard", "robust", "smoothing") for o in TINY_TRAIN]
-    return load_config(
-        PipelineConfig,
-        DEMO,
-        [
-            f"runs_dir={tmp_path}",
-            "device=cpu",
-            "smoothing={attack: {method: gaussian, sigma: 0.25}}",
-            *overrides,
-            "sweep.alphas=[0.0, 0.5, 1.0]",
-            "sweep.subset=12",
-            "sweep.temperatures_rob=[0.5, 1.0]",
-            "sweep.attack={attacks: [apgd-ce], n_iter: 3}",
-            "eval.subset=12",
-            "eval.test_subset=300",
-            "eval.chunk=6",
-            "eval.custom={attacks: [apgd-ce, apgd-t, square], n_iter: 3, n_target_classes: 2, square_queries: 10}",
-            "eval.pgd_steps=3",
-            "eval.eps_sweep_subset=6",
-            "adaptive=true",
-            "mixnet={epochs: 1, train_subset: 128, batch_size: 64, width: 8, steps_df: 1.0, target_classes: 1, bias_sweep: [0.0, 1.0]}",
-            "certify={subset: 6, n0: 10, n: 40, alphas: [1.0, 0.9], attack_check: 2, batch_size: 40}",
-        ],
-    )
-
-
-class NoTestImages:
-    """A test split that fails on any read: making a mix must not look at test images."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"a mix read the test split (`{name}`)")
-
-    def __len__(self):
-        raise AssertionError("a mix read the test split (len)")
-
-
-def mixes_without_test_images(monkeypatch, caller=pipeline) -> None:
-    """Make every `run_mix` of `caller` (a module: the pipeline) see a data set whose test
-    split cannot be read."""
-    real = caller.run_mix
-
-    def run_mix(*args, **kwargs):
-        with monkeypatch.context() as patch:
-            patch.setattr(
-                common,
-                "recorded_dataset",
-                lambda data: replace(evaluate.recorded_dataset(data), test=NoTestImages()),
-            )
-            return real(*args, **kwargs)
-
-    monkeypatch.setattr(caller, "run_mix", run_mix)
-
-
-def benchmark_report():
-    """benchmarks/robust_report.py, the tables of benchmarks/robust.py, as a module."""
-    return benchmark("robust_report")
 
 
 @pytest.fixture(scope="module")
@@ -331,51 +259,6 @@ def test_the_gate_probe_trains_a_detector_on_the_bases_maps_of_validation_images
     assert detector["best"]["auc"] == max(row["auc"] for row in detector["history"])
 
 
-def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
-    auc = benchmark("robust_gate_probe_detect").auc
-    assert auc(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
-    assert auc(torch.tensor([0.8, 0.9]), torch.tensor([0.1, 0.2])) == 0.0
-    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5  # ties count half
-    assert auc(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.75
-    youden = benchmark("robust_gate_probe_detect").youden
-    assert youden(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
-    assert youden(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.0
-    assert youden(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.5
-
-
-def test_the_fixed_curve_a_gate_is_compared_with_takes_stopped_points_at_their_bound():
-    fixed_clean_at = benchmark("robust_report_mixes").fixed_clean_at
-
-    def point(alpha, clean, robust, complete=True):
-        return {
-            "alpha": alpha,
-            "clean_acc": clean,
-            "robust_acc": robust,
-            "robust_complete": complete,
-        }
-
-    ends = [point(0.0, 0.85, 0.0), point(1.0, 0.70, 0.30)]
-    sweep = [*ends, point(0.95, 0.73, 0.275), point(0.9, 0.77, 0.26, complete=False)]
-    # Two thirds of the way from the 0.9 point, at its bound (0.26), to the 0.95 point.
-    assert fixed_clean_at(sweep, 0.27) == pytest.approx(0.77 - 0.04 * 2 / 3)
-    # Without the stopped point the only bracket is alpha 0 to 0.95, a lower curve.
-    assert fixed_clean_at([*ends, sweep[2]], 0.27) == pytest.approx(0.85 - 0.12 * 0.27 / 0.275)
-    assert fixed_clean_at([*ends, point(0.95, 0.73, None)], 0.31) is None
-
-
-@pytest.mark.parametrize("stages", ["1,0", "0-1", "0,1,2"])
-def test_the_probe_refuses_a_bad_stage_pair_before_any_work(stages, capsys):
-    with pytest.raises(SystemExit):
-        benchmark("robust_gate_probe").parse_args(["--stages", stages])
-    assert "--stages" in capsys.readouterr().err
-
-
-def test_a_gate_check_candidate_with_an_unknown_setting_is_a_clear_error(tmp_path):
-    gate_check = benchmark("robust_gate_check")
-    with pytest.raises(ConfigError, match=r"`epoch`: unknown key"):
-        gate_check.candidate_mixnet(tiny(tmp_path), ["epoch=5"])
-
-
 def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_points(
     finished, monkeypatch
 ):
@@ -408,95 +291,6 @@ def test_a_new_gate_grid_keeps_the_trained_mixing_network_and_its_attacked_point
     assert (work / "eval-adaptive-mix" / "summary.json").is_file()
 
 
-def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
-    pipeline.run_pipeline(cfg, work, log=lambda _: None)
-    eval_dir = work / "eval-robust"
-    first = json.loads((eval_dir / "summary.json").read_text())
-    (eval_dir / "summary.json").unlink()  # as if killed after the last chunk
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a finished chunk was attacked again")
-
-    monkeypatch.setattr(evaluate, "attack_chunk", forbidden)
-    pipeline.run_pipeline(cfg, work, log=lambda _: None)
-    second = json.loads((eval_dir / "summary.json").read_text())
-    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
-    assert (
-        eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
-    )
-
-
-def test_a_damaged_chunk_file_is_reported_and_its_chunks_attacked_again(tmp_path):
-    work = tmp_path / "work"
-    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
-    pipeline.run_pipeline(cfg, work, log=lambda _: None)
-    eval_dir = work / "eval-robust"
-    first = json.loads((eval_dir / "summary.json").read_text())
-    (eval_dir / "summary.json").unlink()
-    (eval_dir / eval_command.STATE).write_text('{"signature": {"model": ')  # cut off mid-write
-    lines: list[str] = []
-    pipeline.run_pipeline(cfg, work, log=lines.append)
-    assert any("is damaged" in line and "attacked again" in line for line in lines)
-    second = json.loads((eval_dir / "summary.json").read_text())
-    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]  # seeded
-
-
-def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
-    runner = CliRunner()
-    shown = runner.invoke(robust_app, ["train", "--print-config", "attack.method=trades"])
-    assert shown.exit_code == 0 and "method: trades" in shown.output
-    missing = tmp_path / "nothing"
-    result = runner.invoke(robust_app, ["eval", f"model={missing}", f"runs_dir={tmp_path}"])
-    assert result.exit_code == 2
-    bad = runner.invoke(robust_app, ["train", "--print-config", "attack.method=magic"])
-    assert bad.exit_code == 2
-
-
-def test_cli_module_imports_without_torch():
-    code = "import sys, trustvision.robust.cli; assert 'torch' not in sys.modules"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-
-
-def test_the_pipelines_seed_device_and_threads_reach_every_stage():
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["seed=3", "device=cpu", "threads=1"])
-    for stage in (cfg.standard, cfg.robust):
-        assert (stage.seed, stage.device, stage.threads) == (3, "cpu", 1)
-    with pytest.raises(ConfigError, match=r"`robust.seed=5` differ.*set them once, at the top"):
-        load_config(PipelineConfig, demo, ["robust.seed=5"])
-
-
-def test_bases_on_different_data_sets_are_refused_before_any_training():
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["robust.data.name=fashion-mnist"])
-    with pytest.raises(ConfigError, match=r"fashion-mnist.*must hold out the same.*`data.name`"):
-        pipeline.check_same_holdout(cfg)
-
-
-def test_a_stage_the_bases_lack_is_refused_before_any_training(tmp_path):
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["adaptive=true", "mixnet.stages=[1,3]"])
-    with pytest.raises(ConfigError, match=r"stages \[1, 3\], but they have 2 and 2 stages"):
-        pipeline.run_pipeline(cfg, tmp_path / "work")
-    assert not (tmp_path / "work").exists()
-    pipeline.check_mixnet_stages(cfg.model_copy(update={"adaptive": False}))  # no network: fine
-
-
-def test_a_probe_keeps_the_detectors_an_earlier_probe_of_the_same_set_up_trained():
-    with_earlier = benchmark("robust_gate_probe").with_earlier
-    setup = {"seed": 0, "eps": 0.03, "pgd_steps": 10, "width": 32, "epochs": 15}
-    setup["mix_accuracy"] = {"train": {"images": 4000}}
-    earlier = {**setup, "detectors": [{"stages": [0, 1]}, {"stages": [1, 2]}]}
-    now = {**setup, "detectors": [{"stages": [0, 1], "reads": "robust"}, {"stages": [0, 1]}]}
-    merged = with_earlier(now, earlier)
-    assert merged["detectors"][:2] == now["detectors"]  # trained again: the new one
-    assert merged["detectors"][2:] == [{"stages": [1, 2], "earlier": True}]
-    other = {**now, "pgd_steps": 20}  # other attacks: nothing earlier is comparable
-    assert with_earlier(other, earlier) == other
-
-
 def test_the_probes_attack_that_sees_the_detector_drives_its_score_down(finished):
     """With all weight on BCE(gamma, 1), the attack can only work through the detector: it
     must lower the detector's output on the attacked copies."""
@@ -518,29 +312,6 @@ def test_the_probes_attack_that_sees_the_detector_drives_its_score_down(finished
     seen = detect.seen_attack_scores(inputs, detector, loader, clean, steps=3, weight=1.0, seed=0)
     assert seen["weight"] == 1.0
     assert seen["score_attacked"] < seen["score_clean"] and seen["auc"] < 0.5
-
-
-def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_path):
-    """benchmarks/robust.py --report-only on a machine without the runs: the committed
-    Fashion-MNIST numbers stay, marked as kept, with their plots."""
-    out = tmp_path / "results"
-    out.mkdir()
-    for path in (ROOT / "docs/results").glob("robust*"):
-        if path.suffix in {".json", ".png"}:
-            (out / path.name).write_bytes(path.read_bytes())
-    committed = json.loads((out / "robust.json").read_text())["datasets"]
-    argv = ["--report-only", "--work", str(tmp_path / "no-runs"), "--out", str(out)]
-    benchmark("robust").main(argv)
-    kept = json.loads((out / "robust.json").read_text())["datasets"]
-    assert set(kept) == set(committed)
-    for name, report in kept.items():  # where it was measured, also if it was kept before
-        measured = report["measured_by"]["command"]
-        assert report["kept"] and f"--datasets {name}" in measured
-        assert "--report-only" not in measured
-    assert kept["fashion-mnist"]["rows"] == committed["fashion-mnist"]["rows"]
-    text = (out / "robust.md").read_text()
-    assert "Kept from the earlier report" in text
-    assert "](robust_fashionmnist_tradeoff.png)" in text
 
 
 def test_the_robust_report_collects_only_reports_that_name_their_measuring_invocation(

@@ -1,14 +1,9 @@
 """`trustvision sweep`: the spec's checks, the validation-only choice, and real sweeps of
-`trustvision train` on MNIST (grid, a failing trial, resume after SIGKILL)."""
+`trustvision train` on MNIST (grid, a failing trial); resuming after a kill is in
+test_sweep_resume.py."""
 
 import fcntl
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import optuna
@@ -25,7 +20,7 @@ from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.report import build_report
 from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import SweepSpec, is_log_spaced, load_spec
-from trustvision.sweep.study import prepare_out, recover_killed, storage_for
+from trustvision.sweep.study import prepare_out
 from trustvision.sweep.trial import (
     find_run_dir,
     format_override,
@@ -291,118 +286,3 @@ def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
     assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 2, "FAIL": 1}
     assert report["chosen"]["number"] in {by_lr[0.01]["number"], by_lr[0.1]["number"]}
     assert "optim.lr" in output and "greater than 0" in output  # the failed trial's log tail
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
-    out = tmp_path / "out"
-    spec = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}})
-    with (tmp_path / "first.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trustvision", "sweep", "run", str(spec), "--out", str(out)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        killed = wait_for_second_trial_running(out, proc, tmp_path / "first.log")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    first = find_run_dir(out / "trials/trial-0")
-    before = snapshot(out / "trials/trial-0", first)
-    at_kill = read_json(out / "sweep.json")  # rewritten after every finished trial
-    assert [t["state"] for t in at_kill["trials"] if t["number"] == 0] == ["COMPLETE"]
-    # the trial runs in its own session: killing the sweep alone leaves it running
-    orphan = optuna.load_study(study_name="lr", storage=f"sqlite:///{out / 'study.db'}")
-    pid = next(t for t in orphan.get_trials() if t.number == killed).user_attrs["pid"]
-
-    run_cli(spec, "--out", out)
-
-    assert not Path(f"/proc/{pid}").exists()  # the resumed sweep ended the orphan first
-    report = read_json(out / "sweep.json")
-    assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 3}
-    done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
-    assert sorted(t["params"]["optim.lr"] for t in done) == [0.01, 0.03, 0.1]
-    assert next(t for t in report["trials"] if t["number"] == killed)["state"] == "FAIL"
-    # the finished trial was not run again: one run directory, untouched, log not rewritten
-    assert find_run_dir(out / "trials/trial-0") == first
-    assert snapshot(out / "trials/trial-0", first) == before
-    # the killed trial's re-run continued its run directory (`train --resume`)
-    retry = next(t for t in done if f"re-run of killed trial {killed}" in t["note"])
-    assert retry["run_dir"].startswith(f"trials/trial-{killed}/")
-    assert read_json(out / retry["run_dir"] / "summary.json")["status"] == "finished"
-
-
-def test_a_killed_sweeps_orphans_are_told_apart_by_their_own_arguments(tmp_path):
-    """recover_killed ends a killed trial's command even when it was a retry continuing another
-    trial's run (`--resume <trials/trial-5/run>`, no `runs_dir=` of its own), and leaves alone a
-    process that took a recorded pid over, though its `runs_dir=.../trial-10` starts with the
-    killed trial-1's folder name."""
-    out = tmp_path / "out"
-    out.mkdir()
-    resumed = out / "trials/trial-5/run-a"
-
-    def sleeper(*args: str) -> subprocess.Popen:
-        code = "import time; time.sleep(120)"
-        argv = [sys.executable, "-c", code, *args]
-        return subprocess.Popen(argv, start_new_session=True)
-
-    retry = sleeper("--resume", str(resumed.resolve()))
-    bystander = sleeper(f"runs_dir={(out / 'trials/trial-10').resolve()}")
-    # an orphan's parent is gone and init reaps it; here the test is its parent, so a thread
-    # reaps it, or its zombie would keep /proc/<pid> (which stop_orphan waits on) for 20 s
-    reaper = threading.Thread(target=retry.wait, daemon=True)
-    reaper.start()
-    try:
-        storage = storage_for(out)
-        study = optuna.create_study(study_name="s", storage=storage)
-        first, second = study.ask(), study.ask()  # trial 0 (the retry) and trial 1, RUNNING
-        first.set_user_attr("pid", retry.pid)
-        first.set_user_attr("run_dir", str(resumed.relative_to(out)))
-        second.set_user_attr("pid", bystander.pid)
-        time.sleep(0.5)  # both have exec'd python: /proc shows their arguments
-
-        assert recover_killed(study, storage, out) == [0, 1]
-
-        reaper.join(timeout=30)
-        assert retry.returncode == -signal.SIGTERM  # ended by its process group
-        assert bystander.poll() is None  # a stranger's process lives on
-    finally:
-        for proc in (retry, bystander):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def wait_for_second_trial_running(out, proc, log, timeout=120.0):
-    """Wait until one trial is COMPLETE and another RUNNING has made its run directory."""
-    deadline = time.monotonic() + timeout
-    storage = None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the sweep ended before it was killed:\n{log.read_text()}"
-        # trial 0's directory exists once the study is made: opening the database earlier
-        # would race the sweep's creation of its tables
-        if storage is None and (out / "trials/trial-0").is_dir():
-            storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-        if storage is not None:
-            study = optuna.load_study(study_name="lr", storage=storage)
-            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            running = [n for n, s in states.items() if s == optuna.trial.TrialState.RUNNING]
-            complete = [n for n, s in states.items() if s == optuna.trial.TrialState.COMPLETE]
-            if complete and running and find_run_dir(out / f"trials/trial-{running[0]}"):
-                return running[0]
-        time.sleep(0.1)
-    raise AssertionError("no trial completed in time")
-
-
-def snapshot(trial_dir, run_dir):
-    summary = run_dir / "summary.json"
-    log = trial_dir / "log.txt"
-    return (
-        run_dir.stat().st_mtime_ns,
-        summary.stat().st_mtime_ns,
-        summary.read_text(),
-        log.stat().st_mtime_ns,
-    )

@@ -200,6 +200,26 @@ def _check(node: Any, ok: bool, what: str) -> None:
         )
 
 
+def _check_maxpool(node: Any, attrs: dict[str, Any]) -> None:
+    _check(
+        node,
+        list(attrs.get("kernel_shape", [])) == [2, 2]
+        and list(attrs.get("strides", [])) == [2, 2]
+        and not any(attrs.get("pads", [0]))
+        and not attrs.get("ceil_mode", 0)
+        and list(attrs.get("dilations", [1, 1])) == [1, 1],
+        "2x2 max-pooling of stride 2",
+    )
+
+
+def _check_spatial_mean(graph: QdqGraph, node: Any, attrs: dict[str, Any]) -> None:
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1:  # opset 18: the axes are an input
+        axes = graph.consts.get(node.input[1])
+    spatial = axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
+    _check(node, spatial, "a mean over the two spatial axes")
+
+
 def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[IntOp], Quant, int]:
     """The integer calls in graph order, the logits' Quant and the largest activation."""
     c, h, w = input_shape
@@ -227,15 +247,7 @@ def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[In
         if node.op_type == "Conv":
             op, c = _conv(graph, node, source, out, (c, h, w), low)
         elif node.op_type == "MaxPool":
-            _check(
-                node,
-                list(attrs.get("kernel_shape", [])) == [2, 2]
-                and list(attrs.get("strides", [])) == [2, 2]
-                and not any(attrs.get("pads", [0]))
-                and not attrs.get("ceil_mode", 0)
-                and list(attrs.get("dilations", [1, 1])) == [1, 1],
-                "2x2 max-pooling of stride 2",
-            )
+            _check_maxpool(node, attrs)
             if source != out:
                 raise ConfigError("export-c int8 expects max-pooling to keep its input's scale")
             op = IntOp("qmaxpool2", (c, h, w))
@@ -254,11 +266,7 @@ def int_ops(graph: QdqGraph, input_shape: tuple[int, int, int]) -> tuple[list[In
             c, h, w = len(arrays["w"]), 1, 1
         else:  # ReduceMean / GlobalAveragePool over the spatial axes
             if node.op_type == "ReduceMean":
-                axes = attrs.get("axes")
-                if axes is None and len(node.input) > 1:
-                    axes = graph.consts.get(node.input[1])
-                spatial = axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
-                _check(node, spatial, "a mean over the two spatial axes")
+                _check_spatial_mean(graph, node, attrs)
             arrays = multipliers(np.array([source.scale / (h * w * out.scale)]))
             op = IntOp("qavgpool", (c, h, w, source.zero, out.zero, low), arrays)
             h = w = 1

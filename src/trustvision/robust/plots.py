@@ -57,6 +57,20 @@ def _scatter(ax: Any, points: Sequence[dict[str, Any]], marker: str, **style: An
         ax.plot(xs, [100 * p["clean_acc"] for p in points], marker, **style)
 
 
+def _fixed_curves(ax: Any, points: Sequence[dict[str, Any]]) -> None:
+    """The fixed mix's curves on `ax`, one per pair of temperatures; the alphas written beside
+    the curve of the default temperatures (its label is empty)."""
+    for label, curve in _curves(points).items():
+        xs = [100 * p["robust_acc"] for p in curve]
+        ys = [100 * p["clean_acc"] for p in curve]
+        ax.plot(xs, ys, "o-", label=f"fixed mix {label}".strip(), alpha=0.8)
+        if not label:
+            for p, x, y in zip(curve, xs, ys, strict=True):
+                ax.annotate(
+                    f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
+
+
 def plot_tradeoff(
     points: Sequence[dict[str, Any]],
     path: Path,
@@ -84,15 +98,7 @@ def plot_tradeoff(
     panels = 2 if final else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
-    for label, curve in _curves(points).items():
-        xs = [100 * p["robust_acc"] for p in curve]
-        ys = [100 * p["clean_acc"] for p in curve]
-        ax.plot(xs, ys, "o-", label=f"fixed mix {label}".strip(), alpha=0.8)
-        if not label:
-            for p, x, y in zip(curve, xs, ys, strict=True):
-                ax.annotate(
-                    f"{p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
-                )
+    _fixed_curves(ax, points)
     _scatter(ax, adaptive, "x", color="black", markersize=7, label="adaptive mix (gate, s_g, s_h)")
     _scatter(
         ax,

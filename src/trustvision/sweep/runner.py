@@ -240,6 +240,19 @@ class TrialRunner:
         return None if path is None else str(path.resolve().relative_to(self.out.resolve()))
 
 
+def _reopen(spec: SweepSpec, out: Path) -> tuple[optuna.Study, list[int], int]:
+    """The study in `out` (made on first use) stamped with this machine, the trials a kill left
+    running failed and queued again: (study, their numbers, trials done)."""
+    prepare_out(spec, out)
+    storage = storage_for(out)
+    study = open_study(spec, storage)
+    from trustvision.runs import machine_summary  # torch: only once work starts
+
+    study.set_user_attr("machine", machine_summary())
+    retried = recover_killed(study, storage, out)
+    return study, retried, len(counted_trials(study.get_trials(deepcopy=False)))
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path,
@@ -259,14 +272,7 @@ def run_sweep(
     one_process_only()  # every process would run the whole study
     reporter = reporter or SilentSweepReporter()
     with _exclusive(out), quiet_optuna():
-        prepare_out(spec, out)
-        storage = storage_for(out)
-        study = open_study(spec, storage)
-        from trustvision.runs import machine_summary  # torch: only once work starts
-
-        study.set_user_attr("machine", machine_summary())
-        retried = recover_killed(study, storage, out)
-        done = len(counted_trials(study.get_trials(deepcopy=False)))
+        study, retried, done = _reopen(spec, out)
         runner = TrialRunner(
             spec, out, jobs=jobs, resumable=resumable, reporter=reporter, poll_seconds=poll_seconds
         )

@@ -1,0 +1,149 @@
+"""benchmarks/fed_compare.py: which runs count as the validation-chosen config, what it refuses
+before training, and the report it writes (kept methods, pairs by seed, per-class accuracy)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from benchmark_scripts import benchmark
+from test_fed_sweep_specs import fed_sweep
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_a_run_counts_as_tuned_only_if_it_trained_the_chosen_config(tmp_path):
+    """A seed trained with the defaults before its method's sweep finished is not reported as
+    tuned once the choice exists."""
+    bench = benchmark("fed_compare")
+    chosen = tmp_path / "fedprox.chosen.yaml"
+    chosen.write_text("# chosen\nseed: 0\nruns_dir: runs\noptim: {lr: 0.2}\n")
+    runs = {}
+    for name, lr in (("defaults", 0.03), ("chosen", 0.2)):
+        runs[name] = tmp_path / "seed1" / name
+        runs[name].mkdir(parents=True)
+        config = {"seed": 1, "runs_dir": str(tmp_path / "seed1"), "optim": {"lr": lr}}
+        (runs[name] / "config.yaml").write_text(yaml.safe_dump(config))
+    assert bench.trained_chosen(runs["chosen"], chosen)
+    assert not bench.trained_chosen(runs["defaults"], chosen)
+    assert not bench.trained_chosen(runs["chosen"], None)
+
+
+def test_overrides_of_a_validation_chosen_config_are_refused_before_any_training(
+    tmp_path, monkeypatch
+):
+    bench = benchmark("fed_compare")
+    (tmp_path / "fmnist-cnn").mkdir()
+    (tmp_path / "fmnist-cnn/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
+    argv = ["fed_compare.py", "--settings", "fmnist-cnn", "--algorithms", "fedavg", "fedprox"]
+    argv += ["--sweeps", str(tmp_path), "--runs", str(tmp_path / "runs"), "rounds=2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"chosen on validation for fedavg \(fmnist-cnn\)"):
+        bench.main()
+
+
+def test_the_seed_the_sweeps_chose_on_is_never_compared_for_a_tuned_method(tmp_path, monkeypatch):
+    """Seed 0's chosen trial won on validation among its sweep's trials: its test numbers
+    would be optimistic, so the comparison's seeds exclude it and asking for it is refused."""
+    bench = benchmark("fed_compare")
+    assert all(bench.SWEEP_SEED not in s["seeds"] for s in bench.SETTINGS.values())
+    assert all(
+        f"seed={bench.SWEEP_SEED}" in fed_sweep().spec(s, "fedavg")["overrides"]
+        for s in bench.SETTINGS
+    )
+    (tmp_path / "fmnist-cnn").mkdir()
+    (tmp_path / "fmnist-cnn/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
+    argv = ["fed_compare.py", "--settings", "fmnist-cnn", "--algorithms", "fedavg", "--seeds"]
+    argv += ["0", "1", "--sweeps", str(tmp_path), "--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"seed 0 is the seed the sweeps chose fedavg"):
+        bench.main()
+
+
+def test_the_comparison_table_names_each_methods_learning_rate_and_own_knob():
+    cell = benchmark("fed_compare_report").config_cell
+    prox = {"config": {"optim.lr": 0.8, "options": {"mu": 0.000333}}, "selected_by": "validation"}
+    assert cell("fedprox", prox) == "tuned (lr 0.8, mu 0.000333)"
+    avg = {"config": {"optim.lr": 0.03, "options": {}}, "selected_by": "defaults"}
+    assert cell("fedavg", avg) == "defaults (lr 0.03)"
+
+
+def test_rewriting_the_federated_report_keeps_the_methods_whose_runs_are_gone(
+    tmp_path, monkeypatch
+):
+    """fed_compare.py --report-only on a machine without the runs: every committed method
+    stays, with its numbers, marked kept with the command that reported it."""
+    bench = benchmark("fed_compare")
+    out = tmp_path / "results"
+    out.mkdir()
+    committed = json.loads((ROOT / "docs/results/federated.json").read_text())
+    (out / "federated.json").write_text(json.dumps(committed))
+    argv = ["fed_compare.py", "--report-only", "--settings", "fmnist-cnn", "--algorithms"]
+    argv += ["fedavg", "--runs", str(tmp_path / "no-runs"), "--sweeps", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    bench.main()
+    rewritten = json.loads((out / "federated.json").read_text())
+    for setting, block in committed["results"].items():
+        for algorithm, row in block["algorithms"].items():
+            kept = rewritten["results"][setting]["algorithms"][algorithm]
+            assert kept["generic_acc"] == row["generic_acc"]
+            # where it was measured, also where the committed report had kept it already
+            assert kept["kept_from"] == (row.get("kept_from") or [committed["meta"]["command"]])
+            # never the rewriting command itself, which measured nothing
+            assert not any("no-runs" in command for command in kept["kept_from"])
+    assert rewritten["meta"]["missing"] == []  # fedavg's seeds are kept, not missing
+    text = (out / "federated.md").read_text()
+    assert "(kept)" in text and f"`{kept['kept_from'][0]}` reported them" in text
+    assert "Not run yet" not in text
+    assert (out / "federated_fmnist-gap_rounds.png").stat().st_size > 10_000
+
+
+def test_fedloge_is_paired_with_each_rival_on_the_seeds_both_ran_only():
+    """Per-seed differences match FedLoGe's seed k with the rival's seed k; a seed one method
+    lacks, a row without a seed (kept from before seeds were recorded) and a missing value
+    are left out, and the report prints the differences."""
+    bench = benchmark("fed_compare")
+    report = benchmark("fed_compare_report")
+
+    def row(seed, generic, local):
+        keys = dict.fromkeys(("selected_generic", "selected_local"), None)
+        return {**keys, "seed": seed, "generic_acc": generic, "local_acc_masked": local}
+
+    block = {
+        "fedloge": [row(1, 0.85, 0.93), row(2, 0.79, 0.92), row(3, 0.80, 0.90)],
+        "fedavg": [row(2, 0.81, 0.91), row(1, 0.83, 0.92), row(None, 0.99, 0.99)],
+        "fedper": [row(3, None, 0.94)],
+    }
+    paired = bench.paired(block)
+    generic = paired["fedavg"]["generic_acc"]
+    assert generic["seeds"] == [1, 2]
+    assert generic["differences"] == pytest.approx([0.02, -0.02])
+    assert generic["mean"] == pytest.approx(0.0) and generic["n"] == 2
+    assert paired["fedper"]["local_acc_masked"]["differences"] == pytest.approx([-0.04])
+    assert "generic_acc" not in paired["fedper"] and "selected_generic" not in paired["fedavg"]
+    text = "\n".join(report.paired_lines(paired))
+    assert "FedLoGe minus fedavg on generic: +2.0, -2.0 (seeds 1, 2; mean +0.0 ± 2.8)" in text
+    assert bench.paired({"fedavg": block["fedavg"]}) == {}
+
+
+def test_the_report_gives_each_global_models_accuracy_per_class_averaged_over_seeds():
+    bench = benchmark("fed_compare")
+    report = benchmark("fed_compare_report")
+    rows = {
+        "fedavg": [{"generic_per_class": [0.9, 0.2]}, {"generic_per_class": [0.7, 0.4]}],
+        "fedper": [{"generic_per_class": None}, {"generic_per_class": None}],
+    }
+    means = {
+        a: {"generic_per_class": bench.summarise_per_class(r), "train_counts": [50, 5]}
+        for a, r in rows.items()
+    }
+    assert means["fedavg"]["generic_per_class"] == pytest.approx([0.8, 0.3])
+    assert means["fedper"]["generic_per_class"] is None
+    text = "\n".join(report.per_class_lines(means))
+    assert "| algorithm | 0 (50) | 1 (5) |" in text and "| fedavg | 80.0 | 30.0 |" in text
+    assert "fedper" not in text

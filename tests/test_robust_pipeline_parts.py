@@ -1,0 +1,184 @@
+"""The robust pipeline's parts that need no full run: evaluation chunks and their resume, the
+CLI, refusals before training, the gate probe's and gate check's pieces, the report's kept
+data sets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from benchmark_scripts import benchmark
+from robust_pipeline_run import tiny
+from typer.testing import CliRunner
+
+import trustvision.robust.commands.demo as pipeline
+import trustvision.robust.commands.eval as eval_command
+import trustvision.robust.evaluate as evaluate
+from trustvision.config import load_config
+from trustvision.errors import ConfigError
+from trustvision.robust.cli import robust_app
+from trustvision.robust.config import PipelineConfig
+
+ROOT = Path(__file__).parents[1]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_probe_auc_counts_attacked_images_scored_above_clean_ones():
+    auc = benchmark("robust_gate_probe_detect").auc
+    assert auc(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
+    assert auc(torch.tensor([0.8, 0.9]), torch.tensor([0.1, 0.2])) == 0.0
+    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.5  # ties count half
+    assert auc(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.75
+    youden = benchmark("robust_gate_probe_detect").youden
+    assert youden(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])) == 1.0
+    assert youden(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == 0.0
+    assert youden(torch.tensor([0.1, 0.6]), torch.tensor([0.5, 0.9])) == 0.5
+
+
+def test_the_fixed_curve_a_gate_is_compared_with_takes_stopped_points_at_their_bound():
+    fixed_clean_at = benchmark("robust_report_mixes").fixed_clean_at
+
+    def point(alpha, clean, robust, complete=True):
+        return {
+            "alpha": alpha,
+            "clean_acc": clean,
+            "robust_acc": robust,
+            "robust_complete": complete,
+        }
+
+    ends = [point(0.0, 0.85, 0.0), point(1.0, 0.70, 0.30)]
+    sweep = [*ends, point(0.95, 0.73, 0.275), point(0.9, 0.77, 0.26, complete=False)]
+    # Two thirds of the way from the 0.9 point, at its bound (0.26), to the 0.95 point.
+    assert fixed_clean_at(sweep, 0.27) == pytest.approx(0.77 - 0.04 * 2 / 3)
+    # Without the stopped point the only bracket is alpha 0 to 0.95, a lower curve.
+    assert fixed_clean_at([*ends, sweep[2]], 0.27) == pytest.approx(0.85 - 0.12 * 0.27 / 0.275)
+    assert fixed_clean_at([*ends, point(0.95, 0.73, None)], 0.31) is None
+
+
+@pytest.mark.parametrize("stages", ["1,0", "0-1", "0,1,2"])
+def test_the_probe_refuses_a_bad_stage_pair_before_any_work(stages, capsys):
+    with pytest.raises(SystemExit):
+        benchmark("robust_gate_probe").parse_args(["--stages", stages])
+    assert "--stages" in capsys.readouterr().err
+
+
+def test_a_gate_check_candidate_with_an_unknown_setting_is_a_clear_error(tmp_path):
+    gate_check = benchmark("robust_gate_check")
+    with pytest.raises(ConfigError, match=r"`epoch`: unknown key"):
+        gate_check.candidate_mixnet(tiny(tmp_path), ["epoch=5"])
+
+
+def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    eval_dir = work / "eval-robust"
+    first = json.loads((eval_dir / "summary.json").read_text())
+    (eval_dir / "summary.json").unlink()  # as if killed after the last chunk
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished chunk was attacked again")
+
+    monkeypatch.setattr(evaluate, "attack_chunk", forbidden)
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    second = json.loads((eval_dir / "summary.json").read_text())
+    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
+    assert (
+        eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
+    )
+
+
+def test_a_damaged_chunk_file_is_reported_and_its_chunks_attacked_again(tmp_path):
+    work = tmp_path / "work"
+    cfg = tiny(tmp_path).model_copy(update={"adaptive": False, "smoothing": None})
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    eval_dir = work / "eval-robust"
+    first = json.loads((eval_dir / "summary.json").read_text())
+    (eval_dir / "summary.json").unlink()
+    (eval_dir / eval_command.STATE).write_text('{"signature": {"model": ')  # cut off mid-write
+    lines: list[str] = []
+    pipeline.run_pipeline(cfg, work, log=lines.append)
+    assert any("is damaged" in line and "attacked again" in line for line in lines)
+    second = json.loads((eval_dir / "summary.json").read_text())
+    assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]  # seeded
+
+
+def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
+    runner = CliRunner()
+    shown = runner.invoke(robust_app, ["train", "--print-config", "attack.method=trades"])
+    assert shown.exit_code == 0 and "method: trades" in shown.output
+    missing = tmp_path / "nothing"
+    result = runner.invoke(robust_app, ["eval", f"model={missing}", f"runs_dir={tmp_path}"])
+    assert result.exit_code == 2
+    bad = runner.invoke(robust_app, ["train", "--print-config", "attack.method=magic"])
+    assert bad.exit_code == 2
+
+
+def test_cli_module_imports_without_torch():
+    code = "import sys, trustvision.robust.cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_pipelines_seed_device_and_threads_reach_every_stage():
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["seed=3", "device=cpu", "threads=1"])
+    for stage in (cfg.standard, cfg.robust):
+        assert (stage.seed, stage.device, stage.threads) == (3, "cpu", 1)
+    with pytest.raises(ConfigError, match=r"`robust.seed=5` differ.*set them once, at the top"):
+        load_config(PipelineConfig, demo, ["robust.seed=5"])
+
+
+def test_bases_on_different_data_sets_are_refused_before_any_training():
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["robust.data.name=fashion-mnist"])
+    with pytest.raises(ConfigError, match=r"fashion-mnist.*must hold out the same.*`data.name`"):
+        pipeline.check_same_holdout(cfg)
+
+
+def test_a_stage_the_bases_lack_is_refused_before_any_training(tmp_path):
+    demo = ROOT / "configs/robust/demo_mnist.yaml"
+    cfg = load_config(PipelineConfig, demo, ["adaptive=true", "mixnet.stages=[1,3]"])
+    with pytest.raises(ConfigError, match=r"stages \[1, 3\], but they have 2 and 2 stages"):
+        pipeline.run_pipeline(cfg, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    pipeline.check_mixnet_stages(cfg.model_copy(update={"adaptive": False}))  # no network: fine
+
+
+def test_a_probe_keeps_the_detectors_an_earlier_probe_of_the_same_set_up_trained():
+    with_earlier = benchmark("robust_gate_probe").with_earlier
+    setup = {"seed": 0, "eps": 0.03, "pgd_steps": 10, "width": 32, "epochs": 15}
+    setup["mix_accuracy"] = {"train": {"images": 4000}}
+    earlier = {**setup, "detectors": [{"stages": [0, 1]}, {"stages": [1, 2]}]}
+    now = {**setup, "detectors": [{"stages": [0, 1], "reads": "robust"}, {"stages": [0, 1]}]}
+    merged = with_earlier(now, earlier)
+    assert merged["detectors"][:2] == now["detectors"]  # trained again: the new one
+    assert merged["detectors"][2:] == [{"stages": [1, 2], "earlier": True}]
+    other = {**now, "pgd_steps": 20}  # other attacks: nothing earlier is comparable
+    assert with_earlier(other, earlier) == other
+
+
+def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_path):
+    """benchmarks/robust.py --report-only on a machine without the runs: the committed
+    Fashion-MNIST numbers stay, marked as kept, with their plots."""
+    out = tmp_path / "results"
+    out.mkdir()
+    for path in (ROOT / "docs/results").glob("robust*"):
+        if path.suffix in {".json", ".png"}:
+            (out / path.name).write_bytes(path.read_bytes())
+    committed = json.loads((out / "robust.json").read_text())["datasets"]
+    argv = ["--report-only", "--work", str(tmp_path / "no-runs"), "--out", str(out)]
+    benchmark("robust").main(argv)
+    kept = json.loads((out / "robust.json").read_text())["datasets"]
+    assert set(kept) == set(committed)
+    for name, report in kept.items():  # where it was measured, also if it was kept before
+        measured = report["measured_by"]["command"]
+        assert report["kept"] and f"--datasets {name}" in measured
+        assert "--report-only" not in measured
+    assert kept["fashion-mnist"]["rows"] == committed["fashion-mnist"]["rows"]
+    text = (out / "robust.md").read_text()
+    assert "Kept from the earlier report" in text
+    assert "](robust_fashionmnist_tradeoff.png)" in text
