@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -25,6 +24,7 @@ from trustvision.federated.evaluate import flat_metrics
 from trustvision.federated.runner import build_session
 from trustvision.federated.session import RoundResult
 from trustvision.models import create_model
+from trustvision.runs import machine_summary
 
 INIT = [
     ("cifar10", "resnet18", {}),
@@ -96,7 +96,7 @@ def main() -> None:
         "# FedLoGe and the feature scale",
         "",
         f"Written by `python benchmarks/fed_feature_scale.py` on {time.strftime('%Y-%m-%d')}; "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, one thread.",
+        f"{machine_summary()}, torch {torch.__version__}, one thread.",
         "",
         "## Mean feature norm at initialisation",
         "",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from trustvision.federated.evaluate import flat_metrics
 from trustvision.federated.runner import build_session
 from trustvision.federated.session import RoundResult, Session
 from trustvision.federated.tensors import State
+from trustvision.runs import machine_summary
 
 CONFIG = ROOT / "configs/fed/fmnist_lt_cpu.yaml"
 # What this script explains is why FedLoGe trailed before validation chose its norm target (2.0
@@ -150,7 +150,7 @@ def main() -> None:
         "# FedLoGe round by round (Fashion-MNIST-LT, CPU config at norm target 0.24, seed 0)",
         "",
         f"Written by `python benchmarks/fedloge_trajectory.py` on {time.strftime('%Y-%m-%d')}; "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, one thread; took "
+        f"{machine_summary()}, torch {torch.__version__}, one thread; took "
         f"{(time.perf_counter() - started) / 60:.0f} min.",
         "",
         "Measured on every client's own training images (global backbone, the client's phi), "

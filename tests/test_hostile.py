@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fed_tiny import tiny_args
 from hostile_tally import TALLY
 from PIL import Image
 from test_data_hostile import png_header
@@ -34,6 +35,7 @@ ROOT = Path(__file__).parents[1]
 TRAIN = str(ROOT / "configs/train/mnist_cnn.yaml")
 FED = str(ROOT / "configs/fed/fmnist_lt_cpu.yaml")
 TINY_TRAIN = ["epochs=1", "data.train_subset=256", "data.test_subset=100", "data.batch_size=64"]
+ALL_FAIL = "[{client: 0, round: 1}, {client: 1, round: 1}, {client: 2, round: 1}]"
 RUNNER = CliRunner(env={"COLUMNS": "4000"})  # one line stays one line (no wrapping)
 
 
@@ -254,6 +256,11 @@ PROBES: dict[str, Probe] = {
         ["fed", "run", FED, "faults=[{client: 99, round: 1}]", "runs_dir={tmp}/runs"], 2, ["99"]
     ),
     "fed run without a config": Probe(["fed", "run"], 2, ["configs/fed/"]),
+    "fed round that no client answers": Probe(
+        ["fed", "run", *tiny_args("{tmp}/runs", "participation=1.0", "faults=" + ALL_FAIL)],
+        4,
+        ["round 1: 0 of 3 clients answered", "client 2: "],
+    ),
     "fed runs_dir under /proc": Probe(
         ["fed", "run", FED, "runs_dir=/proc/trustvision-x"], 3, ["runs_dir=/proc/trustvision-x"]
     ),

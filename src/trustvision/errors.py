@@ -2,7 +2,8 @@
 
 Each kind has its exit code (README, "Exit codes"): 2 for bad input (a config value, a file, a
 data set), 1 for a run that diverged, 3 for the machine refusing (a folder that cannot be
-written, a full disk).
+written, a full disk), 4 for a federation that failed (too few clients answered a round, a
+Flower process died).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class DivergenceError(TrustvisionError):
 
 
 class FederationError(TrustvisionError):
-    """Too few federated clients answered a round for it to be aggregated."""
+    """The federation failed: too few clients answered a round for it to be aggregated, a
+    Flower process died, or two SuperNodes answered as one client."""
 
 
 class EnvironmentFailure(TrustvisionError):
@@ -48,7 +50,7 @@ def environment_failure(err: OSError, *, doing: str | None = None) -> Environmen
     )
 
 
-EXIT_CODES = {DivergenceError: 1, EnvironmentFailure: 3}
+EXIT_CODES = {DivergenceError: 1, EnvironmentFailure: 3, FederationError: 4}
 EXIT_BAD_INPUT = 2
 
 
