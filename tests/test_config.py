@@ -3,11 +3,16 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from trustvision.cli import app
+from trustvision.compact.config import CompactConfig
 from trustvision.config import TrainConfig, apply_overrides, load_config
 from trustvision.errors import ConfigError
+from trustvision.federated.config import FedConfig
+from trustvision.robust.config import PipelineConfig, RobustTrainConfig
+from trustvision.sweep.spec import load_spec
 
 DEMO = Path(__file__).parents[1] / "configs/train/mnist_cnn.yaml"
 
@@ -75,10 +80,22 @@ def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
     assert not runs.exists()
 
 
+def shipped_config(path: Path):
+    """A config of configs/ loaded as the command of its folder reads it."""
+    if path.parent.name == "sweep":
+        return load_spec(path)
+    if path.parent.name == "robust":  # a pipeline has a `standard` base; else one base's training
+        kind = (
+            PipelineConfig if "standard" in yaml.safe_load(path.read_text()) else RobustTrainConfig
+        )
+        return load_config(kind, path)
+    kinds = {"train": TrainConfig, "compact": CompactConfig, "fed": FedConfig}
+    return load_config(kinds[path.parent.name], path)
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")))
-def test_every_shipped_train_config_validates(path):
-    if path.parent.name == "train":
-        load_config(TrainConfig, path)
+def test_every_shipped_config_validates_as_its_command_reads_it(path):
+    assert shipped_config(path).name == yaml.safe_load(path.read_text())["name"]
 
 
 def test_print_config_shows_every_key_with_overrides_applied():

@@ -164,8 +164,9 @@ def test_clients_without_images_or_test_sets_are_handled(tmp_path, algorithm):
     record = run.read_metrics()[-1]
     trained = int(session.federation.train_counts.sum())  # 300 less the clients' hold-outs
     assert 250 < trained < 300 and record["train_images"] == trained
-    assert record["local_acc"] == record["local_acc"]
-    assert record["local_val_acc"] == record["local_val_acc"]
+    # a client without test or validation images leaves them out, never a NaN (null) mean
+    assert isinstance(record["local_acc"], float) and 0 <= record["local_acc"] <= 1
+    assert isinstance(record["local_val_acc"], float) and 0 <= record["local_val_acc"] <= 1
 
 
 def test_local_logits_read_off_the_generic_ones_match_per_client_prediction(tmp_path):

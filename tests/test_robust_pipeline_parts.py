@@ -114,6 +114,7 @@ def test_cli_prints_configs_and_names_a_missing_run(tmp_path):
     missing = tmp_path / "nothing"
     result = runner.invoke(robust_app, ["eval", f"model={missing}", f"runs_dir={tmp_path}"])
     assert result.exit_code == 2
+    assert f"`{missing}` is not a finished robust run" in " ".join(result.output.split())
     bad = runner.invoke(robust_app, ["train", "--print-config", "attack.method=magic"])
     assert bad.exit_code == 2
 

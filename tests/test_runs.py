@@ -129,11 +129,16 @@ def test_every_system_refuses_a_run_begun_with_another_config_the_same_way(tmp_p
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_the_recipe_restores_torch_threads():
+def test_the_recipe_restores_torch_threads_even_after_an_error():
     before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)  # not the 1 a parallel test worker starts with
+    try:
+        with pytest.raises(RuntimeError, match="inside"), torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_summary_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
