@@ -131,13 +131,31 @@ def test_a_cache_written_by_an_older_format_is_decoded_again(cache, tmp_path):
     folder = next(cache.glob("image-folder-*"))
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
-    with pytest.raises(DataError, match=r"written by an older trustvision.*--from PATH"):
+    hint = f"written by an older trustvision.*fetch it again with `--from {path}`"
+    with pytest.raises(DataError, match=hint):
         sources.fetch(folder.name)  # by key there is nothing to decode again from
-    with pytest.raises(DataError, match=r"written by an older trustvision.*--from PATH"):
+    with pytest.raises(DataError, match=hint):
         sources.fetch("image-folder")  # nor as the one cached image folder
     assert (folder / "meta.json").is_file()  # and the refusal lost nothing
     sources.fetch("image-folder", from_path=path)
     assert json.loads((folder / "meta.json").read_text())["format_version"] == 2
+
+
+def test_an_older_cifar10_jpeg_cache_is_decoded_again_from_its_zip_only(cache, tmp_path):
+    """CIFAR-10 decoded from the JPEG zip by an older format: without `--from` it is refused,
+    naming the zip (the official URLs would swap it for the original pickles); a `--from` that
+    fails its checksum keeps the old cache as it was."""
+    folder = cache / "cifar10"
+    folder.mkdir(parents=True)
+    zip_path = tmp_path / "cifar10-jpeg.zip"
+    meta = {"variant": "jpeg", "format_version": 1, "source": f"file:{zip_path}"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=f"fetch it again with `--from {zip_path}`"):
+        sources.fetch("cifar10")
+    zip_path.write_bytes(b"not the pinned archive")
+    with pytest.raises(ChecksumError):
+        sources.fetch("cifar10", from_path=zip_path)
+    assert json.loads((folder / "meta.json").read_text()) == meta
 
 
 def test_image_folder_round_trip_keyed_by_its_hash(cache, tmp_path):

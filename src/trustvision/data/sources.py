@@ -11,6 +11,7 @@ decoded or written.
 from __future__ import annotations
 
 import http.client
+import json
 import posixpath
 import shutil
 import tempfile
@@ -60,12 +61,13 @@ def fetch(
     meta = target / META_NAME
     if meta.is_file() and not decoded_by_an_older_format(target):
         return target
-    # an image folder named by its key, or the one cached: nothing to decode it again from
-    if spec is None or (spec.format == "image-folder" and local is None):
-        why = "was written by an older trustvision" if meta.is_file() else "is not in the cache"
-        raise DataError(f"`{name}` {why} at `{target}`: fetch it again with `--from PATH`")
+    older = meta.is_file()  # a cache of an older format (a current one was returned)
+    # Only a copy decoded from a local file is of an older format, and only that file can decode
+    # it again: official URLs would silently swap CIFAR-10's JPEG copy for the original pickles.
+    if spec is None or (local is None and (older or spec.format == "image-folder")):
+        why = "was written by an older trustvision" if older else "is not in the cache"
+        raise DataError(f"`{name}` {why} at `{target}`: fetch it again with {recorded_from(meta)}")
     check_writable(target)  # before minutes of downloading and decoding
-    meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched until done
     fetched = from_sources(
         spec,
         local=local,
@@ -74,8 +76,23 @@ def fetch(
         progress=progress,
         input_hash=input_hash,
     )
+    meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched until done
     write_cache(target, fetched, spec=spec, image_size=image_size)
     return target
+
+
+def recorded_from(meta: Path) -> str:
+    """`--from` and the local file an older cache was decoded from, as its meta.json records it
+    (`file:PATH`), else `--from PATH`."""
+    try:
+        source = str(json.loads(meta.read_text()).get("source", ""))
+    except (OSError, ValueError, AttributeError):
+        source = ""
+    return (
+        f"`--from {source.removeprefix('file:')}`"
+        if source.startswith("file:")
+        else "`--from PATH`"
+    )
 
 
 def verify_cache(
