@@ -368,6 +368,7 @@ def main() -> None:
     runs = finished_runs(jobs, args)
     args.out.mkdir(parents=True, exist_ok=True)
     raw = with_kept(per_seed(runs, args.sweeps), args.out / "federated.json")
+    kept = kept_jobs(raw)
     results = {
         setting: {
             "algorithms": {a: summarise(block[a]) for a in ALGORITHMS if a in block},
@@ -382,7 +383,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "wall_seconds": time.perf_counter() - started,
-        "missing": [job for job in jobs if job not in runs and job not in kept_jobs(raw)],
+        "missing": [job for job in jobs if job not in runs and job not in kept],
     }
     body = {"meta": meta, "results": results, "runs": raw}
     text = markdown(results, meta, SETTINGS)

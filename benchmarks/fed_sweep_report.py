@@ -142,7 +142,7 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
     """FedLoGe's norm target against validation and test accuracy, per setting, beside the
     authors' sweep (another data set and backbone: its shape, not its level, compares);
     `key` is the norm target's config key."""
-    from trustvision.report.figures import plt
+    from trustvision.report.figures import plt, save_figure
 
     made: dict[str, dict[str, str]] = {}
     for setting, block in results.items():
@@ -163,7 +163,9 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
         authors.plot(list(AUTHORS_NORM), list(AUTHORS_NORM.values()), "k-o")
         authors.set(xscale="log", xlabel="SSE-C norm target", ylabel="global top-1 % (final round)")
         authors.set_title("authors' logs: CIFAR-100-LT, ResNet-34", fontsize=9)
-        made[setting] = {"plot": save(fig, out / f"fed_sweep_{setting}_fedloge_norm.png")}
+        made[setting] = {
+            "plot": str(save_figure(fig, out / f"fed_sweep_{setting}_fedloge_norm.png"))
+        }
     return made
 
 
@@ -184,7 +186,7 @@ def curve(done: list[dict[str, Any]], key: str, kind: str, part: str) -> tuple[l
 def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str, dict[str, str]]:
     """FedAvg's learning-rate sweep and FedLoGe's follow-up on one axis, per setting where both
     ran: generic accuracy on validation (what chose) and on test (never read)."""
-    from trustvision.report.figures import plt
+    from trustvision.report.figures import plt, save_figure
 
     made: dict[str, dict[str, str]] = {}
     for setting, block in results.items():
@@ -203,12 +205,5 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
         ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
-        made[setting] = {"lr_plot": save(fig, out / f"fed_sweep_{setting}_lr.png")}
+        made[setting] = {"lr_plot": str(save_figure(fig, out / f"fed_sweep_{setting}_lr.png"))}
     return made
-
-
-def save(fig: Any, path: Path) -> str:
-    """Write a figure as a PNG and close it; its path."""
-    from trustvision.report.figures import save_figure
-
-    return str(save_figure(fig, path))

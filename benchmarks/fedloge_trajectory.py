@@ -1,8 +1,9 @@
 """FedLoGe round by round on the CPU setting: what grows, which loss rises, which local head wins.
 
 Trains configs/fed/fmnist_lt_cpu.yaml (FedLoGe, seed 0, its 60 rounds x 2 local epochs) at the
-norm target the config had before the sweeps (0.24; `UNTUNED`) with the in-process engine and, every `--every` rounds, measures on every client's own training
-images, with the global backbone and that client's personal head:
+norm target the config had before the sweeps (0.24; `UNTUNED`) with the in-process engine
+and, every `--every` rounds, measures on every client's own training images, with the global
+backbone and that client's personal head:
 
 - the mean feature norm ||h||, and the norms of psi's and phi's class vectors;
 - the three GLA-FR losses apart: CE through SSE-C, CE of psi, CE of phi_k (image-weighted);

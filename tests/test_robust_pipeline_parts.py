@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from benchmark_scripts import benchmark
-from robust_pipeline_run import tiny
+from robust_pipeline_run import DEMO, tiny
 from typer.testing import CliRunner
 
 import trustvision.robust.commands.demo as pipeline
@@ -125,24 +125,21 @@ def test_cli_module_imports_without_torch():
 
 
 def test_the_pipelines_seed_device_and_threads_reach_every_stage():
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["seed=3", "device=cpu", "threads=1"])
+    cfg = load_config(PipelineConfig, DEMO, ["seed=3", "device=cpu", "threads=1"])
     for stage in (cfg.standard, cfg.robust):
         assert (stage.seed, stage.device, stage.threads) == (3, "cpu", 1)
     with pytest.raises(ConfigError, match=r"`robust.seed=5` differ.*set them once, at the top"):
-        load_config(PipelineConfig, demo, ["robust.seed=5"])
+        load_config(PipelineConfig, DEMO, ["robust.seed=5"])
 
 
 def test_bases_on_different_data_sets_are_refused_before_any_training():
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["robust.data.name=fashion-mnist"])
+    cfg = load_config(PipelineConfig, DEMO, ["robust.data.name=fashion-mnist"])
     with pytest.raises(ConfigError, match=r"fashion-mnist.*must hold out the same.*`data.name`"):
         pipeline.check_same_holdout(cfg)
 
 
 def test_a_stage_the_bases_lack_is_refused_before_any_training(tmp_path):
-    demo = ROOT / "configs/robust/demo_mnist.yaml"
-    cfg = load_config(PipelineConfig, demo, ["adaptive=true", "mixnet.stages=[1,3]"])
+    cfg = load_config(PipelineConfig, DEMO, ["adaptive=true", "mixnet.stages=[1,3]"])
     with pytest.raises(ConfigError, match=r"stages \[1, 3\], but they have 2 and 2 stages"):
         pipeline.run_pipeline(cfg, tmp_path / "work")
     assert not (tmp_path / "work").exists()

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,17 +111,21 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
+def raw_meta(folder: Path) -> dict[str, Any] | None:
+    """`meta.json` as it is, unchecked (`read_meta` checks it); None when it is no JSON object."""
+    try:
+        meta = json.loads((folder / META_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def decoded_by_an_older_format(folder: Path) -> bool:
     """Whether a cached data set must be decoded again: format 1 stored an image folder's test
     split in file order, class by class; its other data sets are the same in format 2. False
     when `meta.json` cannot be read, which `read_meta` then reports."""
-    try:
-        meta = json.loads((folder / META_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(meta, dict) or meta.get("variant") not in FOLDER_VARIANTS:
-        return False
-    return meta.get("format_version", 0) < FORMAT_VERSION
+    meta = raw_meta(folder) or {}
+    return meta.get("variant") in FOLDER_VARIANTS and meta.get("format_version", 0) < FORMAT_VERSION
 
 
 def json_kind(value: object) -> str:

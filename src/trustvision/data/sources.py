@@ -11,7 +11,6 @@ decoded or written.
 from __future__ import annotations
 
 import http.client
-import json
 import posixpath
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from trustvision.data.cache import (
     check_writable,
     decoded_by_an_older_format,
     default_cache_dir,
+    raw_meta,
     verify_arrays,
     write_cache,
 )
@@ -64,9 +64,11 @@ def fetch(
     older = meta.is_file()  # a cache of an older format (a current one was returned)
     # Only a copy decoded from a local file is of an older format, and only that file can decode
     # it again: official URLs would silently swap CIFAR-10's JPEG copy for the original pickles.
-    if spec is None or (local is None and (older or spec.format == "image-folder")):
+    if spec is None or (older and local is None):
         why = "was written by an older trustvision" if older else "is not in the cache"
-        raise DataError(f"`{name}` {why} at `{target}`: fetch it again with {recorded_from(meta)}")
+        source = str((raw_meta(target) or {}).get("source", ""))  # `file:` a local copy's
+        again = source.removeprefix("file:") if source.startswith("file:") else "PATH"
+        raise DataError(f"`{name}` {why} at `{target}`: fetch it again with `--from {again}`")
     check_writable(target)  # before minutes of downloading and decoding
     fetched = from_sources(
         spec,
@@ -79,20 +81,6 @@ def fetch(
     meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched until done
     write_cache(target, fetched, spec=spec, image_size=image_size)
     return target
-
-
-def recorded_from(meta: Path) -> str:
-    """`--from` and the local file an older cache was decoded from, as its meta.json records it
-    (`file:PATH`), else `--from PATH`."""
-    try:
-        source = str(json.loads(meta.read_text()).get("source", ""))
-    except (OSError, ValueError, AttributeError):
-        source = ""
-    return (
-        f"`--from {source.removeprefix('file:')}`"
-        if source.startswith("file:")
-        else "`--from PATH`"
-    )
 
 
 def verify_cache(

@@ -132,7 +132,9 @@ def trial_marks(trial_dir: Path, resumed: Path | None) -> set[str]:
     """The arguments that tell a trial's command apart (`trial_argv`): its `runs_dir=`, or the
     run directory a retry continues with `--resume`."""
     marks = {f"runs_dir={trial_dir.resolve()}"}
-    return marks | {str(resumed.resolve())} if resumed is not None else marks
+    if resumed is not None:
+        marks.add(str(resumed.resolve()))
+    return marks
 
 
 def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bool:
