@@ -18,7 +18,8 @@ restarted search's old choice is removed). A killed invocation continues where i
 stopped (the sweeps resume). A complete sweep in the committed report whose runs are gone (a
 new machine) is kept from it rather than swept again, and once all of the method's sweeps
 (its follow-up's too) are complete its chosen config is rebuilt from its spec for fed_compare
-(delete the report to redo it); an unfinished one is swept again, from its start. Then writes
+(delete the report to redo it); an unfinished one continues from the trials the report kept
+of it, running only its grid's other points (benchmarks/fed_sweep_kept.py). Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
 `benchmarks/fed_compare.py` trains the chosen configs over seeds 1-3, never seed 0, on which
 they were chosen.
@@ -43,6 +44,15 @@ from typing import Any
 import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, run_script, write_results
+from fed_sweep_kept import (
+    KEPT,
+    import_kept,
+    kept_results,
+    only_kept,
+    rebuild_choice,
+    search_finished,
+    with_kept,
+)
 from fed_sweep_report import lr_plot, markdown, norm_plot
 from fed_sweep_specs import (
     FOLLOW_UP,
@@ -50,17 +60,12 @@ from fed_sweep_specs import (
     KNOBS,
     follow_up_name,
     knob,
-    method_of,
     second_stage,
     spec,
     sweep_name,
 )
 
 from trustvision.files import write_atomic
-from trustvision.sweep.trial import format_override
-
-# The report a sweep whose runs are gone is kept in (and FedAvg's chosen rate read from).
-KEPT = ROOT / "docs/results/fed-sweep.json"
 
 
 def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
@@ -114,17 +119,14 @@ def run_stage(
     grid: list[float],
     fixed: dict[str, Any] | None = None,
 ) -> Path:
-    """One stage's sweep over `grid`; returns its directory."""
+    """One stage's sweep over `grid`, begun with the trials the report kept of it where its
+    runs are gone; returns its directory."""
     name = sweep_name(algorithm, fixed)
-    out = stage_dir(runs, setting, name, stage)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tree = spec(setting, algorithm, fixed=fixed, inherited=inherited_lr(runs, setting, algorithm))
-    tree["params"] = {knob(name)[0]: {"grid": grid}}
-    if stage == 2:
-        tree["name"] += "-stage2"
-    path = out.parent / f"{out.name}.yaml"  # beside the sweep: its directory is its own
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    out, path, held = write_stage_spec(
+        setting, algorithm, runs, stage=stage, grid=grid, fixed=fixed
+    )
     print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {stage}", flush=True)
+    import_kept(kept_results(KEPT), setting, name, stage=stage, out=out, spec_path=path, fixed=held)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
@@ -132,6 +134,30 @@ def run_stage(
     if result.returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {result.returncode}")
     return out
+
+
+def write_stage_spec(
+    setting: str,
+    algorithm: str,
+    runs: Path,
+    *,
+    stage: int,
+    grid: list[float],
+    fixed: dict[str, Any] | None = None,
+) -> tuple[Path, Path, dict[str, Any]]:
+    """The sweep spec of one stage, written beside its directory: (the directory, the spec,
+    the values the stage holds fixed: a follow-up's method knob, an inherited learning rate)."""
+    name = sweep_name(algorithm, fixed)
+    out = stage_dir(runs, setting, name, stage)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    inherited = inherited_lr(runs, setting, algorithm)
+    tree = spec(setting, algorithm, fixed=fixed, inherited=inherited)
+    tree["params"] = {knob(name)[0]: {"grid": grid}}
+    if stage == 2:
+        tree["name"] += "-stage2"
+    path = out.parent / f"{out.name}.yaml"  # beside the sweep: its directory is its own
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return out, path, {**(fixed or {}), **inherited}
 
 
 def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +194,9 @@ def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
         for trial in json.loads((out / "sweep.json").read_text())["trials"]:
             trial = {**trial, "stage": stage, "id": f"{tag}{stage}.{trial['number']}"}
             trial["sweep"] = str(out)
+            imported = trial.pop("imported", None)  # kept by the report, its run gone
             if trial["state"] == "COMPLETE":
-                trial["numbers"] = trial_numbers(out, trial)
+                trial["numbers"] = imported["numbers"] if imported else trial_numbers(out, trial)
             trials.append(trial)
     if not trials:
         return None
@@ -217,95 +244,22 @@ def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[s
             **follow,
             "fixed": ran_at(follow, KNOBS[algorithm][0]),
         }
-    done = [r for r in reports.values() if r["chosen"] is not None]
-    pick = choose_trial([(i, r["chosen"]["validation"]) for i, r in enumerate(done)], "maximize")
-    for i, report in enumerate(done):
+    done = [(n, r) for n, r in reports.items() if r["chosen"] is not None]
+    pick = choose_trial(
+        [(i, r["chosen"]["validation"]) for i, (_, r) in enumerate(done)], "maximize"
+    )
+    for i, (_, report) in enumerate(done):
         report["final"] = i == pick
     if pick is not None and search_finished(reports, algorithm):
-        write_choice(runs / setting, algorithm, done[pick])
+        name, report = done[pick]
+        if report["chosen"]["run_dir"] is None:  # measured before its runs were lost
+            rebuild_choice(runs / setting, setting, name, report)
+        else:
+            write_choice(runs / setting, algorithm, report)
     else:  # a choice of an earlier, restarted search is not this one's
         for suffix in (".yaml", ".json"):
             (runs / setting / f"{algorithm}.chosen{suffix}").unlink(missing_ok=True)
     return reports
-
-
-def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
-    """Whether a method's sweeps (by name) are all complete and its follow-up has run: only a
-    finished search is a choice, since benchmarks/fed_compare.py reports what it finds as
-    tuned."""
-    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
-    return all(name in reports and reports[name].get("complete", True) for name in names)
-
-
-def kept_results(path: Path) -> dict[str, dict[str, Any]]:
-    """The sweeps an earlier report holds, by setting and name (none if there is no report)."""
-    return json.loads(path.read_text())["results"] if path.is_file() else {}
-
-
-def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
-    """Whether a method's sweeps (its follow-up's too) are in the earlier report, complete, and
-    their runs are gone: it is reported from there, not swept again (delete the report to redo
-    it). An unfinished one is swept again: from its start where its runs are gone."""
-    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
-    block = kept.get(setting, {})  # reports from before `complete` held finished sweeps only
-    done = all(name in block and block[name].get("complete", True) for name in names)
-    if done and not (runs / setting / algorithm).exists():
-        print(f"{setting} {algorithm}: kept from the earlier report (its runs are gone)")
-        return True
-    return False
-
-
-def with_kept(
-    results: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], runs: Path
-) -> dict[str, dict[str, Any]]:
-    """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
-    cleaned runs folder), marked `earlier`, so that a report never loses a sweep; the compared
-    choice of such a method, if its sweep was complete, is rebuilt from its spec for
-    benchmarks/fed_compare.py (an unfinished one is swept again, `only_kept`)."""
-    merged = {setting: dict(block) for setting, block in results.items()}
-    for setting, block in kept.items():
-        for name, report in block.items():
-            if name in merged.get(setting, {}):
-                continue
-            merged.setdefault(setting, {})[name] = {**report, "earlier": True}
-            if (
-                report.get("final")
-                and search_finished(block, method_of(name))
-                and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
-            ):
-                rebuild_choice(runs / setting, setting, name, report)
-    return merged
-
-
-def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]) -> None:
-    """`<method>.chosen.yaml/.json` of a kept sweep whose runs are gone: its spec's config with
-    the chosen trial's values (the trial's own config, trained again; no run to reuse)."""
-    from trustvision.config import dump_config, load_config
-    from trustvision.federated.config import FedConfig
-
-    algorithm = method_of(name)
-    fixed = report.get("fixed") or {}
-    follow_up = name != algorithm
-    tree = spec(
-        setting,
-        algorithm,
-        fixed=fixed if follow_up else None,
-        inherited=None if follow_up else fixed,
-    )
-    chosen = report["chosen"]
-    values = [format_override(k, v) for k, v in chosen["params"].items()]
-    cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], *values])
-    config = yaml.safe_load(dump_config(cfg)) | {"runs_dir": "runs"}
-    header = (
-        f"# {algorithm}: trial {chosen['id']} of the {name} sweep, chosen on validation; rebuilt "
-        "from the kept docs/results/fed-sweep.json (the sweep's runs are gone)\n"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
-    )
-    run = {"run_dir": None, "params": {**fixed, **chosen["params"]}, "id": chosen["id"]}
-    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
 
 
 def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:

@@ -206,7 +206,11 @@ def print_report(report: dict[str, Any], spec: SweepSpec, out: Path) -> None:
         f"chosen on validation: trial {chosen['number']} ({_params(chosen['params'])}); "
         f"report {out / 'sweep.md'}"
     )
-    console.print(f"chosen config: {chosen['config']}", highlight=False)
+    if chosen["config"] is None:
+        line = f"chosen config: none here ({chosen['note']}; its run is not in {out})"
+        console.print(line, markup=False, highlight=False)
+    else:
+        console.print(f"chosen config: {chosen['config']}", highlight=False)
 
 
 def _param(value: Any) -> str:

@@ -43,7 +43,10 @@ def trial_record(
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         step = max(trial.intermediate_values)
         notes.append(f"pruned after {spec.prune.step if spec.prune else 'step'} {step}")
-    return {
+    imported = trial.user_attrs.get("imported")
+    if imported:
+        notes.append(f"measured earlier (trial {imported['number']} of {imported['from']})")
+    record = {
         "number": trial.number,
         "state": trial.state.name,
         "params": trial.params,
@@ -53,6 +56,9 @@ def trial_record(
         "run_dir": trial.user_attrs.get("run_dir"),
         "note": "; ".join(notes),
     }
+    if imported:
+        record["imported"] = imported
+    return record
 
 
 def failure_note(attrs: dict[str, Any]) -> str:
@@ -103,8 +109,12 @@ def write_report(out: Path) -> dict[str, Any]:
     spec = read_saved_spec(out)
     study = load_study(spec, out)
     report = build_report(spec, study.get_trials(deepcopy=False), study.user_attrs)
-    if report["chosen"] is not None:
-        report["chosen"]["config"] = str(write_chosen_config(out, spec, report["chosen"]))
+    chosen = report["chosen"]
+    if chosen is not None and "imported" in chosen:  # measured earlier: its run is elsewhere
+        (out / CHOSEN_FILE).unlink(missing_ok=True)
+        chosen["config"] = None
+    elif chosen is not None:
+        chosen["config"] = str(write_chosen_config(out, spec, chosen))
     # whole files or none: a running sweep rewrites them after every trial while others read
     write_atomic(out / "sweep.json", json.dumps(report, indent=2) + "\n")
     write_atomic(out / "sweep.md", render_markdown(report, spec, out))

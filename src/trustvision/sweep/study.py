@@ -13,6 +13,12 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -46,19 +52,31 @@ def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state.is_finished() and t.number not in rerun]
 
 
-def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
-    """Ask Optuna for `key`'s value, with a distribution the dashboard can plot."""
+def distribution(param: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution of one searched key; a grid of numbers gets a numeric one, which
+    the dashboard can plot."""
     if param.grid is not None and param.numeric:
         low, high = min(param.grid), max(param.grid)  # type: ignore[type-var]
         if all(isinstance(v, int) for v in param.grid):
-            return trial.suggest_int(key, int(low), int(high), log=param.log_scale)
-        return trial.suggest_float(key, float(low), float(high), log=param.log_scale)
+            return IntDistribution(int(low), int(high), log=param.log_scale)
+        return FloatDistribution(float(low), float(high), log=param.log_scale)
     if param.grid is not None or param.choices is not None:
-        return trial.suggest_categorical(key, param.grid or param.choices or [])
+        return CategoricalDistribution(param.grid or param.choices or [])
     assert param.low is not None and param.high is not None  # a range, by the spec's checks
     if param.integer:
-        return trial.suggest_int(key, int(param.low), int(param.high), log=param.log)
-    return trial.suggest_float(key, param.low, param.high, log=param.log)
+        return IntDistribution(int(param.low), int(param.high), log=param.log)
+    return FloatDistribution(param.low, param.high, log=param.log)
+
+
+def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
+    """Ask Optuna for `key`'s value from its distribution."""
+    found = distribution(param)
+    if isinstance(found, IntDistribution):
+        return trial.suggest_int(key, found.low, found.high, log=found.log)
+    if isinstance(found, FloatDistribution):
+        return trial.suggest_float(key, found.low, found.high, log=found.log)
+    assert isinstance(found, CategoricalDistribution)
+    return trial.suggest_categorical(key, list(found.choices))
 
 
 def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:

@@ -1,0 +1,136 @@
+"""The committed report of benchmarks/fed_sweep.py standing in for sweep runs that are gone (a
+new machine, a cleaned runs folder): a complete sweep is reported from it and its chosen config
+rebuilt from its spec; an unfinished one continues from the trials it kept (imported into the
+stage's new study, `trustvision.sweep.imported`), running only the grid's other points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import ROOT
+from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of, spec
+
+from trustvision.files import write_atomic
+from trustvision.sweep.imported import import_trials
+from trustvision.sweep.spec import load_spec
+from trustvision.sweep.study import STUDY_FILE
+from trustvision.sweep.trial import format_override
+
+# The report a sweep whose runs are gone is kept in (and FedAvg's chosen rate read from).
+KEPT = ROOT / "docs/results/fed-sweep.json"
+
+
+def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
+    """Whether a method's sweeps (by name) are all complete and its follow-up has run: only a
+    finished search is a choice, since benchmarks/fed_compare.py reports what it finds as
+    tuned."""
+    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
+    return all(name in reports and reports[name].get("complete", True) for name in names)
+
+
+def kept_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The sweeps an earlier report holds, by setting and name (none if there is no report)."""
+    return json.loads(path.read_text())["results"] if path.is_file() else {}
+
+
+def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
+    """Whether a method's sweeps (its follow-up's too) are in the earlier report, complete, and
+    their runs are gone: it is reported from there, not swept again (delete the report to redo
+    it). An unfinished one is swept again, from the trials it kept (`import_kept`)."""
+    names = [algorithm] + ([follow_up_name(algorithm)] if algorithm in FOLLOW_UP else [])
+    block = kept.get(setting, {})  # reports from before `complete` held finished sweeps only
+    done = all(name in block and block[name].get("complete", True) for name in names)
+    if done and not (runs / setting / algorithm).exists():
+        print(f"{setting} {algorithm}: kept from the earlier report (its runs are gone)")
+        return True
+    return False
+
+
+def with_kept(
+    results: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], runs: Path
+) -> dict[str, dict[str, Any]]:
+    """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
+    cleaned runs folder), marked `earlier`, so that a report never loses a sweep; the compared
+    choice of such a method, if its sweep was complete, is rebuilt from its spec for
+    benchmarks/fed_compare.py (an unfinished one is swept again, `only_kept`)."""
+    merged = {setting: dict(block) for setting, block in results.items()}
+    for setting, block in kept.items():
+        for name, report in block.items():
+            if name in merged.get(setting, {}):
+                continue
+            merged.setdefault(setting, {})[name] = {**report, "earlier": True}
+            if (
+                report.get("final")
+                and search_finished(block, method_of(name))
+                and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
+            ):
+                rebuild_choice(runs / setting, setting, name, report)
+    return merged
+
+
+def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]) -> None:
+    """`<method>.chosen.yaml/.json` of a kept sweep whose runs are gone: its spec's config with
+    the chosen trial's values (the trial's own config, trained again; no run to reuse)."""
+    from trustvision.config import dump_config, load_config
+    from trustvision.federated.config import FedConfig
+
+    algorithm = method_of(name)
+    fixed = report.get("fixed") or {}
+    follow_up = name != algorithm
+    tree = spec(
+        setting,
+        algorithm,
+        fixed=fixed if follow_up else None,
+        inherited=None if follow_up else fixed,
+    )
+    chosen = report["chosen"]
+    values = [format_override(k, v) for k, v in chosen["params"].items()]
+    cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], *values])
+    config = yaml.safe_load(dump_config(cfg)) | {"runs_dir": "runs"}
+    header = (
+        f"# {algorithm}: trial {chosen['id']} of the {name} sweep, chosen on validation; rebuilt "
+        "from the kept docs/results/fed-sweep.json (the sweep's runs are gone)\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
+    )
+    run = {"run_dir": None, "params": {**fixed, **chosen["params"]}, "id": chosen["id"]}
+    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
+
+
+def import_kept(
+    kept: dict[str, dict[str, Any]],
+    setting: str,
+    name: str,
+    *,
+    stage: int,
+    out: Path,
+    spec_path: Path,
+    fixed: dict[str, Any],
+) -> None:
+    """Begin a stage whose runs are gone with the finished trials the report kept of it, so
+    that only the grid's other points run. Kept trials of another search (the sweep held a
+    different value fixed: FedAvg's rate, say, chosen again since) are not imported."""
+    report = kept.get(setting, {}).get(name)
+    if (out / STUDY_FILE).exists() or report is None:
+        return
+    trials = [t for t in report["trials"] if t.get("stage") == stage]
+    if not any(t["state"] == "COMPLETE" for t in trials):
+        return
+    if (report.get("fixed") or {}) != fixed:
+        print(
+            f"{setting} {name} stage {stage}: kept trials held {report.get('fixed')}, not "
+            f"{fixed}: swept from its start"
+        )
+        return
+    source = str(KEPT.relative_to(ROOT))
+    queued = import_trials(load_spec(spec_path), out, trials, source=source)
+    finished = sum(t["state"] == "COMPLETE" for t in trials)
+    print(
+        f"{setting} {name} stage {stage}: {finished} trials kept from {source}, "
+        f"{len(queued)} to run"
+    )

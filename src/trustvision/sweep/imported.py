@@ -1,0 +1,104 @@
+"""Continue a sweep whose directory is gone (another machine, a cleaned `runs/`) from the trial
+records an earlier run of the same spec left in its sweep.json, or in a report built from it.
+
+Optuna has no import of a study from a report, so the finished trials are added as frozen
+COMPLETE trials (`Study.add_trial`) and, for a grid, the points none of them ran are queued
+(`Study.enqueue_trial`): `run_sweep` then counts the imported trials as done and runs only the
+queued ones. Failed, pruned and killed records are not imported: their points run again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from trustvision.errors import ConfigError
+from trustvision.sweep.spec import SweepSpec
+from trustvision.sweep.study import (
+    STUDY_FILE,
+    distribution,
+    open_study,
+    prepare_out,
+    quiet_optuna,
+    storage_for,
+)
+
+# The fields of a sweep.json trial record that become the imported trial's own; the rest of a
+# record is kept verbatim under its `imported` user attribute.
+RECORD_FIELDS = ("number", "state", "params", "validation", "test", "seconds", "run_dir", "note")
+
+
+def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two parameter sets name the same grid point (1 and 1.0 alike)."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] and isinstance(a[k], bool) == isinstance(b[k], bool) for k in a
+    )
+
+
+def import_trials(
+    spec: SweepSpec, out: Path, records: Sequence[dict[str, Any]], *, source: str
+) -> list[dict[str, Any]]:
+    """Begin the sweep of `spec` in the new directory `out` with the COMPLETE trials among
+    `records` (sweep.json trial records) and, for a grid, queue every point none of them ran.
+
+    Returns the points queued. Each imported trial keeps its validation value (the objective),
+    its test value and time, and records `source` and whatever else its record held under the
+    `imported` user attribute; it has no run directory here.
+    """
+    if (out / STUDY_FILE).exists():
+        raise ConfigError(f"`{out}` already holds a study: import trials only into a new one")
+    keys = set(spec.params)
+    finished = [r for r in records if r["state"] == TrialState.COMPLETE.name]
+    for record in finished:
+        if set(record["params"]) != keys or record.get("validation") is None:
+            raise ConfigError(
+                f"trial {record.get('number')} of {source} searched {sorted(record['params'])} "
+                f"with validation {record.get('validation')}, not a finished trial of this "
+                f"spec's {sorted(keys)}"
+            )
+    distributions = {key: distribution(param) for key, param in spec.params.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(spec, out)
+    with quiet_optuna():
+        study = open_study(spec, storage_for(out))
+        for record in finished:
+            study.add_trial(frozen(spec, record, distributions, source))
+        queued = [] if not spec.is_grid else unrun_points(spec, finished)
+        for point in queued:
+            study.enqueue_trial(point)
+    return queued
+
+
+def frozen(
+    spec: SweepSpec,
+    record: dict[str, Any],
+    distributions: dict[str, optuna.distributions.BaseDistribution],
+    source: str,
+) -> optuna.trial.FrozenTrial:
+    """One finished trial record as an Optuna trial to add to the study."""
+    extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+    attrs: dict[str, Any] = {
+        "seconds": record.get("seconds"),
+        "imported": {"from": source, "number": record.get("number"), **extra},
+    }
+    if spec.test_metric and record.get("test") is not None:
+        attrs[spec.test_metric] = record["test"]
+    return optuna.trial.create_trial(
+        params=record["params"],
+        distributions=distributions,
+        value=float(record["validation"]),
+        user_attrs=attrs,
+    )
+
+
+def unrun_points(spec: SweepSpec, finished: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's points, in grid order, that no finished record ran."""
+    keys = list(spec.params)
+    grids = [list(spec.params[key].grid or []) for key in keys]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grids)]
+    return [p for p in points if not any(same_point(p, r["params"]) for r in finished)]

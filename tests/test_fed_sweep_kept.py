@@ -1,0 +1,83 @@
+"""benchmarks/fed_sweep.py on a machine without the runs of an unfinished sweep: the trials the
+committed report kept of it are imported into the stage's new study (only the grid's other
+points are left to run), report their numbers as before, and a choice among them is rebuilt
+from its spec for fed_compare."""
+
+import json
+
+from benchmark_scripts import benchmark
+from optuna.trial import TrialState
+from test_fed_sweep_specs import ROOT, fed_sweep
+
+from trustvision.config import load_config
+from trustvision.federated.config import FedConfig
+from trustvision.sweep.report import write_report
+from trustvision.sweep.study import load_study, read_saved_spec
+
+COMMITTED = ROOT / "docs/results/fed-sweep.json"
+
+
+def import_stage(bench, kept, runs, stage, grid, held=None):
+    out, path, spec_held = bench.write_stage_spec(
+        "fmnist-cnn", "fedavg", runs, stage=stage, grid=grid
+    )
+    benchmark("fed_sweep_kept").import_kept(
+        kept,
+        "fmnist-cnn",
+        "fedavg",
+        stage=stage,
+        out=out,
+        spec_path=path,
+        fixed=spec_held if held is None else held,
+    )
+    return out
+
+
+def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
+    bench = fed_sweep()
+    report = bench.kept_results(COMMITTED)["fmnist-cnn"]["fedavg"]
+    first = [t for t in report["trials"] if t["stage"] == 1][:5]  # the machine went at trial 5
+    kept = {"fmnist-cnn": {"fedavg": {**report, "trials": first, "complete": False}}}
+    grid = bench.KNOBS["fedavg"][1]
+    runs = tmp_path / "runs"
+
+    out = import_stage(bench, kept, runs, 1, grid)
+
+    study = load_study(read_saved_spec(out), out)
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    ran = {t["params"]["optim.lr"] for t in first}
+    assert sorted(t.system_attrs["fixed_params"]["optim.lr"] for t in queued) == sorted(
+        set(grid) - ran
+    )
+    write_report(out)  # as the sweep does after each trial
+    collected = bench.collect(runs, "fmnist-cnn", "fedavg")
+    done = [t for t in collected["trials"] if t["state"] == "COMPLETE"]
+    assert [(t["params"], t["validation"], t["test"], t["numbers"]) for t in done] == [
+        (t["params"], t["validation"], t["test"], t["numbers"]) for t in first
+    ]
+    assert all("imported" not in t and "measured earlier" in t["note"] for t in done)
+    assert not collected["complete"]
+    # trials of another search (here: another fixed learning rate) are not imported
+    other = tmp_path / "other"
+    assert not (import_stage(bench, kept, other, 1, grid, {"optim.lr": 0.1}) / "study.db").exists()
+
+
+def test_a_choice_among_imported_trials_is_rebuilt_for_fed_compare(tmp_path):
+    bench = fed_sweep()
+    report = bench.kept_results(COMMITTED)["fmnist-cnn"]["fedavg"]
+    kept = {"fmnist-cnn": {"fedavg": {**report, "complete": False}}}  # every trial, both stages
+    runs = tmp_path / "runs"
+    grid = bench.KNOBS["fedavg"][1]
+    refined = bench.second_stage(grid, report["chosen"]["params"]["optim.lr"])
+    for stage, values in ((1, grid), (2, refined)):
+        write_report(import_stage(bench, kept, runs, stage, values))
+
+    collected = bench.collect_method(runs, "fmnist-cnn", "fedavg")["fedavg"]
+
+    assert collected["complete"]
+    assert collected["chosen"]["params"] == report["chosen"]["params"]
+    assert collected["chosen"]["run_dir"] is None
+    cfg = load_config(FedConfig, runs / "fmnist-cnn/fedavg.chosen.yaml")
+    assert cfg.optim.lr == report["chosen"]["params"]["optim.lr"] and cfg.seed == 0
+    choice = json.loads((runs / "fmnist-cnn/fedavg.chosen.json").read_text())
+    assert choice["run_dir"] is None and choice["params"] == report["chosen"]["params"]

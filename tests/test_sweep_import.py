@@ -1,0 +1,89 @@
+"""A sweep whose directory is gone continues from the trial records of its earlier report: the
+finished trials count and are not run again, the grid's other points run, and an imported
+choice says it has no run here."""
+
+import pytest
+from test_sweep import read_json, run_cli, write_spec
+
+from trustvision.errors import ConfigError
+from trustvision.sweep.imported import import_trials
+from trustvision.sweep.report import write_report
+from trustvision.sweep.spec import load_spec
+
+GRID = {"optim.lr": {"grid": [0.01, 0.03, 0.1]}}
+
+
+def record(number, lr, state="COMPLETE", validation=0.0, **extra):
+    """A trial record as sweep.json writes it, plus what a report added to it (`extra`)."""
+    return {
+        "number": number,
+        "state": state,
+        "params": {"optim.lr": lr},
+        "validation": validation if state == "COMPLETE" else None,
+        "test": 0.25 if state == "COMPLETE" else None,
+        "seconds": 12.0,
+        "run_dir": f"trials/trial-{number}/lr-old",
+        "note": "",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+def test_imported_trials_count_and_only_the_rest_of_the_grid_runs(tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", params=GRID)
+    out = tmp_path / "out"
+    earlier = [
+        record(0, 0.01, numbers={"final": {"acc": 0.5}}),
+        record(1, 0.1, state="FAIL"),  # failed there: runs again here
+        record(2, 0.03),
+    ]
+    queued = import_trials(load_spec(spec_path), out, earlier, source="old/sweep.json")
+    assert queued == [{"optim.lr": 0.1}]
+
+    run_cli(spec_path, "--out", out)
+
+    report = read_json(out / "sweep.json")
+    assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 3}
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-2"]  # one trial ran
+    by_lr = {t["params"]["optim.lr"]: t for t in report["trials"]}
+    kept = by_lr[0.01]
+    assert kept["run_dir"] is None and (kept["validation"], kept["test"]) == (0.0, 0.25)
+    assert kept["imported"] == {
+        "from": "old/sweep.json",
+        "number": 0,
+        "numbers": {"final": {"acc": 0.5}},
+    }
+    assert "measured earlier (trial 0 of old/sweep.json)" in kept["note"]
+    ran = by_lr[0.1]
+    assert ran["run_dir"].startswith("trials/trial-2/") and "imported" not in ran
+    assert report["chosen"]["number"] == ran["number"]  # above the imported 0.0
+    assert (out / "chosen.yaml").is_file()
+
+
+def test_an_imported_choice_has_no_config_here(tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", params=GRID)
+    out = tmp_path / "out"
+    earlier = [record(n, lr, validation=0.9) for n, lr in enumerate([0.01, 0.03, 0.1])]
+    assert import_trials(load_spec(spec_path), out, earlier, source="old/sweep.json") == []
+
+    report = write_report(out)
+
+    assert report["trials_done"] == 3 and report["chosen"]["config"] is None
+    assert not (out / "chosen.yaml").exists()
+    result = run_cli(spec_path, "--out", out)  # nothing left to run
+    assert not (out / "trials").exists()
+    assert "chosen config: none here (measured earlier (trial 0 of old/sweep.json)" in " ".join(
+        result.output.split()
+    )
+
+
+def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", params=GRID))
+    out = tmp_path / "out"
+    import_trials(spec, out, [record(0, 0.01)], source="a")
+    with pytest.raises(ConfigError, match="already holds a study"):
+        import_trials(spec, out, [record(0, 0.01)], source="a")
+    other = {**record(0, 0.01), "params": {"optim.momentum": 0.5}}
+    with pytest.raises(ConfigError, match=r"searched \['optim.momentum'\]"):
+        import_trials(spec, tmp_path / "new", [other], source="b")
+    assert not (tmp_path / "new").exists()  # refused before anything was written
