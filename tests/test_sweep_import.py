@@ -86,4 +86,7 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
     other = {**record(0, 0.01), "params": {"optim.momentum": 0.5}}
     with pytest.raises(ConfigError, match=r"searched \['optim.momentum'\]"):
         import_trials(spec, tmp_path / "new", [other], source="b")
+    off_grid = record(0, 0.02)
+    with pytest.raises(ConfigError, match="not a point of this spec's grid"):
+        import_trials(spec, tmp_path / "new", [off_grid], source="c")
     assert not (tmp_path / "new").exists()  # refused before anything was written

@@ -61,6 +61,11 @@ def import_trials(
                 f"with validation {record.get('validation')}, not a finished trial of this "
                 f"spec's {sorted(keys)}"
             )
+    if spec.is_grid and (off := [r for r in finished if not on_grid(spec, r["params"])]):
+        raise ConfigError(
+            f"trial {off[0].get('number')} of {source} ran {off[0]['params']}, which is not a "
+            f"point of this spec's grid: its trials are of another search"
+        )
     distributions = {key: distribution(param) for key, param in spec.params.items()}
     out.mkdir(parents=True, exist_ok=True)
     prepare_out(spec, out)
@@ -96,9 +101,19 @@ def frozen(
     )
 
 
-def unrun_points(spec: SweepSpec, finished: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The grid's points, in grid order, that no finished record ran."""
+def on_grid(spec: SweepSpec, params: dict[str, Any]) -> bool:
+    """Whether `params` is a point of the spec's grid."""
+    return any(same_point(params, point) for point in grid_points(spec))
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of the spec's grid, in grid order."""
     keys = list(spec.params)
     grids = [list(spec.params[key].grid or []) for key in keys]
-    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grids)]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grids)]
+
+
+def unrun_points(spec: SweepSpec, finished: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's points, in grid order, that no finished record ran."""
+    points = grid_points(spec)
     return [p for p in points if not any(same_point(p, r["params"]) for r in finished)]
