@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common import FED_SETTINGS as SETTINGS
+from fed_sweep_specs import method_of
 
 # The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
 # round global accuracy, %), as read in shared METHODS.md.
@@ -82,7 +83,8 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "moved to 0.2-0.8, so FedLoGe then has its learning rate swept the same way (grid "
         "and second stage) at the norm target validation chose (`fedloge-lr`): 18 trials to "
         "FedAvg's 9. `compared`: the sweep whose chosen trial (the best validation score over "
-        "a method's sweeps) benchmarks/fed_compare.py trains over more seeds.",
+        "a method's sweeps) benchmarks/fed_compare.py trains over more seeds; `not yet` while "
+        "one of the method's sweeps is unfinished, whose choice is the best `so far`.",
     ]
 
 
@@ -105,11 +107,15 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
             continue
         sel = chosen["numbers"]["selected"]
         rounds = " / ".join(str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local"))
+        # fed_compare gets a method's choice only once all of its sweeps are complete
+        method = [r for n, r in block.items() if method_of(n) == method_of(name)]
+        searching = not all(r.get("complete", True) for r in method)
+        so_far = " (so far)" if not report.get("complete", True) else ""
+        compared = "not yet" if searching else "yes" if report.get("final") else "no"
         lines.append(
-            f"| {name} | {label} | {tried} | {chosen['params'][key]} | "
+            f"| {name} | {label} | {tried} | {chosen['params'][key]}{so_far} | "
             f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
-            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} | "
-            f"{'yes' if report.get('final') else 'no'} |"
+            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} | {compared} |"
         )
     return lines
 
