@@ -4,16 +4,17 @@ median stopped (its process too) while a good one finishes."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import spec_tree
+from test_sweep import TINY, spec_tree
 
 from trustvision.config import build_config
 from trustvision.sweep.runner import SilentSweepReporter, TrialRunner
 from trustvision.sweep.spec import SweepSpec
 from trustvision.sweep.study import build_pruner
-from trustvision.sweep.trial import new_reports, stop_process
+from trustvision.sweep.trial import find_run_dir, new_reports, stop_process
 
 # --- pruning: metrics.jsonl as it is written ------------------------------------------------
 
@@ -49,7 +50,7 @@ def runner_and_run_dir(tmp_path, records):
     return runner, study.ask(), run_dir
 
 
-def test_watch_prunes_a_trial_below_the_median_and_its_process_ends(tmp_path):
+def test_watch_prunes_a_trial_below_the_median(tmp_path):
     runner, trial, run_dir = runner_and_run_dir(tmp_path, [{"epoch": 1, "val_acc": 0.2}])
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -57,10 +58,39 @@ def test_watch_prunes_a_trial_below_the_median_and_its_process_ends(tmp_path):
             runner.watch(trial, proc, run_dir.parent, None)
     finally:
         stop_process(proc)
-    assert proc.returncode is not None
     frozen = trial.study.trials[trial.number]
     assert frozen.intermediate_values == {1: 0.2}
     assert frozen.user_attrs["run_dir"] == "trials/trial-1/run"
+
+
+@pytest.mark.slow
+def test_a_pruned_trials_command_is_stopped_before_it_finishes(tmp_path):
+    """The runner itself ends a pruned trial's `trustvision train` (40 epochs asked, pruned
+    after its first, far below the good trial's 0.8 there)."""
+    tree = spec_tree(
+        prune={"metric": "val_acc", "step": "epoch", "startup_trials": 1},
+        overrides=[*TINY, "epochs=40", "optim.lr=0.000001"],
+        params={"seed": {"grid": [0]}},
+    )
+    spec = build_config(SweepSpec, tree)
+    runner = TrialRunner(
+        spec, tmp_path, jobs=1, resumable=False, reporter=SilentSweepReporter(), poll_seconds=0.05
+    )
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
+    good = study.ask()
+    for epoch in range(1, 41):
+        good.report(0.8, epoch)
+    study.tell(good, 0.8)
+    trial = study.ask()
+
+    with pytest.raises(optuna.TrialPruned, match="val_acc"):
+        runner(trial)
+
+    pid = study.trials[trial.number].user_attrs["pid"]
+    assert not Path(f"/proc/{pid}").exists()  # ended (and reaped) by the runner
+    run_dir = find_run_dir(tmp_path / f"trials/trial-{trial.number}")
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()]
+    assert 1 <= len(epochs) < 40 and not (run_dir / "summary.json").is_file()
 
 
 def test_watch_lets_a_good_trial_finish(tmp_path):
