@@ -13,6 +13,7 @@ import yaml
 from common import ROOT
 from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of, spec
 
+from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.sweep.imported import import_trials
 from trustvision.sweep.spec import load_spec
@@ -33,7 +34,15 @@ def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
 
 def kept_results(path: Path) -> dict[str, dict[str, Any]]:
     """The sweeps an earlier report holds, by setting and name (none if there is no report)."""
-    return json.loads(path.read_text())["results"] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["results"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"`{path}` is not a report of benchmarks/fed_sweep.py ({type(err).__name__}: {err}): "
+            f"restore it (`git checkout -- {path}`), or delete it to sweep every method again"
+        ) from None
 
 
 def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:

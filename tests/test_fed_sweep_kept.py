@@ -5,11 +5,13 @@ from its spec for fed_compare."""
 
 import json
 
+import pytest
 from benchmark_scripts import benchmark
 from optuna.trial import TrialState
 from test_fed_sweep_specs import ROOT, fed_sweep
 
 from trustvision.config import load_config
+from trustvision.errors import ConfigError
 from trustvision.federated.config import FedConfig
 from trustvision.sweep.report import write_report
 from trustvision.sweep.study import load_study, read_saved_spec
@@ -83,3 +85,11 @@ def test_a_choice_among_imported_trials_is_rebuilt_for_fed_compare(tmp_path):
     assert cfg.optim.lr == report["chosen"]["params"]["optim.lr"] and cfg.seed == 0
     choice = json.loads((runs / "fmnist-cnn/fedavg.chosen.json").read_text())
     assert choice["run_dir"] is None and choice["params"] == report["chosen"]["params"]
+
+
+def test_a_damaged_report_is_a_clear_error_not_a_traceback(tmp_path):
+    bench = fed_sweep()
+    for text in ('{"results": ', '{"meta": {}}', "[]"):
+        (tmp_path / "fed-sweep.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"is not a report of benchmarks/fed_sweep\.py"):
+            bench.kept_results(tmp_path / "fed-sweep.json")
