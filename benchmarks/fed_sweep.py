@@ -45,7 +45,6 @@ import yaml
 from common import FED_SETTINGS as SETTINGS
 from common import ROOT, run_script, write_results
 from fed_sweep_kept import (
-    KEPT,
     import_kept,
     kept_results,
     only_kept,
@@ -68,17 +67,19 @@ from fed_sweep_specs import (
 from trustvision.files import write_atomic
 
 
-def inherited_lr(runs: Path, setting: str, algorithm: str) -> dict[str, Any]:
-    """`{"optim.lr": rate}`, the rate FedAvg's finished sweep chose on `setting`, for a method
-    in INHERITS_LR; nothing for any other."""
+def inherited_lr(runs: Path, setting: str, algorithm: str, earlier: Path) -> dict[str, Any]:
+    """`{"optim.lr": rate}`, the rate FedAvg's finished sweep chose on `setting` (in `runs`, else
+    in the earlier report), for a method in INHERITS_LR; nothing for any other."""
     if algorithm not in INHERITS_LR:
         return {}
-    report = collect(runs, setting, "fedavg") or kept_results(KEPT).get(setting, {}).get("fedavg")
+    report = collect(runs, setting, "fedavg") or kept_results(earlier).get(setting, {}).get(
+        "fedavg"
+    )
     if report is None or report["chosen"] is None or not report.get("complete", True):
         raise SystemExit(
             f"{algorithm} trains at the learning rate FedAvg's sweep chooses on {setting}, "
-            f"and neither {runs / setting / 'fedavg'} nor {KEPT} holds a finished sweep: sweep "
-            "fedavg first"
+            f"and neither {runs / setting / 'fedavg'} nor {earlier} holds a finished sweep: "
+            "sweep fedavg first"
         )
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
 
@@ -88,32 +89,39 @@ def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
     return runs / setting / (algorithm if stage == 1 else f"{algorithm}-stage2")
 
 
-def sweep(setting: str, algorithm: str, runs: Path) -> None:
+def sweep(setting: str, algorithm: str, runs: Path, earlier: Path) -> None:
     """Run (or continue, or just find) both stages of a method's sweep, then those of its
-    follow-up at the value chosen over the first two."""
-    stages(setting, algorithm, runs)
+    follow-up at the value chosen over the first two; `earlier`: the report that stands in for
+    runs that are gone."""
+    stages(setting, algorithm, runs, earlier)
     if algorithm in FOLLOW_UP:
         report = collect(runs, setting, algorithm)
         if report is not None and report["chosen"] is not None:
-            stages(setting, algorithm, runs, fixed=report["chosen"]["params"])
+            stages(setting, algorithm, runs, earlier, fixed=report["chosen"]["params"])
 
 
 def stages(
-    setting: str, algorithm: str, runs: Path, *, fixed: dict[str, Any] | None = None
+    setting: str,
+    algorithm: str,
+    runs: Path,
+    earlier: Path,
+    *,
+    fixed: dict[str, Any] | None = None,
 ) -> None:
     """The grid stage and, where it chose a value, the refining stage of one sweep."""
     name = sweep_name(algorithm, fixed)
     key, grid = knob(name)
-    first = run_stage(setting, algorithm, runs, stage=1, grid=grid, fixed=fixed)
+    first = run_stage(setting, algorithm, runs, earlier, stage=1, grid=grid, fixed=fixed)
     chosen = json.loads((first / "sweep.json").read_text())["chosen"]
     if chosen is not None and (refined := second_stage(grid, chosen["params"][key])):
-        run_stage(setting, algorithm, runs, stage=2, grid=refined, fixed=fixed)
+        run_stage(setting, algorithm, runs, earlier, stage=2, grid=refined, fixed=fixed)
 
 
 def run_stage(
     setting: str,
     algorithm: str,
     runs: Path,
+    earlier: Path,
     *,
     stage: int,
     grid: list[float],
@@ -123,10 +131,10 @@ def run_stage(
     runs are gone; returns its directory."""
     name = sweep_name(algorithm, fixed)
     out, path, held = write_stage_spec(
-        setting, algorithm, runs, stage=stage, grid=grid, fixed=fixed
+        setting, algorithm, runs, earlier, stage=stage, grid=grid, fixed=fixed
     )
     print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {stage}", flush=True)
-    import_kept(kept_results(KEPT), setting, name, stage=stage, out=out, spec_path=path, fixed=held)
+    import_kept(earlier, setting, name, stage=stage, out=out, spec_path=path, fixed=held)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
@@ -140,6 +148,7 @@ def write_stage_spec(
     setting: str,
     algorithm: str,
     runs: Path,
+    earlier: Path,
     *,
     stage: int,
     grid: list[float],
@@ -150,7 +159,7 @@ def write_stage_spec(
     name = sweep_name(algorithm, fixed)
     out = stage_dir(runs, setting, name, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
-    inherited = inherited_lr(runs, setting, algorithm)
+    inherited = inherited_lr(runs, setting, algorithm, earlier)
     tree = spec(setting, algorithm, fixed=fixed, inherited=inherited)
     tree["params"] = {knob(name)[0]: {"grid": grid}}
     if stage == 2:
@@ -308,19 +317,20 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
     args = parser.parse_args()
     jobs = [(s, a) for s in args.settings for a in args.algorithms]
-    kept = kept_results(args.out / "fed-sweep.json")
+    earlier = args.out / "fed-sweep.json"  # stands in for the runs that are gone
+    kept = kept_results(earlier)
     if not args.report_only:
         first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
         for setting in first:  # the rate they inherit (found, if finished): before the rest
             if not only_kept(kept, args.runs, setting, "fedavg"):
-                sweep(setting, "fedavg", args.runs)
+                sweep(setting, "fedavg", args.runs, earlier)
         rest = [
             (s, a)
             for s, a in jobs
             if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
         ]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            list(pool.map(lambda job: sweep(job[0], job[1], args.runs), rest))
+            list(pool.map(lambda job: sweep(job[0], job[1], args.runs, earlier), rest))
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():

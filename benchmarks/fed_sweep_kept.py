@@ -20,9 +20,6 @@ from trustvision.sweep.spec import load_spec
 from trustvision.sweep.study import STUDY_FILE
 from trustvision.sweep.trial import format_override
 
-# The report a sweep whose runs are gone is kept in (and FedAvg's chosen rate read from).
-KEPT = ROOT / "docs/results/fed-sweep.json"
-
 
 def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
     """Whether a method's sweeps (by name) are all complete and its follow-up has run: only a
@@ -101,7 +98,7 @@ def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]
     config = yaml.safe_load(dump_config(cfg)) | {"runs_dir": "runs"}
     header = (
         f"# {algorithm}: trial {chosen['id']} of the {name} sweep, chosen on validation; rebuilt "
-        "from the kept docs/results/fed-sweep.json (the sweep's runs are gone)\n"
+        "from its spec (its run is gone; its numbers are in the earlier fed-sweep report)\n"
     )
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(
@@ -112,7 +109,7 @@ def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]
 
 
 def import_kept(
-    kept: dict[str, dict[str, Any]],
+    earlier: Path,
     setting: str,
     name: str,
     *,
@@ -123,8 +120,9 @@ def import_kept(
 ) -> None:
     """Begin a stage whose runs are gone with the finished trials the report kept of it, so
     that only the grid's other points run. Kept trials of another search (the sweep held a
-    different value fixed: FedAvg's rate, say, chosen again since) are not imported."""
-    report = kept.get(setting, {}).get(name)
+    different value fixed: FedAvg's rate, say, chosen again since; or another grid) are not
+    imported: the stage is swept from its start."""
+    report = kept_results(earlier).get(setting, {}).get(name)
     if (out / STUDY_FILE).exists() or report is None:
         return
     trials = [t for t in report["trials"] if t.get("stage") == stage]
@@ -136,8 +134,12 @@ def import_kept(
             f"{fixed}: swept from its start"
         )
         return
-    source = str(KEPT.relative_to(ROOT))
-    queued = import_trials(load_spec(spec_path), out, trials, source=source)
+    source = str(earlier.relative_to(ROOT) if earlier.is_relative_to(ROOT) else earlier)
+    try:
+        queued = import_trials(load_spec(spec_path), out, trials, source=source)
+    except ConfigError as err:  # refused before anything was written
+        print(f"{setting} {name} stage {stage}: {err}: swept from its start")
+        return
     finished = sum(t["state"] == "COMPLETE" for t in trials)
     print(
         f"{setting} {name} stage {stage}: {finished} trials kept from {source}, "

@@ -20,11 +20,14 @@ COMMITTED = ROOT / "docs/results/fed-sweep.json"
 
 
 def import_stage(bench, kept, runs, stage, grid, held=None):
+    """What run_stage does before it sweeps, with `kept` as the earlier report's results."""
+    earlier = runs.parent / f"{runs.name}-report.json"
+    earlier.write_text(json.dumps({"results": kept}))
     out, path, spec_held = bench.write_stage_spec(
-        "fmnist-cnn", "fedavg", runs, stage=stage, grid=grid
+        "fmnist-cnn", "fedavg", runs, earlier, stage=stage, grid=grid
     )
     benchmark("fed_sweep_kept").import_kept(
-        kept,
+        earlier,
         "fmnist-cnn",
         "fedavg",
         stage=stage,
@@ -64,6 +67,11 @@ def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
     # trials of another search (here: another fixed learning rate) are not imported
     other = tmp_path / "other"
     assert not (import_stage(bench, kept, other, 1, grid, {"optim.lr": 0.1}) / "study.db").exists()
+    # nor are those of another grid (a stage 2 whose best moved): swept from the start
+    every = {"fmnist-cnn": {"fedavg": {**report, "complete": False}}}  # stage 2's too
+    moved = tmp_path / "moved"
+    assert not (import_stage(bench, every, moved, 2, [0.3, 0.6]) / "study.db").exists()
+    assert (import_stage(bench, every, moved, 2, [0.4, 0.8]) / "study.db").exists()
 
 
 def test_a_choice_among_imported_trials_is_rebuilt_for_fed_compare(tmp_path):

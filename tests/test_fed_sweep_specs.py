@@ -119,16 +119,16 @@ def test_a_method_with_a_knob_of_its_own_trains_at_fedavgs_validation_chosen_rat
 ):
     bench = fed_sweep()
     assert {"fedprox", "fedrep", "fedbabu", "fedetf", "ditto", "fedlc"} == bench.INHERITS_LR
-    monkeypatch.setattr(bench, "KEPT", tmp_path / "no-report.json")
+    none = tmp_path / "no-report.json"
     with pytest.raises(SystemExit, match="sweep fedavg first"):
-        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox", none)
     fake_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
     with pytest.raises(SystemExit, match="holds a finished sweep"):  # its second stage to run
-        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+        bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox", none)
     shutil.rmtree(tmp_path / "fmnist-gap/fedavg")
     finished_sweep(tmp_path / "fmnist-gap/fedavg", {0.03: 0.69, 0.8: 0.79, 0.2: 0.76}, "optim.lr")
-    assert bench.inherited_lr(tmp_path, "fmnist-gap", "fedrod") == {}  # its knob is the rate
-    inherited = bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox")
+    assert bench.inherited_lr(tmp_path, "fmnist-gap", "fedrod", none) == {}  # its knob is the rate
+    inherited = bench.inherited_lr(tmp_path, "fmnist-gap", "fedprox", none)
     assert inherited == {"optim.lr": 0.8}
     tree = bench.spec("fmnist-gap", "fedprox", inherited=inherited)
     mu = "algorithm.options.mu"
@@ -208,9 +208,8 @@ def test_a_report_keeps_the_sweeps_whose_runs_are_gone_and_rebuilds_their_choice
     assert bench.only_kept(kept, runs, "fmnist-cnn", "fedloge")
     without = {"fmnist-cnn": {n: r for n, r in kept["fmnist-cnn"].items() if n != "fedprox"}}
     assert not bench.only_kept(without, runs, "fmnist-cnn", "fedprox")  # never swept: swept
-    monkeypatch.setattr(bench, "KEPT", report)
     rate = kept["fmnist-gap"]["fedavg"]["chosen"]["params"]["optim.lr"]
-    assert bench.inherited_lr(runs, "fmnist-gap", "fedprox") == {"optim.lr": rate}
+    assert bench.inherited_lr(runs, "fmnist-gap", "fedprox", report) == {"optim.lr": rate}
 
 
 def test_only_a_complete_sweep_is_kept_in_place_of_its_runs(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from test_sweep import read_json, run_cli, write_spec
 
 from trustvision.errors import ConfigError
+from trustvision.federated.compare import sweep_choice
 from trustvision.sweep.imported import import_trials
 from trustvision.sweep.report import write_report
 from trustvision.sweep.spec import load_spec
@@ -70,6 +71,13 @@ def test_an_imported_choice_has_no_config_here(tmp_path):
 
     assert report["trials_done"] == 3 and report["chosen"]["config"] is None
     assert not (out / "chosen.yaml").exists()
+    assert "its run is not here, so there is no chosen.yaml" in (out / "sweep.md").read_text()
+    with pytest.raises(ConfigError, match="whose run is not here"):
+        sweep_choice(out)  # what `trustvision fed compare SWEEP_DIR` reads
+    again = read_json(out / "sweep.json")["trials"]  # imported once more, elsewhere
+    import_trials(load_spec(spec_path), tmp_path / "again", again, source="new/sweep.json")
+    first = write_report(tmp_path / "again")["trials"][0]
+    assert first["imported"] == {"from": "old/sweep.json", "number": 0}
     result = run_cli(spec_path, "--out", out)  # nothing left to run
     assert not (out / "trials").exists()
     assert "chosen config: none here (measured earlier (trial 0 of old/sweep.json)" in " ".join(
@@ -86,6 +94,16 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
     other = {**record(0, 0.01), "params": {"optim.momentum": 0.5}}
     with pytest.raises(ConfigError, match=r"searched \['optim.momentum'\]"):
         import_trials(spec, tmp_path / "new", [other], source="b")
+    subset = load_spec(write_spec(tmp_path / "subset.yaml", params=GRID, trials=2))
+    with pytest.raises(ConfigError, match="only a whole grid"):
+        import_trials(subset, tmp_path / "new", [record(0, 0.01)], source="d")
+    with pytest.raises(ConfigError, match="two finished trials of"):
+        import_trials(spec, tmp_path / "new", [record(0, 0.01), record(1, 0.01)], source="e")
+    ranged = {"optim.lr": {"low": 0.01, "high": 0.1}}
+    tpe = load_spec(write_spec(tmp_path / "tpe.yaml", params=ranged, trials=3))
+    with pytest.raises(ConfigError, match="does not fit this spec"):
+        import_trials(tpe, tmp_path / "new", [record(0, 0.5)], source="f")
+    assert import_trials(spec, tmp_path / "new", [record(0, 0.01, state="FAIL")], source="g") == []
     off_grid = record(0, 0.02)
     with pytest.raises(ConfigError, match="not a point of this spec's grid"):
         import_trials(spec, tmp_path / "new", [off_grid], source="c")

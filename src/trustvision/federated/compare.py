@@ -78,7 +78,13 @@ def sweep_choice(sweep: Path) -> Path:
         raise ConfigError(
             f"sweep `{sweep}` has no chosen trial yet: finish it with `trustvision sweep run`"
         )
-    return sweep / str(report["chosen"]["run_dir"])
+    chosen = report["chosen"]
+    if chosen["run_dir"] is None:
+        raise ConfigError(
+            f"sweep `{sweep}` chose trial {chosen['number']} ({chosen['note']}), whose run is not "
+            f"here: train its parameters {chosen['params']} again and compare that run"
+        )
+    return sweep / str(chosen["run_dir"])
 
 
 def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:

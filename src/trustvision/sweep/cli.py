@@ -128,7 +128,7 @@ def run(
 
     Each trial is its own process: `trustvision COMMAND CONFIG OVERRIDES PARAMS runs_dir=OUT/trials/trial-N`.
     The chosen trial has the best validation metric; the test metric is recorded beside it and never read by the choice.
-    OUT gets study.db (`optuna-dashboard sqlite:///OUT/study.db` shows it), sweep.json, sweep.md, sweep.png and chosen.yaml, the chosen trial's config to train again.
+    OUT gets study.db (`optuna-dashboard sqlite:///OUT/study.db` shows it), sweep.json, sweep.md, sweep.png and chosen.yaml, the chosen trial's config to train again (none if the chosen trial was imported from an earlier sweep's report: its run is elsewhere).
 
     Example: trustvision sweep run configs/sweep/mnist_lr.yaml trials=2 --out sweeps/lr
 

@@ -28,9 +28,13 @@ from trustvision.sweep.study import (
     storage_for,
 )
 
-# The fields of a sweep.json trial record that become the imported trial's own; the rest of a
-# record is kept verbatim under its `imported` user attribute.
-RECORD_FIELDS = ("number", "state", "params", "validation", "test", "seconds", "run_dir", "note")
+# The fields of a sweep.json trial record that become the imported trial's own, or belong to
+# the earlier sweep (its chosen record's `config`); the rest of a record is kept verbatim under
+# the imported trial's `imported` user attribute.
+RECORD_FIELDS = (
+    *("number", "state", "params", "validation", "test", "seconds", "run_dir", "note"),
+    *("config", "imported"),
+)
 
 
 def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -46,14 +50,38 @@ def import_trials(
     """Begin the sweep of `spec` in the new directory `out` with the COMPLETE trials among
     `records` (sweep.json trial records) and, for a grid, queue every point none of them ran.
 
-    Returns the points queued. Each imported trial keeps its validation value (the objective),
-    its test value and time, and records `source` and whatever else its record held under the
-    `imported` user attribute; it has no run directory here.
+    Returns the points queued; with no COMPLETE record nothing is written (the sweep begins as
+    any other). Each imported trial keeps its validation value (the objective), its test value
+    and time, and records `source` and whatever else its record held under the `imported`
+    user attribute; it has no run directory here. Every check comes before anything is
+    written: a refused import leaves no study behind.
     """
     if (out / STUDY_FILE).exists():
         raise ConfigError(f"`{out}` already holds a study: import trials only into a new one")
-    keys = set(spec.params)
     finished = [r for r in records if r["state"] == TrialState.COMPLETE.name]
+    if not finished:
+        return []
+    check_records(spec, finished, source)
+    distributions = {key: distribution(param) for key, param in spec.params.items()}
+    try:
+        trials = [frozen(spec, record, distributions, source) for record in finished]
+    except ValueError as err:  # a value outside its range or choices
+        raise ConfigError(f"a trial of {source} does not fit this spec: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(spec, out)
+    with quiet_optuna():
+        study = open_study(spec, storage_for(out))
+        study.add_trials(trials)
+        queued = [] if not spec.is_grid else unrun_points(spec, finished)
+        for point in queued:
+            study.enqueue_trial(point)
+    return queued
+
+
+def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: str) -> None:
+    """Refuse records that are not finished trials of this spec's search, or that a continued
+    sweep could not complete from (a grid's subset, a point twice)."""
+    keys = set(spec.params)
     for record in finished:
         if set(record["params"]) != keys or record.get("validation") is None:
             raise ConfigError(
@@ -61,22 +89,23 @@ def import_trials(
                 f"with validation {record.get('validation')}, not a finished trial of this "
                 f"spec's {sorted(keys)}"
             )
-    if spec.is_grid and (off := [r for r in finished if not on_grid(spec, r["params"])]):
+    if not spec.is_grid:
+        return
+    if spec.planned_trials < spec.grid_size:
+        raise ConfigError(
+            f"this spec runs {spec.planned_trials} of its grid's {spec.grid_size} points (a "
+            "seeded subset): only a whole grid is continued from imported trials"
+        )
+    if off := [r for r in finished if not on_grid(spec, r["params"])]:
         raise ConfigError(
             f"trial {off[0].get('number')} of {source} ran {off[0]['params']}, which is not a "
             f"point of this spec's grid: its trials are of another search"
         )
-    distributions = {key: distribution(param) for key, param in spec.params.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_out(spec, out)
-    with quiet_optuna():
-        study = open_study(spec, storage_for(out))
-        for record in finished:
-            study.add_trial(frozen(spec, record, distributions, source))
-        queued = [] if not spec.is_grid else unrun_points(spec, finished)
-        for point in queued:
-            study.enqueue_trial(point)
-    return queued
+    for i, record in enumerate(finished):
+        if any(same_point(record["params"], other["params"]) for other in finished[:i]):
+            raise ConfigError(
+                f"{source} holds two finished trials of {record['params']}: import one of them"
+            )
 
 
 def frozen(
@@ -87,9 +116,11 @@ def frozen(
 ) -> optuna.trial.FrozenTrial:
     """One finished trial record as an Optuna trial to add to the study."""
     extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+    # a trial imported once already keeps where it was first measured
+    first = record.get("imported") or {"from": source, "number": record.get("number")}
     attrs: dict[str, Any] = {
         "seconds": record.get("seconds"),
-        "imported": {"from": source, "number": record.get("number"), **extra},
+        "imported": {**extra, "from": first["from"], "number": first["number"]},
     }
     if spec.test_metric and record.get("test") is not None:
         attrs[spec.test_metric] = record["test"]

@@ -197,7 +197,11 @@ def render_markdown(report: dict[str, Any], spec: SweepSpec, out: Path) -> str:
             f"**Chosen: trial {chosen['number']}** ({chosen_params}): validation "
             f"{_number(chosen['validation'])}"
             + (f", test {_number(chosen['test'])}" if test else "")
-            + f". Train it again: `trustvision {spec.command} {out / CHOSEN_FILE} seed=1`."
+            + (
+                f". Train it again: `trustvision {spec.command} {out / CHOSEN_FILE} seed=1`."
+                if chosen.get("config")
+                else f"; {chosen['note']}: its run is not here, so there is no {CHOSEN_FILE}."
+            )
         )
     lines += ["", "![sweep](sweep.png)", "", "## Spec", "", "```yaml"]
     lines += [yaml.safe_dump(report["spec"], sort_keys=False).rstrip(), "```", ""]
