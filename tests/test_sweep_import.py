@@ -2,14 +2,18 @@
 finished trials count and are not run again, the grid's other points run, and an imported
 choice says it has no run here."""
 
+import json
+
 import pytest
 from test_sweep import read_json, run_cli, write_spec
+from typer.testing import CliRunner
 
+from trustvision.cli import app
 from trustvision.errors import ConfigError
 from trustvision.federated.compare import sweep_choice
 from trustvision.sweep.imported import import_trials
 from trustvision.sweep.report import write_report
-from trustvision.sweep.spec import load_spec
+from trustvision.sweep.spec import dump_spec, load_spec
 
 GRID = {"optim.lr": {"grid": [0.01, 0.03, 0.1]}}
 
@@ -38,10 +42,11 @@ def test_imported_trials_count_and_only_the_rest_of_the_grid_runs(tmp_path):
         record(1, 0.1, state="FAIL"),  # failed there: runs again here
         record(2, 0.03),
     ]
-    queued = import_trials(load_spec(spec_path), out, earlier, source="old/sweep.json")
-    assert queued == [{"optim.lr": 0.1}]
+    sweep_json = tmp_path / "old/sweep.json"  # what the lost machine's sweep left
+    sweep_json.parent.mkdir()
+    sweep_json.write_text(json.dumps({"trials": earlier, "spec": dump_spec(load_spec(spec_path))}))
 
-    run_cli(spec_path, "--out", out)
+    result = run_cli(spec_path, "--out", out, "--continue-from", sweep_json)
 
     report = read_json(out / "sweep.json")
     assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 3}
@@ -49,12 +54,13 @@ def test_imported_trials_count_and_only_the_rest_of_the_grid_runs(tmp_path):
     by_lr = {t["params"]["optim.lr"]: t for t in report["trials"]}
     kept = by_lr[0.01]
     assert kept["run_dir"] is None and (kept["validation"], kept["test"]) == (0.0, 0.25)
+    assert "2 finished trial(s) imported" in result.output
     assert kept["imported"] == {
-        "from": "old/sweep.json",
+        "from": str(sweep_json),
         "number": 0,
         "numbers": {"final": {"acc": 0.5}},
     }
-    assert "measured earlier (trial 0 of old/sweep.json)" in kept["note"]
+    assert f"measured earlier (trial 0 of {sweep_json})" in kept["note"]
     ran = by_lr[0.1]
     assert ran["run_dir"].startswith("trials/trial-2/") and "imported" not in ran
     assert report["chosen"]["number"] == ran["number"]  # above the imported 0.0
@@ -108,3 +114,21 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
     with pytest.raises(ConfigError, match="not a point of this spec's grid"):
         import_trials(spec, tmp_path / "new", [off_grid], source="c")
     assert not (tmp_path / "new").exists()  # refused before anything was written
+
+
+def test_continue_from_refuses_another_search_and_a_file_that_is_no_sweep_json(tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", params=GRID)
+    other = dump_spec(load_spec(write_spec(tmp_path / "other.yaml")))  # another grid
+    sweep_json = tmp_path / "sweep.json"
+    for text, said in [
+        (
+            json.dumps({"trials": [record(0, 0.01)], "spec": other}),
+            "of another search: its `params`",
+        ),
+        ('{"trials": [', "is not a sweep.json"),
+    ]:
+        sweep_json.write_text(text)
+        args = ["sweep", "run", str(spec_path), "--out", str(tmp_path / "out")]
+        result = CliRunner().invoke(app, [*args, "--continue-from", str(sweep_json)])
+        assert result.exit_code == 2 and said in " ".join(result.output.split())
+        assert not (tmp_path / "out/study.db").exists()

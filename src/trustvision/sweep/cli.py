@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,11 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from trustvision.clikit import EXPECTED, command_group, command_takes_resume, fail
+from trustvision.errors import ConfigError
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from trustvision.sweep.spec import SweepSpec
+
+# What a sweep.json must share with the spec for its trials to count in this sweep (its config
+# file is compared by name: the earlier machine's path differs; import_trials checks the values).
+SAME_SEARCH = ("command", "overrides", "params", "objective", "config")
 
 EXAMPLE_SPEC = """\
 name: mnist-lr
@@ -123,6 +129,15 @@ def run(
             help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set).",
         ),
     ] = 1,
+    continue_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--continue-from",
+            metavar="SWEEP_JSON",
+            help="The sweep.json of this spec's sweep whose directory is gone (another machine): "
+            "its finished trials count and are not run again, only the rest run. A new --out only.",
+        ),
+    ] = None,
 ) -> None:
     """Run a sweep; run it again with the same spec and --out to continue after a kill.
 
@@ -150,6 +165,8 @@ def run(
             + (f", test `{spec.test_metric}`" if spec.test_metric else ""),
             soft_wrap=True,
         )
+        if continue_from is not None:
+            continue_sweep(spec, out, continue_from)
         try:
             run_sweep(
                 spec, out, jobs=jobs, resumable=resumable, reporter=RichSweepReporter(console, spec)
@@ -163,6 +180,38 @@ def run(
     if interrupted:
         console.print("[yellow]interrupted[/]: run the same command again to continue")
         raise typer.Exit(130)
+
+
+def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
+    """Begin `out` with the finished trials of `earlier`, a sweep.json of the same search."""
+    from trustvision.sweep.imported import import_trials
+    from trustvision.sweep.spec import dump_spec
+
+    try:
+        report = json.loads(earlier.read_text())
+        trials, searched = list(report["trials"]), dict(report["spec"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"`{earlier}` is not a sweep.json ({type(err).__name__}: {err})"
+        ) from None
+    ours = dump_spec(spec)
+    searched["config"] = Path(str(searched.get("config"))).name
+    ours["config"] = Path(str(ours["config"])).name
+    differ = [k for k in SAME_SEARCH if searched.get(k) != ours.get(k)]
+    if differ:
+        raise ConfigError(
+            f"`{earlier}` is of another search: its {', '.join(f'`{k}`' for k in differ)} "
+            "differ from this spec's"
+        )
+    queued = import_trials(spec, out, trials, source=str(earlier))
+    done = sum(t["state"] == "COMPLETE" for t in trials)
+    console.print(
+        f"continuing from {earlier}: {done} finished trial(s) imported",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if queued:
+        console.print(f"{len(queued)} grid point(s) left to run", highlight=False)
 
 
 @sweep_app.command("report")
