@@ -35,6 +35,7 @@ ROOT = Path(__file__).parents[1]
 TRAIN = str(ROOT / "configs/train/mnist_cnn.yaml")
 FED = str(ROOT / "configs/fed/fmnist_lt_cpu.yaml")
 TINY_TRAIN = ["epochs=1", "data.train_subset=256", "data.test_subset=100", "data.batch_size=64"]
+SWEEP_RUN = ["sweep", "run", str(ROOT / "configs/sweep/mnist_lr.yaml"), "--out", "{tmp}/out"]
 ALL_FAIL = "[{client: 0, round: 1}, {client: 1, round: 1}, {client: 2, round: 1}]"
 RUNNER = CliRunner(env={"COLUMNS": "4000"})  # one line stays one line (no wrapping)
 
@@ -266,6 +267,18 @@ PROBES: dict[str, Probe] = {
     ),
     "robust train without a config": Probe(["robust", "train"], 2, ["configs/robust/"]),
     "compact train without a config": Probe(["compact", "train"], 2, ["configs/compact/"]),
+    "sweep continued from a truncated sweep.json": Probe(
+        [*SWEEP_RUN, "--continue-from", "{tmp}/sweep.json"],
+        2,
+        ["{tmp}/sweep.json", "is not a sweep.json"],
+        setup=write("sweep.json", '{"trials": [{"number": 0, "sta'),
+    ),
+    "sweep continued from a folder": Probe(
+        [*SWEEP_RUN, "--continue-from", "{tmp}"], 2, ["{tmp}", "is a directory"]
+    ),
+    "sweep continued from a file that is not there": Probe(
+        [*SWEEP_RUN, "--continue-from", "{tmp}/gone.json"], 2, ["gone.json", "is not there"]
+    ),
     "resume of a folder that is no run": Probe(
         ["train", "--resume", "{tmp}"], 2, ["{tmp}", "no config.yaml"]
     ),

@@ -187,6 +187,11 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
     from trustvision.sweep.imported import import_trials
     from trustvision.sweep.spec import dump_spec
 
+    if not earlier.is_file():
+        raise ConfigError(
+            f"`{earlier}` is {'a directory' if earlier.is_dir() else 'not there'}: give the "
+            "sweep.json the earlier sweep wrote in its --out"
+        )
     try:
         report = json.loads(earlier.read_text())
         trials, searched = list(report["trials"]), dict(report["spec"])
