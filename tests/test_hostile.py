@@ -10,11 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -368,36 +365,3 @@ def test_the_hint_for_images_of_two_sizes_can_be_followed(tmp_path, monkeypatch)
     assert followed.exit_code == 0, followed.output
     cfg = load_config(TrainConfig, None, ["data.name=image-folder", "data.image_size=4"])
     assert cfg.data.image_size == 4
-
-
-@pytest.mark.parametrize(
-    ("extra", "code", "names"),
-    [
-        (["standard.epochs=abc"], 2, ["standard.epochs"]),  # a bad config value
-        (["--work", "{tmp}/a-file"], 3, ["{tmp}/a-file/mnist", "Not a directory"]),
-    ],
-)
-def test_a_benchmark_script_fails_as_the_cli_does(extra, code, names, tmp_path):
-    """A benchmark script given a bad value or a folder it cannot use ends with the CLI's one red
-    line and exit code (common.run_script), not a traceback, and writes no result."""
-    TALLY["tried"] += 1
-    (tmp_path / "a-file").write_text("not a folder")
-    out = tmp_path / "results"
-    fill = lambda text: text.replace("{tmp}", str(tmp_path))  # noqa: E731
-    argv = ["--datasets", "mnist", "--subset", "10", "--out", str(out), "--work", str(tmp_path)]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/robust.py"), *argv, *map(fill, extra)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "4000", "TRUSTVISION_TRACKING": "off"},
-        timeout=120,
-    )
-    if "Traceback" in result.stderr:
-        TALLY["tracebacks"] += 1
-        pytest.fail(result.stderr)
-    assert result.returncode == code, result.stderr
-    said = " ".join(result.stderr.split())
-    assert said.startswith("error: "), said
-    for text in names:
-        assert fill(text) in said, said
-    assert not out.exists()

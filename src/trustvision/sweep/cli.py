@@ -26,6 +26,23 @@ if TYPE_CHECKING:
 # file is compared by name: the earlier machine's path differs; import_trials checks the values).
 SAME_SEARCH = ("command", "overrides", "params", "objective", "config")
 
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set).",
+    ),
+]
+ContinueFromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--continue-from",
+        metavar="SWEEP_JSON",
+        help="The sweep.json of this spec's sweep whose directory is gone (another machine): "
+        "its finished trials count and are not run again, only the rest run. A new --out only.",
+    ),
+]
+
 EXAMPLE_SPEC = """\
 name: mnist-lr
 command: train              # a trustvision sub-command: train, fed run, ...
@@ -122,22 +139,8 @@ def run(
         Path | None,
         typer.Option(help="The sweep directory \\[default: sweeps/<name>]. Run again to continue."),
     ] = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set).",
-        ),
-    ] = 1,
-    continue_from: Annotated[
-        Path | None,
-        typer.Option(
-            "--continue-from",
-            metavar="SWEEP_JSON",
-            help="The sweep.json of this spec's sweep whose directory is gone (another machine): "
-            "its finished trials count and are not run again, only the rest run. A new --out only.",
-        ),
-    ] = None,
+    jobs: JobsOpt = 1,
+    continue_from: ContinueFromOpt = None,
 ) -> None:
     """Run a sweep; run it again with the same spec and --out to continue after a kill.
 
