@@ -130,10 +130,12 @@ def trial_table(algorithm: str, report: dict[str, Any], key: str) -> list[str]:
         "| final generic test | final local test | state |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    complete = report.get("complete", True)
     for t in sorted(report["trials"], key=lambda t: t["params"].get(key, 0)):
         n = t.get("numbers", {"selected": {}, "final": {}})
         sel, fin = n["selected"], n["final"]
-        mark = " **(chosen)**" if report.get("chosen") and t["id"] == report["chosen"]["id"] else ""
+        best = report.get("chosen") and t["id"] == report["chosen"]["id"]
+        mark = "" if not best else " **(chosen)**" if complete else " **(best so far)**"
         note = f" ({t['note']})" if t.get("note") else ""  # e.g. a killed trial, run again
         lines.append(
             f"| {t['params'].get(key)}{mark} | {pct(sel.get('generic', {}).get('val'))} | "

@@ -64,6 +64,10 @@ def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
     assert not collected["complete"]
     row = benchmark("fed_sweep_report").choice_table({"fedavg": collected}, {"fedavg": "optim.lr"})
     assert row[-1].endswith("| 5 (unfinished) | not yet |") and " (so far) |" in row[-1]
+    rows = benchmark("fed_sweep_report").trial_table("fedavg", collected, "optim.lr")
+    assert sum("**(best so far)**" in r for r in rows) == 1 and not any(
+        "(chosen)" in r for r in rows
+    )
     # trials of another search (here: another fixed learning rate) are not imported
     other = tmp_path / "other"
     assert not (import_stage(bench, kept, other, 1, grid, {"optim.lr": 0.1}) / "study.db").exists()
