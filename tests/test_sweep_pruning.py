@@ -4,6 +4,7 @@ median stopped (its process too) while a good one finishes."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -99,3 +100,34 @@ def test_watch_lets_a_good_trial_finish(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     assert runner.watch(trial, proc, run_dir.parent, None) == (0, run_dir)
     assert trial.study.trials[trial.number].intermediate_values == {1: 0.85, 2: 0.95}
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stopping_a_trial_ends_the_processes_its_command_started(tmp_path):
+    """A pruned or interrupted trial's command is ended with its process group: a child it
+    started (a data loader worker, a subprocess) does not outlive it, even when the command
+    itself exits on SIGTERM at once and leaves the child behind."""
+    code = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "print(child.pid, flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    assert running(child)
+    stop_process(proc, grace_seconds=5)
+    assert proc.returncode is not None
+    deadline = time.monotonic() + 5
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child)

@@ -157,12 +157,23 @@ def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bo
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) -> None:
-    """End a trial's process: SIGTERM, then SIGKILL if it is still there after the grace."""
+    """End a trial's command and what it started: SIGTERM, then SIGKILL after the grace. A
+    command that leads its own process group (a trial runs in its own session) is ended with
+    its whole group, so no child of a pruned or interrupted trial outlives it."""
     if proc.poll() is not None:
         return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    group = proc.pid if os.getpgid(proc.pid) == proc.pid else None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            if group is not None:
+                os.killpg(group, sig)
+            else:
+                proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace_seconds)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if group is not None:  # children that stayed after their leader ended on SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
