@@ -12,9 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import read_json, run_cli, write_spec
+from test_sweep import read_json, run_cli, spec_tree, write_spec
 
-from trustvision.sweep.study import recover_killed, storage_for
+from trustvision.config import build_config
+from trustvision.sweep.spec import SweepSpec
+from trustvision.sweep.study import open_study, recover_killed, storage_for, suggest
 from trustvision.sweep.trial import find_run_dir
 
 
@@ -131,3 +133,20 @@ def snapshot(trial_dir, run_dir):
         summary.read_text(),
         log.stat().st_mtime_ns,
     )
+
+
+def test_a_resumed_tpe_search_does_not_draw_its_first_points_again(tmp_path):
+    """Reopened, a sampled search goes on from where it was, rather than replaying the random
+    start-up points its seed drew the first time."""
+    spec = build_config(
+        SweepSpec, spec_tree(params={"optim.lr": {"low": 0.001, "high": 0.3}}, trials=6)
+    )
+    first = open_study(spec, storage_for(tmp_path))
+    drawn = []
+    for _ in range(3):
+        trial = first.ask()
+        drawn.append(suggest(trial, "optim.lr", spec.params["optim.lr"]))
+        first.tell(trial, 0.5)
+    again = open_study(spec, storage_for(tmp_path))
+    trial = again.ask()
+    assert suggest(trial, "optim.lr", spec.params["optim.lr"]) not in drawn

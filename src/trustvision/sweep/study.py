@@ -79,12 +79,14 @@ def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
     return trial.suggest_categorical(key, list(found.choices))
 
 
-def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """GridSampler for a grid, TPE for ranges and choices; both seeded by the spec."""
-    if spec.is_grid:
+def build_sampler(spec: SweepSpec, *, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """GridSampler for a grid, TPE for ranges and choices; both seeded by the spec. A resumed
+    TPE search is seeded past the trials it has (seed + their number): the spec's seed alone
+    would draw its first random points again, and measure them twice."""
+    if spec.is_grid:  # the seed shuffles the grid: the same on every run
         space = {key: list(param.grid or []) for key, param in spec.params.items()}
         return optuna.samplers.GridSampler(space, seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed + trials_so_far)
 
 
 def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
@@ -156,6 +158,8 @@ def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
         pruner=build_pruner(spec),
         load_if_exists=True,
     )
+    if trials := len(study.get_trials(deepcopy=False)):
+        study.sampler = build_sampler(spec, trials_so_far=trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         study.set_metric_names([spec.objective.metric])
