@@ -65,6 +65,9 @@ def test_imported_trials_count_and_only_the_rest_of_the_grid_runs(tmp_path):
     assert ran["run_dir"].startswith("trials/trial-2/") and "imported" not in ran
     assert report["chosen"]["number"] == ran["number"]  # above the imported 0.0
     assert (out / "chosen.yaml").is_file()
+    again = run_cli(spec_path, "--out", out, "--continue-from", sweep_json)  # the same command
+    assert "holds the sweep already: continuing it" in again.output
+    assert read_json(out / "sweep.json")["trials"] == report["trials"]  # nothing ran again
 
 
 def test_an_imported_choice_has_no_config_here(tmp_path):
@@ -109,6 +112,8 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
     tpe = load_spec(write_spec(tmp_path / "tpe.yaml", params=ranged, trials=3))
     with pytest.raises(ConfigError, match="does not fit this spec"):
         import_trials(tpe, tmp_path / "new", [record(0, 0.5)], source="f")
+    with pytest.raises(ConfigError, match="two finished trials of"):
+        import_trials(tpe, tmp_path / "new", [record(0, 0.05), record(1, 0.05)], source="h")
     assert import_trials(spec, tmp_path / "new", [record(0, 0.01, state="FAIL")], source="g") == []
     off_grid = record(0, 0.02)
     with pytest.raises(ConfigError, match="not a point of this spec's grid"):
@@ -119,6 +124,7 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
 def test_continue_from_refuses_another_search_and_a_file_that_is_no_sweep_json(tmp_path):
     spec_path = write_spec(tmp_path / "spec.yaml", params=GRID)
     other = dump_spec(load_spec(write_spec(tmp_path / "other.yaml")))  # another grid
+    ours = dump_spec(load_spec(spec_path))
     sweep_json = tmp_path / "sweep.json"
     for text, said in [
         (
@@ -126,6 +132,7 @@ def test_continue_from_refuses_another_search_and_a_file_that_is_no_sweep_json(t
             "of another search: its `params`",
         ),
         ('{"trials": [', "is not a sweep.json"),
+        (json.dumps({"trials": [], "spec": ours, "config_sha256": "0" * 64}), "SHA-256 differs"),
     ]:
         sweep_json.write_text(text)
         args = ["sweep", "run", str(spec_path), "--out", str(tmp_path / "out")]

@@ -39,7 +39,8 @@ ContinueFromOpt = Annotated[
         "--continue-from",
         metavar="SWEEP_JSON",
         help="The sweep.json of this spec's sweep whose directory is gone (another machine): "
-        "its finished trials count and are not run again, only the rest run. A new --out only.",
+        "its completed trials count and are not run again, only the rest run (in a new --out; "
+        "an --out that holds the study already just continues).",
     ),
 ]
 
@@ -61,7 +62,8 @@ seed: 0                     # the sampler's seed; prune above is optional"""
 sweep_app = command_group(
     help="Hyperparameter search with Optuna: every trial a real trustvision command, chosen on "
     "validation, resumable after a kill.\n\n"
-    "A spec (configs/sweep/mnist_lr.yaml):\n\n" + escape(EXAMPLE_SPEC)
+    "A spec (configs/sweep/mnist_lr.yaml, with its optional `trials` and `prune` on):\n\n"
+    + escape(EXAMPLE_SPEC)
 )
 console = Console()
 
@@ -186,9 +188,19 @@ def run(
 
 
 def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
-    """Begin `out` with the finished trials of `earlier`, a sweep.json of the same search."""
+    """Begin `out` with the completed trials of `earlier`, a sweep.json of the same search (an
+    `out` begun already, by this or by a killed run, is continued as it is)."""
+    import hashlib
+
     from trustvision.sweep.imported import import_trials
     from trustvision.sweep.spec import dump_spec
+    from trustvision.sweep.study import STUDY_FILE
+
+    if (out / STUDY_FILE).exists():
+        console.print(
+            f"{out} holds the sweep already: continuing it", highlight=False, soft_wrap=True
+        )
+        return
 
     if not earlier.is_file():
         raise ConfigError(
@@ -210,6 +222,12 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
         raise ConfigError(
             f"`{earlier}` is of another search: its {', '.join(f'`{k}`' for k in differ)} "
             "differ from this spec's"
+        )
+    digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+    if report.get("config_sha256") not in (None, digest):
+        raise ConfigError(
+            f"`{spec.config}` is not the file the trials of `{earlier}` ran (its SHA-256 "
+            "differs): restore that config to continue them, or sweep afresh"
         )
     queued = import_trials(spec, out, trials, source=str(earlier))
     done = sum(t["state"] == "COMPLETE" for t in trials)

@@ -89,6 +89,11 @@ def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: s
                 f"with validation {record.get('validation')}, not a finished trial of this "
                 f"spec's {sorted(keys)}"
             )
+    for i, record in enumerate(finished):
+        if any(same_point(record["params"], other["params"]) for other in finished[:i]):
+            raise ConfigError(
+                f"{source} holds two finished trials of {record['params']}: import one of them"
+            )
     if not spec.is_grid:
         return
     if spec.planned_trials < spec.grid_size:
@@ -101,11 +106,6 @@ def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: s
             f"trial {off[0].get('number')} of {source} ran {off[0]['params']}, which is not a "
             f"point of this spec's grid: its trials are of another search"
         )
-    for i, record in enumerate(finished):
-        if any(same_point(record["params"], other["params"]) for other in finished[:i]):
-            raise ConfigError(
-                f"{source} holds two finished trials of {record['params']}: import one of them"
-            )
 
 
 def frozen(

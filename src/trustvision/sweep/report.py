@@ -19,6 +19,7 @@ from trustvision.report.figures import plt, save_figure
 from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.spec import SweepSpec, dump_spec
 from trustvision.sweep.study import (
+    CONFIG_DIGEST_FILE,
     counted_trials,
     load_study,
     read_saved_spec,
@@ -109,6 +110,8 @@ def write_report(out: Path) -> dict[str, Any]:
     spec = read_saved_spec(out)
     study = load_study(spec, out)
     report = build_report(spec, study.get_trials(deepcopy=False), study.user_attrs)
+    digest = out / CONFIG_DIGEST_FILE  # what --continue-from checks on another machine
+    report["config_sha256"] = digest.read_text().strip() if digest.is_file() else None
     chosen = report["chosen"]
     if chosen is not None and "imported" in chosen:  # measured earlier: its run is elsewhere
         (out / CHOSEN_FILE).unlink(missing_ok=True)

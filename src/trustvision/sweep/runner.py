@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from trustvision.errors import ConfigError
 from trustvision.runs import LOCK_FILE, held_alone
@@ -283,7 +283,8 @@ def run_sweep(
 
         def finished(trial: FrozenTrial) -> None:
             reporter.trial_finished(trial)
-            if tracker is not None and trial.value is not None:
+            # a pruned trial's value is its last intermediate report, not the objective
+            if tracker is not None and trial.state == TrialState.COMPLETE:
                 tracker.metrics({"objective": trial.value}, step=trial.number)
             with reported:  # sweep.json and .md say where a running (or killed) sweep stands
                 write_report(out)
