@@ -61,7 +61,7 @@ def with_kept(
     """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
     cleaned runs folder), marked `earlier`, so that a report never loses a sweep; the compared
     choice of such a method, if its sweep was complete, is rebuilt from its spec for
-    benchmarks/fed_compare.py (an unfinished one is swept again, `only_kept`)."""
+    benchmarks/fed_compare.py (an unfinished one continues from its kept trials, `import_kept`)."""
     merged = {setting: dict(block) for setting, block in results.items()}
     for setting, block in kept.items():
         for name, report in block.items():
