@@ -151,6 +151,7 @@ def run(
     OUT gets study.db (`optuna-dashboard sqlite:///OUT/study.db` shows it), sweep.json, sweep.md, sweep.png and chosen.yaml, the chosen trial's config to train again (none if the chosen trial was imported from an earlier sweep's report: its run is elsewhere).
 
     Example: trustvision sweep run configs/sweep/mnist_lr.yaml trials=2 --out sweeps/lr
+    On a new machine, from the old one's report: ... --out sweeps/lr --continue-from old/sweep.json
 
     `trustvision sweep --help` shows a spec with every key.
     """
