@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trustvision.clikit import EXPECTED, print_failure
+from trustvision.clikit import EXPECTED, err_console, print_failure
 from trustvision.files import write_atomic
 from trustvision.runs import strict_json
 
@@ -70,8 +70,11 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's `main`; an expected failure (a bad config value, a file or folder the
     machine refuses) ends it as the CLI's commands end, one red line and the README's exit code,
-    instead of a traceback."""
+    instead of a traceback; so does Ctrl-C (exit 130, as `trustvision sweep run`)."""
     try:
         main()
     except EXPECTED as err:
         sys.exit(print_failure(err))
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: what finished is kept", highlight=False)
+        sys.exit(130)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import benchmark
 from hostile_tally import TALLY
 
 ROOT = Path(__file__).parents[1]
@@ -46,3 +47,13 @@ def test_a_benchmark_script_fails_as_the_cli_does(extra, code, names, tmp_path):
     for text in names:
         assert fill(text) in said, said
     assert not out.exists()
+
+
+def test_ctrl_c_ends_a_benchmark_script_with_one_line_and_status_130(capsys):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        benchmark("common").run_script(interrupted)
+    assert stopped.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
