@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -138,9 +139,15 @@ def run_stage(
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
-    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"`{' '.join(command)}` failed with exit code {result.returncode}")
+    sweep_run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        returncode = sweep_run.wait()
+    except KeyboardInterrupt:  # let it stop its trials and write its report, as it does alone
+        sweep_run.send_signal(signal.SIGINT)
+        sweep_run.wait()
+        raise
+    if returncode != 0:
+        raise SystemExit(f"`{' '.join(command)}` failed with exit code {returncode}")
     return out
 
 

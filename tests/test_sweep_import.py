@@ -14,6 +14,7 @@ from trustvision.federated.compare import sweep_choice
 from trustvision.sweep.imported import import_trials
 from trustvision.sweep.report import write_report
 from trustvision.sweep.spec import dump_spec, load_spec
+from trustvision.sweep.study import load_study
 
 GRID = {"optim.lr": {"grid": [0.01, 0.03, 0.1]}}
 
@@ -112,8 +113,9 @@ def test_import_refuses_a_used_directory_and_records_of_another_search(tmp_path)
     tpe = load_spec(write_spec(tmp_path / "tpe.yaml", params=ranged, trials=3))
     with pytest.raises(ConfigError, match="does not fit this spec"):
         import_trials(tpe, tmp_path / "new", [record(0, 0.5)], source="f")
-    with pytest.raises(ConfigError, match="two finished trials of"):
-        import_trials(tpe, tmp_path / "new", [record(0, 0.05), record(1, 0.05)], source="h")
+    twice = [record(0, 0.05), record(1, 0.05)]  # a sampled search may draw a point twice
+    assert import_trials(tpe, tmp_path / "tpe", twice, source="h") == []
+    assert len(load_study(tpe, tmp_path / "tpe").trials) == 2
     assert import_trials(spec, tmp_path / "new", [record(0, 0.01, state="FAIL")], source="g") == []
     off_grid = record(0, 0.02)
     with pytest.raises(ConfigError, match="not a point of this spec's grid"):
@@ -126,16 +128,30 @@ def test_continue_from_refuses_another_search_and_a_file_that_is_no_sweep_json(t
     other = dump_spec(load_spec(write_spec(tmp_path / "other.yaml")))  # another grid
     ours = dump_spec(load_spec(spec_path))
     sweep_json = tmp_path / "sweep.json"
-    for text, said in [
+    busy = tmp_path / "busy"  # a folder of something else
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    for text, out, said in [
         (
             json.dumps({"trials": [record(0, 0.01)], "spec": other}),
+            tmp_path / "out",
             "of another search: its `params`",
         ),
-        ('{"trials": [', "is not a sweep.json"),
-        (json.dumps({"trials": [], "spec": ours, "config_sha256": "0" * 64}), "SHA-256 differs"),
+        ('{"trials": [', tmp_path / "out", "is not a sweep.json"),
+        (
+            json.dumps({"trials": [], "spec": ours, "config_sha256": "0" * 64}),
+            tmp_path / "out",
+            "SHA-256 differs",
+        ),
+        (
+            json.dumps({"trials": [record(0, 0.01)], "spec": ours}),
+            busy,
+            "is not empty and holds no sweep",
+        ),
     ]:
         sweep_json.write_text(text)
-        args = ["sweep", "run", str(spec_path), "--out", str(tmp_path / "out")]
+        args = ["sweep", "run", str(spec_path), "--out", str(out)]
         result = CliRunner().invoke(app, [*args, "--continue-from", str(sweep_json)])
         assert result.exit_code == 2 and said in " ".join(result.output.split())
-        assert not (tmp_path / "out/study.db").exists()
+        assert not (out / "study.db").exists()
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]

@@ -112,12 +112,13 @@ def running(pid: int) -> bool:
 
 def test_stopping_a_trial_ends_the_processes_its_command_started(tmp_path):
     """A pruned or interrupted trial's command is ended with its process group: a child it
-    started (a data loader worker, a subprocess) does not outlive it, even when the command
-    itself exits on SIGTERM at once and leaves the child behind."""
+    started (a data loader worker, a subprocess) does not outlive it, even one that ignores
+    SIGTERM after the command itself exited on it."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
     code = (
         "import subprocess, sys, time; "
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-        "print(child.pid, flush=True); time.sleep(120)"
+        f"child = subprocess.Popen([sys.executable, '-c', {stubborn!r}]); "
+        "time.sleep(0.5); print(child.pid, flush=True); time.sleep(120)"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True

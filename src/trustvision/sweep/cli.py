@@ -191,11 +191,9 @@ def run(
 def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
     """Begin `out` with the completed trials of `earlier`, a sweep.json of the same search (an
     `out` begun already, by this or by a killed run, is continued as it is)."""
-    import hashlib
-
     from trustvision.sweep.imported import import_trials
     from trustvision.sweep.spec import dump_spec
-    from trustvision.sweep.study import STUDY_FILE
+    from trustvision.sweep.study import STUDY_FILE, config_digest
 
     if (out / STUDY_FILE).exists():
         console.print(
@@ -224,8 +222,7 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
             f"`{earlier}` is of another search: its {', '.join(f'`{k}`' for k in differ)} "
             "differ from this spec's"
         )
-    digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
-    if report.get("config_sha256") not in (None, digest):
+    if report.get("config_sha256") not in (None, config_digest(spec)):
         raise ConfigError(
             f"`{spec.config}` is not the file the trials of `{earlier}` ran (its SHA-256 "
             "differs): restore that config to continue them, or sweep afresh"

@@ -56,8 +56,8 @@ def import_trials(
     user attribute; it has no run directory here. Every check comes before anything is
     written: a refused import leaves no study behind.
     """
-    if (out / STUDY_FILE).exists():
-        raise ConfigError(f"`{out}` already holds a study: import trials only into a new one")
+    from trustvision.sweep.runner import exclusive  # torch: only once a sweep is written
+
     finished = [r for r in records if r["state"] == TrialState.COMPLETE.name]
     if not finished:
         return []
@@ -67,9 +67,10 @@ def import_trials(
         trials = [frozen(spec, record, distributions, source) for record in finished]
     except ValueError as err:  # a value outside its range or choices
         raise ConfigError(f"a trial of {source} does not fit this spec: {err}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_out(spec, out)
-    with quiet_optuna():
+    with exclusive(out), quiet_optuna():  # as `sweep run`: no other sweep, no other folder
+        if (out / STUDY_FILE).exists():
+            raise ConfigError(f"`{out}` already holds a study: import trials only into a new one")
+        prepare_out(spec, out)
         study = open_study(spec, storage_for(out))
         study.add_trials(trials)
         queued = [] if not spec.is_grid else unrun_points(spec, finished)
@@ -89,12 +90,7 @@ def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: s
                 f"with validation {record.get('validation')}, not a finished trial of this "
                 f"spec's {sorted(keys)}"
             )
-    for i, record in enumerate(finished):
-        if any(same_point(record["params"], other["params"]) for other in finished[:i]):
-            raise ConfigError(
-                f"{source} holds two finished trials of {record['params']}: import one of them"
-            )
-    if not spec.is_grid:
+    if not spec.is_grid:  # a sampled search may draw a point twice: two measurements
         return
     if spec.planned_trials < spec.grid_size:
         raise ConfigError(
@@ -106,6 +102,11 @@ def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: s
             f"trial {off[0].get('number')} of {source} ran {off[0]['params']}, which is not a "
             f"point of this spec's grid: its trials are of another search"
         )
+    for i, record in enumerate(finished):
+        if any(same_point(record["params"], other["params"]) for other in finished[:i]):
+            raise ConfigError(
+                f"{source} holds two finished trials of {record['params']}: import one of them"
+            )
 
 
 def frozen(

@@ -271,7 +271,7 @@ def run_sweep(
     """
     one_process_only()  # every process would run the whole study
     reporter = reporter or SilentSweepReporter()
-    with _exclusive(out), quiet_optuna():
+    with exclusive(out), quiet_optuna():
         study, retried, done = _reopen(spec, out)
         runner = TrialRunner(
             spec, out, jobs=jobs, resumable=resumable, reporter=reporter, poll_seconds=poll_seconds
@@ -312,7 +312,7 @@ def run_sweep(
 
 
 @contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def exclusive(out: Path) -> Iterator[None]:
     """Hold `out` for one sweep at a time; the kernel drops the lock when the process dies."""
     others = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
     if others and not (out / SPEC_FILE).is_file():

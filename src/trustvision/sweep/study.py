@@ -86,7 +86,7 @@ def build_sampler(spec: SweepSpec, *, trials_so_far: int = 0) -> optuna.samplers
     if spec.is_grid:  # the seed shuffles the grid: the same on every run
         space = {key: list(param.grid or []) for key, param in spec.params.items()}
         return optuna.samplers.GridSampler(space, seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed + trials_so_far)
+    return optuna.samplers.TPESampler(seed=(spec.seed + trials_so_far) % 2**32)  # numpy's range
 
 
 def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
@@ -121,6 +121,11 @@ def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
         return optuna.load_study(study_name=spec.name, storage=storage_for(out))
 
 
+def config_digest(spec: SweepSpec) -> str:
+    """The SHA-256 of the config file the spec's trials read."""
+    return hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+
+
 def prepare_out(spec: SweepSpec, out: Path) -> None:
     """Write spec.yaml and config.sha256 into a new sweep directory, or check that an existing
     one has the same spec and that the config file its trials read has not been edited since."""
@@ -137,7 +142,7 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
             )
     else:
         write_atomic(path, yaml.safe_dump(resolved, sort_keys=False))
-    digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+    digest = config_digest(spec)
     recorded = out / CONFIG_DIGEST_FILE
     if recorded.is_file() and recorded.read_text().strip() != digest:
         raise ConfigError(
