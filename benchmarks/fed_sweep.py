@@ -40,7 +40,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
@@ -112,30 +112,34 @@ def stages(
     """The grid stage and, where it chose a value, the refining stage of one sweep."""
     name = sweep_name(algorithm, fixed)
     key, grid = knob(name)
-    first = run_stage(setting, algorithm, runs, earlier, stage=1, grid=grid, fixed=fixed)
-    chosen = json.loads((first / "sweep.json").read_text())["chosen"]
+    first = write_stage_spec(setting, algorithm, runs, earlier, stage=1, grid=grid, fixed=fixed)
+    run_stage(first, earlier)
+    chosen = json.loads((first.out / "sweep.json").read_text())["chosen"]
     if chosen is not None and (refined := second_stage(grid, chosen["params"][key])):
-        run_stage(setting, algorithm, runs, earlier, stage=2, grid=refined, fixed=fixed)
+        second = write_stage_spec(
+            setting, algorithm, runs, earlier, stage=2, grid=refined, fixed=fixed
+        )
+        run_stage(second, earlier)
 
 
-def run_stage(
-    setting: str,
-    algorithm: str,
-    runs: Path,
-    earlier: Path,
-    *,
-    stage: int,
-    grid: list[float],
-    fixed: dict[str, Any] | None = None,
-) -> Path:
-    """One stage's sweep over `grid`, begun with the trials the report kept of it where its
-    runs are gone; returns its directory."""
-    name = sweep_name(algorithm, fixed)
-    out, path, held = write_stage_spec(
-        setting, algorithm, runs, earlier, stage=stage, grid=grid, fixed=fixed
-    )
-    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {stage}", flush=True)
-    import_kept(earlier, setting, name, stage=stage, out=out, spec_path=path, fixed=held)
+class StageSpec(NamedTuple):
+    """A stage's sweep spec, written: the sweep it belongs to, where it sweeps, its spec file
+    and the values it holds fixed (a follow-up's method knob, an inherited learning rate)."""
+
+    setting: str
+    name: str
+    stage: int
+    out: Path
+    path: Path
+    held: dict[str, Any]
+
+
+def run_stage(stage: StageSpec, earlier: Path) -> None:
+    """One stage's sweep, begun with the trials the earlier report kept of it where its runs
+    are gone."""
+    setting, name, number, out, path, held = stage
+    print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {number}", flush=True)
+    import_kept(earlier, setting, name, stage=number, out=out, spec_path=path, fixed=held)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
@@ -148,7 +152,6 @@ def run_stage(
         raise
     if returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {returncode}")
-    return out
 
 
 def write_stage_spec(
@@ -160,9 +163,8 @@ def write_stage_spec(
     stage: int,
     grid: list[float],
     fixed: dict[str, Any] | None = None,
-) -> tuple[Path, Path, dict[str, Any]]:
-    """The sweep spec of one stage, written beside its directory: (the directory, the spec,
-    the values the stage holds fixed: a follow-up's method knob, an inherited learning rate)."""
+) -> StageSpec:
+    """Write the sweep spec of one stage beside its directory."""
     name = sweep_name(algorithm, fixed)
     out = stage_dir(runs, setting, name, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,7 @@ def write_stage_spec(
         tree["name"] += "-stage2"
     path = out.parent / f"{out.name}.yaml"  # beside the sweep: its directory is its own
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return out, path, {**(fixed or {}), **inherited}
+    return StageSpec(setting, name, stage, out, path, {**(fixed or {}), **inherited})
 
 
 def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:

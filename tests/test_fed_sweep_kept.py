@@ -23,19 +23,17 @@ def import_stage(bench, kept, runs, stage, grid, held=None):
     """What run_stage does before it sweeps, with `kept` as the earlier report's results."""
     earlier = runs.parent / f"{runs.name}-report.json"
     earlier.write_text(json.dumps({"results": kept}))
-    out, path, spec_held = bench.write_stage_spec(
-        "fmnist-cnn", "fedavg", runs, earlier, stage=stage, grid=grid
-    )
+    written = bench.write_stage_spec("fmnist-cnn", "fedavg", runs, earlier, stage=stage, grid=grid)
     benchmark("fed_sweep_kept").import_kept(
         earlier,
         "fmnist-cnn",
         "fedavg",
         stage=stage,
-        out=out,
-        spec_path=path,
-        fixed=spec_held if held is None else held,
+        out=written.out,
+        spec_path=written.path,
+        fixed=written.held if held is None else held,
     )
-    return out
+    return written.out
 
 
 def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
