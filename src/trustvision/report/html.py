@@ -157,7 +157,10 @@ def sweep_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
             Cell(_pct(t.get("validation"))),
             Cell(_pct(t.get("test"))),
             Cell(str(t.get("state", ""))),
-            Cell("run", os.path.relpath(t["run_dir"], out_dir)) if t.get("run_dir") else Cell(""),
+            # run_dir is relative to the sweep directory (sweep.json travels with it)
+            Cell("run", os.path.relpath(path / t["run_dir"], out_dir))
+            if t.get("run_dir")
+            else Cell(""),
         ]
         for t in report.get("trials", [])
     ]
