@@ -161,11 +161,16 @@ def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path
         run_dir = tmp_path / how
         shutil.copytree(reference.path, run_dir)
         (run_dir / "summary.json").unlink()
+        tensors = run_dir / "checkpoints" / newest.name / ckpt.TENSORS
         if how == "fallback":
-            (run_dir / "checkpoints" / newest.name / ckpt.TENSORS).write_bytes(b"\0" * 64)
+            tensors.write_bytes(b"\0" * 64)
+        before = tensors.stat().st_mtime_ns
+        if how == "fallback":
             resumed = resume_federated(run_dir)
         else:
             resumed = resume_federated(run_dir, checkpoint="round-00002")
+        # rounds 3-4 were trained again (the intact round-00004 of "named" was not just loaded)
+        assert tensors.stat().st_mtime_ns != before
         assert json.dumps(comparable(resumed)) == json.dumps(comparable(reference))
         assert states_equal(
             final_checkpoint(resumed)["global"], final_checkpoint(reference)["global"]

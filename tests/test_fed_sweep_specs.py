@@ -33,9 +33,10 @@ def test_every_trial_of_a_methods_sweep_is_a_valid_config_of_that_method(algorit
             )
             assert cfg.algorithm.name == algorithm
             section, _, name = key.rpartition(".")
-            holder = cfg.algorithm.options if section == "algorithm.options" else None
-            if holder is not None:
-                assert holder[name] == value
+            if section == "algorithm.options":
+                assert cfg.algorithm.options[name] == value
+            else:  # the learning rate, for the methods with no knob of their own
+                assert key == "optim.lr" and cfg.optim.lr == value
 
 
 @pytest.mark.parametrize("algorithm", sorted(fed_sweep().FOLLOW_UP))

@@ -184,12 +184,16 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_pa
         (run_dir / "summary.json").unlink()  # as if killed after the last checkpoint
         (run_dir / "model.safetensors").unlink()
         args = ["train", "--resume", str(run_dir)]
+        newest = run_dir / "checkpoints/epoch-0002" / ckpt.TENSORS
         if how == "fallback":
-            (run_dir / "checkpoints/epoch-0002" / ckpt.TENSORS).write_bytes(b"\0" * 64)
+            newest.write_bytes(b"\0" * 64)
         else:
             args += ["--checkpoint", "epoch-0001"]
+        before = newest.stat().st_mtime_ns
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
+        # the intact epoch-0002 of "named" was not merely loaded: epoch 2 was written again
+        assert newest.stat().st_mtime_ns != before
         # epoch 2 was trained again from epoch 1 and ends exactly where the first run did
         records = [
             json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
