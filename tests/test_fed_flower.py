@@ -269,9 +269,12 @@ def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
     assert json.dumps(comparable(RunDir.open(run_dir))) == json.dumps(comparable(reference))
 
     pids = [proc.pid for proc in deployment.processes]
+    marked = with_flower_home(deployment)  # found apart from alive(): by their environment
+    assert set(pids) < set(marked)  # the SuperExecs Flower started carry the mark too
     deployment.stop()
     assert len(pids) == 4 and deployment.alive() == []
     assert len(deployment.seen) > len(pids)  # Flower's SuperExecs were found and stopped too
+    assert with_flower_home(deployment) == []
 
 
 def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_path, deployment):
@@ -305,7 +308,24 @@ def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_p
     assert RunDir.open(run_dir).read_summary()["status"] == "finished"
 
     deployment.stop()
-    assert deployment.alive() == []
+    assert deployment.alive() == [] and with_flower_home(deployment) == []
+
+
+def with_flower_home(deployment) -> list[int]:
+    """Live processes whose environment holds this deployment's FLWR_HOME: every process it
+    started and everything those started, found by a scan of /proc that shares nothing with
+    `alive()` (which follows process trees from the processes it knows)."""
+    mark = f"FLWR_HOME={deployment.env['FLWR_HOME']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:  # a zombie's environment reads empty; a process gone reads as an error
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_the_round_line_names_failed_clients():
