@@ -97,7 +97,8 @@ def check_records(spec: SweepSpec, finished: Sequence[dict[str, Any]], source: s
             f"this spec runs {spec.planned_trials} of its grid's {spec.grid_size} points (a "
             "seeded subset): only a whole grid is continued from imported trials"
         )
-    if off := [r for r in finished if not on_grid(spec, r["params"])]:
+    points = grid_points(spec)
+    if off := [r for r in finished if not any(same_point(r["params"], p) for p in points)]:
         raise ConfigError(
             f"trial {off[0].get('number')} of {source} ran {off[0]['params']}, which is not a "
             f"point of this spec's grid: its trials are of another search"
@@ -131,11 +132,6 @@ def frozen(
         value=float(record["validation"]),
         user_attrs=attrs,
     )
-
-
-def on_grid(spec: SweepSpec, params: dict[str, Any]) -> bool:
-    """Whether `params` is a point of the spec's grid."""
-    return any(same_point(params, point) for point in grid_points(spec))
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
