@@ -3,6 +3,7 @@ norm-target plot beside the authors' sweep, from the collected sweeps and the ru
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,10 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "for methods with a global model, local (mean over clients) for FedPer and FedRep, "
         "which have none, and for Ditto and FedBABU, whose knob acts only on the personal model "
         "(their generic accuracy is the same at every value). "
-        "Test numbers are shown beside it and were never read by any choice. Accuracy in %.",
+        "Test numbers are shown beside it and were never read by any choice. Accuracy in %. "
+        "`minutes a trial`: the median wall-clock minutes of the completed trials, with two "
+        "sweeps sharing the machine's cores (a trial resumed after its sweep was killed "
+        "counts only its resumed part).",
     ]
     if meta.get("inherit_lr"):
         lines += [
@@ -92,8 +96,8 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
     """One row per sweep of a setting: its knob, the values tried and the one chosen."""
     lines = [
         "| sweep | knob | values tried | chosen | val (chosen) | generic test | local test "
-        "| rounds (generic / local) | trials done | compared |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rounds (generic / local) | trials done | minutes a trial | compared |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, report in block.items():
         key = keys[name]
@@ -102,8 +106,11 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
         done = sum(t["state"] == "COMPLETE" for t in report["trials"])
         done = f"{done}" if report.get("complete", True) else f"{done} (unfinished)"
         tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
+        minutes = trial_minutes(report)
         if chosen is None:
-            lines.append(f"| {name} | {label} | {tried} | - | - | - | - | - | {done} | - |")
+            lines.append(
+                f"| {name} | {label} | {tried} | - | - | - | - | - | {done} | {minutes} | - |"
+            )
             continue
         sel = chosen["numbers"]["selected"]
         rounds = " / ".join(str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local"))
@@ -115,9 +122,18 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
         lines.append(
             f"| {name} | {label} | {tried} | {chosen['params'][key]}{so_far} | "
             f"{pct(chosen['validation'])} | {pct(sel.get('generic', {}).get('test'))} | "
-            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} | {compared} |"
+            f"{pct(sel.get('local', {}).get('test'))} | {rounds} | {done} | {minutes} | "
+            f"{compared} |"
         )
     return lines
+
+
+def trial_minutes(report: dict[str, Any]) -> str:
+    """Median wall minutes of a sweep's completed trials; '-' where none says."""
+    minutes = [
+        t["seconds"] / 60 for t in report["trials"] if t["state"] == "COMPLETE" and t.get("seconds")
+    ]
+    return f"{statistics.median(minutes):.0f}" if minutes else "-"
 
 
 def trial_table(algorithm: str, report: dict[str, Any], key: str) -> list[str]:
