@@ -13,8 +13,10 @@ import pytest
 import torch
 from killing import kill_at
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from trustvision import distributed
+from trustvision.cli import app
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.robust.commands.demo import run_pipeline
@@ -134,6 +136,18 @@ def test_a_sweep_and_the_robust_pipeline_refuse_to_start_under_torchrun(tmp_path
         run_sweep(load_spec(ROOT / "configs/sweep/mnist_lr.yaml"), tmp_path / "sweep")
     with pytest.raises(ConfigError, match="runs in one process"):
         run_pipeline(load_config(PipelineConfig, ROOT / "configs/robust/demo_mnist.yaml"), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("compact", "export"), ("compact", "bench"), ("compact", "export-c"), ("fed", "eval")],
+)
+def test_commands_that_read_a_run_refuse_under_torchrun(tmp_path, monkeypatch, command):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every process would write the same files
+    result = CliRunner().invoke(app, [*command, str(tmp_path)])
+    assert result.exit_code != 0
+    assert "this command runs in one process" in " ".join(result.output.split())
     assert not any(tmp_path.iterdir())
 
 

@@ -147,8 +147,10 @@ def export(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
     """Export the deployed model to ONNX (fp32) and static int8; check both on the test set."""
     from trustvision.compact.deploy import export_run
     from trustvision.runs import RunDir
+    from trustvision.train.recipe import one_process_only
 
     try:
+        one_process_only()  # every process would write the same files
         record = export_run(RunDir.open(run_dir))
     except EXPECTED as err:
         raise fail(err) from None
@@ -162,8 +164,10 @@ def bench(run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)]) -> None:
     """Parameters, MACs, sizes and latency: PyTorch eager vs onnxruntime fp32 and int8."""
     from trustvision.compact.deploy import bench_run
     from trustvision.runs import RunDir
+    from trustvision.train.recipe import one_process_only
 
     try:
+        one_process_only()  # every process would write the same files
         result = bench_run(RunDir.open(run_dir))
     except EXPECTED as err:
         raise fail(err) from None
@@ -191,8 +195,10 @@ def export_c(
     """
     from trustvision.compact.c_export import export_c as write_c
     from trustvision.runs import RunDir
+    from trustvision.train.recipe import one_process_only
 
     try:
+        one_process_only()  # every process would write the same files
         record = write_c(RunDir.open(run_dir), variant)  # type: ignore[arg-type]
     except EXPECTED as err:
         raise fail(err) from None

@@ -23,7 +23,7 @@ from trustvision.federated.session import EngineFactory, Session, open_session
 from trustvision.files import write_atomic
 from trustvision.runs import RunDir
 from trustvision.train.loop import Reporter
-from trustvision.train.recipe import run_settings
+from trustvision.train.recipe import one_process_only, run_settings
 
 __all__ = [
     "build_session",
@@ -98,6 +98,7 @@ def resume_federated(
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     """Re-evaluate a run's newest checkpoint; writes and returns `eval.json`."""
+    one_process_only()  # every process would evaluate and write the same file
     run = RunDir.open(run_dir)
     cfg = load_config(FedConfig, run.config_path)
     personal = algorithm_class(cfg.algorithm.name).personal
