@@ -38,7 +38,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,15 +145,41 @@ def run_stage(stage: StageSpec, earlier: Path) -> None:
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
-    sweep_run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        returncode = sweep_run.wait()
-    except KeyboardInterrupt:  # let it stop its trials and write its report, as it does alone
-        sweep_run.send_signal(signal.SIGINT)
-        sweep_run.wait()
-        raise
+    returncode = wait_for_sweep(command, env)
     if returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {returncode}")
+
+
+# The `trustvision sweep run` processes now running, to pass Ctrl-C on to: they run from
+# worker threads, which never see KeyboardInterrupt.
+LIVE_SWEEPS: set[subprocess.Popen[bytes]] = set()
+
+
+def wait_for_sweep(command: list[str], env: dict[str, str]) -> int:
+    """Run one `sweep run` command to its end; its exit status."""
+    sweep_run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    LIVE_SWEEPS.add(sweep_run)
+    returncode = sweep_run.wait()
+    LIVE_SWEEPS.discard(sweep_run)
+    return returncode
+
+
+def run_sweeps(calls: list[Callable[[], None]], *, parallel: int) -> None:
+    """Make `calls` in order, `parallel` at once. On Ctrl-C the calls not begun are dropped,
+    and every running sweep is passed the SIGINT and awaited: it stops its trials as retries
+    and writes its report, as it does when run alone."""
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for sweep_run in list(LIVE_SWEEPS):
+                sweep_run.send_signal(signal.SIGINT)
+            for sweep_run in list(LIVE_SWEEPS):
+                sweep_run.wait()
+            raise
 
 
 def write_stage_spec(
@@ -330,16 +358,21 @@ def main() -> None:
     kept = kept_results(earlier)
     if not args.report_only:
         first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
-        for setting in first:  # the rate they inherit (found, if finished): before the rest
-            if not only_kept(kept, args.runs, setting, "fedavg"):
-                sweep(setting, "fedavg", args.runs, earlier)
+        # the rate they inherit (found, if finished): before the rest
+        run_sweeps(
+            [
+                partial(sweep, setting, "fedavg", args.runs, earlier)
+                for setting in first
+                if not only_kept(kept, args.runs, setting, "fedavg")
+            ],
+            parallel=1,
+        )
         rest = [
-            (s, a)
+            partial(sweep, s, a, args.runs, earlier)
             for s, a in jobs
             if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
         ]
-        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            list(pool.map(lambda job: sweep(job[0], job[1], args.runs, earlier), rest))
+        run_sweeps(rest, parallel=args.parallel)
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():
