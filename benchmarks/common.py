@@ -5,11 +5,14 @@ both), how numbers are formatted, the data files of this machine, and how a scri
 from __future__ import annotations
 
 import math
+import signal
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trustvision.clikit import EXPECTED, err_console, print_failure
 from trustvision.files import write_atomic
@@ -65,6 +68,45 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
     path = out / f"{stem}.md"
     write_atomic(path, markdown.rstrip("\n") + "\n")
     return path
+
+
+# The child processes (trainings, sweeps) that `run_child` is running now, to pass Ctrl-C on
+# to: they are run from worker threads, which never see KeyboardInterrupt.
+LIVE_CHILDREN: set[subprocess.Popen[bytes]] = set()
+Result = TypeVar("Result")
+
+
+def absolute(text: str) -> Path:
+    """A path argument made absolute against the caller's folder: `run_child` runs its
+    commands in the checkout's."""
+    return Path(text).resolve()
+
+
+def run_child(command: list[str], *, env: dict[str, str]) -> int:
+    """Run a command (output discarded, errors shown) to its end; its exit status."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    LIVE_CHILDREN.add(child)
+    returncode = child.wait()
+    LIVE_CHILDREN.discard(child)
+    return returncode
+
+
+def run_in_parallel(calls: list[Callable[[], Result]], *, workers: int) -> list[Result]:
+    """What `calls` return, made in order, `workers` at once. On Ctrl-C the calls not begun
+    are dropped, and every child that `run_child` runs is passed the SIGINT and awaited (a
+    sweep stops its trials as retries and writes its report; a training stops, to resume
+    from its last checkpoint)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in list(LIVE_CHILDREN):
+                child.send_signal(signal.SIGINT)
+            for child in list(LIVE_CHILDREN):
+                child.wait()
+            raise
 
 
 def run_script(main: Callable[[], None]) -> None:

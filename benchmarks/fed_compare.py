@@ -2,7 +2,8 @@
 
 Trains every (setting, algorithm, seed) with `trustvision fed run` into
 `<runs>/<setting>/<algorithm>/seed<k>/`; a finished run is read back, an interrupted one is
-resumed from its last checkpoint, so running the command again continues where it stopped.
+resumed from its last checkpoint, so running the command again continues where it stopped
+(Ctrl-C, or SIGINT to this process alone, stops the running trainings and starts no other).
 Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
 the run trains that validation-chosen config; otherwise the setting's config with the
 method's defaults (said when it starts and in the report). The default seeds are never the
@@ -31,16 +32,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, mean_std, run_script, write_results
+from common import ROOT, absolute, mean_std, run_child, run_in_parallel, run_script, write_results
 from fed_compare_report import COLUMNS, RIVALS, markdown, plots
 
 from trustvision.runs import RunDir
@@ -156,7 +156,7 @@ def train(
     # One torch thread: at batch 8 a second thread only waits, and with another job on the
     # machine its spinning slowed rounds twenty-fold here (5 s -> 90-150 s).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if subprocess.run(command, stdout=subprocess.DEVNULL, env=env).returncode != 0:
+    if run_child(command, env=env) != 0:
         raise SystemExit(f"`{' '.join(command)}` failed (its error is above)")
     done = finished_run(directory, expected)
     if done is None:
@@ -255,10 +255,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS)
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 3 (Fashion), 1 (CIFAR)")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs/fed-compare")
+    parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-compare")
     parser.add_argument(
         "--sweeps",
-        type=Path,
+        type=absolute,
         default=ROOT / "runs/fed-sweep",
         help="benchmarks/fed_sweep.py's directory: the validation-chosen configs",
     )
@@ -280,11 +280,8 @@ def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
     if args.report_only:
         found = {job: find(*job, args.runs, args.overrides, args.sweeps) for job in jobs}
         return {job: run for job, run in found.items() if run is not None}
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {
-            job: pool.submit(train, *job, args.runs, args.overrides, args.sweeps) for job in jobs
-        }
-        return {job: future.result() for job, future in futures.items()}
+    calls = [partial(train, *job, args.runs, args.overrides, args.sweeps) for job in jobs]
+    return dict(zip(jobs, run_in_parallel(calls, workers=args.jobs), strict=True))
 
 
 def trained_chosen(run: Path, chosen: Path | None) -> bool:

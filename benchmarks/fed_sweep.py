@@ -22,7 +22,8 @@ new machine) is kept from it rather than swept again, and once all of the method
 of it, running only its grid's other points (benchmarks/fed_sweep_kept.py). Then writes
 docs/results/fed-sweep.{md,json} and the FedLoGe norm-target curve beside the authors'.
 `benchmarks/fed_compare.py` trains the chosen configs over seeds 1-3, never seed 0, on which
-they were chosen.
+they were chosen. Ctrl-C (SIGINT to this process alone will do) stops the running sweeps as
+`sweep run` stops, their reports written, and starts no other; running it again continues.
 
     .venv/bin/python benchmarks/fed_sweep.py --settings fmnist-cnn --algorithms fedloge fedavg
     .venv/bin/python benchmarks/fed_sweep.py --parallel 2     # two sweeps at once, a core each
@@ -34,19 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, run_script, write_results
+from common import ROOT, absolute, run_child, run_in_parallel, run_script, write_results
 from fed_sweep_kept import (
     import_kept,
     kept_results,
@@ -145,41 +142,9 @@ def run_stage(stage: StageSpec, earlier: Path) -> None:
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
-    returncode = wait_for_sweep(command, env)
+    returncode = run_child(command, env=env)
     if returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {returncode}")
-
-
-# The `trustvision sweep run` processes now running, to pass Ctrl-C on to: they run from
-# worker threads, which never see KeyboardInterrupt.
-LIVE_SWEEPS: set[subprocess.Popen[bytes]] = set()
-
-
-def wait_for_sweep(command: list[str], env: dict[str, str]) -> int:
-    """Run one `sweep run` command to its end; its exit status."""
-    sweep_run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-    LIVE_SWEEPS.add(sweep_run)
-    returncode = sweep_run.wait()
-    LIVE_SWEEPS.discard(sweep_run)
-    return returncode
-
-
-def run_sweeps(calls: list[Callable[[], None]], *, parallel: int) -> None:
-    """Make `calls` in order, `parallel` at once. On Ctrl-C the calls not begun are dropped,
-    and every running sweep is passed the SIGINT and awaited: it stops its trials as retries
-    and writes its report, as it does when run alone."""
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(call) for call in calls]
-        try:
-            for future in futures:
-                future.result()
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for sweep_run in list(LIVE_SWEEPS):
-                sweep_run.send_signal(signal.SIGINT)
-            for sweep_run in list(LIVE_SWEEPS):
-                sweep_run.wait()
-            raise
 
 
 def write_stage_spec(
@@ -348,7 +313,7 @@ def main() -> None:
     )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="+", default=list(KNOBS), choices=list(KNOBS))
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs/fed-sweep")
+    parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
     parser.add_argument("--parallel", type=int, default=1, help="sweeps at once, a core each")
     parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
@@ -359,20 +324,20 @@ def main() -> None:
     if not args.report_only:
         first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
         # the rate they inherit (found, if finished): before the rest
-        run_sweeps(
+        run_in_parallel(
             [
                 partial(sweep, setting, "fedavg", args.runs, earlier)
                 for setting in first
                 if not only_kept(kept, args.runs, setting, "fedavg")
             ],
-            parallel=1,
+            workers=1,
         )
         rest = [
             partial(sweep, s, a, args.runs, earlier)
             for s, a in jobs
             if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
         ]
-        run_sweeps(rest, parallel=args.parallel)
+        run_in_parallel(rest, workers=args.parallel)
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():

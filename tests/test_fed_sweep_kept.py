@@ -4,13 +4,7 @@ points are left to run), report their numbers as before, and a choice among them
 from its spec for fed_compare."""
 
 import json
-import os
-import signal
 import statistics
-import sys
-import threading
-import time
-from functools import partial
 
 import pytest
 from benchmark_scripts import benchmark
@@ -112,38 +106,3 @@ def test_a_damaged_report_is_a_clear_error_not_a_traceback(tmp_path):
         (tmp_path / "fed-sweep.json").write_text(text)
         with pytest.raises(ConfigError, match=r"is not a report of benchmarks/fed_sweep\.py"):
             bench.kept_results(tmp_path / "fed-sweep.json")
-
-
-def test_ctrl_c_reaches_every_running_sweep_and_drops_those_not_begun(tmp_path):
-    bench = fed_sweep()
-    # Stands in for `sweep run`: says it began, and on SIGINT says so and exits as it does.
-    stand_in = (
-        "import pathlib, signal, sys, time\n"
-        "mark = pathlib.Path(sys.argv[1])\n"
-        "def stop(*_):\n"
-        "    mark.write_text('stopped')\n"
-        "    sys.exit(130)\n"
-        "signal.signal(signal.SIGINT, stop)\n"
-        "mark.write_text('began')\n"
-        "time.sleep(60)\n"
-    )
-    marks = [tmp_path / name for name in ("a", "b", "c")]
-    calls = [
-        partial(bench.wait_for_sweep, [sys.executable, "-c", stand_in, str(m)], dict(os.environ))
-        for m in marks
-    ]
-
-    def ctrl_c_once_two_run() -> None:
-        deadline = time.monotonic() + 30
-        while not all(m.exists() for m in marks[:2]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)  # to this process alone, not its children
-
-    threading.Thread(target=ctrl_c_once_two_run, daemon=True).start()
-    began = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        bench.run_sweeps(calls, parallel=2)
-    assert time.monotonic() - began < 30  # not the stand-ins' 60 s
-    assert [m.read_text() for m in marks[:2]] == ["stopped", "stopped"]
-    assert not marks[2].exists()  # not begun: dropped
-    assert not bench.LIVE_SWEEPS

@@ -5,8 +5,12 @@ same tally as tests/test_hostile.py's probes."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -57,3 +61,38 @@ def test_ctrl_c_ends_a_benchmark_script_with_one_line_and_status_130(capsys):
         benchmark("common").run_script(interrupted)
     assert stopped.value.code == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_reaches_every_running_child_and_drops_the_calls_not_begun(tmp_path):
+    common = benchmark("common")
+    # Stands in for `sweep run` or `fed run`: says it began, and on SIGINT says so and exits as it does.
+    stand_in = (
+        "import pathlib, signal, sys, time\n"
+        "mark = pathlib.Path(sys.argv[1])\n"
+        "def stop(*_):\n"
+        "    mark.write_text('stopped')\n"
+        "    sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "mark.write_text('began')\n"
+        "time.sleep(60)\n"
+    )
+    marks = [tmp_path / name for name in ("a", "b", "c")]
+    calls = [
+        partial(common.run_child, [sys.executable, "-c", stand_in, str(m)], env=dict(os.environ))
+        for m in marks
+    ]
+
+    def ctrl_c_once_two_run() -> None:
+        deadline = time.monotonic() + 30
+        while not all(m.exists() for m in marks[:2]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # to this process alone, not its children
+
+    threading.Thread(target=ctrl_c_once_two_run, daemon=True).start()
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        common.run_in_parallel(calls, workers=2)
+    assert time.monotonic() - began < 30  # not the stand-ins' 60 s
+    assert [m.read_text() for m in marks[:2]] == ["stopped", "stopped"]
+    assert not marks[2].exists()  # not begun: dropped
+    assert not common.LIVE_CHILDREN
