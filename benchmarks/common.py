@@ -76,6 +76,29 @@ LIVE_CHILDREN: set[subprocess.Popen[bytes]] = set()
 Result = TypeVar("Result")
 
 
+def fed_validation_counts(setting: str, seed: int) -> list[int]:
+    """Validation images per class that a federated setting's clients hold out at `seed`,
+    summed over the clients (a pure function of the config and the seed: no training)."""
+    import torch
+
+    from trustvision.config import load_config
+    from trustvision.data.dataset import load_data
+    from trustvision.federated.config import FedConfig
+    from trustvision.federated.data import build_federation
+
+    spec = FED_SETTINGS[setting]
+    cfg = load_config(FedConfig, ROOT / spec["config"], [*spec["overrides"], f"seed={seed}"])
+    federation = build_federation(
+        load_data(cfg.data),
+        cfg.data,
+        num_clients=cfg.num_clients,
+        alpha=cfg.alpha,
+        seed=seed,
+        device=torch.device("cpu"),
+    )
+    return federation.describe()["val_counts"]
+
+
 def absolute(text: str) -> Path:
     """A path argument made absolute against the caller's folder: `run_child` runs its
     commands in the checkout's."""

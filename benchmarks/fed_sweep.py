@@ -43,7 +43,15 @@ from typing import Any, NamedTuple
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, absolute, run_child, run_in_parallel, run_script, write_results
+from common import (
+    ROOT,
+    absolute,
+    fed_validation_counts,
+    run_child,
+    run_in_parallel,
+    run_script,
+    write_results,
+)
 from fed_sweep_kept import (
     import_kept,
     kept_results,
@@ -356,6 +364,7 @@ def main() -> None:
             if a in INHERITS_LR and any(a in block for block in results.values())
         ],
         "selected_by": "validation",
+        "validation_counts": {setting: fed_validation_counts(setting, 0) for setting in results},
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
     for setting, made in lr_plot(results, args.out, FOLLOW_UP["fedloge"][0]).items():

@@ -32,6 +32,8 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 "numbers stay; fed_compare trains their chosen configs again, rebuilt from them.",
                 "",
             ]
+        if counts := meta.get("validation_counts", {}).get(setting):
+            lines += [*validation_resolution(counts), ""]
         lines += choice_table(block, keys)
         for name, report in block.items():
             lines += trial_table(name, report, keys[name])
@@ -89,6 +91,19 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         "FedAvg's 9. `compared`: the sweep whose chosen trial (the best validation score over "
         "a method's sweeps) benchmarks/fed_compare.py trains over more seeds; `not yet` while "
         "one of the method's sweeps is unfinished, whose choice is the best `so far`.",
+    ]
+
+
+def validation_resolution(counts: list[int]) -> list[str]:
+    """How finely the class-balanced generic validation accuracy can tell trials apart."""
+    rarest = sorted(counts)[:2]
+    steps = [100 / (len(counts) * n) for n in rarest]
+    return [
+        f"Validation images per class at seed 0, all clients together: "
+        f"{', '.join(map(str, counts))}. Generic validation accuracy is the mean of the "
+        f"classes' accuracies, so one image of the rarest class moves it by {steps[0]:.1f} "
+        f"points and one of the next rarest by {steps[1]:.1f}: between trials, a difference "
+        "of a point or two may be decided by a few images of the tail."
     ]
 
 

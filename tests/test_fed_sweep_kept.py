@@ -106,3 +106,12 @@ def test_a_damaged_report_is_a_clear_error_not_a_traceback(tmp_path):
         (tmp_path / "fed-sweep.json").write_text(text)
         with pytest.raises(ConfigError, match=r"is not a report of benchmarks/fed_sweep\.py"):
             bench.kept_results(tmp_path / "fed-sweep.json")
+
+
+def test_the_report_says_how_much_one_tail_image_moves_generic_validation():
+    report = benchmark("fed_sweep_report")
+    counts = [601, 361, 210, 129, 80, 48, 26, 17, 10, 6]  # seed 0 of fmnist-cnn
+    (line,) = report.validation_resolution(counts)
+    # ten classes: one of the 6 images of the rarest is 1/60 of the mean, one of the 10, 1/100
+    assert "moves it by 1.7 points and one of the next rarest by 1.0" in line
+    assert "601, 361, 210, 129, 80, 48, 26, 17, 10, 6" in line

@@ -142,6 +142,9 @@ def test_every_client_holds_out_its_own_images_and_never_trains_on_them() -> Non
         assert np.array_equal(counts, client.class_counts)  # class counts of training images
     assert seen_train | seen_val == set(range(3000))
     assert 0.15 * 3000 < len(seen_val) < 0.25 * 3000
+    labels = _dataset().train.labels  # the run summary's per-class count of the hold-outs
+    held_out = np.bincount(labels[sorted(seen_val)], minlength=10).tolist()
+    assert federation.describe()["val_counts"] == held_out
     assert not seen_val & _decode(federation.test_images)
     assert federation.train_counts.sum() == len(seen_train)
 

@@ -127,6 +127,7 @@ class Federation:
 
     def describe(self) -> dict[str, Any]:
         """Sizes for the run summary."""
+        held_out = torch.cat([c.val_labels for c in self.clients]).cpu().numpy()
         return {
             "train_images": int(self.train_counts.sum()),
             "train_counts": [int(n) for n in self.train_counts],
@@ -134,6 +135,7 @@ class Federation:
             "client_train_images": [c.num_samples for c in self.clients],
             "client_test_images": [len(c.test_indices) for c in self.clients],
             "client_val_images": [c.num_val for c in self.clients],
+            "val_counts": np.bincount(held_out, minlength=self.num_classes).tolist(),
             "client_classes": [int((c.class_counts > 0).sum()) for c in self.clients],
         }
 
