@@ -5,12 +5,15 @@ both), how numbers are formatted, the data files of this machine, and how a scri
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +132,23 @@ def run_in_parallel(calls: list[Callable[[], Result]], *, workers: int) -> list[
                 child.send_signal(signal.SIGINT)
             for child in list(LIVE_CHILDREN):
                 child.wait()
+            raise
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """`workers` spawned processes for a benchmark's trainings. On Ctrl-C the jobs not begun
+    are dropped and the running ones interrupted (SIGINT to the script alone reaches the
+    workers too), where the pool would otherwise run every queued job before it exits."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        try:
+            yield pool
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                if worker.pid is not None:
+                    os.kill(worker.pid, signal.SIGINT)
             raise
 
 

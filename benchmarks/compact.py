@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import CIFAR_ZIP, mean_std, run_script, write_results
+from common import CIFAR_ZIP, mean_std, process_pool, run_script, write_results
 from compact_report import markdown, plot, pm
 
 ROOT = Path(__file__).parents[1]
@@ -241,8 +239,7 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(d, s, args.epochs_scale, args.runs) for d in args.datasets for s in args.seeds]
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    with process_pool(args.jobs) as pool:
         results = list(pool.map(run_seed, *zip(*jobs, strict=True)))
         pairs = [(r["path"], m) for m in args.unify_variants for r in results]
         scores = list(pool.map(run_variant, *zip(*pairs, strict=True))) if pairs else []

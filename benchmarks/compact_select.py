@@ -13,14 +13,12 @@ resumes. Writes docs/results/compact-selection.{md,json}.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, run_script, write_results
+from common import ROOT, process_pool, run_script, write_results
 from compact import CONFIGS, overrides, train_run
 
 VALIDATION = 0.1  # stratified, from the seed (data.validation)
@@ -152,8 +150,7 @@ def main() -> None:
         if d in ONLY.get(s, [d])
     ]
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    with process_pool(args.jobs) as pool:
         results = list(pool.map(run_setting, *zip(*jobs, strict=True)))
     meta = {
         "machine": machine_summary(),

@@ -96,3 +96,16 @@ def test_ctrl_c_reaches_every_running_child_and_drops_the_calls_not_begun(tmp_pa
     assert [m.read_text() for m in marks[:2]] == ["stopped", "stopped"]
     assert not marks[2].exists()  # not begun: dropped
     assert not common.LIVE_CHILDREN
+
+
+def test_ctrl_c_interrupts_a_process_pool_and_drops_its_queued_jobs():
+    common = benchmark("common")
+    with pytest.raises(KeyboardInterrupt), common.process_pool(2) as pool:
+        assert [f.result() for f in [pool.submit(abs, -1) for _ in range(2)]] == [1, 1]  # up
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        began = time.monotonic()
+        futures = [pool.submit(time.sleep, 60) for _ in range(3)]  # two run, one waits
+        for future in futures:
+            future.result()
+    assert time.monotonic() - began < 30  # neither the running jobs' 60 s nor the queued one's
+    assert not any(f.done() and f.exception() is None for f in futures)
