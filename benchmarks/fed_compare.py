@@ -5,18 +5,20 @@ Trains every (setting, algorithm, seed) with `trustvision fed run` into
 resumed from its last checkpoint, so running the command again continues where it stopped
 (Ctrl-C, or SIGINT to this process alone, stops the running trainings and starts no other).
 Where benchmarks/fed_sweep.py tuned the method (`<sweeps>/<setting>/<algorithm>.chosen.yaml`),
-the run trains that validation-chosen config; otherwise the setting's config with the
-method's defaults (said when it starts and in the report). The default seeds are never the
-sweeps' seed 0 (`--seeds 0` is refused where a method is tuned): the chosen trial won on its validation images among 9 or 18 trials, so its
-test numbers would be optimistic, the more so the more trials a method had. Overrides of a
-chosen config are refused: the result would be a config no sweep chose. Then writes
-docs/results/federated.{md,json}: generic and local accuracy (mean +- std over seeds) at the
-final round and at the round validation picks, the validation accuracies, FedLoGe's
-universal SSE-C accuracy, head/middle/tail, seconds per round, FedLoGe minus each rival seed
-by seed (one seed gives every method the same partition, client sampling and validation
-images), the authors' numbers beside them, and two plots per setting (accuracy per round, per-class accuracy against training
-frequency). No number is chosen by test accuracy. A method of the earlier report that this
-invocation finds no run of (a new machine, a setting not asked for) is kept from it, marked.
+the run trains that validation-chosen config; otherwise the setting's config with the method's
+defaults (said when it starts and in the report). The default seeds are never the sweeps' seed
+0 (`--seeds 0` is refused where a method is tuned): the chosen trial won on its validation
+images among 9 or 18 trials, so its test numbers would be optimistic, the more so the more
+trials a method had. Overrides of a chosen config are refused: the result would be a config no
+sweep chose. Then writes docs/results/federated.{md,json}: generic and local accuracy (mean +-
+std over seeds) at the final round and at the round validation picks, the validation
+accuracies, FedLoGe's universal SSE-C accuracy, head/middle/tail, seconds per round, FedLoGe
+minus every other method (the spread marked), FedLoGe minus each rival seed by seed (one seed
+gives every method the same partition, client sampling and validation images), the authors'
+numbers beside them, and two plots per setting (accuracy per round, per-class accuracy against
+training frequency). No number is chosen by test accuracy. A method of the earlier report that
+this invocation finds no run of (a new machine, a setting not asked for) is kept from it,
+marked.
 
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
     .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 1 \\

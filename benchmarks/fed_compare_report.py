@@ -140,6 +140,7 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
             + " reported them.",
         ]
     lines += ["", *verdict(block["algorithms"]), *paired_lines(block.get("paired", {}))]
+    lines += against_every_method(block["algorithms"])
     lines += per_class_lines(block["algorithms"])
     lines += ["", "Plots: the first seed's run of each method (per class: FedAvg and FedLoGe)."]
     for plot in block["plots"]:
@@ -229,6 +230,38 @@ def verdict(rows: dict[str, Any]) -> list[str]:
     if "fedavg" in rows:
         out += ["", *goal(ours, rows["fedavg"])]
     return out
+
+
+def against_every_method(rows: dict[str, Any]) -> list[str]:
+    """FedLoGe minus each other method on the four headline columns, marked where the gap
+    exceeds the larger seed std (the bar RIVALS applies to FedAvg, FedPer and FedRep)."""
+    if "fedloge" not in rows or len(rows) < 2:
+        return []
+    ours = rows["fedloge"]
+    keys = [key for key, _ in RIVALS]
+    lines = [
+        "",
+        "FedLoGe minus every other method (points; **bold**: FedLoGe ahead by more than the "
+        "larger seed std, _italic_: behind by more than it, plain: within it; - where the "
+        "method has no such number):",
+        "",
+        "| method | " + " | ".join(dict(COLUMNS)[key] for key in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for rival, row in rows.items():
+        if rival == "fedloge":
+            continue
+        cells = []
+        for key in keys:
+            if not row[key]["n"] or not ours[key]["n"]:
+                cells.append("-")
+                continue
+            gap = 100 * (ours[key]["mean"] - row[key]["mean"])
+            spread = 100 * max(ours[key]["std"], row[key]["std"])
+            text = f"{gap:+.1f}"
+            cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
+        lines.append(f"| {rival} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def paired_lines(paired: dict[str, dict[str, Any]]) -> list[str]:

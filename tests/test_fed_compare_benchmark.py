@@ -147,3 +147,30 @@ def test_the_report_gives_each_global_models_accuracy_per_class_averaged_over_se
     text = "\n".join(report.per_class_lines(means))
     assert "| algorithm | 0 (50) | 1 (5) |" in text and "| fedavg | 80.0 | 30.0 |" in text
     assert "fedper" not in text
+
+
+def test_fedloge_is_set_against_every_method_with_the_spread_marked():
+    report = benchmark("fed_compare_report")
+    nan = {"mean": float("nan"), "std": float("nan"), "n": 0}
+
+    def row(generic: float, std: float, local: float) -> dict:
+        numbers = {"mean": generic, "std": std, "n": 3}
+        at_local = {"mean": local, "std": 0.001, "n": 3}
+        return {
+            "generic_acc": numbers,
+            "selected_generic": numbers,
+            "local_acc_masked": at_local,
+            "selected_local": at_local,
+        }
+
+    rows = {
+        "fedloge": row(0.83, 0.01, 0.925),
+        "fedavg": row(0.80, 0.005, 0.93),  # FedLoGe 3 ahead beyond 1; 0.5 behind beyond 0.1
+        "fedetf": row(0.84, 0.02, 0.925),  # 1 behind, within 2; level
+        "fedper": {**row(0, 0, 0.90), "generic_acc": nan, "selected_generic": nan},
+    }
+    lines = report.against_every_method(rows)
+    assert "| fedavg | **+3.0** | **+3.0** | _-0.5_ | _-0.5_ |" in lines
+    assert "| fedetf | -1.0 | -1.0 | +0.0 | +0.0 |" in lines
+    assert "| fedper | - | - | **+2.5** | **+2.5** |" in lines
+    assert not any(line.startswith("| fedloge") for line in lines)
