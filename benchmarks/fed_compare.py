@@ -16,9 +16,9 @@ accuracies, FedLoGe's universal SSE-C accuracy, head/middle/tail, seconds per ro
 minus every other method (the spread marked), FedLoGe minus each rival seed by seed (one seed
 gives every method the same partition, client sampling and validation images), the authors'
 numbers beside them, and two plots per setting (accuracy per round, per-class accuracy against
-training frequency). No number is chosen by test accuracy. A method of the earlier report that
+training frequency). No number is chosen by test accuracy. What the earlier report measured and
 this invocation finds no run of (a new machine, a setting not asked for) is kept from it,
-marked.
+marked, and a seed it holds of the config chosen now is not trained again.
 
     .venv/bin/python benchmarks/fed_compare.py                          # everything (hours)
     .venv/bin/python benchmarks/fed_compare.py --settings fmnist-cnn --seeds 1 \\
@@ -277,13 +277,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def finished_runs(jobs: list[Job], args: argparse.Namespace) -> dict[Job, Path]:
-    """The finished run of every job that has one: found (--report-only) or trained first."""
+def finished_runs(jobs: list[Job], args: argparse.Namespace, reported: set[Job]) -> dict[Job, Path]:
+    """The finished run of every job that has one: found, or else trained first, unless
+    --report-only or the earlier report holds the job's numbers for the config chosen now
+    (`reported`: its run is on a machine this one replaced)."""
+    found = {job: find(*job, args.runs, args.overrides, args.sweeps) for job in jobs}
+    runs = {job: run for job, run in found.items() if run is not None}
     if args.report_only:
-        found = {job: find(*job, args.runs, args.overrides, args.sweeps) for job in jobs}
-        return {job: run for job, run in found.items() if run is not None}
-    calls = [partial(train, *job, args.runs, args.overrides, args.sweeps) for job in jobs]
-    return dict(zip(jobs, run_in_parallel(calls, workers=args.jobs), strict=True))
+        return runs
+    todo = [job for job in jobs if job not in runs and job not in reported]
+    for job in sorted(set(jobs) - set(runs) - set(todo)):
+        print(f"{' '.join(map(str, job))}: kept from the earlier report (its run is gone)")
+    calls = [partial(train, *job, args.runs, args.overrides, args.sweeps) for job in todo]
+    return {**runs, **dict(zip(todo, run_in_parallel(calls, workers=args.jobs), strict=True))}
 
 
 def trained_chosen(run: Path, chosen: Path | None) -> bool:
@@ -306,18 +312,56 @@ def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[di
     return raw
 
 
-def with_kept(raw: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> dict[str, Any]:
-    """`raw` plus every (setting, method) of the earlier report at `path` that this invocation
-    found no run of (a new machine, a cleaned runs folder, a setting not asked for), its rows
-    marked `kept`, so that rewriting the report never loses a measured method."""
-    earlier = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    merged = {setting: dict(block) for setting, block in raw.items()}
-    for setting, block in earlier["runs"].items():
-        for algorithm, rows in block.items():
-            if algorithm not in merged.get(setting, {}):
-                source = earlier["meta"]["command"]  # a row kept before keeps its own
-                kept = [{"reported_by": source, **row, "kept": True} for row in rows]
-                merged.setdefault(setting, {})[algorithm] = kept
+def reported_rows(path: Path) -> dict[Job, dict[str, Any]]:
+    """Every row of the earlier report at `path`, by (setting, algorithm, seed), marked `kept`
+    with the command that measured it (a row kept before keeps its own)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    source = earlier["meta"]["command"]
+    return {
+        (setting, algorithm, row.get("seed")): {"reported_by": source, **row, "kept": True}
+        for setting, block in earlier["runs"].items()
+        for algorithm, rows in block.items()
+        for row in rows
+    }
+
+
+def stands_in(row: dict[str, Any], setting: str, algorithm: str, sweeps: Path) -> bool:
+    """Whether a reported row measured the config chosen now for its method (the run trained
+    the chosen config, at the learning rate and options the choice gives)."""
+    chosen = chosen_config(sweeps, setting, algorithm)
+    if chosen is None or not row.get("tuned"):
+        return False
+    config = yaml.safe_load(chosen.read_text())
+    return (row.get("lr"), row.get("options")) == (
+        config["optim"]["lr"],
+        config["algorithm"]["options"],
+    )
+
+
+def with_kept(
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+    earlier: dict[Job, dict[str, Any]],
+    sweeps: Path,
+) -> dict[str, Any]:
+    """`raw` plus the `earlier` report's rows that this invocation found no run of (a new
+    machine, a cleaned runs folder, a setting not asked for), so that rewriting the report
+    never loses a measurement: every row of a method with no run here, and the seeds a method
+    with runs here lacks where their rows measured the config chosen now."""
+    merged = {
+        setting: {a: list(rows) for a, rows in block.items()} for setting, block in raw.items()
+    }
+    measured = {(setting, a) for setting, block in raw.items() for a in block}
+    for (setting, algorithm, seed), row in earlier.items():
+        rows = merged.setdefault(setting, {}).setdefault(algorithm, [])
+        if (setting, algorithm) not in measured or (
+            seed not in {r.get("seed") for r in rows} and stands_in(row, setting, algorithm, sweeps)
+        ):
+            rows.append(row)
+    for block in merged.values():
+        for rows in block.values():
+            rows.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])
     return merged
 
 
@@ -364,9 +408,13 @@ def main() -> None:
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
     refuse_biased_jobs(jobs, args)
-    runs = finished_runs(jobs, args)
+    earlier = reported_rows(args.out / "federated.json")
+    reported = {
+        job for job in jobs if job in earlier and stands_in(earlier[job], *job[:2], args.sweeps)
+    }
+    runs = finished_runs(jobs, args, reported)
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = with_kept(per_seed(runs, args.sweeps), args.out / "federated.json")
+    raw = with_kept(per_seed(runs, args.sweeps), earlier, args.sweeps)
     kept = kept_jobs(raw)
     results = {
         setting: {

@@ -174,3 +174,51 @@ def test_fedloge_is_set_against_every_method_with_the_spread_marked():
     assert "| fedetf | -1.0 | -1.0 | +0.0 | +0.0 |" in lines
     assert "| fedper | - | - | **+2.5** | **+2.5** |" in lines
     assert not any(line.startswith("| fedloge") for line in lines)
+
+
+def test_a_reported_seed_of_the_chosen_config_is_kept_not_trained_again(tmp_path, monkeypatch):
+    """A new machine trains only the seeds no report holds: the reported ones of the config
+    chosen now stand in for their runs, seed by seed; rows of another config do not."""
+    bench = benchmark("fed_compare")
+    sweeps = tmp_path / "sweeps"
+    (sweeps / "fmnist-cnn").mkdir(parents=True)
+    chosen = {"optim": {"lr": 0.2}, "algorithm": {"name": "fedlc", "options": {"tau": 8.0}}}
+    (sweeps / "fmnist-cnn" / "fedlc.chosen.yaml").write_text(yaml.safe_dump(chosen))
+
+    def row(seed, tau=8.0, tuned=True):
+        return {
+            "seed": seed,
+            "lr": 0.2,
+            "options": {"tau": tau},
+            "tuned": tuned,
+            "generic_acc": 0.8,
+        }
+
+    report = tmp_path / "federated.json"
+    rows = [row(1), row(2), row(3, tau=4.0), row(4, tuned=False)]
+    report.write_text(
+        json.dumps({"meta": {"command": "earlier"}, "runs": {"fmnist-cnn": {"fedlc": rows}}})
+    )
+    earlier = bench.reported_rows(report)
+    assert [
+        bench.stands_in(earlier[("fmnist-cnn", "fedlc", s)], "fmnist-cnn", "fedlc", sweeps)
+        for s in (1, 2, 3, 4)
+    ] == [True, True, False, False]
+
+    trained = []
+    monkeypatch.setattr(bench, "train", lambda *job: trained.append(job[:3]) or tmp_path / "run")
+    jobs = [("fmnist-cnn", "fedlc", seed) for seed in (1, 2, 3)]
+    args = bench.argparse.Namespace(
+        runs=tmp_path / "runs", overrides=[], sweeps=sweeps, report_only=False, jobs=1
+    )
+    runs = bench.finished_runs(jobs, args, reported={jobs[0], jobs[1]})
+    assert trained == [jobs[2]] and list(runs) == [jobs[2]]  # seed 3's row measured tau 4
+
+    fresh = {"seed": 3, "lr": 0.2, "options": {"tau": 8.0}, "tuned": True, "generic_acc": 0.9}
+    merged = bench.with_kept({"fmnist-cnn": {"fedlc": [fresh]}}, earlier, sweeps)
+    kept = merged["fmnist-cnn"]["fedlc"]
+    assert [(r["seed"], r.get("kept", False)) for r in kept] == [(1, True), (2, True), (3, False)]
+    assert kept[0]["reported_by"] == "earlier"
+    # a method with no run here keeps every reported row, whatever config it measured
+    alone = bench.with_kept({}, earlier, sweeps)["fmnist-cnn"]["fedlc"]
+    assert [r["seed"] for r in alone] == [1, 2, 3, 4]
