@@ -42,7 +42,16 @@ from typing import Any
 
 import yaml
 from common import FED_SETTINGS as SETTINGS
-from common import ROOT, absolute, mean_std, run_child, run_in_parallel, run_script, write_results
+from common import (
+    ROOT,
+    absolute,
+    fed_validation_counts,
+    mean_std,
+    run_child,
+    run_in_parallel,
+    run_script,
+    write_results,
+)
 from fed_compare_report import COLUMNS, RIVALS, markdown, plots
 
 from trustvision.runs import RunDir
@@ -377,6 +386,13 @@ def kept_jobs(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> set[Job]:
     }
 
 
+def compared_seeds(block: dict[str, list[dict[str, Any]]]) -> list[int]:
+    """The seeds any method of a setting was compared on."""
+    return sorted(
+        {row["seed"] for rows in block.values() for row in rows if row.get("seed") is not None}
+    )
+
+
 def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
     """Refused before any training: overrides, which would turn a validation-chosen config into
     one no sweep chose; and the sweeps' own seed, whose test numbers would carry the optimism
@@ -420,6 +436,9 @@ def main() -> None:
         setting: {
             "algorithms": {a: summarise(block[a]) for a in ALGORITHMS if a in block},
             "paired": paired(block),
+            "validation_counts": {
+                str(seed): fed_validation_counts(setting, seed) for seed in compared_seeds(block)
+            },
             "plots": plots(setting, block, args.out),
         }
         for setting, block in raw.items()

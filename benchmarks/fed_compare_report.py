@@ -139,6 +139,7 @@ def setting_lines(spec: dict[str, Any], block: dict[str, Any]) -> list[str]:
             + ", ".join(f"`{c}`" for c in kept)
             + " reported them.",
         ]
+    lines += validation_lines(block.get("validation_counts", {}))
     lines += ["", *verdict(block["algorithms"]), *paired_lines(block.get("paired", {}))]
     lines += against_every_method(block["algorithms"])
     lines += per_class_lines(block["algorithms"])
@@ -230,6 +231,23 @@ def verdict(rows: dict[str, Any]) -> list[str]:
     if "fedavg" in rows:
         out += ["", *goal(ours, rows["fedavg"])]
     return out
+
+
+def validation_lines(counts: dict[str, list[int]]) -> list[str]:
+    """How many validation images the rarest class has at each compared seed, and what one of
+    them weighs in the class-balanced generic validation accuracy the `@ val round` picks by."""
+    if not counts:
+        return []
+    rarest = {seed: min(per_class) for seed, per_class in counts.items()}
+    each = ", ".join(f"{n} (seed {seed})" for seed, n in rarest.items())
+    classes = len(next(iter(counts.values())))
+    weight = 100 / (classes * min(rarest.values()))
+    return [
+        "",
+        f"Validation images of the rarest class, all clients together: {each}. One of them "
+        f"moves generic validation accuracy by up to {weight:.1f} points, so the generic "
+        "`@ val round` choice can turn on a few images of the tail.",
+    ]
 
 
 def against_every_method(rows: dict[str, Any]) -> list[str]:

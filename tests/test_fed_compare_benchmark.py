@@ -222,3 +222,12 @@ def test_a_reported_seed_of_the_chosen_config_is_kept_not_trained_again(tmp_path
     # a method with no run here keeps every reported row, whatever config it measured
     alone = bench.with_kept({}, earlier, sweeps)["fmnist-cnn"]["fedlc"]
     assert [r["seed"] for r in alone] == [1, 2, 3, 4]
+
+
+def test_the_report_weighs_one_validation_image_of_the_rarest_class():
+    report = benchmark("fed_compare_report")
+    counts = {"1": [597, 361, 216, 129, 79, 43, 29, 19, 9, 4], "2": [599] + [20] * 8 + [5]}
+    (line,) = [line for line in report.validation_lines(counts) if line]
+    assert "4 (seed 1), 5 (seed 2)" in line
+    assert "by up to 2.5 points" in line  # 1 / (10 classes x 4 images)
+    assert report.validation_lines({}) == []
