@@ -186,8 +186,10 @@ def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
     title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
 ) -> None:
-    """One self-contained HTML page (figures inlined, no network requests) for runs, a
-    comparison or a sweep: headline numbers, curves, per-class accuracy, config and machine.
+    """One self-contained HTML page for runs, a comparison or a sweep.
+
+    Headline numbers, curves, per-class accuracy, config and machine; figures inlined, no
+    network requests.
 
     Example: trustvision report runs/demo-fed --out fed-report.html
     """

@@ -96,8 +96,10 @@ def import_model(
     eps: Annotated[float | None, typer.Option(help="The l_inf budget it was trained for.")] = None,
     runs_dir: Annotated[str, typer.Option(help="Where the run directory goes.")] = "runs",
 ) -> None:
-    """Import a RobustBench WideResNet (read with torch.load(weights_only=True), every tensor
-    mapped onto our `wrn`) as a base run, saved as safetensors: a base for `robust mix`.
+    """Import a RobustBench WideResNet as a base run for `robust mix`, saved as safetensors.
+
+    The checkpoint is read with torch.load(weights_only=True) and every tensor mapped onto
+    our `wrn`.
 
     Example: trustvision robust import Carmon2019Unlabeled.pt --dataset cifar10 --like runs/std-...
     """
