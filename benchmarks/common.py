@@ -117,6 +117,16 @@ def run_child(command: list[str], *, env: dict[str, str]) -> int:
     return returncode
 
 
+def terminal_reached_children() -> bool:
+    """Whether a Ctrl-C typed at a terminal reached our children as well: they share our
+    process group, the terminal's foreground one. Passing it on again would interrupt their
+    clean-up."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):  # no terminal: a signal sent to this process alone
+        return False
+
+
 def run_in_parallel(calls: list[Callable[[], Result]], *, workers: int) -> list[Result]:
     """What `calls` return, made in order, `workers` at once. On Ctrl-C the calls not begun
     are dropped, and every child that `run_child` runs is passed the SIGINT and awaited (a
@@ -128,8 +138,9 @@ def run_in_parallel(calls: list[Callable[[], Result]], *, workers: int) -> list[
             return [future.result() for future in futures]
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
-            for child in list(LIVE_CHILDREN):
-                child.send_signal(signal.SIGINT)
+            if not terminal_reached_children():
+                for child in list(LIVE_CHILDREN):
+                    child.send_signal(signal.SIGINT)
             for child in list(LIVE_CHILDREN):
                 child.wait()
             raise
@@ -146,9 +157,10 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
             yield pool
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
-            for worker in multiprocessing.active_children():
-                if worker.pid is not None:
-                    os.kill(worker.pid, signal.SIGINT)
+            if not terminal_reached_children():
+                for worker in multiprocessing.active_children():
+                    if worker.pid is not None:
+                        os.kill(worker.pid, signal.SIGINT)
             raise
 
 
