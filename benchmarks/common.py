@@ -5,17 +5,11 @@ both), how numbers are formatted, the data files of this machine, and how a scri
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-import signal
 import statistics
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from trustvision.clikit import EXPECTED, err_console, print_failure
 from trustvision.files import write_atomic
@@ -73,15 +67,10 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
     return path
 
 
-# The child processes (trainings, sweeps) that `run_child` is running now, to pass Ctrl-C on
-# to: they are run from worker threads, which never see KeyboardInterrupt.
-LIVE_CHILDREN: set[subprocess.Popen[bytes]] = set()
-Result = TypeVar("Result")
-
-
-def fed_validation_counts(setting: str, seed: int) -> list[int]:
-    """Validation images per class that a federated setting's clients hold out at `seed`,
-    summed over the clients (a pure function of the config and the seed: no training)."""
+def fed_validation_counts(setting: str, seed: int, overrides: Sequence[str] = ()) -> list[int]:
+    """Validation images per class that a federated setting's clients hold out at `seed` (with
+    the extra config `overrides`), summed over the clients: a pure function of the config and
+    the seed, no training."""
     import torch
 
     from trustvision.config import load_config
@@ -90,7 +79,8 @@ def fed_validation_counts(setting: str, seed: int) -> list[int]:
     from trustvision.federated.data import build_federation
 
     spec = FED_SETTINGS[setting]
-    cfg = load_config(FedConfig, ROOT / spec["config"], [*spec["overrides"], f"seed={seed}"])
+    extra = [*spec["overrides"], *overrides, f"seed={seed}"]
+    cfg = load_config(FedConfig, ROOT / spec["config"], extra)
     federation = build_federation(
         load_data(cfg.data),
         cfg.data,
@@ -103,65 +93,9 @@ def fed_validation_counts(setting: str, seed: int) -> list[int]:
 
 
 def absolute(text: str) -> Path:
-    """A path argument made absolute against the caller's folder: `run_child` runs its
-    commands in the checkout's."""
+    """A path argument made absolute against the caller's folder: `processes.run_child` runs
+    its commands in the checkout's."""
     return Path(text).resolve()
-
-
-def run_child(command: list[str], *, env: dict[str, str]) -> int:
-    """Run a command (output discarded, errors shown) to its end; its exit status."""
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-    LIVE_CHILDREN.add(child)
-    returncode = child.wait()
-    LIVE_CHILDREN.discard(child)
-    return returncode
-
-
-def terminal_reached_children() -> bool:
-    """Whether a Ctrl-C typed at a terminal reached our children as well: they share our
-    process group, the terminal's foreground one. Passing it on again would interrupt their
-    clean-up."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError):  # no terminal: a signal sent to this process alone
-        return False
-
-
-def run_in_parallel(calls: list[Callable[[], Result]], *, workers: int) -> list[Result]:
-    """What `calls` return, made in order, `workers` at once. On Ctrl-C the calls not begun
-    are dropped, and every child that `run_child` runs is passed the SIGINT and awaited (a
-    sweep stops its trials as retries and writes its report; a training stops, to resume
-    from its last checkpoint)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(call) for call in calls]
-        try:
-            return [future.result() for future in futures]
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            if not terminal_reached_children():
-                for child in list(LIVE_CHILDREN):
-                    child.send_signal(signal.SIGINT)
-            for child in list(LIVE_CHILDREN):
-                child.wait()
-            raise
-
-
-@contextmanager
-def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """`workers` spawned processes for a benchmark's trainings. On Ctrl-C the jobs not begun
-    are dropped and the running ones interrupted (SIGINT to the script alone reaches the
-    workers too), where the pool would otherwise run every queued job before it exits."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        try:
-            yield pool
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            if not terminal_reached_children():
-                for worker in multiprocessing.active_children():
-                    if worker.pid is not None:
-                        os.kill(worker.pid, signal.SIGINT)
-            raise
 
 
 def run_script(main: Callable[[], None]) -> None:

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CIFAR_ZIP, mean_std, process_pool, run_script, write_results
+from common import CIFAR_ZIP, mean_std, run_script, write_results
 from compact_report import markdown, plot, pm
+from processes import process_pool
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, process_pool, run_script, write_results
+from common import ROOT, run_script, write_results
 from compact import CONFIGS, overrides, train_run
+from processes import process_pool
 
 VALIDATION = 0.1  # stratified, from the seed (data.validation)
 # The starting point the candidates were compared with: configs/compact/ as they were

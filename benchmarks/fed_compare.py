@@ -30,10 +30,7 @@ marked, and a seed it holds of the config chosen now is not trained again.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import statistics
 import sys
 import time
 from functools import partial
@@ -46,13 +43,21 @@ from common import (
     ROOT,
     absolute,
     fed_validation_counts,
-    mean_std,
-    run_child,
-    run_in_parallel,
     run_script,
     write_results,
 )
-from fed_compare_report import COLUMNS, RIVALS, markdown, plots
+from fed_compare_kept import (
+    Job,
+    chosen_config,
+    kept_jobs,
+    read_report,
+    reported_rows,
+    stands_in,
+    with_kept,
+)
+from fed_compare_numbers import numbers, paired, summarise
+from fed_compare_report import markdown, plots
+from processes import run_child, run_in_parallel
 
 from trustvision.runs import RunDir
 
@@ -68,7 +73,6 @@ ALGORITHMS = [
     "fedlc",
     "fedloge",
 ]
-Job = tuple[str, str, int]  # (setting, algorithm, seed)
 SWEEP_SEED = 0  # the seed benchmarks/fed_sweep.py chooses on; never a compared one
 
 
@@ -121,12 +125,6 @@ def defaults_args(setting: str, algorithm: str) -> list[str]:
     return [str(ROOT / spec["config"]), *spec["overrides"], *choice]
 
 
-def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
-    """The config benchmarks/fed_sweep.py chose on validation for `algorithm`, if any."""
-    config = sweeps / setting / f"{algorithm}.chosen.yaml"
-    return config if config.is_file() else None
-
-
 def find(
     setting: str, algorithm: str, seed: int, runs: Path, extra: list[str], sweeps: Path
 ) -> Path | None:
@@ -173,90 +171,6 @@ def train(
     if done is None:
         raise SystemExit(f"{directory}: `{' '.join(command)}` ended without a finished run")
     return done
-
-
-def numbers(run: Path) -> dict[str, Any]:
-    """The headline numbers, per-class accuracy and timing of one finished run."""
-    summary = json.loads((run / "summary.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train_seconds = [
-        r["round_seconds"] - r.get("eval_seconds", 0.0) for r in history if "round_seconds" in r
-    ]
-    headline, selected = summary["headline"], summary.get("selected", {})
-    return {
-        **{key: headline.get(key, math.nan) for key, _ in COLUMNS},
-        "selected_generic": selected.get("generic", {}).get("generic_acc", math.nan),
-        "selected_local": selected.get("local", {}).get("local_acc", math.nan),
-        "selected_rounds": {kind: pick["round"] for kind, pick in selected.items()},
-        "lr": yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"],
-        "options": summary["options"],
-        "seconds_per_round": statistics.median(train_seconds),
-        # absent for methods without a generic model (FedPer)
-        "generic_per_class": summary["final"]["generic"].get("generic", {}).get("per_class"),
-        "history": [
-            {k: r[k] for k in ("round", "generic_acc", "local_acc_masked") if k in r}
-            for r in history
-        ],
-        "train_counts": summary["data"]["train_counts"],
-        "rounds": summary["rounds"],
-        "run": str(run),
-        "machine": where(summary["environment"]),
-    }
-
-
-def where(environment: dict[str, Any]) -> str:
-    """The machine and device a run trained on, as its summary recorded them."""
-    device = environment.get("gpu") or environment["device"]
-    return f"{environment['machine']}; {device}; torch {environment['torch']}"
-
-
-def summarise_per_class(per_seed: list[dict[str, Any]]) -> list[float] | None:
-    """Generic accuracy per class, mean over seeds; None for a method without a global model."""
-    per_class = [row.get("generic_per_class") for row in per_seed]
-    if not all(per_class):
-        return None
-    return [statistics.fmean(values) for values in zip(*per_class, strict=True)]
-
-
-def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in COLUMNS] + ["seconds_per_round"]
-    stats: dict[str, Any] = {key: mean_std([row[key] for row in per_seed]) for key in keys}
-    stats["generic_per_class"] = summarise_per_class(per_seed)
-    stats["train_counts"] = per_seed[0].get("train_counts")
-    stats["machines"] = sorted({row["machine"] for row in per_seed})
-    stats["seeds"] = [row.get("seed") for row in per_seed]  # None: a row from before they were
-    stats["kept_from"] = sorted({row["reported_by"] for row in per_seed if row.get("kept")})
-    first = per_seed[0]
-    stats["config"] = {"optim.lr": first["lr"], "options": first["options"]}
-    # Every number: the config chosen on validation (or the defaults, untuned), and the
-    # columns "@ val round" at the round validation picked; nothing is chosen on test.
-    stats["selected_by"] = "validation" if all(r["tuned"] for r in per_seed) else "defaults"
-    return stats
-
-
-def paired(block: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """FedLoGe minus each rival (`RIVALS`) on the seeds both ran, seed by seed, with the
-    differences' mean and std; rivals sharing no seed with FedLoGe are left out."""
-    if "fedloge" not in block:
-        return {}
-
-    def by_seed(algorithm: str, key: str) -> dict[int, float]:
-        rows = [r for r in block[algorithm] if r.get("seed") is not None]
-        values = {r["seed"]: r.get(key) for r in rows}
-        return {s: float(v) for s, v in values.items() if isinstance(v, int | float)}
-
-    out: dict[str, dict[str, Any]] = {}
-    for key, rivals in RIVALS:
-        ours = by_seed("fedloge", key)
-        for rival in (r for r in rivals if r in block):
-            theirs = by_seed(rival, key)
-            seeds = sorted(set(ours) & set(theirs))
-            if not seeds:
-                continue
-            differences = [ours[s] - theirs[s] for s in seeds]
-            stats = mean_std(differences)
-            out.setdefault(rival, {})[key] = {"seeds": seeds, "differences": differences, **stats}
-    return out
 
 
 def parse_args() -> argparse.Namespace:
@@ -321,68 +235,20 @@ def per_seed(runs: dict[Job, Path], sweeps: Path) -> dict[str, dict[str, list[di
     return raw
 
 
-def reported_rows(path: Path) -> dict[Job, dict[str, Any]]:
-    """Every row of the earlier report at `path`, by (setting, algorithm, seed), marked `kept`
-    with the command that measured it (a row kept before keeps its own)."""
-    if not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text())
-    source = earlier["meta"]["command"]
+def validation_counts(
+    setting: str,
+    block: dict[str, list[dict[str, Any]]],
+    args: argparse.Namespace,
+    earlier: dict[str, Any],
+) -> dict[str, list[int]]:
+    """Validation images per class at each compared seed: computed for a setting this
+    invocation asked for, carried over from the earlier report for the others (whose data
+    this machine may lack)."""
+    if setting not in args.settings:
+        return earlier["results"].get(setting, {}).get("validation_counts", {})
     return {
-        (setting, algorithm, row.get("seed")): {"reported_by": source, **row, "kept": True}
-        for setting, block in earlier["runs"].items()
-        for algorithm, rows in block.items()
-        for row in rows
-    }
-
-
-def stands_in(row: dict[str, Any], setting: str, algorithm: str, sweeps: Path) -> bool:
-    """Whether a reported row measured the config chosen now for its method (the run trained
-    the chosen config, at the learning rate and options the choice gives)."""
-    chosen = chosen_config(sweeps, setting, algorithm)
-    if chosen is None or not row.get("tuned"):
-        return False
-    config = yaml.safe_load(chosen.read_text())
-    return (row.get("lr"), row.get("options")) == (
-        config["optim"]["lr"],
-        config["algorithm"]["options"],
-    )
-
-
-def with_kept(
-    raw: dict[str, dict[str, list[dict[str, Any]]]],
-    earlier: dict[Job, dict[str, Any]],
-    sweeps: Path,
-) -> dict[str, Any]:
-    """`raw` plus the `earlier` report's rows that this invocation found no run of (a new
-    machine, a cleaned runs folder, a setting not asked for), so that rewriting the report
-    never loses a measurement: every row of a method with no run here, and the seeds a method
-    with runs here lacks where their rows measured the config chosen now."""
-    merged = {
-        setting: {a: list(rows) for a, rows in block.items()} for setting, block in raw.items()
-    }
-    measured = {(setting, a) for setting, block in raw.items() for a in block}
-    for (setting, algorithm, seed), row in earlier.items():
-        rows = merged.setdefault(setting, {}).setdefault(algorithm, [])
-        if (setting, algorithm) not in measured or (
-            seed not in {r.get("seed") for r in rows} and stands_in(row, setting, algorithm, sweeps)
-        ):
-            rows.append(row)
-    for block in merged.values():
-        for rows in block.values():
-            rows.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])
-    return merged
-
-
-def kept_jobs(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> set[Job]:
-    """The (setting, algorithm, seed) of every row `with_kept` carried over: reported, not
-    missing."""
-    return {
-        (setting, algorithm, row.get("seed"))
-        for setting, block in raw.items()
-        for algorithm, rows in block.items()
-        for row in rows
-        if row.get("kept")
+        str(seed): fed_validation_counts(setting, seed, args.overrides)
+        for seed in compared_seeds(block)
     }
 
 
@@ -424,32 +290,35 @@ def main() -> None:
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
     refuse_biased_jobs(jobs, args)
-    earlier = reported_rows(args.out / "federated.json")
-    reported = {
-        job for job in jobs if job in earlier and stands_in(earlier[job], *job[:2], args.sweeps)
-    }
-    runs = finished_runs(jobs, args, reported)
+    report = read_report(args.out / "federated.json")
+    earlier = reported_rows(report)
+    # a seed the report holds of the config chosen now stands in for its run
+    reported = {job for job, row in earlier if stands_in(row, *job[:2], args.sweeps)}
+    runs = finished_runs(jobs, args, reported & set(jobs))
     args.out.mkdir(parents=True, exist_ok=True)
     raw = with_kept(per_seed(runs, args.sweeps), earlier, args.sweeps)
-    kept = kept_jobs(raw)
     results = {
         setting: {
             "algorithms": {a: summarise(block[a]) for a in ALGORITHMS if a in block},
             "paired": paired(block),
-            "validation_counts": {
-                str(seed): fed_validation_counts(setting, seed) for seed in compared_seeds(block)
-            },
+            "validation_counts": validation_counts(setting, block, args, report),
             "plots": plots(setting, block, args.out),
         }
         for setting, block in raw.items()
         if setting in SETTINGS
+    }
+    # a kept row counts as measured where it stands in for the choice, or no choice exists
+    present = set(runs) | {
+        job
+        for job in kept_jobs(raw)
+        if job in reported or chosen_config(args.sweeps, *job[:2]) is None
     }
     meta = {
         "command": "python benchmarks/fed_compare.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "wall_seconds": time.perf_counter() - started,
-        "missing": [job for job in jobs if job not in runs and job not in kept],
+        "missing": [job for job in jobs if job not in present],
     }
     body = {"meta": meta, "results": results, "runs": raw}
     text = markdown(results, meta, SETTINGS)

@@ -238,9 +238,10 @@ def validation_lines(counts: dict[str, list[int]]) -> list[str]:
     them weighs in the class-balanced generic validation accuracy the `@ val round` picks by."""
     if not counts:
         return []
-    rarest = {seed: min(per_class) for seed, per_class in counts.items()}
+    # a class without validation images drops out of the class-balanced mean
+    rarest = {seed: min(n for n in per_class if n) for seed, per_class in counts.items()}
     each = ", ".join(f"{n} (seed {seed})" for seed, n in rarest.items())
-    classes = len(next(iter(counts.values())))
+    classes = min(sum(n > 0 for n in per_class) for per_class in counts.values())
     weight = 100 / (classes * min(rarest.values()))
     return [
         "",
@@ -260,8 +261,8 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "FedLoGe minus every other method (points; **bold**: FedLoGe ahead by more than the "
-        "larger seed std, _italic_: behind by more than it, plain: within it; - where the "
-        "method has no such number):",
+        "larger seed std, _italic_: behind by more than it, plain: within it or one seed only; "
+        "- where the method has no such number):",
         "",
         "| method | " + " | ".join(dict(COLUMNS)[key] for key in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
@@ -277,6 +278,9 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
             gap = 100 * (ours[key]["mean"] - row[key]["mean"])
             spread = 100 * max(ours[key]["std"], row[key]["std"])
             text = f"{gap:+.1f}"
+            if min(ours[key]["n"], row[key]["n"]) < 2:  # one seed has no spread to beat
+                cells.append(text)
+                continue
             cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
         lines.append(f"| {rival} | " + " | ".join(cells) + " |")
     return lines

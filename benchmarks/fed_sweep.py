@@ -46,9 +46,6 @@ from common import FED_SETTINGS as SETTINGS
 from common import (
     ROOT,
     absolute,
-    fed_validation_counts,
-    run_child,
-    run_in_parallel,
     run_script,
     write_results,
 )
@@ -60,7 +57,7 @@ from fed_sweep_kept import (
     search_finished,
     with_kept,
 )
-from fed_sweep_report import lr_plot, markdown, norm_plot
+from fed_sweep_report import lr_plot, markdown, norm_plot, validation_counts
 from fed_sweep_specs import (
     FOLLOW_UP,
     INHERITS_LR,
@@ -71,6 +68,7 @@ from fed_sweep_specs import (
     spec,
     sweep_name,
 )
+from processes import run_child, run_in_parallel
 
 from trustvision.files import write_atomic
 
@@ -313,6 +311,33 @@ def write_choice(folder: Path, algorithm: str, report: dict[str, Any]) -> None:
     write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
 
 
+def sweep_all(
+    jobs: list[tuple[str, str]],
+    kept: dict[str, dict[str, Any]],
+    runs: Path,
+    earlier: Path,
+    *,
+    parallel: int,
+) -> None:
+    """Run (or continue) the sweep of every (setting, method) the earlier report does not
+    keep, `parallel` at once; FedAvg's first where a method inherits its learning rate."""
+    first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
+    run_in_parallel(
+        [
+            partial(sweep, setting, "fedavg", runs, earlier)
+            for setting in first
+            if not only_kept(kept, runs, setting, "fedavg")
+        ],
+        workers=1,
+    )
+    rest = [
+        partial(sweep, s, a, runs, earlier)
+        for s, a in jobs
+        if not (a == "fedavg" and s in first) and not only_kept(kept, runs, s, a)
+    ]
+    run_in_parallel(rest, workers=parallel)
+
+
 def main() -> None:
     from trustvision.runs import machine_summary
 
@@ -330,22 +355,7 @@ def main() -> None:
     earlier = args.out / "fed-sweep.json"  # stands in for the runs that are gone
     kept = kept_results(earlier)
     if not args.report_only:
-        first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
-        # the rate they inherit (found, if finished): before the rest
-        run_in_parallel(
-            [
-                partial(sweep, setting, "fedavg", args.runs, earlier)
-                for setting in first
-                if not only_kept(kept, args.runs, setting, "fedavg")
-            ],
-            workers=1,
-        )
-        rest = [
-            partial(sweep, s, a, args.runs, earlier)
-            for s, a in jobs
-            if not (a == "fedavg" and s in first) and not only_kept(kept, args.runs, s, a)
-        ]
-        run_in_parallel(rest, workers=args.parallel)
+        sweep_all(jobs, kept, args.runs, earlier, parallel=args.parallel)
     results: dict[str, dict[str, Any]] = {}
     for setting, algorithm in jobs:
         for name, report in collect_method(args.runs, setting, algorithm).items():
@@ -364,7 +374,7 @@ def main() -> None:
             if a in INHERITS_LR and any(a in block for block in results.values())
         ],
         "selected_by": "validation",
-        "validation_counts": {setting: fed_validation_counts(setting, 0) for setting in results},
+        "validation_counts": validation_counts(results, args.settings, earlier),
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
     for setting, made in lr_plot(results, args.out, FOLLOW_UP["fedloge"][0]).items():

@@ -3,11 +3,13 @@ norm-target plot beside the authors' sweep, from the collected sweeps and the ru
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from common import FED_SETTINGS as SETTINGS
+from common import fed_validation_counts
 from fed_sweep_specs import method_of
 
 # The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
@@ -96,8 +98,8 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
 
 def validation_resolution(counts: list[int]) -> list[str]:
     """How finely the class-balanced generic validation accuracy can tell trials apart."""
-    rarest = sorted(counts)[:2]
-    steps = [100 / (len(counts) * n) for n in rarest]
+    present = sorted(n for n in counts if n)  # a class without any drops out of the mean
+    steps = [100 / (len(present) * n) for n in present[:2]]
     return [
         f"Validation images per class at seed 0, all clients together: "
         f"{', '.join(map(str, counts))}. Generic validation accuracy is the mean of the "
@@ -246,3 +248,17 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
         ax.legend(fontsize=8)
         made[setting] = {"lr_plot": str(save_figure(fig, out / f"fed_sweep_{setting}_lr.png"))}
     return made
+
+
+def validation_counts(
+    results: dict[str, Any], asked: list[str], earlier: Path
+) -> dict[str, list[int]]:
+    """Validation images per class at the sweeps' seed 0: computed for the settings asked for,
+    carried over from the earlier report for the others (whose data this machine may lack)."""
+    before = json.loads(earlier.read_text()).get("meta", {}) if earlier.is_file() else {}
+    return {
+        setting: fed_validation_counts(setting, 0)
+        if setting in asked
+        else before.get("validation_counts", {}).get(setting)
+        for setting in results
+    }

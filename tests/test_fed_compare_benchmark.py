@@ -132,7 +132,7 @@ def test_fedloge_is_paired_with_each_rival_on_the_seeds_both_ran_only():
 
 
 def test_the_report_gives_each_global_models_accuracy_per_class_averaged_over_seeds():
-    bench = benchmark("fed_compare")
+    bench = benchmark("fed_compare_numbers")
     report = benchmark("fed_compare_report")
     rows = {
         "fedavg": [{"generic_per_class": [0.9, 0.2]}, {"generic_per_class": [0.7, 0.4]}],
@@ -179,31 +179,25 @@ def test_fedloge_is_set_against_every_method_with_the_spread_marked():
 def test_a_reported_seed_of_the_chosen_config_is_kept_not_trained_again(tmp_path, monkeypatch):
     """A new machine trains only the seeds no report holds: the reported ones of the config
     chosen now stand in for their runs, seed by seed; rows of another config do not."""
-    bench = benchmark("fed_compare")
+    bench, kept_module = benchmark("fed_compare"), benchmark("fed_compare_kept")
     sweeps = tmp_path / "sweeps"
     (sweeps / "fmnist-cnn").mkdir(parents=True)
     chosen = {"optim": {"lr": 0.2}, "algorithm": {"name": "fedlc", "options": {"tau": 8.0}}}
     (sweeps / "fmnist-cnn" / "fedlc.chosen.yaml").write_text(yaml.safe_dump(chosen))
+    other = {**chosen, "rounds": 30}  # same rate and options, another config
 
-    def row(seed, tau=8.0, tuned=True):
-        return {
-            "seed": seed,
-            "lr": 0.2,
-            "options": {"tau": tau},
-            "tuned": tuned,
-            "generic_acc": 0.8,
-        }
+    def row(seed, tau=8.0, tuned=True, config=None):
+        numbers = {"seed": seed, "lr": 0.2, "options": {"tau": tau}, "tuned": tuned}
+        if config is not None:  # rows since the digest was recorded
+            numbers["config_sha256"] = kept_module.config_digest({**config, "seed": seed})
+        return numbers
 
-    report = tmp_path / "federated.json"
-    rows = [row(1), row(2), row(3, tau=4.0), row(4, tuned=False)]
-    report.write_text(
-        json.dumps({"meta": {"command": "earlier"}, "runs": {"fmnist-cnn": {"fedlc": rows}}})
-    )
-    earlier = bench.reported_rows(report)
-    assert [
-        bench.stands_in(earlier[("fmnist-cnn", "fedlc", s)], "fmnist-cnn", "fedlc", sweeps)
-        for s in (1, 2, 3, 4)
-    ] == [True, True, False, False]
+    rows = [row(1), row(2, config=chosen), row(3, tau=4.0), row(4, tuned=False)]
+    rows += [row(5, config=other), row(None), row(None)]  # seedless: an older report's
+    report = {"meta": {"command": "earlier"}, "runs": {"fmnist-cnn": {"fedlc": rows}}}
+    earlier = kept_module.reported_rows(report)
+    stand = [kept_module.stands_in(r, "fmnist-cnn", "fedlc", sweeps) for _, r in earlier]
+    assert stand == [True, True, False, False, False, False, False]
 
     trained = []
     monkeypatch.setattr(bench, "train", lambda *job: trained.append(job[:3]) or tmp_path / "run")
@@ -214,14 +208,14 @@ def test_a_reported_seed_of_the_chosen_config_is_kept_not_trained_again(tmp_path
     runs = bench.finished_runs(jobs, args, reported={jobs[0], jobs[1]})
     assert trained == [jobs[2]] and list(runs) == [jobs[2]]  # seed 3's row measured tau 4
 
-    fresh = {"seed": 3, "lr": 0.2, "options": {"tau": 8.0}, "tuned": True, "generic_acc": 0.9}
-    merged = bench.with_kept({"fmnist-cnn": {"fedlc": [fresh]}}, earlier, sweeps)
+    fresh = {"seed": 3, "lr": 0.2, "options": {"tau": 8.0}, "tuned": True}
+    merged = kept_module.with_kept({"fmnist-cnn": {"fedlc": [fresh]}}, earlier, sweeps)
     kept = merged["fmnist-cnn"]["fedlc"]
     assert [(r["seed"], r.get("kept", False)) for r in kept] == [(1, True), (2, True), (3, False)]
     assert kept[0]["reported_by"] == "earlier"
     # a method with no run here keeps every reported row, whatever config it measured
-    alone = bench.with_kept({}, earlier, sweeps)["fmnist-cnn"]["fedlc"]
-    assert [r["seed"] for r in alone] == [1, 2, 3, 4]
+    alone = kept_module.with_kept({}, earlier, sweeps)["fmnist-cnn"]["fedlc"]
+    assert [r["seed"] for r in alone] == [None, None, 1, 2, 3, 4, 5]
 
 
 def test_the_report_weighs_one_validation_image_of_the_rarest_class():

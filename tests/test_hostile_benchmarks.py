@@ -4,6 +4,7 @@ same tally as tests/test_hostile.py's probes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -63,49 +64,65 @@ def test_ctrl_c_ends_a_benchmark_script_with_one_line_and_status_130(capsys):
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_ctrl_c_reaches_every_running_child_and_drops_the_calls_not_begun(tmp_path):
-    common = benchmark("common")
-    # Stands in for `sweep run` or `fed run`: says it began, and on SIGINT says so and exits as it does.
-    stand_in = (
-        "import pathlib, signal, sys, time\n"
-        "mark = pathlib.Path(sys.argv[1])\n"
-        "def stop(*_):\n"
-        "    mark.write_text('stopped')\n"
-        "    sys.exit(130)\n"
-        "signal.signal(signal.SIGINT, stop)\n"
-        "mark.write_text('began')\n"
-        "time.sleep(60)\n"
-    )
-    marks = [tmp_path / name for name in ("a", "b", "c")]
-    calls = [
-        partial(common.run_child, [sys.executable, "-c", stand_in, str(m)], env=dict(os.environ))
-        for m in marks
-    ]
+# Stands in for `sweep run` or `fed run`: says it began, and on SIGINT says so and exits as
+# they do.
+STAND_IN = """
+import pathlib, signal, sys, time
+mark = pathlib.Path(sys.argv[1])
+def stop(*_):
+    mark.write_text("stopped")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+mark.write_text("began")
+time.sleep(60)
+"""
 
-    def ctrl_c_once_two_run() -> None:
-        deadline = time.monotonic() + 30
-        while not all(m.exists() for m in marks[:2]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)  # to this process alone, not its children
 
-    threading.Thread(target=ctrl_c_once_two_run, daemon=True).start()
+def ctrl_c_once(marks: list[Path]) -> None:
+    """SIGINT to this process alone once every mark exists (the children are running)."""
+    deadline = time.monotonic() + 30
+    while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_reaches_every_running_child_once_and_starts_nothing_more(tmp_path):
+    processes = benchmark("processes")
+    marks = [tmp_path / name for name in ("a", "b", "late", "queued")]
+    stand_in = [[sys.executable, "-c", STAND_IN, str(m)] for m in marks]
+
+    def late() -> int:  # still preparing its command when Ctrl-C comes
+        time.sleep(2)
+        return processes.run_child(stand_in[2], env=dict(os.environ))
+
+    calls = [partial(processes.run_child, argv, env=dict(os.environ)) for argv in stand_in]
+    calls[2] = late
+    threading.Thread(target=ctrl_c_once, args=(marks[:2],), daemon=True).start()
     began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        common.run_in_parallel(calls, workers=2)
+        processes.run_in_parallel(calls, workers=3)
     assert time.monotonic() - began < 30  # not the stand-ins' 60 s
     assert [m.read_text() for m in marks[:2]] == ["stopped", "stopped"]
-    assert not marks[2].exists()  # not begun: dropped
-    assert not common.LIVE_CHILDREN
+    assert not marks[2].exists()  # refused: its turn came after Ctrl-C
+    assert not marks[3].exists()  # never begun: dropped
+    assert processes.run_in_parallel([lambda: 7], workers=1) == [7]  # a new batch runs
 
 
-def test_ctrl_c_interrupts_a_process_pool_and_drops_its_queued_jobs():
-    common = benchmark("common")
-    with pytest.raises(KeyboardInterrupt), common.process_pool(2) as pool:
+def test_ctrl_c_ends_a_process_pool_with_the_job_queued_to_it(tmp_path):
+    processes = benchmark("processes")
+    queued = tmp_path / "queued"
+    with pytest.raises(KeyboardInterrupt), processes.process_pool(2) as pool:
         assert [f.result() for f in [pool.submit(abs, -1) for _ in range(2)]] == [1, 1]  # up
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         began = time.monotonic()
-        futures = [pool.submit(time.sleep, 60) for _ in range(3)]  # two run, one waits
+        # two run; the third is queued to a worker at once, where it would run next
+        futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+        futures.append(pool.submit(os.mkdir, queued))
         for future in futures:
             future.result()
-    assert time.monotonic() - began < 30  # neither the running jobs' 60 s nor the queued one's
-    assert not any(f.done() and f.exception() is None for f in futures)
+    assert time.monotonic() - began < 30  # not the running jobs' 60 s
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+    assert not queued.exists()
