@@ -5,6 +5,7 @@ both), how numbers are formatted, the data files of this machine, and how a scri
 from __future__ import annotations
 
 import math
+import signal
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -101,7 +102,15 @@ def absolute(text: str) -> Path:
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's `main`; an expected failure (a bad config value, a file or folder the
     machine refuses) ends it as the CLI's commands end, one red line and the README's exit code,
-    instead of a traceback; so does Ctrl-C (exit 130, as `trustvision sweep run`)."""
+    instead of a traceback; so does Ctrl-C (exit 130, as `trustvision sweep run`), and so do
+    SIGTERM and a closed terminal's SIGHUP, which stop the script's children as Ctrl-C does
+    (benchmarks/processes.py) instead of leaving them running without it."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     try:
         main()
     except EXPECTED as err:

@@ -126,3 +126,24 @@ def test_ctrl_c_ends_a_process_pool_with_the_job_queued_to_it(tmp_path):
         time.sleep(0.05)
     assert not multiprocessing.active_children()
     assert not queued.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_a_benchmark_script_as_ctrl_c_does(sig):
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from common import run_script\n"
+        "def main():\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(60)\n"
+        "run_script(main)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
