@@ -246,10 +246,8 @@ def validation_counts(
     this machine may lack)."""
     if setting not in args.settings:
         return earlier["results"].get(setting, {}).get("validation_counts", {})
-    return {
-        str(seed): fed_validation_counts(setting, seed, args.overrides)
-        for seed in compared_seeds(block)
-    }
+    counts = fed_validation_counts(setting, compared_seeds(block), args.overrides)
+    return {str(seed): per_class for seed, per_class in counts.items()}
 
 
 def compared_seeds(block: dict[str, list[dict[str, Any]]]) -> list[int]:

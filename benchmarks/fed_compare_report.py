@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common import image_weights
 from fed_sweep_specs import KNOBS
 
 COLUMNS = [
@@ -238,11 +239,9 @@ def validation_lines(counts: dict[str, list[int]]) -> list[str]:
     them weighs in the class-balanced generic validation accuracy the `@ val round` picks by."""
     if not counts:
         return []
-    # a class without validation images drops out of the class-balanced mean
     rarest = {seed: min(n for n in per_class if n) for seed, per_class in counts.items()}
     each = ", ".join(f"{n} (seed {seed})" for seed, n in rarest.items())
-    classes = min(sum(n > 0 for n in per_class) for per_class in counts.values())
-    weight = 100 / (classes * min(rarest.values()))
+    weight = max(image_weights(per_class)[0] for per_class in counts.values())
     return [
         "",
         f"Validation images of the rarest class, all clients together: {each}. One of them "

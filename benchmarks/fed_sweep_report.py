@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common import FED_SETTINGS as SETTINGS
-from common import fed_validation_counts
+from common import fed_validation_counts, image_weights
 from fed_sweep_specs import method_of
 
 # The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
@@ -98,8 +98,7 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
 
 def validation_resolution(counts: list[int]) -> list[str]:
     """How finely the class-balanced generic validation accuracy can tell trials apart."""
-    present = sorted(n for n in counts if n)  # a class without any drops out of the mean
-    steps = [100 / (len(present) * n) for n in present[:2]]
+    steps = image_weights(counts)
     return [
         f"Validation images per class at seed 0, all clients together: "
         f"{', '.join(map(str, counts))}. Generic validation accuracy is the mean of the "
@@ -257,7 +256,7 @@ def validation_counts(
     carried over from the earlier report for the others (whose data this machine may lack)."""
     before = json.loads(earlier.read_text()).get("meta", {}) if earlier.is_file() else {}
     return {
-        setting: fed_validation_counts(setting, 0)
+        setting: fed_validation_counts(setting, [0])[0]
         if setting in asked
         else before.get("validation_counts", {}).get(setting)
         for setting in results

@@ -48,10 +48,6 @@ class Children:
             self._live.add(child)
         try:
             return child.wait()
-        except KeyboardInterrupt:  # in the main thread: pass it on, as `interrupt` does
-            child.send_signal(signal.SIGINT)
-            child.wait()
-            raise
         finally:
             with self._lock:
                 self._live.discard(child)
