@@ -57,7 +57,7 @@ from fed_sweep_kept import (
     search_finished,
     with_kept,
 )
-from fed_sweep_report import lr_plot, markdown, norm_plot, validation_counts
+from fed_sweep_report import knobs_plot, lr_plot, markdown, norm_plot, validation_counts
 from fed_sweep_specs import (
     FOLLOW_UP,
     INHERITS_LR,
@@ -377,8 +377,13 @@ def main() -> None:
         "validation_counts": validation_counts(results, args.settings, earlier),
     }
     meta["plots"] = norm_plot(results, args.out, KNOBS["fedloge"][0])
-    for setting, made in lr_plot(results, args.out, FOLLOW_UP["fedloge"][0]).items():
-        meta["plots"].setdefault(setting, {}).update(made)
+    keys = {n: knob["key"] for n, knob in {**meta["knobs"], **meta["follow_ups"]}.items()}
+    for plots in (
+        lr_plot(results, args.out, FOLLOW_UP["fedloge"][0]),
+        knobs_plot(results, args.out, keys),
+    ):
+        for setting, made in plots.items():
+            meta["plots"].setdefault(setting, {}).update(made)
     meta["follow_ups_run"] = any(
         n in block for block in results.values() for n in meta["follow_ups"]
     )

@@ -42,6 +42,15 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         plots = meta.get("plots", {}).get(setting, {})
         if "plot" in plots:
             lines += ["", f"![FedLoGe norm target, {setting}]({Path(plots['plot']).name})"]
+        if "knobs_plot" in plots:
+            lines += [
+                "",
+                "Every sweep's curve: its knob against the validation accuracy that chose "
+                "(solid) and the test accuracy never read (dashed), at the round validation "
+                "picked; the dotted line marks the chosen value:",
+                "",
+                f"![every sweep, {setting}]({Path(plots['knobs_plot']).name})",
+            ]
         if "lr_plot" in plots:
             lines += [
                 "",
@@ -246,6 +255,46 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
         made[setting] = {"lr_plot": str(save_figure(fig, out / f"fed_sweep_{setting}_lr.png"))}
+    return made
+
+
+def knobs_plot(
+    results: dict[str, dict[str, Any]], out: Path, keys: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """One panel per sweep of a setting (`keys`: each sweep's knob): generic and local accuracy
+    on validation and on test against the knob, the chosen value marked; the curves behind
+    every choice, side by side."""
+    from trustvision.report.figures import plt, save_figure
+
+    made: dict[str, dict[str, str]] = {}
+    for setting, block in results.items():
+        sweeps = {n: done for n, r in block.items() if (done := completed(r, keys[n]))}
+        if not sweeps:
+            continue
+        columns = min(4, len(sweeps))
+        rows = -(-len(sweeps) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False)
+        for ax in axes.flat[len(sweeps) :]:
+            ax.set_axis_off()
+        for ax, (name, done) in zip(axes.flat, sweeps.items(), strict=False):
+            key = keys[name]
+            for kind, color in (("generic", "tab:blue"), ("local", "tab:orange")):
+                for part, style, marker in (("val", "-", "o"), ("test", "--", "s")):
+                    x, y = curve(done, key, kind, part)
+                    ax.plot(x, y, style, marker=marker, ms=3, color=color, label=f"{kind} {part}")
+            if (chosen := block[name].get("chosen")) is not None:
+                ax.axvline(chosen["params"][key], color="grey", linestyle=":")
+            values = [t["params"][key] for t in done]
+            if min(values) > 0 and max(values) >= 10 * min(values):
+                ax.set_xscale("log")
+            unfinished = "" if block[name].get("complete", True) else " (unfinished)"
+            ax.set_title(f"{name}: {key.rpartition('.')[2]}{unfinished}", fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes.flat[0].set_ylabel("top-1 % (round chosen on val)", fontsize=8)
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(SETTINGS[setting]["title"], fontsize=10)
+        path = save_figure(fig, out / f"fed_sweep_{setting}_knobs.png")
+        made[setting] = {"knobs_plot": str(path)}
     return made
 
 

@@ -179,6 +179,30 @@ def test_the_learning_rate_plot_is_drawn_only_where_fedavg_and_fedloges_follow_u
     assert Path(made["fmnist-cnn"]["lr_plot"]).stat().st_size > 10_000
 
 
+def test_every_sweep_with_finished_trials_gets_a_panel_and_its_plot_is_linked(tmp_path):
+    bench = fed_sweep()
+    lr = bench.FOLLOW_UP["fedloge"][0]
+    fake_sweep(tmp_path / "s/fedavg", {0.03: 0.70, 0.2: 0.75}, lr)
+    fake_sweep(tmp_path / "s/fedper", {0.01: 0.90, 0.02: 0.91}, lr)
+    block = {name: bench.collect(tmp_path, "s", name) for name in ("fedavg", "fedper")}
+    none_done = {**block["fedper"], "trials": []}
+    keys = {"fedavg": lr, "fedper": lr}
+    made = bench.knobs_plot(
+        {"fmnist-cnn": block, "fmnist-gap": {"fedper": none_done}}, tmp_path, keys
+    )
+    assert list(made) == ["fmnist-cnn"]
+    assert Path(made["fmnist-cnn"]["knobs_plot"]).stat().st_size > 10_000
+    meta = {
+        "command": "c",
+        "date": "d",
+        "machine": "m",
+        "knobs": {"fedavg": {"key": lr}, "fedper": {"key": lr}},
+        "follow_ups": {},
+        "plots": made,
+    }
+    assert "(fed_sweep_fmnist-cnn_knobs.png)" in bench.markdown({"fmnist-cnn": block}, meta)
+
+
 def test_a_report_keeps_the_sweeps_whose_runs_are_gone_and_rebuilds_their_choices(
     tmp_path, monkeypatch
 ):
