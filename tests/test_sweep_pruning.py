@@ -32,10 +32,11 @@ def test_new_reports_reads_each_complete_record_once():
     assert new_reports(text, metric="val_acc", step="epoch", seen=seen) == []
 
 
-def runner_and_run_dir(tmp_path, records):
-    spec = build_config(
-        SweepSpec, spec_tree(prune={"metric": "val_acc", "step": "epoch", "startup_trials": 1})
-    )
+def runner_and_run_dir(tmp_path, records, prune=None, good=((1, 0.8), (2, 0.9))):
+    """A runner, a trial to watch whose run has `records`, and a finished trial that reported
+    `good` (step, value) pairs before it."""
+    prune = prune or {"metric": "val_acc", "step": "epoch", "startup_trials": 1}
+    spec = build_config(SweepSpec, spec_tree(prune=prune))
     run_dir = tmp_path / "trials/trial-1/run"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("seed: 0\n")
@@ -44,10 +45,10 @@ def runner_and_run_dir(tmp_path, records):
         spec, tmp_path, jobs=1, resumable=False, reporter=SilentSweepReporter(), poll_seconds=0.05
     )
     study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
-    good = study.ask()
-    for epoch, acc in [(1, 0.8), (2, 0.9)]:
-        good.report(acc, epoch)
-    study.tell(good, 0.9)
+    finished = study.ask()
+    for epoch, value in good:
+        finished.report(value, epoch)
+    study.tell(finished, 0.9)
     return runner, study.ask(), run_dir
 
 
@@ -62,6 +63,22 @@ def test_watch_prunes_a_trial_below_the_median(tmp_path):
     frozen = trial.study.trials[trial.number]
     assert frozen.intermediate_values == {1: 0.2}
     assert frozen.user_attrs["run_dir"] == "trials/trial-1/run"
+
+
+def test_a_metric_that_improves_the_other_way_is_reported_negated(tmp_path):
+    """`prune.direction: minimize` under a maximised objective: a loss of 2.0 where the good
+    trial had 0.1 is pruned (reported as -2.0 against its -0.1)."""
+    prune = {"metric": "val_loss", "direction": "minimize", "startup_trials": 1}
+    runner, trial, run_dir = runner_and_run_dir(
+        tmp_path, [{"epoch": 1, "val_loss": 2.0}], prune=prune, good=((1, -0.1),)
+    )
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(optuna.TrialPruned, match="val_loss"):
+            runner.watch(trial, proc, run_dir.parent, None)
+    finally:
+        stop_process(proc)
+    assert trial.study.trials[trial.number].intermediate_values == {1: -2.0}
 
 
 @pytest.mark.slow

@@ -15,8 +15,16 @@ import pytest
 from test_sweep import read_json, run_cli, spec_tree, write_spec
 
 from trustvision.config import build_config
+from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import SweepSpec
-from trustvision.sweep.study import open_study, recover_killed, storage_for, suggest
+from trustvision.sweep.study import (
+    counted_trials,
+    open_study,
+    prepare_out,
+    recover_killed,
+    storage_for,
+    suggest,
+)
 from trustvision.sweep.trial import find_run_dir
 
 
@@ -150,3 +158,55 @@ def test_a_resumed_tpe_search_does_not_draw_its_first_points_again(tmp_path):
     again = open_study(spec, storage_for(tmp_path))
     trial = again.ask()
     assert suggest(trial, "optim.lr", spec.params["optim.lr"]) not in drawn
+
+
+def test_queued_trials_go_to_one_worker_each(tmp_path):
+    """Threads taking queued trials at once (the retries of a killed `--jobs` sweep) each get
+    their own: SQLite ignores Optuna's row lock, so without the storage's own lock two threads
+    take the same trial (plain RDBStorage did in 10 runs of 10 here)."""
+    for attempt in range(3):
+        (tmp_path / f"{attempt}").mkdir()
+        study = optuna.create_study(storage=storage_for(tmp_path / f"{attempt}"), study_name="q")
+        for value in range(6):
+            study.enqueue_trial({"x": value})
+        assert sorted(take_at_once(study, 6)) == list(range(6))
+
+
+def take_at_once(study: optuna.Study, threads: int) -> list[int]:
+    """The numbers of the trials `threads` threads get from `study.ask()`, all let go at once."""
+    barrier, numbers = threading.Barrier(threads), []
+
+    def take() -> None:
+        barrier.wait()
+        numbers.append(study.ask().number)
+
+    workers = [threading.Thread(target=take) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return numbers
+
+
+@pytest.mark.slow
+def test_a_grid_resumed_with_fewer_jobs_than_killed_trials_runs_every_retry(tmp_path):
+    """Two grid points killed while running (a `--jobs 2` sweep), resumed with one job: the
+    grid sampler stops after the first retry (both killed points count as visited), and the
+    sweep must still run the second."""
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = build_config(SweepSpec, spec_tree(params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}}))
+    prepare_out(spec, out)
+    study = open_study(spec, storage_for(out))
+    finished = study.ask()
+    suggest(finished, "optim.lr", spec.params["optim.lr"])
+    study.tell(finished, -1.0)  # below any real score: never chosen (it has no run to report)
+    for _ in range(2):  # left RUNNING, as a SIGKILL leaves them
+        suggest(study.ask(), "optim.lr", spec.params["optim.lr"])
+
+    done = run_sweep(spec, out, jobs=1, poll_seconds=0.1)
+
+    states = [t.state.name for t in done.get_trials()]
+    assert states.count("COMPLETE") == 3 and "WAITING" not in states
+    counted = counted_trials(done.get_trials())
+    assert sorted(t.params["optim.lr"] for t in counted) == [0.01, 0.03, 0.1]

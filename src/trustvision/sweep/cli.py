@@ -30,7 +30,9 @@ JobsOpt = Annotated[
     int,
     typer.Option(
         min=1,
-        help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set).",
+        help="Trials at once; each gets cores / jobs threads (unless OMP_NUM_THREADS is set). "
+        "Above 1, a sampled (TPE) search does not repeat from its seed: Optuna reseeds it in "
+        "every worker.",
     ),
 ]
 ContinueFromOpt = Annotated[
@@ -57,6 +59,7 @@ trials: 3                   # for a grid: default and maximum = grid size
 objective: {metric: validation.top1, direction: maximize}  # in summary.json
 test_metric: test.top1      # recorded, reported, never read by the choice
 prune: {metric: val_acc, step: epoch, warmup: 2, startup_trials: 2}
+# prune's `direction` (default: the objective's) says which way its metric improves
 seed: 0                     # the sampler's seed; prune above is optional"""
 
 sweep_app = command_group(

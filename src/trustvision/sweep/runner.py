@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -198,8 +198,11 @@ class TrialRunner:
             return
         prune = self.spec.prune
         reports = new_reports(metrics.read_text(), metric=prune.metric, step=prune.step, seen=seen)
+        # The pruner ranks reports in the objective's direction: a metric that improves the
+        # other way is reported negated (so it shows negated in optuna-dashboard too).
+        sign = -1.0 if prune.direction not in (None, self.spec.objective.direction) else 1.0
         for step, value in reports:
-            trial.report(value, step)
+            trial.report(sign * value, step)
         if reports and may_prune and trial.should_prune():
             step, value = reports[-1]
             raise optuna.TrialPruned(f"`{prune.metric}` {value:.4g} at {prune.step} {step}")
@@ -291,15 +294,15 @@ def run_sweep(
 
         reporter.start(done=done, total=spec.planned_trials, retried=retried)
         try:
-            if done < spec.planned_trials:
-                with _stop_on_signals(runner.stop):
-                    study.optimize(
-                        runner,
-                        n_trials=spec.planned_trials - done,
-                        n_jobs=jobs,
-                        catch=(TrialFailed,),
-                        callbacks=[lambda _, trial: finished(trial)],
-                    )
+            with _stop_on_signals(runner.stop):
+                _optimize(
+                    study,
+                    runner,
+                    planned=spec.planned_trials,
+                    done=done,
+                    jobs=jobs,
+                    finished=finished,
+                )
         finally:
             reporter.finish()
             if tracker is not None and (runner.stop.is_set() or sys.exc_info()[0] is not None):
@@ -309,6 +312,33 @@ def run_sweep(
     if tracker is not None:
         tracker.finish({"status": "finished", "trials": len(study.trials)})
     return study
+
+
+def _optimize(
+    study: optuna.Study,
+    runner: TrialRunner,
+    *,
+    planned: int,
+    done: int,
+    jobs: int,
+    finished: Callable[[FrozenTrial], None],
+) -> None:
+    """Run trials until `planned` are done, the runner is stopped, or a round runs none.
+
+    One `optimize` call may not do: a grid sampler stops it once no grid point is unvisited,
+    and a killed trial counts as visited while its retry still waits in the queue.
+    """
+    while done < planned and not runner.stop.is_set():
+        study.optimize(
+            runner,
+            n_trials=planned - done,
+            n_jobs=jobs,
+            catch=(TrialFailed,),
+            callbacks=[lambda _, trial: finished(trial)],
+        )
+        before, done = done, len(counted_trials(study.get_trials(deepcopy=False)))
+        if done == before:
+            return
 
 
 @contextmanager

@@ -114,7 +114,9 @@ class Objective(StrictModel):
 class PruneSpec(StrictModel):
     """Stop unpromising trials early from the per-epoch (or per-round) records of metrics.jsonl."""
 
-    metric: str = Field(min_length=1)  # a key of the records, e.g. val_acc (same direction)
+    metric: str = Field(min_length=1)  # a key of the records, e.g. val_acc
+    # which way `metric` improves; default: the objective's (the pruner compares trials that way)
+    direction: Literal["maximize", "minimize"] | None = None
     step: str = "epoch"  # the record key that numbers the steps (epoch, round)
     warmup: int = Field(default=0, ge=0)  # steps of a trial before it may be pruned
     startup_trials: int = Field(default=2, ge=0)  # trials that finish before any is pruned

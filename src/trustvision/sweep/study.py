@@ -5,6 +5,7 @@ sweep left RUNNING (failed, to be retried with the same parameters)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,7 +83,9 @@ def suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
 def build_sampler(spec: SweepSpec, *, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
     """GridSampler for a grid, TPE for ranges and choices; both seeded by the spec. A resumed
     TPE search is seeded past the trials it has (seed + their number): the spec's seed alone
-    would draw its first random points again, and measure them twice."""
+    would draw its first random points again, and measure them twice. With `--jobs` above 1
+    Optuna reseeds the sampler in every worker thread, so a TPE search then does not repeat
+    from its seed (a grid's order, shuffled here once, still does)."""
     if spec.is_grid:  # the seed shuffles the grid: the same on every run
         space = {key: list(param.grid or []) for key, param in spec.params.items()}
         return optuna.samplers.GridSampler(space, seed=spec.seed)
@@ -98,10 +101,31 @@ def build_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     )
 
 
+class SerialStateStorage(RDBStorage):
+    """RDBStorage whose trial state changes run one at a time within the process.
+
+    Optuna hands a queued (WAITING) trial to a worker by reading its state and setting it to
+    RUNNING under `SELECT ... FOR UPDATE`, which SQLite ignores: two `--jobs` threads could both
+    take the same retry or imported grid point (optuna/optuna#4002), and the second would find
+    the first's trial directory. One sweep process holds a sweep directory at a time (the lock
+    in `run_sweep`), so a lock here makes that read-and-set atomic.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._state_lock = threading.Lock()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        with self._state_lock:
+            return super().set_trial_state_values(trial_id, state, values)
+
+
 def storage_for(out: Path) -> RDBStorage:
     """The study's SQLite storage in `out`; a generous lock timeout for `--jobs` threads."""
     url = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return SerialStateStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def read_saved_spec(out: Path) -> SweepSpec:
