@@ -87,6 +87,9 @@ def read_json(path):
         ({"objective": {"metric": "selected.generic.generic_acc"}}, "`objective.metric`"),
         ({"prune": {"metric": "test_acc"}}, "`prune.metric`"),
         ({"prune": {"metric": "generic_acc", "step": "round"}}, "`prune.metric`"),
+        # "val" inside another word names no validation number
+        ({"objective": {"metric": "evaluation.top1"}}, "`objective.metric`"),
+        ({"prune": {"metric": "interval_acc"}}, "`prune.metric`"),
     ],
 )
 def test_bad_spec_names_the_key(tmp_path, changes, key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +105,11 @@ def _spread(steps: list[float]) -> float:
     return max(abs(s - mean) for s in steps) / mean
 
 
+# A path part that names a validation number: val, valid, validation, alone or between
+# underscores (val_acc, generic_val_acc, validation.top1), not evaluation, interval or value.
+VALIDATION_WORD = re.compile(r"(^|_)val(id(ation)?)?(_|$)")
+
+
 class Objective(StrictModel):
     """The number the sweep optimises: a dotted path into the run's summary.json."""
 
@@ -194,10 +200,11 @@ class SweepSpec(StrictModel):
                     f"`{field}` is `{path}`, a test number: a sweep chooses on validation only "
                     "(e.g. `validation.top1`, `val_acc`); record test numbers in `test_metric`"
                 )
-            if "val" not in path:
+            if not any(VALIDATION_WORD.search(part) for part in parts):
                 raise ValueError(
                     f"`{field}` is `{path}`, which names no validation number: a sweep chooses "
-                    "on validation only (a path with `val` in it, e.g. `validation.top1`, "
+                    "on validation only (a path with a part that is, begins or ends with, or holds "
+                    "between underscores `val`, `valid` or `validation`: `validation.top1`, "
                     "`val_acc` or `selected.generic.generic_val_acc`)"
                 )
 
