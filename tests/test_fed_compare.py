@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from trustvision.errors import ConfigError
 from trustvision.federated import cli
 from trustvision.federated.cli import fed_app
-from trustvision.federated.compare import comparison, finished_runs
+from trustvision.federated.compare import columns, comparison, finished_runs
 from trustvision.federated.runner import run_federated
 from trustvision.train.recipe import torch_threads
 
@@ -111,3 +111,23 @@ def test_a_group_without_images_shows_as_a_dash(runs, tmp_path):
 
     assert result.exit_code == 0, result.output
     assert re.search(r"^│ fedavg .*│\s+-\s+│$", result.output, re.MULTILINE)  # the tail column
+
+
+def test_the_chosen_round_is_shown_with_its_own_validation_accuracy():
+    """The second table gives each chosen round's validation accuracy beside its test one,
+    not the final round's (0.55 here, which the row also carries in its summary)."""
+    from rich.console import Console
+
+    pick = {"round": 5, "generic_val_acc": 0.712, "generic_acc": 0.634}
+    local = {"round": 10, "local_val_acc": 0.901, "local_acc": 0.876}
+    row = {
+        "label": "fedavg",
+        "generic_val_acc": 0.55,
+        "selected": {"generic": pick, "local": local},
+    }
+    _, chosen = cli.comparison_tables([row | dict.fromkeys(columns(), float("nan"))])
+    console = Console(width=200, record=True)
+    console.print(chosen)
+    line = next(ln for ln in console.export_text().splitlines() if "fedavg" in ln)
+    cells = line.replace("│", " ").split()
+    assert cells == ["fedavg", "71.2", "63.4", "(5)", "90.1", "87.6", "(10)"]

@@ -175,3 +175,15 @@ def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path
         assert states_equal(
             final_checkpoint(resumed)["global"], final_checkpoint(reference)["global"]
         )
+
+
+def test_a_stop_before_the_first_checkpoint_resumes_without_doubled_rows(tmp_path):
+    """Stopped after round 1 with no checkpoint yet: the resumed run starts over, and
+    metrics.jsonl holds each round once (it had kept the first run's round 1 and appended)."""
+    stopped = run_federated(resumable_config(tmp_path, "rounds=3"), stop_after=1)
+    assert len(stopped.read_metrics()) == 1
+    assert ckpt.latest_checkpoint(stopped.checkpoints_dir) is None
+
+    resumed = resume_federated(stopped.path)
+
+    assert [row["round"] for row in resumed.read_metrics()] == [1, 2, 3]

@@ -221,3 +221,12 @@ def test_the_layout_switch_holds_on_the_cpu_too(channels_last):
         assert tensor.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert tensor.is_contiguous() != channels_last
     assert model(x).shape == (2, 10)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_with_clean_metrics(tmp_path):
+    run = train_model(small_config(tmp_path, "epochs=2"))
+    rows = comparable(run.path)
+    shutil.rmtree(run.checkpoints_dir)  # as a kill in the first epoch leaves it...
+    run.summary_path.unlink()  # ...with the rows it had logged
+    resumed = resume_training(run.path)
+    assert comparable(resumed.path) == rows

@@ -144,7 +144,7 @@ def compare(
 ) -> None:
     """Compare finished runs: generic and local accuracy side by side, and two plots.
 
-    Two tables: the final round's test accuracies, and the choice made on validation: the final round's validation accuracies and the test accuracy of the round whose validation accuracy was highest (generic and local chosen apart). No number is picked by test.
+    Two tables: the final round's test accuracies, and the choice made on validation: the round whose validation accuracy was highest (generic and local chosen apart), with that validation accuracy and the round's test accuracy. No number is picked by test.
 
     The plots: accuracy per round (one line per run) and generic per-class accuracy against training frequency.
 
@@ -164,9 +164,9 @@ def compare(
 
 
 def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table]:
-    """The final round's test accuracies, and the rounds validation chose with their test
-    accuracies (generic and local apart), one row per run."""
-    from trustvision.federated.compare import SELECTED, VALIDATION_COLUMNS, columns
+    """The final round's test accuracies, and the rounds validation chose (generic and local
+    apart) with their validation and test accuracies, one row per run."""
+    from trustvision.federated.compare import SELECTED, columns
 
     def percent(value: float | None) -> str:  # None: a NaN as summary.json writes it
         return f"{100 * value:.1f}" if value is not None and value == value else "-"
@@ -174,15 +174,16 @@ def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table]:
     shown = columns()
     table = Table(title="final round, top-1 % on test")
     chosen = Table(title="the round validation chose (generic and local apart), top-1 %")
-    headers = [*VALIDATION_COLUMNS.values(), *(f"{k} test (round)" for k in SELECTED)]
+    headers = [f"{kind} {part}" for kind in SELECTED for part in ("val", "test (round)")]
     for target, names in ((table, shown.values()), (chosen, headers)):
         for header in ("run", *names):
             target.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
     for row in rows:
         table.add_row(row["label"], *(percent(row[k]) for k in shown))
-        cells = [percent(row[k]) for k in VALIDATION_COLUMNS]
+        cells = []
         for kind, key in SELECTED.items():
             pick = row["selected"].get(kind, {})
+            cells.append(percent(pick.get(f"{kind}_val_acc")))
             cells.append(f"{percent(pick[key])} ({pick['round']})" if key in pick else "-")
         chosen.add_row(row["label"], *cells)
     return table, chosen

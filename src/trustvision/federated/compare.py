@@ -12,8 +12,7 @@ from trustvision.errors import ConfigError
 from trustvision.federated.algorithm import reported_modes
 from trustvision.runs import RunDir
 
-# The validation numbers of the final round, and what a round chosen on them scores on test.
-VALIDATION_COLUMNS = {"generic_val_acc": "generic (val)", "local_val_acc": "local (val)"}
+# The test number of each round chosen on validation (summary.json's `selected`).
 SELECTED = {"generic": "generic_acc", "local": "local_acc"}
 
 
@@ -97,7 +96,7 @@ def comparison(runs: dict[str, RunDir]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "label": label,
-                **{key: headline.get(key, math.nan) for key in (*columns(), *VALIDATION_COLUMNS)},
+                **{key: headline.get(key, math.nan) for key in columns()},
                 "selected": summary.get("selected", {}),
                 "rounds": summary.get("rounds"),
                 "run": str(run.path),

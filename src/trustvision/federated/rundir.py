@@ -131,8 +131,9 @@ def restore_round(
     run: RunDir, session: Session, *, checkpoint: str | None = None
 ) -> tuple[int, State | None, list, float]:
     """Continue from the newest good checkpoint (or the one named `checkpoint`): metrics.jsonl
-    is cut back to its history."""
+    is cut back to its history (emptied when there is none yet: the run starts over)."""
     if checkpoint is None and ckpt.latest_checkpoint(run.checkpoints_dir) is None:
+        run.rewrite_metrics([])
         return 0, None, [], 0.0
     restored = load_round(run, session, checkpoint=checkpoint)
     run.rewrite_metrics(restored[2])

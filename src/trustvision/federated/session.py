@@ -273,7 +273,9 @@ class Session:
         For an algorithm that does not personalise, a client's model is the global one: given
         `generic_logits` (the global model's on the balanced test set), clients only count
         their validation images and their local-test logits are read off those. A client that
-        fails is left out of local accuracy and validation, and listed as a failure.
+        fails is listed as a failure and left out of validation; it is left out of local
+        accuracy only where it runs its own model (personalised, or without `generic_logits`):
+        otherwise its local-test logits are the global model's, which did not fail.
         """
         local_test = generic_logits is None or self.algorithm.personalised
         result = self.engine.evaluate(

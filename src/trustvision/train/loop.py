@@ -370,10 +370,12 @@ def restore(
     checkpoint: str | None = None,
 ) -> tuple[int, float, list[dict[str, Any]]]:
     """Load the checkpoint `run` resumes from (`checkpoint` by name, else the newest that
-    passes its checks); metrics.jsonl is cut back to match it."""
+    passes its checks); metrics.jsonl is cut back to match it (emptied without one: the run
+    starts over)."""
     device = next(model.parameters()).device
     found = ckpt.load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
     if found is None:
+        run.rewrite_metrics([])
         return 0, 0.0, []
     path, state = found
     try:
