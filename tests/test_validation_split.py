@@ -204,6 +204,11 @@ def test_the_reported_round_is_chosen_on_validation_never_on_test() -> None:
     assert chosen["round"] == 20 and chosen["generic_acc"] == 0.40
     assert chosen["selected_by"] == "validation" and "round_seconds" not in chosen
     assert select_round(history, "local_val_acc") is None
+    # a round a client failed to evaluate measured fewer images: not comparable, not chosen
+    history[3]["eval_failures"] = [{"client": 4, "error": "lost"}]
+    assert select_round(history, "generic_val_acc")["round"] == 10  # type: ignore[index]
+    only_failed = [history[3]]
+    assert select_round(only_failed, "generic_val_acc")["round"] == 20  # type: ignore[index]
 
 
 def test_more_clients_than_a_split_can_feed_is_refused() -> None:

@@ -164,10 +164,13 @@ def load_round(
 def select_round(history: list[dict], metric: str) -> dict[str, Any] | None:
     """The evaluated round with the highest `metric` (a validation accuracy; the latest round
     wins a tie) and every number logged for it; None when no round has it. Reads nothing but
-    `metric` to choose, so a test number can never pick the round."""
+    `metric` to choose, so a test number can never pick the round. A round where a client
+    failed to evaluate measured fewer validation images than the others (a client holding
+    most of a rare class's could be missing), so it is chosen only if every round was so."""
     rows = [r for r in history if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
     if not rows:
         return None
+    rows = [r for r in rows if not r.get("eval_failures")] or rows
     chosen = max(reversed(rows), key=lambda r: r[metric])
     numbers = {k: v for k, v in chosen.items() if k not in TIMING_KEYS and k != "clients"}
     return {"selected_by": "validation", "metric": metric, **numbers}
