@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from benchmark_scripts import benchmark
 from robust_pipeline_run import NoTestImages, benchmark_report, mixes_without_test_images, tiny
 
@@ -349,3 +350,38 @@ def test_the_robust_report_collects_only_reports_that_name_their_measuring_invoc
     line = benchmark_report().measured_line(collected)
     assert f"`{command}`" in line and "0123abc" in line and "Kept" not in line
     assert "bbbbbbb: certify" in line and "aaaaaaa: robust, standard" in line
+
+
+def test_evaluations_and_certificates_made_with_other_settings_are_made_again(
+    finished, monkeypatch
+):
+    """A finished evaluation or certificate is current only under the settings it was made
+    with: another PGD step count or Monte Carlo n redoes them, while the bases and the
+    smoothing base (their configs unchanged) stay. (Last in the file: it leaves `finished`
+    made under the new settings; a test above left its adaptive mix under another gate grid.)"""
+    tmp_path, work, _ = finished
+    monkeypatch.setattr(pipeline, "train_robust", lambda *a, **k: pytest.fail("a base redone"))
+    redone = []
+    for name in ("run_eval", "run_certify"):
+        real = getattr(pipeline, name)
+        monkeypatch.setattr(
+            pipeline, name, lambda *a, real=real, **k: redone.append(a[0].name) or real(*a, **k)
+        )
+    cfg = tiny(tmp_path)
+    cfg = cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update={"pgd_steps": 2}),
+            "certify": cfg.certify.model_copy(update={"n": 30}),
+        }
+    )
+    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    stages = ["eval-standard", "eval-robust", "eval-fixed-mix", "eval-adaptive-mix", "certify"]
+    assert redone == stages
+    certified = yaml.safe_load((work / "certify" / "config.yaml").read_text())
+    assert certified["certify"]["n"] == 30
+    evaluated = yaml.safe_load((work / "eval-robust" / "config.yaml").read_text())
+    assert evaluated["eval"]["pgd_steps"] == 2
+    # without the adaptive mix, the one left in `work` is not reported as this run's
+    fixed_only = pipeline.run_pipeline(cfg.model_copy(update={"adaptive": False}), work, log=print)
+    assert list(fixed_only["selection"]) == ["fixed mix"]
+    assert [r["model"] for r in fixed_only["rows"]] == ["standard", "robust", "fixed mix"]

@@ -103,6 +103,9 @@ def test_an_imported_model_is_mixed_and_the_mix_card_has_robustbench_fields(tmp_
          "sweep.attack={attacks: [apgd-ce], n_iter: 2}"],
     )  # fmt: skip
     mix = run_mix(mix_cfg)
+    # its knobs were chosen on images the zoo model's authors may have trained on: said so
+    images = mix.read_summary()["selection"]["validation_images"]
+    assert images["imported_bases"] == [str(robust)] and "was imported" in images["drawn"]
     eval_cfg = load_config(
         EvalConfig,
         None,

@@ -148,6 +148,12 @@ def mix(
             f"{summary['temperature_std']:g}, s_h {summary['temperature_rob']:g} "
             f"(chosen by {chosen}); the gate per epoch: {run.plots_dir / 'gate.png'}"
         )
+    images = (summary.get("selection") or {}).get("validation_images") or {}
+    if imported := images.get("imported_bases"):
+        _log(
+            f"note: {', '.join(imported)} was imported; its authors' training images may "
+            "include the validation images these knobs were chosen on"
+        )
     _log(f"run directory: {run.path}")
 
 

@@ -97,11 +97,21 @@ def validation_info(
     """Which validation images a sweep reads: how many, and how they were drawn."""
     held = len(validation_indices(dataset.train.labels, bases))
     split = next(iter(bases.values()))
+    # an imported zoo base copied a hold-out record it never kept: its authors' training
+    # images may include these, and the record must not say otherwise
+    imported = [path for path in bases if "provenance" in read_finished(path)]
+    drawn = VALIDATION_DRAWN
+    if imported:
+        drawn = (
+            f"{VALIDATION_DRAWN}; but {', '.join(f'`{p}`' for p in imported)} was imported "
+            "(RobustBench), and its authors' training images may include these"
+        )
     return {
         "images_attacked": min(sweep.subset, held),
         "images_clean": held if sweep.clean_subset is None else min(sweep.clean_subset, held),
         "held_out": held,
-        "drawn": VALIDATION_DRAWN,
+        "drawn": drawn,
+        "imported_bases": imported,
         "split": {k: split[k] for k in ("validation", "seed", "train_subset", "imbalance_factor")},
         "bases": list(bases),
     }

@@ -9,8 +9,9 @@ work/report.json                   every number above, and the paper's goal chec
 
 A finished stage is not redone while it is current, and an evaluation keeps its finished
 chunks of images, so an interrupted pipeline continues where it stopped. A stage that is no
-longer current (a base trained without the configured validation hold-out, a mix whose knobs
-were not chosen on validation images or whose sweep settings changed) is moved to
+longer current (a base trained without the configured validation hold-out or with another
+config, a mix whose knobs were not chosen on validation images or whose sweep settings
+changed, an evaluation or certification made with other settings) is moved to
 work/retired/ together with every stage built on it, and redone; an adaptive mix whose
 network trained as configured keeps it and only chooses its gate again (and keeps the sweep
 points already attacked, where the sweep settings are the same). `robust demo` and
@@ -125,11 +126,13 @@ def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
     return all(k in data and data[k] == v for k, v in split_settings(train).items())
 
 
-def config_changes(path: Path, config: BaseModel) -> list[str]:
-    """The keys in which an unfinished stage at `path` was begun with another config (none when
-    it finished or never began): its checkpoints must not be continued under this one."""
+def config_changes(path: Path, config: BaseModel, *, finished_too: bool = False) -> list[str]:
+    """The keys in which the stage at `path` was begun with another config (none when it never
+    began; none when it finished, unless `finished_too`): an unfinished one's checkpoints must
+    not be continued under this one, and a finished one made with other settings is no
+    longer what the config asks for."""
     run = RunDir(path)
-    if run.finished or not run.config_path.is_file():
+    if (run.finished and not finished_too) or not run.config_path.is_file():
         return []
     return run.config_differences(config)
 
@@ -165,9 +168,10 @@ def _retire_stale(cfg: PipelineConfig, work: Path, *, log: Log) -> None:
         path = work / name
         if is_finished(path) and not _split_current(train, read_finished(path)):
             retire(work, [name], why="trained without the configured validation hold-out", log=log)
-        elif changed := config_changes(path, train):
-            # its checkpoints may even have trained on what are now validation images
-            retire(work, [name], why=f"begun with another config ({', '.join(changed)})", log=log)
+        elif changed := config_changes(path, train, finished_too=True):
+            # an unfinished one's checkpoints may even have trained on what are now validation
+            # images; a finished one is not the base the config describes
+            retire(work, [name], why=f"made with another config ({', '.join(changed)})", log=log)
         if not is_finished(path):  # (re)trained now: nothing built on the old one stays
             retire(work, ON_BASES, why=f"`{name}` is trained anew", log=log)
     for kind, stage in MIXES.items():
@@ -290,11 +294,12 @@ def _evaluate(
         lambda: run_eval(eval_cfg, run_path=path, log=lambda s: log(f"  {label}: {s}")),
         log=log,
         title=f"evaluating the {label} model",
-        # a different subset size re-runs the evaluation, keeping every finished chunk; test
-        # images in another order (an older data cache) re-run it from the first chunk
+        # other settings (a larger subset, another eps) re-run the evaluation, which keeps
+        # every finished chunk its settings still match; test images in another order (an
+        # older data cache) re-run it from the first chunk
         current=lambda summary: (
-            summary["eval_subset"] == cfg.eval.subset
-            and summary.get("test_split_sha256") == test_split
+            summary.get("test_split_sha256") == test_split
+            and not config_changes(path, eval_cfg, finished_too=True)
         ),
     )
 
@@ -303,6 +308,9 @@ def _certify(
     cfg: PipelineConfig, work: Path, *, test_split: str, reporter: Reporter | None, log: Log
 ) -> dict[str, Any]:
     assert cfg.smoothing is not None
+    if changed := config_changes(work / "smoothing", cfg.smoothing, finished_too=True):
+        why = f"made with another config ({', '.join(changed)})"
+        retire(work, ["smoothing", "certify"], why=why, log=log)
     _train(cfg, cfg.smoothing, work / "smoothing", reporter=reporter, log=log)
     certify_cfg = CertifyConfig(
         name="certify",
@@ -317,8 +325,11 @@ def _certify(
         log=log,
         title="certifying the mix with a Gaussian-smoothing base",
         config=certify_cfg,
-        current=lambda summary: summary.get("test_split_sha256") == test_split,
-        stale="it certified test images in another order",
+        current=lambda summary: (
+            summary.get("test_split_sha256") == test_split
+            and not config_changes(work / "certify", certify_cfg, finished_too=True)
+        ),
+        stale="it certified test images in another order, or with other settings",
     )
     keys = (
         "method",

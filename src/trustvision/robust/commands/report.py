@@ -75,7 +75,9 @@ def pipeline_report(
     ]
     trained = {label: _training_record(work / label) for label in BASES}
     adaptive_dir = work / "adaptive-mix"
-    adaptive = _adaptive_record(adaptive_dir) if is_finished(adaptive_dir) else None
+    # with `adaptive: false` an adaptive mix left from an earlier run is not this run's
+    made = cfg.adaptive and is_finished(adaptive_dir)
+    adaptive = _adaptive_record(adaptive_dir) if made else None
     # (the stage is current, so its attack is the config's; labelled as this version labels it)
     attack = attack_label(cfg.sweep, fixed["selection"]["validation_images"]["images_attacked"])
     plot = plot_tradeoff(
