@@ -99,6 +99,12 @@ def test_cifar10_from_an_image_folder_zip_records_the_variant(cache, tmp_path, m
     )
     meta = json.loads((cache / "cifar10" / "meta.json").read_text())
     assert meta["variant"] == "jpeg" and "JPEG" in meta["note"]
+    # asked for the original archive now, the cache must not serve the JPEG copy silently
+    original = tmp_path / spec.files[0].name
+    original.write_bytes(b"not read: the cached variant is refused by the archive's name")
+    with pytest.raises(DataError, match=r"from its jpeg archive, not from .*\(original\)"):
+        sources.fetch("cifar10", from_path=original)
+    assert sources.fetch("cifar10", from_path=path) == cache / "cifar10"  # the same: served
 
 
 def test_an_image_folders_test_split_is_shuffled_so_its_first_images_span_the_classes(

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from trustvision.data import cache as cache_module
-from trustvision.data import images, readers, sources
-from trustvision.data.cache import META_NAME, CacheWriteError, Fetched, write_cache
+from trustvision.data import cache_write, images, readers, sources
+from trustvision.data.cache import META_NAME, CacheWriteError, Fetched
+from trustvision.data.cache_write import write_cache
 from trustvision.data.catalog import get_spec
 from trustvision.data.dataset import load_dataset
 from trustvision.data.readers import Decoded
@@ -308,7 +309,7 @@ def test_a_failed_write_names_the_folder_and_leaves_no_file_or_folder(tmp_path, 
     def refused(path, data):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cache_module, "write_atomic", refused)
+    monkeypatch.setattr(cache_write, "write_atomic", refused)
     with pytest.raises(CacheWriteError) as err:
         write_tiny_cache(root)
     message = one_line(err)
@@ -330,3 +331,57 @@ def test_a_write_failing_mid_array_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(CacheWriteError, match=r"No space left on device\): free some space"):
         write_tiny_cache(tmp_path / "cache")
     assert files_under(tmp_path / "cache") == []  # the temporary and the two arrays before it
+
+
+def test_sixteen_bit_grey_is_scaled_and_float_pixels_are_refused():
+    """Pillow's convert("L") clips 16-bit grey above 255 to white: it is scaled instead."""
+    wide = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
+    png = io.BytesIO()
+    Image.fromarray(wide).save(png, format="PNG")
+    png.seek(0)
+    assert images.decode_image(png, name="wide.png", image_size=None).tolist() == [
+        [0, 255],
+        [128, 4],
+    ]
+    tiff = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2), np.float32)).save(tiff, format="TIFF")
+    tiff.seek(0)
+    with pytest.raises(DataError, match="floating-point pixels"):
+        images.decode_image(tiff, name="float.tif", image_size=None)
+
+
+def test_a_zip_member_with_a_bad_crc_is_a_data_error_naming_it(tmp_path):
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(png, format="PNG")
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("train/a/0.png", png.getvalue())
+    data = bytearray(path.read_bytes())
+    data[data.index(b"IDAT") + 8] ^= 0xFF  # inside the stored member: its CRC no longer holds
+    path.write_bytes(bytes(data))
+    said = r"`bad\.zip:train/a/0\.png` is not a readable image"
+    with (
+        zipfile.ZipFile(path) as archive,
+        archive.open("train/a/0.png") as handle,
+        pytest.raises(DataError, match=said),
+    ):
+        images.decode_image(handle, name="bad.zip:train/a/0.png", image_size=None)
+
+
+def test_an_array_replaced_between_its_hash_and_its_mapping_is_refused(tmp_path, monkeypatch):
+    """A writer renaming a new file into place after the hash was taken must not hand the
+    reader bytes nobody checked."""
+    write_tiny_cache(tmp_path)
+    folder = tmp_path / "mnist"
+    checked = cache_module._verify_array
+
+    def then_replaced(path, info):
+        line = checked(path, info)
+        copy = path.with_name(f".{path.name}.new")
+        copy.write_bytes(path.read_bytes())
+        os.replace(copy, path)  # the same bytes, another file: what a writer's rename does
+        return line
+
+    monkeypatch.setattr(cache_module, "_verify_array", then_replaced)
+    with pytest.raises(DataError, match="was replaced while being read"):
+        cache_module.open_arrays(folder, cache_module.read_meta(folder))

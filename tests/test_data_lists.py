@@ -93,6 +93,8 @@ def test_a_federated_run_on_the_list_completes(tmp_path):
             "not in the folder",
         ),
         (lambda r: (r / "Mini_LT_train.txt").write_text("images only\n"), "is not `path label`"),
+        # a superscript two is a digit to str.isdigit, but no label
+        (lambda r: (r / "Mini_LT_train.txt").write_text("x.png \u00b2\n"), "is not `path label`"),
         (lambda r: (r / "Mini_LT_test.txt").unlink(), r"exactly one `\*train.txt`"),
     ],
 )

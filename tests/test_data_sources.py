@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from trustvision.data import cache as cache_module
-from trustvision.data import sources
+from trustvision.data import cache_write, sources
 from trustvision.data.cache import CacheWriteError
 from trustvision.data.catalog import CATALOG, get_spec
 from trustvision.data.dataset import dataset_summary, load_dataset
@@ -235,7 +235,7 @@ def test_a_failed_write_leaves_nothing_behind(cache, tmp_path, monkeypatch):
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "write_atomic", disk_full)
+    monkeypatch.setattr(cache_write, "write_atomic", disk_full)
     with pytest.raises(CacheWriteError, match=r"No space"):
         sources.fetch("mnist", from_path=folder)
     assert files_under(cache) == []

@@ -10,24 +10,18 @@ fix.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trustvision import digests
-from trustvision.data import readers
-from trustvision.data.catalog import CATALOG, DatasetSpec
+from trustvision.data.catalog import CATALOG
 from trustvision.data.readers import Decoded
 from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
-from trustvision.files import temporary_name, write_atomic
 
 META_NAME = "meta.json"
 FORMAT_VERSION = 2  # 2: an image folder's test split in a fixed random order (data/images.py)
@@ -37,7 +31,6 @@ FOLDER_VARIANTS = frozenset(
     {"image-folder"}
     | {v.name for spec in CATALOG.values() for v in spec.variants if v.format == "image-folder"}
 )
-STALE_TEMP_S = 3600.0  # a temporary file this old belongs to no live writer
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
 IMAGE_FOLDER_PREFIX = "image-folder-"
 META_FIELDS = {
@@ -169,16 +162,13 @@ def verify_arrays(folder: Path) -> list[str]:
 
 
 def open_arrays(folder: Path, meta: dict) -> dict[str, np.ndarray]:
-    """The cached arrays by name, memory-mapped read-only, after checking they are intact.
-
-    Loading checks all that `trustvision data verify` checks, and more, so that a damaged
-    cache stops here with the file's name instead of mid-training: each file's SHA-256
-    against `meta.json`, its shape and dtype, the labels within [0, classes), and the classes
-    and image shape against the catalog. The hashes are cheap next to what a run then does
-    with the same bytes: SHA-256 ran at 1.5 GB/s on our machine (SHA-NI), so CIFAR-10's
-    185 MB took 0.12 s, while the loaders' copy of those images into tensors took 0.35 s
-    (a labels file alone: 0.3 ms). Shape and label-range checks alone would miss a flipped
-    byte that leaves a label in range (a silently wrong label) or changes a pixel.
+    """The cached arrays by name, memory-mapped read-only, after checking they are intact:
+    each file's SHA-256 against `meta.json` (the file hashed is the file mapped), its shape
+    and dtype, the labels within [0, classes), the classes and image shape against the
+    catalog; a damaged cache stops here with the file's name, not mid-training. Hashing is
+    cheap next to a run's use of the bytes (CIFAR-10's 185 MB: 0.12 s at 1.5 GB/s here, the
+    loaders' copy into tensors 0.35 s), and shape and label-range checks alone would miss a
+    flipped byte that leaves a label in range or changes a pixel.
     """
     arrays = {name: _open_array(folder / f"{name}.npy", meta) for name in ARRAY_NAMES}
     check_against_catalog(folder, meta, arrays)
@@ -188,6 +178,7 @@ def open_arrays(folder: Path, meta: dict) -> dict[str, np.ndarray]:
 
 def _open_array(path: Path, meta: dict) -> np.ndarray:
     expected = meta["files"][path.name]
+    hashed = os.stat(path).st_ino if path.is_file() else None
     _verify_array(path, expected)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -195,6 +186,11 @@ def _open_array(path: Path, meta: dict) -> np.ndarray:
         array, problem = None, str(err)
     else:
         problem = f"shape {array.shape} {array.dtype}"
+    if os.stat(path).st_ino != hashed:  # a writer renamed another file into place meanwhile
+        raise DataError(
+            f"`{path}` was replaced while being read: another process is "
+            "fetching into this cache; run again once it has finished"
+        )
     if (
         array is None
         or list(array.shape) != expected["shape"]
@@ -259,142 +255,3 @@ def _verify_array(path: Path, info: dict) -> str:
             f"{refetch(path.parent)}"
         )
     return f"{path.name}  {info['dtype']} {tuple(info['shape'])}  sha256 {actual[:16]}"
-
-
-# ---------------------------------------------------------------------------------------
-# Writing: arrays under temporary names, renamed when complete, meta.json last
-
-
-def check_writable(target: Path) -> None:
-    """CacheWriteError, before any download or decoding, when `target` cannot be written."""
-    existing = next(p for p in (target, *target.parents) if os.path.lexists(p))
-    if not existing.is_dir():
-        problem = f"`{existing}` is not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"`{existing}` is not writable"
-    else:
-        return
-    raise CacheWriteError(f"cannot write the cache at `{target}`: {problem}; {WRITABLE_HINT}")
-
-
-def write_error(target: Path, err: OSError) -> CacheWriteError:
-    """The one-line error for an OSError met while writing the cache folder `target`."""
-    reason = err.strerror or str(err)
-    fix = "free some space, or " if err.errno == errno.ENOSPC else ""
-    return CacheWriteError(f"cannot write the cache at `{target}` ({reason}): {fix}{WRITABLE_HINT}")
-
-
-def write_cache(
-    target: Path, fetched: Fetched, *, spec: DatasetSpec, image_size: int | None
-) -> None:
-    """Write the decoded arrays and then `meta.json`.
-
-    On any failure remove what was written, the folders this call created included; an
-    OSError (read-only folder, full disk) is raised as a CacheWriteError naming the folder.
-    """
-    created = make_folders(target)
-    written: list[Path] = []
-    try:
-        remove_stale_temporaries(target)
-        files = {}
-        for name, array in cache_arrays(fetched.decoded).items():
-            path = target / f"{name}.npy"
-            files[path.name] = save_array(path, array)
-            written.append(path)
-        meta = cache_meta(spec, fetched, files=files, key=target.name, image_size=image_size)
-        write_atomic(target / META_NAME, json.dumps(meta, indent=2).encode())
-    except BaseException as err:
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
-        remove_empty(created)
-        if isinstance(err, OSError) and not isinstance(err, DataError):
-            raise write_error(target, err) from None
-        raise
-
-
-def make_folders(target: Path) -> list[Path]:
-    """Create `target` and its missing parents; returns the folders created, deepest first."""
-    missing = [p for p in (target, *target.parents) if not os.path.lexists(p)]
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        remove_empty(missing)
-        raise write_error(target, err) from None
-    return missing
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove each of `folders` (deepest first) that is empty; leave any that is not."""
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files left by a writer killed mid-write (an hour old: never a live one)."""
-    for path in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # another process may remove it first
-            if time.time() - path.stat().st_mtime > STALE_TEMP_S:
-                path.unlink()
-
-
-def cache_arrays(decoded: Decoded) -> dict[str, np.ndarray]:
-    """The four arrays to cache: contiguous uint8 images and int64 labels."""
-    (train_x, train_y), (test_x, test_y) = decoded.train, decoded.test
-    return {
-        "train_images": np.ascontiguousarray(train_x, dtype=np.uint8),
-        "train_labels": np.ascontiguousarray(train_y, dtype=np.int64),
-        "test_images": np.ascontiguousarray(test_x, dtype=np.uint8),
-        "test_labels": np.ascontiguousarray(test_y, dtype=np.int64),
-    }
-
-
-def save_array(path: Path, array: np.ndarray) -> dict:
-    """`np.save` under a temporary name, fsync, rename; returns its hash, size, dtype and shape."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        info = {
-            "sha256": digests.sha256_file(tmp),
-            "bytes": tmp.stat().st_size,
-            "dtype": str(array.dtype),
-            "shape": list(array.shape),
-        }
-        os.replace(tmp, path)
-        return info
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def cache_meta(
-    spec: DatasetSpec, fetched: Fetched, *, files: dict, key: str, image_size: int | None
-) -> dict:
-    """The `meta.json` record of a cached data set."""
-    decoded = fetched.decoded
-    train_images = decoded.train[0]
-    if spec.mean is not None and spec.std is not None:
-        mean, std = spec.mean, spec.std
-    else:
-        mean, std = readers.channel_stats(train_images)
-    notes = {variant.name: variant.note for variant in spec.variants}
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": spec.name,
-        "key": key,
-        "source": fetched.source,
-        "variant": fetched.variant,
-        "note": notes.get(fetched.variant, ""),
-        "classes": list(decoded.classes),
-        "shape": list(train_images.shape[1:]),
-        "mean": list(mean),
-        "std": list(std),
-        "counts": {"train": len(decoded.train[1]), "test": len(decoded.test[1])},
-        "image_size": image_size,
-        "inputs": fetched.inputs,
-        "files": files,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }

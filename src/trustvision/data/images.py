@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,8 @@ from trustvision.errors import DataError
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})  # every other mode becomes RGB
+GRAY_MODES = frozenset({"1", "L", "LA"})  # every other mode but 16-bit and float becomes RGB
+WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # scaled from 16 bits
 PROGRESS_EVERY = 256
 # Evaluations take the first N test images (RobustBench's convention, which assumes the
 # shuffled order of the original CIFAR and MNIST files), and a folder or a list names its
@@ -127,7 +129,7 @@ def list_layout(
             if not line.strip():
                 continue
             parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdecimal()):
                 raise DataError(
                     f"`{source}:{list_name}` line {number} is not `path label`: {line[:80]!r}"
                 )
@@ -158,17 +160,37 @@ def decode_image(handle: IO[bytes], *, name: str, image_size: int | None) -> np.
     """One image as uint8 (H, W) grey or (H, W, 3) RGB, resized bilinearly to a square size."""
     try:
         with Image.open(handle) as opened:
-            image = opened.convert("L" if opened.mode in GRAY_MODES else "RGB")
+            image = _eight_bit(opened, name=name)
         if image_size is not None and image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as err:
         raise DataError(f"`{name}` is not a readable image ({err}): replace or remove it") from None
     except Image.DecompressionBombError as err:  # its header promises billions of pixels
         raise DataError(
             f"`{name}` is refused as a likely decompression bomb ({str(err).rstrip('.')}): "
             "remove it, or shrink it if it is a genuine image"
         ) from None
+
+
+def _eight_bit(opened: Image.Image, *, name: str) -> Image.Image:
+    """8-bit grey or RGB. 16-bit grey is scaled to 8 bits (Pillow's convert would clip every
+    value above 255 to white); float pixels have no agreed range and are refused."""
+    if opened.mode == "F":
+        raise DataError(f"`{name}` holds floating-point pixels: save it as an 8-bit image")
+    if opened.mode in WIDE_GRAY_MODES:
+        values = np.asarray(opened, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"`{name}` holds pixels outside 16 bits: save it as an 8-bit image")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    return opened.convert("L" if opened.mode in GRAY_MODES else "RGB")
 
 
 def _check_size(first: tuple[str, tuple[int, ...]], name: str, shape: tuple[int, ...]) -> None:
@@ -201,8 +223,11 @@ def read_image_folder(
         else:
 
             def read(name: str) -> bytes:
-                with open_member(name) as handle:
-                    return handle.read()
+                try:
+                    with open_member(name) as handle:
+                        return handle.read()
+                except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as err:
+                    raise DataError(f"`{path}:{name}` cannot be read ({err})") from None
 
             classes, layout = list_layout(names, lists, read, source=path)
         total = sum(len(entries) for entries in layout.values())

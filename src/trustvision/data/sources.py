@@ -25,13 +25,12 @@ from trustvision.data.cache import (
     IMAGE_FOLDER_PREFIX,
     META_NAME,
     Fetched,
-    check_writable,
     decoded_by_an_older_format,
     default_cache_dir,
     raw_meta,
     verify_arrays,
-    write_cache,
 )
+from trustvision.data.cache_write import check_writable, write_cache
 from trustvision.data.catalog import DatasetSpec, FileSpec, get_spec
 from trustvision.data.images import read_image_folder
 from trustvision.data.readers import Decoded, Progress
@@ -60,6 +59,8 @@ def fetch(
     )
     meta = target / META_NAME
     if meta.is_file() and not decoded_by_an_older_format(target):
+        if spec is not None and spec.variants and local is not None and local.exists():
+            check_cached_variant(spec, local, target)
         return target
     older = meta.is_file()  # a cache of an older format (a current one was returned)
     # Only a copy decoded from a local file is of an older format, and only that file can decode
@@ -225,6 +226,21 @@ def _local_idx(spec: DatasetSpec, folder: Path) -> Fetched:
         raws[file.name] = (str(found), readers.read_file(found))
     decoded, inputs = decode_idx(spec, raws)
     return Fetched(decoded, f"file:{folder}", "original", inputs)
+
+
+def check_cached_variant(spec: DatasetSpec, local: Path, target: Path) -> None:
+    """DataError when `--from` names an archive of another variant than the one cached (the
+    original pickles against CIFAR-10's JPEG copy): the cache would silently serve the other."""
+    accepted = {spec.files[0].name: "original"} | {v.file.name: v.name for v in spec.variants}
+    found = find_file(local, tuple(accepted)) if local.is_dir() else local
+    asked = accepted.get(found.name) if found is not None else None
+    cached = (raw_meta(target) or {}).get("variant")
+    if asked is not None and cached is not None and asked != cached:
+        raise DataError(
+            f"`{spec.name}` is cached at `{target}` from its {cached} archive, not from "
+            f"`{found}` ({asked}): delete `{target}` to fetch it from that archive, or point "
+            "`TRUSTVISION_DATA` at another cache"
+        )
 
 
 def _local_cifar(spec: DatasetSpec, path: Path, *, progress: Progress | None) -> Fetched:
