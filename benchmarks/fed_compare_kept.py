@@ -66,19 +66,27 @@ def with_kept(
     sweeps: Path,
 ) -> dict[str, Any]:
     """`raw` plus the `earlier` report's rows that this invocation found no run of (a new
-    machine, a cleaned runs folder, a setting not asked for): every row of a method with no run
-    here, and the seeds a method with runs here lacks where their rows measured the config
-    chosen now (a row of another config is dropped beside new runs)."""
+    machine, a cleaned runs folder, a setting not asked for): the seeds a method lacks here
+    where their rows measured the config chosen now. A row of another config is dropped; so is
+    every row of a method whose choice is unknown here (no chosen config in `sweeps`) beside
+    runs of it, while without runs its rows stay as the report had them."""
     merged = {
         setting: {a: list(rows) for a, rows in block.items()} for setting, block in raw.items()
     }
     measured = {(setting, a) for setting, block in raw.items() for a in block}
     for (setting, algorithm, seed), row in earlier:
         rows = merged.setdefault(setting, {}).setdefault(algorithm, [])
-        if (setting, algorithm) not in measured or (
-            seed not in {r.get("seed") for r in rows} and stands_in(row, setting, algorithm, sweeps)
-        ):
+        if seed in {r.get("seed") for r in rows} and seed is not None:
+            continue
+        if chosen_config(sweeps, setting, algorithm) is None:
+            keep = (setting, algorithm) not in measured  # nothing to check it against
+        else:  # a row of a config no longer chosen would be reported as tuned
+            keep = stands_in(row, setting, algorithm, sweeps)
+        if keep:
             rows.append(row)
+    merged = {
+        setting: {a: rows for a, rows in block.items() if rows} for setting, block in merged.items()
+    }
     for block in merged.values():
         for rows in block.values():
             rows.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])

@@ -222,9 +222,15 @@ def verdict(rows: dict[str, Any]) -> list[str]:
         for rival in (r for r in rivals if r in rows):
             gap = ours[key]["mean"] - rows[rival][key]["mean"]
             spread = max(ours[key]["std"], rows[rival][key]["std"])
-            beats = gap > spread if ours[key]["n"] > 1 else gap > 0
-            word = "beats" if beats else "does not beat"
             what = dict(COLUMNS)[key]
+            if min(ours[key]["n"], rows[rival][key]["n"]) < 2:  # no spread to beat
+                side = "ahead of" if gap > 0 else "not ahead of"
+                out.append(
+                    f"- FedLoGe is {side} {rival} on {what} by {100 * gap:+.1f} points, "
+                    "on one seed: too few to say it beats it."
+                )
+                continue
+            word = "beats" if gap > spread else "does not beat"
             out.append(
                 f"- FedLoGe {word} {rival} on {what}: "
                 f"{100 * gap:+.1f} points (largest seed std {100 * spread:.1f})."
@@ -260,8 +266,8 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "FedLoGe minus every other method (points; **bold**: FedLoGe ahead by more than the "
-        "larger seed std, _italic_: behind by more than it, plain: within it or one seed only; "
-        "- where the method has no such number):",
+        "larger seed std, _italic_: behind by more than it, plain: within it, one seed only, or "
+        "means over other seeds than FedLoGe's (named); - where the method has no such number):",
         "",
         "| method | " + " | ".join(dict(COLUMNS)[key] for key in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
@@ -279,6 +285,11 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
             text = f"{gap:+.1f}"
             if min(ours[key]["n"], row[key]["n"]) < 2:  # one seed has no spread to beat
                 cells.append(text)
+                continue
+            if row.get("seeds") != ours.get(
+                "seeds"
+            ):  # means over other partitions: not like for like
+                cells.append(f"{text} (seeds {', '.join(map(str, row.get('seeds', [])))})")
                 continue
             cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
         lines.append(f"| {rival} | " + " | ".join(cells) + " |")
@@ -315,8 +326,11 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
         spread = max(ours[generic]["std"], fedavg[generic]["std"])
         local_gap = ours[local]["mean"] - fedavg[local]["mean"]
         met = gap > spread and local_gap >= 0
+        said = "met" if met else "not met"
+        if min(ours[generic]["n"], fedavg[generic]["n"]) < 2:
+            said = "not judged (one seed: no spread to beat)"
         lines.append(
-            f"- Goal at the {when}: {'met' if met else 'not met'} (generic {100 * gap:+.1f} vs "
+            f"- Goal at the {when}: {said} (generic {100 * gap:+.1f} vs "
             f"std {100 * spread:.1f}; local {100 * local_gap:+.1f})."
         )
     return lines

@@ -64,6 +64,7 @@ from fed_sweep_specs import (
     KNOBS,
     follow_up_name,
     knob,
+    method_of,
     second_stage,
     spec,
     sweep_name,
@@ -356,8 +357,11 @@ def main() -> None:
     kept = kept_results(earlier)
     if not args.report_only:
         sweep_all(jobs, kept, args.runs, earlier, parallel=args.parallel)
+        kept = kept_results(earlier)  # another fed_sweep may have written it since
+    # the methods asked for, then the report's others (from their runs, where they are here)
+    others = sorted({(s, method_of(n)) for s, block in kept.items() for n in block} - set(jobs))
     results: dict[str, dict[str, Any]] = {}
-    for setting, algorithm in jobs:
+    for setting, algorithm in [*jobs, *others]:
         for name, report in collect_method(args.runs, setting, algorithm).items():
             results.setdefault(setting, {})[name] = report
     results = with_kept(results, kept, args.runs)
