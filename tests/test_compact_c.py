@@ -36,6 +36,8 @@ def compact_run(tmp_path_factory) -> Path:
         "model.name=compact_tiny", "model.kwargs={separable: [true]}", "budget=1000",
         "data.train_subset=4096", "data.batch_size=64",
         "dual.epochs=2", "finetune.epochs=1", "unify.bn_batches=2",
+        # a 438-parameter net near 30%: int8 costs it a point or so; C parity is tested here
+        "export.max_int8_drop=2",
     ]  # fmt: skip
     result = RUNNER.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -116,6 +118,16 @@ def test_an_operator_the_compact_models_do_not_use_is_refused_by_name():
     wide = create_model("mnist_cnn", num_classes=10, in_channels=1)
     with pytest.raises(ConfigError, match=r"export-c"):
         plan(wide, (1, 28, 28))
+    # operators the C kernels would compute wrongly: a pool of another stride, a depthwise
+    # convolution with more outputs than inputs
+    strided = create_model("compact_tiny", num_classes=10, in_channels=1)
+    strided.stages[0][0] = nn.MaxPool2d(2, stride=1)
+    with pytest.raises(ConfigError, match=r"does not support `MaxPool2d`"):
+        plan(strided, (1, 28, 28))
+    multiplied = create_model("compact_tiny", num_classes=10, in_channels=1)
+    multiplied.stages[0][1] = nn.Conv2d(4, 8, 3, padding=1, groups=4, bias=False)
+    with pytest.raises(ConfigError, match=r"one output channel per input channel"):
+        plan(multiplied, (1, 28, 28))
 
 
 @pytest.mark.parametrize("multiplier", [1e-6, 0.0123, 0.5, 0.999999, 1.0, 3.7])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trustvision.compact.config import FinetuneConfig
+from trustvision.compact.config import FinetuneConfig, UnifyConfig
 from trustvision.compact.unfreeze import (
     ProgressiveUnfreezing,
     all_at_once,
@@ -37,6 +37,9 @@ def test_default_schedule_unfreezes_one_group_per_epoch_from_the_top() -> None:
     assert unfreeze_schedule(3, epochs_per_group=2) == [4, 2, 0]
     assert unfreeze_schedule(3, unfreeze_at=[0, 0, 5]) == [5, 0, 0]
     assert all_at_once(3) == [0, 0, 0]
+    # a short stage: the groups that would join after its last epoch join at it, not never
+    assert unfreeze_schedule(4, epochs=2) == [1, 1, 1, 0]
+    assert unfreeze_schedule(3, epochs_per_group=2, epochs=8) == [4, 2, 0]
 
 
 def test_schedule_length_must_match_the_groups() -> None:
@@ -47,6 +50,10 @@ def test_schedule_length_must_match_the_groups() -> None:
 def test_config_rejects_a_schedule_that_does_not_start_with_the_head() -> None:
     with pytest.raises(ValueError, match="must start at 0"):
         FinetuneConfig(unfreeze_at=[1, 2])
+    with pytest.raises(ValueError, match="would never train"):
+        FinetuneConfig(epochs=3, unfreeze_at=[0, 1, 3])
+    with pytest.raises(ValueError, match="would deploy them reset"):
+        UnifyConfig(mode="average", bn_batches=0)
 
 
 def test_at_each_epoch_exactly_the_scheduled_groups_are_trainable() -> None:

@@ -78,16 +78,8 @@ def plan(
     while index < len(mods):
         module = mods[index]
         if isinstance(module, nn.Conv2d):
+            check_conv(module)
             k = module.kernel_size[0]
-            same = module.padding == (k // 2, k // 2) and module.stride == (1, 1)
-            if module.kernel_size not in ((3, 3), (1, 1)) or not same or module.dilation != (1, 1):
-                raise ConfigError(
-                    f"export-c supports 'same' 3x3 and 1x1 convolutions, not {module}"
-                )
-            if module.groups not in (1, module.in_channels):
-                raise ConfigError(
-                    f"export-c supports plain or depthwise convolutions, not {module}"
-                )
             bn = mods[index + 1] if index + 1 < len(mods) else None
             bn = bn if isinstance(bn, nn.BatchNorm2d) else None
             weight, bias = fold(module, bn)
@@ -100,7 +92,7 @@ def plan(
         elif isinstance(module, nn.ReLU):
             ops.append(Op("relu", (c * h * w,)))
             index += 1
-        elif isinstance(module, nn.MaxPool2d) and module.kernel_size in (2, (2, 2)):
+        elif isinstance(module, nn.MaxPool2d) and plain_pool2(module):
             ops.append(Op("maxpool2", (c, h, w)))
             h, w = h // 2, w // 2
             index += 1
@@ -320,3 +312,28 @@ def compile_command(folder: Path, binary: Path, prefix: str = PREFIXES["fp32"]) 
         "cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
         str(folder / f"{prefix}_model.c"), str(folder / "harness.c"), "-o", str(binary), "-lm",
     ]  # fmt: skip
+
+
+def plain_pool2(pool: nn.MaxPool2d) -> bool:
+    """A 2x2 max-pool of stride 2, no padding, flooring: the one the C kernel computes."""
+    pair = (2, (2, 2))
+    return (
+        pool.kernel_size in pair
+        and pool.stride in pair
+        and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1))
+        and not pool.ceil_mode
+    )
+
+
+def check_conv(conv: nn.Conv2d) -> None:
+    """ConfigError for a convolution the C kernel would compute wrongly."""
+    k = conv.kernel_size[0]
+    same = conv.padding == (k // 2, k // 2) and conv.stride == (1, 1)
+    if conv.kernel_size not in ((3, 3), (1, 1)) or not same or conv.dilation != (1, 1):
+        raise ConfigError(f"export-c supports 'same' 3x3 and 1x1 convolutions, not {conv}")
+    if conv.groups != 1 and not (conv.groups == conv.in_channels == conv.out_channels):
+        raise ConfigError(
+            "export-c supports plain or depthwise convolutions (one output channel per input "
+            f"channel), not {conv}"
+        )

@@ -41,6 +41,15 @@ class UnifyConfig(StrictModel):
     mode: UnifyMode = "original"  # chosen on held-out images: docs/compact.md
     bn_batches: int = Field(default=50, ge=0)  # batches to re-estimate BN statistics (average)
 
+    @model_validator(mode="after")
+    def _statistics(self) -> UnifyConfig:
+        if self.mode == "average" and self.bn_batches == 0:
+            raise ValueError(
+                "`unify.mode=average` re-estimates BatchNorm statistics from `unify.bn_batches` "
+                "batches: 0 would deploy them reset (mean 0, variance 1); give at least 1"
+            )
+        return self
+
 
 class FinetuneConfig(StrictModel):
     """Stage 2: transfer to the unified model with progressive (ULMFiT) unfreezing."""
@@ -61,6 +70,11 @@ class FinetuneConfig(StrictModel):
         if at is not None and (not at or at[0] != 0 or at != sorted(at) or min(at) < 0):
             raise ValueError(
                 f"`unfreeze_at={at}` must start at 0 (the head trains first) and never decrease"
+            )
+        if at is not None and at[-1] >= self.epochs:
+            raise ValueError(
+                f"`unfreeze_at={at}` unfreezes a group at epoch {at[-1]}, but stage 2 has "
+                f"`epochs={self.epochs}` (0 to {self.epochs - 1}): that group would never train"
             )
         return self
 

@@ -227,7 +227,10 @@ def stage_two(
     groups = model.layer_groups()
     if row == FULL:
         schedule = unfreeze_schedule(
-            len(groups), epochs_per_group=ft.epochs_per_group, unfreeze_at=ft.unfreeze_at
+            len(groups),
+            epochs_per_group=ft.epochs_per_group,
+            unfreeze_at=ft.unfreeze_at,
+            epochs=ft.epochs,
         )
     else:
         schedule = all_at_once(len(groups))

@@ -4,7 +4,8 @@ Howard & Ruder (2018): train the head first, then unfreeze one more layer group 
 from the top down; each group's learning rate is the one of the group above divided by 2.6.
 Layer groups are the model's `layer_groups()` (input -> output, head last). A frozen group
 has `requires_grad` off (no gradient, so the optimiser skips it) and BatchNorm momentum 0
-(its running statistics stay as they were): its state does not change at all.
+(its running statistics stay as they were): its state does not change at all. In training
+mode its BatchNorm still normalises by each batch's statistics, as every BatchNorm there does.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from trustvision.errors import ConfigError
 
 
 def unfreeze_schedule(
-    num_groups: int, *, epochs_per_group: int = 1, unfreeze_at: Sequence[int] | None = None
+    num_groups: int,
+    *,
+    epochs_per_group: int = 1,
+    unfreeze_at: Sequence[int] | None = None,
+    epochs: int | None = None,
 ) -> list[int]:
     """The epoch at which each group becomes trainable, listed input -> output (head last).
 
     By default the head trains from epoch 0 and one more group joins every `epochs_per_group`
-    epochs; `unfreeze_at` gives the epochs explicitly, head first.
+    epochs; given the stage's `epochs`, the groups that would join after its last epoch join
+    at the last epoch instead (they would never train). `unfreeze_at` gives the epochs
+    explicitly, head first (FinetuneConfig refuses one at or past `epochs`).
     """
     if unfreeze_at is None:
-        top_down = [k * epochs_per_group for k in range(num_groups)]
+        last = float("inf") if epochs is None else epochs - 1
+        top_down = [int(min(k * epochs_per_group, last)) for k in range(num_groups)]
     elif len(unfreeze_at) != num_groups:
         raise ConfigError(
             f"`finetune.unfreeze_at={list(unfreeze_at)}` has {len(unfreeze_at)} entries but the "
