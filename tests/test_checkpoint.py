@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from trustvision.errors import EnvironmentFailure
 from trustvision.train import checkpoint as ckpt
@@ -80,15 +81,25 @@ def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tmp_path):
         ckpt.load_checkpoint(tmp_path / "epoch-0005")
 
 
+# what the disk says, and what safetensors itself raises for it (its own error, no OSError)
+FULL_DISK = [
+    lambda path: OSError(28, "No space left on device", str(path)),
+    lambda path: SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)"
+    ),
+]
+
+
+@pytest.mark.parametrize("full", FULL_DISK)
 def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_staging_folder(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, full
 ):
     first = ckpt.save_checkpoint(tmp_path / "epoch-0001", {"w": torch.ones(3)})
 
-    def disk_full(tensors, path):
+    def disk_full(tensors, path, metadata=None):
         with open(path, "wb") as stream:
             stream.write(b"\0" * 10)  # half a file, then the disk is full
-        raise OSError(28, "No space left on device", str(path))
+        raise full(path)
 
     monkeypatch.setattr(ckpt, "save_file", disk_full)
     with pytest.raises(EnvironmentFailure) as err:
@@ -97,6 +108,9 @@ def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_staging_fold
     assert "saving the checkpoint" in message and "No space left on device" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]
     assert torch.equal(ckpt.load_checkpoint(first)["w"], torch.ones(3))
+    with pytest.raises(EnvironmentFailure, match=r"saving the weights .*No space left"):
+        ckpt.save_weights(tmp_path / "model.safetensors", {"w": torch.ones(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]
 
 
 def saved(tmp_path, *epochs):

@@ -77,7 +77,7 @@ def test_a_sweep_page_links_every_trial_to_its_run(tmp_path, monkeypatch):
     html = out.read_text()
     trials = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["trials"]
     for trial in trials:  # a link from the page's folder to the trial's run directory
-        href = f"sweep/{trial['run_dir']}"
+        href = f"./sweep/{trial['run_dir']}"
         assert f'href="{href}"' in html and (tmp_path / href / "summary.json").is_file()
     assert "optim.lr=0.01" in html and "optim.lr=0.1" in html and "chosen trial" in html
     assert external_references(html) == []
@@ -122,3 +122,14 @@ def test_the_comparison_renders_in_headless_chromium(fed_runs, tmp_path):
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_a_folder_named_like_a_url_scheme_links_as_a_path():
+    """Escaping keeps a folder's name from breaking the markup, not from being read as a URL
+    scheme: `javascript:...` as a link's start would run when clicked."""
+    from trustvision.report.html import local_link
+
+    out = Path("/reports")
+    assert local_link(out / "javascript:alert(1)" / "run", out) == "./javascript:alert(1)/run"
+    assert local_link(out / "runs" / "a", out) == "./runs/a"
+    assert local_link(Path("/elsewhere/b"), out) == "../elsewhere/b"

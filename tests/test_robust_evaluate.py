@@ -201,3 +201,33 @@ def test_clean_correct_sends_batches_to_the_models_device_and_answers_on_the_cpu
     )
     assert probe.seen == [torch.device("meta")] * 3
     assert correct.device.type == "cpu" and correct.all()
+
+
+def test_the_pgd_reference_draws_its_random_start_from_its_own_seed():
+    """The same accuracy whatever ran before (a resumed evaluation runs no AutoAttack first),
+    and the caller's random state untouched."""
+    from trustvision.robust.evaluate import pgd_accuracy
+
+    model = base(0)
+    x, y = labelled(model, n=24)
+    results = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        state = torch.get_rng_state()
+        results.append(pgd_accuracy(model, x, y, eps=0.3, steps=2))
+        assert torch.equal(torch.get_rng_state(), state)
+    assert results[0] == results[1]
+
+
+def test_training_without_an_eps_takes_its_data_sets_budget():
+    """As evaluation and mixing do: not MNIST's 0.3 on CIFAR-10 (77/255, far past 8/255)."""
+    from trustvision.config import load_config
+    from trustvision.errors import ConfigError
+    from trustvision.robust.config import DEFAULT_EPS, RobustTrainConfig
+
+    cifar = load_config(RobustTrainConfig, None, ["data.name=cifar10"])
+    assert cifar.attack.eps == DEFAULT_EPS["cifar10"] == 8 / 255
+    given = load_config(RobustTrainConfig, None, ["data.name=cifar10", "attack.eps=0.1"])
+    assert given.attack.eps == 0.1
+    with pytest.raises(ConfigError, match="fgsm_rs` is an l_inf attack"):
+        load_config(RobustTrainConfig, None, ["attack.method=fgsm_rs", "attack.norm=l2"])

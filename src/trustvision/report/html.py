@@ -47,6 +47,13 @@ FALLBACK_NUMBERS = 12
 ENVIRONMENT = ("machine", "device", "cpu_threads", "torch", "trustvision", "git_commit")
 
 
+def local_link(path: Path, out_dir: Path) -> str:
+    """`path` relative to the report, as a link that is always a path: a folder named like
+    `javascript:...` would otherwise read as a URL scheme (escaping leaves it as it is)."""
+    relative = Path(os.path.relpath(path, out_dir)).as_posix()
+    return relative if relative.startswith((".", "/")) else f"./{relative}"
+
+
 @dataclass
 class Cell:
     text: str
@@ -125,7 +132,7 @@ def run_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
         title=path.name,
         kind=kind_of(summary),
         path=str(path),
-        href=os.path.relpath(path, out_dir),
+        href=local_link(path, out_dir),
         status=str(summary.get("status", "not finished (no summary.json)")),
         headline=rows,
         numbers=numbers,
@@ -158,9 +165,7 @@ def sweep_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
             Cell(_pct(t.get("test"))),
             Cell(str(t.get("state", ""))),
             # run_dir is relative to the sweep directory (sweep.json travels with it)
-            Cell("run", os.path.relpath(path / t["run_dir"], out_dir))
-            if t.get("run_dir")
-            else Cell(""),
+            Cell("run", local_link(path / t["run_dir"], out_dir)) if t.get("run_dir") else Cell(""),
         ]
         for t in report.get("trials", [])
     ]
@@ -180,7 +185,7 @@ def sweep_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
         title=f"sweep {report.get('name', path.name)}",
         kind="sweep",
         path=str(path),
-        href=os.path.relpath(path, out_dir),
+        href=local_link(path, out_dir),
         status="finished" if report.get("trials_done") == report.get("trials_planned") else "open",
         headline=headline_rows,
         images=figures(list(path.glob("*.png"))),

@@ -41,6 +41,15 @@ class AttackConfig(StrictModel):
     sigma: float = Field(default=0.25, gt=0)  # Gaussian noise (randomized-smoothing base), l2
     ramp_epochs: float = Field(default=0.0, ge=0)  # eps grows linearly from 0 over this many
 
+    @model_validator(mode="after")
+    def _norm_supported(self) -> AttackConfig:
+        if self.norm == "l2" and self.method == "fgsm_rs":
+            raise ValueError(
+                "`attack.method=fgsm_rs` is an l_inf attack (sign steps in a box): use "
+                "`attack.norm=linf`, or `pgd` / `trades` for l_2"
+            )
+        return self
+
     def resolved_step_size(self) -> float:
         """The step size in pixels: given, else 1.25 eps (FGSM-RS) or 2.5 eps / steps (PGD)."""
         if self.step_size is not None:
@@ -58,6 +67,18 @@ class RobustTrainConfig(TrainConfig):
     name: RunName = "robust-train"
     model: ModelConfig = ModelConfig(name="smallcnn")
     attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_set_eps(cls, tree: Any) -> Any:
+        """An `attack` without `eps` takes its data set's usual budget (`DEFAULT_EPS`), as
+        evaluation and mixing do (0.3 is MNIST's: 77/255 on CIFAR-10)."""
+        if not isinstance(tree, dict) or not isinstance(tree.get("data"), dict):
+            return tree
+        attack, name = tree.get("attack", {}), tree["data"].get("name")
+        if isinstance(attack, dict) and "eps" not in attack and name in DEFAULT_EPS:
+            return {**tree, "attack": {**attack, "eps": DEFAULT_EPS[name]}}
+        return tree
 
 
 def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:

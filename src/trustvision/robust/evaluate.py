@@ -197,16 +197,26 @@ def clean_correct(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 5
 
 
 def pgd_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int, batch_size: int = 250
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    batch_size: int = 250,
+    seed: int = 0,
 ) -> float:
-    """Accuracy under our l_inf PGD (cross-entropy, step 2.5 eps / steps, random start)."""
+    """Accuracy under our l_inf PGD (cross-entropy, step 2.5 eps / steps, random start drawn
+    from `seed`, so a resumed evaluation attacks as an uninterrupted one did; the caller's
+    random state is left as it was)."""
     correct = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        adv = pgd(
-            cross_entropy_loss(model), xb, yb, eps=eps, step_size=2.5 * eps / steps, steps=steps
-        )
-        correct += int((predict_labels(model, adv, batch_size=batch_size) == yb).sum())
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            step = 2.5 * eps / steps
+            adv = pgd(cross_entropy_loss(model), xb, yb, eps=eps, step_size=step, steps=steps)
+            correct += int((predict_labels(model, adv, batch_size=batch_size) == yb).sum())
     return correct / max(len(x), 1)
 
 

@@ -76,9 +76,11 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
         save_file(tensors, staging / TENSORS)
         meta = {"format": FORMAT, "sha256": sha256_file(staging / TENSORS), "tree": tree}
         (staging / META).write_text(json.dumps(meta))
-    except OSError as err:  # a full disk: no half-written staging folder stays behind
+    except BaseException as err:  # no half-written staging folder stays behind
         shutil.rmtree(staging, ignore_errors=True)
-        raise environment_failure(err, doing=f"saving the checkpoint `{directory}`") from err
+        if isinstance(err, OSError | SafetensorError):  # a full disk, a quota
+            raise write_failure(err, doing=f"saving the checkpoint `{directory}`") from err
+        raise
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(staging, directory)
@@ -184,8 +186,21 @@ def save_weights(
     """A model's weights alone, as one safetensors file (for export and sharing)."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     tmp = Path(path).with_suffix(".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(err, doing=f"saving the weights `{path}`") from err
+
+
+def write_failure(err: OSError | SafetensorError, *, doing: str) -> Exception:
+    """The one-line error for a failed write; safetensors reports an OS error as its own."""
+    if isinstance(err, OSError):
+        return environment_failure(err, doing=doing)
+    return environment_failure(
+        OSError(str(err).rpartition("I/O error: ")[2] or str(err)), doing=doing
+    )
 
 
 def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str, Tensor]:
