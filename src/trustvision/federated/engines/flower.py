@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -105,8 +106,7 @@ class FlowerEngine:
             Message(content, self.nodes[k], kind, group_id=str(round + 1)) for k in client_ids
         ]
         replies = exchange(self.grid, messages, timeout=self.timeout, poll=self.poll)
-        by_node = {reply.metadata.src_node_id: reply for reply in replies}
-        return {k: by_node.get(self.nodes[k]) for k in client_ids}
+        return dict(zip(client_ids, replies, strict=True))
 
     def fit(
         self, global_state: State, client_ids: list[int], *, round: int, lr: float
@@ -151,6 +151,8 @@ class FlowerEngine:
             if reply is None or reply.has_error():
                 result.failures.append(ClientFailure(k, reply_problem(reply, self.timeout)))
                 continue
+            if "diverged" in reply.content:
+                raise DivergenceError(str(reply.content.config_records["diverged"]["error"]))
             result.validations.append(validation_from(k, reply.content.array_records["validation"]))
             if "eval" in reply.content.array_records:
                 result.evals.append(eval_from(k, reply.content.array_records["eval"]))
@@ -200,12 +202,16 @@ class FlowerEngine:
 
 def exchange(
     grid: Grid, messages: list[Message], *, timeout: float | None, poll: float
-) -> list[Message]:
-    """Push `messages`, then pull replies every `poll` s until all came or `timeout` passed.
+) -> list[Message | None]:
+    """Push `messages`, then pull replies every `poll` s until all came or `timeout` passed;
+    the reply to each message in their order (None: none came).
 
-    Grid.send_and_receive does the same, but over HTTP it waits 3 s between pulls.
+    Replies are matched by the message they answer: an error the SuperLink writes for a dead
+    node carries the SuperLink's node id, not the client's. Grid.send_and_receive does the
+    same, but over HTTP it waits 3 s between pulls.
     """
-    pending = set(grid.push_messages(messages))
+    sent = list(grid.push_messages(messages))  # None where one could not be pushed
+    pending = {message_id for message_id in sent if message_id is not None}
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while pending:
@@ -216,7 +222,8 @@ def exchange(
             break
         if pending:
             time.sleep(poll)
-    return replies
+    by_message = {reply.metadata.reply_to_message_id: reply for reply in replies}
+    return [by_message.get(message_id) if message_id else None for message_id in sent]
 
 
 def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dict[int, int]:
@@ -235,12 +242,12 @@ def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dic
     queries = [Message(RecordDict(), node, MessageType.QUERY) for node in nodes]
     ids: dict[int, int] = {}
     twice: set[int] = set()
-    for reply in exchange(grid, queries, timeout=timeout, poll=poll):
-        if not reply.has_error():
+    for node, reply in zip(nodes, exchange(grid, queries, timeout=timeout, poll=poll), strict=True):
+        if reply is not None and not reply.has_error():
             k = int(number(reply.content.config_records["client"], "client"))
             if k in ids:
                 twice.add(k)
-            ids[k] = reply.metadata.src_node_id
+            ids[k] = node
     if twice:
         raise FederationError(
             f"several SuperNodes answered as client(s) {sorted(twice)}: give each SuperNode "
@@ -318,7 +325,7 @@ def deployed(grid: Grid, context: Context) -> None:
             "the Flower app's run config has no `config`: run it with "
             "`flwr run deploy/flower-app CONNECTION --run-config 'config=\"/abs/run.yaml\"'`"
         )
-    overrides = str(context.run_config.get("overrides", "")).split()
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
     cfg = load_config(FedConfig, path, overrides)
     if cfg.engine != "flower":
         raise ConfigError(f"`engine` is `{cfg.engine}`: a Flower deployment needs `engine: flower`")

@@ -148,6 +148,9 @@ def evaluate(message: Message, context: Context) -> Message:
             lr=t.lr,
             local_test=local_test,
         )
+    except DivergenceError as err:  # fine-tuning before prediction diverged: stop, as in-process
+        diverged = ConfigRecord({"error": str(err)})
+        return Message(RecordDict({"diverged": diverged}), reply_to=message)
     except Exception as err:  # the server leaves this client out of local accuracy
         return failed(message, err)
     content = RecordDict({"validation": validation_record(validation)})
