@@ -64,6 +64,28 @@ def test_missing_and_invalid_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(TrainConfig, listy)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(TrainConfig, tmp_path)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data: {batch_size: 5}\nepochs: 2\ndata: {name: cifar10}\n")
+    with pytest.raises(ConfigError, match="the key `data` is given twice"):
+        load_config(TrainConfig, twice)
+
+
+def test_an_override_into_a_section_keeps_that_sections_own_defaults():
+    """FedConfig's `data` default is CIFAR-10-LT and its `optim` SGD at momentum 0.5: one key
+    set there must not rebuild the section from DataConfig's or OptimConfig's defaults."""
+    plain = load_config(FedConfig, None)
+    cfg = load_config(FedConfig, None, ["data.batch_size=16", "optim.lr=0.01"])
+    assert (cfg.data.name, cfg.data.imbalance_factor) == (plain.data.name, 100)
+    assert cfg.data.batch_size == 16 and cfg.optim.lr == 0.01
+    assert cfg.optim.momentum == plain.optim.momentum == 0.5
+
+
+@pytest.mark.parametrize("value", ["inf", ".inf", "-.inf", "nan", "1e999"])
+def test_a_number_that_is_not_finite_is_refused(value):
+    with pytest.raises(ConfigError, match=r"`optim\.lr`: Input should be a finite number"):
+        load_config(FedConfig, None, [f"optim.lr={value}"])
 
 
 def test_configs_are_frozen():
@@ -158,3 +180,17 @@ def test_a_boolean_is_never_taken_for_a_number(override):
 def test_booleans_still_set_boolean_settings():
     cfg = load_config(TrainConfig, None, ["amp=false", "data.augment.hflip=true"])
     assert cfg.amp is False and cfg.data.augment.hflip is True
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # brackets in a message are the user's text, not rich markup (which raised MarkupError)
+        (["train", "--print-config", "[/foo]=1"], "`[/foo]`: unknown key"),
+        (["fed", "run", "--print-config", "algorithm.name=[fedprox]"], "valid string"),
+    ],
+)
+def test_a_bad_value_that_looks_like_markup_or_a_list_is_a_clear_error(args, said):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())

@@ -100,7 +100,8 @@ def print_failure(err: TrustvisionError | OSError) -> int:
     input, 1 diverged, 3 the machine refused, e.g. a full disk)."""
     if not isinstance(err, TrustvisionError):  # an OSError no layer below has explained
         err = environment_failure(err)
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    # escaped: a message quotes user input (`[low, high]`, a key `[/foo]`), never markup
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return exit_code(err)
 
 

@@ -37,7 +37,9 @@ def _takes_bool(annotation: Any) -> bool:
 class StrictModel(BaseModel):
     """Base of every config: unknown keys are errors and a loaded config never changes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf or nan is never a meaningful setting: `optim.lr=inf` would "diverge", `alpha=.inf`
+    # would pass a lower bound
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -124,6 +126,18 @@ class _ConfigLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key given twice is an error: YAML would keep the last one silently."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key `{key}` is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def parse_yaml(text: str, *, origin: str) -> Any:
     """YAML text as Python values (safe types only, no aliases); a ConfigError names `origin`."""
@@ -137,6 +151,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing, binary, huge or malformed file or a non-mapping is a
     ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file `{path}` is a folder: give a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"config file `{path}` does not exist")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -146,6 +162,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         )
     try:
         text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"config file `{path}` cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"config file `{path}` is not UTF-8 text ({err.reason} at byte {err.start})"
@@ -189,8 +207,30 @@ def load_config(
 ) -> ConfigT:
     """Load YAML at `path` (or start from defaults), apply overrides, validate into `model`."""
     tree = read_yaml(path) if path is not None else {}
+    tree = with_section_defaults(model, tree, overrides or [])
     tree = apply_overrides(tree, overrides or [])
     return build_config(model, tree, origin=f"config `{path}`" if path else "config")
+
+
+def with_section_defaults(
+    model: type[BaseModel], tree: dict[str, Any], overrides: list[str]
+) -> dict[str, Any]:
+    """`tree` with each section an override goes into, and `tree` lacks, given the values its
+    field's default sets (FedConfig's `data` names CIFAR-10-LT): else `data.batch_size=16`
+    would build `data` from DataConfig's own defaults and silently swap the data set."""
+    result = _deep_copy(tree)
+    for text in overrides:
+        path, _ = parse_override(text)
+        node, current = result, model
+        for part in path[:-1]:
+            field = getattr(current, "model_fields", {}).get(part)
+            default = None if field is None else field.default
+            if not isinstance(default, BaseModel) or not isinstance(node.get(part, {}), dict):
+                break
+            if part not in node:
+                node[part] = default.model_dump(mode="json", exclude_unset=True)
+            node, current = node[part], type(default)
+    return result
 
 
 def dump_config(config: BaseModel) -> str:

@@ -41,6 +41,8 @@ class AlgorithmConfig(StrictModel):
         from trustvision.federated.algorithm import algorithm_class
 
         name = data.get("name", "fedavg")
+        if not isinstance(name, str):
+            return data  # `name`'s own validator says it must be a string
         try:
             options_model = algorithm_class(name).Options
         except ConfigError:
