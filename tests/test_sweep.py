@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from trustvision.cli import app
-from trustvision.clikit import command_takes_resume
+from trustvision.clikit import command_options
 from trustvision.config import TrainConfig, build_config, load_config, parse_override
 from trustvision.errors import ConfigError
 from trustvision.sweep.choose import choose_trial
@@ -112,12 +112,14 @@ def test_grid_trials_default_to_the_grid_size_and_overrides_apply(tmp_path):
 
 def test_unknown_command_lists_the_known_ones():
     root = typer.main.get_command(app)
-    assert command_takes_resume(root, "train") and command_takes_resume(root, "fed run")
-    assert not command_takes_resume(root, "robust mix")
+    assert "resume" in command_options(root, "train") and "resume" in command_options(
+        root, "fed run"
+    )
+    assert "resume" not in command_options(root, "robust mix")
     with pytest.raises(ConfigError, match=r"no sub-command `nope`.*`train`"):
-        command_takes_resume(root, "nope")
+        command_options(root, "nope")
     with pytest.raises(ConfigError, match=r"is a group.*`run`"):
-        command_takes_resume(root, "fed")
+        command_options(root, "fed")
 
 
 def test_a_different_spec_in_the_same_out_dir_is_refused(tmp_path):
@@ -289,3 +291,14 @@ def test_failing_trial_is_fail_and_the_sweep_chooses_among_the_rest(grid_sweep):
     assert report["trials_done"] == 3 and report["states"] == {"COMPLETE": 2, "FAIL": 1}
     assert report["chosen"]["number"] in {by_lr[0.01]["number"], by_lr[0.1]["number"]}
     assert "optim.lr" in output and "greater than 0" in output  # the failed trial's log tail
+
+
+def test_a_misspelt_key_stops_the_sweep_before_any_trial(tmp_path):
+    """Checked with the command's own `--print-config` at the first value of each key: a typo
+    had run (and failed) every trial, and the sweep then exited 0 with nothing chosen."""
+    spec = write_spec(tmp_path / "spec.yaml", params={"optim.lrr": {"grid": [0.01, 0.1]}})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", "run", str(spec), "--out", str(out)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "refuses the trials' config" in said and "lrr" in said
+    assert not (out / "trials").exists()

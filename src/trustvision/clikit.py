@@ -110,10 +110,10 @@ def fail(err: TrustvisionError | OSError) -> typer.Exit:
     return typer.Exit(print_failure(err))
 
 
-def command_takes_resume(root: click.Command, command: str) -> bool:
+def command_options(root: click.Command, command: str) -> set[str]:
     """Check `command` (words, e.g. `fed run`) is a sub-command under `root`, the running
-    program's command group (`click.get_current_context().find_root().command`); True when it
-    has a `--resume` option."""
+    program's command group (`click.get_current_context().find_root().command`); the names of
+    its parameters (`resume` where it takes `--resume`)."""
     node = root
     for depth, word in enumerate(command.split()):
         if not isinstance(node, click.Group) or word not in node.commands:
@@ -129,4 +129,4 @@ def command_takes_resume(root: click.Command, command: str) -> bool:
             f"`command: {command}` is a group: name one of its sub-commands "
             f"({', '.join(f'`{k}`' for k in sorted(node.commands))})"
         )
-    return any(param.name == "resume" for param in node.params)
+    return {str(param.name) for param in node.params}

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trustvision.clikit import EXPECTED, command_group, command_takes_resume, fail
+from trustvision.clikit import EXPECTED, command_group, command_options, fail
 from trustvision.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -161,12 +161,14 @@ def run(
     from trustvision.sweep.report import write_report
     from trustvision.sweep.runner import SweepInterrupted, run_sweep
     from trustvision.sweep.spec import load_spec
+    from trustvision.sweep.trial import check_first_trial
 
     interrupted = False
     try:
         spec = load_spec(spec_path, overrides)
         root = click.get_current_context().find_root().command
-        resumable = command_takes_resume(root, spec.command)
+        options = command_options(root, spec.command)
+        resumable = "resume" in options
         out = out or Path("sweeps") / spec.name
         console.print(
             f"sweep `{spec.name}`: {spec.planned_trials} trial(s) of `trustvision {spec.command}`"
@@ -174,6 +176,8 @@ def run(
             + (f", test `{spec.test_metric}`" if spec.test_metric else ""),
             soft_wrap=True,
         )
+        if "print_config" in options:  # a typo in a key fails here, not in every trial
+            check_first_trial(spec)
         if continue_from is not None:
             continue_sweep(spec, out, continue_from)
         try:

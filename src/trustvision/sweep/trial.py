@@ -45,6 +45,37 @@ def trial_argv(
     return [*base, str(config), *overrides, f"runs_dir={trial_dir}"]
 
 
+def check_first_trial(spec: Any) -> None:
+    """Ask the trials' command (`--print-config`) to load the config of the first value of
+    every searched key: a misspelt key or a value it refuses stops the sweep before any trial,
+    with the command's own message, instead of failing every trial. `spec`: a SweepSpec."""
+    values = {key: first_value(param) for key, param in spec.params.items()}
+    argv = trial_argv(
+        command=spec.command,
+        config=Path(spec.config).resolve(),
+        overrides=[*spec.overrides, *(format_override(k, v) for k, v in values.items())],
+        trial_dir=Path("runs"),
+    )
+    checked = subprocess.run(
+        [*argv, "--print-config"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if checked.returncode != 0:
+        said = " ".join((checked.stderr or checked.stdout).split())
+        raise ConfigError(
+            f"`trustvision {spec.command}` refuses the trials' config (checked at "
+            f"{', '.join(f'{k}={v}' for k, v in values.items())}): {said[-800:]}"
+        )
+
+
+def first_value(param: Any) -> Any:
+    """The first value a searched key takes: its grid's or choices' first, or a range's low."""
+    if param.grid is not None:
+        return param.grid[0]
+    if param.choices is not None:
+        return param.choices[0]
+    return int(param.low) if param.integer else param.low
+
+
 def child_env(jobs: int) -> dict[str, str]:
     """This process's environment with the cores shared out: `OMP_NUM_THREADS` = cores // jobs,
     unless the caller set it (e.g. to 1, to run two sweeps side by side)."""
