@@ -53,23 +53,23 @@ def test_malformed_overrides_are_refused(override):
         load_config(TrainConfig, DEMO, [override])
 
 
-def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(TrainConfig, tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(TrainConfig, bad)
-    listy = tmp_path / "list.yaml"
-    listy.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="mapping"):
-        load_config(TrainConfig, listy)
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (None, "does not exist"),
+        ("epochs: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "mapping"),
+        ("data: {batch_size: 5}\nepochs: 2\ndata: {name: cifar10}\n", "key `data` is given twice"),
+    ],
+)
+def test_missing_and_invalid_files(tmp_path, text, said):
+    path = tmp_path / "config.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=said):
+        load_config(TrainConfig, path)
     with pytest.raises(ConfigError, match="is a folder"):
         load_config(TrainConfig, tmp_path)
-    twice = tmp_path / "twice.yaml"
-    twice.write_text("data: {batch_size: 5}\nepochs: 2\ndata: {name: cifar10}\n")
-    with pytest.raises(ConfigError, match="the key `data` is given twice"):
-        load_config(TrainConfig, twice)
 
 
 def test_an_override_into_a_section_keeps_that_sections_own_defaults():

@@ -54,12 +54,7 @@ def runner_and_run_dir(tmp_path, records, prune=None, good=((1, 0.8), (2, 0.9)))
 
 def test_watch_prunes_a_trial_below_the_median(tmp_path):
     runner, trial, run_dir = runner_and_run_dir(tmp_path, [{"epoch": 1, "val_acc": 0.2}])
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        with pytest.raises(optuna.TrialPruned, match="val_acc"):
-            runner.watch(trial, proc, run_dir.parent, None)
-    finally:
-        stop_process(proc)
+    pruned_while_watched(runner, trial, run_dir, "val_acc")
     frozen = trial.study.trials[trial.number]
     assert frozen.intermediate_values == {1: 0.2}
     assert frozen.user_attrs["run_dir"] == "trials/trial-1/run"
@@ -72,13 +67,18 @@ def test_a_metric_that_improves_the_other_way_is_reported_negated(tmp_path):
     runner, trial, run_dir = runner_and_run_dir(
         tmp_path, [{"epoch": 1, "val_loss": 2.0}], prune=prune, good=((1, -0.1),)
     )
+    pruned_while_watched(runner, trial, run_dir, "val_loss")
+    assert trial.study.trials[trial.number].intermediate_values == {1: -2.0}
+
+
+def pruned_while_watched(runner, trial, run_dir, metric: str) -> None:
+    """Watching a live stand-in command, the runner prunes `trial`, naming `metric`."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with pytest.raises(optuna.TrialPruned, match="val_loss"):
+        with pytest.raises(optuna.TrialPruned, match=metric):
             runner.watch(trial, proc, run_dir.parent, None)
     finally:
         stop_process(proc)
-    assert trial.study.trials[trial.number].intermediate_values == {1: -2.0}
 
 
 @pytest.mark.slow
