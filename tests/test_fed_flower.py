@@ -34,6 +34,7 @@ from trustvision.federated.engines.flower import (
     to_record,
 )
 from trustvision.federated.flower_harness import LocalDeployment
+from trustvision.federated.reaper import POLL_SECONDS
 from trustvision.federated.runner import build_session, evaluate_run, run_federated
 from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
@@ -302,7 +303,8 @@ def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_p
     assert [f["client"] for f in first["failures"]] == [2]
     assert "no reply within `flower.timeout` (15.0 s)" in first["failures"][0]["error"]
     assert first["train_images"] > 0  # client 1's update was aggregated without client 2
-    assert "failures" not in second and second["train_images"] > 0
+    assert "failures" not in second, second["failures"]
+    assert second["train_images"] > 0
     assert 0.0 <= second["local_acc"] <= 1.0  # from clients 0 and 1: client 2 is left out
     assert [f["client"] for f in second["eval_failures"]] == [2]
     assert RunDir.open(run_dir).read_summary()["status"] == "finished"
@@ -381,6 +383,37 @@ def test_a_simulation_killed_with_sigkill_leaves_no_ray_process_behind(tmp_path)
         proc.wait()
         deadline = time.monotonic() + 10  # Ray's orphaned agents outlive this without the reaper
         while left := [p for p in ray if process_table().get(p, (0, "Z"))[1] != "Z"]:
+            assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_a_deployment_whose_process_is_killed_leaves_no_flower_process_behind(tmp_path):
+    """Each SuperLink and SuperNode runs in a session of its own, and a SIGKILL runs no `stop`:
+    the harness's watchdog ends them."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from trustvision.federated.flower_harness import LocalDeployment\n"
+        "with LocalDeployment(Path(sys.argv[1]), num_nodes=1):\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "flower")], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        time.sleep(3 * POLL_SECONDS)  # the watchdog notes new processes every POLL_SECONDS
+        started = descendants(proc.pid)
+        assert len(started) >= 2  # the SuperLink and the SuperNode, at least
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while left := [p for p in started if process_table().get(p, (0, "Z"))[1] != "Z"]:
             assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
             time.sleep(0.2)
     finally:

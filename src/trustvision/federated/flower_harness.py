@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from trustvision.errors import FederationError
+from trustvision.federated.reaper import reaped_descendants
 
 APP = Path("deploy/flower-app")  # the Flower app bundle, from a checkout's root
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: this environment's
@@ -91,6 +92,7 @@ class LocalDeployment:
         self.workdir = Path(workdir)
         self.num_nodes = num_nodes
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.reaper = contextlib.ExitStack()
         self.seen: dict[int, str] = {}  # PID -> start time of every process found under them
         self.link_port, *self.node_ports = free_ports(num_nodes + 1)
         home = self.workdir / "flwr-home"
@@ -105,10 +107,14 @@ class LocalDeployment:
         }
 
     def __enter__(self) -> LocalDeployment:
+        # a watchdog ends what was started here if this process is killed (no `stop` then):
+        # each SuperLink and SuperNode runs in a session of its own, so nothing else would
+        self.reaper.enter_context(reaped_descendants())
         try:
             self.start()
         except BaseException:
             self.stop()
+            self.reaper.close()
             raise
         return self
 
@@ -118,7 +124,10 @@ class LocalDeployment:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self.reaper.close()
 
     def start(self, *, timeout: float = 60.0) -> None:
         """Start the SuperLink, wait until it listens, then one SuperNode per partition."""

@@ -47,6 +47,7 @@ def descendants(root):
 
 parent, seen = int(sys.argv[1]), {}
 before = descendants(parent)  # not started by the block: never touched
+os.write(1, b"r")  # the block may begin: what it starts from now on is seen
 while True:
     seen.update((p, s) for p, s in descendants(parent).items() if before.get(p) != s)
     ready, _, _ = select.select([0], [], [], float(sys.argv[2]))
@@ -72,8 +73,11 @@ def reaped_descendants() -> Iterator[None]:
     watchdog = subprocess.Popen(
         [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(POLL_SECONDS)],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C to this process group must not stop it first
     )
+    assert watchdog.stdout is not None
+    watchdog.stdout.read(1)  # it has noted what ran before: a child started at once is seen
     try:
         yield
     finally:
@@ -83,3 +87,4 @@ def reaped_descendants() -> Iterator[None]:
             watchdog.wait(timeout=30)
         except subprocess.TimeoutExpired:
             watchdog.kill()
+        watchdog.stdout.close()
