@@ -194,3 +194,13 @@ def test_a_bad_value_that_looks_like_markup_or_a_list_is_a_clear_error(args, sai
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert said in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("threads=99999999999999999999", "`threads`"), ("runs_dir=", "`runs_dir`")],
+)
+def test_a_huge_thread_count_or_an_empty_runs_folder_is_refused(override, key):
+    """A typo must not reach torch (a traceback) or write runs into the working directory."""
+    with pytest.raises(ConfigError, match=key):
+        load_config(TrainConfig, None, [override])

@@ -321,8 +321,9 @@ class RunSettings(StrictModel):
 
     seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = Field(default=None, ge=1)  # torch CPU threads; None: torch's choice
-    runs_dir: str = "runs"
+    # torch CPU threads; None: torch's choice (the bound keeps a typo from reaching torch)
+    threads: int | None = Field(default=None, ge=1, le=4096)
+    runs_dir: str = Field(default="runs", min_length=1)  # empty would write into the cwd
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -108,7 +108,7 @@ class CompactConfig(RunSettings):
 
     name: RunName = "compact"
     device: str = "cpu"  # tiny nets: the CPU is the deployment target
-    threads: int | None = Field(default=1, ge=1)  # torch intra-op threads while training
+    threads: int | None = Field(default=1, ge=1, le=4096)  # torch intra-op threads, training
     budget: int = Field(default=14_862, gt=0)  # max parameters of the deployed model
     checkpoint_every: int = Field(default=1, gt=0)
     rows: tuple[Row, ...] = ("plain", "no_unfreeze", "full")  # what to train; `full` is deployed
