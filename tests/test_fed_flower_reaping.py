@@ -53,12 +53,7 @@ def test_a_simulation_killed_with_sigkill_leaves_no_ray_process_behind(tmp_path)
             time.sleep(0.2)
         ray = descendants(proc.pid)
         assert len(ray) >= 3  # the raylet, the GCS, the agents, the workers
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10  # Ray's orphaned agents outlive this without the reaper
-        while left := [p for p in ray if process_table().get(p, (0, "Z"))[1] != "Z"]:
-            assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
-            time.sleep(0.2)
+        killed_leaves_none(proc, ray, seconds=10)  # Ray's orphaned agents would, unreaped
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -84,12 +79,17 @@ def test_a_deployment_whose_process_is_killed_leaves_no_flower_process_behind(tm
         time.sleep(3 * POLL_SECONDS)  # the watchdog notes new processes every POLL_SECONDS
         started = descendants(proc.pid)
         assert len(started) >= 2  # the SuperLink and the SuperNode, at least
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 15
-        while left := [p for p in started if process_table().get(p, (0, "Z"))[1] != "Z"]:
-            assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
-            time.sleep(0.2)
+        killed_leaves_none(proc, started, seconds=15)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def killed_leaves_none(proc: subprocess.Popen, started: set[int], *, seconds: float) -> None:
+    """SIGKILL `proc`; within `seconds` none of the processes it `started` may still run."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + seconds
+    while left := [p for p in started if process_table().get(p, (0, "Z"))[1] != "Z"]:
+        assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
+        time.sleep(0.2)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from trustvision.errors import ConfigError
+from trustvision.sweep.spec import ParamSpec, SweepSpec
 
 LOG_NAME = "log.txt"
 
@@ -45,10 +46,10 @@ def trial_argv(
     return [*base, str(config), *overrides, f"runs_dir={trial_dir}"]
 
 
-def check_first_trial(spec: Any) -> None:
+def check_first_trial(spec: SweepSpec) -> None:
     """Ask the trials' command (`--print-config`) to load the config of the first value of
     every searched key: a misspelt key or a value it refuses stops the sweep before any trial,
-    with the command's own message, instead of failing every trial. `spec`: a SweepSpec."""
+    with the command's own message, instead of failing every trial."""
     values = {key: first_value(param) for key, param in spec.params.items()}
     argv = trial_argv(
         command=spec.command,
@@ -67,12 +68,13 @@ def check_first_trial(spec: Any) -> None:
         )
 
 
-def first_value(param: Any) -> Any:
+def first_value(param: ParamSpec) -> Any:
     """The first value a searched key takes: its grid's or choices' first, or a range's low."""
     if param.grid is not None:
         return param.grid[0]
     if param.choices is not None:
         return param.choices[0]
+    assert param.low is not None  # a range, by the spec's checks
     return int(param.low) if param.integer else param.low
 
 
