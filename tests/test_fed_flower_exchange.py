@@ -1,8 +1,14 @@
 """The Flower engine's message exchange, against a stand-in Grid: replies matched to the
-message they answer, whichever node id they carry, in the order the messages were sent."""
+message they answer, whichever node id they carry, in the order the messages were sent; and a
+wait with no timeout that ends when the simulation stops."""
 
+import threading
+import time
 from types import SimpleNamespace
 
+import pytest
+
+from trustvision.errors import FederationError
 from trustvision.federated.engines.flower import exchange
 
 
@@ -32,3 +38,14 @@ def test_each_message_gets_the_reply_that_answers_it():
     replies = exchange(grid, ["a", "b", "c", "d", "e"], timeout=0.05, poll=0.01)
     answered = [None if r is None else r.metadata.reply_to_message_id for r in replies]
     assert answered == ["m0", "m1", None, "m3", None]  # m4 never answered: None, after timeout
+
+
+def test_a_wait_without_timeout_ends_when_the_simulation_stops():
+    """Ctrl-C ends Flower's simulation, but Python waits at exit for the ServerApp's thread,
+    which, with no `flower.timeout`, would wait for replies for ever."""
+    stopped = threading.Event()
+    threading.Timer(0.2, stopped.set).start()
+    started = time.monotonic()
+    with pytest.raises(FederationError, match="stopped"):
+        exchange(StandInGrid({}), ["a"], timeout=None, poll=30, stopped=stopped)
+    assert time.monotonic() - started < 5  # woken by the event, not at the end of a 30 s poll

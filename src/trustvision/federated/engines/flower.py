@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -77,6 +78,7 @@ class FlowerEngine:
         accel: Accel,
         grid: Grid,
         on_client: Callable[[], None] | None = None,
+        stopped: threading.Event | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.federation = federation
@@ -86,8 +88,13 @@ class FlowerEngine:
         self.timeout = cfg.flower.timeout
         self.poll = cfg.flower.poll_interval
         self.config_text = dump_config(cfg)
+        self.stopped = stopped
         self.nodes = connect(
-            grid, num_clients=cfg.num_clients, timeout=cfg.flower.connect_timeout, poll=self.poll
+            grid,
+            num_clients=cfg.num_clients,
+            timeout=cfg.flower.connect_timeout,
+            poll=self.poll,
+            stopped=stopped,
         )
 
     def _ask(
@@ -105,7 +112,9 @@ class FlowerEngine:
         messages = [
             Message(content, self.nodes[k], kind, group_id=str(round + 1)) for k in client_ids
         ]
-        replies = exchange(self.grid, messages, timeout=self.timeout, poll=self.poll)
+        replies = exchange(
+            self.grid, messages, timeout=self.timeout, poll=self.poll, stopped=self.stopped
+        )
         return dict(zip(client_ids, replies, strict=True))
 
     def fit(
@@ -175,15 +184,20 @@ class FlowerEngine:
     def host(
         cls, cfg: FedConfig, run_dir: Path, train: Callable[[Callable[..., FlowerEngine]], T]
     ) -> T:
-        """Run `train` inside a ServerApp of Flower's simulation (Ray), one SuperNode per client."""
+        """Run `train` inside a ServerApp of Flower's simulation (Ray), one SuperNode per client.
+
+        The ServerApp runs in a thread Python waits for at exit; when the simulation ends early
+        (Ctrl-C, a crash), `stopped` makes that thread's waits for replies end too.
+        """
         from flwr.simulation import run_simulation
 
         results: list[T] = []
         app = ServerApp()
+        stopped = threading.Event()
 
         @app.main()
         def main(grid: Grid, context: Context) -> None:
-            results.append(train(partial(cls, grid=grid)))
+            results.append(train(partial(cls, grid=grid, stopped=stopped)))
 
         with flower_environment(run_dir / "flower"), reaped_descendants():
             try:
@@ -194,6 +208,7 @@ class FlowerEngine:
                     backend_config=ray_backend(cfg),
                 )
             finally:
+                stopped.set()
                 stop_ray()
         if not results:
             raise FederationError("the Flower simulation ended before the run did: see its log")
@@ -201,10 +216,16 @@ class FlowerEngine:
 
 
 def exchange(
-    grid: Grid, messages: list[Message], *, timeout: float | None, poll: float
+    grid: Grid,
+    messages: list[Message],
+    *,
+    timeout: float | None,
+    poll: float,
+    stopped: threading.Event | None = None,
 ) -> list[Message | None]:
     """Push `messages`, then pull replies every `poll` s until all came or `timeout` passed;
-    the reply to each message in their order (None: none came).
+    the reply to each message in their order (None: none came). A FederationError once
+    `stopped` is set: the simulation ended, and no reply will come.
 
     Replies are matched by the message they answer: an error the SuperLink writes for a dead
     node carries the SuperLink's node id, not the client's. Grid.send_and_receive does the
@@ -221,12 +242,27 @@ def exchange(
         if pending and deadline is not None and time.monotonic() >= deadline:
             break
         if pending:
-            time.sleep(poll)
+            wait_or_stop(poll, stopped)
     by_message = {reply.metadata.reply_to_message_id: reply for reply in replies}
     return [by_message.get(message_id) if message_id else None for message_id in sent]
 
 
-def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dict[int, int]:
+def wait_or_stop(seconds: float, stopped: threading.Event | None) -> None:
+    """Sleep `seconds`; a FederationError at once if `stopped` is (or becomes) set."""
+    if stopped is None:
+        time.sleep(seconds)
+    elif stopped.wait(seconds):
+        raise FederationError("the Flower simulation stopped while the server waited for clients")
+
+
+def connect(
+    grid: Grid,
+    *,
+    num_clients: int,
+    timeout: float,
+    poll: float,
+    stopped: threading.Event | None = None,
+) -> dict[int, int]:
     """Client id -> node id: wait for `num_clients` SuperNodes, then ask each who it is."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
@@ -237,12 +273,13 @@ def connect(grid: Grid, *, num_clients: int, timeout: float, poll: float) -> dic
                 f"`flower.connect_timeout` ({timeout} s): start one per client, each with "
                 f"`--node-config {PARTITION_ID}=K` for K in 0..{num_clients - 1}"
             )
-        time.sleep(poll)
+        wait_or_stop(poll, stopped)
         nodes = list(grid.get_node_ids())
     queries = [Message(RecordDict(), node, MessageType.QUERY) for node in nodes]
     ids: dict[int, int] = {}
     twice: set[int] = set()
-    for node, reply in zip(nodes, exchange(grid, queries, timeout=timeout, poll=poll), strict=True):
+    replies = exchange(grid, queries, timeout=timeout, poll=poll, stopped=stopped)
+    for node, reply in zip(nodes, replies, strict=True):
         if reply is not None and not reply.has_error():
             k = int(number(reply.content.config_records["client"], "client"))
             if k in ids:
