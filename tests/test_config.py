@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from trustvision.cli import app
 from trustvision.compact.config import CompactConfig
-from trustvision.config import TrainConfig, apply_overrides, load_config
+from trustvision.config import TrainConfig, apply_overrides, load_config, parse_yaml
 from trustvision.errors import ConfigError
 from trustvision.federated.config import FedConfig
 from trustvision.robust.config import PipelineConfig, RobustTrainConfig
@@ -22,6 +22,15 @@ def test_overrides_are_typed_and_nested():
     assert cfg.optim.lr == 0.01 and isinstance(cfg.optim.lr, float)
     assert cfg.epochs == 3
     assert cfg.data.augment.hflip is True
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("1e-3", 0.001), ("-2E4", -20000.0), ("1.0e3", 1000.0), (".5e1", 5.0)]
+)
+def test_a_number_with_an_exponent_is_a_float_as_in_yaml_1_2(text, value):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string: a sweep grid of them was categorical."""
+    assert apply_overrides({}, [f"lr={text}"]) == {"lr": value}
+    assert parse_yaml(f"grid: [{text}]", origin="a test") == {"grid": [value]}
 
 
 def test_overrides_do_not_mutate_their_input():
