@@ -24,6 +24,7 @@ from trustvision.data.catalog import get_spec
 from trustvision.data.dataset import load_dataset
 from trustvision.data.readers import Decoded
 from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
+from trustvision.runs import LOCK_FILE
 
 
 @pytest.fixture
@@ -63,7 +64,8 @@ def edit_meta(folder: Path, edit) -> Path:
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*")) if root.exists() else []
+    """Every file and folder under `root` but the lock cache writers take turns on."""
+    return sorted(p for p in root.rglob("*") if p != root / LOCK_FILE) if root.exists() else []
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

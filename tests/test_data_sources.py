@@ -9,6 +9,7 @@ import os
 import struct
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from trustvision.data.cache import CacheWriteError
 from trustvision.data.catalog import CATALOG, get_spec
 from trustvision.data.dataset import dataset_summary, load_dataset
 from trustvision.errors import ChecksumError, DataError
+from trustvision.runs import LOCK_FILE
 
 
 def empty_cache(tmp_path: Path, monkeypatch) -> Path:
@@ -95,7 +97,10 @@ def write_image_zip(path, images: dict[str, np.ndarray], *, fmt="PNG"):
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Every file under `root` but the lock writers take turns on, which stays."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p != root / LOCK_FILE)
 
 
 # --- catalog and cache folder --------------------------------------------------------------
@@ -159,6 +164,25 @@ def test_mnist_from_a_folder_of_idx_files_round_trips_through_the_cache(
         summary["splits"]["train"]["count"] == 12
         and sum(summary["splits"]["test"]["per_class"]) == 5
     )
+
+
+def test_two_processes_fetching_one_data_set_at_once_decode_it_once(cache, tmp_path, monkeypatch):
+    """The second waits for the first's copy instead of writing over it half-way."""
+    files = tiny_idx_set()
+    folder = write_idx_folder(tmp_path / "raw", files)
+    pin_idx(monkeypatch, "mnist", files)
+    decoded, read_local = [], sources.read_local
+
+    def slow_read_local(*args, **kwargs):
+        decoded.append(1)
+        time.sleep(0.5)  # long enough for the other fetch to arrive while this one decodes
+        return read_local(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_local", slow_read_local)
+    with ThreadPoolExecutor(2) as pool:  # flock locks open files, not processes: threads do
+        targets = list(pool.map(lambda _: sources.fetch("mnist", from_path=folder), range(2)))
+    assert targets == [cache / "mnist"] * 2 and len(decoded) == 1
+    assert len(sources.verify_cache("mnist")) == 4
 
 
 def test_one_corrupted_byte_gives_a_checksum_error_and_no_partial_files(

@@ -33,12 +33,19 @@ from trustvision.data.cache import (
 from trustvision.data.cache_write import check_writable, write_cache
 from trustvision.data.catalog import DatasetSpec, FileSpec, get_spec
 from trustvision.data.images import read_image_folder
-from trustvision.data.readers import Decoded, Progress
+from trustvision.data.readers import Progress
 from trustvision.data.registry import RawFiles, apt_members, npm_members
+from trustvision.data.verify import (
+    FROM_HINT,
+    check_classes,
+    check_shape,
+    decode_idx,
+    verified_file,
+)
 from trustvision.errors import ChecksumError, DataError
+from trustvision.runs import held_in_turn
 
 URL_TIMEOUT_S = 5.0  # per socket operation: no network must cost seconds, not minutes
-FROM_HINT = "pass a local copy with `--from PATH` (`from_path=` in Python)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,11 +64,9 @@ def fetch(
     spec, target, local, input_hash = resolve(
         name, cache_dir=cache_dir, from_path=from_path, image_size=image_size
     )
-    meta = target / META_NAME
-    if meta.is_file() and not decoded_by_an_older_format(target):
-        if spec is not None and spec.variants and local is not None and local.exists():
-            check_cached_variant(spec, local, target)
+    if is_cached(spec, local, target):
         return target
+    meta = target / META_NAME
     older = meta.is_file()  # a cache of an older format (a current one was returned)
     # Only a copy decoded from a local file is of an older format, and only that file can decode
     # it again: official URLs would silently swap CIFAR-10's JPEG copy for the original pickles.
@@ -71,17 +76,29 @@ def fetch(
         again = source.removeprefix("file:") if source.startswith("file:") else "PATH"
         raise DataError(f"`{name}` {why} at `{target}`: fetch it again with `--from {again}`")
     check_writable(target)  # before minutes of downloading and decoding
-    fetched = from_sources(
-        spec,
-        local=local,
-        target=target,
-        image_size=image_size,
-        progress=progress,
-        input_hash=input_hash,
-    )
-    meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched until done
-    write_cache(target, fetched, spec=spec, image_size=image_size)
+    with held_in_turn(target.parent):  # one writer at a time: a second finds the first's copy
+        if is_cached(spec, local, target):
+            return target
+        fetched = from_sources(
+            spec,
+            local=local,
+            target=target,
+            image_size=image_size,
+            progress=progress,
+            input_hash=input_hash,
+        )
+        meta.unlink(missing_ok=True)  # an older format: the folder reads as not fetched till done
+        write_cache(target, fetched, spec=spec, image_size=image_size)
     return target
+
+
+def is_cached(spec: DatasetSpec | None, local: Path | None, target: Path) -> bool:
+    """Whether `target` holds a complete copy of the current format (of `local`'s variant)."""
+    if not (target / META_NAME).is_file() or decoded_by_an_older_format(target):
+        return False
+    if spec is not None and spec.variants and local is not None and local.exists():
+        check_cached_variant(spec, local, target)
+    return True
 
 
 def verify_cache(
@@ -316,7 +333,7 @@ def from_registry(spec: DatasetSpec, *, progress: Progress | None = None) -> Fet
 
 
 # ---------------------------------------------------------------------------------------
-# Verification and decoding
+# Finding files
 
 
 def find_file(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -329,71 +346,3 @@ def find_file(folder: Path, names: tuple[str, ...]) -> Path | None:
         if matches:
             return matches[0]
     return None
-
-
-def checksum_error(label: str, *, expected: str, actual: str, what: str = "bytes") -> ChecksumError:
-    """The error for a file whose hash differs from the pinned one."""
-    return ChecksumError(
-        f"`{label}` is corrupt, truncated or not the expected file: the SHA-256 of its {what} "
-        f"is {actual}, expected {expected}. Delete it and fetch it again, or {FROM_HINT} to a "
-        "good copy"
-    )
-
-
-def verified_bytes(raw: bytes, file: FileSpec, *, label: str) -> bytes:
-    """`raw`, decompressed if gzipped, after checking the pinned hash of the decompressed bytes."""
-    try:
-        data = readers.gunzip_if_needed(raw, name=label)
-        what = "decompressed bytes" if data is not raw else "bytes"
-    except DataError:
-        data, what = raw, "bytes (not a readable gzip file)"
-    actual = digests.sha256_bytes(data)
-    if actual != file.sha256:
-        raise checksum_error(label, expected=file.sha256, actual=actual, what=what)
-    return data
-
-
-def verified_file(path: Path, file: FileSpec, *, label: str) -> str:
-    """The SHA-256 of a file, after checking it is the pinned one."""
-    actual = digests.sha256_file(path)
-    if actual != file.sha256:
-        raise checksum_error(label, expected=file.sha256, actual=actual)
-    return actual
-
-
-def decode_idx(spec: DatasetSpec, raws: RawFiles) -> tuple[Decoded, dict[str, str]]:
-    """Verify and decode the four IDX files of an MNIST-style data set."""
-    arrays = {}
-    for file in spec.files:
-        label, raw = raws[file.name]
-        arrays[file.role] = readers.read_idx(verified_bytes(raw, file, label=label), name=label)
-    train = readers.idx_split(
-        arrays["train_images"], arrays["train_labels"], name=f"{spec.name} train"
-    )
-    test = readers.idx_split(arrays["test_images"], arrays["test_labels"], name=f"{spec.name} test")
-    inputs = {file.name: file.sha256 for file in spec.files}
-    return check_shape(spec, Decoded(spec.classes, train, test)), inputs
-
-
-def check_shape(spec: DatasetSpec, decoded: Decoded) -> Decoded:
-    """`decoded`, after checking its image shape and labels against the catalog."""
-    for split, (images, labels) in (("train", decoded.train), ("test", decoded.test)):
-        if spec.shape is not None and tuple(images.shape[1:]) != spec.shape:
-            raise DataError(
-                f"`{spec.name}` {split} images are {tuple(images.shape[1:])}, expected {spec.shape}: "
-                "the source is not this data set"
-            )
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(decoded.classes)):
-            raise DataError(
-                f"`{spec.name}` {split} labels fall outside 0..{len(decoded.classes) - 1}"
-            )
-    return decoded
-
-
-def check_classes(spec: DatasetSpec, decoded: Decoded, *, source: Path) -> None:
-    """Refuse an image folder whose class folders differ from the catalog's classes."""
-    if decoded.classes != spec.classes:
-        raise DataError(
-            f"`{source}` has classes {list(decoded.classes)}, but `{spec.name}` has "
-            f"{list(spec.classes)}: it is not this data set"
-        )
