@@ -48,7 +48,8 @@ from trustvision.report.console import ConsoleReporter
 from trustvision.robust.commands.adaptive import GATE_CHOICE_KEYS
 from trustvision.robust.commands.demo import mix_config, retire
 from trustvision.robust.commands.mix import run_mix
-from trustvision.robust.config import MixConfig, MixNetSettings, PipelineConfig
+from trustvision.robust.config import MixConfig, PipelineConfig
+from trustvision.robust.mixnet_settings import MixNetSettings
 from trustvision.robust.runs import is_finished, read_finished
 from trustvision.runs import LOCK_FILE, RunDir, held_alone, held_in_turn, machine_summary
 

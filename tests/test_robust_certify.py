@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from scipy.stats import norm
 from torch import nn
 
 from trustvision.robust.attacks import pgd
 from trustvision.robust.certify import (
+    SMOOTHING_LIPSCHITZ,
     SmoothedCertificate,
     certified_accuracy,
     certify_smoothed,
@@ -18,6 +20,7 @@ from trustvision.robust.certify import (
     probability_margin,
     smoothing_radius,
 )
+from trustvision.robust.config import CertifySettings
 
 TEMPERATURE = 3.0
 
@@ -160,7 +163,33 @@ def test_smoothing_certificate_of_a_constant_model_is_as_large_as_n_allows():
     assert cert.p_a == pytest.approx(0.001 ** (1 / 100))
     radii = mixed_radii(cert, alpha=1.0, sigma=0.25)
     assert radii["tight"] == pytest.approx(0.25 * norm.ppf(cert.p_a))
-    assert 0 < radii["lipschitz"] < radii["tight"]  # the Lipschitz route is the looser one
+    assert 0 < radii["lipschitz"] < radii["tight"]  # at alpha 1 the Lipschitz route is looser
+    # mu = 2 pA - 1 and L = 1 / (sigma sqrt(2 pi)): r = mu sigma sqrt(2 pi) / 2
+    assert radii["lipschitz"] == pytest.approx(
+        (2 * cert.p_a - 1) * 0.25 * math.sqrt(2 * math.pi) / 2
+    )
+
+
+def test_the_smoothed_lipschitz_bound_is_reached_by_a_half_space():
+    """A smoothed half-space indicator's slope at its edge is 1 / (sigma sqrt(2 pi)): the bound
+    is the best one, and a smaller constant would certify radii that are not safe."""
+    sigma, h = 0.5, 1e-3
+    slope = (norm.cdf(h / sigma) - norm.cdf(-h / sigma)) / (2 * h)  # E 1[x + eps > 0] at x = +-h
+    assert slope == pytest.approx(SMOOTHING_LIPSCHITZ / sigma, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"confidence": 0.999}, "less than 0.5"),
+        ({"alphas": (0.0, 1.0)}, r"non-empty list in \(0, 1\]"),
+        ({"alphas": ()}, "non-empty"),
+        ({"alphas": (0.9, 0.90000001)}, "print alike"),
+    ],
+)
+def test_certify_settings_that_would_fail_after_the_work_are_refused(settings, said):
+    with pytest.raises(ValidationError, match=said):
+        CertifySettings(**settings)
 
 
 def test_abstain_and_certified_accuracy_curve():

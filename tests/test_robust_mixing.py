@@ -10,13 +10,13 @@ from robust_toys import toy_base
 import trustvision.robust.runs as robust_runs
 from trustvision.errors import ConfigError
 from trustvision.models import create_model
-from trustvision.robust.config import MixNetSettings
 from trustvision.robust.mixing import (
     MixedClassifier,
     build_adaptive,
     gate_log_weights,
     mix_log_probs,
 )
+from trustvision.robust.mixnet_settings import MixNetSettings
 from trustvision.robust.mixtrain import (
     GateMonitor,
     average_gate_statistics,

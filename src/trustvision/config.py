@@ -63,6 +63,15 @@ class StrictModel(BaseModel):
             return None
 
 
+def refuse_moved(data: Any, moved: dict[str, str]) -> Any:
+    """Stop a config that still uses a key this version moved, saying where it went."""
+    if isinstance(data, dict):
+        old = [key for key in moved if key in data]
+        if old:
+            raise ValueError("; ".join(f"`{key}` {moved[key]}" for key in old))
+    return data
+
+
 def _kind(annotation: Any) -> str:
     names = {int: "number", float: "number", str: "string"}
     return next((names[t] for t in (annotation, *get_args(annotation)) if t in names), "value")

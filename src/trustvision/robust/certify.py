@@ -3,7 +3,8 @@
 For a constant alpha = a and m = (1 - a) / a, the mix keeps the robust model's class y at
 x + delta whatever the standard model does as long as h_y(x+delta) - h_i(x+delta) > m for
 every i != y. Two ways to guarantee that:
-- each p^h_i is L-Lipschitz: r = max(0, a mu + a - 1) / (2 a L), mu = p^h_y - max_i p^h_i;
+- each p^h_i is L-Lipschitz: r = max(0, a mu + a - 1) / (2 a L), mu = p^h_y - max_i p^h_i
+  (for a smoothed base L = 1 / (sigma sqrt(2 pi)));
 - h is Gaussian randomized smoothing with noise sigma (Cohen et al. 2019): Phi^-1 of any
   smoothed [0, 1]-valued function is 1/sigma-Lipschitz (Salman et al. 2019), applied to
   h_y / (1 + m) and (h_i + m) / (1 + m):
@@ -22,7 +23,11 @@ from torch import Tensor, nn
 
 from trustvision.robust.stats import lower_confidence_bound
 
-SMOOTHING_LIPSCHITZ = math.sqrt(2 / math.pi)  # times 1/sigma: the l2 bound of a smoothed [0,1] map
+# Times 1/sigma: the l2 Lipschitz bound of a smoothed map f: R^d -> [0, 1]. Its gradient is
+# E[f(x + eps) eps] / sigma^2 = E[(f(x + eps) - 1/2) eps] / sigma^2 (E eps = 0), so along a unit u
+# it is at most E|<u, eps>| / (2 sigma^2) = 1 / (sigma sqrt(2 pi)): half of Salman et al.'s
+# sqrt(2/pi) / sigma, reached by a half-space indicator.
+SMOOTHING_LIPSCHITZ = 1 / math.sqrt(2 * math.pi)
 
 
 def _m(alpha: float) -> float:

@@ -12,13 +12,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from trustvision.config import (
-    AugmentConfig,
     ModelConfig,
     RunName,
     RunSettings,
     StrictModel,
     TrainConfig,
+    refuse_moved,
 )
+from trustvision.robust.mixnet_settings import MixNetSettings
 
 AttackMethod = Literal["standard", "pgd", "trades", "fgsm_rs", "gaussian"]
 Norm = Literal["linf", "l2"]
@@ -81,15 +82,6 @@ class RobustTrainConfig(TrainConfig):
         return tree
 
 
-def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
-    """Stop a config that still uses a key this version moved, saying where it went."""
-    if isinstance(data, dict):
-        old = [key for key in moved if key in data]
-        if old:
-            raise ValueError("; ".join(f"`{key}` {moved[key]}" for key in old))
-    return data
-
-
 # The mix's logit scales s_g, s_h are knobs chosen on validation images, no longer settings.
 MOVED_TEMPERATURES = {
     "temperature_std": "is chosen on validation images now: list its candidates in "
@@ -135,7 +127,7 @@ class SweepSettings(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return _refuse_moved(
+        return refuse_moved(
             data,
             {
                 "test_subset": "was renamed `clean_subset`: the sweep's clean accuracy is measured "
@@ -158,117 +150,6 @@ class SweepSettings(StrictModel):
                 "attacked images are the first of the clean ones; raise it or set it to null (all)"
             )
         return self
-
-
-class MixNetSettings(StrictModel):
-    """The mixing network (adaptive smoothing) and how it is trained: the recipe of the authors'
-    code (Bai-YT/AdaptiveSmoothing: trainer.py, attacks.py, losses.py, comp_model.py), with its
-    costliest numbers sized for a CPU where the defaults say so (robust/mixtrain.py)."""
-
-    width: int = Field(default=64, ge=4)  # channels of the mixing network's blocks
-    # The bases' stages whose feature maps it reads: (earlier, later); the authors', (0, 1).
-    stages: tuple[int, int] = (0, 1)
-    epochs: int = Field(default=2, ge=1)
-    train_subset: int | None = Field(default=10000, gt=0)  # None: every image both bases trained on
-    batch_size: int = Field(default=128, gt=1)  # clean images per optimiser step
-    augment: AugmentConfig = AugmentConfig()  # of the clean images (authors, CIFAR: crop + flip)
-    # Optimiser, as the authors': AdamW, linear warm-up over `warmup_fraction` of the steps, then
-    # cosine; gradient norm clipped at `grad_clip`.
-    lr: float = Field(default=1e-4, gt=0)
-    weight_decay: float = Field(default=1e-5, ge=0)
-    warmup_fraction: float = Field(default=0.04, ge=0, lt=1)
-    grad_clip: float | None = Field(default=10.0, gt=0)
-    # Loss per image: c_bce BCE(gamma', attacked) + c_ce CE(out, y) + c_prod BCE * CE, clean images
-    # weighted `clean_weight` (the authors' small-model constants).
-    c_bce: float = Field(default=1.0, ge=0)
-    c_ce: float = Field(default=0.5, ge=0)
-    c_prod: float = Field(default=0.1, ge=0)
-    clean_weight: float = Field(default=2.0, gt=0)
-    # Training adversaries, per clean image: one untargeted CE attack plus one targeted DLR
-    # attack towards each of the `target_classes` most likely other classes (authors: 9 on
-    # CIFAR-10 with APGD, 0 with PGD), every one kept. Each attack draws per image
-    # eps * U(eps_low, eps_high), a momentum U(0, momentum_max) and a loss weight
-    # w ~ U(0, bce_weight_max) (it maximises (1 - w) L + w BCE(gamma', 1)), and per attack
-    # round(chi2(steps_df) + steps_const) steps (at least 1) of size step_factor * eps_i / steps
-    # (authors' CIFAR-10 configs: chi2(20) with PGD, chi2(75) with APGD; factor 5).
-    target_classes: int = Field(default=2, ge=0)
-    eps_low: float = Field(default=0.4, ge=0)
-    eps_high: float = Field(default=1.1, ge=0)
-    steps_df: float = Field(default=10.0, gt=0)
-    steps_const: float = Field(default=0.0, ge=0)
-    step_factor: float = Field(default=1.8, gt=0)
-    momentum_max: float = Field(default=0.9, ge=0, lt=1)  # momentum ~ U(0, momentum_max)
-    bce_weight_max: float = Field(default=0.4, ge=0, le=1)
-    # Ours, not the authors': the first `blind_epochs` epochs make their attacks on the bases'
-    # 50/50 mix, which the gate does not steer (w = 0), so the gate first learns to detect
-    # attacks, then to hold against attacks that see it (docs/robust.md: the gate probe).
-    blind_epochs: int = Field(default=0, ge=0)
-    # The gate (robust/mixing.py): in training the raw gamma is clamped to its mini-batch mean
-    # +- gamma_clamp std before the BatchNorm (null: no clamp); gamma' = BN * scale + bias.
-    gamma_clamp: float | None = Field(default=0.6, gt=0)
-    gamma_scale: float = Field(default=1.0, gt=0)
-    gamma_bias: float = 0.0
-    # After training, every gamma bias x scale x alpha range x `sweep.temperatures_std` x
-    # `sweep.temperatures_rob` is judged on validation images and the best (the sweep's rule) is
-    # kept; an empty `bias_sweep` keeps `gamma_bias`, `gamma_scale`, the full range and the
-    # training temperatures. An alpha range (low, high) maps sigmoid(gamma') onto [low, high].
-    bias_sweep: tuple[float, ...] = ()
-    scale_sweep: tuple[float, ...] = ()  # empty: `gamma_scale` only
-    alpha_ranges: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
-    temperature_std: float = Field(default=1.0, gt=0)  # s_g while the mixing network trains
-    temperature_rob: float = Field(default=1.0, gt=0)  # s_h while the mixing network trains
-    # After every epoch: the gate's mean alpha in evaluation mode on this many validation
-    # images, clean and under PGD (`monitor_steps` steps at the full eps) on the mix.
-    monitor_images: int = Field(default=200, ge=1)
-    monitor_steps: int = Field(default=10, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        steps = (
-            "was replaced by `steps_df` and `steps_const`: every training attack takes "
-            "round(chi2(steps_df) + steps_const) steps, as in the authors' code"
-        )
-        return _refuse_moved(
-            data,
-            {
-                "steps_low": steps,
-                "steps_high": steps,
-                "targeted_fraction": "was replaced by `target_classes`: every clean image gets "
-                "one untargeted attack plus a targeted one per each of its `target_classes` most "
-                "likely other classes",
-            },
-        )
-
-    @model_validator(mode="after")
-    def _ranges(self) -> MixNetSettings:
-        if self.eps_low > self.eps_high:
-            raise ValueError(f"need `eps_low` <= `eps_high` (got {self.eps_low}, {self.eps_high})")
-        bad = [r for r in self.alpha_ranges if not 0.0 <= r[0] < r[1] <= 1.0]
-        if bad or not self.alpha_ranges:
-            raise ValueError(
-                f"`alpha_ranges` must be a non-empty list of [low, high] with 0 <= low < high "
-                f"<= 1, got {list(self.alpha_ranges)}"
-            )
-        if any(v <= 0 for v in self.scale_sweep):
-            raise ValueError(f"`scale_sweep` values must be > 0, got {list(self.scale_sweep)}")
-        if self.blind_epochs > self.epochs:
-            raise ValueError(
-                f"`blind_epochs` ({self.blind_epochs}) must not exceed `epochs` ({self.epochs})"
-            )
-        if not 0 <= self.stages[0] < self.stages[1]:
-            raise ValueError(
-                f"`stages` must be [earlier, later] with 0 <= earlier < later, got "
-                f"{list(self.stages)}"
-            )
-        return self
-
-    @property
-    def minibatches(self) -> int:
-        """Forward passes per optimiser step: the clean images and their attacked copies,
-        shuffled together, in 2 x (attacks per image) parts, so that the gate's BatchNorm sees
-        clean and attacked images mixed and updates its statistics that often (the authors')."""
-        return 2 * (self.target_classes + 1)
 
 
 class EvalSettings(StrictModel):
@@ -296,11 +177,24 @@ class CertifySettings(StrictModel):
     subset: int = Field(default=200, ge=1)
     n0: int = Field(default=100, ge=1)  # Monte-Carlo samples that pick the class (Cohen et al.)
     n: int = Field(default=1000, ge=1)  # samples that bound its probability
-    confidence: float = Field(default=0.001, gt=0, lt=1)  # failure probability of the bound
+    # The failure probability of the bound (Cohen et al.'s alpha), not a confidence level: a
+    # value of 1/2 or more would turn the lower bound of pA into an upper one.
+    confidence: float = Field(default=0.001, gt=0, lt=0.5)
     batch_size: int = Field(default=500, ge=1)
     lipschitz: float | None = Field(default=None, gt=0)  # known l2 bound of each p^h_i
     sigma: float | None = Field(default=None, gt=0)  # None: the base's training sigma
     attack_check: int = Field(default=50, ge=0)  # images attacked inside their radius
+
+    @model_validator(mode="after")
+    def _alphas(self) -> CertifySettings:
+        """Refused up front, not after every image is certified: alphas outside (0, 1], none,
+        or two that print alike (results are keyed by `f"{alpha:g}"`)."""
+        keys = [f"{a:g}" for a in self.alphas]
+        if not self.alphas or any(not 0.0 < a <= 1.0 for a in self.alphas):
+            raise ValueError(f"`alphas` must be a non-empty list in (0, 1], got {self.alphas}")
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"`alphas` {self.alphas} has values that print alike: {keys}")
+        return self
 
 
 class MixConfig(RunSettings):
@@ -319,7 +213,7 @@ class MixConfig(RunSettings):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return _refuse_moved(data, MOVED_TEMPERATURES)
+        return refuse_moved(data, MOVED_TEMPERATURES)
 
 
 class EvalConfig(RunSettings):
@@ -393,4 +287,4 @@ class PipelineConfig(RunSettings):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return _refuse_moved(data, MOVED_TEMPERATURES)
+        return refuse_moved(data, MOVED_TEMPERATURES)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trustvision.robust.attacks import LossFn, dlr_targeted, pgd
-from trustvision.robust.config import MixNetSettings
 from trustvision.robust.mixing import AdaptiveMixedClassifier, MixedClassifier
+from trustvision.robust.mixnet_settings import MixNetSettings
 from trustvision.train.loop import Objective
 
 

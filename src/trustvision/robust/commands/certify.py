@@ -194,7 +194,14 @@ def _attack_inside(
         xi, yi = x[i : i + 1], torch.tensor([cls], device=x.device)
         adv = pgd(loss, xi, yi, eps=radius, step_size=radius / 4, steps=10, norm="l2")
         votes = certify_smoothed(
-            robust, adv[0], cls, sigma=sigma, n0=1, n=s.n, confidence=s.confidence
+            robust,
+            adv[0],
+            cls,
+            sigma=sigma,
+            n0=1,
+            n=s.n,
+            confidence=s.confidence,
+            batch_size=s.batch_size,
         ).counts
         p_rob = torch.tensor(votes, dtype=torch.float32, device=x.device) / s.n
         with torch.no_grad():
