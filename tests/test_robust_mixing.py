@@ -186,7 +186,10 @@ def test_the_last_epoch_averages_the_gates_statistics_afresh():
     mix = adaptive_mix().train()
     for _ in range(3):  # earlier steps, to be forgotten
         mix.forward_with_gamma(images(8) * 0.1)
+    trained = mix.gamma_norm.running_mean.clone(), mix.gamma_norm.running_var.clone()
     average_gate_statistics(mix)
+    kept = mix.gamma_norm.running_mean, mix.gamma_norm.running_var
+    assert all(torch.equal(a, b) for a, b in zip(trained, kept, strict=True))  # until a pass
     means = []
     for seed in range(4):
         x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(10 + seed))

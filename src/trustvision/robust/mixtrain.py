@@ -153,8 +153,11 @@ def average_gate_statistics(mix: AdaptiveMixedClassifier) -> None:
     statistics (momentum None), starting afresh. Called when the last epoch begins, so that
     evaluation normalises gamma with the trained network's own statistics, not with an
     exponential average that still carries its first steps' (0.99^n of the start remains after
-    n updates at momentum 0.01)."""
-    mix.gamma_norm.reset_running_stats()
+    n updates at momentum 0.01). The statistics themselves stay until the next training pass
+    replaces them (its weight is 1/1): the epoch's first training attacks, made in evaluation
+    mode, still see the trained gate, not one reset to mean 0 and variance 1."""
+    assert mix.gamma_norm.num_batches_tracked is not None
+    mix.gamma_norm.num_batches_tracked.zero_()
     mix.gamma_norm.momentum = None
 
 
