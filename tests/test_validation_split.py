@@ -15,10 +15,11 @@ import torch
 from trustvision.config import DataConfig
 from trustvision.data.dataset import ArraySplit, Dataset
 from trustvision.data.loader import build_loaders
-from trustvision.data.partition import validation_split
+from trustvision.data.longtail import longtail_counts
+from trustvision.data.partition import cover_every_class, validation_split
 from trustvision.errors import ConfigError, DataError
 from trustvision.federated.client import ClientValidation
-from trustvision.federated.data import build_federation
+from trustvision.federated.data import build_federation, client_split
 from trustvision.federated.evaluate import balanced_accuracy, validation_evaluation
 
 TEST_OFFSET = 50_000  # test images encode indices from here, so they never equal a training one
@@ -217,3 +218,35 @@ def test_more_clients_than_a_split_can_feed_is_refused() -> None:
         build_federation(
             _dataset(), cfg, num_clients=5000, alpha=0.5, seed=0, device=torch.device("cpu")
         )
+
+
+def test_every_class_a_client_trains_on_twice_is_held_out_somewhere() -> None:
+    """CIFAR-100-LT over 40 clients: per-client rounding alone leaves tail classes with no
+    validation image anywhere, and the balanced validation accuracy would silently skip them."""
+    counts = longtail_counts(500, 100, 100)
+    labels = np.repeat(np.arange(100), counts)
+    test_labels = np.repeat(np.arange(100), 10)
+
+    def split(seed: int):
+        return client_split(
+            labels, test_labels, num_clients=40, alpha=0.5, validation=0.1, seed=seed
+        )
+
+    trained, held, _ = split(0)  # without the cover, 12 such classes had none at seed 0
+    held_classes = set(labels[np.concatenate(held)].tolist())
+    lendable = {c for part in trained for c, n in enumerate(np.bincount(labels[part])) if n >= 2}
+    assert lendable <= held_classes
+    everything = np.concatenate([*trained, *held])
+    assert len(everything) == len(labels) == len(np.unique(everything))  # disjoint, complete
+    again = split(0)
+    assert all(np.array_equal(a, b) for a, b in zip(held, again[1], strict=True))
+
+
+def test_a_class_of_single_images_on_separate_clients_stays_in_training() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    trained, held = [np.array([0, 1, 2]), np.array([3, 4, 5])], [np.zeros(0, int), np.zeros(0, int)]
+    held[1] = np.array([5])  # class 2 is held out; class 0 (twice on client 0) is not
+    trained[1] = np.array([3, 4])
+    new_trained, new_held = cover_every_class(labels, trained, held, seed=0)
+    assert labels[new_held[0]].tolist() == [0] and len(new_trained[0]) == 2
+    assert 1 not in labels[np.concatenate(new_held)]  # one image on each of two clients

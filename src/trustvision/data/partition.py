@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from trustvision.errors import ConfigError, DataError
+from trustvision.seeds import derive_seed
 
 
 def make_rng(seed: int) -> np.random.Generator:
@@ -55,6 +56,37 @@ def validation_split(
         if count > 0:
             held[rng.choice(members, size=count, replace=False)] = True
     return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def cover_every_class(
+    labels: np.ndarray, trained: list[np.ndarray], held: list[np.ndarray], *, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`(trained, held)` index lists per client, with one more image held out for each class
+    that no client holds out but some client trains on twice or more.
+
+    Per-client stochastic rounding leaves the rarest classes of a long tail split over many
+    clients (CIFAR-100-LT, ImageNet-LT) with no validation image anywhere, and a balanced
+    validation accuracy that silently skips them. The lender and the image are drawn from
+    `(seed, "validation-cover", c)`; a class whose clients each hold a single image stays
+    uncovered (holding it out would take the class away from that client's training).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not any(len(h) for h in held) or labels.size == 0:
+        return trained, held  # no validation asked for (or no data): nothing to cover
+    trained, held = list(trained), list(held)
+    num_classes = int(labels.max()) + 1
+    covered = np.bincount(labels[np.concatenate(held)], minlength=num_classes) > 0
+    counts = np.stack([np.bincount(labels[t], minlength=num_classes) for t in trained])
+    for c in np.flatnonzero(~covered):
+        lenders = np.flatnonzero(counts[:, c] >= 2)
+        if len(lenders) == 0:
+            continue
+        rng = make_rng(derive_seed(seed, "validation-cover", int(c)))
+        k = int(rng.choice(lenders))
+        pick = rng.choice(trained[k][labels[trained[k]] == c])
+        trained[k] = trained[k][trained[k] != pick]
+        held[k] = np.sort(np.append(held[k], pick))
+    return trained, held
 
 
 def dirichlet_partition(

@@ -24,6 +24,7 @@ from trustvision.data.loader import BatchLoader, select_train_indices, to_tensor
 from trustvision.data.partition import (
     class_counts,
     client_test_indices,
+    cover_every_class,
     dirichlet_partition,
     validation_split,
 )
@@ -221,6 +222,7 @@ def client_split(
     ]
     trained = [part[kept] for part, (kept, _) in zip(parts, splits, strict=True)]
     held_out = [part[held] for part, (_, held) in zip(parts, splits, strict=True)]
+    trained, held_out = cover_every_class(train_labels, trained, held_out, seed=seed)
     local_tests = client_test_indices(
         [train_labels[p] for p in trained],
         test_labels,
