@@ -110,3 +110,25 @@ def test_help_prints_every_bracket_its_source_has():
             checked += 1
             assert " ".join(fragment.split()) in shown, f"{' '.join(words)}: {fragment} lost"
     assert checked >= 2  # fed compare's --out and the compact overrides' `rows=[full]`
+
+
+def test_every_overrides_example_in_a_help_is_accepted_by_its_command():
+    """`robust mix --help` once showed `attack.eps=0.3 epochs=2`, keys only `robust train` has."""
+    checked = 0
+    for words, command in every_command(typer.main.get_command(app), []):
+        helps = [getattr(p, "help", None) or "" for p in command.params if p.name == "overrides"]
+        examples = [re.findall(r"`([^`]*)`", t)[-1].replace("\\[", "[") for t in helps if "=" in t]
+        for example in examples:
+            if "--print-config" not in [o for p in command.params for o in p.opts]:
+                continue
+            result = RUNNER.invoke(app, [*words, *example.split(), "--print-config"])
+            assert result.exit_code == 0, f"{' '.join(words)} {example}: {result.output}"
+            checked += 1
+    assert checked >= 8
+
+
+def test_robust_demo_keeps_its_default_config_when_given_only_overrides():
+    result = RUNNER.invoke(app, ["robust", "demo", "eval.subset=50", "--print-config"])
+    assert result.exit_code == 0, result.output
+    tree = yaml.safe_load(result.output)
+    assert tree["name"] == "robust-demo-mnist" and tree["eval"]["subset"] == 50

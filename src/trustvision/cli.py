@@ -184,7 +184,10 @@ def report(
         ),
     ],
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
-    title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(help="The page's title. Default: the run's folder, or `N runs compared`."),
+    ] = None,
 ) -> None:
     """One self-contained HTML page for runs, a comparison or a sweep.
 

@@ -34,8 +34,9 @@ ResumeOpt = Annotated[
 CheckpointOpt = Annotated[
     str | None,
     typer.Option(
-        help="With --resume: the checkpoint to start from, by name (e.g. epoch-0002; the run's "
-        "checkpoints/ lists them). Default: the newest that passes its checks."
+        help="With --resume: the checkpoint to start from, by name (the run's checkpoints/ lists "
+        "them: epoch-0002 of a training run, round-00010 of a federated one). Default: the "
+        "newest that passes its checks."
     ),
 ]
 
@@ -62,16 +63,18 @@ def command_config(
     checkpoint: str | None = None,
     print_config: bool = False,
     required: str | None = None,
+    default: Path | None = None,
 ) -> ConfigT:
     """The typed config a command runs with: CONFIG plus overrides (a first argument holding
     `=` that is no file is an override: `robust eval model=runs/x`), or with `resume` the run's
     own config.yaml (then CONFIG and overrides are refused). `required` (a hint where to find
     one) makes a CONFIG file or overrides mandatory; `checkpoint` is refused without `resume`.
+    `default` is the command's default CONFIG, kept when its first argument is an override.
     `print_config` prints it and exits."""
     from trustvision.config import dump_config, load_config
 
     if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *(overrides or [])]
+        config, overrides = default, [str(config), *(overrides or [])]
     if checkpoint is not None and resume is None:
         raise ConfigError("`--checkpoint` chooses where `--resume RUN_DIR` starts: give both")
     if resume is not None:

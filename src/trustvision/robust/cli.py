@@ -30,9 +30,46 @@ robust_app = command_group(
 )
 console = Console()
 
-OVERRIDES_HELP = overrides_help("attack.eps=0.3 epochs=2")
-ConfigArg = Annotated[Path | None, typer.Argument(help="A YAML config from configs/robust/.")]
-OverridesArg = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
+DEMO_CONFIG = Path("configs/robust/demo_mnist.yaml")
+TrainConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="A YAML config: configs/robust/mnist_*.yaml, or any with its keys."),
+]
+# mix, eval and certify work on runs named by overrides; their keys: --print-config
+ModelsConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A YAML config of this command's keys (see --print-config); usually none: name the "
+        "models by overrides."
+    ),
+]
+
+TrainOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help=overrides_help("attack.eps=0.3 epochs=2"), show_default=False),
+]
+MixOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help=overrides_help("standard=runs/std-... robust=runs/pgd-... kind=adaptive"),
+        show_default=False,
+    ),
+]
+EvalOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help=overrides_help("model=runs/mix-... eval.subset=500"), show_default=False),
+]
+CertifyOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help=overrides_help("standard=runs/std-... robust=runs/gauss-... certify.subset=100"),
+        show_default=False,
+    ),
+]
+DemoOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help=overrides_help("eval.subset=50 seed=1"), show_default=False),
+]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Write into (or resume) this directory instead of a new one."),
@@ -45,8 +82,8 @@ def _log(text: str) -> None:
 
 @robust_app.command("train")
 def train(
-    config: ConfigArg = None,
-    overrides: OverridesArg = None,
+    config: TrainConfigArg = None,
+    overrides: TrainOverridesArg = None,
     resume: ResumeOpt = None,
     checkpoint: CheckpointOpt = None,
     print_config: PrintConfigOpt = False,
@@ -93,7 +130,13 @@ def import_model(
             "base you will mix it with)."
         ),
     ] = None,
-    eps: Annotated[float | None, typer.Option(help="The l_inf budget it was trained for.")] = None,
+    eps: Annotated[
+        float | None,
+        typer.Option(
+            help="The l_inf budget it was trained for. Default: none recorded; then give `eps=` "
+            "to `robust mix` and `eval.eps=` to `robust eval`."
+        ),
+    ] = None,
     runs_dir: Annotated[str, typer.Option(help="Where the run directory goes.")] = "runs",
 ) -> None:
     """Import a RobustBench WideResNet as a base run for `robust mix`, saved as safetensors.
@@ -115,8 +158,8 @@ def import_model(
 
 @robust_app.command("mix")
 def mix(
-    config: ConfigArg = None,
-    overrides: OverridesArg = None,
+    config: ModelsConfigArg = None,
+    overrides: MixOverridesArg = None,
     run_dir: RunDirOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -159,8 +202,8 @@ def mix(
 
 @robust_app.command("eval")
 def evaluate(
-    config: ConfigArg = None,
-    overrides: OverridesArg = None,
+    config: ModelsConfigArg = None,
+    overrides: EvalOverridesArg = None,
     run_dir: RunDirOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -185,8 +228,8 @@ def evaluate(
 
 @robust_app.command("certify")
 def certify(
-    config: ConfigArg = None,
-    overrides: OverridesArg = None,
+    config: ModelsConfigArg = None,
+    overrides: CertifyOverridesArg = None,
     run_dir: RunDirOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -207,10 +250,10 @@ def certify(
 
 @robust_app.command("demo")
 def demo(
-    config: Annotated[Path, typer.Argument(help="A pipeline config.")] = Path(
-        "configs/robust/demo_mnist.yaml"
-    ),
-    overrides: OverridesArg = None,
+    config: Annotated[
+        Path, typer.Argument(help="A pipeline config (configs/robust/demo_*, bench_*).")
+    ] = DEMO_CONFIG,
+    overrides: DemoOverridesArg = None,
     work: Annotated[
         Path | None, typer.Option(help="Work directory (resumed if it exists; default: a new one).")
     ] = None,
@@ -225,7 +268,9 @@ def demo(
     from trustvision.robust.config import PipelineConfig
 
     try:
-        cfg = command_config(PipelineConfig, config, overrides, print_config=print_config)
+        cfg = command_config(
+            PipelineConfig, config, overrides, print_config=print_config, default=DEMO_CONFIG
+        )
         work = work or Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         started = time.perf_counter()
         report = run_pipeline(cfg, work, reporter=ConsoleReporter(console), log=_log)
