@@ -1,6 +1,8 @@
 """MLflow tracking: every command's run mirrored in a local store, read back with MLflow's
 client; a sweep's trials nest under the sweep; a store that fails never stops a run."""
 
+import json
+import time
 from pathlib import Path
 
 import fed_tiny
@@ -12,7 +14,17 @@ from trustvision.cli import app
 from trustvision.config import TrackingConfig, TrainConfig, build_config
 from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import SweepSpec
-from trustvision.tracking import OFF_ENV, TrackingWarning, numbers, start_tracking, store_uri
+from trustvision.tracking import (
+    OFF_ENV,
+    TrackingWarning,
+    numbers,
+    saved_uri,
+    shown,
+    sqlite_path,
+    sqlite_uri,
+    start_tracking,
+    store_uri,
+)
 
 ROOT = Path(__file__).parents[1]
 TINY = ["data.train_subset=256", "data.test_subset=100", "data.batch_size=64", "device=cpu"]
@@ -95,17 +107,20 @@ def test_a_sweeps_trials_are_nested_runs_of_the_sweep(tmp_path):
 
 
 @pytest.mark.usefixtures("tracking_on")
-@pytest.mark.parametrize("store", ["a file", "a server that is down"])
+@pytest.mark.parametrize("store", ["a file", "a folder", "a server that is down"])
 def test_a_store_that_fails_warns_once_and_the_run_finishes(tmp_path, store):
     (tmp_path / "file").write_text("not a folder")
     broken = {
         "a file": f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}",
+        "a folder": f"tracking.uri=sqlite:///{tmp_path}",  # MLflow retried it for over a minute
         "a server that is down": "tracking.uri=http://127.0.0.1:9",  # the discard port: closed
     }[store]
     args = [*COMMANDS["train"], f"runs_dir={tmp_path / 'runs'}", broken]
+    started = time.monotonic()
     with pytest.warns(TrackingWarning, match=r"MLflow tracking of .* stopped") as caught:
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 50  # not the CLOSE_SECONDS a stalled store would take
     assert len([w for w in caught if w.category is TrackingWarning]) == 1
     (run,) = (tmp_path / "runs").glob("*/summary.json")
     assert '"status": "finished"' in run.read_text()
@@ -121,7 +136,8 @@ def test_tracking_is_off_by_switch_or_environment(tmp_path, monkeypatch):
 
 def test_the_store_is_the_config_s_then_the_environment_s_then_runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert store_uri(TrackingConfig(uri="sqlite:///x.db"), tmp_path) == "sqlite:///x.db"
+    monkeypatch.chdir(tmp_path)
+    assert store_uri(TrackingConfig(uri="sqlite:///x.db"), tmp_path) == sqlite_uri(Path("x.db"))
     assert store_uri(TrackingConfig(), tmp_path) == "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert store_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
@@ -130,3 +146,32 @@ def test_the_store_is_the_config_s_then_the_environment_s_then_runs_dir(tmp_path
 def test_only_finite_numbers_become_metrics():
     record = {"epoch": 2, "loss": 0.5, "ok": True, "nan": float("nan"), "test": {"top1": 0.9}}
     assert numbers(record) == {"epoch": 2.0, "loss": 0.5, "test.top1": 0.9}
+
+
+@pytest.mark.usefixtures("tracking_on")
+def test_a_relative_sqlite_address_or_odd_characters_in_runs_dir_track_where_they_say(
+    tmp_path, monkeypatch
+):
+    """`sqlite:///rel/x.db` (README's own form) once turned tracking off; `?` in a path made
+    SQLAlchemy write a stray file; both now reach the store they name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    odd = tmp_path / "q?x=1 %41"
+    for extra in (["tracking.uri=sqlite:///rel/x.db"], []):
+        args = [*COMMANDS["train"], f"runs_dir={odd}", *extra]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert len(runs_of(sqlite_uri(tmp_path / "rel" / "x.db"), "train")) == 1
+    assert len(runs_of(sqlite_uri(odd / "mlflow.db"), "train")) == 1
+    assert not (tmp_path / "q").exists()
+    assert sqlite_path(sqlite_uri(odd / "mlflow.db")) == odd / "mlflow.db"
+
+
+def test_a_resumed_run_keeps_its_store_and_no_password_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.json").write_text(json.dumps({"uri": "sqlite:////a/b.db", "run_id": "x"}))
+    assert saved_uri(tmp_path, TrackingConfig()) == "sqlite:////a/b.db"  # whatever the cwd
+    assert saved_uri(tmp_path, TrackingConfig(uri="sqlite:////c.db")) is None  # named: that one
+    assert shown("http://alice:s3cret@host:5000/x") == "http://host:5000/x"  # $MLFLOW_TRACKING_URI
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_PASSWORD"):
+        TrackingConfig(uri="http://alice:s3cret@host:5000")

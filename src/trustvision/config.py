@@ -332,6 +332,16 @@ class TrackingConfig(StrictModel):
     uri: str | None = None
     experiment: str | None = None  # None: the command's system (train, fed, compact, robust)
 
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        if uri is not None and "@" in uri.partition("://")[2].partition("/")[0]:
+            raise ValueError(
+                "holds a user name or password, which config.yaml and the run's MLflow params "
+                "would keep: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+            )
+        return uri
+
 
 class RunSettings(StrictModel):
     """Where and how any command runs: the settings every system's config starts with."""

@@ -16,12 +16,15 @@ is used, not its fluent one, so that nothing depends on a process-wide active ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
+import sqlite3
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -53,21 +56,71 @@ class TrackingWarning(UserWarning):
     """Tracking failed for a run; the run itself goes on."""
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_uri(path: Path) -> str:
+    """The address of a SQLite store at `path`: absolute (a resume or a sweep's trial may run
+    from another folder), and with `%`, `?` and `#` escaped (SQLAlchemy reads them as escapes
+    and a query)."""
+    return SQLITE + urllib.parse.quote(str(path.resolve()), safe="/")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///` address (None for any other store)."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).partition("?")[0]))
+
+
+def absolute(uri: str) -> str:
+    """`uri`, with a relative SQLite path (`sqlite:///runs/mlflow.db`) made absolute."""
+    path = sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return sqlite_uri(path) + (f"?{query}" if query else "")
+
+
+def shown(uri: str) -> str:
+    """`uri` without a user name or password, as messages and files show it."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def artifact_location(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside a SQLite store (MLflow's default,
     ./mlruns, would land in whatever folder the command ran from); a server decides itself."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "mlflow-artifacts").as_uri()
+    path = sqlite_path(uri)
+    return None if path is None else (path.parent / "mlflow-artifacts").as_uri()
+
+
+def check_sqlite(uri: str) -> None:
+    """An OSError at once for a SQLite store that cannot be written (MLflow would retry for a
+    minute and more before it gives up)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise OSError(f"`{path}` is a folder, not a SQLite file")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.rollback()
+    except sqlite3.Error as err:
+        raise OSError(f"cannot write the SQLite store `{path}`: {err}") from err
 
 
 def store_uri(settings: TrackingConfig, runs_dir: str | Path) -> str:
-    """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else sqlite in `runs_dir`."""
+    """The tracking URI: the config's, else $MLFLOW_TRACKING_URI, else sqlite in `runs_dir`
+    (SQLite paths absolute)."""
     if settings.uri:
-        return settings.uri
+        return absolute(settings.uri)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
+        return absolute(os.environ["MLFLOW_TRACKING_URI"])
+    return sqlite_uri(Path(runs_dir) / "mlflow.db")
 
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:
@@ -99,6 +152,7 @@ class Tracker:
         try:
             from mlflow.tracking import MlflowClient
 
+            check_sqlite(self.uri)
             client = MlflowClient(tracking_uri=self.uri)
             run_id = self.run_id = self._open(client)
         except Exception as err:  # any failure of the store: say it once, then drop the run
@@ -115,7 +169,7 @@ class Tracker:
     def _fail(self, err: Exception) -> None:
         self.failed = True
         warnings.warn(
-            f"MLflow tracking of `{self.run_dir}` at {self.uri} stopped ({err!r}); the run goes "
+            f"MLflow tracking of `{self.run_dir}` at {shown(self.uri)} stopped ({err!r}); the run goes "
             f"on and its directory keeps every number (set tracking.enabled=false or "
             f"{OFF_ENV}=off to silence this)",
             TrackingWarning,
@@ -127,7 +181,7 @@ class Tracker:
         record = self.run_dir / RUN_FILE
         if record.is_file():
             saved = json.loads(record.read_text())
-            if saved.get("uri") == self.uri:
+            if saved.get("uri") == shown(self.uri):
                 client.update_run(saved["run_id"], status="RUNNING")
                 self.resumed = True
                 return str(saved["run_id"])
@@ -137,15 +191,19 @@ class Tracker:
                 experiment_id = client.create_experiment(
                     self.experiment, artifact_location=artifact_location(self.uri)
                 )
-            except Exception:  # another process created it first
-                experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
+            except Exception:  # another process created it first, or the store failed
+                created = client.get_experiment_by_name(self.experiment)
+                if created is None:
+                    raise
+                experiment_id = created.experiment_id
         else:
             experiment_id = experiment.experiment_id
         tags = {"trustvision.run_dir": str(self.run_dir.resolve())}
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         run = client.create_run(experiment_id, run_name=self.name, tags=tags)
-        write_atomic(record, json.dumps({"uri": self.uri, "run_id": run.info.run_id}) + "\n")
+        saved = {"uri": shown(self.uri), "run_id": run.info.run_id}
+        write_atomic(record, json.dumps(saved) + "\n")
         return str(run.info.run_id)
 
     def params(self, config: BaseModel) -> None:
@@ -205,6 +263,8 @@ class Tracker:
         if self.worker.is_alive():
             self.calls.put(None)
             self.worker.join(timeout=CLOSE_SECONDS)
+            if self.worker.is_alive() and not self.failed:
+                self._fail(TimeoutError(f"not written within {CLOSE_SECONDS:g} s"))
 
 
 def tracking_off() -> bool:
@@ -218,7 +278,7 @@ def sweep_tracker(out: Path, spec: BaseModel) -> Tracker | None:
     when their environment carries `trial_env`. Blocks until the run is open."""
     if tracking_off():
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    uri = absolute(os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(out / "mlflow.db"))
     tracker = Tracker(uri=uri, experiment="sweep", run_dir=out, name=out.name)
     tracker.params(spec)
     tracker.ready.wait(timeout=CLOSE_SECONDS)
@@ -241,10 +301,24 @@ def start_tracking(run_dir: Path, config: BaseModel) -> Tracker | None:
     if tracking_off():
         return None
     tracker = Tracker(
-        uri=store_uri(settings, getattr(config, "runs_dir", "runs")),
+        uri=saved_uri(Path(run_dir), settings)
+        or store_uri(settings, getattr(config, "runs_dir", "runs")),
         experiment=settings.experiment or str(getattr(config, "experiment", "trustvision")),
         run_dir=Path(run_dir),
         name=Path(run_dir).name,
     )
     tracker.params(config)
     return tracker
+
+
+def saved_uri(run_dir: Path, settings: TrackingConfig) -> str | None:
+    """The store a resumed run was tracked in, when nothing names one now: a relative
+    `runs_dir` would otherwise put it in another folder's store when resumed from there."""
+    record = run_dir / RUN_FILE
+    if settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or not record.is_file():
+        return None
+    try:
+        uri = json.loads(record.read_text()).get("uri")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return uri if isinstance(uri, str) and sqlite_path(uri) is not None else None
