@@ -83,6 +83,17 @@ def test_a_sweep_page_links_every_trial_to_its_run(tmp_path, monkeypatch):
     assert external_references(html) == []
 
 
+@pytest.mark.parametrize("summary", ['{"status": "fini', '{"environment": null}', "[1, 2]"])
+def test_a_damaged_summary_is_one_line_naming_the_run(tmp_path, summary):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "summary.json").write_text(summary)
+    result = RUNNER.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and "damaged summary.json" in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_a_folder_without_runs_is_a_clear_error(tmp_path):
     result = RUNNER.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "holds no run directory" in " ".join(result.output.split())
@@ -130,6 +141,7 @@ def test_a_folder_named_like_a_url_scheme_links_as_a_path():
     from trustvision.report.html import local_link
 
     out = Path("/reports")
-    assert local_link(out / "javascript:alert(1)" / "run", out) == "./javascript:alert(1)/run"
+    assert local_link(out / "javascript:alert(1)" / "run", out) == "./javascript%3Aalert%281%29/run"
+    assert local_link(out / "exp #2?x=1", out) == "./exp%20%232%3Fx%3D1"  # not a fragment, a query
     assert local_link(out / "runs" / "a", out) == "./runs/a"
     assert local_link(Path("/elsewhere/b"), out) == "../elsewhere/b"

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,17 @@ FALLBACK_NUMBERS = 12
 ENVIRONMENT = ("machine", "device", "cpu_threads", "torch", "trustvision", "git_commit")
 
 
-def local_link(path: Path, out_dir: Path) -> str:
-    """`path` relative to the report, as a link that is always a path: a folder named like
-    `javascript:...` would otherwise read as a URL scheme (escaping leaves it as it is)."""
+def relative_path(path: Path, out_dir: Path) -> str:
+    """`path` relative to the report (what the page shows: no absolute path of this machine)."""
     relative = Path(os.path.relpath(path, out_dir)).as_posix()
     return relative if relative.startswith((".", "/")) else f"./{relative}"
+
+
+def local_link(path: Path, out_dir: Path) -> str:
+    """`path` relative to the report, as a link that is always a path: percent-encoded, so
+    that `#`, `?` and `%` in a folder's name stay part of it, and a folder named like
+    `javascript:...` cannot read as a URL scheme (escaping leaves it as it is)."""
+    return urllib.parse.quote(relative_path(path, out_dir))
 
 
 @dataclass
@@ -131,7 +138,7 @@ def run_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
         anchor=anchor,
         title=path.name,
         kind=kind_of(summary),
-        path=str(path),
+        path=relative_path(path, out_dir),
         href=local_link(path, out_dir),
         status=str(summary.get("status", "not finished (no summary.json)")),
         headline=rows,
@@ -184,7 +191,7 @@ def sweep_view(path: Path, *, out_dir: Path, anchor: str) -> RunView:
         anchor=anchor,
         title=f"sweep {report.get('name', path.name)}",
         kind="sweep",
-        path=str(path),
+        path=relative_path(path, out_dir),
         href=local_link(path, out_dir),
         status="finished" if report.get("trials_done") == report.get("trials_planned") else "open",
         headline=headline_rows,
@@ -255,7 +262,13 @@ def write_report(paths: list[Path], out: Path, *, title: str | None = None) -> P
     views = []
     for index, path in enumerate(found):
         make = sweep_view if (path / "sweep.json").is_file() else run_view
-        view = make(path, out_dir=out_dir, anchor=f"run-{index + 1}")
+        try:
+            view = make(path, out_dir=out_dir, anchor=f"run-{index + 1}")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors included
+            raise ConfigError(
+                f"`{path}` holds a damaged summary.json or sweep.json ({type(err).__name__}: "
+                f"{err}): write it again, or leave that run out of the report"
+            ) from err
         if common is not None and view.kind != "sweep":  # runs of one name stay apart
             view.title = str(path.relative_to(common))
         views.append(view)
