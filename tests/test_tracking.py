@@ -16,6 +16,7 @@ from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import SweepSpec
 from trustvision.tracking import (
     OFF_ENV,
+    Tracker,
     TrackingWarning,
     numbers,
     saved_uri,
@@ -175,3 +176,19 @@ def test_a_resumed_run_keeps_its_store_and_no_password_is_written(tmp_path, monk
     assert shown("http://alice:s3cret@host:5000/x") == "http://host:5000/x"  # $MLFLOW_TRACKING_URI
     with pytest.raises(ValueError, match="MLFLOW_TRACKING_PASSWORD"):
         TrackingConfig(uri="http://alice:s3cret@host:5000")
+
+
+@pytest.mark.usefixtures("tracking_on")
+def test_a_sweep_ends_the_mlflow_run_of_a_trial_killed_before_it_could(tmp_path):
+    store = sqlite_uri(tmp_path / "mlflow.db")
+    (tmp_path / "trial").mkdir()
+    trial = Tracker(uri=store, experiment="train", run_dir=tmp_path / "trial", name="trial")
+    trial.close()  # as a pruned trial's process ends: its MLflow run stays RUNNING
+    (run,) = runs_of(store, "train")
+    assert run.info.status == "RUNNING"
+    sweep = Tracker(uri=store, experiment="sweep", run_dir=tmp_path, name="sweep")
+    sweep.end_other(tmp_path / "trial", "KILLED")
+    sweep.end_other(tmp_path / "no-run", "FAILED")  # no mlflow.json: nothing to end
+    sweep.close()
+    (run,) = runs_of(store, "train")
+    assert run.info.status == "KILLED" and not sweep.failed

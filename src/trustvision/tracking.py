@@ -257,6 +257,20 @@ class Tracker:
             self.calls.put(call)
         self.close()
 
+    def end_other(self, run_dir: Path, status: str) -> None:
+        """End the MLflow run of another run directory in this store, if still running: a
+        sweep's trial that was killed before it could (pruned, or stopped by a signal)."""
+        try:
+            run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # it never opened an MLflow run
+
+        def call(client: Any, _run_id: str) -> None:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status=status)
+
+        self.calls.put(call)
+
     def close(self) -> None:
         """Write what is queued and stop the worker (the MLflow run stays open: a resume
         continues it). Closing twice is harmless."""

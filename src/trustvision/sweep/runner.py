@@ -289,6 +289,9 @@ def run_sweep(
             # a pruned trial's value is its last intermediate report, not the objective
             if tracker is not None and trial.state == TrialState.COMPLETE:
                 tracker.metrics({"objective": trial.value}, step=trial.number)
+            elif tracker is not None and trial.user_attrs.get("run_dir"):  # pruned or failed
+                status = "KILLED" if trial.state == TrialState.PRUNED else "FAILED"
+                tracker.end_other(out / trial.user_attrs["run_dir"], status)
             with reported:  # sweep.json and .md say where a running (or killed) sweep stands
                 write_report(out)
 
