@@ -149,13 +149,24 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """safe_dump that quotes every string `_ConfigLoader` would read as something else."""
+
+
 # YAML 1.1, which PyYAML reads, needs a dot and a signed exponent (`1.0e-3`); YAML 1.2, and
 # everyone who writes `lr: 1e-3`, does not: without this resolver `1e-3` would be a string.
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+# The dumper shares it, so that the string "1e-3" is written quoted and reads back a string.
+for _yaml_class in (_ConfigLoader, _ConfigDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """YAML text of `data` (safe types only) that `parse_yaml` reads back as `data`."""
+    return yaml.dump(data, Dumper=_ConfigDumper, **options)
 
 
 def parse_yaml(text: str, *, origin: str) -> Any:
@@ -254,7 +265,7 @@ def with_section_defaults(
 
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML, every default written out."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(config.model_dump(mode="json"), sort_keys=False)
 
 
 # The sections every training command shares. Systems (federated, compact, robust) embed them.

@@ -8,11 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
-from trustvision.config import read_yaml
+from trustvision.config import dump_yaml, read_yaml
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.report.figures import plt, save_figure
@@ -141,7 +140,7 @@ def write_chosen_config(out: Path, spec: SweepSpec, chosen: dict[str, Any]) -> P
         f"(`{spec.objective.metric}`, {spec.objective.direction}).\n"
         f"# Train it again: trustvision {spec.command} {path} seed=1\n"
     )
-    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
+    write_atomic(path, header + dump_yaml(config, sort_keys=False))
     return path
 
 
@@ -207,7 +206,7 @@ def render_markdown(report: dict[str, Any], spec: SweepSpec, out: Path) -> str:
             )
         )
     lines += ["", "![sweep](sweep.png)", "", "## Spec", "", "```yaml"]
-    lines += [yaml.safe_dump(report["spec"], sort_keys=False).rstrip(), "```", ""]
+    lines += [dump_yaml(report["spec"], sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from trustvision.config import build_config, read_yaml
+from trustvision.config import build_config, dump_yaml, read_yaml
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.sweep.spec import ParamSpec, SweepSpec, dump_spec
@@ -165,7 +165,7 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
                 f"to continue it, or start fresh with another `--out` (or delete `{out}`)"
             )
     else:
-        write_atomic(path, yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(path, dump_yaml(resolved, sort_keys=False))
     digest = config_digest(spec)
     recorded = out / CONFIG_DIGEST_FILE
     if recorded.is_file() and recorded.read_text().strip() != digest:

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from trustvision.config import dump_yaml
 from trustvision.errors import ConfigError
 from trustvision.sweep.spec import ParamSpec, SweepSpec
 
@@ -24,7 +23,7 @@ LOG_NAME = "log.txt"
 
 def format_override(key: str, value: Any) -> str:
     """`key=value`, the value spelled so that the command reads it back unchanged (1e-05 too)."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1_000_000).strip()
+    text = dump_yaml([value], default_flow_style=True, width=1_000_000).strip()
     return f"{key}={text[1:-1]}"  # drop the list's brackets: `[1.0e-05]` -> `1.0e-05`
 
 
