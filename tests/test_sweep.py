@@ -19,11 +19,12 @@ from trustvision.errors import ConfigError
 from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.report import build_report
 from trustvision.sweep.runner import run_sweep
-from trustvision.sweep.spec import SweepSpec, is_log_spaced, load_spec
+from trustvision.sweep.spec import ParamSpec, SweepSpec, is_log_spaced, load_spec
 from trustvision.sweep.study import prepare_out
 from trustvision.sweep.trial import (
     find_run_dir,
     format_override,
+    probe_value,
     read_metric,
 )
 
@@ -211,6 +212,20 @@ def test_overrides_read_back_the_same_value(value):
 def test_grids_of_rates_are_log_spaced_and_counts_are_not():
     assert is_log_spaced([0.01, 0.03, 0.1]) and is_log_spaced([1e-4, 1e-2])
     assert not is_log_spaced([1, 2, 3, 4]) and not is_log_spaced([0.0, 0.5])
+
+
+@pytest.mark.parametrize("values", [[1, True], [0, False], [1, 1.0]])
+def test_a_grid_of_values_optuna_cannot_tell_apart_is_refused(tmp_path, values):
+    with pytest.raises(ConfigError, match="lists a value twice"):
+        build_config(SweepSpec, spec_tree(params={"seed": {"grid": values}}))
+
+
+def test_a_float_range_is_probed_with_a_value_that_is_no_whole_number():
+    """An integer setting accepts 16.0, the low, and refuses every trial's 42.34."""
+    value = probe_value(ParamSpec(low=16, high=64))
+    assert 16 < value < 64 and not float(value).is_integer()
+    assert probe_value(ParamSpec.model_validate({"low": 16, "high": 64, "int": True})) == 16
+    assert 1e-4 < probe_value(ParamSpec(low=1e-4, high=1.0, log=True)) < 1e-2  # log-spaced
 
 
 def test_missing_metric_names_the_path_and_the_keys_there():

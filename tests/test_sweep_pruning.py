@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -12,7 +13,8 @@ import pytest
 from test_sweep import TINY, spec_tree
 
 from trustvision.config import build_config
-from trustvision.sweep.runner import SilentSweepReporter, TrialRunner
+from trustvision.errors import ConfigError
+from trustvision.sweep.runner import SilentSweepReporter, TrialFailed, TrialRunner
 from trustvision.sweep.spec import SweepSpec
 from trustvision.sweep.study import build_pruner
 from trustvision.sweep.trial import find_run_dir, new_reports, stop_process
@@ -111,6 +113,23 @@ def test_a_pruned_trials_command_is_stopped_before_it_finishes(tmp_path):
     assert 1 <= len(epochs) < 40 and not (run_dir / "summary.json").is_file()
 
 
+def test_a_bad_step_is_pruned_even_when_a_better_one_came_in_the_same_poll(tmp_path):
+    records = [{"epoch": 1, "val_acc": 0.2}, {"epoch": 2, "val_acc": 0.95}]
+    runner, trial, run_dir = runner_and_run_dir(tmp_path, records)
+    pruned_while_watched(runner, trial, run_dir, "val_acc")
+    assert trial.study.trials[trial.number].intermediate_values == {1: 0.2}  # judged at once
+
+
+@pytest.mark.parametrize("prune", [{"metric": "val_accuracy"}, {"step": "epochs"}])
+def test_a_misspelt_prune_key_stops_the_sweep_naming_the_keys_there(tmp_path, prune):
+    records = [{"epoch": 1, "val_acc": 0.85}, {"epoch": 2, "val_acc": 0.95}]
+    prune = {"metric": "val_acc", "step": "epoch", "startup_trials": 1, **prune}
+    runner, trial, run_dir = runner_and_run_dir(tmp_path, records, prune=prune)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    with pytest.raises(ConfigError, match=r"in no record .* keys are `epoch`, `val_acc`"):
+        runner.watch(trial, proc, run_dir.parent, None)
+
+
 def test_watch_lets_a_good_trial_finish(tmp_path):
     records = [{"epoch": 1, "val_acc": 0.85}, {"epoch": 2, "val_acc": 0.95}]
     runner, trial, run_dir = runner_and_run_dir(tmp_path, records)
@@ -149,3 +168,23 @@ def test_stopping_a_trial_ends_the_processes_its_command_started(tmp_path):
     while running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(child)
+
+
+def test_a_trial_whose_metric_is_null_or_gone_fails_alone_once_the_path_is_known(tmp_path):
+    """A diverged run writes its NaN accuracy as null: that trial fails and the sweep goes on;
+    a path no trial has yet resolved stops the sweep (a wrong spec, not a bad run)."""
+    runner, trial, run_dir = runner_and_run_dir(tmp_path, [])
+    summary = run_dir / "summary.json"
+    result = partial(runner._result, trial, 0, run_dir, run_dir.parent)
+    summary.write_text(json.dumps({"validation": {"top1": None}, "test": {"top1": 0.5}}))
+    with pytest.raises(TrialFailed, match="not a number"):
+        result()
+    summary.write_text(json.dumps({"validation": {"loss": 1.0}}))
+    with pytest.raises(TrialFailed, match="`top1` is missing"):
+        result()  # runner_and_run_dir's study holds a completed trial: the path was right
+    summary.write_text(json.dumps({"validation": {"top1": 0.7}}))  # no test number: shown only
+    assert result() == 0.7
+    fresh = optuna.create_study(direction="maximize").ask()
+    summary.write_text(json.dumps({"validation": {"loss": 1.0}}))
+    with pytest.raises(ConfigError, match="fix the metric path"):
+        runner._result(fresh, 0, run_dir, run_dir.parent)

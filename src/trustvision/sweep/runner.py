@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -41,6 +42,8 @@ from trustvision.sweep.study import (
 )
 from trustvision.sweep.trial import (
     LOG_NAME,
+    MetricNotANumber,
+    check_prune_keys,
     child_env,
     find_run_dir,
     format_override,
@@ -186,6 +189,8 @@ class TrialRunner:
             if run_dir is not None and self.spec.prune is not None:
                 self._report(trial, run_dir, seen, may_prune=returncode is None)
             if returncode is not None:
+                if returncode == 0 and run_dir is not None and self.spec.prune and not seen:
+                    check_prune_keys(self.spec.prune, run_dir / "metrics.jsonl")
                 return returncode, run_dir
             self.stop.wait(self.poll_seconds)
 
@@ -201,11 +206,10 @@ class TrialRunner:
         # The pruner ranks reports in the objective's direction: a metric that improves the
         # other way is reported negated (so it shows negated in optuna-dashboard too).
         sign = -1.0 if prune.direction not in (None, self.spec.objective.direction) else 1.0
-        for step, value in reports:
+        for step, value in reports:  # each step judged: a poll may bring several
             trial.report(sign * value, step)
-        if reports and may_prune and trial.should_prune():
-            step, value = reports[-1]
-            raise optuna.TrialPruned(f"`{prune.metric}` {value:.4g} at {prune.step} {step}")
+            if may_prune and trial.should_prune():
+                raise optuna.TrialPruned(f"`{prune.metric}` {value:.4g} at {prune.step} {step}")
 
     def _result(
         self, trial: optuna.Trial, returncode: int, run_dir: Path | None, directory: Path
@@ -226,15 +230,20 @@ class TrialRunner:
         where = f"`{self._relative(summary_path)}`"
         try:
             value = read_metric(summary, self.spec.objective.metric, where=where)
-            if self.spec.test_metric is not None:
+        except MetricNotANumber as err:  # this run's value (a diverged run's null): it fails
+            self._fail(trial, str(err), directory)
+        except ConfigError as err:  # no such path: the spec is wrong, unless others had it
+            if not trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                trial.set_user_attr("error", str(err))
+                raise
+            self._fail(trial, str(err), directory)
+        if self.spec.test_metric is not None:  # shown, never chosen on: a gap is no failure
+            with contextlib.suppress(ConfigError):
                 test = read_metric(summary, self.spec.test_metric, where=where)
                 trial.set_user_attr(self.spec.test_metric, test)
-        except ConfigError as err:
-            trial.set_user_attr("error", str(err))
-            raise
         return value
 
-    def _fail(self, trial: optuna.Trial, error: str, directory: Path) -> None:
+    def _fail(self, trial: optuna.Trial, error: str, directory: Path) -> NoReturn:
         trial.set_user_attr("error", error)
         trial.set_user_attr("log_tail", log_tail(directory / LOG_NAME))
         raise TrialFailed(error)

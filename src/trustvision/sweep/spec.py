@@ -55,8 +55,14 @@ class ParamSpec(StrictModel):
         if not ranged and (self.log or self.integer):
             raise ValueError("`log` and `int` belong to a range (`low` and `high`)")
         for values in (self.grid, self.choices):
-            if values is not None and len(set(map(repr, values))) != len(values):
-                raise ValueError(f"{values} lists a value twice")
+            # Optuna stores a choice by its index, found with `==`: true is 1 and 1.0 is 1 there
+            same = [(a, b) for a, b in itertools.combinations(values or [], 2) if a == b]
+            if same:
+                a, b = same[0]
+                raise ValueError(
+                    f"{values} lists a value twice ({a!r} and {b!r} are equal to Optuna, which "
+                    "would record every trial of the second as the first)"
+                )
         if ranged:
             self._check_range()
         return self

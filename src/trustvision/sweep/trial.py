@@ -16,7 +16,7 @@ from typing import Any
 
 from trustvision.config import dump_yaml
 from trustvision.errors import ConfigError
-from trustvision.sweep.spec import ParamSpec, SweepSpec
+from trustvision.sweep.spec import ParamSpec, PruneSpec, SweepSpec
 
 LOG_NAME = "log.txt"
 
@@ -46,10 +46,10 @@ def trial_argv(
 
 
 def check_first_trial(spec: SweepSpec) -> None:
-    """Ask the trials' command (`--print-config`) to load the config of the first value of
-    every searched key: a misspelt key or a value it refuses stops the sweep before any trial,
-    with the command's own message, instead of failing every trial."""
-    values = {key: first_value(param) for key, param in spec.params.items()}
+    """Ask the trials' command (`--print-config`) to load the config at one value of every
+    searched key (`probe_value`): a misspelt key or a value it refuses stops the sweep before
+    any trial, with the command's own message, instead of failing every trial."""
+    values = {key: probe_value(param) for key, param in spec.params.items()}
     argv = trial_argv(
         command=spec.command,
         config=Path(spec.config).resolve(),
@@ -67,14 +67,20 @@ def check_first_trial(spec: SweepSpec) -> None:
         )
 
 
-def first_value(param: ParamSpec) -> Any:
-    """The first value a searched key takes: its grid's or choices' first, or a range's low."""
+def probe_value(param: ParamSpec) -> Any:
+    """A value a searched key takes: its grid's or choices' first, an `int` range's low, and
+    inside a float range a value that is no whole number (as the trials draw; an integer
+    setting would take the low, 16.0, and refuse every trial's 42.34)."""
     if param.grid is not None:
         return param.grid[0]
     if param.choices is not None:
         return param.choices[0]
-    assert param.low is not None  # a range, by the spec's checks
-    return int(param.low) if param.integer else param.low
+    assert param.low is not None and param.high is not None  # a range, by the spec's checks
+    if param.integer:
+        return int(param.low)
+    if param.log:
+        return math.exp(math.log(param.low) + 0.37 * math.log(param.high / param.low))
+    return param.low + 0.37 * (param.high - param.low)
 
 
 def child_env(jobs: int) -> dict[str, str]:
@@ -124,6 +130,28 @@ def new_reports(text: str, *, metric: str, step: str, seen: set[int]) -> list[tu
     return found
 
 
+class MetricNotANumber(ConfigError):
+    """The metric's path is there, but its value is no number (a diverged run writes null)."""
+
+
+def check_prune_keys(prune: PruneSpec, metrics: Path) -> None:
+    """A ConfigError when a finished trial's metrics.jsonl has records but none with both
+    `prune.metric` and `prune.step`: a misspelt key would leave the pruner blind, silently."""
+    keys: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in metrics.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                keys |= set(record) if isinstance(record, dict) else set()
+    if keys and not {prune.metric, prune.step} <= keys:
+        listed = ", ".join(f"`{key}`" for key in sorted(keys))
+        raise ConfigError(
+            f"`prune.metric` `{prune.metric}` with `prune.step` `{prune.step}` is in no record "
+            f"of `{metrics}`, whose keys are {listed}: the pruner would never see a value; fix "
+            "`prune` in the spec and start a fresh sweep"
+        )
+
+
 def read_metric(summary: Mapping[str, Any], path: str, *, where: str) -> float:
     """The number at dotted `path` in a summary; a missing key names the keys that are there."""
     node: Any = summary
@@ -145,7 +173,7 @@ def read_metric(summary: Mapping[str, Any], path: str, *, where: str) -> float:
             )
         node = node[part]
     if not _is_number(node):
-        raise ConfigError(f"`{path}` in {where} is {node!r}, not a number")
+        raise MetricNotANumber(f"`{path}` in {where} is {node!r}, not a number")
     return float(node)
 
 
