@@ -3,6 +3,7 @@
 import hashlib
 import json
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -176,3 +177,29 @@ def test_a_checkpoint_chosen_by_name_is_loaded_or_the_names_are_listed(tmp_path)
     (tmp_path / "epoch-0001" / ckpt.META).write_text("[]")
     with pytest.raises(ckpt.CheckpointError, match="holds a list"):
         ckpt.load_resumable(tmp_path, name="epoch-0001")  # a named one is never skipped
+
+
+def test_a_resume_with_another_number_of_processes_warns_it_will_differ(tmp_path):
+    from trustvision.config import TrainConfig
+    from trustvision.runs import RunDir
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    run = RunDir.create(root=tmp_path, name="r", config=TrainConfig())
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        **{"epoch": 1, "elapsed": 1.0, "history": [{"epoch": 1}]},
+        "rng": {"seed": 0, "next_epoch": 1, "processes": 2},  # written under torchrun
+    }
+    ckpt.save_checkpoint(run.checkpoints_dir / "epoch-0001", state)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    with pytest.warns(UserWarning, match=r"2 data-parallel process\(es\) and resumes in 1"):
+        assert ckpt.restore(run, **parts) == (1, 1.0, [{"epoch": 1}])
+    state["rng"]["processes"] = 1
+    ckpt.save_checkpoint(run.checkpoints_dir / "epoch-0002", state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same number: no warning
+        ckpt.restore(run, **parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,17 @@ def test_a_sweep_and_the_robust_pipeline_refuse_to_start_under_torchrun(tmp_path
 
 @pytest.mark.parametrize(
     "command",
-    [("compact", "export"), ("compact", "bench"), ("compact", "export-c"), ("fed", "eval")],
+    [
+        ("compact", "export"),
+        ("compact", "bench"),
+        ("compact", "export-c"),
+        ("fed", "eval"),
+        ("fed", "compare"),
+        ("robust", "import"),
+        ("report",),
+        ("sweep", "report"),
+        ("data", "info"),
+    ],
 )
 def test_commands_that_read_a_run_refuse_under_torchrun(tmp_path, monkeypatch, command):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process would write the same files
@@ -159,3 +170,30 @@ def test_a_batch_is_shared_view_by_view(monkeypatch):
     assert x.tolist() == [2.0, 3.0, 12.0, 13.0] and y.tolist() == [2, 3]
     with pytest.raises(Exception, match="multiple of 2"):
         distributed.share(torch.zeros(3), torch.arange(3))
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_before_a_run_directory(monkeypatch):
+    from trustvision.config import DataConfig
+    from trustvision.train.recipe import require_batches
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    three_batches = [0, 1, 2]  # all require_batches reads of a loader is its length
+    require_batches(three_batches, DataConfig(batch_size=128))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"batch_size=127.*multiple of 2"):
+        require_batches(three_batches, DataConfig(batch_size=127))  # type: ignore[arg-type]
+
+
+def test_a_sigterm_runs_the_cleanup_that_removes_a_ranks_private_copy(tmp_path):
+    """torchrun ends the other ranks with SIGTERM when one fails; by default Python would die
+    without running `atexit`, leaving the rank's copy of the run directory behind."""
+    mark = tmp_path / "cleaned"
+    script = (
+        "import atexit, os, pathlib, signal, sys\n"
+        "from trustvision.distributed import exit_on_sigterm\n"
+        f"atexit.register(pathlib.Path({str(mark)!r}).touch)\n"
+        "exit_on_sigterm()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "signal.pause()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM and mark.is_file()

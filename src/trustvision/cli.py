@@ -22,6 +22,7 @@ from trustvision.clikit import (
     command_group,
     fail,
     overrides_help,
+    refuse_under_torchrun,
 )
 from trustvision.compact.cli import compact_app
 from trustvision.federated.cli import fed_app
@@ -56,6 +57,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -64,6 +66,7 @@ def main(
     ] = False,
 ) -> None:
     """Image classifiers that survive the real world."""
+    refuse_under_torchrun(ctx, frozenset({"train", "robust", "compact"}))  # groups check theirs
     if distributed.launched() and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life) rank 0 reports
 

@@ -41,12 +41,33 @@ CheckpointOpt = Annotated[
 ]
 
 
-def command_group(help: str) -> typer.Typer:
+def command_group(help: str, *, data_parallel: frozenset[str] = frozenset()) -> typer.Typer:
     """A command group as every trustvision CLI makes one: help when called bare, errors as
-    one line (no pretty tracebacks), no shell-completion options."""
+    one line (no pretty tracebacks), no shell-completion options; under torchrun only its
+    `data_parallel` subcommands run (`refuse_under_torchrun`)."""
+
+    def refuse(ctx: typer.Context) -> None:
+        refuse_under_torchrun(ctx, data_parallel)
+
     return typer.Typer(
-        help=help, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+        help=help,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        callback=refuse,
     )
+
+
+def refuse_under_torchrun(ctx: typer.Context, data_parallel: frozenset[str]) -> None:
+    """Under torchrun, a one-line refusal of any subcommand but those that train
+    data-parallel: every process would repeat it and write the same files."""
+    from trustvision.train.recipe import one_process_only
+
+    if ctx.invoked_subcommand is not None and ctx.invoked_subcommand not in data_parallel:
+        try:
+            one_process_only()
+        except ConfigError as err:
+            raise fail(err) from None
 
 
 def overrides_help(example: str) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -79,7 +81,16 @@ def start(device: torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=TIMEOUT)
         atexit.register(stop)
+        exit_on_sigterm()
     return device
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM (torchrun stopping the other ranks when one fails, a scheduler's pre-emption)
+    exits through Python, so `atexit` removes this rank's private copy of the run directory;
+    the default action would leave it in the temporary folder."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def stop() -> None:

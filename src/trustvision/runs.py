@@ -338,6 +338,7 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.machine()}",
+        "processes": distributed.world_size(),  # torchrun's data-parallel processes
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -21,8 +21,9 @@ from trustvision.clikit import (
 )
 
 compact_app = command_group(
+    data_parallel=frozenset({"train", "run"}),
     help="Lightweight CNNs: dual-input-output training, progressive unfreezing, ONNX/int8 "
-    "export and latency."
+    "export and latency.",
 )
 console = Console()
 

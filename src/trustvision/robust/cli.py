@@ -26,7 +26,8 @@ from trustvision.clikit import (
 )
 
 robust_app = command_group(
-    help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates."
+    data_parallel=frozenset({"train"}),
+    help="Adaptive smoothing: standard + robust base models, their mix, AutoAttack, certificates.",
 )
 console = Console()
 

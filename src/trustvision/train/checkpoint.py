@@ -11,16 +11,23 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from trustvision import distributed
 from trustvision.digests import sha256_file
 from trustvision.errors import TrustvisionError, environment_failure
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trustvision.runs import RunDir
 
 FORMAT = "trustvision-checkpoint/1"
 TENSORS = "state.safetensors"
@@ -211,3 +218,42 @@ def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str,
         return load_file(path, device=str(device))
     except SafetensorError as err:
         raise CheckpointError(f"`{path}` is not a safetensors weights file ({err})") from None
+
+
+def restore(
+    run: RunDir,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    checkpoint: str | None = None,
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load the checkpoint `run` resumes from (`checkpoint` by name, else the newest that
+    passes its checks); metrics.jsonl is cut back to match it (emptied without one: the run
+    starts over)."""
+    device = next(model.parameters()).device
+    found = load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
+    if found is None:
+        run.rewrite_metrics([])
+        return 0, 0.0, []
+    path, state = found
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, elapsed, history = state["epoch"], state["elapsed"], state["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"`{path}` does not fit this run's model or optimiser ({err}): resume with the "
+            "config it was written with"
+        ) from None
+    processes = state.get("rng", {}).get("processes", distributed.world_size())
+    if processes != distributed.world_size():
+        warnings.warn(
+            f"`{path}` was written by {processes} data-parallel process(es) and resumes in "
+            f"{distributed.world_size()}: the run goes on, but its dropout, attacks and "
+            "BatchNorm statistics now differ from an uninterrupted run's",
+            stacklevel=2,
+        )
+    run.rewrite_metrics(history)
+    return epoch, elapsed, history

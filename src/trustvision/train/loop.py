@@ -293,7 +293,11 @@ class _Training:
             "epoch": epoch + 1,
             "elapsed": elapsed,
             "history": history,
-            "rng": {"seed": self.seed, "next_epoch": epoch + 1},
+            "rng": {
+                "seed": self.seed,
+                "next_epoch": epoch + 1,
+                "processes": distributed.world_size(),  # draws are keyed by rank too
+            },
         }
         ckpt.save_checkpoint(self.run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
         ckpt.prune_checkpoints(self.run.checkpoints_dir, keep=2)
@@ -336,7 +340,9 @@ def fit(
         grad_clip, shown,
     )  # fmt: skip
     start_epoch, elapsed, history = (
-        restore(run, model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint)
+        ckpt.restore(
+            run, model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint
+        )
         if resume
         else (0, 0.0, [])
     )
@@ -359,34 +365,3 @@ def fit(
         wall_seconds=time.perf_counter() - began,
         validation=None if batches.val is None else training.evaluate(batches.val, counts),
     )
-
-
-def restore(
-    run: RunDir,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    checkpoint: str | None = None,
-) -> tuple[int, float, list[dict[str, Any]]]:
-    """Load the checkpoint `run` resumes from (`checkpoint` by name, else the newest that
-    passes its checks); metrics.jsonl is cut back to match it (emptied without one: the run
-    starts over)."""
-    device = next(model.parameters()).device
-    found = ckpt.load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
-    if found is None:
-        run.rewrite_metrics([])
-        return 0, 0.0, []
-    path, state = found
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, elapsed, history = state["epoch"], state["elapsed"], state["history"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ckpt.CheckpointError(
-            f"`{path}` does not fit this run's model or optimiser ({err}): resume with the "
-            "config it was written with"
-        ) from None
-    run.rewrite_metrics(history)
-    return epoch, elapsed, history

@@ -80,11 +80,18 @@ def run_settings(settings: RunSettings, *, data_parallel: bool = False) -> Itera
 
 
 def require_batches(loader: BatchLoader, data: DataConfig) -> None:
-    """A training loader with no full batch is a ConfigError, before anything is trained."""
+    """A training loader with no full batch, or a batch the data-parallel processes cannot
+    share equally, is a ConfigError, before a run directory is made."""
     if len(loader) == 0:
         raise ConfigError(
             f"`data.batch_size={data.batch_size}` is larger than the {loader.num_samples} "
             "training images: lower it or use more data"
+        )
+    world = distributed.world_size()
+    if data.batch_size % world:
+        raise ConfigError(
+            f"`data.batch_size={data.batch_size}` cannot be shared equally by {world} "
+            f"processes: make it a multiple of {world}"
         )
 
 
