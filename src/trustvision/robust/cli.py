@@ -34,7 +34,9 @@ console = Console()
 DEMO_CONFIG = Path("configs/robust/demo_mnist.yaml")
 TrainConfigArg = Annotated[
     Path | None,
-    typer.Argument(help="A YAML config: configs/robust/mnist_*.yaml, or any with its keys."),
+    typer.Argument(
+        help="A YAML config, e.g. configs/robust/mnist_pgd.yaml (keys: --print-config)."
+    ),
 ]
 # mix, eval and certify work on runs named by overrides; their keys: --print-config
 ModelsConfigArg = Annotated[

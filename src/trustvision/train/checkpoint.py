@@ -222,7 +222,6 @@ def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str,
 
 def restore(
     run: RunDir,
-    *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

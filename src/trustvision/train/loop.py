@@ -339,13 +339,8 @@ def fit(
         model, batches, optimizer, scheduler, objective, accel, num_classes, seed, run,
         grad_clip, shown,
     )  # fmt: skip
-    start_epoch, elapsed, history = (
-        ckpt.restore(
-            run, model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint
-        )
-        if resume
-        else (0, 0.0, [])
-    )
+    restored = ckpt.restore(run, model, optimizer, scheduler, checkpoint) if resume else None
+    start_epoch, elapsed, history = restored or (0, 0.0, [])
     began = time.perf_counter() - elapsed
     for epoch in range(start_epoch, epochs):
         if before_epoch is not None:
