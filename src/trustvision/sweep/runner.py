@@ -285,8 +285,14 @@ def run_sweep(
     reporter = reporter or SilentSweepReporter()
     with exclusive(out), quiet_optuna():
         study, retried, done = _reopen(spec, out)
+        at_once = max(1, min(jobs, spec.planned_trials - done))  # the cores go to trials left
         runner = TrialRunner(
-            spec, out, jobs=jobs, resumable=resumable, reporter=reporter, poll_seconds=poll_seconds
+            spec,
+            out,
+            jobs=at_once,
+            resumable=resumable,
+            reporter=reporter,
+            poll_seconds=poll_seconds,
         )
         tracker = sweep_tracker(out, spec)
         runner.env.update(trial_env(tracker))  # the trials' MLflow runs nest under the sweep's

@@ -130,7 +130,7 @@ class PruneSpec(StrictModel):
     # which way `metric` improves; default: the objective's (the pruner compares trials that way)
     direction: Literal["maximize", "minimize"] | None = None
     step: str = "epoch"  # the record key that numbers the steps (epoch, round)
-    warmup: int = Field(default=0, ge=0)  # steps of a trial before it may be pruned
+    warmup: int = Field(default=0, ge=0)  # the first step at which a trial may be pruned
     startup_trials: int = Field(default=2, ge=0)  # trials that finish before any is pruned
 
 
