@@ -98,8 +98,9 @@ def test_a_sweeps_trials_are_nested_runs_of_the_sweep(tmp_path):
     )
     run_sweep(spec, tmp_path / "sweep")
     store = f"sqlite:///{(tmp_path / 'sweep' / 'mlflow.db').resolve()}"
-    (sweep,) = runs_of(store, "sweep")
-    trials = runs_of(store, "train")
+    runs = runs_of(store, "sweep")  # the trials too: MLflow's table nests within one experiment
+    (sweep,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if r is not sweep]
     assert len(trials) == 2 and sweep.info.status == "FINISHED"
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {sweep.info.run_id}
     assert sorted(t.data.params["optim.lr"] for t in trials) == ["0.01", "0.1"]

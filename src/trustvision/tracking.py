@@ -37,6 +37,9 @@ from trustvision.files import write_atomic
 
 OFF_ENV = "TRUSTVISION_TRACKING"  # "off": no command tracks (tests, quick checks)
 PARENT_ENV = "TRUSTVISION_MLFLOW_PARENT"  # an MLflow run id: new runs nest under it
+# The parent's experiment: MLflow's run table nests a run under its parent only when both are
+# in the experiment shown, so a sweep's trials go to the sweep's (unless their config names one).
+EXPERIMENT_ENV = "TRUSTVISION_MLFLOW_EXPERIMENT"
 RUN_FILE = "mlflow.json"  # in the run directory: where its MLflow run is
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 BATCH = 100  # params or metrics per MLflow call
@@ -303,7 +306,11 @@ def trial_env(tracker: Tracker | None) -> dict[str, str]:
     """What a sweep's trial processes need in their environment to nest under its run."""
     if tracker is None or tracker.run_id is None or tracker.failed:
         return {}
-    return {PARENT_ENV: tracker.run_id, "MLFLOW_TRACKING_URI": tracker.uri}
+    return {
+        PARENT_ENV: tracker.run_id,
+        EXPERIMENT_ENV: tracker.experiment,
+        "MLFLOW_TRACKING_URI": tracker.uri,
+    }
 
 
 def start_tracking(run_dir: Path, config: BaseModel) -> Tracker | None:
@@ -317,7 +324,9 @@ def start_tracking(run_dir: Path, config: BaseModel) -> Tracker | None:
     tracker = Tracker(
         uri=saved_uri(Path(run_dir), settings)
         or store_uri(settings, getattr(config, "runs_dir", "runs")),
-        experiment=settings.experiment or str(getattr(config, "experiment", "trustvision")),
+        experiment=settings.experiment
+        or os.environ.get(EXPERIMENT_ENV)
+        or str(getattr(config, "experiment", "trustvision")),
         run_dir=Path(run_dir),
         name=Path(run_dir).name,
     )
