@@ -8,7 +8,7 @@ a system's CLI never imports the top-level `trustvision.cli`, which mounts it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import click
 import typer
@@ -73,6 +73,11 @@ def refuse_under_torchrun(ctx: typer.Context, data_parallel: frozenset[str]) -> 
 def overrides_help(example: str) -> str:
     """The help of a command's `key=value` arguments, with an example of its own keys."""
     return f"Config overrides as `key=value`, nested keys with dots: `{escape(example)}`."
+
+
+def overrides_argument(example: str) -> Any:
+    """A command's `key=value` arguments (typer's Argument), with an example of its own keys."""
+    return typer.Argument(help=overrides_help(example), show_default=False)
 
 
 def command_config(

@@ -22,7 +22,7 @@ from trustvision.clikit import (
     command_config,
     command_group,
     fail,
-    overrides_help,
+    overrides_argument,
 )
 
 robust_app = command_group(
@@ -47,32 +47,18 @@ ModelsConfigArg = Annotated[
     ),
 ]
 
-TrainOverridesArg = Annotated[
-    list[str] | None,
-    typer.Argument(help=overrides_help("attack.eps=0.3 epochs=2"), show_default=False),
-]
+TrainOverridesArg = Annotated[list[str] | None, overrides_argument("attack.eps=0.3 epochs=2")]
 MixOverridesArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help=overrides_help("standard=runs/std-... robust=runs/pgd-... kind=adaptive"),
-        show_default=False,
-    ),
+    list[str] | None, overrides_argument("standard=runs/std-... robust=runs/pgd-... kind=adaptive")
 ]
 EvalOverridesArg = Annotated[
-    list[str] | None,
-    typer.Argument(help=overrides_help("model=runs/mix-... eval.subset=500"), show_default=False),
+    list[str] | None, overrides_argument("model=runs/mix-... eval.subset=500")
 ]
 CertifyOverridesArg = Annotated[
     list[str] | None,
-    typer.Argument(
-        help=overrides_help("standard=runs/std-... robust=runs/gauss-... certify.subset=100"),
-        show_default=False,
-    ),
+    overrides_argument("standard=runs/std-... robust=runs/gauss-... certify.subset=100"),
 ]
-DemoOverridesArg = Annotated[
-    list[str] | None,
-    typer.Argument(help=overrides_help("eval.subset=50 seed=1"), show_default=False),
-]
+DemoOverridesArg = Annotated[list[str] | None, overrides_argument("eval.subset=50 seed=1")]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Write into (or resume) this directory instead of a new one."),
