@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from trustvision.config import AugmentConfig
 from trustvision.data import loader as loader_module
 from trustvision.data.augment import BatchAugment
-from trustvision.data.loader import BatchLoader
+from trustvision.data.loader import BatchLoader, to_tensor
 
 
 def _loader(n: int, **kw) -> BatchLoader:
@@ -59,3 +60,13 @@ def test_augmented_batches_draw_per_batch_and_repeat_per_epoch() -> None:
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(first, other, strict=True))
     plain = _reference(_loader(40, batch_size=8, shuffle=True), 1)
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(first, plain, strict=True))
+
+
+def test_to_tensor_gathers_rows_of_a_memory_map_into_a_tensor_of_its_own(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(24, dtype=np.uint8).reshape(6, 4))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    rows = np.array([4, 0, 4])
+    gathered = to_tensor(mapped, rows)
+    assert gathered.tolist() == mapped[rows].tolist() and gathered.is_contiguous()
+    gathered += 1  # its own memory: the file's array is untouched
+    assert mapped[4, 0] == 16 and to_tensor(mapped).tolist() == mapped.tolist()

@@ -17,9 +17,13 @@ from trustvision.data.partition import validation_split
 from trustvision.seeds import derive_seed
 
 
-def to_tensor(array: np.ndarray) -> Tensor:
-    """Copy a (possibly memory-mapped, read-only) array into a torch tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array).copy())
+def to_tensor(array: np.ndarray, rows: np.ndarray | None = None) -> Tensor:
+    """A torch tensor of its own holding `array` (possibly memory-mapped, read-only), or only
+    its `rows`: gathering rows already makes a fresh array, which is not copied again (a
+    split of the training images would otherwise be in memory twice while loaders are built)."""
+    if rows is None:
+        return torch.from_numpy(np.ascontiguousarray(array).copy())
+    return torch.from_numpy(np.ascontiguousarray(np.take(array, rows, axis=0)))
 
 
 CHUNK_IMAGES = 2048  # images gathered at once for unaugmented batches (25 MB at 32x32x3)
@@ -174,10 +178,10 @@ def build_loaders(
     train_labels = np.asarray(dataset.train.labels[train_idx])
     test_end = cfg.test_subset or len(dataset.test.labels)
 
-    def ordered(images: np.ndarray, labels: np.ndarray) -> BatchLoader:
+    def ordered(images: Tensor, labels: Tensor) -> BatchLoader:
         return BatchLoader(
-            to_tensor(images),
-            to_tensor(labels),
+            images,
+            labels,
             batch_size=cfg.eval_batch_size,
             mean=dataset.mean,
             std=dataset.std,
@@ -186,7 +190,7 @@ def build_loaders(
         )
 
     train = BatchLoader(
-        to_tensor(dataset.train.images[train_idx]),
+        to_tensor(dataset.train.images, train_idx),
         to_tensor(train_labels),
         batch_size=cfg.batch_size,
         shuffle=True,
@@ -200,7 +204,11 @@ def build_loaders(
     )
     val = None
     if len(val_idx):
-        val = ordered(dataset.train.images[val_idx], np.asarray(dataset.train.labels[val_idx]))
-    test = ordered(dataset.test.images[:test_end], dataset.test.labels[:test_end])
+        val = ordered(
+            to_tensor(dataset.train.images, val_idx), to_tensor(dataset.train.labels, val_idx)
+        )
+    test = ordered(
+        to_tensor(dataset.test.images[:test_end]), to_tensor(dataset.test.labels[:test_end])
+    )
     counts = np.bincount(train_labels, minlength=dataset.num_classes).astype(np.int64)
     return Loaders(train=train, val=val, test=test, train_counts=counts)

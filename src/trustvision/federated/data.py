@@ -169,16 +169,16 @@ def build_federation(
         validation=cfg.validation,
         seed=seed,
     )
-    images = to_tensor(dataset.train.images[train_idx])
+    images = dataset.train.images  # gathered client by client: no second copy of them all
     labels = torch.from_numpy(train_labels)
     clients = [
         ClientData(
             client_id=k,
-            train_images=images[part].to(device),
+            train_images=to_tensor(images, train_idx[part]).to(device),
             train_labels=labels[part].to(device),
             class_counts=class_counts(train_labels[part], dataset.num_classes),
             test_indices=test_idx,
-            val_images=images[held].to(device),
+            val_images=to_tensor(images, train_idx[held]).to(device),
             val_labels=labels[held].to(device),
         )
         for k, (part, held, test_idx) in enumerate(zip(trained, held_out, local_tests, strict=True))

@@ -113,8 +113,8 @@ def pixel_loader(
     """Unaugmented batches of the training images at `indices`, in pixel space (the bases
     normalise their own inputs), in the order given."""
     return BatchLoader(
-        to_tensor(dataset.train.images[indices]),
-        to_tensor(dataset.train.labels[indices]),
+        to_tensor(dataset.train.images, indices),
+        to_tensor(dataset.train.labels, indices),
         batch_size=batch_size,
         mean=dataset.mean,
         std=dataset.std,
