@@ -3,7 +3,8 @@
 output channel, int32 biases) as integer C.
 
 Every scale and zero point comes from the QDQ graph, so the C computes what onnxruntime's int8
-model computes: pixels become quantised inputs through a 256-entry table per channel (the
+model computes, to within one step where a value falls on a rounding boundary (the fixed-point
+requantisation rounds ties away from zero, onnxruntime's float multiplier to even): pixels become quantised inputs through a 256-entry table per channel (the
 normalisation and the input quantisation, computed once here in float32 as onnxruntime does),
 each convolution and the linear head accumulate (q - zero point) x int8 weight in int32 from
 the int32 bias, and each result is requantised per output channel with a fixed-point
