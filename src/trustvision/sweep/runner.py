@@ -53,7 +53,7 @@ from trustvision.sweep.trial import (
     stop_process,
     trial_argv,
 )
-from trustvision.tracking import sweep_tracker, trial_env
+from trustvision.tracking import Tracker, sweep_tracker, trial_env
 from trustvision.train.recipe import one_process_only
 
 
@@ -296,17 +296,12 @@ def run_sweep(
         )
         tracker = sweep_tracker(out, spec)
         runner.env.update(trial_env(tracker))  # the trials' MLflow runs nest under the sweep's
-
         reported = threading.Lock()
 
         def finished(trial: FrozenTrial) -> None:
             reporter.trial_finished(trial)
-            # a pruned trial's value is its last intermediate report, not the objective
-            if tracker is not None and trial.state == TrialState.COMPLETE:
-                tracker.metrics({"objective": trial.value}, step=trial.number)
-            elif tracker is not None and trial.user_attrs.get("run_dir"):  # pruned or failed
-                status = "KILLED" if trial.state == TrialState.PRUNED else "FAILED"
-                tracker.end_other(out / trial.user_attrs["run_dir"], status)
+            if tracker is not None:
+                track_trial(tracker, out, trial)
             with reported:  # sweep.json and .md say where a running (or killed) sweep stands
                 write_report(out)
 
@@ -330,6 +325,17 @@ def run_sweep(
     if tracker is not None:
         tracker.finish({"status": "finished", "trials": len(study.trials)})
     return study
+
+
+def track_trial(tracker: Tracker, out: Path, trial: FrozenTrial) -> None:
+    """A finished trial in the sweep's MLflow run: a completed one's objective (a pruned one's
+    value is its last intermediate report, not the objective); a pruned or failed one's own
+    MLflow run ended, which its killed process left running."""
+    if trial.state == TrialState.COMPLETE:
+        tracker.metrics({"objective": trial.value}, step=trial.number)
+    elif trial.user_attrs.get("run_dir"):
+        status = "KILLED" if trial.state == TrialState.PRUNED else "FAILED"
+        tracker.end_other(out / trial.user_attrs["run_dir"], status)
 
 
 def _optimize(
