@@ -47,6 +47,19 @@ def test_pair_batches_are_originals_then_their_augmented_copies() -> None:
     assert not torch.allclose(batch[16:], originals)
 
 
+def test_a_pixel_space_base_loader_keeps_its_pixels() -> None:
+    """A base built with normalize=False (robust's attacks work on pixels) must not come back
+    normalised: its model normalises its inputs itself, and would do it twice."""
+    base = loader()
+    pixels = BatchLoader(
+        base.images, base.labels, batch_size=16, mean=(0.5,), std=(0.25,), normalize=False,
+        augment=base.augment,
+    )  # fmt: skip
+    for mode in ("pair", "mixed"):
+        batch = AugmentedBatches(pixels, mode=mode).make_batch(torch.arange(16), torch.Generator())
+        assert batch.min() >= 0 and batch.max() <= 1  # normalised, it would reach -2 and 2
+
+
 def test_each_branch_sees_its_own_view() -> None:
     dual = tiny_dual()
     seen: dict[str, torch.Tensor] = {}

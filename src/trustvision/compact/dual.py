@@ -94,6 +94,7 @@ class AugmentedBatches(BatchLoader):
             augment=base.augment,
             seed=seed,
             device=base.device,
+            normalize=base.normalize,
         )
         self.mode = mode
         self.prob = prob
@@ -104,7 +105,6 @@ class AugmentedBatches(BatchLoader):
         augment: BatchAugment | None = self.augment
         augmented = augment(x, generator) if augment is not None and generator else x
         if self.mode == "pair":
-            return (torch.cat([x, augmented]) - self.mean) / self.std
+            return self.normalized(torch.cat([x, augmented]))
         draw = torch.rand(len(x), device=x.device, generator=generator)
-        mixed = torch.where((draw < self.prob).view(-1, 1, 1, 1), augmented, x)
-        return (mixed - self.mean) / self.std
+        return self.normalized(torch.where((draw < self.prob).view(-1, 1, 1, 1), augmented, x))

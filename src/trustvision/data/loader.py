@@ -117,6 +117,10 @@ class BatchLoader:
         x = self.images[index].float().div_(255.0)
         if self.augment is not None and generator is not None:
             x = self.augment(x, generator)
+        return self.normalized(x)
+
+    def normalized(self, x: Tensor) -> Tensor:
+        """[0, 1] pixels normalised, or as they are with `normalize=False`."""
         return (x - self.mean) / self.std if self.normalize else x
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
