@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def temporary_name(path: Path) -> Path:
@@ -25,3 +27,13 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in the file at `path`, unchecked; None when it cannot be read or is no
+    JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

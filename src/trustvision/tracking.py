@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from trustvision.config import TrackingConfig, flatten
-from trustvision.files import write_atomic
+from trustvision.files import read_json_object, write_atomic
 
 OFF_ENV = "TRUSTVISION_TRACKING"  # "off": no command tracks (tests, quick checks)
 PARENT_ENV = "TRUSTVISION_MLFLOW_PARENT"  # an MLflow run id: new runs nest under it
@@ -181,13 +181,11 @@ class Tracker:
 
     def _open(self, client: Any) -> str:
         """The run's MLflow run: the one `mlflow.json` names (a resume), else a new one."""
-        record = self.run_dir / RUN_FILE
-        if record.is_file():
-            saved = json.loads(record.read_text())
-            if saved.get("uri") == shown(self.uri):
-                client.update_run(saved["run_id"], status="RUNNING")
-                self.resumed = True
-                return str(saved["run_id"])
+        saved = saved_run(self.run_dir)
+        if saved is not None and saved.get("uri") == shown(self.uri):
+            client.update_run(saved["run_id"], status="RUNNING")
+            self.resumed = True
+            return str(saved["run_id"])
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
             try:
@@ -205,8 +203,8 @@ class Tracker:
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         run = client.create_run(experiment_id, run_name=self.name, tags=tags)
-        saved = {"uri": shown(self.uri), "run_id": run.info.run_id}
-        write_atomic(record, json.dumps(saved) + "\n")
+        record = {"uri": shown(self.uri), "run_id": run.info.run_id}
+        write_atomic(self.run_dir / RUN_FILE, json.dumps(record) + "\n")
         return str(run.info.run_id)
 
     def params(self, config: BaseModel) -> None:
@@ -263,10 +261,10 @@ class Tracker:
     def end_other(self, run_dir: Path, status: str) -> None:
         """End the MLflow run of another run directory in this store, if still running: a
         sweep's trial that was killed before it could (pruned, or stopped by a signal)."""
-        try:
-            run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
-        except (OSError, ValueError, KeyError, TypeError):
+        saved = saved_run(run_dir)
+        if saved is None or "run_id" not in saved:
             return  # it never opened an MLflow run
+        run_id = str(saved["run_id"])
 
         def call(client: Any, _run_id: str) -> None:
             if client.get_run(run_id).info.status == "RUNNING":
@@ -337,11 +335,13 @@ def start_tracking(run_dir: Path, config: BaseModel) -> Tracker | None:
 def saved_uri(run_dir: Path, settings: TrackingConfig) -> str | None:
     """The store a resumed run was tracked in, when nothing names one now: a relative
     `runs_dir` would otherwise put it in another folder's store when resumed from there."""
-    record = run_dir / RUN_FILE
-    if settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or not record.is_file():
+    saved = saved_run(run_dir)
+    if settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or saved is None:
         return None
-    try:
-        uri = json.loads(record.read_text()).get("uri")
-    except (OSError, ValueError, AttributeError):
-        return None
+    uri = saved.get("uri")
     return uri if isinstance(uri, str) and sqlite_path(uri) is not None else None
+
+
+def saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """What `mlflow.json` in `run_dir` says of its MLflow run (None: no readable record)."""
+    return read_json_object(run_dir / RUN_FILE)

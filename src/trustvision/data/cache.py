@@ -22,6 +22,7 @@ from trustvision import digests
 from trustvision.data.catalog import CATALOG
 from trustvision.data.readers import Decoded
 from trustvision.errors import ChecksumError, DataError, EnvironmentFailure
+from trustvision.files import read_json_object
 
 META_NAME = "meta.json"
 FORMAT_VERSION = 2  # 2: an image folder's test split in a fixed random order (data/images.py)
@@ -106,11 +107,7 @@ def read_meta(folder: Path) -> dict:
 
 def raw_meta(folder: Path) -> dict[str, Any] | None:
     """`meta.json` as it is, unchecked (`read_meta` checks it); None when it is no JSON object."""
-    try:
-        meta = json.loads((folder / META_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    return read_json_object(folder / META_NAME)
 
 
 def decoded_by_an_older_format(folder: Path) -> bool:

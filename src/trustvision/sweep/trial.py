@@ -114,20 +114,28 @@ def new_reports(text: str, *, metric: str, step: str, seen: set[int]) -> list[tu
     A last line without its newline is still being written and waits for the next poll; a
     record without `metric` (or with a non-number) is skipped.
     """
-    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
     found: list[tuple[int, float]] = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        value, index = record.get(metric), record.get(step)
+    for record in complete_records(text):
+        value: Any = record.get(metric)
+        index = record.get(step)
         if not (_is_number(value) and isinstance(index, int)) or index in seen:
             continue
         if math.isfinite(value):
             found.append((index, float(value)))
             seen.add(index)
     return found
+
+
+def complete_records(text: str) -> list[dict[str, Any]]:
+    """The JSON records of metrics.jsonl `text`, one a line: a last line without its newline is
+    still being written and is left out, as is a line that is no JSON object."""
+    records = []
+    for line in text.split("\n")[:-1]:  # the part after the last newline is incomplete
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 class MetricNotANumber(ConfigError):
@@ -137,12 +145,8 @@ class MetricNotANumber(ConfigError):
 def check_prune_keys(prune: PruneSpec, metrics: Path) -> None:
     """A ConfigError when a finished trial's metrics.jsonl has records but none with both
     `prune.metric` and `prune.step`: a misspelt key would leave the pruner blind, silently."""
-    keys: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in metrics.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                keys |= set(record) if isinstance(record, dict) else set()
+    text = metrics.read_text() if metrics.is_file() else ""
+    keys = {key for record in complete_records(text) for key in record}
     if keys and not {prune.metric, prune.step} <= keys:
         listed = ", ".join(f"`{key}`" for key in sorted(keys))
         raise ConfigError(
