@@ -3,7 +3,9 @@
 test_sweep_resume.py."""
 
 import fcntl
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -140,8 +142,22 @@ def test_an_edited_config_file_is_refused_on_resume(tmp_path):
     spec = build_config(SweepSpec, spec_tree(config=str(config)))
     prepare_out(spec, out)
     prepare_out(spec, out)  # the file unchanged: continue
-    config.write_text(CONFIG.read_text() + "epochs: 7\n")
+    config.write_text("# a comment changes no value\n" + CONFIG.read_text())
+    prepare_out(spec, out)
+    config.write_text(re.sub(r"(?m)^epochs: .*$", "epochs: 7", CONFIG.read_text()))
     with pytest.raises(ConfigError, match=r"changed since the sweep.*finished trials ran the old"):
+        prepare_out(spec, out)
+
+
+def test_a_sweep_that_recorded_the_config_files_bytes_continues(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = build_config(SweepSpec, spec_tree())
+    prepare_out(spec, out)
+    (out / "config.sha256").write_text(hashlib.sha256(CONFIG.read_bytes()).hexdigest() + "\n")
+    prepare_out(spec, out)
+    (out / "config.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(ConfigError, match=r"changed since the sweep"):
         prepare_out(spec, out)
 
 

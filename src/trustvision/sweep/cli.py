@@ -200,7 +200,7 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
     `out` begun already, by this or by a killed run, is continued as it is)."""
     from trustvision.sweep.imported import import_trials
     from trustvision.sweep.spec import dump_spec
-    from trustvision.sweep.study import STUDY_FILE, config_digest
+    from trustvision.sweep.study import STUDY_FILE, same_config
 
     if (out / STUDY_FILE).exists():
         console.print(
@@ -229,7 +229,8 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
             f"`{earlier}` is of another search: its {', '.join(f'`{k}`' for k in differ)} "
             "differ from this spec's"
         )
-    if report.get("config_sha256") not in (None, config_digest(spec)):
+    recorded = report.get("config_sha256")
+    if recorded is not None and not same_config(str(recorded), spec):
         raise ConfigError(
             f"`{spec.config}` is not the file the trials of `{earlier}` ran (its SHA-256 "
             "differs): restore that config to continue them, or sweep afresh"

@@ -2,7 +2,7 @@
 
 <out>/
     spec.yaml      the resolved spec; a second run must bring the same one
-    config.sha256  the SHA-256 of the spec's config file; a second run must find it unchanged
+    config.sha256  the SHA-256 of the spec's config values; a second run must find them unchanged
     study.db       the Optuna study (SQLite): `optuna-dashboard sqlite:///<out>/study.db`
     trials/trial-<number>/log.txt and trials/trial-<number>/<run directory>/
 """

@@ -5,6 +5,7 @@ sweep left RUNNING (failed, to be retried with the same parameters)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -146,8 +147,17 @@ def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
 
 
 def config_digest(spec: SweepSpec) -> str:
-    """The SHA-256 of the config file the spec's trials read."""
-    return hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+    """The SHA-256 of what the config file the spec's trials read says: of its parsed values,
+    so that an edited comment or layout leaves it, and the finished trials, standing."""
+    values = json.dumps(read_yaml(spec.config), sort_keys=True, default=str)
+    return hashlib.sha256(values.encode()).hexdigest()
+
+
+def same_config(recorded: str, spec: SweepSpec) -> bool:
+    """Whether a recorded digest is the config's: its values' digest, or its bytes' digest
+    (how sweeps begun before 2026-11-29 recorded it)."""
+    file_digest = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest()
+    return recorded in (config_digest(spec), file_digest)
 
 
 def prepare_out(spec: SweepSpec, out: Path) -> None:
@@ -166,15 +176,17 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
             )
     else:
         write_atomic(path, dump_yaml(resolved, sort_keys=False))
-    digest = config_digest(spec)
     recorded = out / CONFIG_DIGEST_FILE
-    if recorded.is_file() and recorded.read_text().strip() != digest:
-        raise ConfigError(
-            f"`{spec.config}` changed since the sweep in `{out}` began (its SHA-256 is not the "
-            f"one in {recorded}): the finished trials ran the old file. Restore it to continue "
-            f"the sweep, or start fresh with another `--out` (or delete `{out}`)"
-        )
-    write_atomic(recorded, digest + "\n")
+    if recorded.is_file():
+        if not same_config(recorded.read_text().strip(), spec):
+            raise ConfigError(
+                f"`{spec.config}` changed since the sweep in `{out}` began (the SHA-256 of its "
+                f"values is not the one in {recorded}): the finished trials ran the old values. "
+                f"Restore them to continue the sweep, or start fresh with another `--out` (or "
+                f"delete `{out}`)"
+            )
+    else:
+        write_atomic(recorded, config_digest(spec) + "\n")
 
 
 def open_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
