@@ -3,6 +3,7 @@ copy, any image-folder zip; and checking a cached copy against its recorded hash
 
 import io
 import json
+import os
 import pickle
 import tarfile
 from dataclasses import replace
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_data_sources import empty_cache, files_under, sha, write_image_zip
 
+from trustvision import digests
 from trustvision.data import sources
 from trustvision.data.catalog import CATALOG
 from trustvision.data.dataset import load_dataset
@@ -77,21 +80,43 @@ def test_unpinned_cifar_archive_is_refused_naming_both_accepted_files(cache, tmp
     assert sha(path.read_bytes()) in message and files_under(cache) == []
 
 
-def test_cifar10_from_an_image_folder_zip_records_the_variant(cache, tmp_path, monkeypatch):
+def pinned_cifar10_zip(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20 + 20 image CIFAR-10 JPEG zip of random pixels, pinned as the catalog's JPEG
+    variant."""
     rng = np.random.default_rng(4)
-    classes = CATALOG["cifar10"].classes
     images = {
         f"{split}/{cls}/{i:04d}.jpg": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         for split in ("train", "test")
-        for cls in classes
+        for cls in CATALOG["cifar10"].classes
         for i in range(2)
     }
-    path = write_image_zip(tmp_path / "cifar10-jpeg.zip", images, fmt="JPEG")
+    write_image_zip(path, images, fmt="JPEG")
     spec = CATALOG["cifar10"]
     variant = replace(
         spec.variants[0], file=replace(spec.variants[0].file, sha256=sha(path.read_bytes()))
     )
     monkeypatch.setitem(CATALOG, "cifar10", replace(spec, variants=(variant,)))
+
+
+def test_an_archive_replaced_once_hashed_is_not_what_is_decoded(cache, tmp_path, monkeypatch):
+    path = tmp_path / "cifar10-jpeg.zip"
+    pinned_cifar10_zip(path, monkeypatch)
+    hashed = digests.sha256_file
+
+    def hash_then_swap(file: Path) -> str:
+        digest = hashed(file)
+        write_image_zip(path, {"train/airplane/0.jpg": np.zeros((32, 32, 3), np.uint8)})
+        return digest
+
+    monkeypatch.setattr(digests, "sha256_file", hash_then_swap)
+    ds = load_dataset("cifar10", from_path=path)
+    assert ds.train.images.shape == (20, 3, 32, 32) and np.asarray(ds.train.images).std() > 50
+
+
+def test_cifar10_from_an_image_folder_zip_records_the_variant(cache, tmp_path, monkeypatch):
+    path = tmp_path / "cifar10-jpeg.zip"
+    pinned_cifar10_zip(path, monkeypatch)
+    spec = CATALOG["cifar10"]
     ds = load_dataset("cifar10", from_path=path)
     assert ds.variant == "jpeg" and ds.source == f"file:{path}"
     assert (
@@ -185,6 +210,24 @@ def test_image_folder_round_trip_keyed_by_its_hash(cache, tmp_path):
     assert load_dataset("image-folder").train.images.shape == (6, 3, 6, 6)  # the one cached
     resized = load_dataset("image-folder", from_path=path, image_size=3)
     assert resized.image_shape == (3, 3, 3) and (cache / f"{key}-3px").is_dir()
+
+
+def test_a_cached_directory_is_found_without_reading_its_files(cache, tmp_path, monkeypatch):
+    root = tmp_path / "pets"
+    for split, cls in (("train", "cat"), ("train", "dog"), ("test", "cat"), ("test", "dog")):
+        (root / split / cls).mkdir(parents=True)
+        image = np.full((4, 4), len(cls) + len(split), np.uint8)
+        Image.fromarray(image).save(root / split / cls / "0.png")
+    first = sources.fetch("image-folder", from_path=root)
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["inputs"]["pets"] == digests.sha256_tree(root)  # contents hashed when decoded
+    read = []
+    monkeypatch.setattr(digests, "sha256_file", lambda path: read.append(path) or "")
+    assert sources.fetch("image-folder", from_path=root) == first and not read
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "test" / "dog" / "0.png")
+    os.utime(root / "test" / "dog" / "0.png", ns=(1, 1))  # another time: an edited file
+    assert sources.fetch("image-folder", from_path=root) != first
 
 
 def test_verify_cache_names_a_changed_file_and_both_hashes(cache, tmp_path):

@@ -83,6 +83,27 @@ def test_a_federated_run_on_the_list_completes(tmp_path):
     assert record["data"]["train_images"] + held_out == sum(TRAIN_COUNTS.values())
 
 
+def append(root: Path, split: str, line: bytes) -> None:
+    with (root / f"Mini_LT_{split}.txt").open("ab") as handle:
+        handle.write(line)
+
+
+def relabel(root: Path, split: str, label: int) -> None:
+    """Give the list's first image another label."""
+    listed = root / f"Mini_LT_{split}.txt"
+    first, *rest = listed.read_text().splitlines()
+    listed.write_text("\n".join([f"{first.split()[0]} {label}", *rest]) + "\n")
+
+
+@pytest.mark.usefixtures("cache")
+def test_a_list_saved_with_a_byte_order_mark_reads(tmp_path):
+    root = image_tree(tmp_path / "mini")
+    listed = root / "Mini_LT_train.txt"
+    listed.write_bytes(b"\xef\xbb\xbf" + listed.read_bytes())
+    ds = load_dataset("image-folder", from_path=root, image_size=16)
+    assert np.bincount(ds.train.labels).tolist() == list(TRAIN_COUNTS.values())
+
+
 @pytest.mark.usefixtures("cache")
 @pytest.mark.parametrize(
     ("edit", "said"),
@@ -96,6 +117,15 @@ def test_a_federated_run_on_the_list_completes(tmp_path):
         # a superscript two is a digit to str.isdigit, but no label
         (lambda r: (r / "Mini_LT_train.txt").write_text("x.png \u00b2\n"), "is not `path label`"),
         (lambda r: (r / "Mini_LT_test.txt").unlink(), r"exactly one `\*train.txt`"),
+        (lambda r: (r / "B_test.txt").write_text("x 0\n"), r"exactly one `\*train.txt`"),
+        (lambda r: append(r, "train", "images/caf\xe9.png 0\n".encode("latin-1")), "not UTF-8"),
+        (lambda r: append(r, "train", b"images/n0004_ray/0000.png 3\n"), "already listed at"),
+        (lambda r: append(r, "test", b"images/n0004_ray/0000.png 3\n"), "already listed at"),
+        (
+            lambda r: relabel(r, "train", 1000000000),
+            r"_train.txt` line 1 gives .* label 1000000000",
+        ),
+        (lambda r: relabel(r, "test", 4), r"_test.txt` line 1 gives .* run from 0 to 3"),
     ],
 )
 def test_a_bad_list_names_the_file_and_line(tmp_path, edit, said):

@@ -73,8 +73,36 @@ def test_a_stray_tensor_or_a_pickle_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"unused tensors \['extra_head.weight'\]"):
         import_zoo(tmp_path / "stray.pt", dataset="mnist", runs_dir=str(tmp_path / "runs"))
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/etc")}, tmp_path / "code.pt")
-    with pytest.raises(ConfigError, match=r"weights_only=True"):
+    with pytest.raises(ConfigError, match=r"weights_only=True") as refused:
         import_zoo(tmp_path / "code.pt", dataset="mnist", runs_dir=str(tmp_path / "runs"))
+    assert "pathlib" in str(refused.value)  # what was refused, not torch's advice to load it
+    assert "set to `False`" not in str(refused.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"conv1.weight": torch.zeros(16, 3, 3, 3), "fc.weight": torch.zeros(10, 64)},  # resnet
+        {
+            "conv1.weight": torch.zeros(16),
+            "block1.layer.0.conv1.weight": torch.zeros(32, 16, 3, 3),
+            "fc.weight": torch.zeros(10, 64),
+        },
+    ],
+)
+def test_another_architecture_is_refused_by_name(tmp_path, state):
+    torch.save({"state_dict": state}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match=r"not a RobustBench WideResNet \(no .*conv1.weight"):
+        import_zoo(tmp_path / "other.pt", dataset="mnist", runs_dir=str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("eps", ["8", "-0.1", "nan"])
+def test_an_eps_outside_the_unit_interval_is_refused(tmp_path, eps):
+    zoo_checkpoint(tmp_path / "zoo.pt")
+    args = ["robust", "import", str(tmp_path / "zoo.pt"), "--dataset", "mnist", "--eps", eps]
+    result = RUNNER.invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "l_inf budget in (0, 1]" in result.output
     assert not (tmp_path / "runs").exists()
 
 

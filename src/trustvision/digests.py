@@ -23,6 +23,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def stat_tree(root: Path) -> str:
+    """Hex SHA-256 over a folder's sorted relative file paths, sizes and modification times:
+    what identifies a folder too big to read on every use (an edited file changes it)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        relative = path.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def sha256_tree(root: Path) -> str:
     """Hex SHA-256 over a folder's sorted relative file paths and their contents' hashes."""
     digest = hashlib.sha256()

@@ -97,7 +97,8 @@ def folder_layout(
 
 
 TRAIN_LIST = re.compile(r"^(?:.*_)?train\.txt$")  # ImageNet_LT_train.txt, iNaturalist18_train.txt
-TEST_LIST = re.compile(r"^(?:.*_)?(?:test|val)\.txt$")  # a test list, else the val list
+TEST_LIST = re.compile(r"^(?:.*_)?test\.txt$")
+VAL_LIST = re.compile(r"^(?:.*_)?val\.txt$")  # the test list where a folder has no test list
 
 
 def list_files(names: list[str]) -> tuple[str, str] | None:
@@ -105,51 +106,84 @@ def list_files(names: list[str]) -> tuple[str, str] | None:
     long-tailed benchmarks' `path label` format (ImageNet-LT, iNaturalist)."""
     root = [n for n in names if "/" not in n]
     train = [n for n in root if TRAIN_LIST.match(n)]
-    test = sorted((n for n in root if TEST_LIST.match(n)), key=lambda n: "val" in n)
+    test = [n for n in root if TEST_LIST.match(n)] or [n for n in root if VAL_LIST.match(n)]
     if not train and not test:
         return None
-    if len(train) != 1 or not test:
+    if len(train) != 1 or len(test) != 1:
         raise DataError(
-            f"image lists need exactly one `*train.txt` and a `*test.txt` (or `*val.txt`) at the "
-            f"root; found {sorted(train + test)}"
+            f"image lists need exactly one `*train.txt` and one `*test.txt` (or, without one, "
+            f"one `*val.txt`) at the root; found {sorted(train + test)}"
         )
     return train[0], test[0]
+
+
+def list_lines(data: bytes, *, where: str) -> list[str]:
+    """A list's lines, decoded as UTF-8 (a byte-order mark dropped)."""
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"`{where}` is not UTF-8 text ({err.reason} at byte {err.start}): save the list as "
+            "UTF-8"
+        ) from None
+
+
+def list_entries(
+    lines: list[str], present: set[str], seen: dict[str, str], *, where: str
+) -> list[tuple[str, int]]:
+    """The (path, label) pairs of one list's lines; `seen` maps every path listed so far to
+    where, and a path listed twice (in this list or another) is refused."""
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdecimal()):
+            raise DataError(f"`{where}` line {number} is not `path label`: {line[:80]!r}")
+        path = parts[0].removeprefix("./")
+        if is_unsafe_member(path) or path not in present:
+            raise DataError(
+                f"`{where}` line {number} names `{path}`, which is not in the folder (paths are "
+                "relative to the folder holding the lists)"
+            )
+        if path in seen:
+            raise DataError(
+                f"`{where}` line {number} names `{path}`, already listed at {seen[path]}: list "
+                "each image once, in one split"
+            )
+        seen[path] = f"`{where}` line {number}"
+        entries.append((path, int(parts[1])))
+    if not entries:
+        raise DataError(f"`{where}` lists no image")
+    return entries
 
 
 def list_layout(
     names: list[str], lists: tuple[str, str], read: Callable[[str], bytes], *, source: Path
 ) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
     """Classes and per-split (file, label) pairs from `path label` lists, in list order. A
-    class is named by the folder of its first training image (its label where they differ)."""
-    present = set(names)
+    class is named by the folder of its first training image (its label where they differ);
+    labels run from 0 and every one has a training image."""
+    present, seen = set(names), dict[str, str]()
     layout: dict[str, list[tuple[str, int]]] = {}
     for split, list_name in zip(SPLITS, lists, strict=True):
-        entries = []
-        for number, line in enumerate(read(list_name).decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdecimal()):
-                raise DataError(
-                    f"`{source}:{list_name}` line {number} is not `path label`: {line[:80]!r}"
-                )
-            path = parts[0].removeprefix("./")
-            if is_unsafe_member(path) or path not in present:
-                raise DataError(
-                    f"`{source}:{list_name}` line {number} names `{path}`, which is not in the "
-                    "folder (paths are relative to the folder holding the lists)"
-                )
-            entries.append((path, int(parts[1])))
-        if not entries:
-            raise DataError(f"`{source}:{list_name}` lists no image")
-        layout[split] = entries
-    count = 1 + max(label for entries in layout.values() for _, label in entries)
+        where = f"{source}:{list_name}"
+        layout[split] = list_entries(
+            list_lines(read(list_name), where=where), present, seen, where=where
+        )
     folders: dict[int, set[str]] = {}
     for path, label in layout["train"]:
         folders.setdefault(label, set()).add(posixpath.basename(posixpath.dirname(path)))
-    missing = sorted(set(range(count)) - set(folders))
-    if missing:
-        raise DataError(f"`{source}`: labels {missing[:8]} have no training image in the list")
+    count = len(folders)  # labels 0..count-1, each with a training image, or a label beyond
+    for split in SPLITS:
+        beyond = next(((p, label) for p, label in layout[split] if label >= count), None)
+        if beyond is not None:
+            missing = sorted(set(range(count)) - set(folders))
+            raise DataError(
+                f"{seen[beyond[0]]} gives `{beyond[0]}` label {beyond[1]}, but the training list "
+                f"holds {count} distinct labels: labels run from 0 to {count - 1}, each with a "
+                "training image" + (f" (none has label {missing[:8]})" if missing else "")
+            )
     classes = tuple(
         next(iter(folders[i])) if len(folders[i]) == 1 else str(i) for i in range(count)
     )

@@ -132,9 +132,12 @@ def resolve(
     if local is None:
         return spec, root / only_cached_image_folder(root), None, None
     require_exists(local)
-    input_hash = digests.sha256_tree(local) if local.is_dir() else digests.sha256_file(local)
+    # A folder (ImageNet's, say: a million files) is keyed by its files' names, sizes and times,
+    # read in seconds; its contents are hashed once, when decoded, into meta.json.
+    input_hash = None if local.is_dir() else digests.sha256_file(local)
+    key = digests.stat_tree(local) if input_hash is None else input_hash
     size = f"-{image_size}px" if image_size is not None else ""
-    return spec, root / f"{IMAGE_FOLDER_PREFIX}{input_hash[:12]}{size}", local, input_hash
+    return spec, root / f"{IMAGE_FOLDER_PREFIX}{key[:12]}{size}", local, input_hash
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,17 +271,28 @@ def _local_cifar(spec: DatasetSpec, path: Path, *, progress: Progress | None) ->
             names = " or ".join(f"`{file.name}`" for file in accepted)
             raise DataError(f"`{path}` holds no {names}: pass the archive itself")
         path = found
-    actual = digests.sha256_file(path)
-    if actual == spec.files[0].sha256:
-        decoded = readers.read_cifar_archive(path, fmt=spec.format, classes=spec.classes)
-        return Fetched(check_shape(spec, decoded), f"file:{path}", "original", {path.name: actual})
-    for variant in spec.variants:
-        if actual == variant.file.sha256:
-            decoded = read_image_folder(path, progress=progress)
-            check_classes(spec, decoded, source=path)
+    # Decoded from a private copy, the one hashed: the file may be replaced once it is checked.
+    with tempfile.TemporaryDirectory(prefix="trustvision-") as tmp:
+        try:
+            copy = Path(shutil.copyfile(path, Path(tmp) / path.name))
+        except OSError as err:
+            raise DataError(
+                f"`{path}` cannot be copied into `{tmp}` to be checked ({err.strerror or err}): "
+                "free space there or point TMPDIR at a folder with room"
+            ) from None
+        actual = digests.sha256_file(copy)
+        if actual == spec.files[0].sha256:
+            decoded = readers.read_cifar_archive(copy, fmt=spec.format, classes=spec.classes)
             return Fetched(
-                check_shape(spec, decoded), f"file:{path}", variant.name, {path.name: actual}
+                check_shape(spec, decoded), f"file:{path}", "original", {path.name: actual}
             )
+        for variant in spec.variants:
+            if actual == variant.file.sha256:
+                decoded = read_image_folder(copy, progress=progress)
+                check_classes(spec, decoded, source=path)
+                return Fetched(
+                    check_shape(spec, decoded), f"file:{path}", variant.name, {path.name: actual}
+                )
     expected = ", ".join(f"{file.sha256} (`{file.name}`)" for file in accepted)
     raise ChecksumError(
         f"`{path}` is corrupt, truncated or not an accepted archive of `{spec.name}`: its SHA-256 "

@@ -106,6 +106,15 @@ def train(
     _log(f"clean test accuracy {summary['test']['top1']:.2%}; run directory: {run.path}")
 
 
+def budget(value: float | None) -> float | None:
+    """An l_inf budget: a number in (0, 1]."""
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(
+            f"{value} is not an l_inf budget in (0, 1] on [0, 1] pixels (8/255 is 0.0314)"
+        )
+    return value
+
+
 @robust_app.command("import")
 def import_model(
     checkpoint: Annotated[
@@ -122,8 +131,10 @@ def import_model(
     eps: Annotated[
         float | None,
         typer.Option(
-            help="The l_inf budget it was trained for. Default: none recorded; then give `eps=` "
-            "to `robust mix` and `eval.eps=` to `robust eval`."
+            help="The l_inf budget it was trained for, in [0, 1] pixels (8/255 = 0.0314), "
+            "recorded in its summary. `robust mix` and `robust eval` attack at their own "
+            "`eps=` / `eval.eps=` (default: the data set's usual budget), not at this one.",
+            callback=budget,
         ),
     ] = None,
     runs_dir: Annotated[str, typer.Option(help="Where the run directory goes.")] = "runs",

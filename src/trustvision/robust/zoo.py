@@ -42,10 +42,9 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(
             f"`{path}` cannot be read as a checkpoint with `torch.load(weights_only=True)` "
-            f"({first}): only tensors and plain containers are accepted"
+            f"({load_failure(err)}): only tensors and plain containers are accepted"
         ) from None
     state = loaded
     for key in STATE_KEYS:
@@ -62,12 +61,25 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     return cleaned
 
 
+def load_failure(err: Exception) -> str:
+    """What torch.load refused, without its advice to load the file unsafely."""
+    lines = [
+        line.strip().removeprefix("WeightsUnpickler error:").strip()
+        for line in str(err).splitlines()
+    ]
+    told = [line for line in lines if line.startswith(("Trying to load", "Unsupported"))]
+    plain = [line for line in lines if line and not re.search("weights_only|torch.load", line)]
+    return (told or plain or [type(err).__name__])[0].split(". ")[0].rstrip(".")
+
+
 def wrn_shape(state: dict[str, Tensor]) -> tuple[int, int, int]:
     """(depth, widen, num_classes) of a zoo WideResNet, read from its tensors."""
-    if "conv1.weight" not in state or "fc.weight" not in state:
+    dims = {"conv1.weight": 4, "block1.layer.0.conv1.weight": 4, "fc.weight": 2}
+    wrong = [f"{k} ({n}-d)" for k, n in dims.items() if k not in state or state[k].dim() != n]
+    if wrong:
         raise ConfigError(
-            "the checkpoint is not a RobustBench WideResNet (no conv1.weight / fc.weight): "
-            "only that family is supported"
+            f"the checkpoint is not a RobustBench WideResNet (no {', '.join(wrong)} tensor as "
+            "that family has): only that family is supported"
         )
     blocks = {int(m.group(2)) for k in state if (m := BLOCK.match(k)) and m.group(1) == "1"}
     widen = state["block1.layer.0.conv1.weight"].shape[0] // 16
