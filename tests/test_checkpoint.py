@@ -179,7 +179,7 @@ def test_a_checkpoint_chosen_by_name_is_loaded_or_the_names_are_listed(tmp_path)
         ckpt.load_resumable(tmp_path, name="epoch-0001")  # a named one is never skipped
 
 
-def test_a_resume_with_another_number_of_processes_warns_it_will_differ(tmp_path):
+def test_a_resume_with_other_processes_or_threads_warns_it_will_differ(tmp_path):
     from trustvision.config import TrainConfig
     from trustvision.runs import RunDir
 
@@ -195,11 +195,30 @@ def test_a_resume_with_another_number_of_processes_warns_it_will_differ(tmp_path
         "rng": {"seed": 0, "next_epoch": 1, "processes": 2},  # written under torchrun
     }
     ckpt.save_checkpoint(run.checkpoints_dir / "epoch-0001", state)
+    run.write_summary({"status": "finished", "epochs": 3})  # an end the resume goes back from
+    (run.checkpoints_dir / ".tmp-epoch-0002-999999").mkdir()  # a save killed midway
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    with pytest.warns(UserWarning, match=r"2 data-parallel process\(es\) and resumes in 1"):
+    with pytest.warns(UserWarning, match=r"2 data-parallel process\(es\) with .* resumes in 1"):
         assert ckpt.restore(run, **parts) == (1, 1.0, [{"epoch": 1}])
-    state["rng"]["processes"] = 1
+    assert not run.finished and not run.summary_path.exists()
+    assert not list(run.checkpoints_dir.glob(".tmp-*"))
+    state["rng"] |= {"processes": 1, "threads": torch.get_num_threads() + 1}
     ckpt.save_checkpoint(run.checkpoints_dir / "epoch-0002", state)
+    with pytest.warns(UserWarning, match=rf"{torch.get_num_threads() + 1} thread\(s\) and"):
+        ckpt.restore(run, **parts)
+    state["rng"]["threads"] = torch.get_num_threads()
+    ckpt.save_checkpoint(run.checkpoints_dir / "epoch-0003", state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same number: no warning
         ckpt.restore(run, **parts)
+
+
+def test_a_damaged_summary_is_a_config_error_naming_the_run(tmp_path):
+    from trustvision.config import TrainConfig
+    from trustvision.errors import ConfigError
+    from trustvision.runs import RunDir
+
+    run = RunDir.create(root=tmp_path, name="r", config=TrainConfig())
+    run.summary_path.write_text('{"status": "fini')  # cut off mid-write
+    with pytest.raises(ConfigError, match=r"holds a damaged summary.json"):
+        assert run.finished

@@ -18,8 +18,9 @@ import trustvision.robust.commands.eval as eval_command
 import trustvision.robust.evaluate as evaluate
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
+from trustvision.robust.autoattack import attack_chunk
 from trustvision.robust.cli import robust_app
-from trustvision.robust.config import PipelineConfig
+from trustvision.robust.config import EvalConfig, PipelineConfig
 
 ROOT = Path(__file__).parents[1]
 
@@ -90,6 +91,14 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
     assert (
         eval_command.STATE == "autoattack-chunks.json" and (eval_dir / eval_command.STATE).is_file()
     )
+    # another seed draws other random starts: nothing of the first seed's is reused
+    attacked = []
+    monkeypatch.setattr(
+        evaluate, "attack_chunk", lambda *a, **k: attacked.append(1) or attack_chunk(*a, **k)
+    )
+    reseeded = load_config(EvalConfig, eval_dir / "config.yaml", [f"seed={cfg.seed + 1}"])
+    eval_command.run_eval(reseeded, run_path=eval_dir)
+    assert attacked
 
 
 def test_a_damaged_chunk_file_is_reported_and_its_chunks_attacked_again(tmp_path):

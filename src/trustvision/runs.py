@@ -32,7 +32,7 @@ import trustvision
 from trustvision import distributed
 from trustvision.config import dump_config, flatten
 from trustvision.errors import ConfigError, environment_failure
-from trustvision.files import write_atomic
+from trustvision.files import read_json_object, write_atomic
 from trustvision.tracking import Tracker, start_tracking
 
 # What `RunDir.open_or_create` does with a directory that holds a run of a different config.
@@ -40,7 +40,8 @@ from trustvision.tracking import Tracker, start_tracking
 # old config, so continuing would mix two runs). "update": the new config replaces the old one
 # (evaluation: every saved part carries its own signature and only matching parts are reused).
 ConfigPolicy = Literal["refuse", "update"]
-# Settings that change how fast a run goes, never what it computes: they may differ on resume.
+# Settings a resume may change: how fast a run goes and where it reports, not what it is (another
+# thread count does change the numbers' last digits; the checkpoint's restore warns of that).
 SPEED_ONLY = frozenset({"threads", "runs_dir", "tracking"})
 LOCK_FILE = ".lock"
 # The run directories this process trains in, each held through a lock on its LOCK_FILE that
@@ -228,8 +229,10 @@ class RunDir:
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replace metrics.jsonl (on resume: the history saved with the checkpoint)."""
+        """Replace metrics.jsonl with the history saved with the checkpoint a run resumes from;
+        a summary of the run's earlier end no longer describes it and goes (until it ends)."""
         write_atomic(self.metrics_path, "".join(strict_json(r) + "\n" for r in records))
+        self.summary_path.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json, the last file of a run; a tracked run ends its MLflow run, and
@@ -265,7 +268,16 @@ class RunDir:
         _HELD[key] = handle
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
+        """summary.json's record ({} before the run ends); a damaged one is a ConfigError."""
+        if not self.summary_path.is_file():
+            return {}
+        summary = read_json_object(self.summary_path)
+        if summary is None:
+            raise ConfigError(
+                f"`{self.path}` holds a damaged summary.json (no JSON object): run it again, or "
+                "resume it with `--resume` if it kept its checkpoints"
+            )
+        return summary
 
     @property
     def finished(self) -> bool:

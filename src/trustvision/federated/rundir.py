@@ -121,7 +121,7 @@ def save_round(
         "history": history,
         "elapsed": elapsed,
         "global_sha256": state_hash(global_state),
-        "rng": {"seed": session.cfg.seed, "next_round": round},
+        "rng": {"seed": session.cfg.seed, "next_round": round, **ckpt.computed_by()},
     }
     ckpt.save_checkpoint(run.checkpoints_dir / f"round-{round:05d}", state)
     ckpt.prune_checkpoints(run.checkpoints_dir, keep=2)
@@ -132,6 +132,7 @@ def restore_round(
 ) -> tuple[int, State | None, list, float]:
     """Continue from the newest good checkpoint (or the one named `checkpoint`): metrics.jsonl
     is cut back to its history (emptied when there is none yet: the run starts over)."""
+    ckpt.clear_staging(run.checkpoints_dir)
     if checkpoint is None and ckpt.latest_checkpoint(run.checkpoints_dir) is None:
         run.rewrite_metrics([])
         return 0, None, [], 0.0
@@ -152,6 +153,7 @@ def load_round(
             f"run `{run.path}` has no checkpoint yet: train it first (`trustvision fed run`)"
         )
     path, state = found
+    ckpt.warn_if_computed_otherwise(path, state.get("rng", {}))
     try:
         session.engine.restore(state["personal"])
         return state["round"], state["global"], state["history"], state["elapsed"]

@@ -317,8 +317,9 @@ def too_few_clients(
     reasons = "; ".join(f"client {f.client_id}: {f.error}" for f in failures)
     return FederationError(
         f"round {round + 1}: {answered} of {sampled} clients answered, fewer than "
-        f"`min_clients` ({minimum}): {reasons}. Fix the clients, or lower `min_clients`, and "
-        "resume from the last checkpoint with `--resume`."
+        f"`min_clients` ({minimum}): {reasons}. Fix the clients and resume from the last "
+        "checkpoint with `--resume RUN_DIR`; to go on with fewer, lower `min_clients` in "
+        "RUN_DIR/config.yaml first (a resume takes no overrides)."
     )
 
 

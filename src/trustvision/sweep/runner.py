@@ -285,11 +285,10 @@ def run_sweep(
     reporter = reporter or SilentSweepReporter()
     with exclusive(out), quiet_optuna():
         study, retried, done = _reopen(spec, out)
-        at_once = max(1, min(jobs, spec.planned_trials - done))  # the cores go to trials left
         runner = TrialRunner(
             spec,
             out,
-            jobs=at_once,
+            jobs=jobs,  # each trial's threads from `jobs` alone: a resumed trial gets as many
             resumable=resumable,
             reporter=reporter,
             poll_seconds=poll_seconds,

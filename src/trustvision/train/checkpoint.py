@@ -94,6 +94,13 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     return directory
 
 
+def clear_staging(directory: Path) -> None:
+    """Remove the staging folders of saves that a killed process left in `directory` (call it
+    only while holding the run: no other process can be saving there)."""
+    for staging in Path(directory).glob(".tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _read_meta(meta_path: Path) -> dict[str, Any]:
     """`state.json`, checked to be a record of this format (a CheckpointError otherwise)."""
     try:
@@ -220,6 +227,29 @@ def load_weights(path: Path, *, device: torch.device | str = "cpu") -> dict[str,
         raise CheckpointError(f"`{path}` is not a safetensors weights file ({err})") from None
 
 
+def computed_by() -> dict[str, int]:
+    """What a run's numbers depend on beyond its config, for its checkpoints' `rng` block:
+    torchrun's processes (each draws by its rank) and the CPU threads (a kernel sums in
+    another order on another number of them)."""
+    return {"processes": distributed.world_size(), "threads": torch.get_num_threads()}
+
+
+def warn_if_computed_otherwise(path: Path, rng: dict[str, Any]) -> None:
+    """Warn when a checkpoint was written by other processes or threads than resume it."""
+    now = computed_by()
+    then = {k: rng.get(k, n) for k, n in now.items()}  # older checkpoints record fewer
+    if then != now:
+        warnings.warn(
+            f"`{path}` was written by {then['processes']} data-parallel process(es) with "
+            f"{then['threads']} thread(s) and resumes in {now['processes']} with "
+            f"{now['threads']}: the run goes on, but its numbers now differ from an "
+            "uninterrupted run's (dropout, attacks and BatchNorm statistics are drawn by rank, "
+            "and kernels sum in another order); set OMP_NUM_THREADS / `threads` as it was for "
+            "the same numbers",
+            stacklevel=3,
+        )
+
+
 def restore(
     run: RunDir,
     model: nn.Module,
@@ -230,6 +260,7 @@ def restore(
     """Load the checkpoint `run` resumes from (`checkpoint` by name, else the newest that
     passes its checks); metrics.jsonl is cut back to match it (emptied without one: the run
     starts over)."""
+    clear_staging(run.checkpoints_dir)
     device = next(model.parameters()).device
     found = load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
     if found is None:
@@ -246,13 +277,6 @@ def restore(
             f"`{path}` does not fit this run's model or optimiser ({err}): resume with the "
             "config it was written with"
         ) from None
-    processes = state.get("rng", {}).get("processes", distributed.world_size())
-    if processes != distributed.world_size():
-        warnings.warn(
-            f"`{path}` was written by {processes} data-parallel process(es) and resumes in "
-            f"{distributed.world_size()}: the run goes on, but its dropout, attacks and "
-            "BatchNorm statistics now differ from an uninterrupted run's",
-            stacklevel=2,
-        )
+    warn_if_computed_otherwise(path, state.get("rng", {}))
     run.rewrite_metrics(history)
     return epoch, elapsed, history

@@ -293,11 +293,7 @@ class _Training:
             "epoch": epoch + 1,
             "elapsed": elapsed,
             "history": history,
-            "rng": {
-                "seed": self.seed,
-                "next_epoch": epoch + 1,
-                "processes": distributed.world_size(),  # draws are keyed by rank too
-            },
+            "rng": {"seed": self.seed, "next_epoch": epoch + 1, **ckpt.computed_by()},
         }
         ckpt.save_checkpoint(self.run.checkpoints_dir / f"epoch-{epoch + 1:04d}", state)
         ckpt.prune_checkpoints(self.run.checkpoints_dir, keep=2)

@@ -145,6 +145,7 @@ def _attack(
         "model": str(cfg.model),
         "model_sha256": model_sha256(model),
         "eps": eps,
+        "seed": cfg.seed,  # the attacks' random starts
         "test_split_sha256": test_split,
         "order": attackers.order,
         "settings": keep,
