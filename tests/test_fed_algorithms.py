@@ -269,12 +269,15 @@ def test_a_sweep_scores_generic_accuracy_only_where_its_knob_moves_the_global_mo
     """benchmarks/fed_sweep.py scores a method on generic validation accuracy only if it has a
     global model its knob can change; otherwise every value would tie and the tie-break would
     choose. Local accuracy, the other score, moves with every knob. Every round is evaluated,
-    as evaluation (FedBABU's fine-tuning among it) must not move the global model either."""
+    as evaluation (FedBABU's fine-tuning among it) must not move the global model either: two
+    rounds, so that the second trains from the global model round 1's evaluation saw."""
     specs = benchmark("fed_sweep_specs")
     key = specs.KNOBS[algorithm][0]
     runs = [
         run_federated(
-            small_config(tmp_path / str(value), algorithm, f"{key}={value}", "eval_every=1")
+            small_config(
+                tmp_path / str(value), algorithm, f"{key}={value}", "rounds=2", "eval_every=1"
+            )
         )
         for value in KNOB_ENDS[algorithm]
     ]

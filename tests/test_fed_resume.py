@@ -64,9 +64,15 @@ def final_checkpoint(run):
     return ckpt.load_checkpoint(ckpt.latest_checkpoint(run.checkpoints_dir))
 
 
-def test_resume_after_a_stop_gives_identical_numbers_and_tensors(tmp_path):
-    reference = run_federated(resumable_config(tmp_path / "ref"))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The unbroken run of the default resumable config, trained once (on one thread, as the
+    tests' runs): the tests read it or resume copies of it, never change it."""
+    with torch_threads(1):
+        return run_federated(resumable_config(tmp_path_factory.mktemp("ref")))
 
+
+def test_resume_after_a_stop_gives_identical_numbers_and_tensors(tmp_path, reference):
     # killed in round 4: round 3 was logged but the last checkpoint is round 2's
     stopped = run_federated(resumable_config(tmp_path / "cut"), stop_after=3)
     assert not stopped.summary_path.exists() and len(stopped.read_metrics()) == 3
@@ -87,14 +93,14 @@ def test_resume_after_a_stop_gives_identical_numbers_and_tensors(tmp_path):
     )
 
 
-def test_checkpoint_holds_every_trained_clients_personal_state(tmp_path):
-    run = run_federated(resumable_config(tmp_path, "rounds=2"))
+def test_checkpoint_holds_every_trained_clients_personal_state(reference):
+    run = reference  # 4 rounds of 3 of 5 clients: its last checkpoint is round 4's
     state = final_checkpoint(run)
 
     trained = sorted({k for record in run.read_metrics() for k in record["clients"]})
     assert sorted(state["personal"]) == trained
     assert all(set(s) == {"phi.weight", "phi.bias"} for s in state["personal"].values())
-    assert state["round"] == 2 and len(state["history"]) == 2
+    assert state["round"] == 4 and len(state["history"]) == 4
     assert not any(k.startswith("phi.") for k in state["global"])
 
 
@@ -150,8 +156,7 @@ def test_divergence_stops_with_the_fix_and_a_summary(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path):
-    reference = run_federated(resumable_config(tmp_path / "ref"))
+def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path, reference):
     newest = ckpt.latest_checkpoint(reference.checkpoints_dir)
     assert [p.name for p in ckpt.list_checkpoints(reference.checkpoints_dir)] == [
         "round-00002",

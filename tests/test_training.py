@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from trustvision.config import TrainConfig, load_config
 from trustvision.errors import DivergenceError
 from trustvision.report.console import format_record
+from trustvision.runs import RunDir
 from trustvision.train import checkpoint as ckpt
 from trustvision.train.centralized import resume_training, train_model
 
@@ -44,16 +45,23 @@ def comparable(run_path):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
-def test_same_seed_same_run_bit_for_bit(tmp_path):
-    first = train_model(small_config(tmp_path, "epochs=1"))
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """One epoch of the small config, trained once: the tests below only read its directory."""
+    return train_model(small_config(tmp_path_factory.mktemp("one-epoch"), "epochs=1"))
+
+
+def test_same_seed_same_run_bit_for_bit(tmp_path, one_epoch_run):
+    first = one_epoch_run
     second = train_model(small_config(tmp_path, "epochs=1"))
+    assert first.path != second.path  # two runs, not one directory read twice
     assert comparable(first.path) == comparable(second.path)
     a, b = load_file(first.path / "model.safetensors"), load_file(second.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_run_directory_has_everything(tmp_path):
-    run = train_model(small_config(tmp_path, "epochs=1"))
+def test_run_directory_has_everything(one_epoch_run):
+    run = one_epoch_run
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["seed"] == 0
     assert summary["environment"]["torch"] == torch.__version__
@@ -66,10 +74,13 @@ def test_run_directory_has_everything(tmp_path):
 
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
-    reference = train_model(small_config(tmp_path / "ref"))
+    # a third of small_config's images: three epochs, of which a kill after the first leaves
+    # one or two to resume, with augmentation and dropout drawing random numbers throughout
+    shorter = ["data.train_subset=1000", "data.test_subset=500"]
+    reference = train_model(small_config(tmp_path / "ref", *shorter))
 
     runs = tmp_path / "killed" / "runs"
-    overrides = [f"runs_dir={runs}", "epochs=3", "data.train_subset=3000", "data.test_subset=1000"]
+    overrides = [f"runs_dir={runs}", "epochs=3", *shorter]
     overrides += [
         "data.batch_size=64",
         "data.augment.rotation=10",
@@ -104,12 +115,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         def step(model, x, y):
             calls["n"] += 1
             loss, logits = objective(model, x, y)
-            return (loss * float("nan") if calls["n"] > 60 else loss), logits
+            return (loss * float("nan") if calls["n"] > 20 else loss), logits
 
         return step
 
     monkeypatch.setattr(centralized, "cross_entropy", poisoned)
-    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=3000")  # 46 steps per epoch
+    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=1000")  # 14 steps per epoch
     with pytest.raises(DivergenceError) as err:
         train_model(cfg)
     message = str(err.value)
@@ -170,13 +181,20 @@ def test_run_files_are_strict_json(tmp_path):
     assert _strict(run.summary_path.read_text())["few"] is None
 
 
-def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_path):
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    """Two short epochs, trained once; each test resumes a copy of its directory."""
+    tmp_path = tmp_path_factory.mktemp("two-epochs")
+    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=512", "data.test_subset=200")
+    return train_model(cfg)
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_path, two_epoch_run):
     from typer.testing import CliRunner
 
     from trustvision.cli import app
 
-    cfg = small_config(tmp_path, "epochs=2", "data.train_subset=512", "data.test_subset=200")
-    reference = train_model(cfg)
+    reference = two_epoch_run
     weights = load_file(reference.path / "model.safetensors")
     for how in ("fallback", "named"):
         run_dir = tmp_path / how
@@ -223,9 +241,13 @@ def test_the_layout_switch_holds_on_the_cpu_too(channels_last):
     assert model(x).shape == (2, 10)
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_over_with_clean_metrics(tmp_path):
-    run = train_model(small_config(tmp_path, "epochs=2"))
-    rows = comparable(run.path)
+def test_a_run_killed_before_its_first_checkpoint_starts_over_with_clean_metrics(
+    tmp_path, two_epoch_run
+):
+    rows = comparable(two_epoch_run.path)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(two_epoch_run.path, run.path)
     shutil.rmtree(run.checkpoints_dir)  # as a kill in the first epoch leaves it...
     run.summary_path.unlink()  # ...with the rows it had logged
     resumed = resume_training(run.path)
