@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from trustvision.config import dump_config, load_config
 from trustvision.errors import DivergenceError
 from trustvision.federated.config import FedConfig
-from trustvision.federated.runner import resume_federated, run_federated
+from trustvision.federated.runner import evaluate_run, resume_federated, run_federated
 from trustvision.federated.session import TIMING_KEYS
 from trustvision.federated.tensors import states_equal
 from trustvision.train import checkpoint as ckpt
@@ -192,3 +193,16 @@ def test_a_stop_before_the_first_checkpoint_resumes_without_doubled_rows(tmp_pat
     resumed = resume_federated(stopped.path)
 
     assert [row["round"] for row in resumed.read_metrics()] == [1, 2, 3]
+
+
+def test_a_resume_on_other_threads_warns_and_an_evaluation_does_not(tmp_path, reference):
+    copy = tmp_path / "copy"
+    shutil.copytree(reference.path, copy)
+    with torch_threads(2), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing resumes in an evaluation
+        evaluate_run(copy)
+    with (
+        torch_threads(2),
+        pytest.warns(UserWarning, match=r"1 thread\(s\) and resumes in 1 with 2"),
+    ):
+        resume_federated(copy, checkpoint="round-00002")

@@ -22,7 +22,7 @@ from trustvision.sweep.choose import choose_trial
 from trustvision.sweep.report import build_report
 from trustvision.sweep.runner import run_sweep
 from trustvision.sweep.spec import ParamSpec, SweepSpec, is_log_spaced, load_spec
-from trustvision.sweep.study import prepare_out
+from trustvision.sweep.study import config_digest, prepare_out
 from trustvision.sweep.trial import (
     find_run_dir,
     format_override,
@@ -147,6 +147,13 @@ def test_an_edited_config_file_is_refused_on_resume(tmp_path):
     config.write_text(re.sub(r"(?m)^epochs: .*$", "epochs: 7", CONFIG.read_text()))
     with pytest.raises(ConfigError, match=r"changed since the sweep.*finished trials ran the old"):
         prepare_out(spec, out)
+
+
+def test_the_config_digest_takes_keys_of_mixed_types(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.read_text() + "extra: {1: a, b: c}\n")
+    spec = build_config(SweepSpec, spec_tree(config=str(config)))
+    assert len(config_digest(spec)) == 64  # 1 and "b" do not sort together
 
 
 def test_a_sweep_that_recorded_the_config_files_bytes_continues(tmp_path):

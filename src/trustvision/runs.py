@@ -274,8 +274,9 @@ class RunDir:
         summary = read_json_object(self.summary_path)
         if summary is None:
             raise ConfigError(
-                f"`{self.path}` holds a damaged summary.json (no JSON object): run it again, or "
-                "resume it with `--resume` if it kept its checkpoints"
+                f"`{self.path}` holds a damaged summary.json (no JSON object): delete "
+                f"`{self.summary_path}` and resume the run with `--resume` (it goes on from its "
+                "checkpoints), or run it again"
             )
         return summary
 

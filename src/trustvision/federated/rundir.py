@@ -136,24 +136,26 @@ def restore_round(
     if checkpoint is None and ckpt.latest_checkpoint(run.checkpoints_dir) is None:
         run.rewrite_metrics([])
         return 0, None, [], 0.0
-    restored = load_round(run, session, checkpoint=checkpoint)
+    restored = load_round(run, session, checkpoint=checkpoint, resuming=True)
     run.rewrite_metrics(restored[2])
     return restored
 
 
 def load_round(
-    run: RunDir, session: Session, *, checkpoint: str | None = None
+    run: RunDir, session: Session, *, checkpoint: str | None = None, resuming: bool = False
 ) -> tuple[int, State, list, float]:
     """The round count, global state, history and elapsed seconds of the newest checkpoint
     that passes its checks (a newer one that fails is skipped with a warning), or of the one
-    named `checkpoint`. Personal states go back to the engine. No checkpoint is a ConfigError."""
+    named `checkpoint`. Personal states go back to the engine. No checkpoint is a ConfigError.
+    `resuming`: training goes on from it (a warning if other processes or threads wrote it)."""
     found = ckpt.load_resumable(run.checkpoints_dir, name=checkpoint, device=session.accel.device)
     if found is None:
         raise ConfigError(
             f"run `{run.path}` has no checkpoint yet: train it first (`trustvision fed run`)"
         )
     path, state = found
-    ckpt.warn_if_computed_otherwise(path, state.get("rng", {}))
+    if resuming:
+        ckpt.warn_if_computed_otherwise(path, state.get("rng", {}))
     try:
         session.engine.restore(state["personal"])
         return state["round"], state["global"], state["history"], state["elapsed"]

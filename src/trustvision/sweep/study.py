@@ -149,8 +149,17 @@ def load_study(spec: SweepSpec, out: Path) -> optuna.Study:
 def config_digest(spec: SweepSpec) -> str:
     """The SHA-256 of what the config file the spec's trials read says: of its parsed values,
     so that an edited comment or layout leaves it, and the finished trials, standing."""
-    values = json.dumps(read_yaml(spec.config), sort_keys=True, default=str)
+    values = json.dumps(with_string_keys(read_yaml(spec.config)), sort_keys=True, default=str)
     return hashlib.sha256(values.encode()).hexdigest()
+
+
+def with_string_keys(value: Any) -> Any:
+    """`value` with every mapping's keys made strings, so that they sort."""
+    if isinstance(value, dict):
+        return {str(k): with_string_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_string_keys(v) for v in value]
+    return value
 
 
 def same_config(recorded: str, spec: SweepSpec) -> bool:
