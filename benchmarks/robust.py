@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from common import RESULTS, ROOT, run_script, write_results
 from rich.console import Console
-from robust_report import dataset_section, intro_lines, missing_lines
+from robust_report import dataset_section, intro_lines, lipschitz_curves, missing_lines
 
 from trustvision.config import load_config
 from trustvision.files import write_atomic
 from trustvision.report.console import ConsoleReporter
 from trustvision.robust.commands.demo import run_pipeline
 from trustvision.robust.config import PipelineConfig
+from trustvision.robust.plots import plot_certified
 from trustvision.runs import environment_info
 from trustvision.train.loop import select_device
 
@@ -80,8 +81,10 @@ def config_for(name: str, args: argparse.Namespace) -> PipelineConfig:
 
 def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict[str, str]:
     """The data set's plots, copied from its work directory into `out` (a kept report's are
-    already there). They are found where the pipeline writes them inside `work`: the paths
-    the report records are relative to wherever that pipeline ran."""
+    already there), the certified-accuracy plot of a certification with the earlier Lipschitz
+    constant drawn again (robust_report.lipschitz_curves). They are found where the pipeline
+    writes them inside `work`: the paths the report records are relative to wherever that
+    pipeline ran."""
     plots = {}
     sources = {"tradeoff": work / "tradeoff.png"}
     if report.get("certify"):
@@ -94,6 +97,16 @@ def copy_plots(name: str, work: Path, report: dict[str, Any], out: Path) -> dict
             shutil.copyfile(source, target)
         if target.is_file() and (source.is_file() or report.get("kept")):
             plots[kind] = target.name
+    cert = report.get("certify")
+    if cert and "lipschitz_constant" not in cert:  # drawn again with the right Lipschitz bound
+        radii, lipschitz = lipschitz_curves(cert)
+        curves = {
+            a: {"tight": c["tight"], "lipschitz": lipschitz[a]} for a, c in cert["curves"].items()
+        }
+        target = out / f"robust_{name.replace('-', '')}_certified.png"
+        title = f"{name}: certified accuracy of the mix"
+        plot_certified(curves, cert["grid"], target, title=title, lipschitz_grid=radii)
+        plots["certified"] = target.name
     return plots
 
 

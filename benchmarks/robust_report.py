@@ -100,6 +100,20 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def lipschitz_curves(cert: dict[str, Any]) -> tuple[list[float], dict[str, list[float]]]:
+    """The radii and, per alpha, the certified accuracy of the Lipschitz bound. A certification
+    written before 2026-11-29 (no `lipschitz_constant`) used twice the smoothed classifier's
+    Lipschitz constant; a Lipschitz radius is proportional to 1/L, so the right curve at radius
+    2r is the recorded one at r: known at every other point of the grid (which starts at 0
+    and is evenly spaced), and given there."""
+    curves = {alpha: curve["lipschitz"] for alpha, curve in cert["curves"].items()}
+    grid = cert["grid"]
+    if "lipschitz_constant" in cert:
+        return grid, curves
+    half = range((len(grid) + 1) // 2)
+    return [grid[2 * j] for j in half], {a: [c[j] for j in half] for a, c in curves.items()}
+
+
 def certify_lines(report: dict[str, Any], plot: str | None) -> list[str]:
     cert = report.get("certify")
     if not cert:
@@ -107,6 +121,8 @@ def certify_lines(report: dict[str, Any], plot: str | None) -> list[str]:
     grid = cert["grid"]
     picks = sorted({round(k * (len(grid) - 1) / 5) for k in range(6)})  # six radii, evenly spaced
     header = " | ".join(f"r={grid[i]:.2f}" for i in picks)
+    lipschitz_grid, lipschitz = lipschitz_curves(cert)
+    at = {r: i for i, r in enumerate(lipschitz_grid)}
     lines = [
         f"Gaussian-noise base (sigma {cert['sigma']}, clean acc {pct(cert['smoothing_clean_acc'])}%), "
         f"{cert['n']} test images, Monte Carlo n={report['config']['certify']['n']} "
@@ -117,10 +133,21 @@ def certify_lines(report: dict[str, Any], plot: str | None) -> list[str]:
         "|---:|---:|" + "---:|" * len(picks),
     ]
     for alpha, curve in cert["curves"].items():
-        cells = " | ".join(
-            f"{pct(curve['tight'][i], 1)} ({pct(curve['lipschitz'][i], 1)})" for i in picks
-        )
+
+        def bound(i: int, alpha: str = alpha) -> str:
+            j = at.get(grid[i])
+            return "n/a" if j is None else pct(lipschitz[alpha][j], 1)
+
+        cells = " | ".join(f"{pct(curve['tight'][i], 1)} ({bound(i)})" for i in picks)
         lines.append(f"| {alpha} | {pct(cert['mix_clean_acc'][alpha], 1)} | {cells} |")
+    if "lipschitz_constant" not in cert:
+        lines += [
+            "",
+            "The Lipschitz bounds were certified with twice the smoothed classifier's Lipschitz "
+            "constant (the code's until 2026-11-29); a Lipschitz radius is proportional to 1/L, "
+            "so each bound shown at r is the recorded one at r/2 (robust.json keeps the "
+            "recorded curves).",
+        ]
     check = cert["attack_check"]
     lines += [
         "",

@@ -16,6 +16,7 @@ import trustvision.robust.commands.demo as pipeline
 import trustvision.robust.evaluate as evaluate
 import trustvision.train.loop as loop
 from trustvision.robust.card import MODEL_INFO_FIELDS
+from trustvision.robust.certify import SMOOTHING_LIPSCHITZ
 from trustvision.robust.commands.adaptive import chooses_gate_again, pixel_loader
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.config import CertifyConfig
@@ -95,6 +96,7 @@ def test_pipeline_writes_every_result(finished):
     assert (work / "tradeoff.png").is_file()
     assert (work / "certify" / "plots" / "certified.png").is_file()
     assert report["certify"]["attack_check"]["flips"] == 0
+    assert report["certify"]["lipschitz_constant"] == SMOOTHING_LIPSCHITZ  # what a reuse checks
     assert isinstance(load_model(work / "adaptive-mix")(torch.rand(2, 1, 28, 28)), torch.Tensor)
     assert json.loads((work / "report.json").read_text())["alpha"] == report["alpha"]
 

@@ -189,3 +189,32 @@ def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_pa
     text = (out / "robust.md").read_text()
     assert "Kept from the earlier report" in text
     assert "](robust_fashionmnist_tradeoff.png)" in text
+
+
+def test_a_certification_with_the_earlier_lipschitz_constant_is_shown_at_half_the_radius():
+    """Before 2026-11-29 the Lipschitz radii used twice the right constant, so they were half
+    the right ones: the report shows the recorded bound at r/2 as the bound at r."""
+    report_module = benchmark("robust_report")
+    grid = [0.1 * i for i in range(11)]
+    recorded = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+    cert = {
+        "grid": grid,
+        "curves": {"0.9": {"tight": [0.5] * 11, "lipschitz": recorded}},
+        "sigma": 0.25,
+        "smoothing_clean_acc": 0.9,
+        "n": 10,
+        "mix_clean_acc": {"0.9": 0.9},
+        "attack_check": {"alpha": 0.9, "flips": 0, "attacked": 5},
+    }
+    report = {"certify": cert, "config": {"certify": {"n": 100, "confidence": 0.001}}}
+    radii, curves = report_module.lipschitz_curves(cert)
+    assert radii == [grid[0], grid[2], grid[4], grid[6], grid[8], grid[10]]
+    assert curves["0.9"] == recorded[:6]  # the bound at 2r is the one recorded at r
+    text = "\n".join(report_module.certify_lines(report, None))
+    assert "| 0.9 | 90.0 | 50.0 (100.0) | 50.0 (90.0) | 50.0 (80.0) |" in text
+    assert "each bound shown at r is the recorded one at r/2" in text
+    current = {**cert, "lipschitz_constant": 0.3989}
+    assert report_module.lipschitz_curves(current) == (grid, {"0.9": recorded})
+    text = "\n".join(report_module.certify_lines({**report, "certify": current}, None))
+    assert "| 0.9 | 90.0 | 50.0 (100.0) | 50.0 (80.0) | 50.0 (60.0) |" in text
+    assert "recorded one at r/2" not in text

@@ -129,18 +129,25 @@ def plot_tradeoff(
 
 
 def plot_certified(
-    curves: dict[str, dict[str, list[float]]], grid: Sequence[float], path: Path, *, title: str
+    curves: dict[str, dict[str, list[float]]],
+    grid: Sequence[float],
+    path: Path,
+    *,
+    title: str,
+    lipschitz_grid: Sequence[float] | None = None,
 ) -> Path:
     """Certified accuracy against l2 radius: one colour per alpha, solid tight, dashed Lipschitz.
 
-    `curves[alpha_label] = {"tight": [...], "lipschitz": [...]}` over `grid`.
+    `curves[alpha_label] = {"tight": [...], "lipschitz": [...]}` over `grid` (the Lipschitz
+    curves over `lipschitz_grid` where given).
     """
     fig, ax = plt.subplots(figsize=(6, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (label, curve) in zip(colours * 3, curves.items(), strict=False):
         ax.plot(grid, [100 * v for v in curve["tight"]], "-", color=colour, label=f"alpha {label}")
         if "lipschitz" in curve:
-            ax.plot(grid, [100 * v for v in curve["lipschitz"]], "--", color=colour, alpha=0.7)
+            radii = grid if lipschitz_grid is None else lipschitz_grid
+            ax.plot(radii, [100 * v for v in curve["lipschitz"]], "--", color=colour, alpha=0.7)
     ax.set(xlabel="l2 radius", ylabel="certified accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="solid: smoothing bound\ndashed: Lipschitz bound", title_fontsize=7)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from trustvision.errors import ConfigError
 from trustvision.robust.attacks import pgd
 from trustvision.robust.certify import (
+    SMOOTHING_LIPSCHITZ,
     SmoothedCertificate,
     certified_accuracy,
     certify_smoothed,
@@ -131,6 +132,7 @@ def _certify_smoothing(
     check = _attack_inside(cfg, standard, robust, x, y, certs, radii, sigma=sigma, log=log)
     return {
         "sigma": sigma,
+        "lipschitz_constant": SMOOTHING_LIPSCHITZ,  # times 1/sigma: what the Lipschitz radii used
         "radii": radii,
         "correct": correct,
         "mix_clean_acc": clean,

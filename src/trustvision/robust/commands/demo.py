@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.models.registry import create_model
+from trustvision.robust.certify import SMOOTHING_LIPSCHITZ
 from trustvision.robust.commands.adaptive import gate_choice_differences
 from trustvision.robust.commands.certify import run_certify
 from trustvision.robust.commands.common import Log, admission_rule
@@ -327,13 +328,16 @@ def _certify(
         config=certify_cfg,
         current=lambda summary: (
             summary.get("test_split_sha256") == test_split
+            and summary.get("lipschitz_constant") == SMOOTHING_LIPSCHITZ
             and not config_changes(work / "certify", certify_cfg, finished_too=True)
         ),
-        stale="it certified test images in another order, or with other settings",
+        stale="it certified test images in another order, with other settings, or with the "
+        "Lipschitz constant used before 2026-11-29 (twice the right one)",
     )
     keys = (
         "method",
         "sigma",
+        "lipschitz_constant",
         "n",
         "grid",
         "curves",
