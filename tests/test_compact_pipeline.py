@@ -133,6 +133,8 @@ def test_export_and_bench_commands(finished: Path) -> None:
     record = json.loads((finished / "export/export.json").read_text())
     assert record["fp32_parity"]["max_abs_diff"] <= 1e-4
     assert record["test_images"] == 500
+    agreement = record["int8_parity"]["agreement"]
+    assert f"ONNX int8 vs PyTorch: identical predictions {agreement:.2%}" in exported.output
     assert benched.exit_code == 0, benched.output
     bench = json.loads((finished / "bench.json").read_text())
     assert {r["threads"] for r in bench["latency"]} == {1, 2}
