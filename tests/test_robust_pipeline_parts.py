@@ -218,3 +218,13 @@ def test_a_certification_with_the_earlier_lipschitz_constant_is_shown_at_half_th
     text = "\n".join(report_module.certify_lines({**report, "certify": current}, None))
     assert "| 0.9 | 90.0 | 50.0 (100.0) | 50.0 (80.0) | 50.0 (60.0) |" in text
     assert "recorded one at r/2" not in text
+
+
+def test_only_a_smoothing_certification_without_todays_constant_is_certified_again():
+    from trustvision.robust.certify import SMOOTHING_LIPSCHITZ
+
+    assert not pipeline.todays_lipschitz_constant({"method": "smoothing"})  # before 2026-11-29
+    assert pipeline.todays_lipschitz_constant(
+        {"method": "smoothing", "lipschitz_constant": SMOOTHING_LIPSCHITZ}
+    )
+    assert pipeline.todays_lipschitz_constant({"method": "lipschitz"})  # the user's bound

@@ -305,6 +305,15 @@ def _evaluate(
     )
 
 
+def todays_lipschitz_constant(summary: dict[str, Any]) -> bool:
+    """Whether a certification's Lipschitz bounds used the smoothed classifier's constant of
+    today (before 2026-11-29 it was twice as large); the Lipschitz route takes the user's."""
+    return (
+        summary.get("method") != "smoothing"
+        or summary.get("lipschitz_constant") == SMOOTHING_LIPSCHITZ
+    )
+
+
 def _certify(
     cfg: PipelineConfig, work: Path, *, test_split: str, reporter: Reporter | None, log: Log
 ) -> dict[str, Any]:
@@ -328,7 +337,7 @@ def _certify(
         config=certify_cfg,
         current=lambda summary: (
             summary.get("test_split_sha256") == test_split
-            and summary.get("lipschitz_constant") == SMOOTHING_LIPSCHITZ
+            and todays_lipschitz_constant(summary)
             and not config_changes(work / "certify", certify_cfg, finished_too=True)
         ),
         stale="it certified test images in another order, with other settings, or with the "
