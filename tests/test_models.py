@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trustvision.errors import ConfigError
-from trustvision.models import ImageClassifier, create_model, list_models
+from trustvision.models import ImageClassifier, create_model, create_model_for, list_models
 
 EXPECTED = {
     "mnist_cnn", "smallcnn", "gap_cnn", "resnet8", "resnet20", "resnet32", "resnet18",
@@ -206,3 +206,16 @@ def test_mnist_cnn_feature_norm_bounds_the_feature_scale() -> None:
     assert after[0] > 5 * before[0]  # the plain neck grows with its weights
     assert torch.allclose(after[1], before[1], rtol=1e-2)  # up to LayerNorm eps
     assert normed.num_parameters() == plain.num_parameters() - 128 + 2 * 128  # bias -> LN
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "smallcnn", "gap_cnn", "resnet8"])
+def test_a_model_built_for_a_data_set_takes_its_image_size(name):
+    model = create_model_for(name, num_classes=10, image_shape=(3, 32, 32))
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    kept = create_model_for("mnist_cnn", num_classes=10, image_shape=(1, 32, 32), image_size=28)
+    assert kept.input_shape == (1, 28, 28)  # a size given is kept
+
+
+def test_smallcnn_refuses_a_size_its_layers_cannot_reach():
+    with pytest.raises(ConfigError, match=r"`image_size` >= 16"):
+        create_model("smallcnn", num_classes=10, in_channels=1, image_size=14)

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from trustvision.compact.config import CompactConfig
 from trustvision.config import load_config
 from trustvision.errors import ConfigError
-from trustvision.models import ImageClassifier, create_model, model_arguments
+from trustvision.models import ImageClassifier, create_model_for
 from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
 from trustvision.train import checkpoint as ckpt
@@ -27,11 +27,8 @@ def build_model(
 ) -> ImageClassifier:
     """The deployed architecture for images of `image_shape`, initialised from the run's seed."""
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    kwargs = dict(cfg.model.kwargs)
-    if "image_size" in model_arguments(cfg.model.name):
-        kwargs.setdefault("image_size", image_shape[-1])
-    return create_model(
-        cfg.model.name, num_classes=num_classes, in_channels=image_shape[0], **kwargs
+    return create_model_for(
+        cfg.model.name, num_classes=num_classes, image_shape=image_shape, **cfg.model.kwargs
     )
 
 

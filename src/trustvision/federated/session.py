@@ -39,7 +39,7 @@ from trustvision.federated.evaluate import (
 )
 from trustvision.federated.messages import ClientFailure, ClientUpdate, EvalResult, FitResult
 from trustvision.federated.tensors import State, clone
-from trustvision.models import create_model
+from trustvision.models import create_model_for
 from trustvision.seeds import derive_seed
 from trustvision.train.loop import Accel, Reporter, SilentReporter, select_device
 from trustvision.train.optim import lr_factor
@@ -115,10 +115,10 @@ def build_parts(cfg: FedConfig, *, source: str | None = None) -> Parts:
     )
 
     def model_fn() -> Any:
-        return create_model(
+        return create_model_for(
             cfg.model.name,
             num_classes=dataset.num_classes,
-            in_channels=dataset.image_shape[0],
+            image_shape=dataset.image_shape,
             **cfg.model.kwargs,
         )
 

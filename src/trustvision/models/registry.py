@@ -59,6 +59,16 @@ def create_model(
     return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
+def create_model_for(
+    name: str, *, num_classes: int, image_shape: tuple[int, ...], **kwargs: Any
+) -> ImageClassifier:
+    """`create_model` for images of `image_shape` (C, H, W): their channels, and their side for a
+    model that takes an `image_size` and was given none (its default is MNIST's 28)."""
+    if "image_size" in model_arguments(name):
+        kwargs.setdefault("image_size", image_shape[-1])
+    return create_model(name, num_classes=num_classes, in_channels=image_shape[0], **kwargs)
+
+
 def _factory(name: str) -> Factory:
     if name not in _FACTORIES:
         known = ", ".join(list_models())

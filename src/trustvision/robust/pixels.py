@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from trustvision.config import ModelConfig
-from trustvision.models import create_model
+from trustvision.models import create_model_for
 from trustvision.models.base import ImageClassifier
 
 
@@ -76,7 +76,7 @@ def build_pixel_model(
     model: ModelConfig, *, num_classes: int, image_shape: tuple[int, ...], mean: Any, std: Any
 ) -> Normalized:
     """The config's architecture wrapped to take [0, 1] pixels."""
-    net = create_model(
-        model.name, num_classes=num_classes, in_channels=image_shape[0], **model.kwargs
+    net = create_model_for(
+        model.name, num_classes=num_classes, image_shape=image_shape, **model.kwargs
     )
     return Normalized(net, tuple(mean), tuple(std))

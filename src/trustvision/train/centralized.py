@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from trustvision.config import TrainConfig, load_config
-from trustvision.models import create_model
+from trustvision.models import create_model_for
 from trustvision.report.plots import plot_run
 from trustvision.runs import RunDir
 from trustvision.seeds import derive_seed
@@ -35,10 +35,10 @@ def train_model(
         accel = Accel(device, amp=cfg.amp, channels_last=cfg.channels_last)
         dataset, loaders = load_with_loaders(cfg.data, seed=cfg.seed, device=device)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = create_model(
+        model = create_model_for(
             cfg.model.name,
             num_classes=dataset.num_classes,
-            in_channels=dataset.image_shape[0],
+            image_shape=dataset.image_shape,
             **cfg.model.kwargs,
         )
         model = accel.prepare_model(model)
