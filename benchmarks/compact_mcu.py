@@ -3,9 +3,11 @@ from the compiled object, parity with onnxruntime on the whole test set and host
 batch 1 beside onnxruntime's.
 
     .venv/bin/python benchmarks/compact_mcu.py RUN_DIR [RUN_DIR ...]   # compact runs, exported
+    .venv/bin/python benchmarks/compact_mcu.py --report-only   # the report again, sizes re-summed
 
-Flash is the object's code and constant data (`size`: .text + .rodata + .data), RAM its static
-buffers (.bss + .data): the two activation buffers the layers ping-pong between. Parity: each
+Flash is the object's code and constant data (`size`: every .text*, .rodata* and .data*
+section), RAM its static buffers (.bss* + .data*): the two activation buffers the layers
+ping-pong between. Parity: each
 variant's logits from uint8 pixels against onnxruntime's model of the same precision
 (export/model.onnx, export/model.int8.onnx) on the same images divided by 255. Latency:
 `<prefix>_predict` timed per image with clock_gettime in a C loop, onnxruntime's session timed
@@ -15,6 +17,7 @@ per call in Python, both one thread, in the same run. Writes docs/results/compac
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import tempfile
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import run_script, write_results
+from common import RESULTS, run_script, write_results
 
 from trustvision.compact.c_export import Variant, compile_command, export_c, harness
 from trustvision.compact.export import INPUT, OUTPUT, session
@@ -118,11 +121,7 @@ def measure(run_dir: Path, variant: Variant, *, latency_images: int) -> dict[str
         "data": summary["data"]["name"],
         "parameters": summary["parameters"],
         "test_images": len(images),
-        # .rodata.cst4 and the like are constants too: every section of the three kinds
-        "flash_bytes": sum(
-            n for s, n in size.items() if s.startswith((".text", ".rodata", ".data"))
-        ),
-        "ram_bytes": sum(n for s, n in size.items() if s.startswith((".bss", ".data"))),
+        **memory(size),
         "sections": size,
         "agreement": float((c_logits.argmax(1) == ort_logits.argmax(1)).mean()),
         "max_abs_logit_diff": float(np.abs(c_logits - ort_logits).max()),
@@ -134,14 +133,28 @@ def measure(run_dir: Path, variant: Variant, *, latency_images: int) -> dict[str
     }
 
 
+def memory(sections: dict[str, int]) -> dict[str, int]:
+    """Flash and RAM from an object's section sizes: .rodata.cst4 and the like are constants
+    too, so every section of each kind counts."""
+    return {
+        "flash_bytes": sum(
+            n for s, n in sections.items() if s.startswith((".text", ".rodata", ".data"))
+        ),
+        "ram_bytes": sum(n for s, n in sections.items() if s.startswith((".bss", ".data"))),
+    }
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Compact models as C (float32 and int8)",
         "",
         f"Written by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}.",
         "",
-        "Flash: .text + .rodata + .data of the model's object (`cc -std=c99 -O2 -c`, `size -A`);",
-        "RAM: .bss + .data, the two static activation buffers (float32 or uint8). Parity against",
+        "Flash: the .text*, .rodata* and .data* sections of the model's object (`cc -std=c99 -O2",
+        "-c`, `size -A`); RAM: .bss* + .data*, the two static activation buffers (float32 or",
+        "uint8)"
+        + (f"; both summed again {meta['report_only']}" if "report_only" in meta else "")
+        + ". Parity against",
         "onnxruntime's model of the same precision (model.onnx, model.int8.onnx) on the whole test",
         "set; latency: median microseconds per image at batch 1, one thread, the C loop timed with",
         "clock_gettime, onnxruntime per call from Python (its call overhead included), in the same",
@@ -169,9 +182,20 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="finished compact runs (exported)")
+    parser.add_argument("runs", nargs="*", type=Path, help="finished compact runs (exported)")
     parser.add_argument("--latency-images", type=int, default=1000)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from docs/results/compact-mcu.json, flash and RAM summed again "
+        "from its recorded sections (give no RUN_DIR)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        report_only(args.runs)
+        return
+    if not args.runs:
+        parser.error("give the compact runs to measure (or --report-only)")
     rows = [
         measure(run, variant, latency_images=args.latency_images)
         for run in args.runs
@@ -185,6 +209,21 @@ def main() -> None:
     print(
         write_results("compact-mcu", markdown(rows, meta), {"meta": meta, "rows": rows}).read_text()
     )
+
+
+def report_only(runs: list[Path]) -> None:
+    """The report again from the recorded rows, with flash and RAM summed from their sections
+    by today's rule (the measurements themselves are not repeated)."""
+    if runs:
+        raise SystemExit("--report-only reads the recorded results: give no RUN_DIR")
+    recorded = json.loads((RESULTS / "compact-mcu.json").read_text())
+    rows = [{**row, **memory(row["sections"])} for row in recorded["rows"]]
+    meta = {
+        **recorded["meta"],
+        "report_only": f"from the recorded sections by `python benchmarks/compact_mcu.py "
+        f"--report-only` on {time.strftime('%Y-%m-%d')}",
+    }
+    write_results("compact-mcu", markdown(rows, meta), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,9 +13,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 from trustvision.cli import app
-from trustvision.compact.c_export import PREFIXES, compile_command, harness, plan
+from trustvision.compact.c_export import (
+    PREFIXES,
+    check_conv,
+    compile_command,
+    fold,
+    harness,
+    plan,
+)
 from trustvision.compact.c_int8 import fixed_point
-from trustvision.compact.export import INPUT, session
+from trustvision.compact.export import INPUT, even_batch, session
 from trustvision.compact.model import load_deployed
 from trustvision.data.dataset import load_dataset
 from trustvision.errors import ConfigError
@@ -145,3 +152,17 @@ def test_the_int8_variant_asks_for_the_quantised_model_first(compact_run, tmp_pa
     assert result.exit_code == 2
     said = " ".join(result.output.split())  # rich wraps at the path's length
     assert "trustvision compact export" in said and "no int8 ONNX model" in said
+
+
+def test_a_convolution_or_batchnorm_the_c_would_get_wrong_is_refused():
+    with pytest.raises(ConfigError, match="pads with zeros, not `circular`"):
+        check_conv(nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"))
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    for bn in (nn.BatchNorm2d(8, affine=False), nn.BatchNorm2d(8, track_running_stats=False)):
+        with pytest.raises(ConfigError, match="folds a BatchNorm with a scale"):
+            fold(conv, bn)
+
+
+def test_calibration_batches_are_equal_for_onnxruntimes_histograms():
+    assert even_batch(1024, 64) == 64  # the default: as before
+    assert even_batch(200, 64) == 50 and even_batch(7, 64) == 7 and even_batch(67, 64) == 1

@@ -58,7 +58,11 @@ def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.nda
         else torch.zeros(conv.out_channels, dtype=torch.float64)
     )
     if bn is not None:
-        assert bn.running_mean is not None and bn.running_var is not None
+        if not bn.affine or bn.running_mean is None or bn.running_var is None:
+            raise ConfigError(
+                f"export-c folds a BatchNorm with a scale, a shift and running statistics, not {bn}"
+            )
+        assert bn.weight is not None and bn.bias is not None
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
         weight = weight * scale.view(-1, 1, 1, 1)
         bias = (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
@@ -332,6 +336,8 @@ def check_conv(conv: nn.Conv2d) -> None:
     same = conv.padding == (k // 2, k // 2) and conv.stride == (1, 1)
     if conv.kernel_size not in ((3, 3), (1, 1)) or not same or conv.dilation != (1, 1):
         raise ConfigError(f"export-c supports 'same' 3x3 and 1x1 convolutions, not {conv}")
+    if conv.padding_mode != "zeros":
+        raise ConfigError(f"export-c pads with zeros, not `{conv.padding_mode}`: {conv}")
     if conv.groups != 1 and not (conv.groups == conv.in_channels == conv.out_channels):
         raise ConfigError(
             "export-c supports plain or depthwise convolutions (one output channel per input "

@@ -120,6 +120,13 @@ def torch_logits(model: nn.Module, pixels: np.ndarray, *, batch_size: int = 1000
     return np.concatenate(parts)
 
 
+def even_batch(count: int, most: int) -> int:
+    """The largest batch size up to `most` that splits `count` images into equal batches:
+    onnxruntime's histogram calibrators (percentile, entropy) stack the batches' outputs and
+    fail on a shorter last one."""
+    return next(size for size in range(min(most, max(count, 1)), 0, -1) if count % size == 0)
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an array of pixels."""
 
@@ -161,7 +168,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(int8_path),
-            _Reader(calibration.astype(np.float32), 64),
+            _Reader(calibration.astype(np.float32), even_batch(len(calibration), 64)),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
