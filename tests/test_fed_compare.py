@@ -5,6 +5,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 from fed_tiny import tiny_config
 from typer.testing import CliRunner
 
@@ -131,3 +132,41 @@ def test_the_chosen_round_is_shown_with_its_own_validation_accuracy():
     line = next(ln for ln in console.export_text().splitlines() if "fedavg" in ln)
     cells = line.replace("│", " ").split()
     assert cells == ["fedavg", "71.2", "63.4", "(5)", "90.1", "87.6", "(10)"]
+
+
+def copy_run(run, folder, **config_changes):
+    """A copy of `run` under `folder`, its config.yaml's top-level sections updated."""
+    target = folder / "run"
+    shutil.copytree(run.path, target)
+    config = yaml.safe_load((target / "config.yaml").read_text())
+    for key, value in config_changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    return target
+
+
+def test_every_run_once_each_labelled_and_of_one_data_setting(runs, tmp_path):
+    _, _, newer, fedper, _ = runs
+    a, b, c = (copy_run(fedper, tmp_path / name) for name in "abc")
+    chosen = finished_runs([a, b, a, c])  # `a` twice: counted once
+    assert {label: run.path for label, run in chosen.items()} == {
+        "fedper": a,
+        "fedper (run)": b,  # a folder of the same name: the whole path next
+        f"fedper ({c})": c,
+    }
+    gap = copy_run(newer, tmp_path / "gap", model={"name": "gap_cnn", "kwargs": {}})
+    assert sorted(finished_runs([newer.path, gap])) == ["fedavg [gap_cnn]", "fedavg [mnist_cnn]"]
+    other = copy_run(newer, tmp_path / "other", alpha=5.0)
+    with pytest.raises(ConfigError, match=r"another setting .*`alpha` 0.5 vs 5.0"):
+        finished_runs([newer.path, other])
+
+
+def test_an_unfinished_sweeps_choice_so_far_is_refused(runs, tmp_path):
+    _, older, _, _, _ = runs
+    sweep = tmp_path / "sweep"
+    shutil.copytree(older.path, sweep / "trials" / "trial-0" / older.path.name)
+    chosen = {"number": 0, "run_dir": f"trials/trial-0/{older.path.name}"}
+    report = {"chosen": chosen, "trials_done": 1, "trials_planned": 3}
+    (sweep / "sweep.json").write_text(json.dumps(report))
+    with pytest.raises(ConfigError, match="finished 1 of its 3 trials"):
+        finished_runs([sweep])

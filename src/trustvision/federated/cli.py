@@ -132,8 +132,9 @@ def compare(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            help="Run directories, sweep directories (their trial chosen on validation), or "
-            "directories of runs (the newest finished run of each algorithm in one is taken).",
+            help="Run directories, finished sweep directories (their trial chosen on "
+            "validation), or directories of runs (the newest finished run of each algorithm, "
+            "options and model in one is taken). All of one data setting; each run counts once.",
             show_default=False,
         ),
     ],

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trustvision.config import read_yaml
 from trustvision.errors import ConfigError
 from trustvision.federated.algorithm import reported_modes
 from trustvision.runs import RunDir
@@ -31,51 +32,108 @@ def columns() -> dict[str, str]:
     }
 
 
+# What must be the same for runs to be compared: the data each trained and was tested on.
+SETTING = (
+    *("data.name", "data.imbalance_factor", "data.validation", "data.train_subset"),
+    *("data.test_subset", "num_clients", "alpha"),
+)
+
+
 def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
     """Label -> finished run. A path is a run directory, a sweep directory (its trial chosen on
-    validation, `trustvision sweep`), or a directory of runs (the newest finished run of each
-    algorithm in it). Labels are algorithm names, made unique."""
-    chosen: list[RunDir] = []
+    validation, `trustvision sweep`, once the sweep is finished), or a directory of runs (the
+    newest finished run of each algorithm, options and model in it). Runs of another data
+    setting are refused. Labels are algorithm names ([model] where models differ), unique."""
+    chosen: dict[Path, RunDir] = {}  # each run once, however often it is named
     for path in paths:
-        if (path / "sweep.json").is_file():
-            path = sweep_choice(path)
-        if (path / "config.yaml").is_file():
-            run = RunDir.open(path)
-            status = _status(run)
-            if status != "finished":
-                raise ConfigError(
-                    f"run `{path}` has not finished ({status}): resume it with "
-                    f"`trustvision fed run --resume {path}`"
-                    if status == "no summary.json yet"
-                    else f"run `{path}` has not finished: its status is `{status}`"
-                )
-            chosen.append(run)
-            continue
-        if not path.is_dir():
-            raise ConfigError(f"`{path}` is neither a run directory nor a directory of runs")
-        newest: dict[str, RunDir] = {}
-        for config in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
-            run = RunDir.open(config.parent)
-            if run.finished:
-                newest[run.read_summary()["algorithm"]] = run  # oldest first: the newest wins
-        if not newest:
-            raise ConfigError(f"`{path}` holds no finished federated run")
-        chosen.extend(newest.values())
+        for run in named_runs(path):
+            chosen.setdefault(run.path.resolve(), run)
+    runs = list(chosen.values())
+    check_same_setting(runs)
+    models = {_model(run) for run in runs}
     labelled: dict[str, RunDir] = {}
-    for run in chosen:
-        label = run.read_summary()["algorithm"]
-        if label in labelled:
-            label = f"{label} ({run.path.name})"
-        labelled[label] = run
+    for run in runs:
+        base = run.read_summary()["algorithm"]
+        base += f" [{_model(run)}]" if len(models) > 1 else ""
+        labels = (base, f"{base} ({run.path.name})", f"{base} ({run.path})")
+        labelled[next(label for label in labels if label not in labelled)] = run
     return labelled
 
 
+def named_runs(path: Path) -> list[RunDir]:
+    """The finished runs a path names (see `finished_runs`); an unfinished one is an error."""
+    if (path / "sweep.json").is_file():
+        path = sweep_choice(path)
+    if (path / "config.yaml").is_file():
+        run = RunDir.open(path)
+        status = _status(run)
+        if status != "finished":
+            raise ConfigError(
+                f"run `{path}` has not finished ({status}): resume it with "
+                f"`trustvision fed run --resume {path}`"
+                if status == "no summary.json yet"
+                else f"run `{path}` has not finished: its status is `{status}`"
+            )
+        return [run]
+    if not path.is_dir():
+        raise ConfigError(f"`{path}` is neither a run directory nor a directory of runs")
+    newest: dict[str, RunDir] = {}
+    for config in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
+        run = RunDir.open(config.parent)
+        if run.finished:
+            kind = json.dumps([_config(run).get("algorithm"), _config(run).get("model")])
+            newest[kind] = run  # oldest first: the newest wins
+    if not newest:
+        raise ConfigError(f"`{path}` holds no finished federated run")
+    return list(newest.values())
+
+
+def check_same_setting(runs: list[RunDir]) -> None:
+    """ConfigError naming the runs whose data setting differs from the first's."""
+    first = _setting(runs[0])
+    for run in runs[1:]:
+        differ = [k for k, v in _setting(run).items() if v != first[k]]
+        if differ:
+            shown = ", ".join(f"`{k}` {first[k]!r} vs {_setting(run)[k]!r}" for k in differ)
+            raise ConfigError(
+                f"`{run.path}` trained on another setting than `{runs[0].path}` ({shown}): "
+                "compare runs of one data setting"
+            )
+
+
+def _config(run: RunDir) -> dict[str, Any]:
+    return read_yaml(run.config_path)
+
+
+def _setting(run: RunDir) -> dict[str, Any]:
+    config = _config(run)
+    values = {}
+    for key in SETTING:
+        section, _, name = key.rpartition(".")
+        values[key] = (config.get(section, {}) if section else config).get(name)
+    return values
+
+
+def _model(run: RunDir) -> str:
+    model = _config(run).get("model", {})
+    kwargs = model.get("kwargs") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+    return f"{model.get('name')}({shown})" if shown else str(model.get("name"))
+
+
 def sweep_choice(sweep: Path) -> Path:
-    """The run directory of a sweep's chosen trial (chosen on validation)."""
+    """The run directory of a finished sweep's chosen trial (chosen on validation)."""
     report = json.loads((sweep / "sweep.json").read_text())
     if report.get("chosen") is None:
         raise ConfigError(
             f"sweep `{sweep}` has no chosen trial yet: finish it with `trustvision sweep run`"
+        )
+    done, planned = report.get("trials_done", 0), report.get("trials_planned", 0)
+    if done < planned:
+        raise ConfigError(
+            f"sweep `{sweep}` has finished {done} of its {planned} trials, so its choice is not "
+            "final: finish it with `trustvision sweep run`, or compare the run directory of "
+            "the trial you mean"
         )
     chosen = report["chosen"]
     if chosen["run_dir"] is None:
