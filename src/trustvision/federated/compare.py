@@ -26,9 +26,9 @@ def columns() -> dict[str, str]:
         **modes,
         "local_acc_masked": "local (masked)",
         "local_acc_unmasked": "local (unmasked)",
-        "generic_head": "head",
-        "generic_middle": "middle",
-        "generic_tail": "tail",
+        "generic_head": "generic head",
+        "generic_middle": "generic middle",
+        "generic_tail": "generic tail",
     }
 
 
