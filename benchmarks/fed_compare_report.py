@@ -212,6 +212,16 @@ def trained_on(rows: dict[str, Any]) -> str:
     return "Trained on: " + "; ".join(parts) + "."
 
 
+def like_for_like(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> bool:
+    """Whether both methods' means of `keys` are over the same seeds, every seed counted (a
+    missing number drops its seed from a mean silently)."""
+    seeds = ours.get("seeds")
+    if seeds != rival.get("seeds"):
+        return False
+    count = len(seeds) if seeds is not None else ours[keys[0]]["n"]  # unrecorded: equal counts
+    return all(ours[key]["n"] == rival[key]["n"] == count for key in keys)
+
+
 def verdict(rows: dict[str, Any]) -> list[str]:
     """Does FedLoGe beat FedAvg (generic) and FedAvg/FedPer/FedRep (local) beyond the spread?"""
     if "fedloge" not in rows:
@@ -229,6 +239,9 @@ def verdict(rows: dict[str, Any]) -> list[str]:
                     f"- FedLoGe is {side} {rival} on {what} by {100 * gap:+.1f} points, "
                     "on one seed: too few to say it beats it."
                 )
+                continue
+            if not like_for_like(ours, rows[rival], key):
+                out.append(f"- FedLoGe against {rival} on {what}: not judged (other seeds).")
                 continue
             word = "beats" if gap > spread else "does not beat"
             out.append(
@@ -286,9 +299,7 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
             if min(ours[key]["n"], row[key]["n"]) < 2:  # one seed has no spread to beat
                 cells.append(text)
                 continue
-            if row.get("seeds") != ours.get(
-                "seeds"
-            ):  # means over other partitions: not like for like
+            if not like_for_like(ours, row, key):  # means over other seeds or partitions
                 cells.append(f"{text} (seeds {', '.join(map(str, row.get('seeds', [])))})")
                 continue
             cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
@@ -329,6 +340,8 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
         said = "met" if met else "not met"
         if min(ours[generic]["n"], fedavg[generic]["n"]) < 2:
             said = "not judged (one seed: no spread to beat)"
+        elif not like_for_like(ours, fedavg, generic, local):
+            said = "not judged (means over other seeds)"
         lines.append(
             f"- Goal at the {when}: {said} (generic {100 * gap:+.1f} vs "
             f"std {100 * spread:.1f}; local {100 * local_gap:+.1f})."

@@ -249,3 +249,20 @@ def test_one_seed_never_beats_and_means_over_other_seeds_are_not_marked():
     three["fedrod"] = method(0.5, 3, [1, 2, 3])
     table = "\n".join(report.against_every_method(three))
     assert "| fedavg | +40.0 (seeds 1, 2) |" in table and "| fedrod | **+40.0** |" in table
+
+
+def test_the_goal_is_judged_only_on_means_over_the_same_seeds():
+    """A seed whose number is missing drops out of a mean silently: FedAvg's mean over two
+    seeds against FedLoGe's over three is no comparison."""
+    report = benchmark("fed_compare_report")
+    keys = ("generic_acc", "local_acc_masked", "selected_generic", "selected_local")
+
+    def row(mean, n):
+        return {"seeds": [1, 2, 3], **{k: {"mean": mean, "std": 0.001, "n": n} for k in keys}}
+
+    ours, full, short = row(0.90, 3), row(0.80, 3), row(0.80, 2)
+    assert "Goal at the final round: met" in "\n".join(report.goal(ours, full))
+    assert all("not judged (means over other seeds)" in line for line in report.goal(ours, short))
+    assert "not judged (other seeds)" in "\n".join(
+        report.verdict({"fedloge": ours, "fedavg": short})
+    )
