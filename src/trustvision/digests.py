@@ -27,7 +27,7 @@ def stat_tree(root: Path) -> str:
     """Hex SHA-256 over a folder's sorted relative file paths, sizes and modification times:
     what identifies a folder too big to read on every use (an edited file changes it)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _files(root):
         stat = path.stat()
         relative = path.relative_to(root).as_posix()
         digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -37,7 +37,12 @@ def stat_tree(root: Path) -> str:
 def sha256_tree(root: Path) -> str:
     """Hex SHA-256 over a folder's sorted relative file paths and their contents' hashes."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _files(root):
         relative = path.relative_to(root).as_posix()
         digest.update(f"{relative}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file under `root`, in sorted order (what a folder's digests go over)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())

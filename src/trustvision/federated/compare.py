@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trustvision.config import read_yaml
+from trustvision.config import flatten, read_yaml
 from trustvision.errors import ConfigError
 from trustvision.federated.algorithm import reported_modes
 from trustvision.runs import RunDir
@@ -50,11 +50,11 @@ def finished_runs(paths: Sequence[Path]) -> dict[str, RunDir]:
             chosen.setdefault(run.path.resolve(), run)
     runs = list(chosen.values())
     check_same_setting(runs)
-    models = {_model(run) for run in runs}
+    models = {run.path: _model(run) for run in runs}
     labelled: dict[str, RunDir] = {}
     for run in runs:
         base = run.read_summary()["algorithm"]
-        base += f" [{_model(run)}]" if len(models) > 1 else ""
+        base += f" [{models[run.path]}]" if len(set(models.values())) > 1 else ""
         labels = (base, f"{base} ({run.path.name})", f"{base} ({run.path})")
         labelled[next(label for label in labels if label not in labelled)] = run
     return labelled
@@ -78,11 +78,11 @@ def named_runs(path: Path) -> list[RunDir]:
     if not path.is_dir():
         raise ConfigError(f"`{path}` is neither a run directory nor a directory of runs")
     newest: dict[str, RunDir] = {}
-    for config in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
-        run = RunDir.open(config.parent)
-        if run.finished:
-            kind = json.dumps([_config(run).get("algorithm"), _config(run).get("model")])
-            newest[kind] = run  # oldest first: the newest wins
+    for config_path in sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime):
+        run = RunDir.open(config_path.parent)
+        if run.finished:  # oldest first: the newest of each algorithm and model wins
+            config = _config(run)
+            newest[json.dumps([config.get("algorithm"), config.get("model")])] = run
     if not newest:
         raise ConfigError(f"`{path}` holds no finished federated run")
     return list(newest.values())
@@ -92,9 +92,10 @@ def check_same_setting(runs: list[RunDir]) -> None:
     """ConfigError naming the runs whose data setting differs from the first's."""
     first = _setting(runs[0])
     for run in runs[1:]:
-        differ = [k for k, v in _setting(run).items() if v != first[k]]
+        setting = _setting(run)
+        differ = [k for k in SETTING if setting[k] != first[k]]
         if differ:
-            shown = ", ".join(f"`{k}` {first[k]!r} vs {_setting(run)[k]!r}" for k in differ)
+            shown = ", ".join(f"`{k}` {first[k]!r} vs {setting[k]!r}" for k in differ)
             raise ConfigError(
                 f"`{run.path}` trained on another setting than `{runs[0].path}` ({shown}): "
                 "compare runs of one data setting"
@@ -106,12 +107,8 @@ def _config(run: RunDir) -> dict[str, Any]:
 
 
 def _setting(run: RunDir) -> dict[str, Any]:
-    config = _config(run)
-    values = {}
-    for key in SETTING:
-        section, _, name = key.rpartition(".")
-        values[key] = (config.get(section, {}) if section else config).get(name)
-    return values
+    flat = flatten(_config(run))
+    return {key: flat.get(key) for key in SETTING}
 
 
 def _model(run: RunDir) -> str:
