@@ -228,9 +228,9 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replace metrics.jsonl with the history saved with the checkpoint a run resumes from;
-        a summary of the run's earlier end no longer describes it and goes (until it ends)."""
+    def rewind(self, records: list[dict[str, Any]]) -> None:
+        """Take the run back to a checkpoint: metrics.jsonl becomes the history saved with it,
+        and a summary of the run's earlier end, which no longer describes it, goes."""
         write_atomic(self.metrics_path, "".join(strict_json(r) + "\n" for r in records))
         self.summary_path.unlink(missing_ok=True)
 

@@ -134,10 +134,10 @@ def restore_round(
     is cut back to its history (emptied when there is none yet: the run starts over)."""
     ckpt.clear_staging(run.checkpoints_dir)
     if checkpoint is None and ckpt.latest_checkpoint(run.checkpoints_dir) is None:
-        run.rewrite_metrics([])
+        run.rewind([])
         return 0, None, [], 0.0
     restored = load_round(run, session, checkpoint=checkpoint, resuming=True)
-    run.rewrite_metrics(restored[2])
+    run.rewind(restored[2])
     return restored
 
 

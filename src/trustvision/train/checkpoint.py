@@ -264,7 +264,7 @@ def restore(
     device = next(model.parameters()).device
     found = load_resumable(run.checkpoints_dir, name=checkpoint, device=device)
     if found is None:
-        run.rewrite_metrics([])
+        run.rewind([])
         return 0, 0.0, []
     path, state = found
     try:
@@ -278,5 +278,5 @@ def restore(
             "config it was written with"
         ) from None
     warn_if_computed_otherwise(path, state.get("rng", {}))
-    run.rewrite_metrics(history)
+    run.rewind(history)
     return epoch, elapsed, history
