@@ -216,6 +216,15 @@ def test_a_model_built_for_a_data_set_takes_its_image_size(name):
     assert kept.input_shape == (1, 28, 28)  # a size given is kept
 
 
+@pytest.mark.parametrize("name", ["resnet8", "wrn"])
+def test_pooled_models_record_the_image_size_of_their_data_set(name):
+    model = create_model_for(name, num_classes=10, image_shape=(1, 28, 28))
+    assert model.input_shape == (1, 28, 28)  # export and MAC counts use it
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"`image_size` >= 1, got `0`"):
+        create_model(name, num_classes=10, in_channels=1, image_size=0)
+
+
 def test_smallcnn_refuses_a_size_its_layers_cannot_reach():
     with pytest.raises(ConfigError, match=r"`image_size` >= 16"):
         create_model("smallcnn", num_classes=10, in_channels=1, image_size=14)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from trustvision.errors import ConfigError
+
 
 class ImageClassifier(nn.Module):
     """stem -> stages -> neck (features, (B, feature_dim)) -> head (logits).
@@ -94,3 +96,9 @@ def init_conv_bn(module: nn.Module) -> None:
 def pooled_features() -> nn.Sequential:
     """Global average pool and flatten: (B, C, H, W) -> (B, C)."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def check_image_size(model: str, image_size: int, minimum: int) -> None:
+    """A ConfigError unless `image_size` is an integer of at least `minimum`."""
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < minimum:
+        raise ConfigError(f"model `{model}` needs `image_size` >= {minimum}, got `{image_size}`")

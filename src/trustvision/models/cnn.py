@@ -8,13 +8,8 @@ from itertools import pairwise
 from torch import nn
 
 from trustvision.errors import ConfigError
-from trustvision.models.base import ImageClassifier, init_conv_bn
+from trustvision.models.base import ImageClassifier, check_image_size, init_conv_bn
 from trustvision.models.registry import register_model
-
-
-def _check_size(model: str, image_size: int, minimum: int) -> None:
-    if not isinstance(image_size, int) or image_size < minimum:
-        raise ConfigError(f"model `{model}` needs `image_size` >= {minimum}, got `{image_size}`")
 
 
 def _check_rate(model: str, drop_rate: float) -> None:
@@ -45,7 +40,7 @@ def mnist_cnn(
 
     A fast baseline: ~0.42M parameters at 28x28, ~99% MNIST test accuracy after 2 epochs.
     """
-    _check_size("mnist_cnn", image_size, 4)
+    check_image_size("mnist_cnn", image_size, 4)
     _check_rate("mnist_cnn", drop_rate)
     side = image_size // 2 // 2
     model = ImageClassifier(
@@ -81,7 +76,7 @@ def gap_cnn(
     that depends on the feature scale (FedLoGe's SSE-C) sees the same kind of features as in
     the paper. At 28x28 with the default widths: 94k parameters, 7.45 M MACs.
     """
-    _check_size("gap_cnn", image_size, 2 ** (len(widths) - 1))
+    check_image_size("gap_cnn", image_size, 2 ** (len(widths) - 1))
     if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
         raise ConfigError(f"model `gap_cnn`: `widths={widths}` must be positive integers")
     chans = [in_channels, *widths]
@@ -119,7 +114,7 @@ def smallcnn(
     *, num_classes: int, in_channels: int, image_size: int = 28, drop_rate: float = 0.5
 ) -> ImageClassifier:
     """TRADES' SmallCNN: conv32-conv32-pool-conv64-conv64-pool-FC200-dropout-FC200 (features)."""
-    _check_size("smallcnn", image_size, 16)  # two (conv, conv, pool) stages leave a side >= 1
+    check_image_size("smallcnn", image_size, 16)  # two (conv, conv, pool) stages leave a side >= 1
     _check_rate("smallcnn", drop_rate)
     side = ((image_size - 4) // 2 - 4) // 2
     model = ImageClassifier(

@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustvision.errors import ConfigError
-from trustvision.models.base import ImageClassifier, init_conv_bn, pooled_features
+from trustvision.models.base import (
+    ImageClassifier,
+    check_image_size,
+    init_conv_bn,
+    pooled_features,
+)
 from trustvision.models.registry import register_model
 
 Shortcut = Literal["projection", "pad"]
@@ -84,10 +89,13 @@ def build_resnet(
     num_classes: int,
     in_channels: int,
     shortcut: Shortcut = "projection",
+    image_size: int = 32,
 ) -> ImageClassifier:
-    """A CIFAR-stem ResNet; the first stage keeps the resolution, each later one halves it."""
+    """A CIFAR-stem ResNet; the first stage keeps the resolution, each later one halves it.
+    Any `image_size` works (the features are pooled); it sets `input_shape`."""
     if shortcut not in SHORTCUTS:
         raise ConfigError(f"`shortcut={shortcut}` is not one of: {', '.join(SHORTCUTS)}")
+    check_image_size("resnet", image_size, 1)
     stem = nn.Sequential(
         nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
@@ -104,7 +112,7 @@ def build_resnet(
         neck=pooled_features(),
         feature_dim=widths[-1],
         num_classes=num_classes,
-        input_shape=(in_channels, 32, 32),
+        input_shape=(in_channels, image_size, image_size),
     )
     init_conv_bn(model)
     return model
@@ -115,10 +123,18 @@ def _factory(variant: str) -> Callable[..., ImageClassifier]:
     arch = VARIANTS[variant]
 
     def factory(
-        *, num_classes: int, in_channels: int, shortcut: Shortcut = "projection"
+        *,
+        num_classes: int,
+        in_channels: int,
+        shortcut: Shortcut = "projection",
+        image_size: int = 32,
     ) -> ImageClassifier:
         return build_resnet(
-            **arch, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut
+            **arch,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            shortcut=shortcut,
+            image_size=image_size,
         )
 
     factory.__name__ = factory.__qualname__ = variant

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustvision.errors import ConfigError
-from trustvision.models.base import ImageClassifier, init_conv_bn, pooled_features
+from trustvision.models.base import (
+    ImageClassifier,
+    check_image_size,
+    init_conv_bn,
+    pooled_features,
+)
 from trustvision.models.registry import register_model
 
 # Variants are data: depth and widening factor.
@@ -46,13 +51,21 @@ class WideBlock(nn.Module):
 
 
 def build_wrn(
-    *, depth: int, widen: int, num_classes: int, in_channels: int, drop_rate: float = 0.0
+    *,
+    depth: int,
+    widen: int,
+    num_classes: int,
+    in_channels: int,
+    drop_rate: float = 0.0,
+    image_size: int = 32,
 ) -> ImageClassifier:
-    """WRN-`depth`-`widen` for 32x32 inputs (any size works: the features are pooled)."""
+    """WRN-`depth`-`widen`; any `image_size` works (the features are pooled), it sets
+    `input_shape`."""
     if (depth - 4) % 6 or depth < 10:
         raise ConfigError(f"WRN `depth={depth}` must be 6n + 4 with n >= 1 (e.g. 16, 28, 40)")
     if not 0.0 <= drop_rate < 1.0:
         raise ConfigError(f"`drop_rate={drop_rate}` must be in [0, 1)")
+    check_image_size("wrn", image_size, 1)
     n = (depth - 4) // 6
     widths = (16 * widen, 32 * widen, 64 * widen)
     ins = (16, *widths[:-1])
@@ -72,7 +85,7 @@ def build_wrn(
         neck=neck,
         feature_dim=widths[-1],
         num_classes=num_classes,
-        input_shape=(in_channels, 32, 32),
+        input_shape=(in_channels, image_size, image_size),
     )
     init_conv_bn(model)
     return model
@@ -82,9 +95,15 @@ def _factory(variant: str) -> Callable[..., ImageClassifier]:
     """The registry factory of one variant; its signature lists the optional arguments."""
     arch = VARIANTS[variant]
 
-    def factory(*, num_classes: int, in_channels: int, drop_rate: float = 0.0) -> ImageClassifier:
+    def factory(
+        *, num_classes: int, in_channels: int, drop_rate: float = 0.0, image_size: int = 32
+    ) -> ImageClassifier:
         return build_wrn(
-            **arch, num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate
+            **arch,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            drop_rate=drop_rate,
+            image_size=image_size,
         )
 
     factory.__name__ = factory.__qualname__ = variant
@@ -98,7 +117,13 @@ for _variant in VARIANTS:
 
 @register_model("wrn")
 def wrn(
-    *, num_classes: int, in_channels: int, depth: int = 16, widen: int = 4, drop_rate: float = 0.0
+    *,
+    num_classes: int,
+    in_channels: int,
+    depth: int = 16,
+    widen: int = 4,
+    drop_rate: float = 0.0,
+    image_size: int = 32,
 ) -> ImageClassifier:
     """WRN-depth-widen of any depth 6n + 4 and width (pre-activation, optional dropout): the
     family of RobustBench's WideResNets (`trustvision robust import`)."""
@@ -108,4 +133,5 @@ def wrn(
         num_classes=num_classes,
         in_channels=in_channels,
         drop_rate=drop_rate,
+        image_size=image_size,
     )
