@@ -85,7 +85,12 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
         raise AssertionError("a finished chunk was attacked again")
 
     monkeypatch.setattr(evaluate, "attack_chunk", forbidden)
-    pipeline.run_pipeline(cfg, work, log=lambda _: None)
+    state = json.loads((eval_dir / eval_command.STATE).read_text())
+    assert state["computed_by"] == {"processes": 1, "threads": torch.get_num_threads()}
+    state["computed_by"]["threads"] += 1  # as if the first chunks ran on more threads
+    (eval_dir / eval_command.STATE).write_text(json.dumps(state))
+    with pytest.warns(UserWarning, match=r"with \d+ thread\(s\) and resumes in 1 with"):
+        pipeline.run_pipeline(cfg, work, log=lambda _: None)
     second = json.loads((eval_dir / "summary.json").read_text())
     assert second["autoattack"]["robust_acc"] == first["autoattack"]["robust_acc"]
     assert (

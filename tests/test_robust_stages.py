@@ -2,6 +2,7 @@
 it, and a stage that still is (a mixing network, a fixed mix, attacked points) is kept."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,18 @@ def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, mo
     assert resumed == full
     changed = PointStore(tmp_path / "points.json", {**signature, "eps": 0.2})
     assert changed.done == {}  # other settings: every point is attacked again
+
+
+def test_kept_points_from_other_threads_are_reused_with_a_warning(tmp_path):
+    store = PointStore(tmp_path / "points.json", {"eps": 0.1})
+    store.record({"alpha": 0.5, "robust_acc": 0.4, "seconds": 1.0})
+    saved = json.loads((tmp_path / "points.json").read_text())
+    assert saved["computed_by"] == {"processes": 1, "threads": torch.get_num_threads()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(PointStore(tmp_path / "points.json", {"eps": 0.1}).done) == 1  # no warning
+    saved["computed_by"]["threads"] += 1
+    (tmp_path / "points.json").write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match=r"numbers now differ from an uninterrupted run's"):
+        again = PointStore(tmp_path / "points.json", {"eps": 0.1})
+    assert len(again.done) == 1

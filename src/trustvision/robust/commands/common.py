@@ -27,6 +27,7 @@ from trustvision.robust.evaluate import recorded_dataset, validation_indices, va
 from trustvision.robust.pixels import Normalized
 from trustvision.robust.runs import data_of, load_base, read_finished
 from trustvision.robust.sweep import Robustness, point_key, robust_accuracy
+from trustvision.train.checkpoint import computed_by, warn_if_computed_otherwise
 
 Log = Callable[[str], None]
 
@@ -233,6 +234,8 @@ class PointStore:
         if saved.get("signature") != signature:
             saved = {}
         points = saved.get("points", {})
+        if points:
+            warn_if_computed_otherwise(path, saved.get("computed_by", {}))
         self.done: dict[str, Robustness] = {k: Robustness(*v) for k, v in points.items()}
         self.reference: float | None = saved.get("reference")
 
@@ -251,6 +254,7 @@ class PointStore:
     def _save(self) -> None:
         body = {
             "signature": self.signature,
+            "computed_by": computed_by(),
             "reference": self.reference,
             "points": {k: list(v) for k, v in self.done.items()},
         }

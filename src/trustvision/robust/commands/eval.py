@@ -32,6 +32,7 @@ from trustvision.robust.evaluate import (
 )
 from trustvision.robust.runs import data_of, load_model, model_sha256
 from trustvision.runs import RunDir, environment_info
+from trustvision.train.checkpoint import computed_by, warn_if_computed_otherwise
 from trustvision.train.recipe import run_settings
 
 STATE = "autoattack-chunks.json"
@@ -46,14 +47,21 @@ def _load_chunks(path: Path, signature: dict[str, Any], log: Log) -> dict[int, C
         state = json.loads(path.read_text())
         if state.get("signature") != signature:
             return {}
-        return {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
+        chunks = {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as err:
         log(f"{path} is damaged ({err}); its chunks are attacked again")
         return {}
+    if chunks:
+        warn_if_computed_otherwise(path, state.get("computed_by", {}))
+    return chunks
 
 
 def _save_chunks(path: Path, signature: dict[str, Any], chunks: dict[int, ChunkResult]) -> None:
-    body = {"signature": signature, "chunks": {str(k): c.to_json() for k, c in chunks.items()}}
+    body = {
+        "signature": signature,
+        "computed_by": computed_by(),
+        "chunks": {str(k): c.to_json() for k, c in chunks.items()},
+    }
     write_atomic(path, json.dumps(body))
 
 
