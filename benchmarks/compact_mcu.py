@@ -191,39 +191,40 @@ def main() -> None:
         "from its recorded sections (give no RUN_DIR)",
     )
     args = parser.parse_args()
-    if args.report_only:
-        report_only(args.runs)
-        return
-    if not args.runs:
+    if args.report_only and args.runs:
+        parser.error("--report-only reads the recorded results: give no RUN_DIR")
+    if not (args.report_only or args.runs):
         parser.error("give the compact runs to measure (or --report-only)")
-    rows = [
-        measure(run, variant, latency_images=args.latency_images)
-        for run in args.runs
-        for variant in VARIANTS
-    ]
-    meta = {
-        "command": "python benchmarks/compact_mcu.py " + " ".join(str(r) for r in args.runs),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine_summary(),
-    }
+    rows, meta = recorded() if args.report_only else measured(args.runs, args.latency_images)
     print(
         write_results("compact-mcu", markdown(rows, meta), {"meta": meta, "rows": rows}).read_text()
     )
 
 
-def report_only(runs: list[Path]) -> None:
-    """The report again from the recorded rows, with flash and RAM summed from their sections
-    by today's rule (the measurements themselves are not repeated)."""
-    if runs:
-        raise SystemExit("--report-only reads the recorded results: give no RUN_DIR")
-    recorded = json.loads((RESULTS / "compact-mcu.json").read_text())
-    rows = [{**row, **memory(row["sections"])} for row in recorded["rows"]]
+def measured(runs: list[Path], latency_images: int) -> tuple[list[dict[str, Any]], dict]:
+    """Every variant of every run measured now, and what measured them."""
+    rows = [
+        measure(run, variant, latency_images=latency_images) for run in runs for variant in VARIANTS
+    ]
     meta = {
-        **recorded["meta"],
+        "command": "python benchmarks/compact_mcu.py " + " ".join(str(r) for r in runs),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_summary(),
+    }
+    return rows, meta
+
+
+def recorded() -> tuple[list[dict[str, Any]], dict]:
+    """The recorded rows, with flash and RAM summed from their sections by today's rule (the
+    measurements themselves are not repeated)."""
+    results = json.loads((RESULTS / "compact-mcu.json").read_text())
+    rows = [{**row, **memory(row["sections"])} for row in results["rows"]]
+    meta = {
+        **results["meta"],
         "report_only": f"from the recorded sections by `python benchmarks/compact_mcu.py "
         f"--report-only` on {time.strftime('%Y-%m-%d')}",
     }
-    write_results("compact-mcu", markdown(rows, meta), {"meta": meta, "rows": rows})
+    return rows, meta
 
 
 if __name__ == "__main__":
