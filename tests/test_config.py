@@ -213,3 +213,23 @@ def test_a_huge_thread_count_or_an_empty_runs_folder_is_refused(override, key):
     """A typo must not reach torch (a traceback) or write runs into the working directory."""
     with pytest.raises(ConfigError, match=key):
         load_config(TrainConfig, None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("optim.milestones=[0, 3]", r"increasing epochs >= 1"),
+        ("optim.milestones=[5, 2]", r"increasing epochs >= 1"),
+        ("optim.milestones=[3, 3]", r"increasing epochs >= 1"),
+    ],
+)
+def test_step_milestones_must_be_increasing_epochs(override, said):
+    with pytest.raises(ConfigError, match=rf"optim\.milestones.*{said}"):
+        load_config(TrainConfig, None, [override])
+    assert load_config(TrainConfig, None, ["optim.milestones=[1, 4]"]).optim.milestones == [1, 4]
+
+
+@pytest.mark.parametrize("value", ["[]", "[0.5, -1]", "[0]"])
+def test_eval_eps_multiples_are_positive_and_at_least_one(value):
+    with pytest.raises(ConfigError, match=r"eval\.eps_multiples"):
+        load_config(PipelineConfig, None, [f"eval.eps_multiples={value}"])

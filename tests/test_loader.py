@@ -10,6 +10,7 @@ from trustvision.config import AugmentConfig
 from trustvision.data import loader as loader_module
 from trustvision.data.augment import BatchAugment
 from trustvision.data.loader import BatchLoader, to_tensor
+from trustvision.errors import ConfigError
 
 
 def _loader(n: int, **kw) -> BatchLoader:
@@ -70,3 +71,15 @@ def test_to_tensor_gathers_rows_of_a_memory_map_into_a_tensor_of_its_own(tmp_pat
     assert gathered.tolist() == mapped[rows].tolist() and gathered.is_contiguous()
     gathered += 1  # its own memory: the file's array is untouched
     assert mapped[4, 0] == 16 and to_tensor(mapped).tolist() == mapped.tolist()
+
+
+def test_a_crop_padding_wider_than_the_images_is_a_config_error():
+    images = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    wide = BatchAugment(AugmentConfig(crop_padding=29))
+    with pytest.raises(ConfigError, match=r"crop_padding=29` is wider than the 28x28 images"):
+        BatchLoader(images, torch.zeros(4), batch_size=2, mean=(0.5,), std=(0.5,), augment=wide)
+    fits = BatchAugment(AugmentConfig(crop_padding=28))
+    loader = BatchLoader(
+        images, torch.zeros(4), batch_size=2, mean=(0.5,), std=(0.5,), augment=fits
+    )
+    assert loader.augment is fits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
@@ -332,6 +333,15 @@ class OptimConfig(StrictModel):
     gamma: float = Field(default=0.1, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0)  # max global gradient norm
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: list[int]) -> list[int]:
+        """A milestone below 1 would decay the rate before the first epoch, a repeated one
+        twice at once."""
+        if any(m < 1 for m in milestones) or any(b <= a for a, b in pairwise(milestones)):
+            raise ValueError(f"`milestones` must be increasing epochs >= 1, got {milestones}")
+        return milestones
 
 
 class TrackingConfig(StrictModel):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trustvision.config import AugmentConfig
+from trustvision.errors import ConfigError
 
 
 def _uniform(x: Tensor, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
@@ -89,6 +90,16 @@ class BatchAugment:
         """Whether any op is enabled (otherwise a call returns its input)."""
         c = self.config
         return c.crop_padding > 0 or c.hflip or self.affine or c.brightness > 0
+
+    def check_fits(self, height: int, width: int) -> None:
+        """A ConfigError for a crop padding wider than the images (a crop of mostly zeros; a
+        huge one asked torch for terabytes)."""
+        padding = self.config.crop_padding
+        if padding > min(height, width):
+            raise ConfigError(
+                f"`data.augment.crop_padding={padding}` is wider than the {height}x{width} "
+                f"images: use at most {min(height, width)} (4 is usual for 32x32)"
+            )
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Augment a batch; `generator` must live on x's device."""

@@ -65,6 +65,8 @@ class BatchLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment if augment is not None and augment.enabled else None
+        if self.augment is not None:
+            self.augment.check_fits(*images.shape[-2:])
         self.seed = seed
         self.normalize = normalize  # False: yield [0, 1] pixels (attacks work in pixel space)
 

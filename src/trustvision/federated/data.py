@@ -234,12 +234,14 @@ def client_split(
 
 def loader_spec(dataset: Dataset, cfg: DataConfig, *, device: torch.device) -> LoaderSpec:
     """The federation's batches: the config's sizes and augmentation, the data set's statistics."""
+    augment = BatchAugment(cfg.augment)
+    augment.check_fits(*dataset.train.images.shape[-2:])
     return LoaderSpec(
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
         mean=dataset.mean,
         std=dataset.std,
-        augment=BatchAugment(cfg.augment),
+        augment=augment,
         device=device,
     )
 

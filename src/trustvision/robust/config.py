@@ -7,7 +7,7 @@ sections and fills in the run directories as it goes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -164,7 +164,9 @@ class EvalSettings(StrictModel):
     adaptive_weight: float = Field(default=0.3, ge=0, le=1)
     chunk: int = Field(default=100, ge=1)  # images per resumable unit of work
     pgd_steps: int = Field(default=20, ge=1)  # our PGD, the reference AutoAttack must beat
-    eps_multiples: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    eps_multiples: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        default=(0.5, 1.0, 2.0, 3.0), min_length=1
+    )
     eps_sweep_subset: int = Field(default=100, ge=1)
     zero_accuracy: float = Field(default=0.05, ge=0, le=1)  # "~0" at the largest eps
 
