@@ -3,6 +3,7 @@
 import hashlib
 import json
 import pickle
+import re
 import warnings
 
 import pytest
@@ -220,5 +221,9 @@ def test_a_damaged_summary_is_a_config_error_naming_the_run(tmp_path):
 
     run = RunDir.create(root=tmp_path, name="r", config=TrainConfig())
     run.summary_path.write_text('{"status": "fini')  # cut off mid-write
-    with pytest.raises(ConfigError, match=r"holds a damaged summary.json"):
+    said = (
+        rf"`{re.escape(str(run.path))}` holds a damaged summary\.json.*"
+        rf"delete `{re.escape(str(run.summary_path))}` and resume the run with `--resume`"
+    )
+    with pytest.raises(ConfigError, match=said):
         assert run.finished

@@ -172,28 +172,37 @@ def test_a_batch_is_shared_view_by_view(monkeypatch):
         distributed.share(torch.zeros(3), torch.arange(3))
 
 
-def test_a_batch_the_processes_cannot_share_is_refused_before_a_run_directory(monkeypatch):
-    from trustvision.config import DataConfig
-    from trustvision.train.recipe import require_batches
+def test_a_batch_the_processes_cannot_share_is_refused_before_a_run_directory(
+    monkeypatch, tmp_path
+):
+    from trustvision.config import TrainConfig
+    from trustvision.train.centralized import train_model
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    three_batches = [0, 1, 2]  # all require_batches reads of a loader is its length
-    require_batches(three_batches, DataConfig(batch_size=128))  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"batch_size=127.*multiple of 2"):
-        require_batches(three_batches, DataConfig(batch_size=127))  # type: ignore[arg-type]
+    runs = tmp_path / "runs"
+    args = [f"runs_dir={runs}", "data.train_subset=256", "tracking.enabled=false"]
+    with pytest.raises(ConfigError, match=r"batch_size=63.*multiple of 2"):
+        train_model(load_config(TrainConfig, TRAIN, [*args, "data.batch_size=63"]))
+    assert not runs.exists()
 
 
 def test_a_sigterm_runs_the_cleanup_that_removes_a_ranks_private_copy(tmp_path):
     """torchrun ends the other ranks with SIGTERM when one fails; by default Python would die
     without running `atexit`, leaving the rank's copy of the run directory behind."""
-    mark = tmp_path / "cleaned"
-    script = (
-        "import atexit, os, pathlib, signal, sys\n"
-        "from trustvision.distributed import exit_on_sigterm\n"
-        f"atexit.register(pathlib.Path({str(mark)!r}).touch)\n"
-        "exit_on_sigterm()\n"
+    script = (  # a rank joins its group (stubbed: no peers here) the way `start` does it
+        "import os, signal, torch\n"
+        "from trustvision import distributed\n"
+        "distributed.dist.is_initialized = lambda: False\n"
+        "distributed.dist.init_process_group = lambda *a, **k: None\n"
+        "distributed.start(torch.device('cpu'))\n"
+        "print(distributed.private_run_dir(None).parent, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "signal.pause()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], timeout=60)
-    assert done.returncode == 128 + signal.SIGTERM and mark.is_file()
+    env = {**os.environ, "WORLD_SIZE": "2", "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    copy = Path(done.stdout.strip())
+    assert copy.parent == tmp_path and copy.name.startswith("trustvision-rank")
+    assert done.returncode == 128 + signal.SIGTERM and not copy.exists()

@@ -89,8 +89,10 @@ def test_a_damaged_summary_is_one_line_naming_the_run(tmp_path, summary):
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")
     (run / "summary.json").write_text(summary)
-    result = RUNNER.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
-    assert result.exit_code == 2 and "damaged summary.json" in " ".join(result.output.split())
+    wide = CliRunner(env={"COLUMNS": "4000"})  # a line the terminal does not wrap
+    result = wide.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert f"`{run.resolve()}` holds a damaged summary.json" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 

@@ -354,6 +354,27 @@ def test_the_robust_report_collects_only_reports_that_name_their_measuring_invoc
     assert "bbbbbbb: certify" in line and "aaaaaaa: robust, standard" in line
 
 
+def test_a_certification_without_todays_lipschitz_constant_is_made_again(finished, monkeypatch):
+    """A smoothing-route certification from before the constant was halved is redone; nothing
+    else is."""
+    tmp_path, work, _ = finished
+    pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)  # every stage current
+    summary_path = work / "certify" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["method"] == "smoothing"
+    del summary["lipschitz_constant"]  # as a certification written before 2026-11-29
+    summary_path.write_text(json.dumps(summary))
+    redone = []
+    for name in ("run_eval", "run_certify"):
+        real = getattr(pipeline, name)
+        monkeypatch.setattr(
+            pipeline, name, lambda *a, real=real, **k: redone.append(a[0].name) or real(*a, **k)
+        )
+    pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
+    assert redone == ["certify"]
+    assert json.loads(summary_path.read_text())["lipschitz_constant"] == SMOOTHING_LIPSCHITZ
+
+
 def test_evaluations_and_certificates_made_with_other_settings_are_made_again(
     finished, monkeypatch
 ):

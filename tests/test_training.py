@@ -189,6 +189,12 @@ def two_epoch_run(tmp_path_factory):
     return train_model(cfg)
 
 
+def test_a_checkpoint_records_the_processes_and_threads_that_computed_it(two_epoch_run):
+    path, state = ckpt.load_resumable(two_epoch_run.checkpoints_dir)
+    assert path.name == "epoch-0002"
+    assert state["rng"]["processes"] == 1 and state["rng"]["threads"] == torch.get_num_threads()
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_path, two_epoch_run):
     from typer.testing import CliRunner
 
