@@ -126,12 +126,30 @@ def test_the_chosen_round_is_shown_with_its_own_validation_accuracy():
         "generic_val_acc": 0.55,
         "selected": {"generic": pick, "local": local},
     }
-    _, chosen = cli.comparison_tables([row | dict.fromkeys(columns(), float("nan"))])
+    *_, chosen = cli.comparison_tables([row | dict.fromkeys(columns(), float("nan"))])
     console = Console(width=200, record=True)
     console.print(chosen)
     line = next(ln for ln in console.export_text().splitlines() if "fedavg" in ln)
     cells = line.replace("│", " ").split()
     assert cells == ["fedavg", "71.2", "63.4", "(5)", "90.1", "87.6", "(10)"]
+
+
+def test_comparison_tables_keep_every_cell_whole_in_80_columns():
+    from rich.console import Console
+
+    pick = {"round": 55, "generic_val_acc": 0.712, "generic_acc": 0.634}
+    local = {"round": 60, "local_val_acc": 0.901, "local_acc": 0.876}
+    row = {"label": "fedloge [gap_cnn]", "selected": {"generic": pick, "local": local}}
+    numbers = {k: 0.5 + i / 100 for i, k in enumerate(columns())}
+    console = Console(width=80, record=True)
+    for table in cli.comparison_tables([row | numbers]):
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text  # a cell cut short would end in an ellipsis
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "fedloge [gap_cnn]" in text  # the model in brackets is text, not rich markup
+    assert "63.4 (55)" in text and "87.6 (60)" in text
+    assert all(f"{100 * v:.1f}" in text for v in numbers.values())
 
 
 def copy_run(run, folder, **config_changes):

@@ -15,6 +15,7 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from trustvision.errors import ConfigError, TrustvisionError, environment_failure, exit_code
 
@@ -159,3 +160,16 @@ def command_options(root: click.Command, command: str) -> set[str]:
             f"({', '.join(f'`{k}`' for k in sorted(node.commands))})"
         )
     return {str(param.name) for param in node.params}
+
+
+def fitted_table(title: str | None, headers: list[str], rows: list[list[str]]) -> Table:
+    """A table whose cells are never cut short: where the terminal (or a log file's 80
+    columns) is too narrow, headers and cells fold onto more lines instead of ending in an
+    ellipsis. The first column, the row's name, is left-aligned; the rest right-aligned. Text
+    is shown as written: a label such as `fedavg [gap_cnn]` is not read as rich markup."""
+    table = Table(title=title)
+    for index, header in enumerate(headers):
+        table.add_column(escape(header), justify="left" if index == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table

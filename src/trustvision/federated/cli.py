@@ -18,6 +18,7 @@ from trustvision.clikit import (
     command_config,
     command_group,
     fail,
+    fitted_table,
     overrides_help,
 )
 
@@ -164,30 +165,43 @@ def compare(
         console.print(f"plot: {path}")
 
 
-def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table]:
-    """The final round's test accuracies, and the rounds validation chose (generic and local
-    apart) with their validation and test accuracies, one row per run."""
+GROUPS = {"generic_head": "head", "generic_middle": "middle", "generic_tail": "tail"}
+
+
+def comparison_tables(rows: list[dict[str, Any]]) -> tuple[Table, Table, Table]:
+    """The final round's test accuracies, the generic model's by class frequency group, and
+    the rounds validation chose (generic and local apart) with their validation and test
+    accuracies, one row per run; three tables, so each fits an 80-column terminal."""
     from trustvision.federated.compare import SELECTED, columns
 
     def percent(value: float | None) -> str:  # None: a NaN as summary.json writes it
         return f"{100 * value:.1f}" if value is not None and value == value else "-"
 
-    shown = columns()
-    table = Table(title="final round, top-1 % on test")
-    chosen = Table(title="the round validation chose (generic and local apart), top-1 %")
-    headers = [f"{kind} {part}" for kind in SELECTED for part in ("val", "test (round)")]
-    for target, names in ((table, shown.values()), (chosen, headers)):
-        for header in ("run", *names):
-            target.add_column(header, justify="left" if header == "run" else "right", no_wrap=True)
+    overall = {k: label for k, label in columns().items() if k not in GROUPS}
+    finals, groups, picks = [], [], []
     for row in rows:
-        table.add_row(row["label"], *(percent(row[k]) for k in shown))
-        cells = []
+        finals.append([row["label"], *(percent(row[k]) for k in overall)])
+        groups.append([row["label"], *(percent(row[k]) for k in GROUPS)])
+        cells = [row["label"]]
         for kind, key in SELECTED.items():
             pick = row["selected"].get(kind, {})
             cells.append(percent(pick.get(f"{kind}_val_acc")))
             cells.append(f"{percent(pick[key])} ({pick['round']})" if key in pick else "-")
-        chosen.add_row(row["label"], *cells)
-    return table, chosen
+        picks.append(cells)
+    headers = [f"{kind} {part}" for kind in SELECTED for part in ("val", "test (round)")]
+    return (
+        fitted_table("final round, top-1 % on test", ["run", *overall.values()], finals),
+        fitted_table(
+            "final round, the generic model by class frequency, top-1 % on test",
+            ["run", *GROUPS.values()],
+            groups,
+        ),
+        fitted_table(
+            "the round validation chose (generic and local apart), top-1 %",
+            ["run", *headers],
+            picks,
+        ),
+    )
 
 
 @fed_app.command("algorithms")

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from trustvision.clikit import (
     EXPECTED,
@@ -22,6 +21,7 @@ from trustvision.clikit import (
     command_config,
     command_group,
     fail,
+    fitted_table,
     overrides_argument,
 )
 
@@ -297,21 +297,24 @@ def _row_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
     """The results table: clean (full test set) and AutoAttack accuracy, time per attack below."""
-    table = Table("model", "clean", "AutoAttack", "95% CI", "n", "PGD", "AA s", "img/s", "checks")
+    headers = ["model", "clean", "AutoAttack", "95% CI", "n", "PGD", "AA s", "img/s", "checks"]
+    cells = []
     for r in rows:
         low, high = r["autoattack_ci95"]
-        table.add_row(
-            r["model"],
-            f"{r['clean_acc']:.2%}",
-            f"{r['autoattack_acc']:.1%}",
-            f"{100 * low:.1f}-{100 * high:.1f}",
-            str(r["n_autoattack"]),
-            f"{r['pgd_acc']:.1%}",
-            f"{r['total_seconds']:.0f}",
-            f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-",
-            "masking?" if r["masking_suspected"] else "ok",
+        cells.append(
+            [
+                r["model"],
+                f"{r['clean_acc']:.2%}",
+                f"{r['autoattack_acc']:.1%}",
+                f"{100 * low:.1f}-{100 * high:.1f}",
+                str(r["n_autoattack"]),
+                f"{r['pgd_acc']:.1%}",
+                f"{r['total_seconds']:.0f}",
+                f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-",
+                "masking?" if r["masking_suspected"] else "ok",
+            ]
         )
-    console.print(table)
+    console.print(fitted_table(None, headers, cells))
     for r in rows:
         per_attack = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
         console.print(f"  {r['model']}: {per_attack}", highlight=False)
