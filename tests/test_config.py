@@ -229,7 +229,7 @@ def test_step_milestones_must_be_increasing_epochs(override, said):
     assert load_config(TrainConfig, None, ["optim.milestones=[1, 4]"]).optim.milestones == [1, 4]
 
 
-@pytest.mark.parametrize("value", ["[]", "[0.5, -1]", "[0]"])
-def test_eval_eps_multiples_are_positive_and_at_least_one(value):
+@pytest.mark.parametrize("value", ["[]", "[0.5, -1]", "[0]", "[3, 2, 1]", "[1, 1]"])
+def test_eval_eps_multiples_are_positive_increasing_and_at_least_one(value):
     with pytest.raises(ConfigError, match=r"eval\.eps_multiples"):
         load_config(PipelineConfig, None, [f"eval.eps_multiples={value}"])

@@ -249,3 +249,21 @@ def test_verify_cache_names_a_changed_file_and_both_hashes(cache, tmp_path):
 def test_image_folder_needs_a_source(cache):
     with pytest.raises(DataError, match=r"needs its source.*--from PATH"):
         sources.fetch("image-folder")
+
+
+def test_data_info_shows_class_folder_names_as_written(cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from trustvision.cli import app
+
+    root = tmp_path / "pets"
+    for split, cls in (("train", "cat [red]"), ("train", "dog"), ("test", "cat [red]")):
+        (root / split / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / split / cls / "0.png")
+    (root / "test" / "dog").mkdir()
+    Image.fromarray(np.ones((4, 4), np.uint8)).save(root / "test" / "dog" / "0.png")
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        app, ["data", "info", "image-folder", "--from", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0 cat [red]" in result.output  # not read as rich markup

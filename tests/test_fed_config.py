@@ -138,3 +138,14 @@ def test_a_fault_that_can_never_happen_is_refused():
         )
     with pytest.raises(ConfigError, match=r"faults\[0\] \(client 1, round 9\)"):
         load_config(FedConfig, None, ["rounds=5", "faults=[{client: 1, round: 9}]"])
+
+
+def test_a_crop_wider_than_the_images_is_refused_before_a_run_directory(tmp_path):
+    from fed_tiny import tiny_config
+
+    from trustvision.federated.runner import run_federated
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"`data\.augment\.crop_padding=100` is wider than the"):
+        run_federated(tiny_config(runs, "data.augment.crop_padding=100"))
+    assert not runs.exists() or not any(runs.iterdir())

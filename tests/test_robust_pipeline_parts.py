@@ -86,8 +86,9 @@ def test_evaluation_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate, "attack_chunk", forbidden)
     state = json.loads((eval_dir / eval_command.STATE).read_text())
-    assert state["computed_by"] == {"processes": 1, "threads": torch.get_num_threads()}
-    state["computed_by"]["threads"] += 1  # as if the first chunks ran on more threads
+    here = {"processes": 1, "threads": torch.get_num_threads()}
+    assert state["computed_by"] == [here]
+    state["computed_by"] = {**here, "threads": here["threads"] + 1}  # an older file's one record
     (eval_dir / eval_command.STATE).write_text(json.dumps(state))
     with pytest.warns(UserWarning, match=r"with \d+ thread\(s\) and resumes in 1 with"):
         pipeline.run_pipeline(cfg, work, log=lambda _: None)
@@ -233,3 +234,14 @@ def test_only_a_smoothing_certification_without_todays_constant_is_certified_aga
         {"method": "smoothing", "lipschitz_constant": SMOOTHING_LIPSCHITZ}
     )
     assert pipeline.todays_lipschitz_constant({"method": "lipschitz"})  # the user's bound
+
+
+def test_a_crop_wider_than_the_images_stops_the_pipeline_before_any_training(tmp_path):
+    from trustvision.config import AugmentConfig
+
+    cfg = tiny(tmp_path)
+    wide = cfg.mixnet.model_copy(update={"augment": AugmentConfig(crop_padding=100)})
+    said = r"`mixnet\.augment\.crop_padding=100` is wider than the 28x28 images"
+    with pytest.raises(ConfigError, match=said):
+        pipeline.run_pipeline(cfg.model_copy(update={"mixnet": wide}), tmp_path / "work")
+    assert not (tmp_path / "work").exists()

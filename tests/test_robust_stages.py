@@ -157,15 +157,24 @@ def test_an_interrupted_sweep_attacks_none_of_its_kept_points_again(tmp_path, mo
 
 
 def test_kept_points_from_other_threads_are_reused_with_a_warning(tmp_path):
-    store = PointStore(tmp_path / "points.json", {"eps": 0.1})
+    path, here = tmp_path / "points.json", {"processes": 1, "threads": torch.get_num_threads()}
+    store = PointStore(path, {"eps": 0.1})
     store.record({"alpha": 0.5, "robust_acc": 0.4, "seconds": 1.0})
-    saved = json.loads((tmp_path / "points.json").read_text())
-    assert saved["computed_by"] == {"processes": 1, "threads": torch.get_num_threads()}
+    saved = json.loads(path.read_text())
+    assert saved["computed_by"] == [here]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(PointStore(tmp_path / "points.json", {"eps": 0.1}).done) == 1  # no warning
-    saved["computed_by"]["threads"] += 1
-    (tmp_path / "points.json").write_text(json.dumps(saved))
+        assert len(PointStore(path, {"eps": 0.1}).done) == 1  # no warning
+    other = {**here, "threads": here["threads"] + 1}
+    path.write_text(json.dumps({**saved, "computed_by": other}))  # an older file's one record
     with pytest.warns(UserWarning, match=r"numbers now differ from an uninterrupted run's"):
-        again = PointStore(tmp_path / "points.json", {"eps": 0.1})
-    assert len(again.done) == 1
+        again = PointStore(path, {"eps": 0.1})
+    again.record({"alpha": 0.8, "robust_acc": 0.3, "seconds": 1.0})
+    assert json.loads(path.read_text())["computed_by"] == [other, here]
+    with pytest.warns(UserWarning, match=r"numbers now differ"):  # still a mix of both
+        assert len(PointStore(path, {"eps": 0.1}).done) == 2
+    for damaged in (None, "x", [1, 2]):
+        path.write_text(json.dumps({**saved, "computed_by": damaged}))
+        assert len(PointStore(path, {"eps": 0.1}).done) == 1
+    path.write_text("[1, 2]")  # not the store's shape at all: started afresh
+    assert PointStore(path, {"eps": 0.1}).done == {}

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import trustvision
@@ -149,14 +150,12 @@ def data_info(
         summary = dataset_summary(load_dataset(name, from_path=source, image_size=image_size))
     except EXPECTED as err:
         raise fail(err) from None
-    console.print(
-        f"[bold]{summary['name']}[/]  shape {tuple(summary['image_shape'])}  source {summary['source']}"
-    )
+    shape, origin = tuple(summary["image_shape"]), escape(str(summary["source"]))
+    console.print(f"[bold]{escape(summary['name'])}[/]  shape {shape}  source {origin}")
     table = Table("class", *summary["splits"].keys())
-    for index, cls in enumerate(summary["classes"]):
-        table.add_row(
-            f"{index} {cls}", *(str(s["per_class"][index]) for s in summary["splits"].values())
-        )
+    for index, cls in enumerate(summary["classes"]):  # folder names, shown as written
+        counts = (str(s["per_class"][index]) for s in summary["splits"].values())
+        table.add_row(escape(f"{index} {cls}"), *counts)
     table.add_row("[bold]total", *(f"[bold]{s['count']}" for s in summary["splits"].values()))
     console.print(table)
 

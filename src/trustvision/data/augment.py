@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trustvision.config import AugmentConfig
+from trustvision.config import AugmentConfig, DataConfig
+from trustvision.data.catalog import CATALOG
 from trustvision.errors import ConfigError
 
 
@@ -76,8 +77,9 @@ def random_brightness(x: Tensor, *, delta: float, generator: torch.Generator) ->
 class BatchAugment:
     """The enabled ops of an AugmentConfig, in a fixed order: crop, flip, affine, brightness."""
 
-    def __init__(self, config: AugmentConfig | None = None) -> None:
+    def __init__(self, config: AugmentConfig | None = None, *, key: str = "data.augment") -> None:
         self.config = config if config is not None else AugmentConfig()
+        self.key = key  # where the config holds it, for errors
 
     @property
     def affine(self) -> bool:
@@ -97,9 +99,17 @@ class BatchAugment:
         padding = self.config.crop_padding
         if padding > min(height, width):
             raise ConfigError(
-                f"`data.augment.crop_padding={padding}` is wider than the {height}x{width} "
+                f"`{self.key}.crop_padding={padding}` is wider than the {height}x{width} "
                 f"images: use at most {min(height, width)} (4 is usual for 32x32)"
             )
+
+    def check_fits_data(self, data: DataConfig) -> None:
+        """`check_fits` before any work, where `data`'s image size is known without loading it
+        (`data.image_size`, or the catalog's shape); a loader checks the images it is given."""
+        shape = CATALOG[data.name].shape if data.name in CATALOG else None
+        side = data.image_size or (shape[-1] if shape else None)
+        if side is not None:
+            self.check_fits(side, side)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Augment a batch; `generator` must live on x's device."""

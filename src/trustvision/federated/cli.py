@@ -146,7 +146,7 @@ def compare(
 ) -> None:
     """Compare finished runs: generic and local accuracy side by side, and two plots.
 
-    Two tables: the final round's test accuracies, and the choice made on validation: the round whose validation accuracy was highest (generic and local chosen apart), with that validation accuracy and the round's test accuracy. No number is picked by test.
+    Three tables: the final round's test accuracies, the generic model's by class frequency (head, middle, tail), and the choice made on validation: the round whose validation accuracy was highest (generic and local chosen apart), with that validation accuracy and the round's test accuracy. No number is picked by test.
 
     The plots: accuracy per round (one line per run) and generic per-class accuracy against training frequency.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trustvision.config import load_config
+from trustvision.data.augment import BatchAugment
 from trustvision.errors import ConfigError
 from trustvision.federated.algorithm import algorithm_class
 from trustvision.federated.config import FedConfig
@@ -58,6 +59,7 @@ def run_federated(
     after the checkpoint of that round would (for tests and for splitting long runs).
     """
     with run_settings(cfg):
+        BatchAugment(cfg.data.augment).check_fits_data(cfg.data)  # before a run directory
         run, existed = RunDir.open_or_create(
             resume_dir,
             root=cfg.runs_dir,

@@ -7,9 +7,10 @@ sections and fills in the run directories as it goes.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trustvision.config import (
     ModelConfig,
@@ -169,6 +170,14 @@ class EvalSettings(StrictModel):
     )
     eps_sweep_subset: int = Field(default=100, ge=1)
     zero_accuracy: float = Field(default=0.05, ge=0, le=1)  # "~0" at the largest eps
+
+    @field_validator("eps_multiples")
+    @classmethod
+    def _growing(cls, multiples: tuple[float, ...]) -> tuple[float, ...]:
+        """The masking check reads them in order, the last as the largest eps."""
+        if any(b <= a for a, b in pairwise(multiples)):
+            raise ValueError(f"`eps_multiples` must increase, got {multiples}")
+        return multiples
 
 
 class CertifySettings(StrictModel):

@@ -231,11 +231,10 @@ class PointStore:
             saved = json.loads(path.read_text()) if path.is_file() else {}
         except (OSError, json.JSONDecodeError):  # a damaged file: the sweep starts again
             saved = {}
-        if saved.get("signature") != signature:
+        if not isinstance(saved, dict) or saved.get("signature") != signature:
             saved = {}
         points = saved.get("points", {})
-        if points:
-            warn_if_computed_otherwise(path, saved.get("computed_by", {}))
+        self.computed = computed_so_far(path, saved.get("computed_by") if points else None)
         self.done: dict[str, Robustness] = {k: Robustness(*v) for k, v in points.items()}
         self.reference: float | None = saved.get("reference")
 
@@ -254,11 +253,26 @@ class PointStore:
     def _save(self) -> None:
         body = {
             "signature": self.signature,
-            "computed_by": computed_by(),
+            "computed_by": self.computed,
             "reference": self.reference,
             "points": {k: list(v) for k, v in self.done.items()},
         }
         write_atomic(self.path, json.dumps(body))
+
+
+def computed_so_far(path: Path, recorded: Any) -> list[dict[str, int]]:
+    """Who computed the results kept in `path` (`computed_by` records: processes and threads,
+    one per combination seen, an older file's single record included) and this process: a
+    warning when any differs from this process, as kept results then differ in their last
+    digits from an uninterrupted run's."""
+    records = recorded if isinstance(recorded, list) else [recorded]
+    seen = [r for r in records if isinstance(r, dict)]
+    now = computed_by()
+    for other in seen:
+        if {k: other.get(k, n) for k, n in now.items()} != now:
+            warn_if_computed_otherwise(path, other)
+            break
+    return seen if now in seen else [*seen, now]
 
 
 def reference_robustness(

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from trustvision.data.augment import BatchAugment
 from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.models.registry import create_model
@@ -120,6 +121,17 @@ def check_mixnet_stages(cfg: PipelineConfig) -> None:
         bases = (cfg.standard.model, cfg.robust.model)
         counts = [len(create_model(m.name, num_classes=2, **m.kwargs).stages) for m in bases]
         check_stages(cfg.mixnet.stages, (counts[0], counts[1]))
+
+
+def check_augmentations(cfg: PipelineConfig) -> None:
+    """Every crop padding fits the images: checked before any training (the mixing network's
+    loader is built hours in)."""
+    for key, augment in (
+        ("standard.data.augment", cfg.standard.data.augment),
+        ("robust.data.augment", cfg.robust.data.augment),
+        ("mixnet.augment", cfg.mixnet.augment),
+    ):
+        BatchAugment(augment, key=key).check_fits_data(cfg.robust.data)
 
 
 def _split_current(train: RobustTrainConfig, summary: dict[str, Any]) -> bool:
@@ -224,6 +236,7 @@ def run_pipeline(
     one_process_only()  # its mixes and evaluations would be repeated by every process
     check_same_holdout(cfg)
     check_mixnet_stages(cfg)
+    check_augmentations(cfg)
     work = Path(work)
     refusal = f"another pipeline is working in `{work}`: wait for it to end, or give another"
     with held_alone(work, refusal=refusal + " work directory"):

@@ -22,7 +22,7 @@ from trustvision.robust.autoattack import (
     gate_under_attack,
 )
 from trustvision.robust.card import model_info
-from trustvision.robust.commands.common import Log, describe, eps_for, quiet
+from trustvision.robust.commands.common import Log, computed_so_far, describe, eps_for, quiet
 from trustvision.robust.config import EvalConfig
 from trustvision.robust.evaluate import (
     attack_report,
@@ -32,34 +32,39 @@ from trustvision.robust.evaluate import (
 )
 from trustvision.robust.runs import data_of, load_model, model_sha256
 from trustvision.runs import RunDir, environment_info
-from trustvision.train.checkpoint import computed_by, warn_if_computed_otherwise
 from trustvision.train.recipe import run_settings
 
 STATE = "autoattack-chunks.json"
 
 
-def _load_chunks(path: Path, signature: dict[str, Any], log: Log) -> dict[int, ChunkResult]:
+def _load_chunks(
+    path: Path, signature: dict[str, Any], log: Log
+) -> tuple[dict[int, ChunkResult], list[dict[str, int]]]:
     """The kept chunks of an evaluation with this signature (none for another model or other
-    settings; a damaged file is reported and its chunks attacked again)."""
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-        if state.get("signature") != signature:
-            return {}
-        chunks = {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as err:
-        log(f"{path} is damaged ({err}); its chunks are attacked again")
-        return {}
-    if chunks:
-        warn_if_computed_otherwise(path, state.get("computed_by", {}))
-    return chunks
+    settings; a damaged file is reported and its chunks attacked again), and who computed
+    them (`computed_so_far`)."""
+    chunks: dict[int, ChunkResult] = {}
+    state: Any = {}
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text())
+            if state.get("signature") == signature:
+                chunks = {int(k): ChunkResult(**v) for k, v in state["chunks"].items()}
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as err:
+            log(f"{path} is damaged ({err}); its chunks are attacked again")
+            chunks = {}
+    return chunks, computed_so_far(path, state.get("computed_by") if chunks else None)
 
 
-def _save_chunks(path: Path, signature: dict[str, Any], chunks: dict[int, ChunkResult]) -> None:
+def _save_chunks(
+    path: Path,
+    signature: dict[str, Any],
+    chunks: dict[int, ChunkResult],
+    computed: list[dict[str, int]],
+) -> None:
     body = {
         "signature": signature,
-        "computed_by": computed_by(),
+        "computed_by": computed,
         "chunks": {str(k): c.to_json() for k, c in chunks.items()},
     }
     write_atomic(path, json.dumps(body))
@@ -159,11 +164,11 @@ def _attack(
         "settings": keep,
     }
     state_path = run.path / STATE
-    chunks = _load_chunks(state_path, signature, log)
+    chunks, computed = _load_chunks(state_path, signature, log)
 
     def save(index: int, chunk: ChunkResult) -> None:
         chunks[index] = chunk
-        _save_chunks(state_path, signature, chunks)
+        _save_chunks(state_path, signature, chunks, computed)
         robust = sum(f is None for f in chunk.fooled_by)
         seconds = sum(chunk.seconds.values())
         log(f"chunk {index + 1}: {robust}/{len(chunk.fooled_by)} robust ({seconds:.0f} s)")

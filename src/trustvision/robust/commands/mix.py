@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from trustvision.data.augment import BatchAugment
 from trustvision.robust.commands.adaptive import adaptive_mix, chooses_gate_again
 from trustvision.robust.commands.common import (
     POINTS,
@@ -52,6 +53,9 @@ def run_mix(
     """Build a fixed mix (validation sweep, trade-off plot) or train an adaptive one."""
     with run_settings(cfg) as device:
         inputs = mix_inputs(cfg, device)
+        if cfg.kind == "adaptive":
+            augment = BatchAugment(cfg.mixnet.augment, key="mixnet.augment")
+            augment.check_fits(*inputs.dataset.image_shape[-2:])
         again = cfg.kind == "adaptive" and chooses_gate_again(run_path, cfg)
         if again:
             log("the trained mixing network is kept; its gate is chosen again on the new grid")
