@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trustvision import distributed
@@ -144,7 +145,7 @@ def train(
     except EXPECTED as err:
         raise fail(err) from None
     print_rows(run.read_summary())
-    console.print(f"run directory: {run.path}")
+    console.print(f"run directory: {escape(str(run.path))}")
 
 
 @compact_app.command("export")
@@ -247,6 +248,6 @@ def run_all(
         print_bench(bench_run(run))
     except EXPECTED as err:
         raise fail(err) from None
-    console.print(f"run directory: {run.path}")
+    console.print(f"run directory: {escape(str(run.path))}")
     if not record["passed"]:
         raise typer.Exit(1)
