@@ -42,11 +42,9 @@ def external_references(html: str) -> list[str]:
 
 def test_a_comparison_page_holds_every_run_its_numbers_and_figures(fed_runs, tmp_path):
     out = tmp_path / "fed [red].html"
-    result = CliRunner(env={"COLUMNS": "4000"}).invoke(
-        app, ["report", str(fed_runs), "--out", str(out)]
-    )
+    result = RUNNER.invoke(app, ["report", str(fed_runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"report: {out}" in result.output  # the path as written, not read as markup
+    assert f"report: {out}\n" in result.output  # as written (not markup), on one line
     html = out.read_text()
     assert external_references(html) == []
     assert html.count('<img src="data:image/png;base64,') == len(

@@ -142,6 +142,9 @@ def test_a_second_pipeline_run_redoes_no_finished_stage(finished, monkeypatch):
     monkeypatch.setattr(pipeline, "run_certify", run_certify)
     pipeline.run_pipeline(tiny(tmp_path), work, log=lambda _: None)
     assert json.loads(path.read_text())["lipschitz_constant"] == SMOOTHING_LIPSCHITZ
+    (batch,) = (work / "retired").iterdir()
+    assert [p.name for p in batch.iterdir()] == ["certify"]
+    shutil.rmtree(work / "retired")  # `finished` as the tests below expect it
 
 
 def test_evaluations_made_on_another_order_of_the_test_images_are_made_again(finished, monkeypatch):

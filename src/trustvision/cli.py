@@ -134,7 +134,7 @@ def data_fetch(
         path = fetch(name, from_path=source, image_size=image_size)
     except EXPECTED as err:
         raise fail(err) from None
-    console.print(f"`{name}` is in the cache at {escape(str(path))}")
+    console.print(f"`{name}` is in the cache at {escape(str(path))}", soft_wrap=True)
 
 
 @data_app.command("info")
@@ -204,7 +204,7 @@ def report(
         path = write_report(runs, out, title=title)
     except EXPECTED as err:
         raise fail(err) from None
-    console.print(f"report: {escape(str(path))}")
+    console.print(f"report: {escape(str(path))}", soft_wrap=True)
 
 
 @app.command()

@@ -145,7 +145,7 @@ def train(
     except EXPECTED as err:
         raise fail(err) from None
     print_rows(run.read_summary())
-    console.print(f"run directory: {escape(str(run.path))}")
+    console.print(f"run directory: {escape(str(run.path))}", soft_wrap=True)
 
 
 @compact_app.command("export")
@@ -248,6 +248,6 @@ def run_all(
         print_bench(bench_run(run))
     except EXPECTED as err:
         raise fail(err) from None
-    console.print(f"run directory: {escape(str(run.path))}")
+    console.print(f"run directory: {escape(str(run.path))}", soft_wrap=True)
     if not record["passed"]:
         raise typer.Exit(1)

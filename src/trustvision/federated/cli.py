@@ -109,7 +109,7 @@ def run(
     except EXPECTED as err:
         raise fail(err) from None
     print_headline(run_dir.read_summary().get("headline", {}))
-    console.print(f"run directory: {escape(str(run_dir.path))}")
+    console.print(f"run directory: {escape(str(run_dir.path))}", soft_wrap=True)
 
 
 @fed_app.command("eval")
@@ -162,7 +162,7 @@ def compare(
         console.print(table)
     first = next(iter(runs.values())).path
     for path in comparison_plots(runs, out or first.parent / "compare"):
-        console.print(f"plot: {escape(str(path))}")
+        console.print(f"plot: {escape(str(path))}", soft_wrap=True)
 
 
 GROUPS = {"generic_head": "head", "generic_middle": "middle", "generic_tail": "tail"}

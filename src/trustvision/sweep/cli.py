@@ -291,7 +291,9 @@ def print_report(report: dict[str, Any], spec: SweepSpec, out: Path) -> None:
         line = f"chosen config: none here ({chosen['note']}; its run is not in {out})"
         console.print(line, markup=False, highlight=False)
     else:
-        console.print(f"chosen config: {escape(str(chosen['config']))}", highlight=False)
+        console.print(
+            f"chosen config: {escape(str(chosen['config']))}", highlight=False, soft_wrap=True
+        )
 
 
 def _param(value: Any) -> str:
