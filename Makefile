@@ -14,13 +14,13 @@ demo: setup
 	.venv/bin/trustvision fed compare runs/demo-fed
 
 # pytest runs one worker per core (pytest-xdist); a test file stays on one worker, so its
-# module fixtures run once.
+# module fixtures run once. The 15 slowest tests are listed, to watch the 10-minute budget.
 test: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q -n auto --dist loadfile
+	.venv/bin/pytest -q -n auto --dist loadfile --durations=15
 
 lint:
 	.venv/bin/ruff check src tests benchmarks
