@@ -222,12 +222,13 @@ def test_a_cached_directory_is_found_without_reading_its_files(cache, tmp_path, 
     meta = json.loads((first / "meta.json").read_text())
     assert meta["inputs"]["pets"] == digests.sha256_tree(root)  # contents hashed when decoded
     read = []
-    monkeypatch.setattr(digests, "sha256_file", lambda path: read.append(path) or "")
-    assert sources.fetch("image-folder", from_path=root) == first and not read
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # `undo` would also drop the cache's TRUSTVISION_DATA
+        patch.setattr(digests, "sha256_file", lambda path: read.append(path) or "")
+        assert sources.fetch("image-folder", from_path=root) == first and not read
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "test" / "dog" / "0.png")
     os.utime(root / "test" / "dog" / "0.png", ns=(1, 1))  # another time: an edited file
-    assert sources.fetch("image-folder", from_path=root) != first
+    edited = sources.fetch("image-folder", from_path=root)
+    assert edited != first and edited.parent == cache  # the test's cache, not the user's
 
 
 def test_verify_cache_names_a_changed_file_and_both_hashes(cache, tmp_path):
