@@ -234,8 +234,9 @@ def computed_by() -> dict[str, int]:
     return {"processes": distributed.world_size(), "threads": torch.get_num_threads()}
 
 
-def warn_if_computed_otherwise(path: Path, rng: dict[str, Any]) -> None:
-    """Warn when a checkpoint was written by other processes or threads than resume it."""
+def warn_if_computed_otherwise(path: Path, rng: dict[str, Any]) -> bool:
+    """Warn when a checkpoint was written by other processes or threads than resume it;
+    whether it warned."""
     now = computed_by()
     then = {k: rng.get(k, n) for k, n in now.items()}  # older checkpoints record fewer
     if then != now:
@@ -248,6 +249,7 @@ def warn_if_computed_otherwise(path: Path, rng: dict[str, Any]) -> None:
             "the same numbers",
             stacklevel=3,
         )
+    return then != now
 
 
 def restore(

@@ -267,11 +267,8 @@ def computed_so_far(path: Path, recorded: Any) -> list[dict[str, int]]:
     digits from an uninterrupted run's."""
     records = recorded if isinstance(recorded, list) else [recorded]
     seen = [r for r in records if isinstance(r, dict)]
+    any(warn_if_computed_otherwise(path, other) for other in seen)  # one warning at most
     now = computed_by()
-    for other in seen:
-        if {k: other.get(k, n) for k, n in now.items()} != now:
-            warn_if_computed_otherwise(path, other)
-            break
     return seen if now in seen else [*seen, now]
 
 
