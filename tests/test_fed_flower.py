@@ -278,9 +278,11 @@ def test_fedloge_runs_on_a_superlink_and_three_supernodes(tmp_path, deployment):
 def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_path, deployment):
     # Rounds train [1, 2] then [0, 1]: client 2 dies in round 1 and is not asked to train again.
     # The SuperNodes start a ClientApp process for every message; on a loaded machine (two
-    # benchmarks running) that took over 15 s, and a live client was counted as failed.
+    # benchmarks running) that took over 15 s, and a live client was counted as failed. The
+    # SuperLink gives up on a silent node within 2 x 30 s of its last heartbeat: the timeout
+    # is longer, so that answer comes first (with 45 s the two raced, and CI saw both).
     config = tmp_path / "run.yaml"
-    args = ("rounds=2", "eval_every=2", "min_clients=1", "flower.timeout=45")
+    args = ("rounds=2", "eval_every=2", "min_clients=1", "flower.timeout=90")
     config.write_text(dump_config(tiny_config(tmp_path / "runs", *args)))
     node = deployment.processes[3]  # SuperNode with partition-id 2, after the SuperLink
     log = deployment.log("supernode-2")
@@ -300,7 +302,7 @@ def test_a_supernode_killed_mid_round_fails_its_client_and_the_run_goes_on(tmp_p
     first, second = RunDir.open(run_dir).read_metrics()
     assert first["clients"] == [1, 2] and second["clients"] == [0, 1]
     assert [f["client"] for f in first["failures"]] == [2]
-    assert "no reply within `flower.timeout` (45.0 s)" in first["failures"][0]["error"]
+    assert "Node Unavailable" in first["failures"][0]["error"], first["failures"][0]
     assert first["train_images"] > 0  # client 1's update was aggregated without client 2
     assert "failures" not in second, second["failures"]
     assert second["train_images"] > 0
