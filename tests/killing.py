@@ -3,22 +3,32 @@ tests of the centralised, distributed and federated runs share it)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+from trustvision.federated.flower_harness import process_tree, start_time
 
-def kill_at(proc: subprocess.Popen, runs: Path, pattern: str, *, group: bool = False) -> None:
-    """SIGKILL `proc` (its whole process group with `group`) once `runs.glob(pattern)` finds a
-    file; fails if the process ends first or nothing appears within two minutes."""
+
+def kill_at(proc: subprocess.Popen, runs: Path, pattern: str, *, tree: bool = False) -> None:
+    """SIGKILL `proc` (with `tree`, it and every descendant) once `runs.glob(pattern)` finds a
+    file, and wait until they are gone; fails if the process ends first or nothing appears
+    within two minutes. torchrun starts its workers in sessions of their own: killing its
+    process group leaves them training, and they finish the run the test meant to resume."""
 
     def kill() -> None:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
+        pids = process_tree(proc.pid) if tree else [proc.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30  # orphans are reaped by PID 1, in its own time
+        while any(start_time(pid) for pid in pids[1:]):
+            assert time.monotonic() < deadline, f"still running after SIGKILL: {pids}"
+            time.sleep(0.05)
 
     try:
         deadline = time.monotonic() + 120
@@ -28,7 +38,6 @@ def kill_at(proc: subprocess.Popen, runs: Path, pattern: str, *, group: bool = F
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed"
         kill()
-        proc.wait()
     finally:
         if proc.poll() is None:
             kill()

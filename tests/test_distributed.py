@@ -104,11 +104,13 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, two_proce
     reference, _ = two_process_run
     runs = tmp_path / "runs"
     proc = launch(tmp_path, "train", str(TRAIN), f"runs_dir={runs}", *SMALL)
-    kill_at(proc, runs, "*/checkpoints/epoch-0001/state.json", group=True)
+    kill_at(proc, runs, "*/checkpoints/epoch-0001/state.json", tree=True)
     killed = only_run(runs)
     assert not (killed / "summary.json").exists()
+    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["epoch-0001"]
 
-    torchrun(tmp_path, "train", "--resume", str(killed))
+    out = torchrun(tmp_path, "train", "--resume", str(killed))
+    assert "epoch 2 " in out and "epoch 1 " not in out  # it trained the second epoch
     assert records(killed) == records(reference)
     a, b = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

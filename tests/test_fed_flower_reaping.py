@@ -93,3 +93,45 @@ def killed_leaves_none(proc: subprocess.Popen, started: set[int], *, seconds: fl
     while left := [p for p in started if process_table().get(p, (0, "Z"))[1] != "Z"]:
         assert time.monotonic() < deadline, f"still running after a SIGKILL: {left}"
         time.sleep(0.2)
+
+
+# Starts a child that, once `go` exists, starts a grandchild (in a session of its own, as
+# Flower's SuperNodes start their SuperExecs) and writes its PID.
+SPAWNER = (
+    "import pathlib, subprocess, sys, time\n"
+    "work = pathlib.Path(sys.argv[1])\n"
+    "while not (work / 'go').exists():\n"
+    "    time.sleep(0.01)\n"
+    "late = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+    "(work / 'late.pid').write_text(str(late.pid))\n"
+    "time.sleep(300)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_a_process_started_after_the_watchdogs_last_look_is_reaped_too(tmp_path):
+    """The parent dies moments after a process it reaped starts a child: the watchdog has not
+    seen that child yet, and looks once more under the processes it did see."""
+    script = (
+        "import subprocess, sys, time\n"
+        "from trustvision.federated.reaper import reaped_descendants\n"
+        "with reaped_descendants():\n"
+        f"    subprocess.Popen([sys.executable, '-c', {SPAWNER!r}, sys.argv[1]])\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        time.sleep(3 * POLL_SECONDS)  # the watchdog has seen the spawner
+        started = descendants(proc.pid)
+        (tmp_path / "go").touch()
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "late.pid").exists() or not (tmp_path / "late.pid").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        late = int((tmp_path / "late.pid").read_text())
+        killed_leaves_none(proc, {late, *started}, seconds=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

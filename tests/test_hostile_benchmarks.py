@@ -78,11 +78,17 @@ time.sleep(60)
 """
 
 
-def ctrl_c_once(marks: list[Path]) -> None:
-    """SIGINT to this process alone once every mark exists (the children are running)."""
+def wait_for_marks(marks: list[Path], text: str) -> None:
+    """Until every mark reads `text` (a file that exists may not be written yet)."""
     deadline = time.monotonic() + 30
-    while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+    while not all(m.exists() and m.read_text() == text for m in marks):
+        assert time.monotonic() < deadline, [m.exists() and m.read_text() for m in marks]
         time.sleep(0.05)
+
+
+def ctrl_c_once(marks: list[Path]) -> None:
+    """SIGINT to this process alone once every mark says "began" (the children are running)."""
+    wait_for_marks(marks, "began")
     os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -92,7 +98,7 @@ def test_ctrl_c_reaches_every_running_child_once_and_starts_nothing_more(tmp_pat
     stand_in = [[sys.executable, "-c", STAND_IN, str(m)] for m in marks]
 
     def late() -> int:  # still preparing its command when Ctrl-C comes
-        time.sleep(2)
+        wait_for_marks(marks[:2], "stopped")
         return processes.run_child(stand_in[2], env=dict(os.environ))
 
     calls = [partial(processes.run_child, argv, env=dict(os.environ)) for argv in stand_in]

@@ -53,7 +53,14 @@ while True:
     ready, _, _ = select.select([0], [], [], float(sys.argv[2]))
     if ready and not os.read(0, 64):
         break
-alive = {pid: start for kids in table().values() for pid, start in kids}
+kids = table()
+alive = {pid: start for family in kids.values() for pid, start in family}
+todo = [pid for pid, start in seen.items() if alive.get(pid) == start]
+while todo:  # started since the last look by a process seen (the parent itself is gone)
+    for pid, start in kids.get(todo.pop(), []):
+        if pid not in seen and pid != os.getpid():
+            seen[pid] = start
+            todo.append(pid)
 for pid, start in seen.items():
     if alive.get(pid) == start:  # the same process, not a new one with a reused pid
         try:
