@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import read_json, run_cli, spec_tree, write_spec
+from test_sweep import TINY, read_json, run_cli, spec_tree, write_spec
 
 from trustvision.config import build_config
 from trustvision.sweep.runner import run_sweep
@@ -25,13 +25,15 @@ from trustvision.sweep.study import (
     storage_for,
     suggest,
 )
-from trustvision.sweep.trial import find_run_dir
+from trustvision.sweep.trial import find_run_dir, stop_orphan
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
     out = tmp_path / "out"
-    spec = write_spec(tmp_path / "spec.yaml", params={"optim.lr": {"grid": [0.01, 0.03, 0.1]}})
+    two_epochs = [*(o for o in TINY if not o.startswith("epochs=")), "epochs=2"]
+    grid = {"optim.lr": {"grid": [0.01, 0.03, 0.1]}}
+    spec = write_spec(tmp_path / "spec.yaml", params=grid, overrides=two_epochs)
     with (tmp_path / "first.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "trustvision", "sweep", "run", str(spec), "--out", str(out)],
@@ -40,18 +42,21 @@ def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
             start_new_session=True,
         )
     try:
-        killed = wait_for_second_trial_running(out, proc, tmp_path / "first.log")
+        killed, pid = wait_for_second_trial_checkpoint(out, proc, tmp_path / "first.log")
+        # the trial runs in its own session: killing the sweep alone leaves it running. Held
+        # stopped, it cannot finish its run before the resumed sweep ends it.
+        os.killpg(pid, signal.SIGSTOP)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    killed_run = find_run_dir(out / f"trials/trial-{killed}")
+    assert not (killed_run / "summary.json").exists()
+    assert [p.name for p in (killed_run / "checkpoints").iterdir()] == ["epoch-0001"]
     first = find_run_dir(out / "trials/trial-0")
     before = snapshot(out / "trials/trial-0", first)
     at_kill = read_json(out / "sweep.json")  # rewritten after every finished trial
     assert [t["state"] for t in at_kill["trials"] if t["number"] == 0] == ["COMPLETE"]
-    # the trial runs in its own session: killing the sweep alone leaves it running
-    orphan = optuna.load_study(study_name="lr", storage=f"sqlite:///{out / 'study.db'}")
-    pid = next(t for t in orphan.get_trials() if t.number == killed).user_attrs["pid"]
 
     run_cli(spec, "--out", out)
 
@@ -64,10 +69,39 @@ def test_sigkill_then_resume_completes_the_grid_without_rerunning(tmp_path):
     # the finished trial was not run again: one run directory, untouched, log not rewritten
     assert find_run_dir(out / "trials/trial-0") == first
     assert snapshot(out / "trials/trial-0", first) == before
-    # the killed trial's re-run continued its run directory (`train --resume`)
+    # the killed trial's re-run continued its run directory (`train --resume`) at epoch 2
     retry = next(t for t in done if f"re-run of killed trial {killed}" in t["note"])
     assert retry["run_dir"].startswith(f"trials/trial-{killed}/")
     assert read_json(out / retry["run_dir"] / "summary.json")["status"] == "finished"
+    retry_log = (out / f"trials/trial-{retry['number']}/log.txt").read_text()
+    assert "epoch 2 " in retry_log and "epoch 1 " not in retry_log, retry_log
+
+
+def test_a_stopped_orphan_acts_on_its_sigterm(tmp_path):
+    """A killed sweep's trial that is stopped (SIGSTOP, a paused job) is woken to end on the
+    SIGTERM, with its own clean-up, rather than waiting out the grace for a SIGKILL."""
+    cleaned = tmp_path / "cleaned"
+    code = (
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(cleaned)!r}).touch(), "
+        "sys.exit(143)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", code, "runs_dir=mark"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert orphan.stdout is not None and orphan.stdout.readline() == b"up\n"
+        os.killpg(orphan.pid, signal.SIGSTOP)
+        threading.Thread(target=orphan.wait, daemon=True).start()  # reaped, as init would
+        assert stop_orphan(orphan.pid, {"runs_dir=mark"}, grace_seconds=60)
+        assert cleaned.exists()  # the SIGTERM handler ran: no SIGKILL was needed
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
 
 
 def test_a_killed_sweeps_orphans_are_told_apart_by_their_own_arguments(tmp_path):
@@ -111,8 +145,9 @@ def test_a_killed_sweeps_orphans_are_told_apart_by_their_own_arguments(tmp_path)
                 proc.wait()
 
 
-def wait_for_second_trial_running(out, proc, log, timeout=120.0):
-    """Wait until one trial is COMPLETE and another RUNNING has made its run directory."""
+def wait_for_second_trial_checkpoint(out, proc, log, timeout=120.0):
+    """Wait until one trial is COMPLETE and another RUNNING has written its first epoch's
+    checkpoint; that trial's number and its command's pid."""
     deadline = time.monotonic() + timeout
     storage = None
     while time.monotonic() < deadline:
@@ -126,8 +161,10 @@ def wait_for_second_trial_running(out, proc, log, timeout=120.0):
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
             running = [n for n, s in states.items() if s == optuna.trial.TrialState.RUNNING]
             complete = [n for n, s in states.items() if s == optuna.trial.TrialState.COMPLETE]
-            if complete and running and find_run_dir(out / f"trials/trial-{running[0]}"):
-                return running[0]
+            run = running and find_run_dir(out / f"trials/trial-{running[0]}")
+            if complete and run and (run / "checkpoints/epoch-0001/state.json").exists():
+                trial = next(t for t in study.get_trials() if t.number == running[0])
+                return running[0], trial.user_attrs["pid"]
         time.sleep(0.1)
     raise AssertionError("no trial completed in time")
 

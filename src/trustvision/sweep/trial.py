@@ -214,6 +214,7 @@ def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bo
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
+            os.killpg(pid, signal.SIGCONT)  # a stopped group acts on its SIGTERM only once woken
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
             time.sleep(0.1)
@@ -221,7 +222,8 @@ def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bo
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) -> None:
-    """End a trial's command and what it started: SIGTERM, then SIGKILL after the grace. A
+    """End a trial's command and what it started: SIGTERM, then SIGKILL after the grace (each
+    with a SIGCONT, so a stopped command acts on it at once). A
     command that leads its own process group (a trial runs in its own session) is ended with
     its whole group, so no child of a pruned or interrupted trial outlives it."""
     if proc.poll() is not None:
@@ -231,8 +233,10 @@ def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) 
         with contextlib.suppress(ProcessLookupError):
             if group is not None:
                 os.killpg(group, sig)
+                os.killpg(group, signal.SIGCONT)
             else:
                 proc.send_signal(sig)
+                proc.send_signal(signal.SIGCONT)
         try:
             proc.wait(timeout=grace_seconds)
             break
