@@ -41,3 +41,13 @@ def kill_at(proc: subprocess.Popen, runs: Path, pattern: str, *, tree: bool = Fa
     finally:
         if proc.poll() is None:
             kill()
+
+
+def kept_by_resume(run_dir: Path, checkpoint: Path) -> list[str]:
+    """What a resume from `checkpoint` (epoch-NNNN, round-NNNNN) must leave as it is: the
+    metrics.jsonl lines of the epochs or rounds it holds, timings and all (a run started over
+    would write new ones)."""
+    done = int(checkpoint.name.rsplit("-", 1)[1])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()[:done]
+    assert len(lines) == done, f"metrics.jsonl has fewer lines than {checkpoint.name}"
+    return lines

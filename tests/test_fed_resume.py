@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from killing import kill_at
+from killing import kept_by_resume, kill_at
 from safetensors.torch import load_file
 
 from trustvision.config import dump_config, load_config
@@ -77,7 +77,10 @@ def test_resume_after_a_stop_gives_identical_numbers_and_tensors(tmp_path, refer
     # killed in round 4: round 3 was logged but the last checkpoint is round 2's
     stopped = run_federated(resumable_config(tmp_path / "cut"), stop_after=3)
     assert not stopped.summary_path.exists() and len(stopped.read_metrics()) == 3
+    checkpoint = ckpt.latest_checkpoint(stopped.checkpoints_dir)
+    kept = kept_by_resume(stopped.path, checkpoint)
     resumed = resume_federated(stopped.path)
+    assert kept_by_resume(resumed.path, checkpoint) == kept  # continued, not started over
 
     assert json.dumps(comparable(resumed)) == json.dumps(comparable(reference))
     a, b = final_checkpoint(reference), final_checkpoint(resumed)
@@ -138,8 +141,11 @@ def test_a_killed_process_resumes_to_identical_metrics(tmp_path):
     kill_at(proc, runs, "*/checkpoints/round-00002/state.json")
     (run_dir,) = runs.iterdir()
     assert not (run_dir / "summary.json").exists()
+    checkpoint = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    kept = kept_by_resume(run_dir, checkpoint)
 
     resumed = resume_federated(run_dir)
+    assert kept_by_resume(run_dir, checkpoint) == kept  # continued, not started over
 
     assert json.dumps(comparable(resumed)) == json.dumps(comparable(reference))
     a, b = final_checkpoint(reference), final_checkpoint(resumed)
@@ -171,10 +177,12 @@ def test_resume_skips_a_corrupt_newest_checkpoint_or_starts_where_named(tmp_path
         if how == "fallback":
             tensors.write_bytes(b"\0" * 64)
         before = tensors.stat().st_mtime_ns
+        kept = kept_by_resume(run_dir, run_dir / "checkpoints/round-00002")
         if how == "fallback":
             resumed = resume_federated(run_dir)
         else:
             resumed = resume_federated(run_dir, checkpoint="round-00002")
+        assert kept_by_resume(run_dir, run_dir / "checkpoints/round-00002") == kept
         # rounds 3-4 were trained again (the intact round-00004 of "named" was not just loaded)
         assert tensors.stat().st_mtime_ns != before
         assert json.dumps(comparable(resumed)) == json.dumps(comparable(reference))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from killing import kill_at
+from killing import kept_by_resume, kill_at
 from safetensors.torch import load_file
 
 from trustvision.config import TrainConfig, load_config
@@ -95,8 +95,11 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     (run_dir,) = runs.iterdir()
     assert ckpt.latest_checkpoint(run_dir / "checkpoints").name in {"epoch-0001", "epoch-0002"}
     assert not (run_dir / "summary.json").exists()
+    checkpoint = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    kept = kept_by_resume(run_dir, checkpoint)
 
     resumed = resume_training(run_dir)
+    assert kept_by_resume(run_dir, checkpoint) == kept  # continued, not started over
     assert comparable(resumed.path) == comparable(reference.path)
     a = load_file(reference.path / "model.safetensors")
     b = load_file(resumed.path / "model.safetensors")
@@ -214,8 +217,10 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_or_starts_where_told(tmp_pa
         else:
             args += ["--checkpoint", "epoch-0001"]
         before = newest.stat().st_mtime_ns
+        kept = kept_by_resume(run_dir, run_dir / "checkpoints/epoch-0001")
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
+        assert kept_by_resume(run_dir, run_dir / "checkpoints/epoch-0001") == kept
         # the intact epoch-0002 of "named" was not merely loaded: epoch 2 was written again
         assert newest.stat().st_mtime_ns != before
         # epoch 2 was trained again from epoch 1 and ends exactly where the first run did
