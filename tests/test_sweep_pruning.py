@@ -150,17 +150,22 @@ def test_stopping_a_trial_ends_the_processes_its_command_started(tmp_path):
     """A pruned or interrupted trial's command is ended with its process group: a child it
     started (a data loader worker, a subprocess) does not outlive it, even one that ignores
     SIGTERM after the command itself exited on it."""
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring', flush=True); time.sleep(120)"
+    )
     code = (
         "import subprocess, sys, time; "
         f"child = subprocess.Popen([sys.executable, '-c', {stubborn!r}]); "
-        "time.sleep(0.5); print(child.pid, flush=True); time.sleep(120)"
+        "print(child.pid, flush=True); time.sleep(120)"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
     )
     assert proc.stdout is not None
-    child = int(proc.stdout.readline())
+    said = {proc.stdout.readline().strip() for _ in range(2)}  # the two, in either order
+    assert b"ignoring" in said, said  # the child ignores SIGTERM before the stop begins
+    (child,) = (int(line) for line in said - {b"ignoring"})
     assert running(child)
     stop_process(proc, grace_seconds=5)
     assert proc.returncode is not None
