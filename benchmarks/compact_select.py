@@ -63,6 +63,7 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
     from trustvision.compact.config import CompactConfig
     from trustvision.compact.train import unify_variant
     from trustvision.config import load_config, read_yaml
+    from trustvision.errors import ConfigError
 
     extra = [
         *overrides(dataset, seed, 1.0, read_yaml(CONFIGS[dataset])),
@@ -77,6 +78,8 @@ def run_setting(dataset: str, setting: str, seed: int, runs: str) -> dict[str, A
     run = train_run(dataset, extra, path, f"{dataset} {setting}")
     cfg = load_config(CompactConfig, run.config_path)
     summary = run.read_summary()
+    if summary["dual"]["branches_on"] != "validation":  # they would be test numbers
+        raise ConfigError(f"`{run.path}` scored its branches on {summary['dual']['branches_on']}")
     other = OTHER_MODE[cfg.unify.mode]
     variant = unify_variant(run, mode=other)
     return {

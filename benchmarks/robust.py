@@ -162,7 +162,12 @@ def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[
     holds no collected report now (a new machine, a cleaned runs folder), marked `kept`, so
     that rewriting the docs never loses a measured data set."""
     record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
-    kept = {n: {**r, "kept": True} for n, r in record["datasets"].items()}
+    kept = {}
+    for name, report in record["datasets"].items():
+        if "selection" in report:
+            kept[name] = {**report, "kept": True}
+        else:  # as `collected`: its knobs were chosen on test images
+            print(f"dropping {name} from {path}: written before knobs were chosen on validation")
     merged = {**kept, **reports}
     return {name: merged[name] for name in DATASETS if name in merged}
 
