@@ -223,9 +223,9 @@ def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bo
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) -> None:
     """End a trial's command and what it started: SIGTERM, then SIGKILL after the grace (each
-    with a SIGCONT, so a stopped command acts on it at once). A
-    command that leads its own process group (a trial runs in its own session) is ended with
-    its whole group, so no child of a pruned or interrupted trial outlives it."""
+    with a SIGCONT, so a stopped command acts on it at once). A command that leads its own
+    process group (a trial runs in its own session) is ended with its whole group, so no child
+    of a pruned or interrupted trial outlives it."""
     if proc.poll() is not None:
         return
     group = proc.pid if os.getpgid(proc.pid) == proc.pid else None
