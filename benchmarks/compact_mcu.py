@@ -181,7 +181,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("runs", nargs="*", type=Path, help="finished compact runs (exported)")
     parser.add_argument("--latency-images", type=int, default=1000)
     parser.add_argument(

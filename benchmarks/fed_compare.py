@@ -179,7 +179,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS)
-    parser.add_argument("--seeds", nargs="+", type=int, help="default: 3 (Fashion), 1 (CIFAR)")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="default: 1 2 3 (Fashion-MNIST), 1 (CIFAR-10)"
+    )
     parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-compare")
     parser.add_argument(
         "--sweeps",

@@ -2,6 +2,7 @@
 `--print-config`, `--resume` with its own config only, and a missing config named."""
 
 import re
+import shlex
 
 import click
 import pytest
@@ -113,7 +114,8 @@ def test_help_prints_every_bracket_its_source_has():
 
 
 def test_every_overrides_example_in_a_help_is_accepted_by_its_command():
-    """`robust mix --help` once showed `attack.eps=0.3 epochs=2`, keys only `robust train` has."""
+    """`robust mix --help` once showed `attack.eps=0.3 epochs=2`, keys only `robust train` has
+    (an example is a shell command line: quoted words are one argument)."""
     checked = 0
     for words, command in every_command(typer.main.get_command(app), []):
         helps = [getattr(p, "help", None) or "" for p in command.params if p.name == "overrides"]
@@ -121,7 +123,7 @@ def test_every_overrides_example_in_a_help_is_accepted_by_its_command():
         for example in examples:
             if "--print-config" not in [o for p in command.params for o in p.opts]:
                 continue
-            result = RUNNER.invoke(app, [*words, *example.split(), "--print-config"])
+            result = RUNNER.invoke(app, [*words, *shlex.split(example), "--print-config"])
             assert result.exit_code == 0, f"{' '.join(words)} {example}: {result.output}"
             checked += 1
     assert checked >= 8

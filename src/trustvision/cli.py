@@ -26,6 +26,7 @@ from trustvision.clikit import (
     refuse_under_torchrun,
 )
 from trustvision.compact.cli import compact_app
+from trustvision.data.catalog import CATALOG
 from trustvision.federated.cli import fed_app
 from trustvision.robust.cli import robust_app
 from trustvision.sweep.cli import sweep_app
@@ -119,11 +120,12 @@ def train(
     )
 
 
+DATASET_HELP = ", ".join(CATALOG) + "."  # the names `data fetch`, `info` and `verify` take
+
+
 @data_app.command("fetch")
 def data_fetch(
-    name: Annotated[
-        str, typer.Argument(help="mnist, fashion-mnist, cifar10, cifar100 or image-folder.")
-    ],
+    name: Annotated[str, typer.Argument(help=DATASET_HELP)],
     source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
     image_size: ImageSizeOpt = None,
 ) -> None:
@@ -139,7 +141,7 @@ def data_fetch(
 
 @data_app.command("info")
 def data_info(
-    name: Annotated[str, typer.Argument(help="A data set name from the catalog.")],
+    name: Annotated[str, typer.Argument(help=DATASET_HELP)],
     source: Annotated[Path | None, typer.Option("--from", help=FROM_HELP)] = None,
     image_size: ImageSizeOpt = None,
 ) -> None:
@@ -162,7 +164,7 @@ def data_info(
 
 @data_app.command("verify")
 def data_verify(
-    name: Annotated[str, typer.Argument(help="A data set name from the catalog.")],
+    name: Annotated[str, typer.Argument(help=DATASET_HELP)],
 ) -> None:
     """Re-hash the cached arrays of NAME against the hashes recorded when they were made."""
     from trustvision.data.sources import verify_cache

@@ -27,7 +27,7 @@ fed_app = command_group(
 )
 console = Console()
 
-OVERRIDES_HELP = overrides_help("rounds=20 algorithm.name=fedprox algorithm.options.mu=0.01")
+OVERRIDES_HELP = overrides_help("optim.lr=0.1 'algorithm={name: fedprox, options: {mu: 0.01}}'")
 
 
 def format_round(record: dict[str, Any]) -> str:
@@ -83,7 +83,7 @@ def run(
 ) -> None:
     """Train one federated algorithm and write a run directory.
 
-    Example: trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm.name=fedavg rounds=10
+    Example: trustvision fed run configs/fed/fmnist_lt_cpu.yaml algorithm=fedavg rounds=10
     """
     from trustvision.federated.config import FedConfig
 
