@@ -62,6 +62,16 @@ def test_malformed_overrides_are_refused(override):
         load_config(TrainConfig, DEMO, [override])
 
 
+def test_an_override_into_a_value_says_how_to_set_its_section():
+    """`algorithm=fedprox algorithm.options.mu=0.01`: the first made `algorithm` a name."""
+    overrides = ["algorithm=fedprox", "algorithm.options.mu=0.01"]
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({"algorithm": {"name": "fedloge"}}, overrides)
+    message = str(err.value)
+    assert "`algorithm` holds the value `fedprox`, not a section" in message
+    assert "`algorithm={key: value, ...}`" in message
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [

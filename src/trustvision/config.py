@@ -110,7 +110,10 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(path[: depth + 1])
-                raise ConfigError(f"override `{text}`: `{where}` is a value, not a section")
+                raise ConfigError(
+                    f"override `{text}`: `{where}` holds the value `{child}`, not a section; "
+                    f"set the section whole in one override: `{where}={{key: value, ...}}`"
+                )
             node = child
         node[path[-1]] = value
     return result
