@@ -6,8 +6,11 @@
 2. Ten rounds of one local epoch on Fashion-MNIST-LT (configs/fed/fmnist_lt_cpu.yaml, seed 0)
    with the authors' SSE-C norm 0.1: mean feature norm of 500 of the clients' validation
    images and the summed training loss each round, validation accuracies after round 10;
-   FedAvg on the same backbone beside. No test image is read: the CPU configs' SSE-C norm
-   targets were set from these numbers.
+   FedAvg on the same backbone beside.
+
+The CPU configs' SSE-C norm targets come from part 1, so nothing shown is measured on test
+images (the runs' last evaluation computes test accuracies too, as every federated evaluation
+does: the .json keeps them, nothing reads them).
 
     .venv/bin/python benchmarks/fed_feature_scale.py     # writes docs/results/fed-feature-scale.md
 """

@@ -138,36 +138,46 @@ def stamp_measured_by(path: Path, env: dict[str, Any], argv: list[str] | None) -
     write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
+def why_unusable(report: dict[str, Any], name: str) -> str | None:
+    """Why a data set's report cannot be shown (None if it can): knobs chosen on test images,
+    or no named invocation that measured it."""
+    if "selection" not in report:
+        return "written before knobs were chosen on validation images"
+    if "measured_by" not in report:
+        return (
+            f"it names no invocation that measured it; run this script's command for {name} "
+            f"again to record one (finished stages are reused)"
+        )
+    return None
+
+
 def collected(work: Path) -> dict[str, dict[str, Any]]:
     """The reports in `work` that say how they were measured: on validation-chosen knobs,
     by a named invocation of this script."""
     reports = {}
     for name in DATASETS:
         path = work / name / "report.json"
-        report = json.loads(path.read_text()) if path.is_file() else None
-        if report is not None and "selection" not in report:  # chosen on test images
-            print(f"ignoring {path}: written before knobs were chosen on validation images")
-        elif report is not None and "measured_by" not in report:
-            print(
-                f"ignoring {path}: it names no invocation that measured it; run this script's "
-                f"command for {name} again to record one (finished stages are reused)"
-            )
-        elif report is not None:
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        if reason := why_unusable(report, name):
+            print(f"ignoring {path}: {reason}")
+        else:
             reports[name] = report
     return reports
 
 
 def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
-    """`reports` plus every data set of the earlier report at `path` whose work directory
-    holds no collected report now (a new machine, a cleaned runs folder), marked `kept`, so
-    that rewriting the docs never loses a measured data set."""
+    """`reports` plus every usable data set (`why_unusable`) of the earlier report at `path`
+    whose work directory holds no collected report now (a new machine, a cleaned runs folder),
+    marked `kept`, so that rewriting the docs never loses a measured data set."""
     record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
     kept = {}
     for name, report in record["datasets"].items():
-        if "selection" in report:
+        if reason := why_unusable(report, name):
+            print(f"dropping {name} from {path}: {reason}")
+        else:
             kept[name] = {**report, "kept": True}
-        else:  # as `collected`: its knobs were chosen on test images
-            print(f"dropping {name} from {path}: written before knobs were chosen on validation")
     merged = {**kept, **reports}
     return {name: merged[name] for name in DATASETS if name in merged}
 

@@ -21,12 +21,13 @@ def kill_at(proc: subprocess.Popen, runs: Path, pattern: str, *, tree: bool = Fa
 
     def kill() -> None:
         pids = process_tree(proc.pid) if tree else [proc.pid]
+        started = {pid: start_time(pid) for pid in pids[1:]}  # a reused PID is another process
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 30  # orphans are reaped by PID 1, in its own time
-        while any(start_time(pid) for pid in pids[1:]):
+        deadline = time.monotonic() + 30
+        while any(start_time(pid) == begun for pid, begun in started.items() if begun):
             assert time.monotonic() < deadline, f"still running after SIGKILL: {pids}"
             time.sleep(0.05)
 

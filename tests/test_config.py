@@ -68,8 +68,11 @@ def test_an_override_into_a_value_says_how_to_set_its_section():
     with pytest.raises(ConfigError) as err:
         apply_overrides({"algorithm": {"name": "fedloge"}}, overrides)
     message = str(err.value)
-    assert "`algorithm` holds the value `fedprox`, not a section" in message
+    assert "`algorithm` is a value, not a section (`algorithm=fedprox` made it one)" in message
     assert "`algorithm={key: value, ...}`" in message
+    with pytest.raises(ConfigError) as err:  # a value of the config's own: no such advice
+        apply_overrides({"seed": 0}, ["seed.x=1"])
+    assert str(err.value) == "override `seed.x=1`: `seed` is a value, not a section"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """What a killed process leaves behind: a Flower simulation (Ray) or a local deployment
 (SuperLink, SuperNodes) whose process gets SIGKILL, when no cleanup code of its can run."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,3 +136,12 @@ def test_a_process_started_after_the_watchdogs_last_look_is_reaped_too(tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in descendants(proc.pid) | late_pid(tmp_path):  # a failed test leaves none
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def late_pid(work: Path) -> set[int]:
+    """The grandchild the spawner started, if it did."""
+    text = (work / "late.pid").read_text() if (work / "late.pid").exists() else ""
+    return {int(text)} if text else set()

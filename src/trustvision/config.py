@@ -103,6 +103,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `tree` with every `key=value` override set (nested keys by dots)."""
     result = _deep_copy(tree)
+    set_by: dict[str, str] = {}  # dotted key -> the earlier override that set it
     for text in overrides:
         path, value = parse_override(text)
         node = result
@@ -110,12 +111,16 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(path[: depth + 1])
-                raise ConfigError(
-                    f"override `{text}`: `{where}` holds the value `{child}`, not a section; "
-                    f"set the section whole in one override: `{where}={{key: value, ...}}`"
-                )
+                message = f"override `{text}`: `{where}` is a value, not a section"
+                if where in set_by:  # `algorithm=fedprox algorithm.options.mu=0.01`
+                    message += (
+                        f" (`{set_by[where]}` made it one): set the section whole in one "
+                        f"override instead, `{where}={{key: value, ...}}`"
+                    )
+                raise ConfigError(message)
             node = child
         node[path[-1]] = value
+        set_by[".".join(path)] = text
     return result
 
 
