@@ -36,8 +36,8 @@ def table():
             kids.setdefault(int(fields[1]), []).append((int(name), fields[19]))
     return kids
 
-def descendants(root):
-    kids, found, todo = table(), {}, [root]
+def descendants(roots, kids):
+    found, todo = {}, list(roots)
     while todo:
         for pid, start in kids.get(todo.pop(), []):
             if pid != os.getpid():
@@ -46,21 +46,19 @@ def descendants(root):
     return found
 
 parent, seen = int(sys.argv[1]), {}
-before = descendants(parent)  # not started by the block: never touched
+before = descendants([parent], table())  # not started by the block: never touched
 os.write(1, b"r")  # the block may begin: what it starts from now on is seen
 while True:
-    seen.update((p, s) for p, s in descendants(parent).items() if before.get(p) != s)
+    now = descendants([parent], table())
+    seen.update((p, s) for p, s in now.items() if before.get(p) != s)
     ready, _, _ = select.select([0], [], [], float(sys.argv[2]))
     if ready and not os.read(0, 64):
         break
 kids = table()
 alive = {pid: start for family in kids.values() for pid, start in family}
-todo = [pid for pid, start in seen.items() if alive.get(pid) == start]
-while todo:  # started since the last look by a process seen (the parent itself is gone)
-    for pid, start in kids.get(todo.pop(), []):
-        if pid not in seen and pid != os.getpid():
-            seen[pid] = start
-            todo.append(pid)
+live = [pid for pid, start in seen.items() if alive.get(pid) == start]
+for pid, start in descendants(live, kids).items():  # started since the last look (the parent
+    seen.setdefault(pid, start)  # itself is gone): under the processes seen
 for pid, start in seen.items():
     if alive.get(pid) == start:  # the same process, not a new one with a reused pid
         try:

@@ -201,6 +201,12 @@ def trial_marks(trial_dir: Path, resumed: Path | None) -> set[str]:
     return marks
 
 
+def signal_group(group: int, sig: int) -> None:
+    """`sig` to a process group, then SIGCONT: a stopped group acts on a signal once woken."""
+    os.killpg(group, sig)
+    os.killpg(group, signal.SIGCONT)
+
+
 def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bool:
     """End the process group of a trial a killed sweep left running (its leader `pid`, only
     if that process's arguments still hold one of the trial's `marks`); returns whether there
@@ -213,8 +219,7 @@ def stop_orphan(pid: int, marks: set[str], *, grace_seconds: float = 10.0) -> bo
         return False  # the pid was reused by another program
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-            os.killpg(pid, signal.SIGCONT)  # a stopped group acts on its SIGTERM only once woken
+            signal_group(pid, sig)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
             time.sleep(0.1)
@@ -232,8 +237,7 @@ def stop_process(proc: subprocess.Popen[bytes], *, grace_seconds: float = 10.0) 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             if group is not None:
-                os.killpg(group, sig)
-                os.killpg(group, signal.SIGCONT)
+                signal_group(group, sig)
             else:
                 proc.send_signal(sig)
                 proc.send_signal(signal.SIGCONT)
