@@ -36,7 +36,7 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             ]
         if counts := meta.get("validation_counts", {}).get(setting):
             lines += [*validation_resolution(counts), ""]
-        lines += choice_table(block, keys)
+        lines += [*choice_table(block, keys), "", trial_hours(block)]
         for name, report in block.items():
             lines += trial_table(name, report, keys[name])
         plots = meta.get("plots", {}).get(setting, {})
@@ -159,6 +159,19 @@ def trial_minutes(report: dict[str, Any]) -> str:
         t["seconds"] / 60 for t in report["trials"] if t["state"] == "COMPLETE" and t.get("seconds")
     ]
     return f"{statistics.median(minutes):.0f}" if minutes else "-"
+
+
+def trial_hours(block: dict[str, Any]) -> str:
+    """The wall-clock hours a setting's sweeps took, in all and per sweep."""
+    hours = {
+        name: sum(t.get("seconds") or 0 for t in report["trials"]) / 3600
+        for name, report in block.items()
+    }
+    each = ", ".join(f"{name} {value:.1f}" for name, value in hours.items())
+    return (
+        f"Trial time: {sum(hours.values()):.1f} hours in all (the sum of every trial's "
+        f"wall-clock `seconds`, failed and killed trials included): {each}."
+    )
 
 
 def trial_table(algorithm: str, report: dict[str, Any], key: str) -> list[str]:

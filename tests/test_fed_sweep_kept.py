@@ -115,3 +115,14 @@ def test_the_report_says_how_much_one_tail_image_moves_generic_validation():
     # ten classes: one of the 6 images of the rarest is 1/60 of the mean, one of the 10, 1/100
     assert "moves it by 1.7 points and one of the next rarest by 1.0" in line
     assert "601, 361, 210, 129, 80, 48, 26, 17, 10, 6" in line
+
+
+def test_the_report_sums_every_trials_time_failed_and_killed_ones_included():
+    report = benchmark("fed_sweep_report")
+    block = {
+        "fedavg": {"trials": [{"seconds": 3600}, {"seconds": 1800}, {"seconds": None}]},
+        "fedlc": {"trials": [{"seconds": 5400, "state": "FAIL"}, {"state": "FAIL"}]},
+    }
+    line = report.trial_hours(block)
+    assert line.startswith("Trial time: 3.0 hours in all")
+    assert line.endswith(": fedavg 1.5, fedlc 1.5.")
