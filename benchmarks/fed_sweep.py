@@ -49,11 +49,11 @@ from common import (
     run_script,
     write_results,
 )
+from fed_sweep_choice import rebuild_choice, write_choice
 from fed_sweep_kept import (
     import_kept,
     kept_results,
     only_kept,
-    rebuild_choice,
     search_finished,
     with_kept,
 )
@@ -70,8 +70,6 @@ from fed_sweep_specs import (
     sweep_name,
 )
 from processes import run_child, run_in_parallel
-
-from trustvision.files import write_atomic
 
 
 def inherited_lr(runs: Path, setting: str, algorithm: str, earlier: Path) -> dict[str, Any]:
@@ -203,13 +201,19 @@ def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
     (the best validation score, by the sweep's own choice function)."""
     from trustvision.sweep.choose import choose_trial
 
-    trials = []
+    trials, searches = [], {}
     tag = "lr." if name in {follow_up_name(a) for a in FOLLOW_UP} else ""
     for stage in (1, 2):
         out = stage_dir(runs, setting, name, stage)
         if not (out / "sweep.json").is_file():
             continue
-        for trial in json.loads((out / "sweep.json").read_text())["trials"]:
+        report = json.loads((out / "sweep.json").read_text())
+        # what import_kept checks before a new machine continues this stage from the report
+        searches[str(stage)] = {
+            "spec": report["spec"],
+            "config_sha256": report.get("config_sha256"),
+        }
+        for trial in report["trials"]:
             trial = {**trial, "stage": stage, "id": f"{tag}{stage}.{trial['number']}"}
             trial["sweep"] = str(out)
             imported = trial.pop("imported", None)  # kept by the report, its run gone
@@ -222,7 +226,10 @@ def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
     pick = choose_trial(scored, "maximize")
     chosen = None if pick is None else trials[pick]
     done = complete(runs, setting, name)
-    return {"trials": trials, "chosen": chosen, "selected_by": "validation", "complete": done}
+    return {
+        **{"trials": trials, "chosen": chosen, "selected_by": "validation", "complete": done},
+        "searches": searches,
+    }
 
 
 def complete(runs: Path, setting: str, name: str) -> bool:
@@ -288,28 +295,6 @@ def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:
     overrides = yaml.safe_load(spec_file.read_text())["overrides"]
     values = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.startswith(f"{key}=")]
     return {key: values[-1]} if values else {}
-
-
-def write_choice(folder: Path, algorithm: str, report: dict[str, Any]) -> None:
-    """`<algorithm>.chosen.yaml` (the chosen trial's config, to train again) and `.json` (its
-    run and every knob validation set), which benchmarks/fed_compare.py reads."""
-    chosen = report["chosen"]
-    sweep = Path(chosen["sweep"])
-    config = yaml.safe_load((sweep / chosen["run_dir"] / "config.yaml").read_text())
-    config["runs_dir"] = "runs"
-    header = (
-        f"# {algorithm}: trial {chosen['id']} ([lr.]stage.trial: the learning-rate follow-up's "
-        f"trials begin with lr.) of {sweep}, chosen on validation\n"
-    )
-    write_atomic(
-        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
-    )
-    run = {
-        "run_dir": str(sweep / chosen["run_dir"]),
-        "params": {**report.get("fixed", {}), **chosen["params"]},
-        "id": chosen["id"],
-    }
-    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
 
 
 def sweep_all(

@@ -9,16 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from common import ROOT
-from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of, spec
+from fed_sweep_choice import rebuild_choice
+from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of
 
 from trustvision.errors import ConfigError
-from trustvision.files import write_atomic
-from trustvision.sweep.imported import import_trials
+from trustvision.sweep.imported import check_same_search, import_trials
 from trustvision.sweep.spec import load_spec
 from trustvision.sweep.study import STUDY_FILE
-from trustvision.sweep.trial import format_override
 
 
 def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
@@ -77,37 +75,6 @@ def with_kept(
     return merged
 
 
-def rebuild_choice(folder: Path, setting: str, name: str, report: dict[str, Any]) -> None:
-    """`<method>.chosen.yaml/.json` of a kept sweep whose runs are gone: its spec's config with
-    the chosen trial's values (the trial's own config, trained again; no run to reuse)."""
-    from trustvision.config import dump_config, load_config
-    from trustvision.federated.config import FedConfig
-
-    algorithm = method_of(name)
-    fixed = report.get("fixed") or {}
-    follow_up = name != algorithm
-    tree = spec(
-        setting,
-        algorithm,
-        fixed=fixed if follow_up else None,
-        inherited=None if follow_up else fixed,
-    )
-    chosen = report["chosen"]
-    values = [format_override(k, v) for k, v in chosen["params"].items()]
-    cfg = load_config(FedConfig, ROOT / tree["config"], [*tree["overrides"], *values])
-    config = yaml.safe_load(dump_config(cfg)) | {"runs_dir": "runs"}
-    header = (
-        f"# {algorithm}: trial {chosen['id']} of the {name} sweep, chosen on validation; rebuilt "
-        "from its spec (its run is gone; its numbers are in the earlier fed-sweep report)\n"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        folder / f"{algorithm}.chosen.yaml", header + yaml.safe_dump(config, sort_keys=False)
-    )
-    run = {"run_dir": None, "params": {**fixed, **chosen["params"]}, "id": chosen["id"]}
-    write_atomic(folder / f"{algorithm}.chosen.json", json.dumps(run, indent=2) + "\n")
-
-
 def import_kept(
     earlier: Path,
     setting: str,
@@ -120,8 +87,9 @@ def import_kept(
 ) -> None:
     """Begin a stage whose runs are gone with the finished trials the report kept of it, so
     that only the grid's other points run. Kept trials of another search (the sweep held a
-    different value fixed: FedAvg's rate, say, chosen again since; or another grid) are not
-    imported: the stage is swept from its start."""
+    different value fixed: FedAvg's rate, say, chosen again since; another grid, objective or
+    overrides; a config whose values changed since) are not imported: the stage is swept from
+    its start. Reports written before 2026-11-30 recorded only the value held fixed."""
     report = kept_results(earlier).get(setting, {}).get(name)
     if (out / STUDY_FILE).exists() or report is None:
         return
@@ -135,7 +103,12 @@ def import_kept(
         )
         return
     source = str(earlier.relative_to(ROOT) if earlier.is_relative_to(ROOT) else earlier)
+    searched = (report.get("searches") or {}).get(str(stage))
     try:
+        if searched is not None:
+            check_same_search(
+                load_spec(spec_path), searched["spec"], searched["config_sha256"], source=source
+            )
         queued = import_trials(load_spec(spec_path), out, trials, source=source)
     except ConfigError as err:  # refused before anything was written
         print(f"{setting} {name} stage {stage}: {err}: swept from its start")

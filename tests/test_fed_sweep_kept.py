@@ -5,6 +5,7 @@ from its spec for fed_compare."""
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from benchmark_scripts import benchmark
@@ -15,7 +16,8 @@ from trustvision.config import load_config
 from trustvision.errors import ConfigError
 from trustvision.federated.config import FedConfig
 from trustvision.sweep.report import write_report
-from trustvision.sweep.study import load_study, read_saved_spec
+from trustvision.sweep.spec import dump_spec, load_spec
+from trustvision.sweep.study import config_digest, load_study, read_saved_spec
 
 COMMITTED = ROOT / "docs/results/fed-sweep.json"
 
@@ -126,3 +128,32 @@ def test_the_report_sums_every_trials_time_failed_and_killed_ones_included():
     line = report.trial_hours(block)
     assert line.startswith("Trial time: 3.0 hours in all")
     assert line.endswith(": fedavg 1.5, fedlc 1.5.")
+
+
+def test_kept_trials_of_another_objective_overrides_or_config_are_not_imported(tmp_path):
+    bench = fed_sweep()
+    report = bench.kept_results(COMMITTED)["fmnist-cnn"]["fedavg"]
+    first = [t for t in report["trials"] if t["stage"] == 1][:5]
+    grid = bench.KNOBS["fedavg"][1]
+    probe = tmp_path / "probe"
+    written = bench.write_stage_spec(
+        "fmnist-cnn", "fedavg", probe, tmp_path / "none", stage=1, grid=grid
+    )
+    spec = load_spec(written.path)
+    ran = {"spec": dump_spec(spec), "config_sha256": config_digest(spec)}
+    moved = {**ran["spec"], "config": f"/elsewhere/{Path(ran['spec']['config']).name}"}
+    cases = {
+        "same": (ran, True),
+        "moved": ({**ran, "spec": moved}, True),  # another machine's checkout: same search
+        "objective": (
+            {**ran, "spec": {**ran["spec"], "objective": {"metric": "x", "direction": "maximize"}}},
+            False,
+        ),
+        "overrides": ({**ran, "spec": {**ran["spec"], "overrides": ["rounds=5"]}}, False),
+        "config": ({**ran, "config_sha256": "0" * 64}, False),
+    }
+    for case, (searched, imported) in cases.items():
+        kept = {"fmnist-cnn": {"fedavg": {**report, "trials": first, "complete": False}}}
+        kept["fmnist-cnn"]["fedavg"]["searches"] = {"1": searched}
+        out = import_stage(bench, kept, tmp_path / case, 1, grid)
+        assert (out / "study.db").exists() == imported, case

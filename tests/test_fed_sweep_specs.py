@@ -83,7 +83,8 @@ def fake_sweep(folder: Path, scores: dict[float, float], key: str, overrides=())
         )
     best = max(trials, key=lambda t: t["validation"])
     done = {"trials_planned": len(trials), "trials_done": len(trials), "chosen": best}
-    (folder / "sweep.json").write_text(json.dumps({"trials": trials, **done}))
+    searched = {"spec": {"overrides": ["seed=0", *overrides]}, "config_sha256": None}
+    (folder / "sweep.json").write_text(json.dumps({"trials": trials, **done, **searched}))
 
 
 def finished_sweep(folder: Path, scores: dict[float, float], key: str, overrides=()) -> None:

@@ -155,3 +155,15 @@ def test_continue_from_refuses_another_search_and_a_file_that_is_no_sweep_json(t
         assert result.exit_code == 2 and said in " ".join(result.output.split())
         assert not (out / "study.db").exists()
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_a_search_is_the_same_wherever_its_config_and_data_files_lie():
+    from trustvision.sweep.imported import portable
+
+    here = {
+        "config": "/work/a/configs/c.yaml",
+        "overrides": ["data.source=/work/a/d.zip", "seed=0"],
+    }
+    there = {"config": "configs/c.yaml", "overrides": ["data.source=/mnt/d.zip", "seed=0"]}
+    assert portable(here) == portable(there)
+    assert portable(here) != portable({**there, "overrides": ["data.source=/mnt/e.zip", "seed=0"]})

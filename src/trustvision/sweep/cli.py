@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 
     from trustvision.sweep.spec import SweepSpec
 
-# What a sweep.json must share with the spec for its trials to count in this sweep (its config
-# file is compared by name: the earlier machine's path differs; import_trials checks the values).
-SAME_SEARCH = ("command", "overrides", "params", "objective", "config")
-
 JobsOpt = Annotated[
     int,
     typer.Option(
@@ -198,9 +194,8 @@ def run(
 def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
     """Begin `out` with the completed trials of `earlier`, a sweep.json of the same search (an
     `out` begun already, by this or by a killed run, is continued as it is)."""
-    from trustvision.sweep.imported import import_trials
-    from trustvision.sweep.spec import dump_spec
-    from trustvision.sweep.study import STUDY_FILE, same_config
+    from trustvision.sweep.imported import check_same_search, import_trials
+    from trustvision.sweep.study import STUDY_FILE
 
     if (out / STUDY_FILE).exists():
         console.print(
@@ -220,21 +215,7 @@ def continue_sweep(spec: SweepSpec, out: Path, earlier: Path) -> None:
         raise ConfigError(
             f"`{earlier}` is not a sweep.json ({type(err).__name__}: {err})"
         ) from None
-    ours = dump_spec(spec)
-    searched["config"] = Path(str(searched.get("config"))).name
-    ours["config"] = Path(str(ours["config"])).name
-    differ = [k for k in SAME_SEARCH if searched.get(k) != ours.get(k)]
-    if differ:
-        raise ConfigError(
-            f"`{earlier}` is of another search: its {', '.join(f'`{k}`' for k in differ)} "
-            "differ from this spec's"
-        )
-    recorded = report.get("config_sha256")
-    if recorded is not None and not same_config(str(recorded), spec):
-        raise ConfigError(
-            f"`{spec.config}` is not the file the trials of `{earlier}` ran (its SHA-256 "
-            "differs): restore that config to continue them, or sweep afresh"
-        )
+    check_same_search(spec, searched, report.get("config_sha256"), source=f"`{earlier}`")
     queued = import_trials(spec, out, trials, source=str(earlier))
     done = sum(t["state"] == "COMPLETE" for t in trials)
     console.print(

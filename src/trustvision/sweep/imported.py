@@ -18,15 +18,19 @@ import optuna
 from optuna.trial import TrialState
 
 from trustvision.errors import ConfigError
-from trustvision.sweep.spec import SweepSpec
+from trustvision.sweep.spec import SweepSpec, dump_spec
 from trustvision.sweep.study import (
     STUDY_FILE,
     distribution,
     open_study,
     prepare_out,
     quiet_optuna,
+    same_config,
     storage_for,
 )
+
+# What an earlier sweep's spec must share with this one for its trials to count here.
+SAME_SEARCH = ("command", "overrides", "params", "objective", "config")
 
 # The fields of a sweep.json trial record that become the imported trial's own, or belong to
 # the earlier sweep (its chosen record's `config`); the rest of a record is kept verbatim under
@@ -42,6 +46,39 @@ def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(
         a[k] == b[k] and isinstance(a[k], bool) == isinstance(b[k], bool) for k in a
     )
+
+
+def check_same_search(
+    spec: SweepSpec, searched: dict[str, Any], config_sha256: str | None, *, source: str
+) -> None:
+    """Refuse the trials of `source` unless its sweep (`searched`, its spec as sweep.json
+    records it, and the SHA-256 of its config's values) ran this spec's search. Paths (the
+    config, a data file an override names) are compared by name: another machine's differ."""
+    ours, theirs = portable(dump_spec(spec)), portable(searched)
+    if differ := [k for k in SAME_SEARCH if theirs.get(k) != ours.get(k)]:
+        raise ConfigError(
+            f"{source} is of another search: its {', '.join(f'`{k}`' for k in differ)} "
+            "differ from this spec's"
+        )
+    if config_sha256 is not None and not same_config(str(config_sha256), spec):
+        raise ConfigError(
+            f"`{spec.config}` is not the file the trials of {source} ran (its SHA-256 "
+            "differs): restore that config to continue them, or sweep afresh"
+        )
+
+
+def portable(searched: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's spec with its config, and any override's value that is a path, as names."""
+
+    def name(value: str) -> str:
+        return Path(value).name if "/" in value else value
+
+    overrides = [
+        f"{key}={name(value)}" if sep else item
+        for item in searched.get("overrides") or []
+        for key, sep, value in [str(item).partition("=")]
+    ]
+    return {**searched, "config": name(str(searched.get("config"))), "overrides": overrides}
 
 
 def import_trials(
