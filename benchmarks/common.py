@@ -21,8 +21,9 @@ RESULTS = ROOT / "docs/results"
 # CIFAR-10 as this machine has it: a JPEG re-encoding beside the checkout (../shared/data).
 CIFAR_ZIP = ROOT.parent / "shared/data/cifar10-jpeg.zip"
 # The federated settings that fed_sweep.py tunes (at seed 0) and fed_compare.py compares: a
-# config relative to the checkout (runs start there), its overrides, and the seeds compared
-# (never 0, the seed the sweeps chose on).
+# config relative to the checkout (runs start there), its overrides, the seeds compared
+# (never 0, the seed the sweeps chose on) and, where not every method, the methods run there
+# unless --algorithms names others.
 FED_SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist-cnn": {
         "title": "Fashion-MNIST-LT (IF 100, alpha 0.5), mnist_cnn",
@@ -41,6 +42,7 @@ FED_SETTINGS: dict[str, dict[str, Any]] = {
         "config": "configs/fed/cifar10_lt_cpu.yaml",
         "overrides": [f"data.source={CIFAR_ZIP}"],
         "seeds": [1],
+        "algorithms": ["fedavg", "fedloge"],  # what this CPU can sweep there
     },
 }
 

@@ -49,6 +49,7 @@ from common import (
 from fed_compare_kept import (
     Job,
     chosen_config,
+    config_digest,
     kept_jobs,
     read_report,
     reported_rows,
@@ -93,11 +94,9 @@ def runs_of(directory: Path, expected: dict[str, Any]) -> list[Path]:
 
 
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two run configs are equal but for their seed and runs folder."""
-    ignored = {"seed", "runs_dir"}
-    return {k: v for k, v in a.items() if k not in ignored} == {
-        k: v for k, v in b.items() if k not in ignored
-    }
+    """Whether two run configs are equal but for their seed, runs folder and where their
+    files lie (`config_digest`)."""
+    return config_digest(a) == config_digest(b)
 
 
 def finished_run(directory: Path, expected: dict[str, Any]) -> Path | None:
@@ -178,7 +177,12 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS)
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        choices=ALGORITHMS,
+        help="default: all ten (Fashion-MNIST), fedavg fedloge (CIFAR-10)",
+    )
     parser.add_argument(
         "--seeds", nargs="+", type=int, help="default: 1 2 3 (Fashion-MNIST), 1 (CIFAR-10)"
     )
@@ -261,7 +265,8 @@ def compared_seeds(block: dict[str, list[dict[str, Any]]]) -> list[int]:
 
 def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
     """Refused before any training: overrides, which would turn a validation-chosen config into
-    one no sweep chose; and the sweeps' own seed, whose test numbers would carry the optimism
+    one no sweep chose; a method whose sweep is still searching (its defaults are no choice);
+    and the sweeps' own seed, whose test numbers would carry the optimism
     of a choice made on that seed's validation images among 9 or 18 trials."""
     tuned = sorted({(s, a) for s, a, _ in jobs if chosen_config(args.sweeps, s, a) is not None})
     names = ", ".join(f"{a} ({s})" for s, a in tuned)
@@ -270,6 +275,17 @@ def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
             f"overrides {' '.join(args.overrides)} would change the configs chosen on validation "
             f"for {names}: train those as chosen, or give --sweeps a folder without choices to "
             "train every method's defaults with the overrides"
+        )
+    searching = sorted(
+        f"{a} ({s})"
+        for s, a in {(s, a) for s, a, _ in jobs}
+        if (args.sweeps / s / a).is_dir() and chosen_config(args.sweeps, s, a) is None
+    )
+    if searching and not args.report_only:
+        raise SystemExit(
+            f"the sweeps of {', '.join(searching)} in {args.sweeps} have begun and not chosen "
+            "yet: their defaults would be compared as if no search existed. Compare them once "
+            "benchmarks/fed_sweep.py has chosen, or leave them out (--algorithms)"
         )
     if tuned and SWEEP_SEED in {seed for _, _, seed in jobs}:
         raise SystemExit(
@@ -286,7 +302,7 @@ def main() -> None:
     jobs = [
         (setting, a, s)
         for setting in args.settings
-        for a in args.algorithms
+        for a in args.algorithms or SETTINGS[setting].get("algorithms", ALGORITHMS)
         for s in args.seeds or SETTINGS[setting]["seeds"]
     ]
     refuse_biased_jobs(jobs, args)

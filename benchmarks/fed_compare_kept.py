@@ -39,9 +39,19 @@ def reported_rows(earlier: dict[str, Any]) -> list[tuple[Job, dict[str, Any]]]:
 
 
 def config_digest(config: dict[str, Any]) -> str:
-    """A run config's SHA-256 but for its seed and runs folder (as `same_config` compares)."""
+    """A run config's SHA-256 but for its seed and runs folder, with paths (CIFAR-10's
+    `data.source`) by name: the same config in a checkout elsewhere has the same digest."""
     kept = {k: v for k, v in config.items() if k not in {"seed", "runs_dir"}}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(by_name(kept), sort_keys=True).encode()).hexdigest()
+
+
+def by_name(value: Any) -> Any:
+    """`value` with every string that is a path (holds a "/") replaced by its file name."""
+    if isinstance(value, dict):
+        return {k: by_name(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [by_name(v) for v in value]
+    return Path(value).name if isinstance(value, str) and "/" in value else value
 
 
 def stands_in(row: dict[str, Any], setting: str, algorithm: str, sweeps: Path) -> bool:
@@ -84,8 +94,10 @@ def with_kept(
             keep = stands_in(row, setting, algorithm, sweeps)
         if keep:
             rows.append(row)
-    merged = {
-        setting: {a: rows for a, rows in block.items() if rows} for setting, block in merged.items()
+    merged = {  # a setting none of whose rows stayed is not reported
+        setting: kept
+        for setting, block in merged.items()
+        if (kept := {a: rows for a, rows in block.items() if rows})
     }
     for block in merged.values():
         for rows in block.values():

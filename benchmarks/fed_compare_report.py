@@ -212,14 +212,20 @@ def trained_on(rows: dict[str, Any]) -> str:
     return "Trained on: " + "; ".join(parts) + "."
 
 
-def like_for_like(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> bool:
-    """Whether both methods' means of `keys` are over the same seeds, every seed counted (a
-    missing number drops its seed from a mean silently)."""
+def unlike(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> str | None:
+    """Why FedLoGe's and a rival's means of `keys` do not compare, or None where they do: one
+    tuned on validation and the other at its defaults, or means over other seeds (a missing
+    number drops its seed from a mean silently)."""
+    if ours.get("selected_by") != rival.get("selected_by"):
+        untuned = "FedLoGe" if ours.get("selected_by") == "defaults" else "the rival"
+        return f"{untuned} at its defaults"
     seeds = ours.get("seeds")
-    if seeds != rival.get("seeds"):
-        return False
     count = len(seeds) if seeds is not None else ours[keys[0]]["n"]  # unrecorded: equal counts
-    return all(ours[key]["n"] == rival[key]["n"] == count for key in keys)
+    if seeds != rival.get("seeds"):
+        return f"seeds {', '.join(map(str, rival.get('seeds') or []))}"
+    if any(not ours[key]["n"] == rival[key]["n"] == count for key in keys):
+        return "a seed's number missing"
+    return None
 
 
 def verdict(rows: dict[str, Any]) -> list[str]:
@@ -230,6 +236,8 @@ def verdict(rows: dict[str, Any]) -> list[str]:
     out = []
     for key, rivals in RIVALS:
         for rival in (r for r in rivals if r in rows):
+            if not ours[key]["n"] or not rows[rival][key]["n"]:  # no such number
+                continue
             gap = ours[key]["mean"] - rows[rival][key]["mean"]
             spread = max(ours[key]["std"], rows[rival][key]["std"])
             what = dict(COLUMNS)[key]
@@ -240,8 +248,8 @@ def verdict(rows: dict[str, Any]) -> list[str]:
                     "on one seed: too few to say it beats it."
                 )
                 continue
-            if not like_for_like(ours, rows[rival], key):
-                out.append(f"- FedLoGe against {rival} on {what}: not judged (other seeds).")
+            if reason := unlike(ours, rows[rival], key):
+                out.append(f"- FedLoGe against {rival} on {what}: not judged ({reason}).")
                 continue
             word = "beats" if gap > spread else "does not beat"
             out.append(
@@ -279,8 +287,9 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "FedLoGe minus every other method (points; **bold**: FedLoGe ahead by more than the "
-        "larger seed std, _italic_: behind by more than it, plain: within it, one seed only, or "
-        "means over other seeds than FedLoGe's (named); - where the method has no such number):",
+        "larger seed std, _italic_: behind by more than it, plain: within it, one seed only, "
+        "means over other seeds than FedLoGe's (named), or one of the two at its defaults "
+        "(said); - where the method has no such number):",
         "",
         "| method | " + " | ".join(dict(COLUMNS)[key] for key in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
@@ -299,8 +308,8 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
             if min(ours[key]["n"], row[key]["n"]) < 2:  # one seed has no spread to beat
                 cells.append(text)
                 continue
-            if not like_for_like(ours, row, key):  # means over other seeds or partitions
-                cells.append(f"{text} (seeds {', '.join(map(str, row.get('seeds', [])))})")
+            if reason := unlike(ours, row, key):  # other seeds, or one of the two untuned
+                cells.append(f"{text} ({reason})")
                 continue
             cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
         lines.append(f"| {rival} | " + " | ".join(cells) + " |")
@@ -316,9 +325,13 @@ def paired_lines(paired: dict[str, dict[str, Any]]) -> list[str]:
         for key, diff in keys.items():
             seeds = ", ".join(str(s) for s in diff["seeds"])
             each = ", ".join(f"{100 * d:+.1f}" for d in diff["differences"])
+            over = (
+                f"seeds {seeds}; mean {100 * diff['mean']:+.1f} ± {100 * diff['std']:.1f}"
+                if len(diff["differences"]) > 1
+                else f"seed {seeds} only"
+            )
             lines.append(
-                f"- Paired by seed, FedLoGe minus {rival} on {dict(COLUMNS)[key]}: {each} "
-                f"(seeds {seeds}; mean {100 * diff['mean']:+.1f} ± {100 * diff['std']:.1f})."
+                f"- Paired by seed, FedLoGe minus {rival} on {dict(COLUMNS)[key]}: {each} ({over})."
             )
     if not lines:
         return []
@@ -338,13 +351,14 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
         local_gap = ours[local]["mean"] - fedavg[local]["mean"]
         met = gap > spread and local_gap >= 0
         said = "met" if met else "not met"
+        against = f" vs std {100 * spread:.1f}"
         if min(ours[generic]["n"], fedavg[generic]["n"]) < 2:
-            said = "not judged (one seed: no spread to beat)"
-        elif not like_for_like(ours, fedavg, generic, local):
-            said = "not judged (means over other seeds)"
+            said, against = "not judged (one seed: no spread to beat)", ""
+        elif reason := unlike(ours, fedavg, generic, local):
+            said = f"not judged ({reason})"
         lines.append(
-            f"- Goal at the {when}: {said} (generic {100 * gap:+.1f} vs "
-            f"std {100 * spread:.1f}; local {100 * local_gap:+.1f})."
+            f"- Goal at the {when}: {said} (generic {100 * gap:+.1f}{against}; "
+            f"local {100 * local_gap:+.1f})."
         )
     return lines
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from common import FED_SETTINGS as SETTINGS
 from common import fed_validation_counts, image_weights
+from fed_sweep_kept import search_finished
 from fed_sweep_specs import method_of
 
 # The authors' norm sweep (log/norm*.log: CIFAR-100-LT IF 100, ResNet-34, 20 clients, final
@@ -25,15 +26,10 @@ def pct(value: float | None) -> str:
 def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The report for people; `meta` names each sweep's knob (`knobs`, `follow_ups`)."""
     keys = {name: knob["key"] for name, knob in {**meta["knobs"], **meta["follow_ups"]}.items()}
-    lines = intro_lines(meta)
+    lines = intro_lines(meta, fedavg_rates(results))
     for setting, block in results.items():
         lines += ["", f"## {SETTINGS[setting]['title']}", ""]
-        if kept := [name for name, report in block.items() if report.get("earlier")]:
-            lines += [
-                f"Kept from the earlier report ({', '.join(kept)}): their runs are gone, their "
-                "numbers stay; fed_compare trains their chosen configs again, rebuilt from them.",
-                "",
-            ]
+        lines += kept_lines(block)
         if counts := meta.get("validation_counts", {}).get(setting):
             lines += [*validation_resolution(counts), ""]
         lines += [*choice_table(block, keys), "", trial_hours(block)]
@@ -61,8 +57,14 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def intro_lines(meta: dict[str, Any]) -> list[str]:
-    """The title and how every method was tuned."""
+def fedavg_rates(results: dict[str, dict[str, Any]]) -> list[float]:
+    """The learning rates validation chose for FedAvg, over the settings."""
+    chosen = [block.get("fedavg", {}).get("chosen") for block in results.values()]
+    return sorted({c["params"]["optim.lr"] for c in chosen if c is not None})
+
+
+def intro_lines(meta: dict[str, Any], rates: list[float]) -> list[str]:
+    """The title and how every method was tuned (`rates`: FedAvg's chosen learning rates)."""
     lines = [
         "# Federated methods tuned on validation, each on its own knob, with equal budgets",
         "",
@@ -97,12 +99,33 @@ def intro_lines(meta: dict[str, Any]) -> list[str]:
         *lines,
         "",
         "FedLoGe's learning rate stayed at the config's 0.03 while FedAvg's (its only knob) "
-        "moved to 0.2-0.8, so FedLoGe then has its learning rate swept the same way (grid "
+        f"moved to {' and '.join(map(str, rates))} (validation's choices over the settings), "
+        "so FedLoGe then has its learning rate swept the same way (grid "
         "and second stage) at the norm target validation chose (`fedloge-lr`): 18 trials to "
         "FedAvg's 9. `compared`: the sweep whose chosen trial (the best validation score over "
         "a method's sweeps) benchmarks/fed_compare.py trains over more seeds; `not yet` while "
         "one of the method's sweeps is unfinished, whose choice is the best `so far`.",
     ]
+
+
+def kept_lines(block: dict[str, Any]) -> list[str]:
+    """What the report says of the sweeps it kept from the earlier one (their runs are gone):
+    a finished search's choice is rebuilt for fed_compare; an unfinished one has none yet."""
+    kept = [name for name, report in block.items() if report.get("earlier")]
+    done = [name for name in kept if search_finished(block, method_of(name))]
+    lines = []
+    if done:
+        lines.append(
+            f"Kept from the earlier report ({', '.join(done)}): their runs are gone, their "
+            "numbers stay; fed_compare trains their chosen configs again, rebuilt from them."
+        )
+    if searching := [name for name in kept if name not in done]:
+        lines.append(
+            f"Kept from the earlier report, unfinished ({', '.join(searching)}): their runs are "
+            "gone; the sweep continues from the trials kept, and fed_compare has no choice of "
+            "theirs until it ends."
+        )
+    return [*lines, ""] if lines else []
 
 
 def validation_resolution(counts: list[int]) -> list[str]:
@@ -130,7 +153,8 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
         chosen = report.get("chosen")
         done = sum(t["state"] == "COMPLETE" for t in report["trials"])
         done = f"{done}" if report.get("complete", True) else f"{done} (unfinished)"
-        tried = sorted({t["params"][key] for t in report["trials"] if key in t["params"]})
+        ran = [t for t in report["trials"] if t["state"] != "RUNNING" and key in t["params"]]
+        tried = sorted({t["params"][key] for t in ran})
         minutes = trial_minutes(report)
         if chosen is None:
             lines.append(
@@ -140,8 +164,7 @@ def choice_table(block: dict[str, Any], keys: dict[str, str]) -> list[str]:
         sel = chosen["numbers"]["selected"]
         rounds = " / ".join(str(sel[k]["round"]) if k in sel else "-" for k in ("generic", "local"))
         # fed_compare gets a method's choice only once all of its sweeps are complete
-        method = [r for n, r in block.items() if method_of(n) == method_of(name)]
-        searching = not all(r.get("complete", True) for r in method)
+        searching = not search_finished(block, method_of(name))
         so_far = " (so far)" if not report.get("complete", True) else ""
         compared = "not yet" if searching else "yes" if report.get("final") else "no"
         lines.append(
@@ -218,7 +241,8 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
                 ax.plot(x, y, style, marker=marker, label=f"{kind} {part}")
         chosen = report.get("chosen")
         if chosen is not None:
-            ax.axvline(chosen["params"][key], color="grey", linestyle=":", label="chosen (val)")
+            label = "chosen (val)" if report.get("complete", True) else "best so far (val)"
+            ax.axvline(chosen["params"][key], color="grey", linestyle=":", label=label)
         ax.set(xscale="log", xlabel="SSE-C norm target", ylabel="top-1 % (round chosen on val)")
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
@@ -263,7 +287,8 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
                 ax.plot(x, y, style, marker=marker, color=color, label=f"{label} generic {part}")
             if report.get("chosen") is not None:
                 chosen = report["chosen"]["params"][key]
-                ax.axvline(chosen, color=color, linestyle=":", label=f"{label} chosen on val")
+                said = "chosen" if report.get("complete", True) else "best so far"
+                ax.axvline(chosen, color=color, linestyle=":", label=f"{label} {said} on val")
         ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)

@@ -46,6 +46,20 @@ def test_overrides_of_a_validation_chosen_config_are_refused_before_any_training
         bench.main()
 
 
+def test_a_method_whose_sweep_is_still_searching_is_not_trained_at_its_defaults(
+    tmp_path, monkeypatch
+):
+    bench = benchmark("fed_compare")
+    (tmp_path / "cifar10/fedloge").mkdir(parents=True)  # begun, nothing chosen yet
+    (tmp_path / "cifar10/fedavg.chosen.yaml").write_text("optim: {lr: 0.2}\n")
+    argv = ["fed_compare.py", "--settings", "cifar10", "--sweeps", str(tmp_path)]
+    argv += ["--runs", str(tmp_path / "runs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"the sweeps of fedloge \(cifar10\) .* not chosen"):
+        bench.main()
+
+
 def test_the_seed_the_sweeps_chose_on_is_never_compared_for_a_tuned_method(tmp_path, monkeypatch):
     """Seed 0's chosen trial won on validation among its sweep's trials: its test numbers
     would be optimistic, so the comparison's seeds exclude it and asking for it is refused."""
@@ -245,6 +259,10 @@ def test_one_seed_never_beats_and_means_over_other_seeds_are_not_marked():
     text = "\n".join(report.verdict(one))
     assert "FedLoGe beats" not in text and "on one seed: too few to say" in text
     assert "Goal at the final round: not judged" in text
+    assert "vs std" not in text  # no spread was measured, not a spread of zero
+    diff = {"seeds": [1], "differences": [0.4], "mean": 0.4, "std": 0.0, "n": 1}
+    (_, line) = report.paired_lines({"fedavg": {"generic_acc": diff}})
+    assert line.endswith(": +40.0 (seed 1 only).") and "±" not in line
     three = {"fedloge": method(0.9, 3, [1, 2, 3]), "fedavg": method(0.5, 2, [1, 2])}
     three["fedrod"] = method(0.5, 3, [1, 2, 3])
     table = "\n".join(report.against_every_method(three))
@@ -262,7 +280,49 @@ def test_the_goal_is_judged_only_on_means_over_the_same_seeds():
 
     ours, full, short = row(0.90, 3), row(0.80, 3), row(0.80, 2)
     assert "Goal at the final round: met" in "\n".join(report.goal(ours, full))
-    assert all("not judged (means over other seeds)" in line for line in report.goal(ours, short))
-    assert "not judged (other seeds)" in "\n".join(
+    assert all("not judged (a seed's number missing)" in line for line in report.goal(ours, short))
+    assert "not judged (a seed's number missing)" in "\n".join(
         report.verdict({"fedloge": ours, "fedavg": short})
+    )
+
+
+def test_a_tuned_method_is_not_judged_against_one_at_its_defaults():
+    """FedLoGe's sweep still running: fed_compare would have trained its defaults, and a gap
+    between a tuned FedAvg and an untuned FedLoGe says nothing of either method."""
+    report = benchmark("fed_compare_report")
+    keys = [key for key, _ in report.RIVALS]
+
+    def row(mean, selected_by):
+        stats = {k: {"mean": mean, "std": 0.001, "n": 3} for k in keys}
+        return {"seeds": [1, 2, 3], "selected_by": selected_by, **stats}
+
+    rows = {"fedloge": row(0.9, "defaults"), "fedavg": row(0.5, "validation")}
+    text = "\n".join(report.verdict(rows))
+    assert "FedLoGe beats" not in text and "Goal at the final round: met" not in text
+    assert "not judged (FedLoGe at its defaults)" in text
+    table = "\n".join(report.against_every_method(rows))
+    assert "| fedavg | +40.0 (FedLoGe at its defaults) |" in table
+
+
+def test_a_setting_none_of_whose_kept_rows_stand_is_not_reported(tmp_path):
+    """Rows of the defaults, measured before a sweep chose: once the choice exists they are
+    dropped, and their setting with them (an empty setting would have no plots to draw)."""
+    kept_module = benchmark("fed_compare_kept")
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10/fedavg.chosen.yaml").write_text("optim: {lr: 0.1}\nalgorithm: {}\n")
+    earlier = [(("cifar10", "fedavg", 1), {"seed": 1, "tuned": False, "kept": True})]
+    assert kept_module.with_kept({}, earlier, tmp_path) == {}
+
+
+def test_the_same_config_in_a_checkout_elsewhere_has_the_same_digest():
+    kept_module = benchmark("fed_compare_kept")
+
+    def config(source, lr=0.1):
+        return {"seed": 1, "runs_dir": source, "data": {"source": source}, "optim": {"lr": lr}}
+
+    here, there = config("/work/shared/cifar.zip"), config("/home/u/shared/cifar.zip")
+    assert kept_module.config_digest(here) == kept_module.config_digest(there)
+    assert kept_module.config_digest(here) != kept_module.config_digest(config("/w/c.zip"))
+    assert kept_module.config_digest(here) != kept_module.config_digest(
+        config("/work/shared/cifar.zip", lr=0.2)
     )

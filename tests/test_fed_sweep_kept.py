@@ -157,3 +157,24 @@ def test_kept_trials_of_another_objective_overrides_or_config_are_not_imported(t
         kept["fmnist-cnn"]["fedavg"]["searches"] = {"1": searched}
         out = import_stage(bench, kept, tmp_path / case, 1, grid)
         assert (out / "study.db").exists() == imported, case
+
+
+def test_a_method_whose_follow_up_has_not_begun_is_not_yet_compared():
+    report = benchmark("fed_sweep_report")
+    fedloge = fed_sweep().kept_results(COMMITTED)["fmnist-cnn"]["fedloge"]  # complete
+    key = "algorithm.options.norm_target"
+    (row,) = report.choice_table({"fedloge": fedloge}, {"fedloge": key})[2:]
+    assert row.endswith("| not yet |")  # fedloge-lr is still to run: no choice for fed_compare
+
+
+def test_kept_unfinished_sweeps_are_not_said_to_be_compared():
+    report = benchmark("fed_sweep_report")
+    kept = fed_sweep().kept_results(COMMITTED)["fmnist-cnn"]
+    block = {
+        "fedavg": {**kept["fedavg"], "earlier": True},
+        "fedprox": {**kept["fedprox"], "earlier": True, "complete": False},
+    }
+    done, searching, blank = report.kept_lines(block)
+    assert "(fedavg)" in done and "trains their chosen configs again" in done
+    assert "unfinished (fedprox)" in searching and "no choice of theirs" in searching
+    assert blank == ""
