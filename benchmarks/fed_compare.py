@@ -10,7 +10,8 @@ defaults (said when it starts and in the report). The default seeds are never th
 0 (`--seeds 0` is refused where a method is tuned): the chosen trial won on its validation
 images among 9 or 18 trials, so its test numbers would be optimistic, the more so the more
 trials a method had. Overrides of a chosen config are refused: the result would be a config no
-sweep chose. Then writes docs/results/federated.{md,json}: generic and local accuracy (mean +-
+sweep chose; so is a method whose sweep has begun and chosen nothing (its defaults are no
+choice). Then writes docs/results/federated.{md,json}: generic and local accuracy (mean +-
 std over seeds) at the final round and at the round validation picks, the validation
 accuracies, FedLoGe's universal SSE-C accuracy, head/middle/tail, seconds per round, FedLoGe
 minus every other method (the spread marked), FedLoGe minus each rival seed by seed (one seed
@@ -181,7 +182,8 @@ def parse_args() -> argparse.Namespace:
         "--algorithms",
         nargs="+",
         choices=ALGORITHMS,
-        help="default: all ten (Fashion-MNIST), fedavg fedloge (CIFAR-10)",
+        help="of each setting's methods (all ten on Fashion-MNIST, fedavg and fedloge on "
+        "CIFAR-10), only these (default: all of them)",
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, help="default: 1 2 3 (Fashion-MNIST), 1 (CIFAR-10)"
@@ -283,9 +285,11 @@ def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
     )
     if searching and not args.report_only:
         raise SystemExit(
-            f"the sweeps of {', '.join(searching)} in {args.sweeps} have begun and not chosen "
-            "yet: their defaults would be compared as if no search existed. Compare them once "
-            "benchmarks/fed_sweep.py has chosen, or leave them out (--algorithms)"
+            f"the sweeps of {', '.join(searching)} in {args.sweeps} have chosen nothing: their "
+            "defaults would be compared as if no search existed. Compare them once "
+            "benchmarks/fed_sweep.py has chosen (a search still running, or whose every trial "
+            "failed, chooses nothing: see its sweep.md), or leave out their settings "
+            "(--settings) or methods (--algorithms)"
         )
     if tuned and SWEEP_SEED in {seed for _, _, seed in jobs}:
         raise SystemExit(
@@ -294,17 +298,24 @@ def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
         )
 
 
+def jobs_of(args: argparse.Namespace) -> list[Job]:
+    """Every (setting, method, seed) asked for: each setting's methods (`--algorithms` picks
+    among them) on its seeds, or `--seeds`."""
+    return [
+        (setting, a, s)
+        for setting in args.settings
+        for a in SETTINGS[setting].get("algorithms", ALGORITHMS)
+        if args.algorithms is None or a in args.algorithms
+        for s in args.seeds or SETTINGS[setting]["seeds"]
+    ]
+
+
 def main() -> None:
     from trustvision.runs import machine_summary
 
     args = parse_args()
     started = time.perf_counter()
-    jobs = [
-        (setting, a, s)
-        for setting in args.settings
-        for a in args.algorithms or SETTINGS[setting].get("algorithms", ALGORITHMS)
-        for s in args.seeds or SETTINGS[setting]["seeds"]
-    ]
+    jobs = jobs_of(args)
     refuse_biased_jobs(jobs, args)
     report = read_report(args.out / "federated.json")
     earlier = reported_rows(report)

@@ -88,6 +88,9 @@ def paired(block: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
         values = {r["seed"]: r.get(key) for r in rows}
         return {s: float(v) for s, v in values.items() if isinstance(v, int | float)}
 
+    def untuned(algorithm: str) -> bool:
+        return not all(r["tuned"] for r in block[algorithm])
+
     out: dict[str, dict[str, Any]] = {}
     for key, rivals in RIVALS:
         ours = by_seed("fedloge", key)
@@ -98,5 +101,8 @@ def paired(block: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
                 continue
             differences = [ours[s] - theirs[s] for s in seeds]
             stats = mean_std(differences)
-            out.setdefault(rival, {})[key] = {"seeds": seeds, "differences": differences, **stats}
+            pair = {"seeds": seeds, "differences": differences, **stats}
+            if at_defaults := [a for a in ("fedloge", rival) if untuned(a)]:
+                pair["at_defaults"] = at_defaults  # said beside the differences
+            out.setdefault(rival, {})[key] = pair
     return out

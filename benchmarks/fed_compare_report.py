@@ -212,13 +212,20 @@ def trained_on(rows: dict[str, Any]) -> str:
     return "Trained on: " + "; ".join(parts) + "."
 
 
-def unlike(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> str | None:
-    """Why FedLoGe's and a rival's means of `keys` do not compare, or None where they do: one
-    tuned on validation and the other at its defaults, or means over other seeds (a missing
-    number drops its seed from a mean silently)."""
+ONE_SEED = "one seed: no spread to beat"
+
+
+def not_judged(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> str | None:
+    """Why the gaps between FedLoGe's and a rival's means of `keys` are no verdict, or None:
+    a number missing, one of the two tuned on validation and the other at its defaults, one
+    seed (`ONE_SEED`), or means over other seeds (a missing number drops its seed silently)."""
+    if any(not ours[key]["n"] or not rival[key]["n"] for key in keys):
+        return "no such number"
     if ours.get("selected_by") != rival.get("selected_by"):
         untuned = "FedLoGe" if ours.get("selected_by") == "defaults" else "the rival"
         return f"{untuned} at its defaults"
+    if min(min(ours[key]["n"], rival[key]["n"]) for key in keys) < 2:
+        return ONE_SEED
     seeds = ours.get("seeds")
     count = len(seeds) if seeds is not None else ours[keys[0]]["n"]  # unrecorded: equal counts
     if seeds != rival.get("seeds"):
@@ -236,20 +243,24 @@ def verdict(rows: dict[str, Any]) -> list[str]:
     out = []
     for key, rivals in RIVALS:
         for rival in (r for r in rivals if r in rows):
-            if not ours[key]["n"] or not rows[rival][key]["n"]:  # no such number
+            reason = not_judged(ours, rows[rival], key)
+            if reason == "no such number":
                 continue
             gap = ours[key]["mean"] - rows[rival][key]["mean"]
             spread = max(ours[key]["std"], rows[rival][key]["std"])
             what = dict(COLUMNS)[key]
-            if min(ours[key]["n"], rows[rival][key]["n"]) < 2:  # no spread to beat
+            if reason == ONE_SEED:
                 side = "ahead of" if gap > 0 else "not ahead of"
                 out.append(
                     f"- FedLoGe is {side} {rival} on {what} by {100 * gap:+.1f} points, "
                     "on one seed: too few to say it beats it."
                 )
                 continue
-            if reason := unlike(ours, rows[rival], key):
-                out.append(f"- FedLoGe against {rival} on {what}: not judged ({reason}).")
+            if reason:
+                out.append(
+                    f"- FedLoGe against {rival} on {what}: {100 * gap:+.1f} points, not judged "
+                    f"({reason})."
+                )
                 continue
             word = "beats" if gap > spread else "does not beat"
             out.append(
@@ -299,17 +310,15 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
             continue
         cells = []
         for key in keys:
-            if not row[key]["n"] or not ours[key]["n"]:
+            reason = not_judged(ours, row, key)
+            if reason == "no such number":
                 cells.append("-")
                 continue
             gap = 100 * (ours[key]["mean"] - row[key]["mean"])
             spread = 100 * max(ours[key]["std"], row[key]["std"])
             text = f"{gap:+.1f}"
-            if min(ours[key]["n"], row[key]["n"]) < 2:  # one seed has no spread to beat
-                cells.append(text)
-                continue
-            if reason := unlike(ours, row, key):  # other seeds, or one of the two untuned
-                cells.append(f"{text} ({reason})")
+            if reason:  # one seed stays plain; other seeds, or one of the two untuned, said
+                cells.append(text if reason == ONE_SEED else f"{text} ({reason})")
                 continue
             cells.append(f"**{text}**" if gap > spread else f"_{text}_" if -gap > spread else text)
         lines.append(f"| {rival} | " + " | ".join(cells) + " |")
@@ -330,6 +339,8 @@ def paired_lines(paired: dict[str, dict[str, Any]]) -> list[str]:
                 if len(diff["differences"]) > 1
                 else f"seed {seeds} only"
             )
+            if untuned := diff.get("at_defaults"):
+                over += f"; {' and '.join(untuned)} at defaults, not judged"
             lines.append(
                 f"- Paired by seed, FedLoGe minus {rival} on {dict(COLUMNS)[key]}: {each} ({over})."
             )
@@ -346,16 +357,17 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
         ("generic_acc", "local_acc_masked", "final round"),
         ("selected_generic", "selected_local", "validation-chosen round"),
     ):
+        reason = not_judged(ours, fedavg, generic, local)
+        if reason == "no such number":
+            lines.append(f"- Goal at the {when}: not judged ({reason}).")
+            continue
         gap = ours[generic]["mean"] - fedavg[generic]["mean"]
         spread = max(ours[generic]["std"], fedavg[generic]["std"])
         local_gap = ours[local]["mean"] - fedavg[local]["mean"]
-        met = gap > spread and local_gap >= 0
-        said = "met" if met else "not met"
+        said = "met" if gap > spread and local_gap >= 0 else "not met"
         against = f" vs std {100 * spread:.1f}"
-        if min(ours[generic]["n"], fedavg[generic]["n"]) < 2:
-            said, against = "not judged (one seed: no spread to beat)", ""
-        elif reason := unlike(ours, fedavg, generic, local):
-            said = f"not judged ({reason})"
+        if reason:
+            said, against = f"not judged ({reason})", "" if reason == ONE_SEED else against
         lines.append(
             f"- Goal at the {when}: {said} (generic {100 * gap:+.1f}{against}; "
             f"local {100 * local_gap:+.1f})."

@@ -49,12 +49,11 @@ from common import (
     run_script,
     write_results,
 )
-from fed_sweep_choice import rebuild_choice, write_choice
+from fed_sweep_collect import collect, collect_method
 from fed_sweep_kept import (
     import_kept,
     kept_results,
     only_kept,
-    search_finished,
     with_kept,
 )
 from fed_sweep_report import knobs_plot, lr_plot, markdown, norm_plot, validation_counts
@@ -67,6 +66,7 @@ from fed_sweep_specs import (
     method_of,
     second_stage,
     spec,
+    stage_dir,
     sweep_name,
 )
 from processes import run_child, run_in_parallel
@@ -87,11 +87,6 @@ def inherited_lr(runs: Path, setting: str, algorithm: str, earlier: Path) -> dic
             "sweep fedavg first"
         )
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
-
-
-def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
-    """The sweep directory of a stage (1: the grid, 2: the refinement)."""
-    return runs / setting / (algorithm if stage == 1 else f"{algorithm}-stage2")
 
 
 def sweep(setting: str, algorithm: str, runs: Path, earlier: Path) -> None:
@@ -176,127 +171,6 @@ def write_stage_spec(
     return StageSpec(setting, name, stage, out, path, {**(fixed or {}), **inherited})
 
 
-def trial_numbers(out: Path, trial: dict[str, Any]) -> dict[str, Any]:
-    """Final-round and validation-chosen numbers of one finished trial, from its run."""
-    summary = json.loads((out / trial["run_dir"] / "summary.json").read_text())
-    headline, selected = summary["headline"], summary.get("selected", {})
-    row: dict[str, Any] = {"final": {}, "selected": {}}
-    for key in ("generic_acc", "generic_val_acc", "local_acc", "local_val_acc", "universal_acc"):
-        if key in headline:
-            row["final"][key] = headline[key]
-    for kind in ("generic", "local"):
-        if kind in selected:
-            pick = selected[kind]
-            row["selected"][kind] = {
-                "selected_by": pick["selected_by"],
-                "round": pick["round"],
-                "val": pick[f"{kind}_val_acc"],
-                "test": pick[f"{kind}_acc"],
-            }
-    return row
-
-
-def collect(runs: Path, setting: str, name: str) -> dict[str, Any] | None:
-    """A sweep's trials over both stages, each with its numbers, and the choice among them
-    (the best validation score, by the sweep's own choice function)."""
-    from trustvision.sweep.choose import choose_trial
-
-    trials, searches = [], {}
-    tag = "lr." if name in {follow_up_name(a) for a in FOLLOW_UP} else ""
-    for stage in (1, 2):
-        out = stage_dir(runs, setting, name, stage)
-        if not (out / "sweep.json").is_file():
-            continue
-        report = json.loads((out / "sweep.json").read_text())
-        # what import_kept checks before a new machine continues this stage from the report
-        searches[str(stage)] = {
-            "spec": report["spec"],
-            "config_sha256": report.get("config_sha256"),
-        }
-        for trial in report["trials"]:
-            trial = {**trial, "stage": stage, "id": f"{tag}{stage}.{trial['number']}"}
-            trial["sweep"] = str(out)
-            imported = trial.pop("imported", None)  # kept by the report, its run gone
-            if trial["state"] == "COMPLETE":
-                trial["numbers"] = imported["numbers"] if imported else trial_numbers(out, trial)
-            trials.append(trial)
-    if not trials:
-        return None
-    scored = [(i, t["validation"]) for i, t in enumerate(trials) if t["state"] == "COMPLETE"]
-    pick = choose_trial(scored, "maximize")
-    chosen = None if pick is None else trials[pick]
-    done = complete(runs, setting, name)
-    return {
-        **{"trials": trials, "chosen": chosen, "selected_by": "validation", "complete": done},
-        "searches": searches,
-    }
-
-
-def complete(runs: Path, setting: str, name: str) -> bool:
-    """Whether a sweep ran every trial of its grid and, where the grid chose a value to refine,
-    of its second stage: only then may a report keep it in place of its runs. A trial that
-    failed counts as run (a killed one is run again by the sweep itself)."""
-
-    def sweep_report(stage: int) -> dict[str, Any] | None:
-        path = stage_dir(runs, setting, name, stage) / "sweep.json"
-        report = json.loads(path.read_text()) if path.is_file() else None
-        return report if report and report["trials_done"] >= report["trials_planned"] else None
-
-    first = sweep_report(1)
-    if first is None:
-        return False
-    key = knob(name)[0]
-    grid = sorted({trial["params"][key] for trial in first["trials"]})  # once each, if rerun
-    refine = first["chosen"] is not None and second_stage(grid, first["chosen"]["params"][key])
-    return not refine or sweep_report(2) is not None
-
-
-def collect_method(runs: Path, setting: str, algorithm: str) -> dict[str, dict[str, Any]]:
-    """A method's sweep and its follow-up's, by name; writes the method's choice, the best
-    validation score over both (`final` marks the sweep it came from)."""
-    from trustvision.sweep.choose import choose_trial
-
-    reports: dict[str, dict[str, Any]] = {}
-    first = collect(runs, setting, algorithm)
-    if first is None:
-        return reports
-    reports[algorithm] = first
-    if algorithm in INHERITS_LR:
-        first["fixed"] = ran_at(first, "optim.lr")
-    follow = collect(runs, setting, follow_up_name(algorithm)) if algorithm in FOLLOW_UP else None
-    if follow is not None:
-        reports[follow_up_name(algorithm)] = {
-            **follow,
-            "fixed": ran_at(follow, KNOBS[algorithm][0]),
-        }
-    done = [(n, r) for n, r in reports.items() if r["chosen"] is not None]
-    pick = choose_trial(
-        [(i, r["chosen"]["validation"]) for i, (_, r) in enumerate(done)], "maximize"
-    )
-    for i, (_, report) in enumerate(done):
-        report["final"] = i == pick
-    if pick is not None and search_finished(reports, algorithm):
-        name, report = done[pick]
-        if report["chosen"]["run_dir"] is None:  # measured before its runs were lost
-            rebuild_choice(runs / setting, setting, name, report)
-        else:
-            write_choice(runs / setting, algorithm, report)
-    else:  # a choice of an earlier, restarted search is not this one's
-        for suffix in (".yaml", ".json"):
-            (runs / setting / f"{algorithm}.chosen{suffix}").unlink(missing_ok=True)
-    return reports
-
-
-def ran_at(report: dict[str, Any], key: str) -> dict[str, Any]:
-    """`{key: value}`, the value a sweep held `key` at (a follow-up its method's own knob, a
-    method in INHERITS_LR FedAvg's learning rate), from that sweep's spec."""
-    sweep_dir = (report["chosen"] or report["trials"][0])["sweep"]  # where the choice ran
-    spec_file = Path(sweep_dir) / "spec.yaml"
-    overrides = yaml.safe_load(spec_file.read_text())["overrides"]
-    values = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.startswith(f"{key}=")]
-    return {key: values[-1]} if values else {}
-
-
 def sweep_all(
     jobs: list[tuple[str, str]],
     kept: dict[str, dict[str, Any]],
@@ -333,7 +207,8 @@ def parse_args() -> argparse.Namespace:
         "--algorithms",
         nargs="+",
         choices=list(KNOBS),
-        help="default: all ten (Fashion-MNIST), fedavg fedloge (CIFAR-10)",
+        help="of each setting's methods (all ten on Fashion-MNIST, fedavg and fedloge on "
+        "CIFAR-10), only these (default: all of them)",
     )
     parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
@@ -342,15 +217,22 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def jobs_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Every (setting, method) asked for: each setting's methods (`--algorithms` picks among
+    them)."""
+    return [
+        (s, a)
+        for s in args.settings
+        for a in SETTINGS[s].get("algorithms", list(KNOBS))
+        if args.algorithms is None or a in args.algorithms
+    ]
+
+
 def main() -> None:
     from trustvision.runs import machine_summary
 
     args = parse_args()
-    jobs = [
-        (s, a)
-        for s in args.settings
-        for a in args.algorithms or SETTINGS[s].get("algorithms", list(KNOBS))
-    ]
+    jobs = jobs_of(args)
     earlier = args.out / "fed-sweep.json"  # stands in for the runs that are gone
     kept = kept_results(earlier)
     if not args.report_only:

@@ -89,7 +89,8 @@ def import_kept(
     that only the grid's other points run. Kept trials of another search (the sweep held a
     different value fixed: FedAvg's rate, say, chosen again since; another grid, objective or
     overrides; a config whose values changed since) are not imported: the stage is swept from
-    its start. Reports written before 2026-11-30 recorded only the value held fixed."""
+    its start. A report without `searches` (before 2026-11-29's) recorded only the value held
+    fixed; a damaged `searches` entry is an error (restore the report)."""
     report = kept_results(earlier).get(setting, {}).get(name)
     if (out / STUDY_FILE).exists() or report is None:
         return
@@ -104,10 +105,17 @@ def import_kept(
         return
     source = str(earlier.relative_to(ROOT) if earlier.is_relative_to(ROOT) else earlier)
     searched = (report.get("searches") or {}).get(str(stage))
+    if searched is not None and not (
+        isinstance(searched, dict) and isinstance(searched.get("spec"), dict)
+    ):
+        raise ConfigError(
+            f"`{earlier}`: {setting} {name}'s `searches` entry of stage {stage} is damaged "
+            f"({searched!r:.80}): restore it (`git checkout -- {earlier}`)"
+        )
     try:
         if searched is not None:
             check_same_search(
-                load_spec(spec_path), searched["spec"], searched["config_sha256"], source=source
+                load_spec(spec_path), searched["spec"], searched.get("config_sha256"), source=source
             )
         queued = import_trials(load_spec(spec_path), out, trials, source=source)
     except ConfigError as err:  # refused before anything was written

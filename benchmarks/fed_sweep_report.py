@@ -58,9 +58,9 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def fedavg_rates(results: dict[str, dict[str, Any]]) -> list[float]:
-    """The learning rates validation chose for FedAvg, over the settings."""
-    chosen = [block.get("fedavg", {}).get("chosen") for block in results.values()]
-    return sorted({c["params"]["optim.lr"] for c in chosen if c is not None})
+    """The learning rates validation chose for FedAvg (finished sweeps), over the settings."""
+    done = [b["fedavg"] for b in results.values() if b.get("fedavg", {}).get("complete", True)]
+    return sorted({r["chosen"]["params"]["optim.lr"] for r in done if r.get("chosen")})
 
 
 def intro_lines(meta: dict[str, Any], rates: list[float]) -> list[str]:
@@ -98,9 +98,10 @@ def intro_lines(meta: dict[str, Any], rates: list[float]) -> list[str]:
     return [
         *lines,
         "",
-        "FedLoGe's learning rate stayed at the config's 0.03 while FedAvg's (its only knob) "
-        f"moved to {' and '.join(map(str, rates))} (validation's choices over the settings), "
-        "so FedLoGe then has its learning rate swept the same way (grid "
+        "FedLoGe's learning rate stayed at the config's 0.03 while FedAvg's, its only knob, "
+        "was tuned"
+        + (f" (validation chose {' and '.join(map(str, rates))})" if rates else "")
+        + ", so FedLoGe then has its learning rate swept the same way (grid "
         "and second stage) at the norm target validation chose (`fedloge-lr`): 18 trials to "
         "FedAvg's 9. `compared`: the sweep whose chosen trial (the best validation score over "
         "a method's sweeps) benchmarks/fed_compare.py trains over more seeds; `not yet` while "
@@ -121,9 +122,10 @@ def kept_lines(block: dict[str, Any]) -> list[str]:
         )
     if searching := [name for name in kept if name not in done]:
         lines.append(
-            f"Kept from the earlier report, unfinished ({', '.join(searching)}): their runs are "
-            "gone; the sweep continues from the trials kept, and fed_compare has no choice of "
-            "theirs until it ends."
+            f"Kept from the earlier report, their method's search unfinished "
+            f"({', '.join(searching)}): their runs are gone; the search continues (an "
+            "unfinished sweep from the trials kept), and fed_compare has no choice of theirs "
+            "until it ends."
         )
     return [*lines, ""] if lines else []
 
@@ -185,15 +187,24 @@ def trial_minutes(report: dict[str, Any]) -> str:
 
 
 def trial_hours(block: dict[str, Any]) -> str:
-    """The wall-clock hours a setting's sweeps took, in all and per sweep."""
+    """The wall-clock hours a setting's sweeps took, in all and per sweep: a lower bound where
+    a trial killed with its sweep recorded no time (its retry did)."""
+    trials = [t for r in block.values() for t in r["trials"] if t.get("state") != "RUNNING"]
+    untimed = sum(t.get("seconds") is None for t in trials)
     hours = {
         name: sum(t.get("seconds") or 0 for t in report["trials"]) / 3600
         for name, report in block.items()
     }
     each = ", ".join(f"{name} {value:.1f}" for name, value in hours.items())
+    unknown = (
+        f"; {untimed} killed with their sweep recorded none, so this is a lower bound"
+        if untimed
+        else ""
+    )
     return (
-        f"Trial time: {sum(hours.values()):.1f} hours in all (the sum of every trial's "
-        f"wall-clock `seconds`, failed and killed trials included): {each}."
+        f"Trial time: {sum(hours.values()):.1f} hours in all (the sum of the wall-clock "
+        f"`seconds` of the {len(trials) - untimed} trials that recorded one, failed ones "
+        f"included{unknown}): {each}."
     )
 
 

@@ -1,9 +1,11 @@
 """What benchmarks/fed_sweep.py sweeps: each federated method's own most important knob and
 its grid, the follow-up sweeps, which methods inherit FedAvg's chosen learning rate, the
-sweep spec of one (setting, method), a `trustvision sweep` spec, and the second stage's grid."""
+sweep spec of one (setting, method), a `trustvision sweep` spec, the second stage's grid, and
+where a stage's sweep lies."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from common import FED_SETTINGS as SETTINGS
@@ -117,3 +119,8 @@ def second_stage(grid: list[float], best: float) -> list[float]:
         for v in dict.fromkeys(float(f"{v:.4g}") if isinstance(v, float) else v for v in new)
         if v not in values
     ]
+
+
+def stage_dir(runs: Path, setting: str, algorithm: str, stage: int) -> Path:
+    """The sweep directory of a stage (1: the grid, 2: the refinement)."""
+    return runs / setting / (algorithm if stage == 1 else f"{algorithm}-stage2")

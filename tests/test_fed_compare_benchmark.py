@@ -56,8 +56,24 @@ def test_a_method_whose_sweep_is_still_searching_is_not_trained_at_its_defaults(
     argv += ["--runs", str(tmp_path / "runs")]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(bench, "train", lambda *a: pytest.fail("trained before refusing"))
-    with pytest.raises(SystemExit, match=r"the sweeps of fedloge \(cifar10\) .* not chosen"):
+    with pytest.raises(SystemExit, match=r"the sweeps of fedloge \(cifar10\) .* chosen nothing"):
         bench.main()
+
+
+def test_each_setting_runs_its_own_methods_and_algorithms_picks_among_them(monkeypatch):
+    bench = benchmark("fed_compare")
+    argv = ["fed_compare.py", "--settings", "cifar10", "fmnist-cnn"]
+    monkeypatch.setattr(sys, "argv", argv)
+    jobs = bench.jobs_of(bench.parse_args())
+    assert {a for s, a, _ in jobs if s == "cifar10"} == {"fedavg", "fedloge"}
+    assert {a for s, a, _ in jobs if s == "fmnist-cnn"} == set(bench.ALGORITHMS)
+    monkeypatch.setattr(sys, "argv", [*argv, "--algorithms", "fedprox", "fedloge"])
+    picked = bench.jobs_of(bench.parse_args())
+    assert sorted({(s, a) for s, a, _ in picked}) == [
+        ("cifar10", "fedloge"),  # FedProx is no CIFAR-10 method: not run there
+        ("fmnist-cnn", "fedloge"),
+        ("fmnist-cnn", "fedprox"),
+    ]
 
 
 def test_the_seed_the_sweeps_chose_on_is_never_compared_for_a_tuned_method(tmp_path, monkeypatch):
@@ -127,7 +143,8 @@ def test_fedloge_is_paired_with_each_rival_on_the_seeds_both_ran_only():
 
     def row(seed, generic, local):
         keys = dict.fromkeys(("selected_generic", "selected_local"), None)
-        return {**keys, "seed": seed, "generic_acc": generic, "local_acc_masked": local}
+        row = {**keys, "seed": seed, "generic_acc": generic, "local_acc_masked": local}
+        return row | {"tuned": True}
 
     block = {
         "fedloge": [row(1, 0.85, 0.93), row(2, 0.79, 0.92), row(3, 0.80, 0.90)],
@@ -292,9 +309,9 @@ def test_a_tuned_method_is_not_judged_against_one_at_its_defaults():
     report = benchmark("fed_compare_report")
     keys = [key for key, _ in report.RIVALS]
 
-    def row(mean, selected_by):
-        stats = {k: {"mean": mean, "std": 0.001, "n": 3} for k in keys}
-        return {"seeds": [1, 2, 3], "selected_by": selected_by, **stats}
+    def row(mean, selected_by, seeds=(1, 2, 3)):
+        stats = {k: {"mean": mean, "std": 0.001, "n": len(seeds)} for k in keys}
+        return {"seeds": list(seeds), "selected_by": selected_by, **stats}
 
     rows = {"fedloge": row(0.9, "defaults"), "fedavg": row(0.5, "validation")}
     text = "\n".join(report.verdict(rows))
@@ -302,6 +319,29 @@ def test_a_tuned_method_is_not_judged_against_one_at_its_defaults():
     assert "not judged (FedLoGe at its defaults)" in text
     table = "\n".join(report.against_every_method(rows))
     assert "| fedavg | +40.0 (FedLoGe at its defaults) |" in table
+    # on one seed (CIFAR-10's case) too: the untuned side is said before the seed count
+    one = {"fedloge": row(0.9, "validation", [1]), "fedavg": row(0.5, "defaults", [1])}
+    text = "\n".join(report.verdict(one))
+    assert "not judged (the rival at its defaults)" in text and "too few" not in text
+    assert "| fedavg | +40.0 (the rival at its defaults) |" in "\n".join(
+        report.against_every_method(one)
+    )
+    runs = {
+        a: [{"seed": 1, "tuned": a == "fedloge", **dict.fromkeys(keys, m)}]
+        for a, m in (("fedloge", 0.9), ("fedavg", 0.5))
+    }
+    paired = benchmark("fed_compare_numbers").paired(runs)
+    assert all("fedavg at defaults, not judged" in line for line in report.paired_lines(paired)[1:])
+
+
+def test_a_number_a_method_lacks_is_neither_a_verdict_nor_a_goal():
+    report = benchmark("fed_compare_report")
+    keys = [key for key, _ in report.RIVALS]
+    ours = {"seeds": [1], "selected_by": "validation"}
+    ours |= {k: {"mean": 0.9, "std": 0.0, "n": 1} for k in keys}
+    none = {**ours, **{k: {"mean": float("nan"), "std": float("nan"), "n": 0} for k in keys}}
+    text = "\n".join(report.verdict({"fedloge": ours, "fedavg": none}))
+    assert "nan" not in text and "Goal at the final round: not judged (no such number)." in text
 
 
 def test_a_setting_none_of_whose_kept_rows_stand_is_not_reported(tmp_path):

@@ -79,6 +79,12 @@ def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
     moved = tmp_path / "moved"
     assert not (import_stage(bench, every, moved, 2, [0.3, 0.6]) / "study.db").exists()
     assert (import_stage(bench, every, moved, 2, [0.4, 0.8]) / "study.db").exists()
+    # the report keeps what the stage searched, which a new machine checks before continuing
+    assert collected["searches"]["1"]["config_sha256"] == config_digest(read_saved_spec(out))
+    again = {"fmnist-cnn": {"fedavg": collected}}
+    assert (import_stage(bench, again, tmp_path / "again", 1, grid) / "study.db").exists()
+    collected["searches"]["1"]["spec"]["overrides"].append("rounds=5")  # another search
+    assert not (import_stage(bench, again, tmp_path / "edited", 1, grid) / "study.db").exists()
 
 
 def test_a_choice_among_imported_trials_is_rebuilt_for_fed_compare(tmp_path):
@@ -119,7 +125,7 @@ def test_the_report_says_how_much_one_tail_image_moves_generic_validation():
     assert "601, 361, 210, 129, 80, 48, 26, 17, 10, 6" in line
 
 
-def test_the_report_sums_every_trials_time_failed_and_killed_ones_included():
+def test_the_report_sums_every_timed_trial_and_says_how_many_recorded_no_time():
     report = benchmark("fed_sweep_report")
     block = {
         "fedavg": {"trials": [{"seconds": 3600}, {"seconds": 1800}, {"seconds": None}]},
@@ -127,7 +133,10 @@ def test_the_report_sums_every_trials_time_failed_and_killed_ones_included():
     }
     line = report.trial_hours(block)
     assert line.startswith("Trial time: 3.0 hours in all")
+    assert "of the 3 trials that recorded one" in line and "2 killed with their sweep" in line
     assert line.endswith(": fedavg 1.5, fedlc 1.5.")
+    timed = {"fedavg": {"trials": [{"seconds": 3600}]}}
+    assert "lower bound" not in report.trial_hours(timed)
 
 
 def test_kept_trials_of_another_objective_overrides_or_config_are_not_imported(tmp_path):
@@ -152,6 +161,10 @@ def test_kept_trials_of_another_objective_overrides_or_config_are_not_imported(t
         "overrides": ({**ran, "spec": {**ran["spec"], "overrides": ["rounds=5"]}}, False),
         "config": ({**ran, "config_sha256": "0" * 64}, False),
     }
+    damaged = {"fmnist-cnn": {"fedavg": {**report, "trials": first, "complete": False}}}
+    damaged["fmnist-cnn"]["fedavg"]["searches"] = {"1": {"config_sha256": None}}
+    with pytest.raises(ConfigError, match=r"fedavg's `searches` entry of stage 1 is damaged"):
+        import_stage(bench, damaged, tmp_path / "damaged", 1, grid)
     for case, (searched, imported) in cases.items():
         kept = {"fmnist-cnn": {"fedavg": {**report, "trials": first, "complete": False}}}
         kept["fmnist-cnn"]["fedavg"]["searches"] = {"1": searched}
@@ -178,3 +191,12 @@ def test_kept_unfinished_sweeps_are_not_said_to_be_compared():
     assert "(fedavg)" in done and "trains their chosen configs again" in done
     assert "unfinished (fedprox)" in searching and "no choice of theirs" in searching
     assert blank == ""
+
+
+def test_a_running_trials_value_is_not_yet_among_the_values_tried():
+    report = benchmark("fed_sweep_report")
+    fedavg = fed_sweep().kept_results(COMMITTED)["fmnist-cnn"]["fedavg"]
+    running = {"number": 99, "state": "RUNNING", "params": {"optim.lr": 7.0}, "stage": 2}
+    block = {"fedavg": {**fedavg, "trials": [*fedavg["trials"], running], "complete": False}}
+    (row,) = report.choice_table(block, {"fedavg": "optim.lr"})[2:]
+    assert "7.0" not in row.split("|")[3]  # the `values tried` cell

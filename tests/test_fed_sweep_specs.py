@@ -253,11 +253,11 @@ def test_only_a_complete_sweep_is_kept_in_place_of_its_runs(tmp_path):
         (out / "sweep.json").write_text(json.dumps(report))
 
     write(1, 6, 0.05)  # killed before its last trial
-    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+    assert not benchmark("fed_sweep_collect").complete(runs, "fmnist-cnn", "fedavg")
     write(1, 7, 0.05)  # an inner best: two values between it and its neighbours follow
-    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+    assert not benchmark("fed_sweep_collect").complete(runs, "fmnist-cnn", "fedavg")
     write(2, 2, 0.05)
-    assert bench.complete(runs, "fmnist-cnn", "fedavg")
+    assert benchmark("fed_sweep_collect").complete(runs, "fmnist-cnn", "fedavg")
 
     # a best at the grid's bottom, its trial killed and run again: stage 2 goes below it
     shutil.rmtree(bench.stage_dir(runs, "fmnist-cnn", "fedavg", 2))
@@ -266,7 +266,7 @@ def test_only_a_complete_sweep_is_kept_in_place_of_its_runs(tmp_path):
     report = json.loads((out / "sweep.json").read_text())
     report["trials"].append(report["trials"][0])
     (out / "sweep.json").write_text(json.dumps(report))
-    assert not bench.complete(runs, "fmnist-cnn", "fedavg")
+    assert not benchmark("fed_sweep_collect").complete(runs, "fmnist-cnn", "fedavg")
 
     kept = {"fmnist-cnn": {"fedavg": {"trials": [], "chosen": None}}}  # before `complete`
     gone = tmp_path / "gone"
