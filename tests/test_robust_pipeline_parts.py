@@ -250,3 +250,10 @@ def test_a_crop_wider_than_the_images_stops_the_pipeline_before_any_training(tmp
     with pytest.raises(ConfigError, match=said):
         pipeline.run_pipeline(cfg.model_copy(update={"mixnet": wide}), tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_the_gate_check_chooses_no_candidate_whose_gate_does_not_separate():
+    gate_check = benchmark("robust_gate_check")
+    rows = [{"candidate": "a", "separation": -0.117}, {"candidate": "b", "separation": -0.122}]
+    assert gate_check.choose(rows) is None
+    assert gate_check.choose([*rows, {"candidate": "c", "separation": 0.2}]) == "c"
