@@ -59,7 +59,8 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def fedavg_rates(results: dict[str, dict[str, Any]]) -> list[float]:
     """The learning rates validation chose for FedAvg (finished sweeps), over the settings."""
-    done = [b["fedavg"] for b in results.values() if b.get("fedavg", {}).get("complete", True)]
+    sweeps = [block["fedavg"] for block in results.values() if "fedavg" in block]
+    done = [report for report in sweeps if report.get("complete", True)]
     return sorted({r["chosen"]["params"]["optim.lr"] for r in done if r.get("chosen")})
 
 
@@ -254,7 +255,8 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
         if chosen is not None:
             label = "chosen (val)" if report.get("complete", True) else "best so far (val)"
             ax.axvline(chosen["params"][key], color="grey", linestyle=":", label=label)
-        ax.set(xscale="log", xlabel="SSE-C norm target", ylabel="top-1 % (round chosen on val)")
+        log_axis(ax, [t["params"][key] for t in done])
+        ax.set(xlabel="SSE-C norm target", ylabel="top-1 % (round chosen on val)")
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
         authors.plot(list(AUTHORS_NORM), list(AUTHORS_NORM.values()), "k-o")
@@ -264,6 +266,19 @@ def norm_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[s
             "plot": str(save_figure(fig, out / f"fed_sweep_{setting}_fedloge_norm.png"))
         }
     return made
+
+
+def log_axis(ax: Any, values: list[float]) -> None:
+    """A log x axis labelled as plain numbers at the powers of ten, and at 2 and 5 times them
+    where the `values` span under three decades: matplotlib's default labels its minor ticks
+    as well when they span under two, and those labels overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    wide = max(values) >= 1000 * min(values)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def completed(report: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -300,7 +315,8 @@ def lr_plot(results: dict[str, dict[str, Any]], out: Path, key: str) -> dict[str
                 chosen = report["chosen"]["params"][key]
                 said = "chosen" if report.get("complete", True) else "best so far"
                 ax.axvline(chosen, color=color, linestyle=":", label=f"{label} {said} on val")
-        ax.set(xscale="log", xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
+        log_axis(ax, [t["params"][key] for r in sweeps.values() for t in completed(r, key)])
+        ax.set(xlabel="learning rate", ylabel="top-1 % (round chosen on val)")
         ax.set_title(SETTINGS[setting]["title"], fontsize=9)
         ax.legend(fontsize=8)
         made[setting] = {"lr_plot": str(save_figure(fig, out / f"fed_sweep_{setting}_lr.png"))}
@@ -335,7 +351,7 @@ def knobs_plot(
                 ax.axvline(chosen["params"][key], color="grey", linestyle=":")
             values = [t["params"][key] for t in done]
             if min(values) > 0 and max(values) >= 10 * min(values):
-                ax.set_xscale("log")
+                log_axis(ax, values)
             unfinished = "" if block[name].get("complete", True) else " (unfinished)"
             ax.set_title(f"{name}: {key.rpartition('.')[2]}{unfinished}", fontsize=9)
             ax.tick_params(labelsize=7)

@@ -200,3 +200,16 @@ def test_a_running_trials_value_is_not_yet_among_the_values_tried():
     block = {"fedavg": {**fedavg, "trials": [*fedavg["trials"], running], "complete": False}}
     (row,) = report.choice_table(block, {"fedavg": "optim.lr"})[2:]
     assert "7.0" not in row.split("|")[3]  # the `values tried` cell
+
+
+def test_the_intro_names_fedavgs_rates_from_finished_sweeps_only():
+    report = benchmark("fed_sweep_report")
+    fedavg = fed_sweep().kept_results(COMMITTED)["fmnist-cnn"]["fedavg"]  # chose 0.2
+    searching = {**fedavg, "chosen": {**fedavg["chosen"], "params": {"optim.lr": 0.05}}}
+    results = {
+        "fmnist-cnn": {"fedavg": fedavg},
+        "cifar10": {"fedloge": fedavg},  # no FedAvg sweep there yet
+        "fmnist-gap": {"fedavg": {**searching, "complete": False}},
+    }
+    assert report.fedavg_rates(results) == [0.2]
+    assert report.fedavg_rates({"cifar10": {}}) == []
