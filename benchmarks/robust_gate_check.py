@@ -12,8 +12,9 @@ config otherwise, the configured gate: no gate sweep) into
 <work>/<data>/gate-check/<settings>/, and reads after the last epoch, in evaluation mode on
 the monitor's validation images (`mixnet.monitor_images`; never a test image), the mean alpha
 on the clean images, under PGD on the mix's loss (not aimed at the gate, though its gradient
-runs through it, as AutoAttack's attacks do) and under PGD that also pushes the gate down. The choice: the largest separation,
-attacked minus clean. A candidate's settings apply to the config as it is now, and a candidate
+runs through it, as AutoAttack's attacks do) and under PGD that also pushes the gate down.
+The choice: the largest separation, attacked minus clean, if it is above zero (else none: no
+candidate's gate weighs the robust base more under attack). A candidate's settings apply to the config as it is now, and a candidate
 begun with another config is retired and trained again: once the config holds a chosen recipe,
 name the other candidates by every setting in which they differ from it. One on bases the
 pipeline has since retrained was retired by it. Once the config holds the chosen
@@ -27,6 +28,7 @@ of candidates checked earlier, whose runs may be gone.
         --candidate bce_weight_max=0 --candidate bce_weight_max=0.4
     .venv/bin/python benchmarks/robust_gate_check.py --datasets fashion-mnist \\
         --candidate bce_weight_max=0 --candidate bce_weight_max=0 epochs=5 train_subset=null
+    .venv/bin/python benchmarks/robust_gate_check.py --report-only   # rewrite the report only
 """
 
 from __future__ import annotations
