@@ -27,6 +27,7 @@ they were chosen. Ctrl-C (SIGINT to this process alone will do) stops the runnin
 
     .venv/bin/python benchmarks/fed_sweep.py --settings fmnist-cnn --algorithms fedloge fedavg
     .venv/bin/python benchmarks/fed_sweep.py --parallel 2     # two sweeps at once, a core each
+    .venv/bin/python benchmarks/fed_sweep.py --settings cifar10 --jobs 2  # two trials at once
     .venv/bin/python benchmarks/fed_sweep.py --report-only
 """
 
@@ -89,15 +90,16 @@ def inherited_lr(runs: Path, setting: str, algorithm: str, earlier: Path) -> dic
     return {"optim.lr": report["chosen"]["params"]["optim.lr"]}
 
 
-def sweep(setting: str, algorithm: str, runs: Path, earlier: Path) -> None:
+def sweep(setting: str, algorithm: str, runs: Path, earlier: Path, *, jobs: int = 1) -> None:
     """Run (or continue, or just find) both stages of a method's sweep, then those of its
-    follow-up at the value chosen over the first two; `earlier`: the report that stands in for
-    runs that are gone."""
-    stages(setting, algorithm, runs, earlier)
+    follow-up at the value chosen over the first two, `jobs` trials at once; `earlier`: the
+    report that stands in for runs that are gone."""
+    stages(setting, algorithm, runs, earlier, jobs=jobs)
     if algorithm in FOLLOW_UP:
         report = collect(runs, setting, algorithm)
         if report is not None and report["chosen"] is not None:
-            stages(setting, algorithm, runs, earlier, fixed=report["chosen"]["params"])
+            fixed = report["chosen"]["params"]
+            stages(setting, algorithm, runs, earlier, fixed=fixed, jobs=jobs)
 
 
 def stages(
@@ -107,18 +109,19 @@ def stages(
     earlier: Path,
     *,
     fixed: dict[str, Any] | None = None,
+    jobs: int = 1,
 ) -> None:
     """The grid stage and, where it chose a value, the refining stage of one sweep."""
     name = sweep_name(algorithm, fixed)
     key, grid = knob(name)
     first = write_stage_spec(setting, algorithm, runs, earlier, stage=1, grid=grid, fixed=fixed)
-    run_stage(first, earlier)
+    run_stage(first, earlier, jobs=jobs)
     chosen = json.loads((first.out / "sweep.json").read_text())["chosen"]
     if chosen is not None and (refined := second_stage(grid, chosen["params"][key])):
         second = write_stage_spec(
             setting, algorithm, runs, earlier, stage=2, grid=refined, fixed=fixed
         )
-        run_stage(second, earlier)
+        run_stage(second, earlier, jobs=jobs)
 
 
 class StageSpec(NamedTuple):
@@ -133,15 +136,16 @@ class StageSpec(NamedTuple):
     held: dict[str, Any]
 
 
-def run_stage(stage: StageSpec, earlier: Path) -> None:
-    """One stage's sweep, begun with the trials the earlier report kept of it where its runs
-    are gone."""
+def run_stage(stage: StageSpec, earlier: Path, *, jobs: int = 1) -> None:
+    """One stage's sweep, `jobs` trials at once, begun with the trials the earlier report kept
+    of it where its runs are gone."""
     setting, name, number, out, path, held = stage
     print(f"[{time.strftime('%H:%M:%S')}] sweep {setting} {name} stage {number}", flush=True)
     import_kept(earlier, setting, name, stage=number, out=out, spec_path=path, fixed=held)
     # One torch thread per trial: at batch 8 a second thread only waits (fed_compare.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trustvision", "sweep", "run", str(path), "--out", str(out)]
+    command += ["--jobs", str(jobs)]
     returncode = run_child(command, env=env)
     if returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed with exit code {returncode}")
@@ -178,20 +182,22 @@ def sweep_all(
     earlier: Path,
     *,
     parallel: int,
+    trials: int,
 ) -> None:
     """Run (or continue) the sweep of every (setting, method) the earlier report does not
-    keep, `parallel` at once; FedAvg's first where a method inherits its learning rate."""
+    keep, `parallel` at once and `trials` trials of each at once; FedAvg's first where a
+    method inherits its learning rate."""
     first = list(dict.fromkeys(s for s, a in jobs if a in INHERITS_LR))
     run_in_parallel(
         [
-            partial(sweep, setting, "fedavg", runs, earlier)
+            partial(sweep, setting, "fedavg", runs, earlier, jobs=trials)
             for setting in first
             if not only_kept(kept, runs, setting, "fedavg")
         ],
         workers=1,
     )
     rest = [
-        partial(sweep, s, a, runs, earlier)
+        partial(sweep, s, a, runs, earlier, jobs=trials)
         for s, a in jobs
         if not (a == "fedavg" and s in first) and not only_kept(kept, runs, s, a)
     ]
@@ -213,8 +219,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
     parser.add_argument("--parallel", type=int, default=1, help="sweeps at once, a core each")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials of each sweep at once, a core each (`sweep run --jobs`): a sweep killed "
+        "and run again may take another number",
+    )
     parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if min(args.parallel, args.jobs) < 1:
+        parser.error("--parallel and --jobs take a whole number of at least 1")
+    return args
 
 
 def jobs_of(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -236,7 +252,7 @@ def main() -> None:
     earlier = args.out / "fed-sweep.json"  # stands in for the runs that are gone
     kept = kept_results(earlier)
     if not args.report_only:
-        sweep_all(jobs, kept, args.runs, earlier, parallel=args.parallel)
+        sweep_all(jobs, kept, args.runs, earlier, parallel=args.parallel, trials=args.jobs)
         kept = kept_results(earlier)  # another fed_sweep may have written it since
     # the methods asked for, then the report's others (from their runs, where they are here)
     others = sorted({(s, method_of(n)) for s, block in kept.items() for n in block} - set(jobs))

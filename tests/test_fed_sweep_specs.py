@@ -301,3 +301,17 @@ def test_a_sweep_still_searching_writes_no_choice_for_fed_compare(tmp_path):
     finished_sweep(tmp_path / "t/fedloge", {1.0: 0.70, 4.0: 0.75}, norm)
     assert bench.collect_method(tmp_path, "t", "fedloge")["fedloge"]["complete"]
     assert not (tmp_path / "t/fedloge.chosen.yaml").exists()
+
+
+def test_a_stage_runs_as_many_trials_at_once_as_asked(tmp_path, monkeypatch):
+    bench = fed_sweep()
+    ran = []
+    monkeypatch.setattr(bench, "import_kept", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "run_child", lambda command, env: ran.append(command) or 0)
+    stage = bench.StageSpec("cifar10", "fedloge-lr", 1, tmp_path / "out", tmp_path / "s.yaml", {})
+    bench.run_stage(stage, tmp_path / "report.json", jobs=2)
+    (command,) = ran
+    assert command[command.index("--jobs") + 1] == "2"
+    monkeypatch.setattr("sys.argv", ["fed_sweep.py", "--jobs", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args()
