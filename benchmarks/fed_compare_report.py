@@ -213,14 +213,15 @@ def trained_on(rows: dict[str, Any]) -> str:
 
 
 ONE_SEED = "one seed: no spread to beat"
+NO_NUMBER = "no such number"
 
 
 def not_judged(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> str | None:
     """Why the gaps between FedLoGe's and a rival's means of `keys` are no verdict, or None:
-    a number missing, one of the two tuned on validation and the other at its defaults, one
+    a number missing (`NO_NUMBER`), one of the two tuned on validation and the other at its defaults, one
     seed (`ONE_SEED`), or means over other seeds (a missing number drops its seed silently)."""
     if any(not ours[key]["n"] or not rival[key]["n"] for key in keys):
-        return "no such number"
+        return NO_NUMBER
     if ours.get("selected_by") != rival.get("selected_by"):
         untuned = "FedLoGe" if ours.get("selected_by") == "defaults" else "the rival"
         return f"{untuned} at its defaults"
@@ -244,7 +245,7 @@ def verdict(rows: dict[str, Any]) -> list[str]:
     for key, rivals in RIVALS:
         for rival in (r for r in rivals if r in rows):
             reason = not_judged(ours, rows[rival], key)
-            if reason == "no such number":
+            if reason == NO_NUMBER:
                 continue
             gap = ours[key]["mean"] - rows[rival][key]["mean"]
             spread = max(ours[key]["std"], rows[rival][key]["std"])
@@ -311,7 +312,7 @@ def against_every_method(rows: dict[str, Any]) -> list[str]:
         cells = []
         for key in keys:
             reason = not_judged(ours, row, key)
-            if reason == "no such number":
+            if reason == NO_NUMBER:
                 cells.append("-")
                 continue
             gap = 100 * (ours[key]["mean"] - row[key]["mean"])
@@ -358,7 +359,7 @@ def goal(ours: dict[str, Any], fedavg: dict[str, Any]) -> list[str]:
         ("selected_generic", "selected_local", "validation-chosen round"),
     ):
         reason = not_judged(ours, fedavg, generic, local)
-        if reason == "no such number":
+        if reason == NO_NUMBER:
             lines.append(f"- Goal at the {when}: not judged ({reason}).")
             continue
         gap = ours[generic]["mean"] - fedavg[generic]["mean"]
