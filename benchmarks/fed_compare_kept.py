@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from trustvision.sweep.imported import by_name
+
 Job = tuple[str, str, int]  # (setting, algorithm, seed)
 
 
@@ -43,15 +45,6 @@ def config_digest(config: dict[str, Any]) -> str:
     `data.source`) by name: the same config in a checkout elsewhere has the same digest."""
     kept = {k: v for k, v in config.items() if k not in {"seed", "runs_dir"}}
     return hashlib.sha256(json.dumps(by_name(kept), sort_keys=True).encode()).hexdigest()
-
-
-def by_name(value: Any) -> Any:
-    """`value` with every string that is a path (holds a "/") replaced by its file name."""
-    if isinstance(value, dict):
-        return {k: by_name(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [by_name(v) for v in value]
-    return Path(value).name if isinstance(value, str) and "/" in value else value
 
 
 def stands_in(row: dict[str, Any], setting: str, algorithm: str, sweeps: Path) -> bool:

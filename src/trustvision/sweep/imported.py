@@ -69,16 +69,22 @@ def check_same_search(
 
 def portable(searched: dict[str, Any]) -> dict[str, Any]:
     """A sweep's spec with its config, and any override's value that is a path, as names."""
-
-    def name(value: str) -> str:
-        return Path(value).name if "/" in value else value
-
     overrides = [
-        f"{key}={name(value)}" if sep else item
+        f"{key}={by_name(value)}" if sep else item
         for item in searched.get("overrides") or []
         for key, sep, value in [str(item).partition("=")]
     ]
-    return {**searched, "config": name(str(searched.get("config"))), "overrides": overrides}
+    return {**searched, "config": by_name(str(searched.get("config"))), "overrides": overrides}
+
+
+def by_name(value: Any) -> Any:
+    """`value` with every string that is a path (holds a "/") replaced by its file name, in
+    mappings and lists too: what another machine's checkout changes of a spec or config."""
+    if isinstance(value, dict):
+        return {k: by_name(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [by_name(v) for v in value]
+    return Path(value).name if isinstance(value, str) and "/" in value else value
 
 
 def import_trials(
