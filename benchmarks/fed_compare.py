@@ -316,6 +316,8 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     jobs = jobs_of(args)
+    if not jobs:
+        raise SystemExit(f"none of {args.algorithms} is compared on {', '.join(args.settings)}")
     refuse_biased_jobs(jobs, args)
     report = read_report(args.out / "federated.json")
     earlier = reported_rows(report)

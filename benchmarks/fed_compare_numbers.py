@@ -102,7 +102,8 @@ def paired(block: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
             differences = [ours[s] - theirs[s] for s in seeds]
             stats = mean_std(differences)
             pair = {"seeds": seeds, "differences": differences, **stats}
-            if at_defaults := [a for a in ("fedloge", rival) if untuned(a)]:
-                pair["at_defaults"] = at_defaults  # said beside the differences
+            # one side tuned, the other not: no verdict (fed_compare_report.not_judged)
+            if len(at_defaults := [a for a in ("fedloge", rival) if untuned(a)]) == 1:
+                pair["at_defaults"] = at_defaults
             out.setdefault(rival, {})[key] = pair
     return out

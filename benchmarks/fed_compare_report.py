@@ -217,20 +217,21 @@ NO_NUMBER = "no such number"
 
 
 def not_judged(ours: dict[str, Any], rival: dict[str, Any], *keys: str) -> str | None:
-    """Why the gaps between FedLoGe's and a rival's means of `keys` are no verdict, or None:
-    a number missing (`NO_NUMBER`), one of the two tuned on validation and the other at its defaults, one
-    seed (`ONE_SEED`), or means over other seeds (a missing number drops its seed silently)."""
+    """Why the gaps between FedLoGe's and a rival's means of `keys` are no verdict, or None, in
+    this order: a number missing (`NO_NUMBER`), one of the two tuned on validation and the other
+    at its defaults, means over other seeds (named), one seed (`ONE_SEED`), or a seed's number
+    missing from a mean (it drops its seed silently)."""
     if any(not ours[key]["n"] or not rival[key]["n"] for key in keys):
         return NO_NUMBER
     if ours.get("selected_by") != rival.get("selected_by"):
         untuned = "FedLoGe" if ours.get("selected_by") == "defaults" else "the rival"
         return f"{untuned} at its defaults"
-    if min(min(ours[key]["n"], rival[key]["n"]) for key in keys) < 2:
-        return ONE_SEED
     seeds = ours.get("seeds")
-    count = len(seeds) if seeds is not None else ours[keys[0]]["n"]  # unrecorded: equal counts
     if seeds != rival.get("seeds"):
         return f"seeds {', '.join(map(str, rival.get('seeds') or []))}"
+    if min(min(ours[key]["n"], rival[key]["n"]) for key in keys) < 2:
+        return ONE_SEED
+    count = len(seeds) if seeds is not None else ours[keys[0]]["n"]  # unrecorded: equal counts
     if any(not ours[key]["n"] == rival[key]["n"] == count for key in keys):
         return "a seed's number missing"
     return None

@@ -218,18 +218,20 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results")
-    parser.add_argument("--parallel", type=int, default=1, help="sweeps at once, a core each")
+    parser.add_argument("--parallel", type=int, default=1, help="sweeps at once")
     parser.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="trials of each sweep at once, a core each (`sweep run --jobs`): a sweep killed "
-        "and run again may take another number",
+        help="trials of each sweep at once (`sweep run --jobs`), one thread each: parallel x "
+        "jobs trials share the cores; a sweep killed and run again may take another number",
     )
     parser.add_argument("--report-only", action="store_true", help="report finished sweeps")
     args = parser.parse_args()
     if min(args.parallel, args.jobs) < 1:
         parser.error("--parallel and --jobs take a whole number of at least 1")
+    if not jobs_of(args):
+        parser.error(f"none of {args.algorithms} is swept on {', '.join(args.settings)}")
     return args
 
 

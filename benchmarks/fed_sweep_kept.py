@@ -104,7 +104,8 @@ def import_kept(
         )
         return
     source = str(earlier.relative_to(ROOT) if earlier.is_relative_to(ROOT) else earlier)
-    searched = (report.get("searches") or {}).get(str(stage))
+    searches = report.get("searches") or {}
+    searched = searches.get(str(stage)) if isinstance(searches, dict) else searches
     if searched is not None and not (
         isinstance(searched, dict) and isinstance(searched.get("spec"), dict)
     ):

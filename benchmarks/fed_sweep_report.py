@@ -190,7 +190,8 @@ def trial_minutes(report: dict[str, Any]) -> str:
 def trial_hours(block: dict[str, Any]) -> str:
     """The wall-clock hours a setting's sweeps took, in all and per sweep: a lower bound where
     a trial killed with its sweep recorded no time (its retry did)."""
-    trials = [t for r in block.values() for t in r["trials"] if t.get("state") != "RUNNING"]
+    finished = {"COMPLETE", "FAIL", "PRUNED", None}  # None: a record without a state
+    trials = [t for r in block.values() for t in r["trials"] if t.get("state") in finished]
     untimed = sum(t.get("seconds") is None for t in trials)
     hours = {
         name: sum(t.get("seconds") or 0 for t in report["trials"]) / 3600

@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train nothing: rewrite the report from docs/results/robust-gate-check.json",
     )
     args = parser.parse_args(argv)
+    if args.report_only and args.adopt:
+        parser.error("--adopt hands over a network a check trained: not with --report-only")
     args.candidates = args.candidates or DEFAULT_CANDIDATES
     return args
 
@@ -179,7 +181,8 @@ def merged(
     previous: dict[str, Any] | None, rows: list[dict[str, Any]], cfg: PipelineConfig
 ) -> dict[str, Any]:
     """A data set's record: this check's rows, then the earlier rows of other candidates (their
-    runs may be gone; their numbers stay), and the largest separation among them all chosen.
+    runs may be gone; their numbers stay), and the largest separation among them all chosen
+    if it is above zero (`choose`).
     A label names settings relative to the config of its day, so whether an earlier row's
     network is the config's is judged from the full settings it recorded (None: not recorded)."""
     named = {row["candidate"] for row in rows}
@@ -201,8 +204,8 @@ def choose(rows: list[dict[str, Any]]) -> str | None:
     """The candidate whose gate separates attacked from clean images most, if any does: at a
     separation at or below zero the gate gives the robust base (alpha) no more weight under
     attack than on clean images."""
-    best = max(rows, key=lambda row: row["separation"])
-    return best["candidate"] if best["separation"] > 0 else None
+    best = max(rows, key=lambda row: row["separation"], default=None)
+    return best["candidate"] if best is not None and best["separation"] > 0 else None
 
 
 def candidate_row(cfg: PipelineConfig, candidate: list[str], path: Path) -> dict[str, Any]:
@@ -252,11 +255,11 @@ def adopt(work: Path, run: Path, cfg: PipelineConfig, candidate: list[str]) -> b
     return True
 
 
-def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
+def markdown(records: dict[str, dict[str, Any]], command: str, machine: str) -> str:
     lines = [
         "# The gate check: the mixing network's training recipe, chosen on validation images",
         "",
-        f"Written by `{command}`; machine: {machine_summary()}.",
+        f"Written by `{command}`; machine: {machine}.",
         "",
         "Each candidate's `mixnet` settings train the benchmark's mixing network (its "
         "config otherwise) on the same bases. Mean alpha in evaluation mode after the last "
@@ -265,7 +268,7 @@ def markdown(records: dict[str, dict[str, Any]], command: str) -> str:
         "lowers alpha where the standard base is easier to fool, as AutoAttack's attacks do) "
         "and under PGD that also "
         "pushes the gate down (`adaptive`). The choice (**bold**) is the largest separation, "
-        "attacked minus clean; no test image is read. A check names its candidates; the "
+        "attacked minus clean, if it is above zero; no test image is read. A check names its candidates; the "
         "rows of candidates checked earlier stay (their runs may be gone); whether a row's network "
         "is the config's is judged from the full settings it recorded (`?`: rows from before "
         "rows recorded them; a label names settings relative to the config of its day).",
@@ -316,9 +319,27 @@ def main(argv: list[str] | None = None) -> None:
         report(args, checked)
 
 
+def read_report(path: Path, *, required: bool) -> dict[str, Any]:
+    """The earlier report at `path` ({} where there is none and none is `required`)."""
+    if not path.is_file():
+        if required:
+            raise ConfigError(f"no `{path}` to rewrite: run a check first")
+        return {"datasets": {}}
+    try:
+        body = json.loads(path.read_text())
+        if not all(row["candidates"] for row in body["datasets"].values()):
+            raise ValueError("a data set without candidates")
+        return dict(body)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(
+            f"`{path}` is not a report of benchmarks/robust_gate_check.py "
+            f"({type(err).__name__}: {err}): restore it (`git checkout -- {path}`)"
+        ) from None
+
+
 def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
-    previous = RESULTS / "robust-gate-check.json"
-    records = json.loads(previous.read_text())["datasets"] if previous.is_file() else {}
+    previous = read_report(RESULTS / "robust-gate-check.json", required=args.report_only)
+    records = previous["datasets"]
     for name in set(records) - {name for name, (_, rows) in checked.items() if rows}:
         cfg = load_config(PipelineConfig, CONFIGS[name])  # not checked now: judged again
         records[name]["candidates"] = [
@@ -330,16 +351,26 @@ def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
         if not rows:
             continue
         records[name] = merged(records.get(name), rows, cfg)
-        if args.adopt and records[name]["chosen"] is not None:
-            chosen = next(
-                r for r in records[name]["candidates"] if r["candidate"] == records[name]["chosen"]
-            )
-            records[name]["adopted"] = adopt(
-                args.work / name, Path(chosen["run"]), cfg, chosen["settings"]
-            )
-    command = "python benchmarks/robust_gate_check.py " + " ".join(sys.argv[1:])
-    body = {"command": command.strip(), "machine": machine_summary(), "datasets": records}
-    print(f"wrote {write_results('robust-gate-check', markdown(records, command.strip()), body)}")
+        if args.adopt:
+            records[name]["adopted"] = adopt_chosen(name, records[name], cfg, args.work / name)
+    command = ("python benchmarks/robust_gate_check.py " + " ".join(sys.argv[1:])).strip()
+    measured = {"command": command, "machine": machine_summary()}
+    if args.report_only:  # what measured the rows, not what rewrote the report
+        measured = {key: previous[key] for key in measured}
+    text = markdown(records, measured["command"], measured["machine"])
+    if args.report_only:
+        text += f"\n\nRewritten from its JSON, training nothing, by `{command}`.\n"
+    body = {**measured, "datasets": records}
+    print(f"wrote {write_results('robust-gate-check', text, body, out=RESULTS)}")
+
+
+def adopt_chosen(name: str, record: dict[str, Any], cfg: PipelineConfig, work: Path) -> bool:
+    """`adopt` the chosen candidate's network, saying so where no candidate was chosen."""
+    if record["chosen"] is None:
+        print(f"{name}: not adopted: no candidate separates (every separation at or below 0)")
+        return False
+    chosen = next(r for r in record["candidates"] if r["candidate"] == record["chosen"])
+    return adopt(work, Path(chosen["run"]), cfg, chosen["settings"])
 
 
 if __name__ == "__main__":

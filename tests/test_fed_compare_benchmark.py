@@ -69,6 +69,11 @@ def test_each_setting_runs_its_own_methods_and_algorithms_picks_among_them(monke
     assert {a for s, a, _ in jobs if s == "fmnist-cnn"} == set(bench.ALGORITHMS)
     monkeypatch.setattr(sys, "argv", [*argv, "--algorithms", "fedprox", "fedloge"])
     picked = bench.jobs_of(bench.parse_args())
+    monkeypatch.setattr(
+        sys, "argv", ["fed_compare.py", "--settings", "cifar10", "--algorithms", "fedprox"]
+    )
+    with pytest.raises(SystemExit, match=r"none of \['fedprox'\] is compared on cifar10"):
+        bench.main()
     assert sorted({(s, a) for s, a, _ in picked}) == [
         ("cifar10", "fedloge"),  # FedProx is no CIFAR-10 method: not run there
         ("fmnist-cnn", "fedloge"),
@@ -365,4 +370,24 @@ def test_the_same_config_in_a_checkout_elsewhere_has_the_same_digest():
     assert kept_module.config_digest(here) != kept_module.config_digest(config("/w/c.zip"))
     assert kept_module.config_digest(here) != kept_module.config_digest(
         config("/work/shared/cifar.zip", lr=0.2)
+    )
+
+
+def test_two_untuned_methods_are_compared_and_other_seeds_are_named_before_one_seed():
+    report = benchmark("fed_compare_report")
+    keys = [key for key, _ in report.RIVALS]
+    runs = {
+        a: [{"seed": s, "tuned": False, **dict.fromkeys(keys, m)} for s in (1, 2, 3)]
+        for a, m in (("fedloge", 0.9), ("fedavg", 0.5))
+    }
+    paired = benchmark("fed_compare_numbers").paired(runs)
+    assert not any("at defaults" in line for line in report.paired_lines(paired))
+
+    def row(seeds):
+        stats = {k: {"mean": 0.5, "std": 0.001, "n": len(seeds)} for k in keys}
+        return {"seeds": seeds, "selected_by": "validation", **stats}
+
+    rows = {"fedloge": row([1, 2, 3]), "fedrep": row([3])}
+    assert "| fedrep | +0.0 (seeds 3) | +0.0 (seeds 3) |" in "\n".join(
+        report.against_every_method(rows)
     )

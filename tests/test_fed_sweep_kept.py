@@ -135,7 +135,8 @@ def test_the_report_sums_every_timed_trial_and_says_how_many_recorded_no_time():
     assert line.startswith("Trial time: 3.0 hours in all")
     assert "of the 3 trials that recorded one" in line and "2 killed with their sweep" in line
     assert line.endswith(": fedavg 1.5, fedlc 1.5.")
-    timed = {"fedavg": {"trials": [{"seconds": 3600}]}}
+    queued = [{"state": "WAITING"}, {"state": "RUNNING"}]  # not run yet: no time to record
+    timed = {"fedavg": {"trials": [{"seconds": 3600, "state": "COMPLETE"}, *queued]}}
     assert "lower bound" not in report.trial_hours(timed)
 
 

@@ -312,6 +312,15 @@ def test_a_stage_runs_as_many_trials_at_once_as_asked(tmp_path, monkeypatch):
     bench.run_stage(stage, tmp_path / "report.json", jobs=2)
     (command,) = ran
     assert command[command.index("--jobs") + 1] == "2"
-    monkeypatch.setattr("sys.argv", ["fed_sweep.py", "--jobs", "0"])
-    with pytest.raises(SystemExit):
-        bench.parse_args()
+    # from the command line to every sweep, FedAvg's first one too
+    swept = []
+    monkeypatch.setattr(bench, "sweep", lambda s, a, *rest, jobs: swept.append((s, a, jobs)))
+    monkeypatch.setattr("sys.argv", ["fed_sweep.py", "--settings", "fmnist-cnn", "--jobs", "2"])
+    args = bench.parse_args()
+    wanted = [("fmnist-cnn", "fedavg"), ("fmnist-cnn", "fedprox")]
+    bench.sweep_all(wanted, {}, tmp_path, tmp_path / "r.json", parallel=1, trials=args.jobs)
+    assert swept == [("fmnist-cnn", "fedavg", 2), ("fmnist-cnn", "fedprox", 2)]
+    for argv in (["--jobs", "0"], ["--settings", "cifar10", "--algorithms", "fedprox"]):
+        monkeypatch.setattr("sys.argv", ["fed_sweep.py", *argv])
+        with pytest.raises(SystemExit):
+            bench.parse_args()

@@ -252,8 +252,35 @@ def test_a_crop_wider_than_the_images_stops_the_pipeline_before_any_training(tmp
     assert not (tmp_path / "work").exists()
 
 
-def test_the_gate_check_chooses_no_candidate_whose_gate_does_not_separate():
+def test_the_gate_check_chooses_no_candidate_whose_gate_does_not_separate(tmp_path, monkeypatch):
     gate_check = benchmark("robust_gate_check")
     rows = [{"candidate": "a", "separation": -0.117}, {"candidate": "b", "separation": -0.122}]
-    assert gate_check.choose(rows) is None
+    assert gate_check.choose(rows) is None and gate_check.choose([]) is None
     assert gate_check.choose([*rows, {"candidate": "c", "separation": 0.2}]) == "c"
+    record = {"chosen": None, "candidates": rows}
+    assert not gate_check.adopt_chosen("cifar10", record, tiny(tmp_path), tmp_path / "work")
+
+
+def test_the_gate_check_report_is_rewritten_from_its_json_keeping_who_measured_it(
+    tmp_path, monkeypatch
+):
+    gate_check = benchmark("robust_gate_check")
+    monkeypatch.setattr(gate_check, "RESULTS", tmp_path)
+    committed = json.loads((ROOT / "docs/results/robust-gate-check.json").read_text())
+    for row in committed["datasets"]["cifar10"]["candidates"]:
+        row["separation"] = -abs(row["separation"])  # as CIFAR-10's: no gate separates
+    committed["datasets"]["cifar10"]["chosen"] = "anything"  # chosen again on rewriting
+    (tmp_path / "robust-gate-check.json").write_text(json.dumps(committed))
+    monkeypatch.setattr("sys.argv", ["robust_gate_check.py", "--report-only"])
+    gate_check.main(["--report-only"])
+    body = json.loads((tmp_path / "robust-gate-check.json").read_text())
+    assert body["datasets"]["cifar10"]["chosen"] is None
+    assert (body["command"], body["machine"]) == (committed["command"], committed["machine"])
+    text = (tmp_path / "robust-gate-check.md").read_text()
+    assert "No candidate separates" in text and "Rewritten from its JSON" in text
+    (tmp_path / "robust-gate-check.json").write_text('{"datasets": {"cifar10": {}}}')
+    with pytest.raises(ConfigError, match="restore it"):
+        gate_check.main(["--report-only"])
+    (tmp_path / "robust-gate-check.json").unlink()
+    with pytest.raises(ConfigError, match=r"no .* to rewrite"):
+        gate_check.main(["--report-only"])
