@@ -4,6 +4,7 @@ both), how numbers are formatted, the data files of this machine, and how a scri
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import statistics
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trustvision.clikit import EXPECTED, err_console, print_failure
+from trustvision.errors import ConfigError
 from trustvision.files import write_atomic
 from trustvision.runs import strict_json
 
@@ -68,6 +70,30 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
     path = out / f"{stem}.md"
     write_atomic(path, markdown.rstrip("\n") + "\n")
     return path
+
+
+def read_results(
+    path: Path,
+    script: str,
+    *,
+    check: Callable[[dict[str, Any]], object] | None = None,
+    or_else: str = "",
+) -> dict[str, Any] | None:
+    """The results JSON `benchmarks/<script>` wrote at `path` (None where there is none); one
+    it cannot have written (unreadable, or refused by `check`) is a clear error saying how to
+    restore it (`or_else`: another way out)."""
+    if not path.is_file():
+        return None
+    try:
+        body = dict(json.loads(path.read_text()))
+        if check is not None:
+            check(body)
+        return body
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(
+            f"`{path}` is not a report of benchmarks/{script} ({type(err).__name__}: {err}): "
+            f"restore it (`git checkout -- {path}`){or_else}"
+        ) from None
 
 
 def fed_validation_counts(

@@ -59,6 +59,7 @@ from fed_compare_kept import (
 )
 from fed_compare_numbers import numbers, paired, summarise
 from fed_compare_report import markdown, plots
+from fed_sweep_specs import stage_dir
 from processes import run_child, run_in_parallel
 
 from trustvision.runs import RunDir
@@ -281,7 +282,7 @@ def refuse_biased_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
     searching = sorted(
         f"{a} ({s})"
         for s, a in {(s, a) for s, a, _ in jobs}
-        if (args.sweeps / s / a).is_dir() and chosen_config(args.sweeps, s, a) is None
+        if stage_dir(args.sweeps, s, a, 1).is_dir() and chosen_config(args.sweeps, s, a) is None
     )
     if searching and not args.report_only:
         raise SystemExit(

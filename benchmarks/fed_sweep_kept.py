@@ -5,11 +5,10 @@ stage's new study, `trustvision.sweep.imported`), running only the grid's other 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from common import ROOT
+from common import ROOT, read_results
 from fed_sweep_choice import rebuild_choice
 from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of
 
@@ -29,15 +28,13 @@ def search_finished(reports: dict[str, dict[str, Any]], algorithm: str) -> bool:
 
 def kept_results(path: Path) -> dict[str, dict[str, Any]]:
     """The sweeps an earlier report holds, by setting and name (none if there is no report)."""
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text())["results"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(
-            f"`{path}` is not a report of benchmarks/fed_sweep.py ({type(err).__name__}: {err}): "
-            f"restore it (`git checkout -- {path}`), or delete it to sweep every method again"
-        ) from None
+    body = read_results(
+        path,
+        "fed_sweep.py",
+        check=lambda body: dict(body["results"]),
+        or_else=", or delete it to sweep every method again",
+    )
+    return {} if body is None else dict(body["results"])
 
 
 def only_kept(kept: dict[str, dict[str, Any]], runs: Path, setting: str, algorithm: str) -> bool:
@@ -114,11 +111,10 @@ def import_kept(
             f"({searched!r:.80}): restore it (`git checkout -- {earlier}`)"
         )
     try:
+        spec = load_spec(spec_path)
         if searched is not None:
-            check_same_search(
-                load_spec(spec_path), searched["spec"], searched.get("config_sha256"), source=source
-            )
-        queued = import_trials(load_spec(spec_path), out, trials, source=source)
+            check_same_search(spec, searched["spec"], searched.get("config_sha256"), source=source)
+        queued = import_trials(spec, out, trials, source=source)
     except ConfigError as err:  # refused before anything was written
         print(f"{setting} {name} stage {stage}: {err}: swept from its start")
         return

@@ -34,13 +34,12 @@ of candidates checked earlier, whose runs may be gone.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, run_script, write_results
+from common import RESULTS, ROOT, read_results, run_script, write_results
 from rich.console import Console
 from robust import CONFIGS
 
@@ -321,20 +320,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def read_report(path: Path, *, required: bool) -> dict[str, Any]:
     """The earlier report at `path` ({} where there is none and none is `required`)."""
-    if not path.is_file():
-        if required:
-            raise ConfigError(f"no `{path}` to rewrite: run a check first")
-        return {"datasets": {}}
-    try:
-        body = json.loads(path.read_text())
-        if not all(row["candidates"] for row in body["datasets"].values()):
+
+    def every_data_set_has_candidates(body: dict[str, Any]) -> None:
+        if not all(record["candidates"] for record in body["datasets"].values()):
             raise ValueError("a data set without candidates")
-        return dict(body)
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(
-            f"`{path}` is not a report of benchmarks/robust_gate_check.py "
-            f"({type(err).__name__}: {err}): restore it (`git checkout -- {path}`)"
-        ) from None
+
+    body = read_results(path, "robust_gate_check.py", check=every_data_set_has_candidates)
+    if body is None and required:
+        raise ConfigError(f"no `{path}` to rewrite: run a check first")
+    return {"datasets": {}} if body is None else body
 
 
 def report(args: argparse.Namespace, checked: dict[str, Any]) -> None:
