@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import read_results
 
 from trustvision.sweep.imported import by_name
 
@@ -24,8 +25,20 @@ def chosen_config(sweeps: Path, setting: str, algorithm: str) -> Path | None:
 
 
 def read_report(path: Path) -> dict[str, Any]:
-    """The earlier report at `path` (empty where there is none)."""
-    return json.loads(path.read_text()) if path.is_file() else {"runs": {}, "results": {}}
+    """The earlier report at `path` (empty where there is none); a damaged one is a clear
+    error saying how to restore it."""
+    body = read_results(path, "fed_compare.py", check=check_report)
+    return {"runs": {}, "results": {}} if body is None else body
+
+
+def check_report(body: dict[str, Any]) -> object:
+    """`body`'s rows by setting and algorithm and its results by setting, raising where it is
+    not what benchmarks/fed_compare.py writes."""
+    rows = {
+        setting: {algorithm: [dict(row) for row in list(rows)] for algorithm, rows in block.items()}
+        for setting, block in dict(body["runs"]).items()
+    }
+    return rows, {setting: dict(block) for setting, block in dict(body["results"]).items()}
 
 
 def reported_rows(earlier: dict[str, Any]) -> list[tuple[Job, dict[str, Any]]]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, ROOT, run_script, write_results
+from common import RESULTS, ROOT, read_results, run_script, write_results
 from rich.console import Console
 from robust_report import dataset_section, intro_lines, lipschitz_curves, missing_lines
 
@@ -171,9 +171,13 @@ def with_kept(reports: dict[str, dict[str, Any]], path: Path) -> dict[str, dict[
     """`reports` plus every usable data set (`why_unusable`) of the earlier report at `path`
     whose work directory holds no collected report now (a new machine, a cleaned runs folder),
     marked `kept`, so that rewriting the docs never loses a measured data set."""
-    record = json.loads(path.read_text()) if path.is_file() else {"datasets": {}}
+    record = read_results(
+        path,
+        "robust.py",
+        check=lambda body: {name: dict(report) for name, report in body["datasets"].items()},
+    )
     kept = {}
-    for name, report in record["datasets"].items():
+    for name, report in (record or {"datasets": {}})["datasets"].items():
         if reason := why_unusable(report, name):
             print(f"dropping {name} from {path}: {reason}")
         else:

@@ -174,6 +174,15 @@ def test_a_probe_keeps_the_detectors_an_earlier_probe_of_the_same_set_up_trained
     assert with_earlier(other, earlier) == other
 
 
+def test_a_damaged_robust_report_is_a_clear_error_not_a_traceback(tmp_path):
+    robust = benchmark("robust")
+    assert robust.with_kept({}, tmp_path / "robust.json") == {}
+    for text in ('{"datasets": ', "[]", '{"datasets": {"mnist": 3}}'):
+        (tmp_path / "robust.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"is not a report of benchmarks/robust\.py"):
+            robust.with_kept({}, tmp_path / "robust.json")
+
+
 def test_rewriting_the_robust_report_keeps_a_data_set_whose_runs_are_gone(tmp_path):
     """benchmarks/robust.py --report-only on a machine without the runs: the committed
     Fashion-MNIST numbers stay, marked as kept, with their plots."""
