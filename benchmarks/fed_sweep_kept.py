@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, read_results
+from common import FED_SETTINGS, ROOT, read_results
 from fed_sweep_choice import rebuild_choice
 from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of
 
@@ -54,9 +54,10 @@ def with_kept(
     results: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], runs: Path
 ) -> dict[str, dict[str, Any]]:
     """`results` plus every sweep of the earlier report whose runs are gone (a new machine, a
-    cleaned runs folder), marked `earlier`, so that a report never loses a sweep; the compared
-    choice of such a method, if its sweep was complete, is rebuilt from its spec for
-    benchmarks/fed_compare.py (an unfinished one continues from its kept trials, `import_kept`)."""
+    cleaned runs folder), marked `earlier`, so that a report never loses a sweep, settings in
+    the order of FED_SETTINGS; the compared choice of such a method, if its sweep was complete,
+    is rebuilt from its spec for benchmarks/fed_compare.py (an unfinished one continues from
+    its kept trials, `import_kept`)."""
     merged = {setting: dict(block) for setting, block in results.items()}
     for setting, block in kept.items():
         for name, report in block.items():
@@ -69,7 +70,7 @@ def with_kept(
                 and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
             ):
                 rebuild_choice(runs / setting, setting, name, report)
-    return merged
+    return {setting: merged[setting] for setting in [*FED_SETTINGS, *merged] if setting in merged}
 
 
 def import_kept(
