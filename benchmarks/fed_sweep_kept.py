@@ -115,7 +115,7 @@ def import_kept(
         spec = load_spec(spec_path)
         if searched is not None:
             check_same_search(spec, searched["spec"], searched.get("config_sha256"), source=source)
-        queued = import_trials(spec, out, trials, source=source)
+        queued = import_trials(spec, out, trials, source=f"{source}, stage {stage}")
     except ConfigError as err:  # refused before anything was written
         print(f"{setting} {name} stage {stage}: {err}: swept from its start")
         return

@@ -61,7 +61,11 @@ def test_an_unfinished_kept_sweep_is_left_only_its_other_points(tmp_path):
     assert [(t["params"], t["validation"], t["test"], t["numbers"]) for t in done] == [
         (t["params"], t["validation"], t["test"], t["numbers"]) for t in first
     ]
-    assert all("imported" not in t and "measured earlier" in t["note"] for t in done)
+    # a trial's number is its stage's: the note names the stage, as both stages have a trial 0
+    for trial, kept_trial in zip(done, first, strict=True):
+        assert trial["note"].startswith(f"measured earlier (trial {kept_trial['number']} of ")
+        assert trial["note"].endswith("report.json, stage 1)")
+    assert all("imported" not in t for t in done)
     assert not collected["complete"]
     row = benchmark("fed_sweep_report").choice_table({"fedavg": collected}, {"fedavg": "optim.lr"})
     minutes = statistics.median(t["seconds"] / 60 for t in first)  # as measured before
