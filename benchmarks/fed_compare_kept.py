@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import read_results
+from common import FED_SETTINGS, read_results
 
 from trustvision.sweep.imported import by_name
 
@@ -85,7 +85,8 @@ def with_kept(
     machine, a cleaned runs folder, a setting not asked for): the seeds a method lacks here
     where their rows measured the config chosen now. A row of another config is dropped; so is
     every row of a method whose choice is unknown here (no chosen config in `sweeps`) beside
-    runs of it, while without runs its rows stay as the report had them."""
+    runs of it, while without runs its rows stay as the report had them. Settings come in the
+    order of FED_SETTINGS."""
     merged = {
         setting: {a: list(rows) for a, rows in block.items()} for setting, block in raw.items()
     }
@@ -100,10 +101,10 @@ def with_kept(
             keep = stands_in(row, setting, algorithm, sweeps)
         if keep:
             rows.append(row)
-    merged = {  # a setting none of whose rows stayed is not reported
+    merged = {  # a setting none of whose rows stayed is not reported; FED_SETTINGS' order
         setting: kept
-        for setting, block in merged.items()
-        if (kept := {a: rows for a, rows in block.items() if rows})
+        for setting in [*FED_SETTINGS, *merged]
+        if setting in merged and (kept := {a: rows for a, rows in merged[setting].items() if rows})
     }
     for block in merged.values():
         for rows in block.values():

@@ -3,6 +3,8 @@ config chosen now, which are dropped, and a damaged report refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from benchmark_scripts import benchmark
@@ -63,6 +65,15 @@ def test_a_setting_none_of_whose_kept_rows_stand_is_not_reported(tmp_path):
     (tmp_path / "cifar10/fedavg.chosen.yaml").write_text("optim: {lr: 0.1}\nalgorithm: {}\n")
     earlier = [(("cifar10", "fedavg", 1), {"seed": 1, "tuned": False, "kept": True})]
     assert kept_module.with_kept({}, earlier, tmp_path) == {}
+
+
+def test_settings_come_in_the_order_of_the_settings_list_not_of_the_runs_found():
+    """On a new machine CIFAR-10 (run here) must not jump ahead of the kept Fashion-MNIST."""
+    kept_module = benchmark("fed_compare_kept")
+    row = {"seed": 1, "kept": True}
+    earlier = [(("fmnist-cnn", "fedavg", 1), row), (("fmnist-gap", "fedavg", 1), row)]
+    merged = kept_module.with_kept({"cifar10": {"fedavg": [dict(row)]}}, earlier, Path("none"))
+    assert list(merged) == ["fmnist-cnn", "fmnist-gap", "cifar10"]
 
 
 def test_a_damaged_earlier_report_is_a_clear_error_not_a_traceback(tmp_path):
