@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ def fedavg_rates(results: dict[str, dict[str, Any]]) -> list[float]:
     return sorted({r["chosen"]["params"]["optim.lr"] for r in done if r.get("chosen")})
 
 
+def spoken(items: Iterable[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    *rest, last = items
+    return f"{', '.join(rest)} and {last}" if rest else last
+
+
 def intro_lines(meta: dict[str, Any], rates: list[float]) -> list[str]:
     """The title and how every method was tuned (`rates`: FedAvg's chosen learning rates)."""
     lines = [
@@ -101,7 +108,7 @@ def intro_lines(meta: dict[str, Any], rates: list[float]) -> list[str]:
         "",
         "FedLoGe's learning rate stayed at the config's 0.03 while FedAvg's, its only knob, "
         "was tuned"
-        + (f" (validation chose {' and '.join(map(str, rates))})" if rates else "")
+        + (f" (validation chose {spoken(map(str, rates))})" if rates else "")
         + ", so FedLoGe then has its learning rate swept the same way (grid "
         "and second stage) at the norm target validation chose (`fedloge-lr`): 18 trials to "
         "FedAvg's 9. `compared`: the sweep whose chosen trial (the best validation score over "

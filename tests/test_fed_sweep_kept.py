@@ -218,3 +218,5 @@ def test_the_intro_names_fedavgs_rates_from_finished_sweeps_only():
     }
     assert report.fedavg_rates(results) == [0.2]
     assert report.fedavg_rates({"cifar10": {}}) == []
+    assert report.spoken(["0.2"]) == "0.2"
+    assert report.spoken(["0.2", "0.4", "0.8"]) == "0.2, 0.4 and 0.8"
