@@ -252,10 +252,10 @@ def verdict(rows: dict[str, Any]) -> list[str]:
             spread = max(ours[key]["std"], rows[rival][key]["std"])
             what = dict(COLUMNS)[key]
             if reason == ONE_SEED:
-                side = "ahead of" if gap > 0 else "not ahead of"
+                side = "ahead of" if gap > 0 else "behind"
                 out.append(
-                    f"- FedLoGe is {side} {rival} on {what} by {100 * gap:+.1f} points, "
-                    "on one seed: too few to say it beats it."
+                    f"- FedLoGe is {side} {rival} on {what} by {100 * abs(gap):.1f} points, "
+                    "on one seed: no spread to judge the gap by."
                 )
                 continue
             if reason:

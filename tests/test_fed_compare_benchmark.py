@@ -234,7 +234,10 @@ def test_one_seed_never_beats_and_means_over_other_seeds_are_not_marked():
 
     one = {"fedloge": method(0.9, 1, [1]), "fedavg": method(0.5, 1, [1])}
     text = "\n".join(report.verdict(one))
-    assert "FedLoGe beats" not in text and "on one seed: too few to say" in text
+    assert "FedLoGe beats" not in text
+    assert "FedLoGe is ahead of fedavg on generic by 40.0 points, on one seed: no spread" in text
+    behind = "\n".join(report.verdict({**one, "fedavg": method(0.95, 1, [1])}))
+    assert "FedLoGe is behind fedavg on generic by 5.0 points, on one seed" in behind
     assert "Goal at the final round: not judged" in text
     assert "vs std" not in text  # no spread was measured, not a spread of zero
     diff = {"seeds": [1], "differences": [0.4], "mean": 0.4, "std": 0.0, "n": 1}
