@@ -43,7 +43,7 @@ FED_SETTINGS: dict[str, dict[str, Any]] = {
         "title": "CIFAR-10-LT (IF 100, alpha 0.5), ResNet-8",
         "config": "configs/fed/cifar10_lt_cpu.yaml",
         "overrides": [f"data.source={CIFAR_ZIP}"],
-        "seeds": [1],
+        "seeds": [1, 2, 3],
         "algorithms": ["fedavg", "fedloge"],  # what this CPU can sweep there
     },
 }

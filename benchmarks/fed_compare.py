@@ -186,9 +186,7 @@ def parse_args() -> argparse.Namespace:
         help="of each setting's methods (all ten on Fashion-MNIST, fedavg and fedloge on "
         "CIFAR-10), only these (default: all of them)",
     )
-    parser.add_argument(
-        "--seeds", nargs="+", type=int, help="default: 1 2 3 (Fashion-MNIST), 1 (CIFAR-10)"
-    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 1 2 3")
     parser.add_argument("--runs", type=absolute, default=ROOT / "runs/fed-compare")
     parser.add_argument(
         "--sweeps",

@@ -224,7 +224,7 @@ def test_the_report_weighs_one_validation_image_of_the_rarest_class():
 
 def test_one_seed_never_beats_and_means_over_other_seeds_are_not_marked():
     """One seed has no spread: the verdict and the goal do not call a positive gap a win (the
-    CIFAR-10 setting runs seed 1 only), and the every-method table leaves unmarked, naming
+    CIFAR-10 setting ran seed 1 only at first), and the every-method table leaves unmarked, naming
     them, the gaps to a method averaged over other seeds than FedLoGe's."""
     report = benchmark("fed_compare_report")
     keys = [key for key, _ in report.RIVALS]
