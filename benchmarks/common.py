@@ -72,6 +72,12 @@ def write_results(stem: str, markdown: str, body: dict[str, Any], *, out: Path =
     return path
 
 
+def in_settings_order(blocks: dict[str, Any]) -> dict[str, Any]:
+    """`blocks` by setting in the order of FED_SETTINGS (any other setting after them): a
+    report lists a setting where the settings list puts it, not where its runs were found."""
+    return {setting: blocks[setting] for setting in [*FED_SETTINGS, *blocks] if setting in blocks}
+
+
 def read_results(
     path: Path,
     script: str,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import FED_SETTINGS, read_results
+from common import in_settings_order, read_results
 
 from trustvision.sweep.imported import by_name
 
@@ -101,11 +101,13 @@ def with_kept(
             keep = stands_in(row, setting, algorithm, sweeps)
         if keep:
             rows.append(row)
-    merged = {  # a setting none of whose rows stayed is not reported; FED_SETTINGS' order
-        setting: kept
-        for setting in [*FED_SETTINGS, *merged]
-        if setting in merged and (kept := {a: rows for a, rows in merged[setting].items() if rows})
-    }
+    merged = in_settings_order(  # a setting none of whose rows stayed is not reported
+        {
+            setting: kept
+            for setting, block in merged.items()
+            if (kept := {a: rows for a, rows in block.items() if rows})
+        }
+    )
     for block in merged.values():
         for rows in block.values():
             rows.sort(key=lambda r: -1 if r.get("seed") is None else r["seed"])

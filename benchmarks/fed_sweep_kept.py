@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import FED_SETTINGS, ROOT, read_results
+from common import ROOT, in_settings_order, read_results
 from fed_sweep_choice import rebuild_choice
 from fed_sweep_specs import FOLLOW_UP, follow_up_name, method_of
 
@@ -70,7 +70,7 @@ def with_kept(
                 and not (runs / setting / f"{method_of(name)}.chosen.yaml").is_file()
             ):
                 rebuild_choice(runs / setting, setting, name, report)
-    return {setting: merged[setting] for setting in [*FED_SETTINGS, *merged] if setting in merged}
+    return in_settings_order(merged)
 
 
 def import_kept(
